@@ -1,0 +1,279 @@
+"""Configuration: defaults < config files < environment < flags, with the source of every value."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .approvals import APPROVAL_MODES
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "http://localhost:11434/v1"
+DEFAULT_MODEL = "llama3.2"
+CONFIG_FILENAME = ".auto-coder.yaml"
+
+
+@dataclass
+class LLMConfig:
+    base_url: str = DEFAULT_BASE_URL
+    model: str = DEFAULT_MODEL
+    api_key: str | None = None
+    auth_headers: dict[str, str] = field(default_factory=dict)
+    extra_params: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 120.0
+    ca_bundle: str | None = None
+    extra_ca_certs: list[str] = field(default_factory=list)
+    verify: bool = True
+    proxy: str | None = None
+
+
+@dataclass
+class AgentConfig:
+    approval_mode: str = "ask"
+    max_iterations: int = 50
+    command_timeout: float = 120.0
+    context_window: int = 32768
+    system_prompt: str | None = None
+    working_dir: str | None = None
+
+
+@dataclass
+class AuthConfig:
+    provider: str | None = None  # "module:Class" of a user's own authentication provider
+    use_sso: bool = False
+    server_side_token_refresh: bool = False
+    sso_token: str | None = None
+    device_authorization_url: str | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | None = None
+    refresh_token: str | None = None
+    token_command: str | None = None
+    token_lifetime: float = 3600.0
+
+
+@dataclass
+class Config:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
+    sources: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def show(self) -> str:
+        """The effective configuration, one `key = value  (source)` line each, secrets masked."""
+        lines = []
+        for section in ("llm", "agent", "auth"):
+            for f in fields(getattr(self, section)):
+                key = f"{section}.{f.name}"
+                value = mask(key, getattr(getattr(self, section), f.name))
+                lines.append(f"{key} = {value!r}  ({self.sources.get(key, 'default')})")
+        return "\n".join(lines)
+
+
+SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
+
+
+def mask(key: str, value: Any) -> Any:
+    """Hide secrets: whole values of secret keys, and every custom header value (they carry tokens)."""
+    if value in (None, "", {}):
+        return value
+    if key in SECRET_KEYS:
+        return "<hidden>"
+    if key == "llm.auth_headers":
+        return {name: "<hidden>" for name in value}
+    return value
+
+
+# Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
+ENV_VARS = {
+    "AUTO_CODER_BASE_URL": "llm.base_url",
+    "AUTO_CODER_MODEL": "llm.model",
+    "AUTO_CODER_API_KEY": "llm.api_key",
+    "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
+    "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
+    "USE_SSO": "auth.use_sso",
+    "SERVER_SIDE_TOKEN_REFRESH": "auth.server_side_token_refresh",
+    "SSO_TOKEN": "auth.sso_token",
+    "AUTO_CODER_CLIENT_ID": "auth.client_id",
+    "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
+}
+
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    home: Path | None = None,
+) -> Config:
+    """Build the effective configuration. `flags` maps dotted keys ("llm.model") to values given on
+    the command line or to a magic; None values are ignored. Raises ConfigError with one readable line."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    cwd = Path.cwd() if cwd is None else cwd
+    config = Config()
+
+    candidates = [home / CONFIG_FILENAME, cwd / CONFIG_FILENAME]
+    if config_path is not None:
+        explicit = Path(config_path).expanduser()
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        candidates.append(explicit)
+    seen: set[Path] = set()
+    for path in candidates:
+        resolved = path.resolve()
+        if resolved in seen or not path.is_file():
+            continue
+        seen.add(resolved)
+        for key, value in _read_file(path, env).items():
+            _set(config, key, value, f"file {path}", where=str(path))
+        config.files.append(path)
+
+    if "llm.api_key" not in config.sources and env.get("OPENAI_API_KEY"):
+        _set(config, "llm.api_key", env["OPENAI_API_KEY"], "env OPENAI_API_KEY", where="OPENAI_API_KEY")
+    for var, key in ENV_VARS.items():
+        if env.get(var):
+            _set(config, key, _parse_env(key, env[var]), f"env {var}", where=var)
+
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set(config, key, value, f"flag --{key.split('.')[-1].replace('_', '-')}", where="flag")
+    return config
+
+
+def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(_SECTIONS)}")
+    flat: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r}; expected one of {', '.join(_SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section}: expected a mapping of settings")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
+    return flat
+
+
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment."""
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{key}.{k}", path, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, key, path, env) for v in value]
+    return value
+
+
+def _parse_env(key: str, raw: str) -> Any:
+    kind = _field_type(key)
+    if kind == "bool":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
+
+
+def _field_type(key: str) -> str:
+    section, name = key.split(".", 1)
+    for f in fields(_SECTIONS[section]):
+        if f.name == name:
+            return str(f.type)
+    raise KeyError(key)
+
+
+def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> None:
+    section, _, name = key.partition(".")
+    try:
+        kind = _field_type(key)
+    except KeyError:
+        known = ", ".join(f.name for f in fields(_SECTIONS[section]))
+        raise ConfigError(f"{where}: unknown key {key!r}; known keys in {section}: {known}") from None
+    value = _coerce(value, kind, key, where)
+    setattr(getattr(config, section), name, value)
+    config.sources[key] = source
+
+
+def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
+    def wrong(expected: str) -> ConfigError:
+        shown = "<hidden>" if key in SECRET_KEYS else repr(value)
+        return ConfigError(f"{where}: {key}: expected {expected}, got {shown}")
+
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise wrong("a value")
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            raise wrong("a string")
+        if key == "agent.approval_mode" and value not in APPROVAL_MODES:
+            raise wrong("one of " + ", ".join(APPROVAL_MODES))
+        return value
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise wrong("a positive whole number")
+        return value
+    if kind == "float":
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number <= 0:
+            raise wrong("a positive number (seconds)")
+        return number
+    if kind.startswith("dict[str, str]"):
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+            raise wrong("a mapping of header names to string values")
+        return {str(k): str(v) for k, v in value.items()}
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise wrong("a mapping")
+        return dict(value)
+    if kind.startswith("list"):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of file paths")
+        return list(value)
+    raise AssertionError(f"unhandled type {kind} for {key}")

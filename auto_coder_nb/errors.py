@@ -1,0 +1,61 @@
+"""Typed errors. Every message is meant to be shown to a user as is, and never holds a secret."""
+
+from __future__ import annotations
+
+
+class AutoCoderError(Exception):
+    """Base of the errors this package raises on purpose."""
+
+
+class ConfigError(AutoCoderError):
+    """Bad configuration: a usage error (exit code 2)."""
+
+
+class ProviderError(AutoCoderError):
+    """The model endpoint failed. `retryable` says whether trying again may help."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectionFailed(ProviderError):
+    retryable = True
+
+
+class RequestTimeout(ProviderError):
+    retryable = True
+
+
+class AuthenticationFailed(ProviderError):
+    pass
+
+
+class ModelNotFound(ProviderError):
+    pass
+
+
+class ContextOverflow(ProviderError):
+    pass
+
+
+class RateLimited(ProviderError):
+    retryable = True
+
+
+class ServerError(ProviderError):
+    retryable = True
+
+
+class BadRequest(ProviderError):
+    pass
+
+
+class StreamError(ProviderError):
+    """The stream broke or carried an error object."""
+
+
+class TLSError(ProviderError):
+    pass

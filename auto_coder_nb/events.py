@@ -1,0 +1,113 @@
+"""What a turn of the agent yields. The faces (CLI, magics, panel) only render these."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from .providers.base import Usage
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ReasoningDelta:
+    text: str
+
+
+@dataclass
+class ToolCallStarted:
+    call_id: str
+    name: str
+    arguments: dict[str, Any] | None  # None when the model sent arguments that are not valid JSON
+    raw_arguments: str
+
+
+@dataclass
+class ApprovalRequest:
+    """The agent waits on this until a face calls `approve()` or `deny()`.
+
+    `kind` is "write" or "command"; `preview` is a unified diff for file changes and the
+    command line for commands. Answering before the agent awaits is fine. Answer from the
+    event loop that runs the turn (a face on another thread uses `loop.call_soon_threadsafe`).
+    """
+
+    call_id: str
+    tool: str
+    kind: str
+    arguments: dict[str, Any]
+    preview: str
+    _decision: asyncio.Future[tuple[bool, str, bool]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._decision = asyncio.get_running_loop().create_future()
+
+    def approve(self, *, always: bool = False) -> None:
+        """Allow this call; `always` allows this kind of action for the rest of the session."""
+        self._answer(True, "", always)
+
+    def deny(self, reason: str = "") -> None:
+        self._answer(False, reason, False)
+
+    @property
+    def answered(self) -> bool:
+        return self._decision is not None and self._decision.done()
+
+    def _answer(self, allowed: bool, reason: str, always: bool) -> None:
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result((allowed, reason, always))
+
+    async def wait(self) -> tuple[bool, str, bool]:
+        assert self._decision is not None
+        return await self._decision
+
+
+@dataclass
+class ToolResult:
+    call_id: str
+    name: str
+    output: str  # exactly what the model receives
+    is_error: bool = False
+
+
+@dataclass
+class UsageUpdate:
+    turn: Usage
+    session: Usage
+
+
+@dataclass
+class Notice:
+    """Something the user should know that is not part of the answer (history shortened, retrying...)."""
+
+    text: str
+
+
+@dataclass
+class TurnDone:
+    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error"
+
+
+@dataclass
+class ErrorEvent:
+    """The turn failed; `message` is one readable line with no secrets."""
+
+    message: str
+    error: BaseException | None = field(default=None, repr=False)
+
+
+Event = (
+    TextDelta
+    | ReasoningDelta
+    | ToolCallStarted
+    | ApprovalRequest
+    | ToolResult
+    | UsageUpdate
+    | Notice
+    | TurnDone
+    | ErrorEvent
+)

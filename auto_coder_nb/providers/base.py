@@ -1,0 +1,116 @@
+"""The provider contract: what the agent needs from a chat-completions backend.
+
+Extend `LLMProvider` to support an API that is not OpenAI-compatible; the agent only sees
+the types defined here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ToolKind = Literal["read", "write", "command"]
+
+
+@dataclass
+class ToolDefinition:
+    """A tool the model may call.
+
+    `kind` decides approvals: "read" never asks, "write" and "command" follow the approval mode.
+    `preview(arguments)` returns what an approval shows (a diff, a command line); it must not
+    change anything. `handler` may be a plain function or a coroutine function.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Callable[..., Any]
+    kind: ToolKind = "read"
+    preview: Callable[..., str] | None = None
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+@dataclass
+class ToolCall:
+    """One call the model asked for. `arguments` is the raw JSON text, exactly as assembled."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+    def to_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
+
+@dataclass
+class TextChunk:
+    """A piece of the answer as it streams."""
+
+    text: str
+
+
+@dataclass
+class ReasoningChunk:
+    """A piece of the model's reasoning (`reasoning_content` / `reasoning`), kept apart from the answer."""
+
+    text: str
+
+
+@dataclass
+class Completion:
+    """The whole response, always the last item a provider yields."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+ProviderEvent = TextChunk | ReasoningChunk | Completion
+
+
+class LLMProvider(abc.ABC):
+    """A chat-completions backend.
+
+    `chat` yields `TextChunk` / `ReasoningChunk` as they arrive and ends with one `Completion`.
+    Errors are raised as `auto_coder_nb.errors.ProviderError` subclasses.
+    """
+
+    model: str
+
+    @abc.abstractmethod
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[ToolDefinition] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[ProviderEvent]: ...
+
+    @abc.abstractmethod
+    async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,71 @@
+"""The registry of tools the model can call."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from ..providers.base import ToolDefinition
+
+
+class ToolError(Exception):
+    """A tool failed in a way the model can act on; the message becomes the tool result."""
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[ToolDefinition] = ()) -> None:
+        self._tools: dict[str, ToolDefinition] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: ToolDefinition) -> None:
+        self._tools[tool.name] = tool
+
+    def unregister(self, name: str) -> None:
+        self._tools.pop(name, None)
+
+    def get(self, name: str) -> ToolDefinition | None:
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def definitions(self) -> list[ToolDefinition]:
+        return list(self._tools.values())
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        """Run a tool and return its result as text. Raises ToolError for anything the model should see."""
+        tool = self._tools.get(name)
+        if tool is None:
+            raise ToolError(f"Unknown tool {name!r}. Available tools: {', '.join(self._tools)}.")
+        try:
+            result = tool.handler(**arguments)
+            if inspect.isawaitable(result):
+                result = await result
+        except ToolError:
+            raise
+        except TypeError as exc:
+            if _is_signature_error(exc, tool):
+                raise ToolError(f"Invalid arguments for {name}: {exc}. Expected schema: "
+                                f"{json.dumps(tool.parameters)}") from exc
+            raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def _is_signature_error(exc: TypeError, tool: ToolDefinition) -> bool:
+    tb = exc.__traceback__
+    # A TypeError raised by the call itself (bad keyword) has no frame inside the handler.
+    return tb is not None and tb.tb_next is None
