@@ -1,0 +1,231 @@
+"""The agent loop: a user message in, a stream of events out.
+
+One turn asks the model, runs the tools it calls (with approvals), feeds the results back, and
+repeats until the model answers without tools. Every tool call gets exactly one tool message,
+whatever happens, so the history is always one a strict server accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
+from typing import Any
+
+from .approvals import ApprovalPolicy
+from .config import AgentConfig
+from .errors import ContextOverflow, ProviderError
+from .events import (
+    ApprovalRequest,
+    ErrorEvent,
+    Event,
+    Notice,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+    UsageUpdate,
+)
+from .providers.base import Completion, LLMProvider, ReasoningChunk, TextChunk, ToolCall, ToolDefinition, Usage
+from .state.conversation import Conversation
+from .tools.registry import ToolError, ToolRegistry
+from .tools.workspace import Workspace
+
+REPEAT_LIMIT = 3
+# Shorten the history when a request would pass this share of the window, down to the second.
+SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
+
+TRUNCATED_ARGUMENTS = (
+    "Not executed: the arguments of this call were cut off because the answer reached the output "
+    "token limit. Make the call again with shorter arguments (for example, write a large file in parts)."
+)
+
+
+class Agent:
+    def __init__(
+        self,
+        provider: LLMProvider,
+        tools: ToolRegistry,
+        conversation: Conversation,
+        policy: ApprovalPolicy,
+        config: AgentConfig,
+        workspace: Workspace | None = None,
+    ) -> None:
+        self.provider = provider
+        self.tools = tools
+        self.conversation = conversation
+        self.policy = policy
+        self.config = config
+        self.workspace = workspace
+
+    async def run(self, message: str) -> AsyncIterator[Event]:
+        """Run one user turn. Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
+        conversation = self.conversation
+        conversation.repair()
+        conversation.add_user(message)
+        if self.workspace is not None:
+            self.workspace.begin_turn()
+        turn_usage = Usage()
+        recent_calls: list[tuple[str, str]] = []
+        partial: list[str] = []  # answer text streamed but not yet in the history
+        try:
+            for _ in range(self.config.max_iterations):
+                partial.clear()
+                completion: Completion | None = None
+                async for event in self._request(partial):
+                    if isinstance(event, Completion):
+                        completion = event
+                    else:
+                        yield event
+                if completion is None:  # the request failed and said so
+                    self._close_answer(partial, "[no answer: the request failed]")
+                    yield TurnDone("error")
+                    return
+                partial.clear()
+                if completion.usage is not None:
+                    turn_usage += completion.usage
+                    conversation.usage += completion.usage
+                    yield UsageUpdate(turn=turn_usage, session=conversation.usage)
+                calls = completion.tool_calls
+                conversation.add_assistant(completion.content, calls, completion.reasoning)
+                if not calls:
+                    yield TurnDone("stop")
+                    return
+                for call in calls:
+                    recent_calls = [*recent_calls[-(REPEAT_LIMIT - 1):], (call.name, _canonical(call.arguments))]
+                    if len(recent_calls) == REPEAT_LIMIT and len(set(recent_calls)) == 1:
+                        conversation.repair(f"Not executed: the same call was made {REPEAT_LIMIT} times in a row.")
+                        yield Notice(f"Stopped: the model called {call.name} with the same arguments "
+                                     f"{REPEAT_LIMIT} times in a row.")
+                        yield TurnDone("repeated_call")
+                        return
+                    async for event in self._execute(call, truncated=completion.finish_reason == "length"):
+                        yield event
+            yield Notice(f"Stopped after {self.config.max_iterations} model requests in one turn "
+                         "(agent.max_iterations). Send a message to let it continue.")
+            yield TurnDone("max_iterations")
+        except BaseException:
+            # Cancelled (Stop, Ctrl-C, kernel interrupt) or closed: keep what was said, answer open calls.
+            self._close_answer(partial, "[interrupted]")
+            conversation.repair()
+            raise
+
+    def _close_answer(self, partial: list[str], marker: str) -> None:
+        """Record a cut-off answer so the history keeps alternating user / assistant."""
+        history = self.conversation.messages
+        if history and history[-1]["role"] == "user":
+            text = "".join(partial)
+            self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
+
+    async def _request(self, partial: list[str]) -> AsyncIterator[Event | Completion]:
+        """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
+        conversation = self.conversation
+        definitions = self.tools.definitions()
+        schema_size = len(json.dumps([tool.schema() for tool in definitions]))
+        window = self.config.context_window
+        for attempt in range(2):
+            if conversation.estimate_tokens(schema_size) > window * (SHORTEN_AT if attempt == 0 else SHORTEN_TO):
+                changed = conversation.shorten(int(window * SHORTEN_TO / (attempt + 1)), schema_size)
+                if changed:
+                    yield Notice(f"The conversation was shortened to fit the context window ({window} tokens): "
+                                 f"{changed} older messages were trimmed.")
+            try:
+                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers):
+                    if isinstance(item, TextChunk):
+                        partial.append(item.text)
+                        yield TextDelta(item.text)
+                    elif isinstance(item, ReasoningChunk):
+                        yield ReasoningDelta(item.text)
+                    else:
+                        yield item
+                return
+            except ContextOverflow as exc:
+                if attempt == 0 and not partial:
+                    continue
+                yield ErrorEvent(str(exc), exc)
+                return
+            except ProviderError as exc:
+                yield ErrorEvent(str(exc), exc)
+                return
+
+    async def _execute(self, call: ToolCall, *, truncated: bool) -> AsyncIterator[Event]:
+        arguments, problem = _parse_arguments(call.arguments)
+        yield ToolCallStarted(call.id, call.name, arguments, call.arguments)
+        result = ToolResult(call.id, call.name, "", is_error=True)
+        try:
+            if truncated:
+                raise ToolError(TRUNCATED_ARGUMENTS)
+            if problem is not None or arguments is None:
+                raise ToolError(problem or "Invalid arguments.")
+            tool = self.tools.get(call.name)
+            if tool is None:
+                raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
+            decision = self.policy.decide(tool.kind)
+            if decision == "deny":
+                raise ToolError(f"Refused: the approval mode is {self.policy.mode!r}, which does not allow "
+                                f"{call.name}. Tell the user what you would change instead.")
+            if decision == "ask":
+                request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
+                yield request
+                allowed, reason, always = await request.wait()
+                if always:
+                    self.policy.allow_always(tool.kind)
+                if not allowed:
+                    because = f" Reason: {reason}" if reason else ""
+                    raise ToolError(f"The user denied this {call.name} call.{because}")
+            result.output, result.is_error = await self.tools.call(call.name, arguments), False
+        except ToolError as exc:
+            result.output = str(exc)
+        self.conversation.add_tool_result(call.id, result.output)
+        yield result
+
+
+def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:
+    """What the user approves: the tool's own preview (a diff, a command), else the arguments."""
+    if tool.preview is None:
+        return json.dumps(arguments, indent=2)
+    try:
+        return tool.preview(**arguments)
+    except TypeError as exc:
+        raise ToolError(f"Invalid arguments for {tool.name}: {exc}") from exc
+
+
+def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Arguments as a dict, or None and the error to send back. Never guess `{}` for bad JSON."""
+    if not raw.strip():
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return None, (f"Invalid JSON in the tool arguments ({exc.msg} at position {exc.pos}). "
+                      "Send the call again with the arguments as one valid JSON object.")
+    if not isinstance(value, dict):
+        return None, "The tool arguments must be a JSON object. Send the call again with an object."
+    return value, None
+
+
+def _canonical(raw: str) -> str:
+    with suppress(ValueError):
+        return json.dumps(json.loads(raw), sort_keys=True)
+    return raw
+
+
+def iterate_sync(events: AsyncIterator[Event], loop: asyncio.AbstractEventLoop) -> Iterator[Event]:
+    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates."""
+    while True:
+        step = loop.create_task(events.__anext__())  # type: ignore[arg-type]
+        try:
+            event = loop.run_until_complete(step)
+        except StopAsyncIteration:
+            return
+        except KeyboardInterrupt:
+            if not step.done():
+                step.cancel()
+                with suppress(BaseException):
+                    loop.run_until_complete(step)
+            with suppress(BaseException):
+                loop.run_until_complete(events.aclose())  # type: ignore[attr-defined]
+            raise
+        yield event

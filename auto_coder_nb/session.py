@@ -1,0 +1,78 @@
+"""A Session wires configuration, provider, tools, workspace, conversation and agent together.
+
+Every face builds one; in a kernel the magics and the chat panel share one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .agent import Agent
+from .approvals import ApprovalPolicy
+from .config import Config
+from .providers.base import LLMProvider, ToolDefinition
+from .state.conversation import Conversation
+from .tools import Workspace, build_workspace_tools
+from .tools.registry import ToolRegistry
+
+DEFAULT_SYSTEM_PROMPT = """\
+You are auto-coder, a coding assistant working in the user's project at {root} ({os}).
+Use the tools to look before you change anything: list_directory and read_file to explore,
+edit_file for targeted changes (read the file first), write_file for new files, run_command to
+run tests or scripts. Paths are relative to the project root; you cannot leave it. Keep answers
+short and concrete; use Markdown with fenced code blocks. When a tool fails, read the error and
+correct the call instead of repeating it."""
+
+
+@dataclass
+class Session:
+    config: Config
+    provider: LLMProvider
+    tools: ToolRegistry
+    workspace: Workspace
+    conversation: Conversation
+    policy: ApprovalPolicy
+    agent: Agent
+
+    @classmethod
+    def create(
+        cls,
+        config: Config,
+        working_dir: str | os.PathLike[str] | None = None,
+        extra_tools: Iterable[ToolDefinition] = (),
+        provider: LLMProvider | None = None,
+    ) -> Session:
+        root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
+        workspace = Workspace(root)
+        tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
+        for tool in extra_tools:
+            tools.register(tool)
+        if provider is None:
+            from .providers.openai_compatible import OpenAICompatibleProvider
+
+            provider = OpenAICompatibleProvider(config)
+        template = config.agent.system_prompt or DEFAULT_SYSTEM_PROMPT
+        conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
+        policy = ApprovalPolicy(config.agent.approval_mode)
+        agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
+        return cls(config, provider, tools, workspace, conversation, policy, agent)
+
+    def clear(self) -> str:
+        """Forget the history; a new correlation id. Returns the id."""
+        self.conversation.clear()
+        return self.conversation.correlation_id
+
+    def reset(self) -> str:
+        """clear() plus session state: approvals given "for this session". Returns the new id."""
+        self.policy.reset()
+        return self.clear()
+
+    def undo(self) -> str:
+        return self.workspace.undo()
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
