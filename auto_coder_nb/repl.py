@@ -1,0 +1,110 @@
+"""The interactive REPL: prompt_toolkit input with history, streamed answers, slash commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+
+from .agent import iterate_sync
+from .cli import EXIT_OK, TerminalView, ask_on_terminal, effective
+from .errors import ProviderError
+from .session import Session
+
+HELP = """\
+Type a request and press Enter. Alt+Enter (or Esc then Enter) starts a new line.
+Ctrl-C stops the running answer; Ctrl-D quits.
+
+  /help           this help
+  /clear          clear the conversation history (new correlation id)
+  /reset          clear history and session state (approvals "for this session")
+  /id             show the correlation id and the tokens used this session
+  /models         list the models the endpoint offers
+  /undo           undo the file changes of the last turn
+  /quit, /exit    leave"""
+
+
+def history_path() -> Path:
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "auto-coder" / "history"
+
+
+def _prompt_session() -> PromptSession[str]:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event) -> None:  # type: ignore[no-untyped-def]
+        event.current_buffer.insert_text("\n")
+
+    try:
+        path = history_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        history: FileHistory | InMemoryHistory = FileHistory(str(path))
+    except OSError:
+        history = InMemoryHistory()
+    return PromptSession(history=history, key_bindings=bindings, multiline=False)
+
+
+def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
+    prompts = _prompt_session()
+    print(f"auto-coder: {effective(session.config)}, workspace {session.workspace.root}, "
+          f"approval mode {session.policy.mode}. /help for commands.", file=sys.stderr)
+    while True:
+        try:
+            text = prompts.prompt("> ").strip()
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            break
+        if not text:
+            continue
+        if text.startswith("/"):
+            if run_command(session, text, loop) == "quit":
+                break
+            continue
+        view = TerminalView(ask=ask_on_terminal, show_usage=True)
+        try:
+            for event in iterate_sync(session.agent.run(text), loop):
+                view.handle(event)
+        except KeyboardInterrupt:
+            view.finish_text()
+            print("(stopped)", file=sys.stderr)
+    total = session.conversation.usage.total_tokens
+    print(f"bye ({total} tokens this session)", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop) -> str | None:
+    """Run a slash command; returns "quit" to leave."""
+    name, _, _rest = line.partition(" ")
+    if name in ("/quit", "/exit"):
+        return "quit"
+    if name == "/help":
+        print(HELP)
+    elif name == "/clear":
+        print(f"Conversation cleared. New correlation id: {session.clear()}")
+    elif name == "/reset":
+        print(f"Conversation and session state reset. New correlation id: {session.reset()}")
+    elif name == "/id":
+        usage = session.conversation.usage
+        print(f"Correlation id: {session.conversation.correlation_id}")
+        print(f"Tokens this session: {usage.total_tokens} "
+              f"(prompt {usage.prompt_tokens}, completion {usage.completion_tokens})")
+    elif name == "/models":
+        try:
+            models = loop.run_until_complete(session.provider.list_models(headers=session.conversation.headers))
+        except ProviderError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            for model in models:
+                print(("* " if model == session.config.llm.model else "  ") + model)
+    elif name == "/undo":
+        print(session.undo())
+    else:
+        print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
+    return None
