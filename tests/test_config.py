@@ -1,0 +1,166 @@
+"""Configuration: files, environment, flags, precedence, ${VAR}, errors, --show-config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auto_coder_nb.config import DEFAULT_BASE_URL, DEFAULT_MODEL, load_config
+from auto_coder_nb.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    """The environment without any auto-coder, OpenAI or auth settings of the machine running the tests."""
+    drop = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    home, cwd = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    cwd.mkdir()
+    return home, cwd
+
+
+def test_defaults_when_nothing_is_set(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={}, home=home, cwd=cwd)
+    assert config.llm.base_url == DEFAULT_BASE_URL == "http://localhost:11434/v1"
+    assert config.llm.model == DEFAULT_MODEL == "llama3.2"
+    assert config.llm.api_key is None
+    assert config.agent.approval_mode == "ask"
+    assert config.agent.max_iterations == 50
+    assert config.sources == {}
+
+
+def test_files_then_env_then_flags(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    home, cwd = dirs
+    write(home / ".auto-coder.yaml", "llm:\n  model: home-model\n  timeout: 30\n  base_url: http://home/v1\n")
+    write(cwd / ".auto-coder.yaml", "llm:\n  model: project-model\nagent:\n  max_iterations: 7\n")
+    explicit = write(tmp_path / "extra.yaml", "llm:\n  base_url: http://explicit/v1\n")
+    env = {"AUTO_CODER_MODEL": "env-model"}
+    config = load_config({"llm.model": None}, explicit, env=env, home=home, cwd=cwd)
+    assert config.llm.timeout == 30.0  # home file, untouched by later files: key by key
+    assert config.agent.max_iterations == 7
+    assert config.llm.base_url == "http://explicit/v1"
+    assert config.llm.model == "env-model"
+    assert config.sources["llm.model"] == "env AUTO_CODER_MODEL"
+    assert config.sources["llm.timeout"] == f"file {home / '.auto-coder.yaml'}"
+    config = load_config({"llm.model": "flag-model"}, explicit, env=env, home=home, cwd=cwd)
+    assert config.llm.model == "flag-model"
+    assert config.sources["llm.model"] == "flag --model"
+
+
+def test_openai_api_key_is_only_a_fallback(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd)
+    assert config.llm.api_key == "sk-openai"
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: sk-file\n")
+    assert load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd).llm.api_key == "sk-file"
+    env = {"OPENAI_API_KEY": "sk-openai", "AUTO_CODER_API_KEY": "sk-auto"}
+    assert load_config(env=env, home=home, cwd=cwd).llm.api_key == "sk-auto"
+
+
+def test_variables_expand_from_the_environment(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml",
+          "llm:\n  api_key: ${MY_KEY}\n  auth_headers:\n    X-Team: ${TEAM:-data}\n    X-Key: pre-${MY_KEY}\n")
+    config = load_config(env={"MY_KEY": "s3cret"}, home=home, cwd=cwd)
+    assert config.llm.api_key == "s3cret"
+    assert config.llm.auth_headers == {"X-Team": "data", "X-Key": "pre-s3cret"}
+
+
+def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${NOT_SET_ANYWHERE}\n")
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set") as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("llm: [unclosed\n", "malformed YAML at line"),
+        ("llm:\n  modle: x\n", "unknown key 'llm.modle'"),
+        ("llm:\n  timeout: soon\n", "llm.timeout: expected a positive number"),
+        ("agent:\n  max_iterations: many\n", "agent.max_iterations: expected a positive whole number"),
+        ("agent:\n  approval_mode: yolo\n", "agent.approval_mode: expected one of ask, auto-edit"),
+        ("llm:\n  auth_headers: [a, b]\n", "llm.auth_headers: expected a mapping"),
+        ("models:\n  a: b\n", "unknown section 'models'"),
+        ("- just a list\n", "expected a mapping"),
+    ],
+)
+def test_bad_files_give_one_line_naming_file_and_key(dirs: tuple[Path, Path], text: str, expected: str) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, home=home, cwd=cwd)
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_a_wrong_secret_is_not_echoed(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: [sk-visible-secret]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert "sk-visible-secret" not in str(info.value)
+
+
+def test_show_config_masks_secrets_and_names_sources(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "llm:\n  auth_headers:\n    X-Gateway-Key: hdr-secret-1\n")
+    config = load_config(env={"AUTO_CODER_API_KEY": "sk-shown-nowhere"}, home=home, cwd=cwd)
+    shown = config.show()
+    assert "sk-shown-nowhere" not in shown and "hdr-secret-1" not in shown
+    assert "llm.api_key = '<hidden>'  (env AUTO_CODER_API_KEY)" in shown
+    assert "X-Gateway-Key" in shown
+    assert "llm.model = 'llama3.2'  (default)" in shown
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "auto_coder_nb", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_cli_config_errors_exit_2_without_traceback(dirs: tuple[Path, Path], clean_env: dict[str, str]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "llm:\n  timeout: -1\n")
+    result = run_cli("--show-config", cwd=cwd, env=clean_env | {"HOME": str(home)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "llm.timeout" in result.stderr
+
+
+def test_cli_show_config(dirs: tuple[Path, Path], clean_env: dict[str, str]) -> None:
+    home, cwd = dirs
+    env = clean_env | {"HOME": str(home), "AUTO_CODER_API_KEY": "sk-cli-secret"}
+    result = run_cli("--show-config", "--model", "m1", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "llm.model = 'm1'  (flag --model)" in result.stdout
+    assert "sk-cli-secret" not in result.stdout + result.stderr
+
+
+def test_cli_version_and_usage_errors(dirs: tuple[Path, Path], clean_env: dict[str, str]) -> None:
+    home, cwd = dirs
+    env = clean_env | {"HOME": str(home)}
+    version = run_cli("--version", cwd=cwd, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("auto-coder ")
+    bad = run_cli("--approval-mode", "sometimes", "hi", cwd=cwd, env=env)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = run_cli("-d", str(cwd / "nowhere"), "hi", cwd=cwd, env=env)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
