@@ -1,0 +1,16 @@
+"""The workspace tools the model acts through: read_file, write_file, edit_file, list_directory, run_command."""
+
+from __future__ import annotations
+
+from ..providers.base import ToolDefinition
+from .filesystem import filesystem_tools
+from .registry import ToolError, ToolRegistry
+from .shell import shell_tools
+from .workspace import Workspace
+
+__all__ = ["ToolError", "ToolRegistry", "Workspace", "build_workspace_tools"]
+
+
+def build_workspace_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[ToolDefinition]:
+    """The five workspace tools, bound to `workspace`; `command_timeout` is run_command's default in seconds."""
+    return [*filesystem_tools(workspace), *shell_tools(workspace, command_timeout)]
