@@ -67,8 +67,10 @@ class Session:
         return self.conversation.correlation_id
 
     def reset(self) -> str:
-        """clear() plus session state: approvals given "for this session". Returns the new id."""
+        """clear() plus session state: approvals given "for this session" and what the model has read.
+        Returns the new id. Undo checkpoints stay: a reset should not lose the way back."""
         self.policy.reset()
+        self.workspace.forget_reads()
         return self.clear()
 
     def undo(self) -> str:
