@@ -1,0 +1,464 @@
+"""Where credentials come from.
+
+- `AuthenticationProvider.generate_auth_token()`: the SSO bearer token (USE_SSO=true). `SSO_TOKEN` if
+  set, otherwise a real OAuth 2.0 device authorization flow (RFC 8628), cached until it expires.
+- `AuthenticationProvider.get_basic_credentials()`: base64 `client_id:client_secret` for gateways that
+  refresh tokens on the server side (SERVER_SIDE_TOKEN_REFRESH=true).
+- `AuthenticationProviderWithClientSideTokenRefresh`: an `httpx.Auth` that sends the API key, or a
+  token from `auth.token_command` or from `auth.token_url` (client credentials / refresh token), renews
+  it shortly before it expires, and on a 401 renews it once and retries the request once.
+
+Use your own class without editing the package: `auth.provider: "my_module:MyProvider"` in the config
+file. It needs the same methods (an `httpx.Auth` subclass for the client-side mode); its constructor
+gets the `Config` if it takes a `config` argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .config import Config, load_config
+from .errors import AuthenticationFailed, ConfigError
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
+SLOW_DOWN_STEP = 5.0  # RFC 8628 section 3.5
+EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the token's lifetime)
+TOKEN_COMMAND_TIMEOUT = 60.0
+
+
+@dataclass
+class Token:
+    value: str
+    expires_at: float | None = None  # on the provider's clock; None: until the server rejects it
+    refresh_token: str | None = None
+
+    def fresh(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True)
+class DeviceCode:
+    """What the user needs to finish a device sign-in. (The device code itself stays private.)"""
+
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None = None
+    expires_in: float = 600.0
+
+    def message(self) -> str:
+        text = f"To sign in, open {self.verification_uri} and enter the code {self.user_code}"
+        if self.verification_uri_complete:
+            text += f" (or open {self.verification_uri_complete})"
+        return text + f". The code expires in {int(self.expires_in // 60)} minutes."
+
+
+def print_device_code(code: DeviceCode) -> None:
+    """Default way to show the sign-in code: standard error (visible in a terminal and in notebook output)."""
+    print(code.message(), file=sys.stderr, flush=True)
+
+
+def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every known secret replaced, for messages built from what a server or command said."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<hidden>")
+    return text
+
+
+TOKEN_REQUEST = "auto_coder_nb.token_request"  # request extension marking a flow's own token requests
+TOKEN_ENDPOINT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+def token_request(url: str, form: dict[str, str | None]) -> httpx.Request:
+    """A POST to an OAuth token (or device authorization) endpoint; empty fields are left out."""
+    data = {name: value for name, value in form.items() if value}
+    # Built outside a client, so it carries its own timeout (and none of the client's custom headers).
+    return httpx.Request("POST", url, data=data, headers={"Accept": "application/json"},
+                         extensions={"timeout": TOKEN_ENDPOINT_TIMEOUT.as_dict(), TOKEN_REQUEST: True})
+
+
+def _oauth_error(response: httpx.Response) -> tuple[str, str]:
+    """(error code, description) of an OAuth error response; both may be empty."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    return str(body.get("error") or ""), str(body.get("error_description") or "")
+
+
+def parse_token_response(response: httpx.Response, *, now: float, what: str,
+                         secrets: Iterable[str | None]) -> Token:
+    """The token from a successful token endpoint response; AuthenticationFailed with a safe message otherwise."""
+    if response.status_code == 200:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("access_token"), str) and body["access_token"]:
+            return Token(body["access_token"], _expiry(body.get("expires_in"), now), body.get("refresh_token"))
+        raise AuthenticationFailed(f"{what}: the token endpoint answered without an access_token",
+                                   status=response.status_code)
+    raise token_error(response, what=what, secrets=secrets)
+
+
+def token_error(response: httpx.Response, *, what: str, secrets: Iterable[str | None]) -> AuthenticationFailed:
+    """A readable, secret-free error for a token endpoint's refusal."""
+    code, description = _oauth_error(response)
+    detail = " ".join(part for part in (code, description and f"({description})") if part)
+    message = f"{what}: the token endpoint {response.request.url.copy_with(query=None)} refused it " \
+              f"(HTTP {response.status_code}{': ' + detail if detail else ''})"
+    return AuthenticationFailed(hide_secrets(message, secrets), status=response.status_code)
+
+
+def _expiry(expires_in: Any, now: float) -> float | None:
+    try:
+        lifetime = float(expires_in)
+    except (TypeError, ValueError):
+        return None
+    return now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
+
+
+def _transport_client(config: Config, url: str) -> httpx.Client:
+    from .auth import transport_kwargs  # auth imports this module, so import at call time
+
+    return httpx.Client(**transport_kwargs(config, url))
+
+
+class AuthenticationProvider:
+    """SSO bearer tokens and basic credentials, from configuration (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        show_device_code: Callable[[DeviceCode], None] = print_device_code,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.show_device_code = show_device_code
+        self._clock = clock
+        self._sleep = sleep
+        self._token: Token | None = None
+        self._lock = threading.Lock()  # two requests at once must not start two sign-ins
+
+    def generate_auth_token(self) -> str | None:
+        """The SSO bearer token: SSO_TOKEN, or a cached device-flow token, renewed when it expires."""
+        auth = self.config.auth
+        if auth.sso_token:
+            return auth.sso_token
+        with self._lock:
+            now = self._clock()
+            if self._token is not None and self._token.fresh(now):
+                return self._token.value
+            missing = [name for name in ("device_authorization_url", "token_url", "client_id")
+                       if not getattr(auth, name)]
+            if missing:
+                raise ConfigError("USE_SSO is on but there is no token: set SSO_TOKEN, or set "
+                                  + ", ".join(f"auth.{name}" for name in missing) + " for the device sign-in")
+            with _transport_client(self.config, auth.token_url or "") as client:
+                self._token = self._refresh(client) or self._device_flow(client)
+            return self._token.value
+
+    def get_basic_credentials(self) -> str | None:
+        """base64 of `client_id:client_secret` (auth.client_id / auth.client_secret), or None if unset."""
+        auth = self.config.auth
+        if not (auth.client_id and auth.client_secret):
+            return None
+        return base64.b64encode(f"{auth.client_id}:{auth.client_secret}".encode()).decode("ascii")
+
+    def forget_token(self) -> None:
+        """Drop the cached token, so the next call signs in (or refreshes) again."""
+        with self._lock:
+            self._token = None
+
+    @property
+    def _secrets(self) -> list[str | None]:
+        auth = self.config.auth
+        token = self._token
+        return [auth.client_secret, auth.sso_token, auth.refresh_token,
+                token.value if token else None, token.refresh_token if token else None]
+
+    def _refresh(self, client: httpx.Client) -> Token | None:
+        """A new token from the expired one's refresh token, so the user need not sign in again."""
+        refresh_token = self._token.refresh_token if self._token else None
+        if not refresh_token:
+            return None
+        auth = self.config.auth
+        request = token_request(auth.token_url or "", {
+            "grant_type": "refresh_token", "refresh_token": refresh_token,
+            "client_id": auth.client_id, "client_secret": auth.client_secret, "scope": auth.scope,
+        })
+        try:
+            token = parse_token_response(client.send(request), now=self._clock(), what="SSO token refresh",
+                                         secrets=self._secrets)
+        except AuthenticationFailed:
+            return None  # the refresh token expired too: sign in again
+        token.refresh_token = token.refresh_token or refresh_token
+        return token
+
+    def _device_flow(self, client: httpx.Client) -> Token:
+        """RFC 8628: ask for a device code, show the user code, poll the token endpoint until sign-in ends."""
+        auth = self.config.auth
+        response = client.send(token_request(auth.device_authorization_url or "", {
+            "client_id": auth.client_id, "scope": auth.scope,
+        }))
+        try:
+            body = response.json() if response.status_code == 200 else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in
+                                                  ("device_code", "user_code", "verification_uri")):
+            code, description = _oauth_error(response)
+            detail = f": {code} {description}".rstrip() if code else ""
+            raise AuthenticationFailed(hide_secrets(
+                f"SSO sign-in: the device authorization endpoint {auth.device_authorization_url} answered "
+                f"HTTP {response.status_code} without a device code{detail}", self._secrets),
+                status=response.status_code)
+        expires_in = float(body.get("expires_in") or 600)
+        self.show_device_code(DeviceCode(body["user_code"], body["verification_uri"],
+                                         body.get("verification_uri_complete"), expires_in))
+        interval = float(body.get("interval") or DEFAULT_POLL_INTERVAL)
+        deadline = self._clock() + expires_in
+        poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": body["device_code"],
+                "client_id": auth.client_id, "client_secret": auth.client_secret}
+        while True:
+            if self._clock() >= deadline:
+                raise AuthenticationFailed("SSO sign-in: the code expired before sign-in finished; try again")
+            self._sleep(interval)
+            response = client.send(token_request(auth.token_url or "", poll))
+            if response.status_code == 200:
+                return parse_token_response(response, now=self._clock(), what="SSO sign-in", secrets=self._secrets)
+            code, _ = _oauth_error(response)
+            if code == "authorization_pending":
+                continue
+            if code == "slow_down":
+                interval += SLOW_DOWN_STEP
+                continue
+            if code == "expired_token":
+                raise AuthenticationFailed("SSO sign-in: the code expired before sign-in finished; try again")
+            if code == "access_denied":
+                raise AuthenticationFailed("SSO sign-in was denied; try again, or ask your administrator "
+                                           "whether your account may use this client")
+            raise token_error(response, what="SSO sign-in", secrets=self._secrets)
+
+
+@dataclass
+class BlockingCall:
+    """Yielded by an auth flow to run slow or blocking work (a command, a sign-in) the right way for the
+    client: directly for a sync client, in a worker thread for an async one, so the event loop keeps going."""
+
+    function: Callable[[], Any]
+
+
+class FlowAuth(httpx.Auth):
+    """Runs one `auth_flow` generator for sync and async clients.
+
+    Besides requests, the flow may yield `BlockingCall`s. The bodies of its own token requests (made
+    with `token_request`) are read for it; the real response is handed back unread, so it streams.
+    """
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.read()  # a request retried after a 401 is sent again with its body
+        flow = self.auth_flow(request)
+        step: Any = next(flow)
+        while True:
+            if isinstance(step, BlockingCall):
+                sent: Any = step.function()
+            else:
+                sent = yield step
+                if step.extensions.get(TOKEN_REQUEST):
+                    sent.read()
+            try:
+                step = flow.send(sent)
+            except StopIteration:
+                return
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await request.aread()
+        flow = self.auth_flow(request)
+        step: Any = next(flow)
+        while True:
+            if isinstance(step, BlockingCall):
+                sent: Any = await asyncio.to_thread(step.function)
+            else:
+                sent = yield step
+                if step.extensions.get(TOKEN_REQUEST):
+                    await sent.aread()
+            try:
+                step = flow.send(sent)
+            except StopIteration:
+                return
+
+
+class ProviderHeaderAuth(FlowAuth):
+    """`Authorization: <scheme> <value>` with the value asked of a provider method on every request
+    (the provider caches). Used for the SSO (Bearer) and server-side refresh (Basic) modes."""
+
+    def __init__(self, get_value: Callable[[], str | None], scheme: str, missing: str) -> None:
+        self._get_value = get_value
+        self._scheme = scheme
+        self._missing = missing
+
+    def auth_flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
+        value = yield BlockingCall(self._get_value)
+        if not value:
+            raise AuthenticationFailed(self._missing)
+        request.headers["Authorization"] = f"{self._scheme} {value}"
+        yield request
+
+
+class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
+    """Bearer auth for clients that renew their own tokens.
+
+    The token comes from `auth.token_command`, else `auth.token_url` (a refresh-token grant when there is
+    a refresh token, else client credentials), else the API key (sent as is). No source at all sends no
+    Authorization header, which local servers accept.
+    """
+
+    def __init__(self, config: Config | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config if config is not None else load_config()
+        self._clock = clock
+        self._token: Token | None = None
+        self._refresh_token = self.config.auth.refresh_token
+
+    @property
+    def renews(self) -> bool:
+        """Whether this auth fetches tokens itself (rather than sending a fixed key or nothing)."""
+        return bool(self.config.auth.token_command or self.config.auth.token_url)
+
+    def get_bearer_token(self) -> str:
+        """The current token, fetched or renewed first if needed (for use outside a request)."""
+        with _transport_client(self.config, self.config.auth.token_url or self.config.llm.base_url) as client:
+            flow = self._current_token()
+            sent: Any = None
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as done:
+                    return done.value
+                sent = step.function() if isinstance(step, BlockingCall) else client.send(step)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
+        if not self.renews:
+            if self.config.llm.api_key:
+                request.headers["Authorization"] = f"Bearer {self.config.llm.api_key}"
+            yield request
+            return
+        token = yield from self._current_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        self._token = None  # rejected before its time (revoked, clock skew): renew once, retry once
+        token = yield from self._current_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    def _current_token(self) -> Generator[Any, Any, str]:
+        if self._token is not None and self._token.fresh(self._clock()):
+            return self._token.value
+        if self.config.auth.token_command:
+            self._token = yield BlockingCall(self._run_token_command)
+        else:
+            self._token = yield from self._fetch_token()
+        return self._token.value
+
+    @property
+    def _secrets(self) -> list[str | None]:
+        auth = self.config.auth
+        return [auth.client_secret, auth.refresh_token, self._refresh_token, self.config.llm.api_key,
+                self._token.value if self._token else None]
+
+    def _fetch_token(self) -> Generator[Any, Any, Token]:
+        auth = self.config.auth
+        url = auth.token_url or ""
+        if self._refresh_token:
+            response = yield token_request(url, {
+                "grant_type": "refresh_token", "refresh_token": self._refresh_token,
+                "client_id": auth.client_id, "client_secret": auth.client_secret, "scope": auth.scope,
+            })
+            try:
+                token = parse_token_response(response, now=self._clock(), what="token refresh",
+                                             secrets=self._secrets)
+            except AuthenticationFailed:
+                if not auth.client_secret:
+                    raise
+            else:
+                self._refresh_token = token.refresh_token or self._refresh_token
+                return token
+        if not (auth.client_id and auth.client_secret):
+            raise ConfigError("auth.token_url is set but auth.client_id and auth.client_secret (or "
+                              "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) are not")
+        response = yield token_request(url, {
+            "grant_type": "client_credentials", "client_id": auth.client_id,
+            "client_secret": auth.client_secret, "scope": auth.scope,
+        })
+        token = parse_token_response(response, now=self._clock(), what="client credentials", secrets=self._secrets)
+        self._refresh_token = token.refresh_token or self._refresh_token
+        return token
+
+    def _run_token_command(self) -> Token:
+        """Run auth.token_command; it prints a token, or JSON with access_token / accessToken and expires_in."""
+        command = self.config.auth.token_command or ""
+        try:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=TOKEN_COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AuthenticationFailed(f"auth.token_command did not finish in {TOKEN_COMMAND_TIMEOUT:.0f} s") from None
+        output = done.stdout.strip()
+        if done.returncode != 0 or not output:
+            said = hide_secrets(done.stderr.strip()[-300:], [*self._secrets, output])
+            problem = f"exited with status {done.returncode}" if done.returncode else "printed no token"
+            raise AuthenticationFailed(f"auth.token_command {problem}" + (f": {said}" if said else ""))
+        now = self._clock()
+        lifetime: Any = self.config.auth.token_lifetime
+        if output.startswith("{"):
+            try:
+                body = json.loads(output)
+            except ValueError:
+                body = {}
+            value = body.get("access_token") or body.get("accessToken") if isinstance(body, dict) else None
+            if not isinstance(value, str) or not value:
+                raise AuthenticationFailed("auth.token_command printed JSON without access_token")
+            output, lifetime = value, body.get("expires_in", lifetime)
+        return Token(output, _expiry(lifetime, now))
+
+
+def load_provider_class(spec: str) -> type:
+    """The class named by `auth.provider` ("package.module:Class")."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"auth.provider: expected 'module:Class', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"auth.provider: cannot import {module_name}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"auth.provider: {module_name} has no class {class_name}")
+    return cls
+
+
+def instantiate(cls: type, config: Config) -> Any:
+    """An instance of a user's provider class, given the Config if its constructor takes `config`."""
+    try:
+        takes_config = "config" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_config = False
+    return cls(config=config) if takes_config else cls()
