@@ -37,6 +37,10 @@ class ModelNotFound(ProviderError):
     pass
 
 
+class EndpointNotFound(ProviderError):
+    """The URL answered 404 (or redirected): llm.base_url is probably wrong."""
+
+
 class ContextOverflow(ProviderError):
     pass
 
