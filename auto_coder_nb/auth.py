@@ -215,7 +215,7 @@ def _warn_unverified(config: Config) -> None:
 
 def tls_failure_message(exc: BaseException, config: Config) -> str | None:
     """If `exc` (or its cause) is a failed certificate check, a message saying what to set; else None."""
-    reason = _certificate_problem(exc)
+    reason = certificate_problem(exc)
     if reason is None:
         return None
     try:
@@ -228,7 +228,8 @@ def tls_failure_message(exc: BaseException, config: Config) -> str | None:
             "certifi's), or set SSL_CERT_FILE; llm.verify: false turns checking off (unsafe).")
 
 
-def _certificate_problem(exc: BaseException | None) -> str | None:
+def certificate_problem(exc: BaseException | None) -> str | None:
+    """Why the server's certificate was refused, if that is what `exc` (or what caused it) says."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -1,0 +1,323 @@
+"""`auto-coder --doctor`: check, one step after the other, what it takes to work with the model.
+
+Steps: configuration sources, the base URL reachable, TLS verified (with which bundle), authentication
+accepted, the model listed by /models, a short streamed answer, a tool call when asked for one. Each
+row says pass or fail and, when it fails, the next thing to try. Secrets never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ssl
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from . import auth
+from .authentication_provider import AuthenticationProvider, hide_secrets
+from .config import Config
+from .errors import AutoCoderError, ProviderError
+from .providers.base import Completion, TextChunk, ToolDefinition
+from .state.conversation import new_correlation_id
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+STEP_WIDTH = 20
+TOOL_NAME = "get_current_time"
+TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
+ANSWER_PROMPT = "Reply with one short sentence: are you ready?"
+MODELS_SHOWN = 8
+
+
+@dataclass
+class Row:
+    step: str
+    result: str
+    detail: str
+    next: str = ""
+
+
+def run_doctor(config: Config, write: Callable[[str], None]) -> bool:
+    """Run every check and `write` the table, one line per call (no trailing newline; `print` fits).
+    True only if every step passed (a warning passes)."""
+    doctor = _Doctor(config, write)
+    return doctor.run()
+
+
+class _Doctor:
+    def __init__(self, config: Config, write: Callable[[str], None]) -> None:
+        self.config = config
+        self._write = write
+        self.rows: list[Row] = []
+        self.headers = {"x-correlation-id": f"doctor-{new_correlation_id()}"}
+        self.base_url = config.llm.base_url.rstrip("/")
+        self.models_url = f"{self.base_url}/models"
+        self.client_kwargs: dict[str, Any] = {}
+
+    # -- output --------------------------------------------------------------------------------
+
+    def write(self, line: str) -> None:
+        self._write(hide_secrets(line, self._secrets()))
+
+    def _secrets(self) -> list[str | None]:
+        llm, settings = self.config.llm, self.config.auth
+        proxy = self.client_kwargs.get("proxy") or llm.proxy
+        return [llm.api_key, *llm.auth_headers.values(), settings.client_secret, settings.sso_token,
+                settings.refresh_token, AuthenticationProvider(self.config).get_basic_credentials(),
+                httpx.URL(proxy).password if proxy else None]
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        self.write(f"  {row.step:<{STEP_WIDTH}}  {row.result:<6}  {row.detail}")
+        if row.next:
+            self.write(f"  {'':<{STEP_WIDTH}}  {'':<6}  next: {row.next}")
+        return row
+
+    def skip(self, steps: list[str], because: str) -> None:
+        for step in steps:
+            self.add(Row(step, SKIP, f"skipped: {because}"))
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        self.write(f"auto-coder doctor: {auth.redact_url(self.base_url)}, model {self.config.llm.model}")
+        self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
+        later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
+                 "tool call"]
+        if self.check_configuration().result == FAIL:
+            self.skip(later, "fix the configuration first")
+            return self.summary()
+        reach, tls = self.check_connection()
+        if reach.result == FAIL or tls.result == FAIL:
+            self.skip(later[2:], "the server cannot be reached safely yet")
+            return self.summary()
+        accepted, response = self.check_authentication()
+        if accepted.result == FAIL:
+            self.skip(later[3:], "authentication failed")
+            return self.summary()
+        self.check_model(response)
+        self.check_chat()
+        return self.summary()
+
+    def summary(self) -> bool:
+        failed = [row.step for row in self.rows if row.result in (FAIL, SKIP)]
+        if failed:
+            self.write(f"{len(failed)} of {len(self.rows)} checks did not pass: {', '.join(failed)}.")
+        else:
+            self.write(f"All {len(self.rows)} checks passed.")
+        return not failed
+
+    def check_configuration(self) -> Row:
+        config = self.config
+        files = ", ".join(str(path) for path in config.files) or "none"
+        parts = [f"files: {files}"]
+        for key in ("llm.base_url", "llm.model"):
+            parts.append(f"{key.split('.')[1]} from {config.sources.get(key, 'default')}")
+        parts.append(f"auth: {auth.auth_mode(config)}")
+        if config.llm.auth_headers:
+            parts.append(f"custom headers: {', '.join(config.llm.auth_headers)}")
+        url = httpx.URL(config.llm.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            return self.add(Row("configuration", FAIL, "; ".join(parts),
+                                f"llm.base_url must be an http:// or https:// URL, got {config.llm.base_url!r}"))
+        try:
+            self.client_kwargs = auth.http_client_kwargs(config)
+        except AutoCoderError as error:
+            return self.add(Row("configuration", FAIL, "; ".join(parts), str(error)))
+        proxy = self.client_kwargs.get("proxy")
+        parts.append(f"proxy: {auth.redact_url(proxy) if proxy else 'none'}")
+        return self.add(Row("configuration", PASS, "; ".join(parts)))
+
+    def check_connection(self) -> tuple[Row, Row]:
+        """Reach /models without credentials: any HTTP answer means the server (and TLS) works."""
+        kwargs = {key: value for key, value in self.client_kwargs.items() if key != "auth"}
+        trust = auth.tls_trust(self.config)
+        https = self.base_url.startswith("https:")
+        route = f"via proxy {auth.redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
+        try:
+            with httpx.Client(**kwargs) as client:
+                response = client.get(self.models_url, headers=self.headers)
+        except httpx.HTTPError as exc:
+            return self._connection_failure(exc, trust, https, route)
+        reach = self.add(Row("base URL reachable", PASS, f"GET {self.models_url} answered HTTP "
+                                                          f"{response.status_code} ({route})"))
+        if not https:
+            return reach, self.add(Row("TLS verified", PASS, "not used (the base URL is plain http)"))
+        if trust.verify is False:
+            return reach, self.add(Row("TLS verified", WARN, trust.source,
+                                       "set llm.ca_bundle to your CA's PEM file and drop llm.verify: false"))
+        return reach, self.add(Row("TLS verified", PASS, f"with {trust.source}"))
+
+    def _connection_failure(self, exc: httpx.HTTPError, trust: auth.Trust, https: bool,
+                            route: str) -> tuple[Row, Row]:
+        problem = auth.certificate_problem(exc)
+        if problem is not None:
+            reach = self.add(Row("base URL reachable", PASS, f"connected ({route})"))
+            return reach, self.add(Row("TLS verified", FAIL, f"{problem}; trusted CAs: {trust.source}",
+                                       "if your network re-signs TLS with a private CA, set llm.ca_bundle to that "
+                                       "CA's PEM file, add it to llm.extra_ca_certs, or set SSL_CERT_FILE"))
+        if https and _is_ssl_error(exc):
+            reach = self.add(Row("base URL reachable", PASS, f"connected ({route})"))
+            return reach, self.add(Row("TLS verified", FAIL, f"TLS handshake failed: {exc}",
+                                       "check that the server speaks https on this port (or use http://)"))
+        if isinstance(exc, httpx.ProxyError):
+            hint = "the proxy wants credentials: put them in the proxy URL (http://user:password@host:port)" \
+                if "407" in str(exc) else "check HTTPS_PROXY / HTTP_PROXY / llm.proxy, or NO_PROXY for this host"
+            row = Row("base URL reachable", FAIL, f"the proxy refused ({route}): {exc}", hint)
+        elif isinstance(exc, httpx.TimeoutException):
+            row = Row("base URL reachable", FAIL, f"timed out ({route})",
+                      "check llm.base_url and your network; behind a corporate proxy set HTTPS_PROXY or llm.proxy")
+        else:
+            source = self.config.sources.get("llm.base_url", "default")
+            row = Row("base URL reachable", FAIL, f"{type(exc).__name__}: {exc or 'connection failed'} ({route})",
+                      f"check that the server runs and llm.base_url is right (from {source}); behind a proxy "
+                      "set HTTPS_PROXY or llm.proxy")
+        reach = self.add(row)
+        return reach, self.add(Row("TLS verified", SKIP, "skipped: no connection"))
+
+    def check_authentication(self) -> tuple[Row, httpx.Response | None]:
+        mode = auth.auth_mode(self.config)
+        try:
+            with httpx.Client(**self.client_kwargs) as client:
+                response = client.get(self.models_url, headers=self.headers)
+        except AutoCoderError as error:
+            return self.add(Row("authentication", FAIL, f"{mode}: {error}", self._auth_advice())), None
+        except httpx.HTTPError as exc:
+            return self.add(Row("authentication", FAIL, f"{mode}: {type(exc).__name__}: {exc}",
+                                "check auth.token_url and the network path to it")), None
+        if response.status_code in (401, 403):
+            said = _server_message(response)
+            return self.add(Row("authentication", FAIL, f"{mode}: HTTP {response.status_code}"
+                                + (f": {said}" if said else ""), self._auth_advice())), response
+        return self.add(Row("authentication", PASS, f"{mode}: accepted (HTTP {response.status_code})")), response
+
+    def _auth_advice(self) -> str:
+        config = self.config
+        settings = config.auth
+        if settings.use_sso:
+            return "check SSO_TOKEN, or the device sign-in settings (auth.device_authorization_url, " \
+                   "auth.token_url, auth.client_id, auth.scope)"
+        if settings.server_side_token_refresh:
+            return "check auth.client_id and auth.client_secret (AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET)"
+        if settings.token_command:
+            return "run auth.token_command yourself and check the token it prints is for this server"
+        if settings.token_url:
+            return "check auth.client_id, auth.client_secret, auth.scope and auth.token_url"
+        if config.llm.api_key:
+            source = config.sources.get("llm.api_key", "llm.api_key")
+            return f"the key from {source} was refused: check it, or set AUTO_CODER_API_KEY or --api-key"
+        return "the server wants credentials: set AUTO_CODER_API_KEY (or --api-key), USE_SSO=true, or auth.* settings"
+
+    def check_model(self, response: httpx.Response | None) -> Row:
+        model = self.config.llm.model
+        if response is None or response.status_code == 404:
+            return self.add(Row("model listed", WARN, "the server has no /models; the chat steps below check the "
+                                                      f"model {model!r}"))
+        try:
+            data = response.json()
+            entries = data["data"] if isinstance(data, dict) else data
+            models = [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
+        except (ValueError, KeyError, TypeError):
+            return self.add(Row("model listed", WARN, f"/models answered HTTP {response.status_code} without a "
+                                                      "model list; the chat steps below check the model"))
+        if model in models:
+            return self.add(Row("model listed", PASS, f"{model!r} is among the {len(models)} models listed"))
+        shown = ", ".join(models[:MODELS_SHOWN]) + (", ..." if len(models) > MODELS_SHOWN else "")
+        return self.add(Row("model listed", FAIL, f"{model!r} is not among the {len(models)} models listed: "
+                                                  f"{shown or 'none'}",
+                            "set llm.model (or --model, AUTO_CODER_MODEL) to one of the listed models"))
+
+    def check_chat(self) -> None:
+        from .providers.openai_compatible import OpenAICompatibleProvider
+
+        answer, call = _run(self._chat(OpenAICompatibleProvider(self.config, max_retries=0)))
+        self.add(answer)
+        self.add(call)
+
+    async def _chat(self, provider: Any) -> tuple[Row, Row]:
+        try:
+            answer = await self._streamed_answer(provider)
+            if answer.result == FAIL:
+                return answer, Row("tool call", SKIP, "skipped: no answer")
+            return answer, await self._tool_call(provider)
+        finally:
+            await provider.aclose()
+
+    async def _streamed_answer(self, provider: Any) -> Row:
+        chunks, completion = 0, Completion()
+        try:
+            async for event in provider.chat([{"role": "user", "content": ANSWER_PROMPT}], headers=self.headers):
+                if isinstance(event, TextChunk):
+                    chunks += 1
+                elif isinstance(event, Completion):
+                    completion = event
+        except (ProviderError, AutoCoderError) as error:
+            return Row("streamed answer", FAIL, str(error), _chat_advice(error))
+        text = " ".join(completion.content.split())
+        if not text:
+            return Row("streamed answer", FAIL, "the model answered with no text"
+                       + (" (only reasoning)" if completion.reasoning else ""),
+                       "try another model, or check llm.extra_params (max_tokens too low?)")
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        return Row("streamed answer", PASS, f"{chunks} chunk{'s' if chunks != 1 else ''}: {shown!r}")
+
+    async def _tool_call(self, provider: Any) -> Row:
+        tool = ToolDefinition(
+            name=TOOL_NAME, description="The current date and time in a timezone.",
+            parameters={"type": "object", "properties": {"timezone": {"type": "string"}}, "required": []},
+            handler=lambda **_: "",
+        )
+        completion = Completion()
+        try:
+            async for event in provider.chat([{"role": "user", "content": TOOL_PROMPT}], [tool], headers=self.headers):
+                if isinstance(event, Completion):
+                    completion = event
+        except (ProviderError, AutoCoderError) as error:
+            return Row("tool call", FAIL, str(error),
+                       "the server may not accept `tools`: enable tool calling on it or pick another model")
+        names = [call.name for call in completion.tool_calls]
+        if TOOL_NAME in names:
+            return Row("tool call", PASS, f"the model called {TOOL_NAME}")
+        got = f"called {', '.join(names)}" if names else "answered with text instead"
+        return Row("tool call", FAIL, f"asked to call {TOOL_NAME}, the model {got}",
+                   "pick a model trained for tool calling, or enable it on the server (vLLM: "
+                   "--enable-auto-tool-choice --tool-call-parser; llama.cpp: --jinja; Ollama: a model with "
+                   "the tools capability)")
+
+
+def _chat_advice(error: AutoCoderError) -> str:
+    from .errors import AuthenticationFailed, ModelNotFound, RequestTimeout
+
+    if isinstance(error, ModelNotFound):
+        return "set llm.model (or --model, AUTO_CODER_MODEL) to a model the server has"
+    if isinstance(error, AuthenticationFailed):
+        return "/models accepted the credentials but chat did not: check the key's permissions for this model"
+    if isinstance(error, RequestTimeout):
+        return "the model may still be loading: try again, or raise llm.timeout"
+    return "check the server's logs; the message above is what it said"
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return " ".join(response.text.split())[:200]
+    error = data.get("error", data) if isinstance(data, dict) else data
+    message = error.get("message") if isinstance(error, dict) else error
+    return " ".join(str(message or "").split())[:200]
+
+
+def _is_ssl_error(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on a private loop in a worker thread: the caller may sit inside a running loop (IPython)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auto-coder-doctor") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
