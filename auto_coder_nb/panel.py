@@ -1,0 +1,872 @@
+"""The chat panel: an ipywidgets face of the agent that works wherever ipywidgets work.
+
+Threading model (the hard part). The agent runs as an asyncio task on the kernel's own event loop,
+captured when the panel is created (in a cell, so on the main thread). Widget callbacks may arrive on
+the main thread or on a kernel subshell thread with its own loop (ipykernel 7), so every callback
+only hands its work to that loop with `call_soon_threadsafe` and returns at once. All widget state is
+changed from the loop, never from a callback directly.
+
+Streaming cost. Text deltas are buffered and flushed at most `UPDATES_PER_SECOND` times a second.
+An answer is rendered block by block: finished Markdown blocks are rendered once into the current
+segment widget (a new segment starts every `SEGMENT_CHARS`), only the open last block is re-rendered,
+and earlier messages are never touched, so one update costs the same after 10 or 1,000 messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import json
+import re
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from .events import (
+    ApprovalRequest,
+    ErrorEvent,
+    Event,
+    Notice,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+    UsageUpdate,
+)
+from .providers.base import Usage
+
+if TYPE_CHECKING:
+    from .session import Session
+
+UPDATES_PER_SECOND = 20
+SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
+PREVIEW_LIMIT = 20000  # characters of a diff or command shown in an approval card
+SUMMARY_LIMIT = 300
+
+IDLE, THINKING, RUNNING_TOOL, WAITING = "idle", "thinking", "running a tool", "waiting for approval"
+TURN_END_NOTES = {
+    "max_iterations": "Stopped at the request limit for one turn.",
+    "repeated_call": "Stopped: the same tool call was repeated.",
+}
+
+
+# -- Markdown to HTML: small and safe (everything from the model is escaped) ---------------------
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)")
+_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_RULE = re.compile(r"^ {0,3}([-*_])(\s*\1){2,}\s*$")
+_ITEM = re.compile(r"^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$")
+_QUOTE = re.compile(r"^ {0,3}>\s?(.*)$")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
+_EMPHASIS = re.compile(r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])|(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def inline_html(text: str) -> str:
+    """Inline Markdown (code, links, bold, italic, strike) of one piece of text, HTML-escaped."""
+    spans: list[str] = []
+
+    def keep(html_text: str) -> str:
+        spans.append(html_text)
+        return f"\x00{len(spans) - 1}\x00"
+
+    text = text.replace("\x00", "")
+    text = _CODE_SPAN.sub(lambda m: keep(f"<code>{html.escape(m.group(2).strip())}</code>"), text)
+    text = html.escape(text)
+    text = _LINK.sub(lambda m: keep(f'<a href="{m.group(2)}" target="_blank" rel="noopener noreferrer">'
+                                    f"{m.group(1)}</a>"), text)
+    text = _STRONG.sub(lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", text)
+    text = _EMPHASIS.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", text)
+    text = _STRIKE.sub(r"<del>\1</del>", text)
+    return re.sub("\x00(\\d+)\x00", lambda m: spans[int(m.group(1))], text)
+
+
+def code_html(code: str, language: str = "") -> str:
+    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else ""
+    return f'<div class="autocoder-codehead">{label}{_COPY_BUTTON}</div><pre><code>{html.escape(code)}</code></pre>'
+
+
+# Copy needs the browser's clipboard: a plain inline handler, harmless where a frontend strips it.
+_COPY_BUTTON = (
+    '<button class="autocoder-copy" title="Copy to the clipboard" onclick="'
+    "const c=this.closest('.autocoder-code').querySelector('code');"
+    "navigator.clipboard.writeText(c.innerText).then(()=>{this.textContent='Copied'},"
+    "()=>{const r=document.createRange();r.selectNodeContents(c);const s=getSelection();"
+    "s.removeAllRanges();s.addRange(r);this.textContent='Selected: press Ctrl+C'})"
+    '">Copy</button>'
+)
+
+
+def markdown_html(text: str) -> str:
+    """A whole Markdown text to HTML (blocks, then their inline parts). Unclosed fences run to the end."""
+    parts: list[str] = []
+    for block in split_blocks(text):
+        if block.language is not None:
+            parts.append(f'<pre><code>{html.escape(block.text)}</code></pre>')
+        else:
+            parts.append(block_html(block.text))
+    return "".join(parts)
+
+
+@dataclass
+class Block:
+    text: str
+    language: str | None = None  # not None for a fenced code block (then `text` is the code)
+
+
+def split_blocks(text: str) -> list[Block]:
+    blocks, rest = take_blocks(text)
+    if rest.strip():
+        fence = _FENCE.match(rest)
+        if fence:
+            body = rest.split("\n", 1)[1] if "\n" in rest else ""
+            blocks.append(Block(body, fence.group(2)))
+        else:
+            blocks.append(Block(rest))
+    return blocks
+
+
+def take_blocks(text: str) -> tuple[list[Block], str]:
+    """Split off the finished blocks of `text`; return them and the unfinished rest.
+
+    A text block ends at a blank line or where a fence opens; a code block ends at its closing fence.
+    Only complete lines are looked at, so the rest may keep growing.
+    """
+    lines = text.split("\n")
+    blocks: list[Block] = []
+    start, fence, language = 0, "", ""
+    for i, line in enumerate(lines[:-1]):
+        if fence:
+            stripped = line.strip()
+            if stripped.startswith(fence) and not stripped.strip(fence[0]):
+                blocks.append(Block("\n".join(lines[start + 1:i]), language))
+                start, fence = i + 1, ""
+            continue
+        opened = _FENCE.match(line)
+        if opened or not line.strip():
+            if any(piece.strip() for piece in lines[start:i]):
+                blocks.append(Block("\n".join(lines[start:i])))
+            start = i if opened else i + 1
+            if opened:
+                fence, language = opened.group(1), opened.group(2)
+    return blocks, "\n".join(lines[start:])
+
+
+def block_html(text: str) -> str:
+    """One text block: headings, rules, lists, quotes, tables and paragraphs (soft breaks kept)."""
+    lines = text.split("\n")
+    if len(lines) >= 2 and "|" in lines[0] and _TABLE_RULE.match(lines[1]):
+        return _table_html(lines)
+    out: list[str] = []
+    paragraph: list[str] = []
+    lists: list[tuple[int, str]] = []  # open lists: (indent, tag)
+    quote: list[str] = []
+
+    def close_paragraph() -> None:
+        if paragraph:
+            out.append("<p>" + "<br>".join(inline_html(line.strip()) for line in paragraph) + "</p>")
+            paragraph.clear()
+
+    def close_lists(indent: int = -1) -> None:
+        while lists and lists[-1][0] > indent:
+            out.append(f"</li></{lists.pop()[1]}>")
+
+    def close_quote() -> None:
+        if quote:
+            out.append(f"<blockquote>{block_html(chr(10).join(quote))}</blockquote>")
+            quote.clear()
+
+    for line in lines:
+        quoted = _QUOTE.match(line)
+        if quoted:
+            close_paragraph()
+            close_lists()
+            quote.append(quoted.group(1))
+            continue
+        close_quote()
+        heading, item = _HEADING.match(line), _ITEM.match(line)
+        if heading:
+            close_paragraph()
+            close_lists()
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{inline_html(heading.group(2))}</h{level}>")
+        elif _RULE.match(line):
+            close_paragraph()
+            close_lists()
+            out.append("<hr>")
+        elif item:
+            close_paragraph()
+            indent, marker, body = len(item.group(1).expandtabs(4)), item.group(2), item.group(3)
+            tag = "ol" if marker[0].isdigit() else "ul"
+            close_lists(indent)
+            if lists and lists[-1][0] == indent:
+                out.append("</li>")
+                if lists[-1][1] != tag:
+                    out.append(f"</{lists.pop()[1]}>")
+            if not lists or lists[-1][0] < indent:
+                start = f' start="{int(marker[:-1])}"' if tag == "ol" and int(marker[:-1]) != 1 else ""
+                out.append(f"<{tag}{start}>")
+                lists.append((indent, tag))
+            out.append(f"<li>{inline_html(body)}")
+        elif not line.strip():
+            close_paragraph()
+        elif lists:
+            out.append("<br>" + inline_html(line.strip()))  # continuation of a list item
+        else:
+            paragraph.append(line)
+    close_quote()
+    close_lists()
+    close_paragraph()
+    return "".join(out)
+
+
+def _table_html(lines: list[str]) -> str:
+    def cells(line: str) -> list[str]:
+        return [inline_html(cell.strip()) for cell in line.strip().strip("|").split("|")]
+
+    head = "".join(f"<th>{cell}</th>" for cell in cells(lines[0]))
+    rows = ["".join(f"<td>{cell}</td>" for cell in cells(line)) for line in lines[2:] if line.strip()]
+    body = "".join(f"<tr>{row}</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# -- widgets -------------------------------------------------------------------------------------
+
+STYLE = """<style>
+.autocoder-panel { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 8px; padding: 8px;
+  background: var(--jp-layout-color1, #fff); max-width: 980px; font-family: var(--jp-ui-font-family, sans-serif); }
+.autocoder-header { justify-content: space-between; align-items: center; }
+.autocoder-title { font-weight: 600; font-size: 14px; }
+.autocoder-status { font-size: 12px; color: var(--jp-ui-font-color2, #666); }
+.autocoder-status code { font-size: 11px; }
+.autocoder-state { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eef; }
+.autocoder-state-idle { background: #e8f5e9; }
+.autocoder-state-waiting { background: #fff3cd; }
+.autocoder-scroll { max-height: 520px; overflow-y: auto; display: flex; flex-direction: column-reverse;
+  border-top: 1px solid var(--jp-border-color2, #eee); border-bottom: 1px solid var(--jp-border-color2, #eee);
+  margin: 6px 0; }
+.autocoder-transcript { padding: 6px 2px; }
+.autocoder-transcript .widget-html, .autocoder-transcript .widget-html-content { width: 100%; height: auto;
+  line-height: 1.45; font-size: 13px; }
+.autocoder-msg { margin: 4px 0; }
+.autocoder-user { align-self: flex-end; max-width: 80%; }
+.autocoder-user .widget-html-content { background: var(--jp-brand-color3, #dbeafe); padding: 6px 10px;
+  border-radius: 12px 12px 2px 12px; white-space: pre-wrap; }
+.autocoder-assistant { width: 100%; }
+.autocoder-assistant p { margin: 4px 0; }
+.autocoder-assistant pre, .autocoder-card pre { background: var(--jp-layout-color2, #f6f8fa); padding: 8px;
+  border-radius: 6px; overflow-x: auto; font-size: 12px; margin: 0; white-space: pre; }
+.autocoder-assistant table { border-collapse: collapse; } .autocoder-assistant td, .autocoder-assistant th {
+  border: 1px solid #ccc; padding: 2px 6px; }
+.autocoder-code { border: 1px solid var(--jp-border-color2, #e1e4e8); border-radius: 6px; margin: 4px 0; }
+.autocoder-codehead { display: flex; justify-content: space-between; font-size: 11px; padding: 2px 8px;
+  color: var(--jp-ui-font-color2, #666); }
+.autocoder-copy { font-size: 11px; cursor: pointer; border: 1px solid #ccc; border-radius: 4px;
+  background: transparent; }
+.autocoder-card { border: 1px solid var(--jp-border-color2, #e1e4e8); border-left: 3px solid #6b7280;
+  border-radius: 6px; padding: 4px 8px; margin: 4px 0; font-size: 12px; }
+.autocoder-card-ok { border-left-color: #16a34a; } .autocoder-card-error { border-left-color: #dc2626; }
+.autocoder-card-ask { border-left-color: #d97706; background: #fffbeb; }
+.autocoder-card-head { font-family: var(--jp-code-font-family, monospace); }
+.autocoder-badge { font-size: 11px; padding: 0 6px; border-radius: 8px; background: #eee; margin-left: 6px; }
+.autocoder-summary { color: var(--jp-ui-font-color2, #555); white-space: pre-wrap; font-family:
+  var(--jp-code-font-family, monospace); font-size: 11px; }
+.autocoder-diff .add { color: #15803d; } .autocoder-diff .del { color: #b91c1c; }
+.autocoder-diff .hunk { color: #6d28d9; }
+.autocoder-notice .widget-html-content { color: var(--jp-ui-font-color2, #666); font-size: 12px;
+  font-style: italic; }
+.autocoder-error .widget-html-content { color: #991b1b; background: #fef2f2; border: 1px solid #fecaca;
+  border-radius: 6px; padding: 4px 8px; }
+.autocoder-reasoning { font-size: 12px; }
+.autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
+.autocoder-input textarea { font-size: 13px; min-height: 56px; }
+</style>"""
+
+
+def _html(value: str = "", *classes: str) -> widgets.HTML:
+    widget = widgets.HTML(value)
+    for name in classes:
+        widget.add_class(name)
+    return widget
+
+
+def _box(children: list[widgets.Widget], *classes: str, horizontal: bool = False) -> widgets.Box:
+    box = widgets.HBox(children) if horizontal else widgets.VBox(children)
+    for name in classes:
+        box.add_class(name)
+    return box
+
+
+def _button(description: str, style: str, css: str, tooltip: str = "") -> widgets.Button:
+    button = widgets.Button(description=description, button_style=style, tooltip=tooltip or description,
+                            layout=widgets.Layout(width="auto"))
+    button.add_class(css)
+    return button
+
+
+def _append(box: widgets.Box, child: widgets.Widget) -> None:
+    box.children = (*box.children, child)
+
+
+def _short(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    text = _ANSI.sub("", text)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _diff_html(preview: str) -> str:
+    lines = []
+    for line in _short(preview, PREVIEW_LIMIT).split("\n"):
+        css = ("add" if line.startswith("+") and not line.startswith("+++") else
+               "del" if line.startswith("-") and not line.startswith("---") else
+               "hunk" if line.startswith("@@") else "")
+        lines.append(f'<span class="{css}">{html.escape(line)}</span>' if css else html.escape(line))
+    return '<pre class="autocoder-diff">' + "\n".join(lines) + "</pre>"
+
+
+def _arguments_text(arguments: dict[str, Any] | None, raw: str) -> str:
+    if arguments is None:
+        return _short(raw, 200)
+    shown = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
+    return _short(shown, 200)
+
+
+def _usage_text(usage: Usage) -> str:
+    return f"{usage.prompt_tokens:,} in / {usage.completion_tokens:,} out"
+
+
+class _TextPart:
+    """One streamed Markdown answer: frozen segments and code blocks, plus the re-rendered open tail."""
+
+    def __init__(self, panel: ChatPanel) -> None:
+        self.panel = panel
+        self.box = _box([], "autocoder-msg", "autocoder-assistant")
+        self.source: list[str] = []  # everything received, for the transcript
+        self.pending = ""  # received, not yet rendered
+        self.open = ""  # rendered as the tail, not yet a finished block
+        self.segment: widgets.HTML | None = None
+        self.segment_html = ""
+        self.tail = _html()
+        self.box.children = (self.tail,)
+
+    def feed(self, text: str) -> None:
+        self.source.append(text)
+        self.pending += text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.source)
+
+    def flush(self, final: bool = False) -> None:
+        if not self.pending and not final:
+            return
+        self.open += self.pending
+        self.pending = ""
+        blocks, self.open = take_blocks(self.open)
+        if final:
+            blocks += split_blocks(self.open)
+            self.open = ""
+        for block in blocks:
+            if block.language is not None:
+                self._add_code(block)
+            else:
+                self._add_html(block_html(block.text))
+        if self.segment is not None and self.segment.value != self.segment_html:
+            self.segment.value = self.segment_html
+        tail = markdown_html(self.open)
+        if self.tail.value != tail:
+            self.tail.value = tail
+
+    def _add_html(self, rendered: str) -> None:
+        if self.segment is None or len(self.segment_html) > SEGMENT_CHARS:
+            if self.segment is not None:
+                self.segment.value = self.segment_html
+            self.segment, self.segment_html = _html(), ""
+            self._insert(self.segment)
+        self.segment_html += rendered
+
+    def _add_code(self, block: Block) -> None:
+        if self.segment is not None:
+            self.segment.value = self.segment_html
+        self.segment = None
+        self._insert(self.panel._code_block(block.text, block.language or ""))
+
+    def _insert(self, widget: widgets.Widget) -> None:
+        self.box.children = (*self.box.children[:-1], widget, self.tail)
+
+
+class _ToolCard:
+    def __init__(self, call_id: str, name: str, arguments: str) -> None:
+        self.call_id, self.name, self.arguments = call_id, name, arguments
+        self.head = _html(self._head("running"), "autocoder-card-head")
+        self.summary = _html("", "autocoder-summary")
+        self.box = _box([self.head], "autocoder-card", "autocoder-tool")
+        self.buttons: list[widgets.Button] = []
+
+    def _head(self, status: str) -> str:
+        return (f"🔧 <b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
+                f'<span class="autocoder-badge autocoder-status-{status.split()[0]}">{html.escape(status)}</span>')
+
+    def status(self, status: str, css: str | None = None) -> None:
+        self.head.value = self._head(status)
+        for old in ("autocoder-card-ok", "autocoder-card-error", "autocoder-card-ask"):
+            self.box.remove_class(old)
+        if css:
+            self.box.add_class(css)
+
+    def close_approval(self, note: str) -> None:
+        for button in self.buttons:
+            button.disabled = True
+        self.buttons = []
+        self.box.children = tuple(c for c in self.box.children if not isinstance(c, widgets.HBox)) + (
+            _html(f"<i>{html.escape(note)}</i>", "autocoder-summary"),)
+
+
+class ChatPanel:
+    """A chat with the agent as an ipywidget. Display it, or drive it from Python.
+
+    `ChatPanel()` uses the kernel's shared session (`auto_coder_nb.magics.get_session()`), so the panel
+    and the magics share one conversation and correlation id. Create it on the thread that runs the
+    kernel's event loop (any notebook cell does), or pass `loop`.
+    """
+
+    def __init__(
+        self,
+        session: Session | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        namespace: dict[str, Any] | None = None,
+    ) -> None:
+        if session is None:
+            from .magics import get_session
+
+            session = get_session()
+        self.session = session
+        self._loop = loop or _main_loop()
+        self._namespace = namespace
+        self._task: asyncio.Task[None] | None = None
+        self._state = IDLE
+        self._turn_usage = Usage()
+        self._records: list[tuple[str, str | _TextPart]] = []  # (role, text or the streaming part)
+        self._parts: list[_TextPart] = []  # parts with text not yet flushed
+        self._turn = _box([], "autocoder-turn")
+        self._part: _TextPart | None = None
+        self._reasoning: widgets.HTML | None = None
+        self._reasoning_text: list[str] = []
+        self._state_detail = ""
+        self._cards: dict[str, _ToolCard] = {}
+        self._open_cards: list[_ToolCard] = []  # cards whose approval buttons are live
+        self._last_flush = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.updates = 0  # throttled transcript flushes, for the benchmark
+        self._build()
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._status = _html("", "autocoder-status")
+        header = _box([_html(STYLE + '<span class="autocoder-title">auto-coder</span>'), self._status],
+                      "autocoder-header", horizontal=True)
+        self._transcript = _box([], "autocoder-transcript")
+        scroll = _box([self._transcript], "autocoder-scroll")
+        self._input = widgets.Textarea(
+            placeholder="Ask about your code, your data or this notebook… (Send to submit)",
+            layout=widgets.Layout(width="100%", height="64px"),
+        )
+        self._input.add_class("autocoder-input")
+        self._send_button = _button("Send", "primary", "autocoder-send", "Send the message")
+        self._stop_button = _button("Stop", "warning", "autocoder-stop", "Stop the running turn")
+        self._reset_button = _button("Reset", "", "autocoder-reset", "Start a new conversation (new id)")
+        self._stop_button.disabled = True
+        self._send_button.on_click(self._handover(self._on_send))
+        self._stop_button.on_click(self._handover(self._on_stop))
+        self._reset_button.on_click(self._handover(self._on_reset))
+        buttons = _box([self._send_button, self._stop_button, self._reset_button], "autocoder-buttons",
+                       horizontal=True)
+        self.widget = _box([header, scroll, self._input, buttons], "autocoder-panel")
+        self._show_status()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- the Python API --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def transcript(self) -> list[dict[str, str]]:
+        """What the panel shows, as `{"role", "text"}` dicts (roles: user, assistant, tool, notice, error)."""
+        return [{"role": role, "text": text if isinstance(text, str) else text.text} for role, text in self._records]
+
+    def send(self, message: str) -> None:
+        """Start a turn with `message` (safe from any thread; returns at once)."""
+        self._loop.call_soon_threadsafe(self._start_turn, message)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop)
+
+    def reset(self) -> None:
+        self._loop.call_soon_threadsafe(self._start_reset)
+
+    async def ask(self, message: str) -> str:
+        """Send `message`, wait for the turn to end, return the assistant's answer text (`await` in a cell)."""
+        before = len(self._records)
+        self._start_turn(message)
+        await self.wait()
+        return "\n\n".join(r["text"] for r in self.transcript[before:] if r["role"] == "assistant")
+
+    async def wait(self) -> None:
+        """Wait until the running turn (if any) has ended."""
+        while self._task is not None and not self._task.done():
+            with suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    # -- callbacks: hand over to the kernel's loop, never work here -------------------------
+
+    def _handover(self, action: Callable[[], None]) -> Callable[[Any], None]:
+        @functools.wraps(action)
+        def callback(_: Any = None) -> None:
+            self._loop.call_soon_threadsafe(self._guarded, action)
+
+        return callback
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run a UI action on the loop; a bug shows in the panel, not as a traceback in a log nobody reads."""
+        try:
+            action()
+        except Exception as exc:
+            self._error(f"The panel failed: {type(exc).__name__}: {exc}")
+
+    def _on_send(self) -> None:
+        message = self._input.value.strip()
+        if not message or self.running:
+            return
+        self._input.value = ""
+        self._start_turn(message)
+
+    def _on_stop(self) -> None:
+        self._stop()
+
+    def _on_reset(self) -> None:
+        self._start_reset()
+
+    # -- turns -----------------------------------------------------------------------------
+
+    def _start_turn(self, message: str) -> None:
+        if self.running:
+            self._notice("A turn is already running: Stop it first.")
+            return
+        self._task = self._loop.create_task(self._run_turn(message))
+
+    def _stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _start_reset(self) -> None:
+        self._loop.create_task(self._reset())
+
+    async def _reset(self) -> None:
+        if self.running:
+            self._stop()
+            await self.wait()
+        new_id = self.session.reset()
+        self._records.clear()
+        self._parts.clear()
+        self._cards.clear()
+        self._turn_usage = Usage()
+        self._transcript.children = ()
+        self._notice(f"New conversation. Correlation id {new_id}.")
+        self._show_status()
+
+    async def _run_turn(self, message: str) -> None:
+        self._begin_turn(message)
+        events = self.session.agent.run(message)
+        try:
+            async for event in events:
+                self._on_event(event)
+        except asyncio.CancelledError:
+            self._end_text()
+            self._notice("Stopped. The conversation is kept: you can send the next message.")
+        except Exception as exc:  # the agent reports errors as events; this is a last guard
+            self._end_text()
+            self._error(f"{type(exc).__name__}: {exc}")
+        finally:
+            with suppress(BaseException):
+                await events.aclose()  # type: ignore[attr-defined]
+            self._end_turn()
+
+    def _begin_turn(self, message: str) -> None:
+        self._set_busy(True)
+        self._turn_usage = Usage()
+        self._records.append(("user", message))
+        _append(self._transcript, _html(html.escape(message), "autocoder-msg", "autocoder-user"))
+        self._turn = _box([], "autocoder-turn")
+        _append(self._transcript, self._turn)
+        self._part, self._reasoning, self._reasoning_text = None, None, []
+        self._set_state(THINKING)
+
+    def _end_turn(self) -> None:
+        self._end_text()
+        for card in self._open_cards:
+            card.close_approval("Not answered: the turn ended.")
+        self._open_cards.clear()
+        self._set_busy(False)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            if self._part is None:
+                self._part = _TextPart(self)
+                self._records.append(("assistant", self._part))
+                self._add_to_turn(self._part.box)
+            self._part.feed(event.text)
+            self._mark_dirty(self._part)
+        elif isinstance(event, ReasoningDelta):
+            self._reasoning_text.append(event.text)
+            if self._reasoning is None:
+                self._reasoning = _html()
+                accordion = widgets.Accordion(children=[self._reasoning], titles=("Reasoning",), selected_index=None)
+                accordion.add_class("autocoder-reasoning")
+                self._add_to_turn(accordion)
+            self._mark_dirty(None)
+        elif isinstance(event, ToolCallStarted):
+            self._end_text()
+            card = _ToolCard(event.call_id, event.name, _arguments_text(event.arguments, event.raw_arguments))
+            self._cards[event.call_id] = card
+            self._add_to_turn(card.box)
+            self._set_state(RUNNING_TOOL, event.name)
+        elif isinstance(event, ApprovalRequest):
+            self._ask(event)
+        elif isinstance(event, ToolResult):
+            self._tool_result(event)
+        elif isinstance(event, UsageUpdate):
+            self._turn_usage = event.turn
+            self._show_status()
+        elif isinstance(event, Notice):
+            self._end_text()
+            self._notice(event.text)
+        elif isinstance(event, ErrorEvent):
+            self._end_text()
+            self._error(event.message)
+        elif isinstance(event, TurnDone):
+            self._end_text()
+            if event.reason in TURN_END_NOTES:
+                self._notice(TURN_END_NOTES[event.reason])
+
+    def _add_to_turn(self, widget: widgets.Widget) -> None:
+        _append(self._turn, widget)
+
+    def _end_text(self) -> None:
+        """The current answer part is finished: render it whole and start a new one on the next delta."""
+        part, self._part = self._part, None
+        if part is not None:
+            part.flush(final=True)
+            if part in self._parts:
+                self._parts.remove(part)
+        self._flush()
+
+    # -- throttled streaming ---------------------------------------------------------------
+
+    def _mark_dirty(self, part: _TextPart | None) -> None:
+        if part is not None and part not in self._parts:
+            self._parts.append(part)
+        wait = self._last_flush + 1 / UPDATES_PER_SECOND - self._clock()
+        if wait <= 0:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(wait, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._last_flush = self._clock()
+        for part in self._parts:
+            part.flush()
+        if self._reasoning is not None:
+            value = f"<pre>{html.escape(''.join(self._reasoning_text))}</pre>"
+            if self._reasoning.value != value:
+                self._reasoning.value = value
+        self.updates += 1
+
+    # -- tools and approvals ---------------------------------------------------------------
+
+    def _card_for(self, call_id: str, name: str, arguments: dict[str, Any]) -> _ToolCard:
+        card = self._cards.get(call_id)
+        if card is None:
+            card = _ToolCard(call_id, name, _arguments_text(arguments, ""))
+            self._cards[call_id] = card
+            self._add_to_turn(card.box)
+        return card
+
+    def _ask(self, request: ApprovalRequest) -> None:
+        self._end_text()
+        card = self._card_for(request.call_id, request.tool, request.arguments)
+        what = "this command" if request.kind == "command" else "this change"
+        self._records.append(("tool", f"{request.tool}: waiting for approval"))
+        card.status("waiting for approval", "autocoder-card-ask")
+        body = _html(f"<div>Allow {what}?</div>{_diff_html(request.preview)}", "autocoder-preview")
+        card.buttons = self._approval_buttons(
+            lambda: request.approve(), lambda: request.approve(always=True),
+            lambda: request.deny("the user clicked Deny in the chat panel"), card, request.kind,
+        )
+        card.box.children = (*card.box.children, body, _box(card.buttons, "autocoder-approval", horizontal=True))
+        self._open_cards.append(card)
+        self._set_state(WAITING, request.tool)
+
+    def _approval_buttons(
+        self,
+        approve: Callable[[], None],
+        always: Callable[[], None],
+        deny: Callable[[], None],
+        card: _ToolCard,
+        kind: str,
+    ) -> list[widgets.Button]:
+        """Approve / Always for this session / Deny; each click is answered once, on the loop."""
+
+        def answer(action: Callable[[], None], note: str) -> Callable[[], None]:
+            def on_loop() -> None:
+                if card not in self._open_cards:
+                    return
+                self._open_cards.remove(card)
+                card.close_approval(note)
+                action()
+                if self.running:
+                    self._set_state(RUNNING_TOOL, card.name)
+
+            return on_loop
+
+        buttons = [
+            _button("Approve", "success", "autocoder-approve"),
+            _button(f"Always for this session ({'commands' if kind == 'command' else 'edits'})", "info",
+                    "autocoder-always"),
+            _button("Deny", "danger", "autocoder-deny"),
+        ]
+        buttons[0].on_click(self._handover(answer(approve, "Approved.")))
+        buttons[1].on_click(self._handover(answer(always, "Approved for the rest of this session.")))
+        buttons[2].on_click(self._handover(answer(deny, "Denied.")))
+        return buttons
+
+    def _tool_result(self, result: ToolResult) -> None:
+        card = self._card_for(result.call_id, result.name, {})
+        lines = result.output.count("\n") + 1
+        status = "error" if result.is_error else "done"
+        card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
+        first = _short(result.output.strip().split("\n", 1)[0], 160)
+        more = f"  (+{lines - 1} lines)" if lines > 1 else ""
+        card.summary.value = html.escape(first + more)
+        if card.summary not in card.box.children:
+            card.box.children = (*card.box.children, card.summary)
+        self._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
+        self._set_state(THINKING)
+
+    # -- code blocks in answers ------------------------------------------------------------
+
+    def _code_block(self, code: str, language: str) -> widgets.Widget:
+        run = _button("Run", "", "autocoder-run", "Run this code in the kernel (asks first in ask mode)")
+        result = _html("", "autocoder-summary")
+        box = _box([_html(code_html(code, language)), _box([run], "autocoder-code-actions", horizontal=True)],
+                   "autocoder-code")
+        if language in ("", "python", "py", "python3", "ipython"):
+            run.on_click(self._handover(lambda: self._run_code(code, box, result)))
+        else:
+            run.disabled, run.tooltip = True, f"Only Python runs in the kernel (this block is {language})"
+        return box
+
+    def _run_code(self, code: str, box: widgets.Box, result: widgets.HTML) -> None:
+        decision = self.session.policy.decide("command")
+        if decision == "deny":
+            result.value = html.escape(f"Not run: the approval mode is {self.session.policy.mode!r}.")
+            if result not in box.children:
+                _append(box, result)
+            return
+        if decision == "allow":
+            self._execute_code(code, box, result)
+            return
+        card = _ToolCard("", "run_code", _short(code.strip().split("\n", 1)[0], 80))
+        card.status("waiting for approval", "autocoder-card-ask")
+        card.buttons = self._approval_buttons(
+            lambda: self._execute_code(code, box, result),
+            lambda: (self.session.policy.allow_always("command"), self._execute_code(code, box, result)),
+            lambda: None, card, "command",
+        )
+        card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
+        self._open_cards.append(card)
+        _append(box, card.box)
+
+    def _execute_code(self, code: str, box: widgets.Box, result: widgets.HTML) -> None:
+        from .tools.notebook import run_python
+
+        outcome = run_python(code, self._user_namespace(), filename="<chat panel>")
+        text = outcome.to_text() or "(no output)"
+        result.value = "<b>Output</b>\n" + html.escape(_short(text, 4000))
+        if result not in box.children:
+            _append(box, result)
+
+    def _user_namespace(self) -> dict[str, Any]:
+        if self._namespace is None:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            self._namespace = shell.user_ns if shell is not None else {}
+        return self._namespace
+
+    # -- status, notices, errors -----------------------------------------------------------
+
+    def _set_busy(self, busy: bool) -> None:
+        self._send_button.disabled = busy
+        self._stop_button.disabled = not busy
+        if not busy:
+            self._set_state(IDLE)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self._state = state
+        self._state_detail = detail
+        self._show_status()
+
+    def _show_status(self) -> None:
+        conversation = self.session.conversation
+        detail = self._state_detail
+        state = f"{self._state}: {detail}" if detail and self._state in (RUNNING_TOOL, WAITING) else self._state
+        css = {IDLE: "idle", WAITING: "waiting"}.get(self._state, "busy")
+        self._status.value = (
+            f"{html.escape(self.session.config.llm.model)} · "
+            f'<span class="autocoder-state autocoder-state-{css}">{html.escape(state)}</span> · '
+            f'id <code class="autocoder-id">{html.escape(conversation.correlation_id)}</code> · '
+            f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
+        )
+
+    def _notice(self, text: str) -> None:
+        self._records.append(("notice", text))
+        _append(self._transcript, _html(html.escape(text), "autocoder-msg", "autocoder-notice"))
+
+    def _error(self, text: str) -> None:
+        self._records.append(("error", text))
+        _append(self._transcript, _html("⚠ " + html.escape(text), "autocoder-msg", "autocoder-error"))
+
+    @property
+    def correlation_id(self) -> str:
+        return self.session.conversation.correlation_id
+
+
+def _main_loop() -> asyncio.AbstractEventLoop:
+    """The loop of this thread: in a kernel cell, the kernel's main loop (running)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()
