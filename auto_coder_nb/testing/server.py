@@ -114,10 +114,14 @@ class Replies:
 
     @staticmethod
     def raw_sse(pieces: Iterable[str], *, status: int = 200, content_type: str = "text/event-stream",
-                **options: Any) -> Spec:
-        """Bytes exactly as given, each piece a separate write (with `delay`, separate network reads)."""
+                encoding: str = "utf-8", **options: Any) -> Spec:
+        """The pieces exactly as given, each a separate write (with `delay`, separate network reads).
+
+        With `encoding="latin-1"` each character stands for one byte, so a piece may end inside a
+        multi-byte UTF-8 character.
+        """
         return {"type": "raw_sse", "pieces": list(pieces), "status": status, "content_type": content_type,
-                **options}
+                "encoding": encoding, **options}
 
     @staticmethod
     def error(status: int, message: str = "", *, code: str | None = None, type: str | None = None,
@@ -250,7 +254,7 @@ class _Prepared:
         if kind == "chunks":
             self.fixed_pieces = [_event(chunk) for chunk in spec["chunks"]] + ([DONE] if spec.get("done", True) else [])
         elif kind == "raw_sse":
-            self.fixed_pieces = [piece.encode() for piece in spec["pieces"]]
+            self.fixed_pieces = [piece.encode(spec.get("encoding", "utf-8")) for piece in spec["pieces"]]
 
 
 @dataclass
@@ -342,9 +346,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif not fake._authorized(request):
                 self._send_json(401, {"error": {"message": "Incorrect API key provided.",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
-            elif request.method == "POST" and url.path.endswith("/chat/completions"):
+            elif request.method == "POST" and url.path in ("/v1/chat/completions", "/chat/completions"):
                 self._send_prepared(fake._next_reply(request), request)
-            elif request.method == "GET" and url.path.endswith("/models"):
+            elif request.method == "GET" and url.path in ("/v1/models", "/models"):
                 self._send_json(200, {"object": "list", "data": [
                     {"id": model, "object": "model", "created": CREATED, "owned_by": "fake"} for model in fake.models
                 ]})

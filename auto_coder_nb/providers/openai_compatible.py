@@ -1,0 +1,536 @@
+"""The OpenAI-compatible chat-completions provider: httpx, streaming SSE by default.
+
+Streaming and non-streaming answers go through one normaliser (`_Assembler`), so the agent sees the
+same `Completion` either way. Quirks of real servers are tolerated rather than trusted: tool-call
+fragments without `index`, `id`/`name` repeated on every fragment, arguments sent as JSON objects,
+`finish_reason: "stop"` after tool calls, usage-only chunks, error objects inside a 200 stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import re
+import string
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+
+from .. import auth
+from ..config import DEFAULT_BASE_URL, Config
+from ..errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ConnectionFailed,
+    ContextOverflow,
+    EndpointNotFound,
+    ModelNotFound,
+    ProviderError,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    StreamError,
+    TLSError,
+)
+from .base import Completion, LLMProvider, ProviderEvent, ReasoningChunk, TextChunk, ToolCall, ToolDefinition, Usage
+from .sse import iter_sse_data
+
+MAX_RETRIES = 4
+RETRY_BASE_DELAY = 0.5
+MAX_RETRY_DELAY = 60.0
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+_PLAIN_DELTA_KEYS = frozenset({"content", "role"})
+_ID_ALPHABET = string.ascii_letters + string.digits
+_OVERFLOW_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
+_OVERFLOW_TEXT = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long|input is too long"
+    r"|exceeds? (the )?(max|context)|n_ctx|reduce the length|longer than the model",
+    re.IGNORECASE,
+)
+_TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
+_SECRET_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+def mint_tool_call_id() -> str:
+    """Nine letters and digits: the only shape every server accepts (Mistral insists on it)."""
+    return "".join(random.choices(_ID_ALPHABET, k=9))
+
+
+class OpenAICompatibleProvider(LLMProvider):
+    """Talks to `{base_url}/chat/completions` and `{base_url}/models`.
+
+    One `httpx.AsyncClient` per event loop, made on first use there: the magics and the chat panel
+    share a provider but run turns on different loops, and a client is bound to its loop.
+    `on_retry(message)` hears about each retry ("rate limited (429), retrying in 2.0 s (1/4)").
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+        stream: bool | None = None,
+        max_retries: int = MAX_RETRIES,
+        retry_base_delay: float = RETRY_BASE_DELAY,
+    ) -> None:
+        self.config = config
+        self.model = config.llm.model
+        self.base_url = config.llm.base_url.rstrip("/")
+        self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k != "stream"}
+        self.stream = config.llm.extra_params.get("stream", True) is not False if stream is None else stream
+        self.on_retry = on_retry
+        self.max_retries = max_retries
+        self.retry_base_delay = retry_base_delay
+        # What the server turned out not to accept; learnt from its errors, kept for the session.
+        self.send_stream_options = True
+        self.stream_with_tools = True
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._clients_lock = threading.Lock()
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            client = self._clients.get(loop)
+            if client is None or client.is_closed:
+                kwargs = auth.http_client_kwargs(self.config)
+                kwargs.setdefault("timeout", httpx.Timeout(self.config.llm.timeout, connect=10.0))
+                client = self._clients[loop] = httpx.AsyncClient(**kwargs)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (clients of other loops are closed from their own loop)."""
+        with self._clients_lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    # -- chat ----------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[ToolDefinition] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[ProviderEvent]:
+        client = self._client()
+        url = f"{self.base_url}/chat/completions"
+        retries = 0
+        while True:
+            body = self._request_body(messages, tools)
+            started = False
+            retry_after: float | None = None
+            try:
+                async with client.stream("POST", url, json=body, headers=headers) as response:
+                    if response.status_code >= 300:
+                        await response.aread()
+                        if self._adapt_to_rejection(response, body):
+                            continue
+                        retry_after = _retry_after(response.headers)
+                        raise self._status_error(response)
+                    async for event in self._read_answer(response):
+                        started = True
+                        yield event
+                    return
+            except ProviderError as error:
+                failure = error
+            except httpx.HTTPError as exc:
+                failure = self._transport_error(exc, url, started)
+            if started or not failure.retryable or retries >= self.max_retries:
+                raise failure from None
+            retries += 1
+            await self._wait_before_retry(failure, retries, retry_after)
+
+    def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_params}
+        if tools:
+            body["tools"] = [tool.schema() for tool in tools]
+        streaming = self.stream and (self.stream_with_tools or not tools)
+        body["stream"] = streaming
+        if streaming and self.send_stream_options:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _adapt_to_rejection(self, response: httpx.Response, body: dict[str, Any]) -> bool:
+        """Learn from an error that names a feature the server lacks; True when the request should be resent."""
+        if response.status_code not in (400, 422, 500, 501):
+            return False
+        text = response.text
+        if "stream_options" in body and ("stream_options" in text or "include_usage" in text):
+            self.send_stream_options = False
+            return True
+        if body.get("stream") and body.get("tools") and _TOOLS_WITH_STREAM.search(text):
+            self.stream_with_tools = False  # e.g. older llama-server: 500 "Cannot use tools with stream"
+            return True
+        return False
+
+    async def _read_answer(self, response: httpx.Response) -> AsyncIterator[ProviderEvent]:
+        assembler = _Assembler()
+        if "json" in response.headers.get("content-type", ""):
+            # A whole completion: asked for (stream=False) or sent although streaming was asked for.
+            await response.aread()
+            try:
+                chunk = json.loads(response.content)
+            except ValueError:
+                raise StreamError(f"the server at {_safe_url(self.base_url)} sent malformed JSON: "
+                                  f"{self._snippet(response.text)}") from None
+            for event in assembler.feed(chunk, self._raise_stream_error):
+                yield event
+        else:
+            done = False
+            async for data in iter_sse_data(response.aiter_bytes()):
+                if done:
+                    continue  # drain what follows [DONE] so the connection can be reused
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise StreamError(f"the server at {_safe_url(self.base_url)} sent something that is not "
+                                      f"JSON: {self._snippet(data.decode('utf-8', 'replace'))}") from None
+                choices = chunk.get("choices") if type(chunk) is dict else None
+                # The hot path: one plain text delta, no usage, no finish.
+                if choices and len(choices) == 1 and chunk.get("usage") is None:
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    if delta and choice.get("finish_reason") is None and delta.keys() <= _PLAIN_DELTA_KEYS:
+                        text = delta.get("content")
+                        if text:
+                            assembler.content.append(text)
+                            yield TextChunk(text)
+                        assembler.received = True
+                        continue
+                for event in assembler.feed(chunk, self._raise_stream_error):
+                    yield event
+        if not assembler.received:
+            raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
+        yield assembler.completion()
+
+    # -- models --------------------------------------------------------------------------
+
+    async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
+        client = self._client()
+        url = f"{self.base_url}/models"
+        retries = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                response = await client.get(url, headers=headers)
+                if response.status_code < 300:
+                    try:
+                        data = response.json()
+                        entries = data["data"] if isinstance(data, dict) else data
+                        return [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
+                    except (ValueError, KeyError, TypeError):
+                        raise BadRequest(f"{_safe_url(url)} did not answer with a model list: "
+                                         f"{self._snippet(response.text)}") from None
+                retry_after = _retry_after(response.headers)
+                failure = self._status_error(response, listing=True)
+            except ProviderError as error:
+                failure = error
+            except httpx.HTTPError as exc:
+                failure = self._transport_error(exc, url, started=False)
+            if not failure.retryable or retries >= self.max_retries:
+                raise failure from None
+            retries += 1
+            await self._wait_before_retry(failure, retries, retry_after)
+
+    # -- retries and errors --------------------------------------------------------------
+
+    def retry_delay(self, retries: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number `retries` (1-based): the server's wish, else exponential backoff
+        with up to 25% jitter; never more than a minute."""
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_DELAY)
+        backoff = self.retry_base_delay * 2 ** (retries - 1)
+        return min(backoff * (1 - 0.25 * random.random()), MAX_RETRY_DELAY)
+
+    async def _wait_before_retry(self, failure: ProviderError, retries: int, retry_after: float | None) -> None:
+        delay = self.retry_delay(retries, retry_after)
+        if self.on_retry is not None:
+            reason = "rate limited (429)" if isinstance(failure, RateLimited) else _short_reason(failure)
+            self.on_retry(f"{reason}, retrying in {delay:.1f} s ({retries}/{self.max_retries})")
+        await asyncio.sleep(delay)
+
+    def _status_error(self, response: httpx.Response, *, listing: bool = False) -> ProviderError:
+        status = response.status_code
+        message, code = self._server_message(response)
+        where = _safe_url(str(response.request.url))
+        detail = f": {message}" if message else ""
+        error: ProviderError
+        if 300 <= status < 400:
+            error = EndpointNotFound(f"{where} redirects to {_safe_url(response.headers.get('location', '?'))}: "
+                                     f"set llm.base_url to the address it should be.", status=status)
+        elif status in (401, 403):
+            error = AuthenticationFailed(
+                f"authentication failed ({status}) at {where}{detail}. Check llm.api_key (AUTO_CODER_API_KEY) "
+                f"or your auth settings.", status=status)
+        elif _is_overflow(message, code):
+            error = ContextOverflow(f"the conversation is longer than the model's context window ({status})"
+                                    f"{detail}. Use /clear or a model with a larger context.", status=status)
+        elif status == 404 or code == "model_not_found":
+            if not listing and (code == "model_not_found" or "model" in message.lower()):
+                error = ModelNotFound(f"model {self.model!r} was not found at {_safe_url(self.base_url)}{detail}. "
+                                      f"Pick one from /models or set llm.model.", status=status)
+            else:
+                error = EndpointNotFound(f"{where} answered 404 Not Found{detail}. Check llm.base_url: "
+                                         f"it is usually the URL that ends in /v1.", status=status)
+        elif status == 429:
+            error = RateLimited(f"rate limited (429) by {where}{detail}", status=status)
+        elif status in RETRY_STATUSES or status >= 500:
+            error = ServerError(f"the server at {where} failed ({status}){detail}", status=status)
+        else:
+            error = BadRequest(f"the server at {where} rejected the request ({status}){detail}", status=status)
+        if response.headers.get("x-should-retry") in ("true", "false"):
+            error.retryable = response.headers["x-should-retry"] == "true"
+        return error
+
+    def _raise_stream_error(self, payload: Any) -> None:
+        """An error object inside a 200 stream."""
+        details = payload if isinstance(payload, dict) else {"message": str(payload)}
+        message = self._redact(str(details.get("message") or details))
+        code = details.get("code") or details.get("type")
+        if _is_overflow(message, code if isinstance(code, str) else None):
+            raise ContextOverflow(f"the conversation is longer than the model's context window: {message}. "
+                                  f"Use /clear or a model with a larger context.")
+        raise StreamError(f"the server at {_safe_url(self.base_url)} reported an error mid-answer: {message}")
+
+    def _transport_error(self, exc: httpx.HTTPError, url: str, started: bool) -> ProviderError:
+        where = _safe_url(url)
+        if isinstance(exc, httpx.TimeoutException):
+            if isinstance(exc, httpx.ConnectTimeout):
+                return ConnectionFailed(f"could not connect to {where}: timed out{self._ollama_hint()}")
+            timeout = RequestTimeout(f"no answer from {where} within {self.config.llm.timeout:g} s (llm.timeout)")
+            timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
+            return timeout
+        text = str(exc)
+        if isinstance(exc, httpx.ConnectError) and ("SSL" in text or "certificate" in text.lower()):
+            return TLSError(f"TLS failed for {where}: {self._redact(text)}. If a corporate proxy inspects TLS, "
+                            f"set llm.ca_bundle (or AUTO_CODER_CA_BUNDLE) to its CA certificate.")
+        if isinstance(exc, httpx.ProxyError):
+            return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
+        if isinstance(exc, httpx.ConnectError):
+            refused = "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError)
+            reason = "connection refused" if refused else self._redact(text) or "connection failed"
+            return ConnectionFailed(f"could not connect to {where}: {reason}{self._ollama_hint()}")
+        if started:
+            return StreamError(f"the connection to {where} broke mid-answer: {self._redact(text)}")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            return ConnectionFailed(f"the connection to {where} broke: {self._redact(text) or type(exc).__name__}")
+        return ProviderError(f"request to {where} failed: {self._redact(text) or type(exc).__name__}")
+
+    def _ollama_hint(self) -> str:
+        if self.base_url != DEFAULT_BASE_URL.rstrip("/"):
+            return ""
+        return (". This is the default URL: Ollama does not seem to be running (start it with `ollama serve`), "
+                "or point elsewhere with --base-url, AUTO_CODER_BASE_URL or llm.base_url in .auto-coder.yaml")
+
+    def _server_message(self, response: httpx.Response) -> tuple[str, str | None]:
+        """The server's own explanation (redacted, shortened) and its error code, from any usual shape."""
+        sent_token = response.request.headers.get("authorization", "").rpartition(" ")[2]
+        try:
+            data = response.json()
+        except ValueError:
+            return self._snippet(response.text, sent_token), None
+        error = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("error") or ""
+            code = error.get("code") or error.get("type")
+        else:
+            message, code = error, None
+        if not isinstance(message, str):
+            message = json.dumps(message)
+        return self._snippet(message, sent_token), code if isinstance(code, str) else None
+
+    def _snippet(self, text: str, sent_token: str = "", limit: int = 300) -> str:
+        text = self._redact(" ".join(text.split()), sent_token)
+        return text if len(text) <= limit else text[:limit] + "…"
+
+    def _redact(self, text: str, sent_token: str = "") -> str:
+        """Remove anything that may be a credential: our key, our header values, bearer tokens, sk- keys."""
+        secrets = [self.config.llm.api_key, sent_token, *self.config.llm.auth_headers.values()]
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "<hidden>")
+        return _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} <hidden>" if m.group(1) else "<hidden>", text)
+
+
+class _PartialCall:
+    __slots__ = ("id", "name", "arguments")
+
+    def __init__(self, id: str | None, name: str) -> None:
+        self.id = id
+        self.name = name
+        self.arguments: list[str] = []
+
+
+class _Assembler:
+    """Builds one Completion from chunks (streaming) or from a whole completion (the same code)."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[_PartialCall] = []
+        self.calls_by_index: dict[Any, _PartialCall] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.received = False
+
+    def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[ProviderEvent]:
+        if not isinstance(chunk, dict):
+            raise StreamError(f"unexpected chunk: {str(chunk)[:200]}")
+        if chunk.get("error"):
+            on_error(chunk["error"])
+        self.received = True
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = _parse_usage(chunk["usage"])
+        events: list[ProviderEvent] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            whole = choice.get("message")
+            delta = whole if isinstance(whole, dict) else choice.get("delta") or {}
+            reasoning = _reasoning_text(delta)
+            if reasoning:
+                self.reasoning.append(reasoning)
+                events.append(ReasoningChunk(reasoning))
+            text = delta.get("content")
+            if isinstance(text, list):  # content parts
+                text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
+            if text:
+                self.content.append(text)
+                events.append(TextChunk(text))
+            for position, fragment in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(fragment, dict):
+                    # In a whole message every entry is a whole call, whatever its index says.
+                    self._add_fragment(fragment, position if whole is not None else fragment.get("index"))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def _add_fragment(self, fragment: dict[str, Any], index: Any) -> None:
+        function = fragment.get("function") or {}
+        call_id = fragment.get("id") or None
+        name = function.get("name") or ""
+        call = self._call_for(index, call_id, name)
+        if call_id and not call.id:
+            call.id = call_id
+        if name and name != call.name:
+            # Repeated names are ignored (no "read_fileread_file"); a name streamed in pieces is joined.
+            call.name = name if not call.name else (call.name + name if not call.arguments else call.name)
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            call.arguments.append(arguments)
+        elif arguments is not None:  # a JSON object where a string belongs: re-serialise it
+            call.arguments = [json.dumps(arguments, ensure_ascii=False)]
+
+    def _call_for(self, index: Any, call_id: str | None, name: str) -> _PartialCall:
+        last = self.calls[-1] if self.calls else None
+        if index is not None:
+            call = self.calls_by_index.get(index)
+            # A gateway may reuse an index for the next call: a new id with a new name after complete arguments.
+            if call is not None and not (call_id and call.id and call_id != call.id and name and _complete(call)):
+                return call
+        elif call_id is not None:
+            known = next((c for c in self.calls if c.id == call_id), None)
+            if known is not None:
+                return known
+            if last is not None and not name:
+                return last  # the id changed between fragments of one call
+        elif last is not None and not (name and _complete(last)):
+            return last
+        call = _PartialCall(call_id, name)
+        self.calls.append(call)
+        if index is not None:
+            self.calls_by_index[index] = call
+        return call
+
+    def completion(self) -> Completion:
+        tool_calls = []
+        for call in self.calls:
+            arguments = "".join(call.arguments)
+            tool_calls.append(ToolCall(call.id or mint_tool_call_id(), call.name, arguments if arguments.strip()
+                                       else "{}"))
+        finish_reason = self.finish_reason
+        if tool_calls and finish_reason != "length":
+            finish_reason = "tool_calls"  # whatever the server said: tool-call deltas make it a tool turn
+        return Completion("".join(self.content), "".join(self.reasoning), tool_calls, finish_reason, self.usage)
+
+
+def _complete(call: _PartialCall) -> bool:
+    if not call.arguments:
+        return False
+    try:
+        json.loads("".join(call.arguments))
+    except ValueError:
+        return False
+    return True
+
+
+def _reasoning_text(delta: dict[str, Any]) -> str:
+    value = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(value, dict):
+        value = value.get("text") or value.get("content")
+    return value if isinstance(value, str) else ""
+
+
+def _parse_usage(data: dict[str, Any]) -> Usage:
+    prompt = int(data.get("prompt_tokens") or 0)
+    completion = int(data.get("completion_tokens") or 0)
+    return Usage(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+
+
+def _is_overflow(message: str, code: str | None) -> bool:
+    return code in _OVERFLOW_CODES or bool(_OVERFLOW_TEXT.search(message))
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None if absent."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _short_reason(error: ProviderError) -> str:
+    if error.status is not None:
+        return f"server error ({error.status})"
+    return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain is short; the bound only guards against cycles
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _safe_url(url: str) -> str:
+    """The URL without credentials or query string, fit for messages."""
+    parts = httpx.URL(url)
+    return str(parts.copy_with(username=None, password=None, query=None, fragment=None))
