@@ -76,6 +76,15 @@ async def _drain(stream: asyncio.StreamReader, capture: _Capture) -> None:
     capture.feed(b"", final=True)
 
 
+async def _exited(process: asyncio.subprocess.Process) -> None:
+    """Wait for the shell itself to exit. (Process.wait() also waits for the pipes to close before Python 3.12, so
+    a background process holding them would look like a hung command.)"""
+    delay = 0.005
+    while process.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)  # start_new_session made the shell's pid the group id
@@ -151,11 +160,11 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
     timed_out = background_stopped = False
     try:
         try:
-            await asyncio.wait_for(process.wait(), seconds)
+            await asyncio.wait_for(_exited(process), seconds)
         except asyncio.TimeoutError:
             timed_out = True
             _kill_group(process)
-            await process.wait()
+            await _exited(process)
         try:
             await asyncio.wait_for(asyncio.shield(readers), PIPE_GRACE_SECONDS)
         except asyncio.TimeoutError:

@@ -1,0 +1,177 @@
+"""Workspace: containment on real paths, atomic writes, checkpoints and undo, against real temporary folders."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from auto_coder_nb.tools import ToolError, Workspace
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def workspace(root: Path) -> Workspace:
+    return Workspace(root)
+
+
+def test_relative_and_absolute_paths_inside_the_root_resolve(workspace: Workspace, root: Path) -> None:
+    (root / "src").mkdir()
+    assert workspace.resolve("src/a.py") == root.resolve() / "src" / "a.py"
+    assert workspace.resolve(str(root / "src" / "a.py")) == root.resolve() / "src" / "a.py"
+    assert workspace.resolve("src/../b.txt") == root.resolve() / "b.txt"
+    assert workspace.resolve(".") == root.resolve()
+
+
+def test_root_that_is_a_symlink_is_resolved(tmp_path: Path, root: Path) -> None:
+    link = tmp_path / "link-to-project"
+    link.symlink_to(root)
+    workspace = Workspace(link)
+    assert workspace.root == root.resolve()
+    assert workspace.resolve(str(link / "a.txt")) == root.resolve() / "a.txt"
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "src/../../outside.txt", "/etc/passwd", "~/secrets"])
+def test_paths_leaving_the_root_are_refused_with_the_root_named(workspace: Workspace, path: str) -> None:
+    with pytest.raises(ToolError) as error:
+        workspace.resolve(path)
+    assert "outside the workspace" in str(error.value)
+    assert str(workspace.root) in str(error.value)
+
+
+def test_sibling_folder_sharing_the_roots_name_as_prefix_is_outside(tmp_path: Path, workspace: Workspace) -> None:
+    sibling = tmp_path / "project-secrets"
+    sibling.mkdir()
+    (sibling / "key.txt").write_text("secret")
+    for path in (str(sibling / "key.txt"), "../project-secrets/key.txt"):
+        with pytest.raises(ToolError, match="outside the workspace"):
+            workspace.resolve(path)
+
+
+def test_symlinked_folder_pointing_outside_is_refused_for_read_and_write(
+        tmp_path: Path, root: Path, workspace: Workspace) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.txt").write_text("x")
+    (root / "escape").symlink_to(outside)
+    for write in (False, True):
+        with pytest.raises(ToolError, match="outside the workspace .through a symbolic link"):
+            workspace.resolve("escape/data.txt", write=write)
+        with pytest.raises(ToolError, match="outside the workspace"):
+            workspace.resolve("escape/new.txt", write=write)
+
+
+def test_leaf_symlink_and_dangling_symlink_pointing_outside_are_refused(
+        tmp_path: Path, root: Path, workspace: Workspace) -> None:
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    (root / "leaf").symlink_to(target)
+    (root / "dangling").symlink_to(tmp_path / "does-not-exist-yet.txt")
+    for name in ("leaf", "dangling"):
+        for write in (False, True):
+            with pytest.raises(ToolError, match="outside the workspace"):
+                workspace.resolve(name, write=write)
+        with pytest.raises(ToolError, match="outside the workspace"):
+            workspace.atomic_write(name, b"overwritten")
+    assert target.read_text() == "keep me"
+    assert not (tmp_path / "does-not-exist-yet.txt").exists()
+
+
+def test_symlink_inside_the_root_is_followed_to_its_target(root: Path, workspace: Workspace) -> None:
+    (root / "real.txt").write_text("old")
+    (root / "alias.txt").symlink_to(root / "real.txt")
+    workspace.atomic_write("alias.txt", b"new")
+    assert (root / "alias.txt").is_symlink(), "the link itself is kept, its target is written"
+    assert (root / "real.txt").read_text() == "new"
+
+
+def test_git_folder_and_own_config_are_protected_from_writes(root: Path, workspace: Workspace) -> None:
+    (root / ".git").mkdir()
+    assert workspace.resolve(".git/config") == root.resolve() / ".git" / "config"  # reading is fine
+    with pytest.raises(ToolError, match="protected"):
+        workspace.resolve(".git/config", write=True)
+    with pytest.raises(ToolError, match="protected"):
+        workspace.resolve("sub/.auto-coder.yaml", write=True)
+
+
+def test_empty_path_is_an_error(workspace: Workspace) -> None:
+    with pytest.raises(ToolError, match="empty"):
+        workspace.resolve("  ")
+
+
+def test_atomic_write_keeps_mode_and_leaves_no_temporary_file(root: Path, workspace: Workspace) -> None:
+    script = root / "run.sh"
+    script.write_text("echo old\n")
+    script.chmod(0o751)
+    workspace.atomic_write("run.sh", b"echo new\n")
+    assert script.read_text() == "echo new\n"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o751
+    assert sorted(os.listdir(root)) == ["run.sh"]
+
+
+def test_failed_atomic_write_leaves_the_old_file_intact(root: Path, workspace: Workspace) -> None:
+    original = root / "keep.txt"
+    original.write_text("original")
+    with pytest.raises(TypeError):
+        workspace.atomic_write("keep.txt", "not bytes")  # type: ignore[arg-type]  # fails while writing
+    assert original.read_text() == "original"
+    assert sorted(os.listdir(root)) == ["keep.txt"]
+
+
+def test_undo_restores_the_last_turn_then_the_one_before(root: Path, workspace: Workspace) -> None:
+    (root / "a.txt").write_text("a0")
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"a1")
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"a2")
+    workspace.atomic_write("a.txt", b"a3")  # second change in one turn: undo goes back past both
+    workspace.atomic_write("new/deep/b.txt", b"b")
+    workspace.begin_turn()  # a turn that changed nothing is not an undo step
+
+    message = workspace.undo()
+    assert (root / "a.txt").read_text() == "a1"
+    assert not (root / "new").exists(), "folders the turn created are removed too"
+    assert "a.txt" in message and "new/deep/b.txt" in message
+
+    workspace.undo()
+    assert (root / "a.txt").read_text() == "a0"
+    assert "Nothing to undo" in workspace.undo()
+
+
+def test_undo_says_commands_are_not_undone(root: Path, workspace: Workspace) -> None:
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"x")
+    workspace.note_command()
+    message = workspace.undo()
+    assert not (root / "a.txt").exists()
+    assert "1 command(s)" in message and "not undone" in message
+
+
+def test_undo_restores_the_mode_of_a_file(root: Path, workspace: Workspace) -> None:
+    script = root / "tool.sh"
+    script.write_text("v1")
+    script.chmod(0o700)
+    workspace.begin_turn()
+    workspace.atomic_write("tool.sh", b"v2")
+    script.chmod(0o644)
+    workspace.undo()
+    assert script.read_text() == "v1"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o700
+
+
+def test_check_fresh_refuses_a_file_changed_since_it_was_read(root: Path, workspace: Workspace) -> None:
+    path = workspace.resolve("f.txt")
+    path.write_bytes(b"one")
+    workspace.check_fresh(path, b"one")  # never read: no check
+    workspace.note_read(path, b"one")
+    workspace.check_fresh(path, b"one")
+    with pytest.raises(ToolError, match="modified since you last read it"):
+        workspace.check_fresh(path, b"two")
