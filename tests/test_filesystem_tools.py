@@ -336,3 +336,8 @@ def test_tools_refuse_symlink_escapes(tmp_path: Path, root: Path, registry: Tool
                                             new_string="pwned")
     assert (outside / "secret.txt").read_text() == "secret\n"
     assert sorted(os.listdir(outside)) == ["secret.txt"]
+
+
+def test_operating_system_errors_come_back_as_readable_tool_errors(registry: ToolRegistry) -> None:
+    message = error(registry, "write_file", path="x" * 300, content="data")
+    assert message.startswith("write_file failed: File name too long")

@@ -175,3 +175,10 @@ def test_check_fresh_refuses_a_file_changed_since_it_was_read(root: Path, worksp
     workspace.check_fresh(path, b"one")
     with pytest.raises(ToolError, match="modified since you last read it"):
         workspace.check_fresh(path, b"two")
+
+
+def test_a_loop_of_symlinks_is_refused_clearly(root: Path, workspace: Workspace) -> None:
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")
+    with pytest.raises(ToolError, match="loop"):
+        workspace.resolve("a", write=True)

@@ -6,8 +6,10 @@ import bisect
 import codecs
 import difflib
 import functools
+import inspect
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,27 @@ def _unified_diff(shown: str, before: str | None, after: str) -> str:
     return "\n".join(rows)
 
 
+def _tool_errors(function: Callable[..., str]) -> Callable[..., str]:
+    """Bad arguments and OS failures (permissions, full disk) become ToolErrors the model can read,
+    in previews too, which run before any approval is asked."""
+    signature = inspect.signature(function)
+    name = function.__name__.removeprefix("preview_")
+
+    @functools.wraps(function)
+    def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> str:
+        try:
+            signature.bind(workspace, *args, **kwargs)
+        except TypeError as exc:
+            raise ToolError(f"Invalid arguments for {name}: {exc}.") from None
+        try:
+            return function(workspace, *args, **kwargs)
+        except OSError as exc:
+            where = workspace.relative(Path(exc.filename)) if exc.filename else ""
+            raise ToolError(f"{name} failed: {exc.strerror or exc}{f': {where}' if where else ''}.") from None
+
+    return wrapper
+
+
 # -- read_file ---------------------------------------------------------------------------------
 
 
@@ -154,6 +177,7 @@ window with offset/limit or search with run_command (grep).
 - Read a file before editing it, so that old_string matches the current content exactly."""
 
 
+@_tool_errors
 def read_file(workspace: Workspace, path: str, offset: Any = None, limit: Any = None) -> str:
     resolved = workspace.resolve(path)
     shown = workspace.relative(resolved)
@@ -292,11 +316,13 @@ def _plan_write(workspace: Workspace, path: str, content: Any) -> _Plan:
     return _Plan(resolved, shown, before, data, text)
 
 
+@_tool_errors
 def preview_write_file(workspace: Workspace, path: str, content: Any) -> str:
     plan = _plan_write(workspace, path, content)
     return _unified_diff(plan.shown, plan.before.text if plan.before else None, plan.after_text)
 
 
+@_tool_errors
 def write_file(workspace: Workspace, path: str, content: Any) -> str:
     plan = _plan_write(workspace, path, content)
     try:
@@ -479,6 +505,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+@_tool_errors
 def preview_edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any,
                       replace_all: Any = False) -> str:
     plan = _plan_edit(workspace, path, old_string, new_string, replace_all)
@@ -486,6 +513,7 @@ def preview_edit_file(workspace: Workspace, path: str, old_string: Any, new_stri
     return _unified_diff(plan.shown, plan.before.text, plan.after_text)
 
 
+@_tool_errors
 def edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any, replace_all: Any = False) -> str:
     plan = _plan_edit(workspace, path, old_string, new_string, replace_all)
     workspace.atomic_write(plan.path, plan.after)
@@ -541,6 +569,7 @@ def _describe(entry: os.DirEntry[str]) -> str:
     return f"{entry.name}  ({kind.get(stat.S_IFMT(info.st_mode), 'special file')})"
 
 
+@_tool_errors
 def list_directory(workspace: Workspace, path: str | None = None) -> str:
     resolved = workspace.resolve(path if path not in (None, "") else ".")
     shown = workspace.relative(resolved)
@@ -568,7 +597,6 @@ def list_directory(workspace: Workspace, path: str | None = None) -> str:
 
 def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
     def bind(function: Any) -> Any:
-        # partial, not a wrapper: a wrong keyword fails in the call itself, which the registry reports with the schema.
         return functools.partial(function, workspace)
 
     path = {"type": "string", "description": "File path, relative to the workspace root."}

@@ -79,6 +79,8 @@ class Workspace:
                 f"{text} is outside the workspace{via}: it resolves to {real}, and tools can only access "
                 f"files under the workspace root {self.root}. Use a path inside the root."
             )
+        if real.is_symlink():  # realpath stops on a loop and returns the link itself
+            raise ToolError(f"{text} is a symbolic link that cannot be resolved (a loop of links).")
         if write:
             self._check_writable(text, real)
         return real
