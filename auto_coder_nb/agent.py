@@ -126,10 +126,13 @@ class Agent:
         schema_size = len(json.dumps([tool.schema() for tool in definitions]))
         window = self.config.context_window
         for attempt in range(2):
-            if conversation.estimate_tokens(schema_size) > window * (SHORTEN_AT if attempt == 0 else SHORTEN_TO):
-                changed = conversation.shorten(int(window * SHORTEN_TO / (attempt + 1)), schema_size)
+            size = conversation.estimate_tokens(schema_size)
+            # First keep under our own estimate of the window; after the server said it overflowed, halve.
+            target = int(window * SHORTEN_TO) if attempt == 0 else size // 2
+            if attempt == 1 or size > window * SHORTEN_AT:
+                changed = conversation.shorten(target, schema_size)
                 if changed:
-                    yield Notice(f"The conversation was shortened to fit the context window ({window} tokens): "
+                    yield Notice(f"The conversation was shortened to fit the model's context window: "
                                  f"{changed} older messages were trimmed.")
             try:
                 async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers):

@@ -1,0 +1,59 @@
+"""The seed's "Adding Custom Tools" example works verbatim (with the package name auto_coder_nb)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from auto_coder_nb.config import Config
+from auto_coder_nb.events import ToolResult
+from auto_coder_nb.session import Session
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+SEED_EXAMPLE = '''
+from auto_coder_nb.providers.base import ToolDefinition
+from auto_coder_nb.tools.registry import ToolRegistry
+
+def my_tool(arg1: str) -> dict:
+    return {"result": f"Processed {arg1}"}
+
+tool = ToolDefinition(
+    name="my_tool",
+    description="Does something useful",
+    parameters={
+        "type": "object",
+        "properties": {
+            "arg1": {"type": "string", "description": "Input argument"}
+        },
+        "required": ["arg1"]
+    },
+    handler=my_tool
+)
+
+registry = ToolRegistry()
+registry.register(tool)
+'''
+
+
+def test_seed_example_registers_a_tool_the_agent_can_call(tmp_path: Path) -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(SEED_EXAMPLE, "seed_example", "exec"), namespace)
+    registry = namespace["registry"]
+    assert registry.names() == ["my_tool"]  # type: ignore[attr-defined]
+
+    with FakeLLMServer() as server:
+        server.enqueue(reply.tool_call("my_tool", {"arg1": "data"}), reply.text("done"))
+        config = Config()
+        config.llm.base_url = server.base_url
+        session = Session.create(config, working_dir=tmp_path, extra_tools=[namespace["tool"]])  # type: ignore[list-item]
+
+        async def turn() -> list[ToolResult]:
+            results = [e async for e in session.agent.run("use my tool") if isinstance(e, ToolResult)]
+            await session.aclose()
+            return results
+
+        results = asyncio.run(turn())
+    assert results[0].output == '{"result": "Processed data"}'
+    sent = {t["function"]["name"]: t["function"] for t in server.chat_requests[0].json["tools"]}
+    assert sent["my_tool"]["description"] == "Does something useful"
+    assert sent["my_tool"]["parameters"]["required"] == ["arg1"]
