@@ -341,3 +341,20 @@ def test_tools_refuse_symlink_escapes(tmp_path: Path, root: Path, registry: Tool
 def test_operating_system_errors_come_back_as_readable_tool_errors(registry: ToolRegistry) -> None:
     message = error(registry, "write_file", path="x" * 300, content="data")
     assert message.startswith("write_file failed: File name too long")
+
+
+def test_edit_file_explains_line_number_prefixes_copied_into_old_string(root: Path, registry: ToolRegistry) -> None:
+    (root / "n.py").write_text("a = 1\nb = 2\n")
+    message = error(registry, "edit_file", path="n.py", old_string="     2\tb = 3", new_string="b = 4")
+    assert "line-number prefixes" in message and "not part of the file" in message
+
+
+def test_path_that_is_not_a_string_is_an_error(registry: ToolRegistry) -> None:
+    assert "path must be a string" in error(registry, "read_file", path=42)
+
+
+def test_non_utf8_text_round_trips_byte_for_byte(root: Path, registry: ToolRegistry) -> None:
+    original = b"\xef\xbb\xbfname = '\xe9t\xe9'\nvalue = 1\n"  # a BOM, then latin-1 bytes that are not UTF-8
+    (root / "odd.py").write_bytes(original)
+    call(registry, "edit_file", path="odd.py", old_string="value = 1", new_string="value = 2")
+    assert (root / "odd.py").read_bytes() == original.replace(b"value = 1", b"value = 2")

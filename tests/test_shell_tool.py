@@ -174,3 +174,10 @@ def test_preview_is_the_command_line_and_commands_are_noted_for_undo(workspace: 
     workspace.atomic_write("a.txt", b"x")
     run(registry, "touch made-by-command.txt")
     assert "1 command(s)" in workspace.undo()
+
+
+def test_the_configured_default_timeout_applies(root: Path) -> None:
+    registry = ToolRegistry(build_workspace_tools(Workspace(root), command_timeout=1))
+    result = run(registry, "echo $$ > shell.pid; sleep 300")
+    assert result.startswith("Timed out after 1 s")
+    assert wait_until_gone(read_pid(root / "shell.pid"))

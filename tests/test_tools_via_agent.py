@@ -4,6 +4,7 @@ HTTP, approvals answered the way a face answers them, and undo after the turn.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def run_turn(session: Session, message: str, answer: Answer | None = None) -> li
         return events
 
     return asyncio.run(turn())
+
+
+def wait_until_gone(pid: int) -> bool:
+    """True once the process is dead or a zombie; SIGKILL lands asynchronously, so allow it a moment."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def results(events: list[Event]) -> list[ToolResult]:
@@ -166,3 +181,33 @@ def test_paths_outside_the_workspace_come_back_as_tool_results(fake_server: Fake
     assert edit.is_error and "not found" in edit.output
     assert not (tmp_path / "planted.txt").exists()
     assert tool_messages(fake_server) == [read.output, write.output, edit.output]
+
+
+def test_stopping_a_turn_kills_the_running_command_and_the_next_turn_works(fake_server: FakeLLMServer,
+                                                                           root: Path) -> None:
+    session = make_session(fake_server, root, "full-auto")
+    command = "echo $$ > shell.pid; sleep 300 & echo $! > child.pid; sleep 300"
+    fake_server.enqueue(reply.tool_call("run_command", {"command": command}))
+
+    async def stop_midway() -> None:
+        async def consume() -> None:
+            async for _ in session.agent.run("start a long job"):
+                pass
+
+        task = asyncio.create_task(consume())
+        while not (root / "child.pid").exists() or not (root / "child.pid").read_text().strip():
+            assert not task.done()
+            await asyncio.sleep(0.02)
+        task.cancel()  # what the panel's Stop does
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_midway())
+    for name in ("shell.pid", "child.pid"):
+        assert wait_until_gone(int((root / name).read_text())), f"{name} survived the stop"
+    fake_server.enqueue(reply.text("Stopped as asked."))
+    events = run_turn(session, "ok, never mind")
+    assert isinstance(events[-1], TurnDone) and events[-1].reason == "stop"
+    messages = fake_server.chat_requests[-1].json["messages"]
+    [tool_message] = [m for m in messages if m["role"] == "tool"]
+    assert tool_message["tool_call_id"] == messages[messages.index(tool_message) - 1]["tool_calls"][0]["id"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from auto_coder_nb.errors import ConfigError
 from auto_coder_nb.tools import ToolError, Workspace
 
 
@@ -182,3 +183,8 @@ def test_a_loop_of_symlinks_is_refused_clearly(root: Path, workspace: Workspace)
     (root / "b").symlink_to("a")
     with pytest.raises(ToolError, match="loop"):
         workspace.resolve("a", write=True)
+
+
+def test_a_missing_root_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        Workspace(tmp_path / "missing")

@@ -8,6 +8,7 @@ import difflib
 import functools
 import inspect
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ MAX_LIST_ENTRIES = 200
 MAX_PREVIEW_LINES = 1000
 SNIPPET_CONTEXT = 4
 BINARY_SNIFF_BYTES = 8192
+LINE_NUMBER_PREFIX = re.compile(r"^ *\d+\t")
 
 
 # -- decoding: keep the file's own encoding, line endings and final newline --------------------
@@ -51,7 +53,10 @@ class TextFile:
 def decode(raw: bytes, shown_path: str) -> tuple[str, str]:
     """The text and the encoding to write it back with; ToolError for binary content."""
     if raw.startswith(codecs.BOM_UTF8):
-        return raw.decode("utf-8-sig", errors="replace"), "utf-8-sig"
+        try:
+            return raw.decode("utf-8-sig"), "utf-8-sig"
+        except UnicodeDecodeError:
+            pass
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return raw.decode("utf-16"), "utf-16"
@@ -460,6 +465,9 @@ def _plan_edit(workspace: Workspace, path: str, old_string: Any, new_string: Any
         if new and new in text:
             hint = (f"\nNote: new_string already appears in the file (line {_line_of(text, text.find(new))}); "
                     "the change may already be made.")
+        if all(LINE_NUMBER_PREFIX.match(line) for line in old.split("\n") if line):
+            hint += ("\nold_string looks like it includes read_file's line-number prefixes (number + TAB): "
+                     "remove them, they are not part of the file.")
         raise ToolError(f"old_string was not found in {shown}. It must match the file exactly (whitespace "
                         "included, no line-number prefixes); read the file again and copy the text."
                         + _closest_lines(_split_lines(text), old) + hint)

@@ -85,6 +85,14 @@ async def _exited(process: asyncio.subprocess.Process) -> None:
         delay = min(delay * 2, 0.05)
 
 
+async def _settle(process: asyncio.subprocess.Process, readers: asyncio.Future[Any]) -> None:
+    """After a kill, let the pipes reach EOF so the transport closes on this loop (bounded, never raises)."""
+    try:
+        await asyncio.wait_for(asyncio.gather(_exited(process), readers), PIPE_GRACE_SECONDS)
+    except BaseException:  # a second Stop or a stuck pipe: give up, the caller re-raises the first
+        readers.cancel()
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)  # start_new_session made the shell's pid the group id
@@ -177,7 +185,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
                 pass  # a process that left the group (setsid) keeps the pipe; its output is not waited for
     except BaseException:
         _kill_group(process)  # cancelled (Stop) or failed: nothing the command started outlives the call
-        readers.cancel()
+        await _settle(process, readers)
         raise
     stdout_budget, stderr_budget = _budgets(stdout, stderr)
     parts = [note]

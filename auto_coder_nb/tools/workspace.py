@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import CONFIG_FILENAME
+from ..errors import ConfigError
 from .registry import ToolError
 
 MAX_UNDO_TURNS = 50
@@ -54,7 +55,7 @@ class Workspace:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         resolved = Path(root).expanduser().resolve()
         if not resolved.is_dir():
-            raise ValueError(f"workspace root {resolved} is not a folder")
+            raise ConfigError(f"working directory {resolved} does not exist or is not a folder")
         self.root = resolved
         self._turns: list[_Turn] = []
         self._read_hashes: dict[Path, str] = {}
@@ -63,6 +64,8 @@ class Workspace:
 
     def resolve(self, path: str | os.PathLike[str], write: bool = False) -> Path:
         """The real path of `path` (relative to the root, or absolute inside it); ToolError outside it."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ToolError(f"path must be a string, got {type(path).__name__}.")
         text = os.fspath(path)
         if not isinstance(text, str) or not text.strip():
             raise ToolError("The path is empty. Give a path relative to the workspace root, e.g. 'src/main.py'.")
