@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import ipaddress
 import os
+import re
 import ssl
 import sys
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ from .errors import ConfigError
 APP_NAME = "auto-coder-nb"
 CONNECT_TIMEOUT = 10.0
 _TRUE = ("1", "true", "yes", "on")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # One provider per distinct configuration, so a cached SSO token outlives a client (a new session,
 # /reset) and the user signs in once per process.
@@ -271,7 +273,7 @@ def _bypassed(url: httpx.URL, no_proxy: str | None) -> bool:
         if entry == "*":
             return True
         name, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if port and port.isdigit() and url.port not in (None, int(port)):
+        if port.isdigit() and int(port) != (url.port or DEFAULT_PORTS.get(url.scheme)):
             continue
         name = name.lstrip("*").lstrip(".")
         if host == name or host.endswith("." + name) or _in_network(host, name):
@@ -287,11 +289,11 @@ def _in_network(host: str, entry: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` without a password (proxy URLs may carry credentials)."""
-    parsed = httpx.URL(url)
-    if not parsed.password:
-        return url
-    return str(parsed.copy_with(password="<hidden>")).replace("%3Chidden%3E", "<hidden>")
+    """`url` with its password hidden (proxy URLs may carry credentials)."""
+    return _URL_PASSWORD.sub(r"\1<hidden>@", url)
+
+
+_URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
 # -- client keyword arguments --------------------------------------------------------------------

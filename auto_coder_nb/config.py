@@ -90,7 +90,12 @@ def mask(key: str, value: Any) -> Any:
         return "<hidden>"
     if key == "llm.auth_headers":
         return {name: "<hidden>" for name in value}
+    if key == "llm.proxy":
+        return _PROXY_PASSWORD.sub(r"\1<hidden>@", value)  # http://user:password@host
     return value
+
+
+_PROXY_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
