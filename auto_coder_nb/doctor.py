@@ -29,6 +29,7 @@ TOOL_NAME = "get_current_time"
 TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
 ANSWER_PROMPT = "Reply with one short sentence: are you ready?"
 MODELS_SHOWN = 8
+PROXY_LOGIN_HINT = "put the proxy's user and password in its URL: http://user:password@host:port"
 
 
 @dataclass
@@ -141,6 +142,10 @@ class _Doctor:
                 response = client.get(self.models_url, headers=self.headers)
         except httpx.HTTPError as exc:
             return self._connection_failure(exc, trust, https, route)
+        if response.status_code == 407:
+            reach = self.add(Row("base URL reachable", FAIL, f"the proxy wants credentials (HTTP 407, {route})",
+                                 PROXY_LOGIN_HINT))
+            return reach, self.add(Row("TLS verified", SKIP, "skipped: no connection"))
         reach = self.add(Row("base URL reachable", PASS, f"GET {self.models_url} answered HTTP "
                                                           f"{response.status_code} ({route})"))
         if not https:
@@ -163,8 +168,8 @@ class _Doctor:
             return reach, self.add(Row("TLS verified", FAIL, f"TLS handshake failed: {exc}",
                                        "check that the server speaks https on this port (or use http://)"))
         if isinstance(exc, httpx.ProxyError):
-            hint = "the proxy wants credentials: put them in the proxy URL (http://user:password@host:port)" \
-                if "407" in str(exc) else "check HTTPS_PROXY / HTTP_PROXY / llm.proxy, or NO_PROXY for this host"
+            hint = PROXY_LOGIN_HINT if "407" in str(exc) else \
+                "check HTTPS_PROXY / HTTP_PROXY / llm.proxy, or NO_PROXY for this host"
             row = Row("base URL reachable", FAIL, f"the proxy refused ({route}): {exc}", hint)
         elif isinstance(exc, httpx.TimeoutException):
             row = Row("base URL reachable", FAIL, f"timed out ({route})",

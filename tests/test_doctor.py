@@ -1,0 +1,213 @@
+"""`run_doctor` and `auto-coder --doctor` against the real test server, a TLS front and a proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_tls_proxy import TLSSetup, start_proxy, tls  # noqa: F401  (tls is a fixture)
+
+from auto_coder_nb.config import Config, load_config
+from auto_coder_nb.doctor import run_doctor
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+API_KEY = "sk-doctor-secret-5150"
+STEPS = ["configuration", "base URL reachable", "TLS verified", "authentication", "model listed",
+         "streamed answer", "tool call"]
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def make_config(tmp_path: Path, base_url: str, env: dict[str, str] | None = None, **flags: Any) -> Config:
+    return load_config({"llm.base_url": base_url, "llm.model": "fake-model", **flags}, env=env or {},
+                       cwd=tmp_path, home=tmp_path / "home")
+
+
+def doctor(config: Config) -> tuple[bool, list[str]]:
+    lines: list[str] = []
+    return run_doctor(config, lines.append), lines
+
+
+def results(lines: list[str]) -> dict[str, str]:
+    """step -> PASS / WARN / FAIL / SKIP, read back from the table."""
+    found = {}
+    for line in lines:
+        for step in STEPS:
+            if line.startswith(f"  {step}  "):
+                found[step] = line[len("  ") + 20 + 2:].split()[0]
+    return found
+
+
+def row(lines: list[str], step: str) -> str:
+    """The row of `step` with its `next:` line, if any."""
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"  {step}  "))
+    following = lines[index + 1] if index + 1 < len(lines) and "next:" in lines[index + 1] else ""
+    return lines[index] + "\n" + following
+
+
+def script_good_model(server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("Yes, ready.", chunks=3), reply.tool_call("get_current_time", {"timezone": "UTC"}))
+
+
+def test_all_steps_pass_against_a_working_server(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.require_authorization(f"Bearer {API_KEY}")
+    script_good_model(fake_server)
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url, {"AUTO_CODER_API_KEY": API_KEY}))
+    assert ok
+    assert results(lines) == dict.fromkeys(STEPS, "PASS")
+    assert "API key (env AUTO_CODER_API_KEY)" in row(lines, "authentication")
+    assert "3 chunks" in row(lines, "streamed answer")
+    assert lines[-1] == "All 7 checks passed."
+    correlation = {r.headers.get("x-correlation-id") for r in fake_server.requests}
+    assert len(correlation) == 1 and correlation.pop().startswith("doctor-")
+    assert API_KEY not in "\n".join(lines)
+
+
+def test_rejected_key_fails_authentication_and_names_its_source(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.require_authorization("Bearer sk-the-right-one")
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url, {"OPENAI_API_KEY": API_KEY}))
+    assert not ok
+    assert results(lines) == {"configuration": "PASS", "base URL reachable": "PASS", "TLS verified": "PASS",
+                              "authentication": "FAIL", "model listed": "SKIP", "streamed answer": "SKIP",
+                              "tool call": "SKIP"}
+    assert "HTTP 401" in row(lines, "authentication") and "env OPENAI_API_KEY" in row(lines, "authentication")
+    assert API_KEY not in "\n".join(lines)
+    assert fake_server.chat_requests == []
+
+
+def test_missing_key_says_the_server_wants_credentials(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.require_authorization("Bearer sk-the-right-one")
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert not ok
+    assert "AUTO_CODER_API_KEY" in row(lines, "authentication") and "none (no API key)" in row(lines, "authentication")
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    with FakeLLMServer() as stopped:
+        url = stopped.base_url
+    ok, lines = doctor(make_config(tmp_path, url))
+    assert not ok
+    assert results(lines)["base URL reachable"] == "FAIL"
+    assert "flag --base-url" in row(lines, "base URL reachable")
+    assert all(results(lines)[step] == "SKIP" for step in STEPS[2:])
+
+
+def test_model_not_listed_and_no_tool_call(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("Ready."), reply.text("It is noon."))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url, **{"llm.model": "gpt-nonexistent"}))
+    assert not ok
+    found = results(lines)
+    assert found["model listed"] == "FAIL" and found["streamed answer"] == "PASS" and found["tool call"] == "FAIL"
+    assert "fake-model, fake-model-large" in row(lines, "model listed")
+    assert "llm.model" in row(lines, "model listed")
+    assert "answered with text" in row(lines, "tool call") and "tool" in row(lines, "tool call").split("next:")[1]
+    assert fake_server.chat_requests[1].json["tools"][0]["function"]["name"] == "get_current_time"
+
+
+def test_chat_failure_is_reported(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.error(500, "the model crashed"))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert not ok
+    assert results(lines)["streamed answer"] == "FAIL" and results(lines)["tool call"] == "SKIP"
+    assert "the model crashed" in row(lines, "streamed answer")
+
+
+def test_private_ca_fails_tls_with_what_to_set_then_passes_with_ca_bundle(tmp_path: Path,
+                                                                         tls: TLSSetup) -> None:  # noqa: F811
+    ok, lines = doctor(make_config(tmp_path, tls.front.base_url))
+    assert not ok
+    assert results(lines)["base URL reachable"] == "PASS" and results(lines)["TLS verified"] == "FAIL"
+    assert "certifi" in row(lines, "TLS verified") and "llm.ca_bundle" in row(lines, "TLS verified")
+    assert tls.server.requests == []
+
+    script_good_model(tls.server)
+    ok, lines = doctor(make_config(tmp_path, tls.front.base_url, **{"llm.ca_bundle": str(tls.ca_file)}))
+    assert ok, "\n".join(lines)
+    assert f"with llm.ca_bundle {tls.ca_file}" in row(lines, "TLS verified")
+
+
+def test_verify_false_is_a_warning_not_a_failure(tmp_path: Path, tls: TLSSetup) -> None:  # noqa: F811
+    script_good_model(tls.server)
+    ok, lines = doctor(make_config(tmp_path, tls.front.base_url, **{"llm.verify": False}))
+    assert ok
+    assert results(lines)["TLS verified"] == "WARN"
+    assert "llm.ca_bundle" in row(lines, "TLS verified")
+
+
+def test_token_endpoint_refusal_fails_authentication_without_the_secret(tmp_path: Path,
+                                                                       fake_server: FakeLLMServer) -> None:
+    secret = "client-secret-6061"
+    fake_server.route("POST", "/token", lambda request: reply.error(
+        401, body={"error": "invalid_client", "error_description": f"wrong secret {secret}"}))
+    config = make_config(tmp_path, fake_server.base_url, {"AUTO_CODER_CLIENT_SECRET": secret},
+                         **{"auth.token_url": fake_server.url + "/token", "auth.client_id": "corp"})
+    ok, lines = doctor(config)
+    assert not ok
+    assert "invalid_client" in row(lines, "authentication") and "auth.client_secret" in row(lines, "authentication")
+    assert secret not in "\n".join(lines)
+
+
+@pytest.fixture
+def proxy_with_login(tmp_path: Path) -> Iterator[str]:
+    for proxy in start_proxy(tmp_path / "proxy", "--basic-auth", "corp:proxy-pass-1234"):
+        yield proxy.url.replace("http://", "http://corp:proxy-pass-1234@")
+
+
+def test_through_a_proxy_with_credentials(tmp_path: Path, fake_server: FakeLLMServer, proxy_with_login: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy_with_login.replace("proxy-pass-1234", "wrong-pass-99"))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert not ok
+    assert results(lines)["base URL reachable"] == "FAIL" and "HTTP 407" in row(lines, "base URL reachable")
+    assert "http://user:password@host:port" in row(lines, "base URL reachable")
+    assert fake_server.requests == []
+
+    monkeypatch.setenv("HTTP_PROXY", proxy_with_login)
+    script_good_model(fake_server)
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert ok, "\n".join(lines)
+    assert "via proxy http://corp:<hidden>@127.0.0.1:" in row(lines, "base URL reachable")
+    assert "proxy.py" in fake_server.requests[0].headers["via"]
+    assert "proxy-pass-1234" not in "\n".join(lines) and "wrong-pass-99" not in "\n".join(lines)
+
+
+def test_runs_inside_a_running_event_loop(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    """As from a notebook cell, where IPython already runs an asyncio loop."""
+    script_good_model(fake_server)
+    config = make_config(tmp_path, fake_server.base_url)
+
+    async def from_a_cell() -> tuple[bool, list[str]]:
+        return doctor(config)
+
+    ok, lines = asyncio.run(from_a_cell())
+    assert ok, "\n".join(lines)
+
+
+def test_cli_exit_codes_and_masked_output(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.require_authorization(f"Bearer {API_KEY}")
+    script_good_model(fake_server)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_CODER_", "OPENAI_"))}
+    env.update(AUTO_CODER_BASE_URL=fake_server.base_url, AUTO_CODER_MODEL="fake-model", AUTO_CODER_API_KEY=API_KEY,
+               HOME=str(tmp_path))
+    command = [sys.executable, "-m", "auto_coder_nb", "--doctor"]
+    passed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "All 7 checks passed." in passed.stdout
+    env["AUTO_CODER_API_KEY"] = "sk-wrong-key-0000"
+    failed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert "authentication        FAIL" in failed.stdout
+    everything = passed.stdout + passed.stderr + failed.stdout + failed.stderr
+    assert API_KEY not in everything and "sk-wrong-key-0000" not in everything
