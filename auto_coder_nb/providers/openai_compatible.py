@@ -39,13 +39,14 @@ from ..errors import (
     TLSError,
 )
 from .base import Completion, LLMProvider, ProviderEvent, ReasoningChunk, TextChunk, ToolCall, ToolDefinition, Usage
-from .sse import iter_sse_data
+from .sse import SSEParser
 
 MAX_RETRIES = 4
 RETRY_BASE_DELAY = 0.5
 MAX_RETRY_DELAY = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
 
+_scan_json = json.JSONDecoder().scan_once
 _PLAIN_DELTA_KEYS = frozenset({"content", "role"})
 _ID_ALPHABET = string.ascii_letters + string.digits
 _OVERFLOW_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
@@ -180,43 +181,50 @@ class OpenAICompatibleProvider(LLMProvider):
         if "json" in response.headers.get("content-type", ""):
             # A whole completion: asked for (stream=False) or sent although streaming was asked for.
             await response.aread()
-            try:
-                chunk = json.loads(response.content)
-            except ValueError:
-                raise StreamError(f"the server at {_safe_url(self.base_url)} sent malformed JSON: "
-                                  f"{self._snippet(response.text)}") from None
-            for event in assembler.feed(chunk, self._raise_stream_error):
+            for event in assembler.feed(self._parse_json(response.text), self._raise_stream_error):
                 yield event
         else:
-            done = False
-            async for data in iter_sse_data(response.aiter_bytes()):
-                if done:
-                    continue  # drain what follows [DONE] so the connection can be reused
-                if data == b"[DONE]":
-                    done = True
-                    continue
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    raise StreamError(f"the server at {_safe_url(self.base_url)} sent something that is not "
-                                      f"JSON: {self._snippet(data.decode('utf-8', 'replace'))}") from None
-                choices = chunk.get("choices") if type(chunk) is dict else None
-                # The hot path: one plain text delta, no usage, no finish.
-                if choices and len(choices) == 1 and chunk.get("usage") is None:
-                    choice = choices[0]
-                    delta = choice.get("delta")
-                    if delta and choice.get("finish_reason") is None and delta.keys() <= _PLAIN_DELTA_KEYS:
-                        text = delta.get("content")
-                        if text:
-                            assembler.content.append(text)
-                            yield TextChunk(text)
-                        assembler.received = True
+            parser = SSEParser()
+            reads = response.aiter_bytes()
+            finished = ended = False
+            while not ended:
+                read = await anext(reads, None)
+                ended = read is None
+                for data in parser.close() if read is None else parser.feed(read):
+                    if finished or data == b"[DONE]":
+                        finished = True  # what follows [DONE] is only read so that the connection can be reused
                         continue
-                for event in assembler.feed(chunk, self._raise_stream_error):
-                    yield event
+                    text = data.decode("utf-8", "replace")
+                    try:  # the C scanner alone: json.loads adds checks that cost as much as the parse
+                        chunk, end = _scan_json(text, 0)
+                    except StopIteration:
+                        end = -1
+                    if end != len(text):  # surrounding spaces or not JSON: let the full parser decide
+                        chunk = self._parse_json(text)
+                    choices = chunk.get("choices") if type(chunk) is dict else None
+                    # The hot path: one plain text delta, no usage, no finish.
+                    if choices and len(choices) == 1 and chunk.get("usage") is None:
+                        choice = choices[0]
+                        delta = choice.get("delta")
+                        if delta and choice.get("finish_reason") is None and delta.keys() <= _PLAIN_DELTA_KEYS:
+                            content = delta.get("content")
+                            if content:
+                                assembler.content.append(content)
+                                yield TextChunk(content)
+                            assembler.received = True
+                            continue
+                    for event in assembler.feed(chunk, self._raise_stream_error):
+                        yield event
         if not assembler.received:
             raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
         yield assembler.completion()
+
+    def _parse_json(self, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise StreamError(f"the server at {_safe_url(self.base_url)} sent something that is not JSON: "
+                              f"{self._snippet(text)}") from None
 
     # -- models --------------------------------------------------------------------------
 
