@@ -358,3 +358,10 @@ def test_non_utf8_text_round_trips_byte_for_byte(root: Path, registry: ToolRegis
     (root / "odd.py").write_bytes(original)
     call(registry, "edit_file", path="odd.py", old_string="value = 1", new_string="value = 2")
     assert (root / "odd.py").read_bytes() == original.replace(b"value = 1", b"value = 2")
+
+
+def test_edit_file_replace_all_in_a_crlf_file(root: Path, registry: ToolRegistry) -> None:
+    (root / "r.txt").write_bytes(b"a\r\nb\r\na\r\n")
+    result = call(registry, "edit_file", path="r.txt", old_string="a\n", new_string="x\ny\n", replace_all=True)
+    assert (root / "r.txt").read_bytes() == b"x\r\ny\r\nb\r\nx\r\ny\r\n"
+    assert "at lines 1, 3 before the edit" in result

@@ -26,6 +26,8 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_LIST_ENTRIES = 200
 MAX_PREVIEW_LINES = 1000
 SNIPPET_CONTEXT = 4
+MAX_CLOSEST_CANDIDATES = 50
+MAX_FUZZY_LINES = 2000
 BINARY_SNIFF_BYTES = 8192
 LINE_NUMBER_PREFIX = re.compile(r"^ *\d+\t")
 
@@ -35,7 +37,6 @@ LINE_NUMBER_PREFIX = re.compile(r"^ *\d+\t")
 
 @dataclass
 class TextFile:
-    path: Path
     raw: bytes
     text: str
     encoding: str
@@ -127,9 +128,10 @@ def _not_found(workspace: Workspace, path: Path, shown: str, hint: str) -> ToolE
 
 def _unified_diff(shown: str, before: str | None, after: str) -> str:
     def lines(text: str) -> list[str]:
-        result = text.replace("\r\n", "\n").splitlines(keepends=True)
-        if result and not result[-1].endswith("\n"):
-            result[-1] += "\n\\ No newline at end of file\n"
+        *complete, last = text.replace("\r\n", "\n").split("\n")
+        result = [line + "\n" for line in complete]
+        if last:
+            result.append(last + "\n\\ No newline at end of file\n")
         return result
 
     old_name = "/dev/null" if before is None else f"a/{shown}"
@@ -251,7 +253,7 @@ def _read_window_streaming(path: Path, shown: str, first: int, count: int) -> st
         stream.seek(0)
         window: list[str] = []
         number = 0
-        for number, raw_line in enumerate(stream, 1):  # noqa: B007 - number is used after the loop
+        for number, raw_line in enumerate(stream, 1):
             if number >= first:
                 window.append(raw_line.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r"))
                 if len(window) >= count:
@@ -295,7 +297,7 @@ def _load_text(workspace: Workspace, path: Path, shown: str) -> TextFile:
                         "these tools. Use run_command (e.g. sed) for it.")
     raw = _read_bytes(path)
     text, encoding = decode(raw, shown)
-    return TextFile(path, raw, text, encoding)
+    return TextFile(raw, text, encoding)
 
 
 def _plan_write(workspace: Workspace, path: str, content: Any) -> _Plan:
@@ -377,6 +379,16 @@ def _line_of(text: str, index: int) -> int:
     return text.count("\n", 0, index) + 1
 
 
+def _lines_of(text: str, indexes: list[int]) -> list[int]:
+    """Line numbers of sorted indexes, in one pass over the text."""
+    numbers, line, counted = [], 1, 0
+    for index in indexes:
+        line += text.count("\n", counted, index)
+        counted = index
+        numbers.append(line)
+    return numbers
+
+
 def _find_all(haystack: str, needle: str) -> list[int]:
     found, start = [], haystack.find(needle)
     while start != -1:
@@ -411,6 +423,20 @@ def _relaxed_match(text: str, old: str) -> list[tuple[int, int]]:
             for s in _find_all(stripped_text, stripped_old)]
 
 
+def _fuzzy_pool(lines: set[str], anchor: str) -> set[str]:
+    """At most MAX_FUZZY_LINES lines to compare with difflib (slow on big files): those sharing a rare word."""
+    if len(lines) <= MAX_FUZZY_LINES:
+        return lines
+    best: set[str] = set()
+    for word in sorted(set(re.findall(r"\w{3,}", anchor)), key=len, reverse=True):
+        having = {line for line in lines if word in line}
+        if having and (not best or len(having) < len(best)):
+            best = having
+        if 0 < len(best) <= MAX_FUZZY_LINES:
+            break
+    return set(sorted(best)[:MAX_FUZZY_LINES])
+
+
 def _closest_lines(lines: list[str], old: str) -> str:
     """The window of the file most like old_string, numbered, so the model can see what differs."""
     wanted = old.strip("\n").split("\n")
@@ -418,15 +444,17 @@ def _closest_lines(lines: list[str], old: str) -> str:
     if not anchors or not lines:
         return ""
     stripped = [line.strip() for line in lines]
-    close = set(difflib.get_close_matches(anchors[0], stripped, n=5, cutoff=0.5))
+    close = set(difflib.get_close_matches(anchors[0], _fuzzy_pool(set(stripped), anchors[0]), n=5, cutoff=0.5))
+    anchor_row = next(row for row, line in enumerate(wanted) if line.strip())
+    # A bounded number of windows: a big file of repeated lines must not make an error slow.
+    candidates = [index for index, line in enumerate(stripped) if line in close][:MAX_CLOSEST_CANDIDATES]
     best, best_ratio = -1, 0.0
-    for index, line in enumerate(stripped):
-        if line in close:
-            start = max(0, index - wanted.index(next(w for w in wanted if w.strip())))
-            window = "\n".join(lines[start:start + len(wanted)])
-            ratio = difflib.SequenceMatcher(None, window, old).ratio()
-            if ratio > best_ratio:
-                best, best_ratio = start, ratio
+    for index in candidates:
+        start = max(0, index - anchor_row)
+        window = "\n".join(lines[start:start + len(wanted)])
+        ratio = difflib.SequenceMatcher(None, window, old).ratio()
+        if ratio > best_ratio:
+            best, best_ratio = start, ratio
     if best < 0:
         return ""
     start, end = max(0, best - 1), min(len(lines), best + len(wanted) + 1)
@@ -471,7 +499,7 @@ def _plan_edit(workspace: Workspace, path: str, old_string: Any, new_string: Any
         raise ToolError(f"old_string was not found in {shown}. It must match the file exactly (whitespace "
                         "included, no line-number prefixes); read the file again and copy the text."
                         + _closest_lines(_split_lines(text), old) + hint)
-    line_numbers = [_line_of(text, start) for start, _ in spans]
+    line_numbers = _lines_of(text, [start for start, _ in spans])
     if len(spans) > 1 and not _truthy(replace_all):
         listed = ", ".join(map(str, line_numbers[:20])) + (", ..." if len(spans) > 20 else "")
         kind = " (ignoring trailing whitespace)" if relaxed else ""
@@ -479,10 +507,12 @@ def _plan_edit(workspace: Workspace, path: str, old_string: Any, new_string: Any
                         "surrounding lines in old_string to pick exactly one, or set replace_all to true to replace "
                         "every occurrence.")
     replacement = new.replace("\n", "\r\n") if before.crlf else new
-    result = before.text
-    for start, end in reversed(spans):
+    pieces, done = [], 0
+    for start, end in spans:
         start, end = _to_original(start, crlf_at), _to_original(end, crlf_at)
-        result = result[:start] + replacement + result[end:]
+        pieces += [before.text[done:start], replacement]
+        done = end
+    result = "".join([*pieces, before.text[done:]])
     try:
         data = before.encode(result)
     except UnicodeEncodeError as exc:
