@@ -1,0 +1,187 @@
+"""The `auto-coder` command as a user runs it: single-prompt mode as a subprocess, the REPL in a
+pseudo-terminal, both against the project's test server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+
+@pytest.fixture
+def server() -> FakeLLMServer:
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def env(tmp_path: Path, server: FakeLLMServer) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    drop = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return clean | {"HOME": str(home), "AUTO_CODER_BASE_URL": server.base_url, "AUTO_CODER_MODEL": "fake-model",
+                    "NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "dumb"}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "notes.txt").write_text("first line\nsecond line\n")
+    return root
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["auto-coder", *args], env=env, cwd=cwd, input=stdin, capture_output=True, text=True,
+                          timeout=60, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def test_single_prompt_streams_to_stdout_and_tools_to_stderr(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("read_file", {"path": "notes.txt"}), reply.text("It has two lines.", chunks=5))
+    result = run(["What is in notes.txt?"], env, workspace)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "It has two lines.\n"
+    assert "read_file" in result.stderr and "notes.txt" in result.stderr
+    tool_message = server.chat_requests[1].json["messages"][-1]
+    assert tool_message["role"] == "tool" and "second line" in tool_message["content"]
+    assert server.chat_requests[0].json["messages"][-1] == {"role": "user", "content": "What is in notes.txt?"}
+
+
+def test_prompt_from_standard_input(server: FakeLLMServer, env: dict[str, str], workspace: Path) -> None:
+    result = run([], env, workspace, stdin="summarise this\n")
+    assert result.returncode == 0, result.stderr
+    assert server.chat_requests[0].json["messages"][-1]["content"] == "summarise this"
+
+
+def test_without_a_terminal_approvals_are_refused_and_the_model_told(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
+    result = run(["make new.txt"], env, workspace)
+    assert result.returncode == 0
+    assert not (workspace / "new.txt").exists()
+    told = server.chat_requests[1].json["messages"][-1]["content"]
+    assert "--approval-mode" in told
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("done"))
+    allowed = run(["make new.txt", "--approval-mode", "auto-edit"], env, workspace)
+    assert allowed.returncode == 0 and (workspace / "new.txt").read_text() == "x"
+
+
+def test_working_dir_flag_scopes_the_tools(server: FakeLLMServer, env: dict[str, str], workspace: Path,
+                                            tmp_path: Path) -> None:
+    server.enqueue(reply.tool_call("read_file", {"path": "../outside.txt"}), reply.text("no"))
+    (tmp_path / "outside.txt").write_text("secret")
+    result = run(["-d", str(workspace), "read it"], env, tmp_path)
+    assert result.returncode == 0
+    told = server.chat_requests[1].json["messages"][-1]["content"]
+    assert "outside the workspace" in told and "secret" not in told
+
+
+def test_connection_refused_is_one_clear_line(env: dict[str, str], workspace: Path) -> None:
+    result = run(["hi", "--base-url", "http://127.0.0.1:9/v1"], env, workspace)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "127.0.0.1:9" in result.stderr
+
+
+def test_default_url_error_says_how_to_point_elsewhere(env: dict[str, str], workspace: Path) -> None:
+    del env["AUTO_CODER_BASE_URL"]
+    result = run(["hi"], env, workspace)
+    if result.returncode == 0:
+        pytest.skip("something answers on localhost:11434 on this machine, so the error cannot be shown")
+    assert result.returncode == 1
+    assert "Ollama" in result.stderr and "--base-url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_api_key_never_printed_on_auth_failure(server: FakeLLMServer, env: dict[str, str], workspace: Path) -> None:
+    server.enqueue(reply.error(401, "Incorrect API key provided: sk-cli-***-key"))
+    env = env | {"AUTO_CODER_API_KEY": "sk-cli-secret-key"}
+    result = run(["hi"], env, workspace)
+    assert result.returncode == 1
+    assert "sk-cli-secret-key" not in result.stdout + result.stderr
+    assert server.chat_requests[0].headers["authorization"] == "Bearer sk-cli-secret-key"
+
+
+def spawn_repl(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(sys.executable, ["-m", "auto_coder_nb", *args], env=env, cwd=str(cwd), encoding="utf-8",
+                          timeout=30, dimensions=(40, 200))
+    child.expect("/help for commands")
+    child.expect("> ")
+    return child
+
+
+def test_repl_tool_round_trip_with_approval_and_slash_commands(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "hello.py", "content": "print('hi')\n"}),
+                   reply.text("Wrote hello.py."))
+    child = spawn_repl(env, workspace)
+    child.sendline("write hello.py")
+    child.expect(r"\+print\('hi'\)")  # the diff of the new file, shown before asking
+    child.expect(r"Allow write_file\?")
+    child.sendline("y")
+    child.expect("Wrote hello.py.")
+    child.expect("> ")
+    assert (workspace / "hello.py").read_text() == "print('hi')\n"
+    first_id = server.chat_requests[0].headers["x-correlation-id"]
+
+    child.sendline("/id")
+    child.expect(f"Correlation id: {first_id}")
+    child.expect("> ")
+    child.sendline("/models")
+    child.expect("fake-model-large")
+    child.expect("> ")
+    child.sendline("/undo")
+    child.expect("hello.py")
+    child.expect("> ")
+    assert not (workspace / "hello.py").exists()
+    child.sendline("/help")
+    child.expect("/reset")
+    child.expect("> ")
+    child.sendline("/clear")
+    child.expect(r"New correlation id: ([0-9a-f-]{36})")
+    cleared_id = child.match.group(1)
+    child.expect("> ")
+    child.sendline("/reset")
+    child.expect(r"New correlation id: ([0-9a-f-]{36})")
+    reset_id = child.match.group(1)
+    child.expect("> ")
+    child.sendline("hello again")
+    child.expect("> ")
+    assert len({first_id, cleared_id, reset_id}) == 3
+    assert server.chat_requests[-1].headers["x-correlation-id"] == reset_id
+    assert [m["role"] for m in server.chat_requests[-1].json["messages"]] == ["system", "user"]
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_repl_ctrl_c_stops_the_answer_not_the_repl(server: FakeLLMServer, env: dict[str, str],
+                                                   workspace: Path) -> None:
+    server.enqueue(reply.text("slow " * 40, chunks=40, delay=0.25), reply.text("second answer works"))
+    child = spawn_repl(env, workspace)
+    child.sendline("tell me slowly")
+    child.expect("slow slow")
+    child.sendintr()
+    child.expect(r"\(stopped\)")
+    child.expect("> ")
+    child.sendline("again")
+    child.expect("second answer works")
+    child.expect("> ")
+    messages = server.chat_requests[-1].json["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"].endswith("[interrupted]")
+    child.send("\x04")  # Ctrl-D as the terminal sends it (sendeof reads VEOF from a pty in raw mode)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
