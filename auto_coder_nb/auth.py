@@ -106,7 +106,8 @@ def build_auth(config: Config) -> httpx.Auth:
         provider = authentication_provider(config)
         if config.auth.use_sso:
             return ProviderHeaderAuth(provider.generate_auth_token, "Bearer",
-                                      "USE_SSO is on but the authentication provider gave no token")
+                                      "USE_SSO is on but the authentication provider gave no token",
+                                      forget=getattr(provider, "forget_token", None))
         return ProviderHeaderAuth(provider.get_basic_credentials, "Basic",
                                   "SERVER_SIDE_TOKEN_REFRESH is on but there are no basic credentials: set "
                                   "auth.client_id and auth.client_secret (or AUTO_CODER_CLIENT_ID and "

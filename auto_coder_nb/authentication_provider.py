@@ -170,7 +170,7 @@ class AuthenticationProvider:
             missing = [name for name in ("device_authorization_url", "token_url", "client_id")
                        if not getattr(auth, name)]
             if missing:
-                raise ConfigError("USE_SSO is on but there is no token: set SSO_TOKEN, or set "
+                raise AuthenticationFailed("USE_SSO is on but there is no token: set SSO_TOKEN, or set "
                                   + ", ".join(f"auth.{name}" for name in missing) + " for the device sign-in")
             with _transport_client(self.config, auth.token_url or "") as client:
                 self._token = self._refresh(client) or self._device_flow(client)
@@ -184,9 +184,11 @@ class AuthenticationProvider:
         return base64.b64encode(f"{auth.client_id}:{auth.client_secret}".encode()).decode("ascii")
 
     def forget_token(self) -> None:
-        """Drop the cached token, so the next call signs in (or refreshes) again."""
+        """Treat the cached token as expired (the server rejected it): the next call renews it with its
+        refresh token if it has one, else signs in again."""
         with self._lock:
-            self._token = None
+            if self._token is not None:
+                self._token.expires_at = float("-inf")
 
     @property
     def _secrets(self) -> list[str | None]:
@@ -309,19 +311,41 @@ class FlowAuth(httpx.Auth):
 
 class ProviderHeaderAuth(FlowAuth):
     """`Authorization: <scheme> <value>` with the value asked of a provider method on every request
-    (the provider caches). Used for the SSO (Bearer) and server-side refresh (Basic) modes."""
+    (the provider caches). Used for the SSO (Bearer) and server-side refresh (Basic) modes.
 
-    def __init__(self, get_value: Callable[[], str | None], scheme: str, missing: str) -> None:
+    With `forget` (the provider's `forget_token`), a 401 drops the value and, if the provider then
+    gives a different one, the request is retried once.
+    """
+
+    def __init__(self, get_value: Callable[[], str | None], scheme: str, missing: str,
+                 forget: Callable[[], None] | None = None) -> None:
         self._get_value = get_value
         self._scheme = scheme
         self._missing = missing
+        self._forget = forget
 
     def auth_flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
-        value = yield BlockingCall(self._get_value)
+        value = yield BlockingCall(self._value)
+        request.headers["Authorization"] = f"{self._scheme} {value}"
+        response = yield request
+        if response.status_code != 401 or self._forget is None:
+            return
+        yield BlockingCall(self._forget)
+        renewed = yield BlockingCall(self._value)
+        if renewed != value:
+            request.headers["Authorization"] = f"{self._scheme} {renewed}"
+            yield request
+
+    def _value(self) -> str:
+        try:
+            value = self._get_value()
+        except AuthenticationFailed:
+            raise
+        except Exception as exc:  # a user's provider: report it as what it is, an authentication failure
+            raise AuthenticationFailed(f"the authentication provider failed: {type(exc).__name__}: {exc}") from exc
         if not value:
             raise AuthenticationFailed(self._missing)
-        request.headers["Authorization"] = f"{self._scheme} {value}"
-        yield request
+        return value
 
 
 class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
@@ -404,7 +428,7 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                 self._refresh_token = token.refresh_token or self._refresh_token
                 return token
         if not (auth.client_id and auth.client_secret):
-            raise ConfigError("auth.token_url is set but auth.client_id and auth.client_secret (or "
+            raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
                               "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) are not")
         response = yield token_request(url, {
             "grant_type": "client_credentials", "client_id": auth.client_id,

@@ -202,7 +202,7 @@ def test_get_sso_token_and_is_sso_enabled(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_sso_without_token_or_device_settings_says_what_to_set(tmp_path: Path, fake_server: FakeLLMServer) -> None:
     config = make_config(tmp_path, {"llm.base_url": fake_server.base_url}, {"USE_SSO": "true"})
-    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(ConfigError) as raised:
+    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(AuthenticationFailed) as raised:
         client.get(fake_server.base_url + "/models")
     assert "SSO_TOKEN" in str(raised.value) and "auth.device_authorization_url" in str(raised.value)
     assert fake_server.requests == []
@@ -338,6 +338,32 @@ def test_device_flow_through_the_client_shows_the_code_on_stderr(tmp_path: Path,
     err = capsys.readouterr().err
     assert "WDJB-MJHT" in err and f"{fake_server.url}/activate" in err
     assert "sso-device-token-e2e" not in err and "dev-code-secret" not in err
+
+
+def test_sso_token_rejected_early_is_renewed_and_the_request_retried(tmp_path: Path,
+                                                                     fake_server: FakeLLMServer) -> None:
+    endpoints = DeviceEndpoints(fake_server, [token_body("sso-device-token-1", refresh_token="sso-refresh-1"),
+                                              token_body("sso-device-token-2")], interval=0.01)
+    fake_server.require_authorization("Bearer sso-device-token-1")
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url}, {"USE_SSO": "true"},
+                         yaml_text=endpoints.yaml())
+    with httpx.Client(**auth.http_client_kwargs(config)) as client:
+        assert client.get(fake_server.base_url + "/models").status_code == 200
+        fake_server.require_authorization("Bearer sso-device-token-2")  # the identity provider revoked token 1
+        assert client.get(fake_server.base_url + "/models").status_code == 200
+    assert [r.headers["authorization"] for r in model_requests(fake_server)] == [
+        "Bearer sso-device-token-1", "Bearer sso-device-token-1", "Bearer sso-device-token-2"]
+    assert endpoints.token_forms[-1]["grant_type"] == "refresh_token"
+    assert len(endpoints.device_forms) == 1  # renewed without a second sign-in
+
+
+def test_a_rejected_static_sso_token_is_not_retried(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.require_authorization("Bearer something-else")
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url},
+                         {"USE_SSO": "true", "SSO_TOKEN": "sso-static-1"})
+    with httpx.Client(**auth.http_client_kwargs(config)) as client:
+        assert client.get(fake_server.base_url + "/models").status_code == 401
+    assert len(fake_server.requests) == 1
 
 
 # -- client-side token refresh ----------------------------------------------------------------------
@@ -569,7 +595,7 @@ def test_user_provider_classes_plug_in_from_config(tmp_path: Path, fake_server: 
         "    def generate_auth_token(self):\n"
         "        return 'corp-sso-' + self.model\n"
         "    def get_basic_credentials(self):\n"
-        "        return None\n"
+        "        raise RuntimeError('vault unreachable')\n"
         "class CorpAuth(httpx.Auth):\n"
         "    def auth_flow(self, request):\n"
         "        request.headers['Authorization'] = 'Bearer corp-client-side'\n"
@@ -585,6 +611,12 @@ def test_user_provider_classes_plug_in_from_config(tmp_path: Path, fake_server: 
         client.get(fake_server.base_url + "/models")
     assert [r.headers["authorization"] for r in fake_server.requests] == ["Bearer corp-sso-m1",
                                                                          "Bearer corp-client-side"]
+
+    basic = make_config(tmp_path, {**flags, "auth.provider": "corp_auth:CorpProvider"},
+                        {"SERVER_SIDE_TOKEN_REFRESH": "true"})
+    with httpx.Client(**auth.http_client_kwargs(basic)) as client, pytest.raises(AuthenticationFailed) as raised:
+        client.get(fake_server.base_url + "/models")
+    assert str(raised.value) == "the authentication provider failed: RuntimeError: vault unreachable"
 
     wrong = make_config(tmp_path, {**flags, "auth.provider": "corp_auth:CorpProvider"})
     with pytest.raises(ConfigError, match="is not an httpx.Auth"):
