@@ -181,3 +181,9 @@ def test_the_configured_default_timeout_applies(root: Path) -> None:
     result = run(registry, "echo $$ > shell.pid; sleep 300")
     assert result.startswith("Timed out after 1 s")
     assert wait_until_gone(read_pid(root / "shell.pid"))
+
+
+def test_colour_is_off_and_escape_codes_are_removed(registry: ToolRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    result = run(registry, "printf '\\033[1;31mred\\033[0m\\n'; echo ${FORCE_COLOR:-unset} $NO_COLOR")
+    assert result == "exit code: 0\nstdout:\nred\nunset 1"

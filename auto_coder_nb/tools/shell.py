@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import functools
 import os
+import re
 import shutil
 import signal
 from typing import Any
@@ -39,6 +40,9 @@ NON_INTERACTIVE_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
     "PYTHONUNBUFFERED": "1",
 }
+# Set by Jupyter and CI: colour codes in the output only cost the model tokens.
+FORCED_COLOR_ENV_VARS = {"FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS"}
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # The endpoint's credentials stay out of commands: a model running `env` must not print them into the chat.
 SECRET_ENV_VARS = {name for name, key in ENV_VARS.items() if key in SECRET_KEYS} | {"OPENAI_API_KEY"}
 
@@ -113,7 +117,9 @@ def _budgets(stdout: _Capture, stderr: _Capture) -> tuple[int, int]:
 
 
 def _command_env() -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV_VARS}
+    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV_VARS | FORCED_COLOR_ENV_VARS}
+    if env.get("MPLBACKEND", "").startswith("module://"):
+        del env["MPLBACKEND"]  # a kernel's inline backend means nothing to a script run from the shell
     env.update(NON_INTERACTIVE_ENV)
     return env
 
@@ -201,7 +207,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
                      "process's output to a file to keep it running)\n")
     for label, capture, budget in (("stdout", stdout, stdout_budget), ("stderr", stderr, stderr_budget)):
         if capture.total:
-            text = capture.render(budget).rstrip("\n")
+            text = ANSI_ESCAPE.sub("", capture.render(budget)).rstrip("\n")
             parts.append(f"{label}:\n{text}\n")
     if not stdout.total and not stderr.total:
         parts.append("(no output)\n")
