@@ -90,7 +90,7 @@ class Workspace:
 
     def _check_writable(self, text: str, real: Path) -> None:
         parts = real.relative_to(self.root).parts
-        if any(part in PROTECTED_DIRS for part in parts[:-1]) or (parts and parts[-1] in PROTECTED_DIRS):
+        if any(part in PROTECTED_DIRS for part in parts):
             raise ToolError(f"{text} is inside a protected folder ({', '.join(sorted(PROTECTED_DIRS))}); "
                             "the file tools do not write there.")
         if parts and parts[-1] in PROTECTED_FILES:
