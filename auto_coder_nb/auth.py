@@ -104,6 +104,9 @@ def build_auth(config: Config) -> httpx.Auth:
     """The httpx.Auth for the configured mode (see the module docstring)."""
     if config.auth.use_sso or config.auth.server_side_token_refresh:
         provider = authentication_provider(config)
+        method = "generate_auth_token" if config.auth.use_sso else "get_basic_credentials"
+        if not callable(getattr(provider, method, None)):
+            raise ConfigError(f"auth.provider: {config.auth.provider} has no {method}() method")
         if config.auth.use_sso:
             return ProviderHeaderAuth(provider.generate_auth_token, "Bearer",
                                       "USE_SSO is on but the authentication provider gave no token",

@@ -170,8 +170,9 @@ class AuthenticationProvider:
             missing = [name for name in ("device_authorization_url", "token_url", "client_id")
                        if not getattr(auth, name)]
             if missing:
-                raise AuthenticationFailed("USE_SSO is on but there is no token: set SSO_TOKEN, or set "
-                                  + ", ".join(f"auth.{name}" for name in missing) + " for the device sign-in")
+                names = ", ".join(f"auth.{name}" for name in missing)
+                raise AuthenticationFailed(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
+                                           "for the device sign-in")
             with _transport_client(self.config, auth.token_url or "") as client:
                 self._token = self._refresh(client) or self._device_flow(client)
             return self._token.value
@@ -429,7 +430,8 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                 return token
         if not (auth.client_id and auth.client_secret):
             raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
-                              "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) are not")
+                                       "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) "
+                                       "are not")
         response = yield token_request(url, {
             "grant_type": "client_credentials", "client_id": auth.client_id,
             "client_secret": auth.client_secret, "scope": auth.scope,

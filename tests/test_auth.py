@@ -621,6 +621,9 @@ def test_user_provider_classes_plug_in_from_config(tmp_path: Path, fake_server: 
     wrong = make_config(tmp_path, {**flags, "auth.provider": "corp_auth:CorpProvider"})
     with pytest.raises(ConfigError, match="is not an httpx.Auth"):
         auth.http_client_kwargs(wrong)
+    with pytest.raises(ConfigError, match="has no generate_auth_token"):
+        auth.http_client_kwargs(make_config(tmp_path, {**flags, "auth.provider": "corp_auth:CorpAuth"},
+                                            {"USE_SSO": "true"}))
     with pytest.raises(ConfigError, match="cannot import"):
         auth.http_client_kwargs(make_config(tmp_path, {**flags, "auth.provider": "no_such_module:X"}))
 
