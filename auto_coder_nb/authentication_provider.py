@@ -71,6 +71,10 @@ def print_device_code(code: DeviceCode) -> None:
     print(code.message(), file=sys.stderr, flush=True)
 
 
+# How providers made without `show_device_code` show the sign-in code. A face may replace it.
+device_code_display: Callable[[DeviceCode], None] = print_device_code
+
+
 def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
     """`text` with every known secret replaced, for messages built from what a server or command said."""
     for secret in secrets:
@@ -147,7 +151,7 @@ class AuthenticationProvider:
         self,
         config: Config | None = None,
         *,
-        show_device_code: Callable[[DeviceCode], None] = print_device_code,
+        show_device_code: Callable[[DeviceCode], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -235,8 +239,8 @@ class AuthenticationProvider:
                 f"HTTP {response.status_code} without a device code{detail}", self._secrets),
                 status=response.status_code)
         expires_in = float(body.get("expires_in") or 600)
-        self.show_device_code(DeviceCode(body["user_code"], body["verification_uri"],
-                                         body.get("verification_uri_complete"), expires_in))
+        show = self.show_device_code or device_code_display
+        show(DeviceCode(body["user_code"], body["verification_uri"], body.get("verification_uri_complete"), expires_in))
         interval = float(body.get("interval") or DEFAULT_POLL_INTERVAL)
         deadline = self._clock() + expires_in
         poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": body["device_code"],

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from auto_coder_nb import auth
+from auto_coder_nb import auth, authentication_provider
 from auto_coder_nb.authentication_provider import (
     AuthenticationProvider,
     AuthenticationProviderWithClientSideTokenRefresh,
@@ -317,6 +317,16 @@ def test_device_flow_denied_or_expired_is_a_readable_error(tmp_path: Path, fake_
     assert says in str(raised.value)
     assert "dev-code-secret" not in str(raised.value)
     assert len(sleeps) == 2
+
+
+def test_a_face_can_show_the_device_code_its_own_way(tmp_path: Path, fake_server: FakeLLMServer,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoints = DeviceEndpoints(fake_server, [token_body("sso-device-token-face")], interval=0.01)
+    shown: list[str] = []
+    monkeypatch.setattr(authentication_provider, "device_code_display", lambda code: shown.append(code.user_code))
+    config = make_config(tmp_path, env={"USE_SSO": "true"}, yaml_text=endpoints.yaml())
+    assert asyncio.run(auth.get_sso_token(config)) == "sso-device-token-face"
+    assert shown == ["WDJB-MJHT"]
 
 
 def test_device_flow_through_the_client_shows_the_code_on_stderr(tmp_path: Path, fake_server: FakeLLMServer,
