@@ -188,3 +188,7 @@ def test_a_loop_of_symlinks_is_refused_clearly(root: Path, workspace: Workspace)
 def test_a_missing_root_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         Workspace(tmp_path / "missing")
+
+
+def test_a_name_starting_with_a_tilde_is_an_ordinary_file(root: Path, workspace: Workspace) -> None:
+    assert workspace.resolve("~draft.txt") == root.resolve() / "~draft.txt"

@@ -71,7 +71,8 @@ class Workspace:
             raise ToolError("The path is empty. Give a path relative to the workspace root, e.g. 'src/main.py'.")
         if "\x00" in text:
             raise ToolError("The path contains a NUL character.")
-        candidate = Path(text).expanduser()
+        # Only "~" and "~/..." mean the home folder; "~draft.txt" is an ordinary name.
+        candidate = Path(text).expanduser() if text == "~" or text.startswith("~/") else Path(text)
         if not candidate.is_absolute():
             candidate = self.root / candidate
         # realpath follows every symlink, dangling ones included (their target is what a write would create).
