@@ -189,11 +189,6 @@ class Workspace:
             lines.append(f"Could not restore: {', '.join(failed)}.")
         return " ".join(lines) + _commands_note(commands)
 
-    @property
-    def undo_depth(self) -> int:
-        """How many turns with file changes can still be undone."""
-        return sum(1 for turn in self._turns if turn.files or turn.created_dirs)
-
     # -- what the model has seen -----------------------------------------------------------------
 
     def note_read(self, path: Path, data: bytes) -> None:
