@@ -192,3 +192,13 @@ def test_a_missing_root_is_a_configuration_error(tmp_path: Path) -> None:
 
 def test_a_name_starting_with_a_tilde_is_an_ordinary_file(root: Path, workspace: Workspace) -> None:
     assert workspace.resolve("~draft.txt") == root.resolve() / "~draft.txt"
+
+
+def test_undo_says_when_it_replaces_changes_made_after_the_turn(root: Path, workspace: Workspace) -> None:
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"by the tool")
+    workspace.atomic_write("b.txt", b"by the tool")
+    (root / "a.txt").write_text("edited by the user afterwards")
+    message = workspace.undo()
+    assert not (root / "a.txt").exists() and not (root / "b.txt").exists()
+    assert "a.txt had been changed again since that turn" in message

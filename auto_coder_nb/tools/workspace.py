@@ -41,6 +41,7 @@ class _Snapshot:
 @dataclass
 class _Turn:
     files: dict[Path, _Snapshot] = field(default_factory=dict)
+    written: dict[Path, str] = field(default_factory=dict)  # hash of what the tools last wrote, per file
     created_dirs: list[Path] = field(default_factory=list)
     commands: int = 0
 
@@ -151,6 +152,7 @@ class Workspace:
         self.make_parents(target)
         _replace_file(target, data)
         self.note_read(target, data)
+        self._turn().written[target] = _digest(data)
 
     def undo(self) -> str:
         """Restore the files changed in the last turn that changed any; a message says what was done."""
@@ -162,8 +164,10 @@ class Workspace:
             return message + _commands_note(commands)
         turn = self._turns.pop()
         commands += turn.commands
-        restored, removed, failed = [], [], []
+        restored, removed, failed, overwritten = [], [], [], []
         for path, snapshot in reversed(turn.files.items()):
+            if path in turn.written and _digest_of_file(path) != turn.written[path]:
+                overwritten.append(self.relative(path))
             try:
                 if snapshot.data is None:
                     if path.is_file() or path.is_symlink():
@@ -187,18 +191,21 @@ class Workspace:
             lines.append(f"Removed {len(removed)} file(s) the turn created: {', '.join(sorted(removed))}.")
         if failed:
             lines.append(f"Could not restore: {', '.join(failed)}.")
+        if overwritten:
+            lines.append(f"{', '.join(sorted(overwritten))} had been changed again since that turn; "
+                         "those later changes were undone too.")
         return " ".join(lines) + _commands_note(commands)
 
     # -- what the model has seen -----------------------------------------------------------------
 
     def note_read(self, path: Path, data: bytes) -> None:
         """Remember the content the model last saw of a file (by hash) to catch changes made behind its back."""
-        self._read_hashes[path] = hashlib.sha256(data).hexdigest()
+        self._read_hashes[path] = _digest(data)
 
     def check_fresh(self, path: Path, data: bytes) -> None:
         """ToolError if the file changed on disk since the model read or wrote it (never read: no check)."""
         seen = self._read_hashes.get(path)
-        if seen is not None and seen != hashlib.sha256(data).hexdigest():
+        if seen is not None and seen != _digest(data):
             raise ToolError(
                 f"{self.relative(path)} was modified since you last read it (by the user, a command or an undo). "
                 "Read it again with read_file, then retry the change on its current content."
@@ -206,6 +213,17 @@ class Workspace:
 
     def forget_reads(self) -> None:
         self._read_hashes.clear()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest_of_file(path: Path) -> str | None:
+    try:
+        return _digest(path.read_bytes())
+    except OSError:
+        return None
 
 
 def _commands_note(commands: int) -> str:
