@@ -133,6 +133,16 @@ def test_reasoning_content_and_reasoning_are_kept_apart_from_the_answer(fake_ser
     assert (completion.reasoning, completion.content) == ("Think more. Done.", "Answer")
 
 
+def test_deltas_crowding_one_read_are_merged_in_order(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("t" * 200, reasoning="r" * 200, chunks=200))  # one write: 400 events
+    streamed, completion = chat(make_provider(fake_server))
+    assert len(streamed) < 20  # merged per network read; never more than one event per kind and read
+    kinds = [type(e) for e in streamed]
+    assert kinds == sorted(kinds, key=lambda kind: kind is TextChunk)  # all reasoning first, then text
+    assert "".join(e.text for e in streamed if isinstance(e, ReasoningChunk)) == completion.reasoning == "r" * 200
+    assert "".join(e.text for e in streamed if isinstance(e, TextChunk)) == completion.content == "t" * 200
+
+
 def test_usage_only_final_chunk_with_empty_choices(fake_server: FakeLLMServer) -> None:
     fake_server.enqueue(reply.chunks([
         chunk({"content": "ok"}), chunk(finish="stop"),

@@ -42,6 +42,7 @@ from .base import Completion, LLMProvider, ProviderEvent, ReasoningChunk, TextCh
 from .sse import SSEParser
 
 MAX_RETRIES = 4
+MERGE_ABOVE = 32  # deltas arriving in one network read beyond this many are merged
 RETRY_BASE_DELAY = 0.5
 MAX_RETRY_DELAY = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
@@ -187,10 +188,16 @@ class OpenAICompatibleProvider(LLMProvider):
             parser = SSEParser()
             reads = response.aiter_bytes()
             finished = ended = False
+            pending: list[str] = []  # text of one kind, merged within a crowded read
+            pending_kind: type[TextChunk | ReasoningChunk] = TextChunk
             while not ended:
                 read = await anext(reads, None)
                 ended = read is None
-                for data in parser.close() if read is None else parser.feed(read):
+                datas = parser.close() if read is None else parser.feed(read)
+                # One read holding many events means the consumer fell behind (or the server sends in
+                # bursts): merging them shows the same text with far fewer events for the faces to render.
+                merge = len(datas) > MERGE_ABOVE
+                for data in datas:
                     if finished or data == b"[DONE]":
                         finished = True  # what follows [DONE] is only read so that the connection can be reused
                         continue
@@ -208,13 +215,31 @@ class OpenAICompatibleProvider(LLMProvider):
                         delta = choice.get("delta")
                         if delta and choice.get("finish_reason") is None and delta.keys() <= _PLAIN_DELTA_KEYS:
                             content = delta.get("content")
-                            if content:
-                                assembler.content.append(content)
-                                yield TextChunk(content)
                             assembler.received = True
+                            if not content:
+                                continue
+                            assembler.content.append(content)
+                            if not merge:
+                                yield TextChunk(content)
+                                continue
+                            if pending and pending_kind is not TextChunk:
+                                yield pending_kind("".join(pending))
+                                pending = []
+                            pending_kind = TextChunk
+                            pending.append(content)
                             continue
                     for event in assembler.feed(chunk, self._raise_stream_error):
-                        yield event
+                        if not merge:
+                            yield event
+                            continue
+                        if pending and type(event) is not pending_kind:
+                            yield pending_kind("".join(pending))
+                            pending = []
+                        pending_kind = type(event)
+                        pending.append(event.text)
+                if pending:
+                    yield pending_kind("".join(pending))
+                    pending = []
         if not assembler.received:
             raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
         yield assembler.completion()
@@ -396,7 +421,7 @@ class _Assembler:
         self.usage: Usage | None = None
         self.received = False
 
-    def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[ProviderEvent]:
+    def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[TextChunk | ReasoningChunk]:
         if not isinstance(chunk, dict):
             raise StreamError(f"unexpected chunk: {str(chunk)[:200]}")
         if chunk.get("error"):
@@ -404,7 +429,7 @@ class _Assembler:
         self.received = True
         if isinstance(chunk.get("usage"), dict):
             self.usage = _parse_usage(chunk["usage"])
-        events: list[ProviderEvent] = []
+        events: list[TextChunk | ReasoningChunk] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
