@@ -24,14 +24,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .config import Config, load_config
-from .errors import AuthenticationFailed, ConfigError
+from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
@@ -83,16 +84,10 @@ def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
-TOKEN_REQUEST = "auto_coder_nb.token_request"  # request extension marking a flow's own token requests
-TOKEN_ENDPOINT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
-
-def token_request(url: str, form: dict[str, str | None]) -> httpx.Request:
-    """A POST to an OAuth token (or device authorization) endpoint; empty fields are left out."""
+def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:
+    """POST to an OAuth token (or device authorization) endpoint; empty fields are left out."""
     data = {name: value for name, value in form.items() if value}
-    # Built outside a client, so it carries its own timeout (and none of the client's custom headers).
-    return httpx.Request("POST", url, data=data, headers={"Accept": "application/json"},
-                         extensions={"timeout": TOKEN_ENDPOINT_TIMEOUT.as_dict(), TOKEN_REQUEST: True})
+    return client.post(url, data=data, headers={"Accept": "application/json"})
 
 
 def _oauth_error(response: httpx.Response) -> tuple[str, str]:
@@ -138,10 +133,20 @@ def _expiry(expires_in: Any, now: float) -> float | None:
     return now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
 
 
-def _transport_client(config: Config, url: str) -> httpx.Client:
-    from .auth import transport_kwargs  # auth imports this module, so import at call time
+@contextmanager
+def endpoint_client(config: Config, url: str, what: str) -> Iterator[httpx.Client]:
+    """A client for an OAuth endpoint, with the TLS and proxy settings for its own host; failing to reach
+    it is a ConnectionFailed that names the endpoint (not the model URL the request was for)."""
+    from .auth import certificate_problem, transport_kwargs  # auth imports this module
 
-    return httpx.Client(**transport_kwargs(config, url))
+    try:
+        with httpx.Client(**transport_kwargs(config, url)) as client:
+            yield client
+    except httpx.HTTPError as exc:
+        problem = certificate_problem(exc)
+        reason = f"its TLS certificate is not trusted ({problem}); set llm.ca_bundle, llm.extra_ca_certs or " \
+                 "SSL_CERT_FILE" if problem else str(exc) or type(exc).__name__
+        raise ConnectionFailed(f"{what}: could not reach {url}: {reason}") from None
 
 
 class AuthenticationProvider:
@@ -177,7 +182,7 @@ class AuthenticationProvider:
                 names = ", ".join(f"auth.{name}" for name in missing)
                 raise AuthenticationFailed(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
                                            "for the device sign-in")
-            with _transport_client(self.config, auth.token_url or "") as client:
+            with endpoint_client(self.config, auth.token_url or "", "SSO sign-in") as client:
                 self._token = self._refresh(client) or self._device_flow(client)
             return self._token.value
 
@@ -208,13 +213,12 @@ class AuthenticationProvider:
         if not refresh_token:
             return None
         auth = self.config.auth
-        request = token_request(auth.token_url or "", {
+        response = post_form(client, auth.token_url or "", {
             "grant_type": "refresh_token", "refresh_token": refresh_token,
             "client_id": auth.client_id, "client_secret": auth.client_secret, "scope": auth.scope,
         })
         try:
-            token = parse_token_response(client.send(request), now=self._clock(), what="SSO token refresh",
-                                         secrets=self._secrets)
+            token = parse_token_response(response, now=self._clock(), what="SSO token refresh", secrets=self._secrets)
         except AuthenticationFailed:
             return None  # the refresh token expired too: sign in again
         token.refresh_token = token.refresh_token or refresh_token
@@ -223,9 +227,9 @@ class AuthenticationProvider:
     def _device_flow(self, client: httpx.Client) -> Token:
         """RFC 8628: ask for a device code, show the user code, poll the token endpoint until sign-in ends."""
         auth = self.config.auth
-        response = client.send(token_request(auth.device_authorization_url or "", {
+        response = post_form(client, auth.device_authorization_url or "", {
             "client_id": auth.client_id, "scope": auth.scope,
-        }))
+        })
         try:
             body = response.json() if response.status_code == 200 else None
         except ValueError:
@@ -249,7 +253,7 @@ class AuthenticationProvider:
             if self._clock() >= deadline:
                 raise AuthenticationFailed("SSO sign-in: the code expired before sign-in finished; try again")
             self._sleep(interval)
-            response = client.send(token_request(auth.token_url or "", poll))
+            response = post_form(client, auth.token_url or "", poll)
             if response.status_code == 200:
                 return parse_token_response(response, now=self._clock(), what="SSO sign-in", secrets=self._secrets)
             code, _ = _oauth_error(response)
@@ -275,23 +279,16 @@ class BlockingCall:
 
 
 class FlowAuth(httpx.Auth):
-    """Runs one `auth_flow` generator for sync and async clients.
-
-    Besides requests, the flow may yield `BlockingCall`s. The bodies of its own token requests (made
-    with `token_request`) are read for it; the real response is handed back unread, so it streams.
-    """
+    """Runs one `auth_flow` generator for sync and async clients. Besides requests, the flow may yield
+    `BlockingCall`s (token fetches, commands, sign-ins): run directly for a sync client, in a worker
+    thread for an async one. Responses are handed back unread, so streamed answers stream."""
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.read()  # a request retried after a 401 is sent again with its body
         flow = self.auth_flow(request)
         step: Any = next(flow)
         while True:
-            if isinstance(step, BlockingCall):
-                sent: Any = step.function()
-            else:
-                sent = yield step
-                if step.extensions.get(TOKEN_REQUEST):
-                    sent.read()
+            sent: Any = step.function() if isinstance(step, BlockingCall) else (yield step)
             try:
                 step = flow.send(sent)
             except StopIteration:
@@ -302,12 +299,7 @@ class FlowAuth(httpx.Auth):
         flow = self.auth_flow(request)
         step: Any = next(flow)
         while True:
-            if isinstance(step, BlockingCall):
-                sent: Any = await asyncio.to_thread(step.function)
-            else:
-                sent = yield step
-                if step.extensions.get(TOKEN_REQUEST):
-                    await sent.aread()
+            sent: Any = await asyncio.to_thread(step.function) if isinstance(step, BlockingCall) else (yield step)
             try:
                 step = flow.send(sent)
             except StopIteration:
@@ -344,7 +336,7 @@ class ProviderHeaderAuth(FlowAuth):
     def _value(self) -> str:
         try:
             value = self._get_value()
-        except AuthenticationFailed:
+        except (AuthenticationFailed, ConnectionFailed):
             raise
         except Exception as exc:  # a user's provider: report it as what it is, an authentication failure
             raise AuthenticationFailed(f"the authentication provider failed: {type(exc).__name__}: {exc}") from exc
@@ -366,23 +358,22 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
         self._clock = clock
         self._token: Token | None = None
         self._refresh_token = self.config.auth.refresh_token
+        self._lock = threading.Lock()  # concurrent requests with an expired token renew it once
 
     @property
     def renews(self) -> bool:
         """Whether this auth fetches tokens itself (rather than sending a fixed key or nothing)."""
         return bool(self.config.auth.token_command or self.config.auth.token_url)
 
-    def get_bearer_token(self) -> str:
-        """The current token, fetched or renewed first if needed (for use outside a request)."""
-        with _transport_client(self.config, self.config.auth.token_url or self.config.llm.base_url) as client:
-            flow = self._current_token()
-            sent: Any = None
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration as done:
-                    return done.value
-                sent = step.function() if isinstance(step, BlockingCall) else client.send(step)
+    def get_bearer_token(self, *, rejected: str | None = None) -> str:
+        """The current token, fetched or renewed first if needed. `rejected`: a token the server refused,
+        renewed even if it has not expired (unless another request renewed it already)."""
+        with self._lock:
+            token = self._token
+            if token is None or not token.fresh(self._clock()) or token.value == rejected:
+                token = self._token = self._run_token_command() if self.config.auth.token_command \
+                    else self._fetch_token()
+            return token.value
 
     def auth_flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
         if not self.renews:
@@ -390,24 +381,15 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                 request.headers["Authorization"] = f"Bearer {self.config.llm.api_key}"
             yield request
             return
-        token = yield from self._current_token()
+        token = yield BlockingCall(self.get_bearer_token)
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code != 401:
             return
-        self._token = None  # rejected before its time (revoked, clock skew): renew once, retry once
-        token = yield from self._current_token()
+        # Rejected before its time (revoked, clock skew): renew once, retry once.
+        token = yield BlockingCall(lambda: self.get_bearer_token(rejected=token))
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
-
-    def _current_token(self) -> Generator[Any, Any, str]:
-        if self._token is not None and self._token.fresh(self._clock()):
-            return self._token.value
-        if self.config.auth.token_command:
-            self._token = yield BlockingCall(self._run_token_command)
-        else:
-            self._token = yield from self._fetch_token()
-        return self._token.value
 
     @property
     def _secrets(self) -> list[str | None]:
@@ -415,31 +397,33 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
         return [auth.client_secret, auth.refresh_token, self._refresh_token, self.config.llm.api_key,
                 self._token.value if self._token else None]
 
-    def _fetch_token(self) -> Generator[Any, Any, Token]:
+    def _fetch_token(self) -> Token:
+        """From auth.token_url, with its own client: the token endpoint may need another proxy than the model."""
         auth = self.config.auth
         url = auth.token_url or ""
-        if self._refresh_token:
-            response = yield token_request(url, {
-                "grant_type": "refresh_token", "refresh_token": self._refresh_token,
-                "client_id": auth.client_id, "client_secret": auth.client_secret, "scope": auth.scope,
+        with endpoint_client(self.config, url, "token request") as client:
+            if self._refresh_token:
+                response = post_form(client, url, {
+                    "grant_type": "refresh_token", "refresh_token": self._refresh_token,
+                    "client_id": auth.client_id, "client_secret": auth.client_secret, "scope": auth.scope,
+                })
+                try:
+                    token = parse_token_response(response, now=self._clock(), what="token refresh",
+                                                 secrets=self._secrets)
+                except AuthenticationFailed:
+                    if not auth.client_secret:
+                        raise
+                else:
+                    self._refresh_token = token.refresh_token or self._refresh_token
+                    return token
+            if not (auth.client_id and auth.client_secret):
+                raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
+                                           "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) "
+                                           "are not")
+            response = post_form(client, url, {
+                "grant_type": "client_credentials", "client_id": auth.client_id,
+                "client_secret": auth.client_secret, "scope": auth.scope,
             })
-            try:
-                token = parse_token_response(response, now=self._clock(), what="token refresh",
-                                             secrets=self._secrets)
-            except AuthenticationFailed:
-                if not auth.client_secret:
-                    raise
-            else:
-                self._refresh_token = token.refresh_token or self._refresh_token
-                return token
-        if not (auth.client_id and auth.client_secret):
-            raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
-                                       "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) "
-                                       "are not")
-        response = yield token_request(url, {
-            "grant_type": "client_credentials", "client_id": auth.client_id,
-            "client_secret": auth.client_secret, "scope": auth.scope,
-        })
         token = parse_token_response(response, now=self._clock(), what="client credentials", secrets=self._secrets)
         self._refresh_token = token.refresh_token or self._refresh_token
         return token

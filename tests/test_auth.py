@@ -23,7 +23,7 @@ from auto_coder_nb.authentication_provider import (
     DeviceCode,
 )
 from auto_coder_nb.config import Config, load_config
-from auto_coder_nb.errors import AuthenticationFailed, ConfigError
+from auto_coder_nb.errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from auto_coder_nb.providers.base import Completion
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, RecordedRequest, Spec, reply
@@ -482,6 +482,17 @@ def test_token_endpoint_refusal_is_readable_and_hides_the_secret(tmp_path: Path,
     assert "HTTP 401" in message and "invalid_client" in message and TOKEN_PATH in message
     assert CLIENT_SECRET not in message
     assert model_requests(fake_server) == []
+
+
+def test_unreachable_token_endpoint_is_named_in_the_error(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    with FakeLLMServer() as stopped:
+        token_url = stopped.url + TOKEN_PATH
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url, "auth.token_url": token_url,
+                                    "auth.client_id": "corp-client", "auth.client_secret": CLIENT_SECRET})
+    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(ConnectionFailed) as raised:
+        client.get(fake_server.base_url + "/models")
+    assert str(raised.value).startswith(f"token request: could not reach {token_url}: ")
+    assert fake_server.requests == []
 
 
 def test_get_bearer_token_outside_a_request(tmp_path: Path, fake_server: FakeLLMServer) -> None:

@@ -322,3 +322,20 @@ def test_no_proxy_rules(tmp_path: Path, no_proxy: str, url: str, bypassed: bool)
     env = {"HTTPS_PROXY": "http://proxy:3128", "http_proxy": "proxy:3128", "NO_PROXY": no_proxy}
     expected = None if bypassed else "http://proxy:3128"
     assert auth.proxy_for(url, config, env) == expected
+
+
+def test_token_endpoint_and_model_each_get_their_own_proxy_route(tmp_path: Path, fake_server: FakeLLMServer,
+                                                                 proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway inside the network (NO_PROXY) with its identity provider outside (through the proxy)."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    fake_server.route("POST", "/oauth/token", lambda request: reply.json_body(
+        {"access_token": "tok-routed", "expires_in": 3600}))
+    fake_server.require_authorization("Bearer tok-routed")
+    config = load_config({"llm.base_url": fake_server.base_url, "auth.client_id": "corp",
+                          "auth.client_secret": "corp-secret-77",
+                          "auth.token_url": f"http://localhost:{fake_server.port}/oauth/token"},
+                         env={}, cwd=tmp_path, home=tmp_path / "home")
+    assert get_models(config).status_code == 200
+    assert [(r.path, "proxy.py" in r.headers.get("via", "")) for r in fake_server.requests] == [
+        ("/oauth/token", True), ("/v1/models", False)]
