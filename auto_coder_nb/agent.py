@@ -191,8 +191,12 @@ def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:
         return json.dumps(arguments, indent=2)
     try:
         return tool.preview(**arguments)
+    except ToolError:
+        raise
     except TypeError as exc:
         raise ToolError(f"Invalid arguments for {tool.name}: {exc}") from exc
+    except Exception as exc:  # a custom tool's preview must not crash the turn
+        raise ToolError(f"{tool.name} failed before it ran: {type(exc).__name__}: {exc}") from exc
 
 
 def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:
