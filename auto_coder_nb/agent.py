@@ -15,7 +15,7 @@ from typing import Any
 
 from .approvals import ApprovalPolicy
 from .config import AgentConfig
-from .errors import ContextOverflow, ProviderError
+from .errors import AutoCoderError, ContextOverflow
 from .events import (
     ApprovalRequest,
     ErrorEvent,
@@ -149,7 +149,7 @@ class Agent:
                     continue
                 yield ErrorEvent(str(exc), exc)
                 return
-            except ProviderError as exc:
+            except AutoCoderError as exc:  # provider failures, and configuration met only at request time
                 yield ErrorEvent(str(exc), exc)
                 return
 
