@@ -48,6 +48,7 @@ UPDATES_PER_SECOND = 20
 SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
 PREVIEW_LIMIT = 20000  # characters of a diff or command shown in an approval card
 SUMMARY_LIMIT = 300
+SUMMARY_LINES = 3  # lines of a tool result shown on its card
 
 IDLE, THINKING, RUNNING_TOOL, WAITING = "idle", "thinking", "running a tool", "waiting for approval"
 TURN_END_NOTES = {
@@ -245,8 +246,10 @@ def _table_html(lines: list[str]) -> str:
 STYLE = """<style>
 .autocoder-panel { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 8px; padding: 8px;
   background: var(--jp-layout-color1, #fff); max-width: 980px; font-family: var(--jp-ui-font-family, sans-serif); }
-.autocoder-header { justify-content: space-between; align-items: center; }
-.autocoder-title { font-weight: 600; font-size: 14px; }
+.autocoder-header { justify-content: space-between; align-items: center; gap: 12px; }
+.autocoder-header > .autocoder-titlebox { flex: 0 0 auto; width: auto; }
+.autocoder-title { font-weight: 600; font-size: 14px; white-space: nowrap; }
+.autocoder-header > .autocoder-status { flex: 1 1 auto; text-align: right; }
 .autocoder-status { font-size: 12px; color: var(--jp-ui-font-color2, #666); }
 .autocoder-status code { font-size: 11px; }
 .autocoder-state { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eef; }
@@ -256,10 +259,12 @@ STYLE = """<style>
   border-top: 1px solid var(--jp-border-color2, #eee); border-bottom: 1px solid var(--jp-border-color2, #eee);
   margin: 6px 0; }
 .autocoder-transcript { padding: 6px 2px; }
+/* Let the scroll box scroll: flex items must keep their height instead of shrinking to fit. */
+.autocoder-scroll > *, .autocoder-scroll .widget-box > * { flex-shrink: 0; }
 .autocoder-transcript .widget-html, .autocoder-transcript .widget-html-content { width: 100%; height: auto;
   line-height: 1.45; font-size: 13px; }
 .autocoder-msg { margin: 4px 0; }
-.autocoder-user { align-self: flex-end; max-width: 80%; }
+.autocoder-transcript .autocoder-user { align-self: flex-end; width: auto; max-width: 80%; }
 .autocoder-user .widget-html-content { background: var(--jp-brand-color3, #dbeafe); padding: 6px 10px;
   border-radius: 12px 12px 2px 12px; white-space: pre-wrap; }
 .autocoder-assistant { width: 100%; }
@@ -413,7 +418,7 @@ class _ToolCard:
         self.buttons: list[widgets.Button] = []
 
     def _head(self, status: str) -> str:
-        return (f"🔧 <b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
+        return (f"<b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
                 f'<span class="autocoder-badge autocoder-status-{status.split()[0]}">{html.escape(status)}</span>')
 
     def status(self, status: str, css: str | None = None) -> None:
@@ -475,7 +480,8 @@ class ChatPanel:
 
     def _build(self) -> None:
         self._status = _html("", "autocoder-status")
-        header = _box([_html(STYLE + '<span class="autocoder-title">auto-coder</span>'), self._status],
+        title = _html(STYLE + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
+        header = _box([title, self._status],
                       "autocoder-header", horizontal=True)
         self._transcript = _box([], "autocoder-transcript")
         scroll = _box([self._transcript], "autocoder-scroll")
@@ -767,9 +773,9 @@ class ChatPanel:
         lines = result.output.count("\n") + 1
         status = "error" if result.is_error else "done"
         card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
-        first = _short(result.output.strip().split("\n", 1)[0], 160)
-        more = f"  (+{lines - 1} lines)" if lines > 1 else ""
-        card.summary.value = html.escape(first + more)
+        head = [_short(line, 160) for line in result.output.strip().split("\n")[:SUMMARY_LINES]]
+        more = f"\n… +{lines - SUMMARY_LINES} lines" if lines > SUMMARY_LINES else ""
+        card.summary.value = html.escape("\n".join(head) + more)
         if card.summary not in card.box.children:
             card.box.children = (*card.box.children, card.summary)
         self._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
@@ -857,7 +863,7 @@ class ChatPanel:
 
     def _error(self, text: str) -> None:
         self._records.append(("error", text))
-        _append(self._transcript, _html("⚠ " + html.escape(text), "autocoder-msg", "autocoder-error"))
+        _append(self._transcript, _html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
 
     @property
     def correlation_id(self) -> str:

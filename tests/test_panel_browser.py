@@ -1,0 +1,217 @@
+"""The chat panel in a real JupyterLab, driven by headless Chromium through Playwright.
+
+The test starts JupyterLab on 127.0.0.1 with throw-away settings, opens tests/notebooks/chat_panel.ipynb
+(which shows `ChatPanel()`), and talks to the test server through the panel: a streamed answer with a
+tool card, an approved write, Stop during a held stream (while another cell runs), the next message,
+Reset. Screenshots go to test-output/panel_browser/. Needs Debian's chromium at /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+CHROMIUM = Path("/usr/bin/chromium")
+NOTEBOOK = Path(__file__).parent / "notebooks" / "chat_panel.ipynb"
+OUTPUT = Path(__file__).parent.parent / "test-output" / "panel_browser"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+    """JupyterLab on 127.0.0.1 with its own home, settings and runtime folders; the kernel reaches the test server."""
+    root, home, settings = tmp_path / "work", tmp_path / "home", tmp_path / "settings"
+    root.mkdir()
+    home.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    # Render every cell (no windowing), so widgets below the fold exist in the page; no kernel dialog.
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
+    notifications = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notifications.parent.mkdir(parents=True)
+    notifications.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    token, port = secrets.token_hex(16), _free_port()
+    env = {
+        **os.environ,
+        "HOME": str(home),  # no ~/.auto-coder.yaml, no user Jupyter settings
+        "JUPYTER_TOKEN": token,  # not on the command line, so not in `ps`
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "AUTO_CODER_BASE_URL": llm.base_url,
+        "AUTO_CODER_MODEL": "fake-model",
+        "AUTO_CODER_APPROVAL_MODE": "ask",
+    }
+    env.pop("AUTO_CODER_API_KEY", None)
+    env.pop("OPENAI_API_KEY", None)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    log = OUTPUT / "jupyterlab.log"
+    command = [
+        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
+        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
+        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with log.open("w") as log_file:
+        process = subprocess.Popen(command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(url, token, process)
+        yield Lab(url, token, root, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_serving(url: str, token: str, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise AssertionError(f"JupyterLab exited with {process.returncode}; see {OUTPUT / 'jupyterlab.log'}")
+        try:
+            if httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("JupyterLab did not answer within a minute")
+
+
+def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            try:
+                _chat(page, lab, llm)
+            except BaseException:
+                page.screenshot(path=str(OUTPUT / "failure.png"))
+                raise
+        finally:
+            browser.close()
+    assert "Traceback" not in lab.log.read_text(errors="replace")  # nothing went to the log console
+
+
+def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
+    page.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]
+    p = page  # Playwright's Page; typed loosely so the module imports without playwright
+
+    def shot(name: str) -> None:
+        p.locator(".autocoder-panel").scroll_into_view_if_needed()
+        p.locator(".autocoder-panel").screenshot(path=str(OUTPUT / f"{name}.png"))
+
+    def send(text: str) -> None:
+        p.locator(".autocoder-input textarea").fill(text)
+        p.locator("button.autocoder-send:not([disabled])").click()
+
+    p.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
+    # The execution indicator says idle before the kernel is even connected; the status bar names the kernel.
+    p.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')")
+    p.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    p.wait_for_selector(".autocoder-panel .autocoder-input")
+    p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
+    assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
+    assert "fake-model" in p.inner_text(".autocoder-status")
+    shot("01-empty")
+
+    # A streamed Markdown answer after a tool call: the card shows the tool, its argument and its result.
+    llm.enqueue(reply.tool_call("list_directory", {"path": "."}),
+                reply.text("The folder holds **one notebook**:\n\n- `chat_panel.ipynb`\n", chunks=8))
+    send("What is in this folder?")
+    p.wait_for_selector(".autocoder-assistant strong:has-text('one notebook')")
+    card = p.locator(".autocoder-tool").last
+    assert "list_directory" in card.inner_text() and "done" in card.inner_text()
+    assert "chat_panel.ipynb" in card.inner_text()  # the result summary
+    p.wait_for_selector(".autocoder-state-idle")
+    shot("02-answer-and-tool-card")
+
+    # A write asks first: the card shows the diff; Approve writes the file.
+    llm.enqueue(reply.tool_call("write_file", {"path": "hello.txt", "content": "Hello from the panel\n"}),
+                reply.text("Created `hello.txt`."))
+    send("Create hello.txt saying hello")
+    p.wait_for_selector("button.autocoder-approve")
+    assert "+Hello from the panel" in p.locator(".autocoder-preview").last.inner_text()
+    assert "waiting for approval" in p.inner_text(".autocoder-status")
+    assert not (lab.root / "hello.txt").exists()
+    shot("03-approval")
+    p.locator("button.autocoder-approve").click()
+    p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
+    assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
+
+    # Stop during a stream the server holds open; meanwhile another cell runs.
+    llm.enqueue(reply.text("token " * 400, chunks=400, wait_for="held", wait_after=40))
+    send("Write a very long answer")
+    p.wait_for_selector(".autocoder-assistant:has-text('token token token')")
+    p.locator(".jp-Cell", has_text="other cell run").locator(".cm-content").click()
+    p.keyboard.press("Shift+Enter")
+    p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 2')")
+    assert p.locator("button.autocoder-stop:not([disabled])").count() == 1  # the turn is still running
+    shot("04-streaming")
+    p.locator("button.autocoder-stop").click()
+    p.wait_for_selector(".autocoder-notice:has-text('Stopped')")
+    llm.release("held")
+    p.wait_for_selector(".autocoder-state-idle")
+
+    # The next message works; the history sent with it is consistent.
+    llm.enqueue(reply.text("Still here after the stop."))
+    send("Are you still there?")
+    p.wait_for_selector(".autocoder-assistant:has-text('Still here after the stop.')")
+    messages = llm.requests[-1].json["messages"]
+    assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "user"]
+    assert messages[-2]["content"].startswith("token")
+    shot("05-after-stop")
+
+    # Reset: a new conversation with a new correlation id, shown.
+    old_id = p.inner_text(".autocoder-id")
+    assert llm.requests[-1].headers["x-correlation-id"] == old_id
+    p.locator("button.autocoder-reset").click()
+    p.wait_for_selector(f".autocoder-notice:has-text('New conversation'):not(:has-text('{old_id}'))")
+    new_id = p.inner_text(".autocoder-id")
+    assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
+    shot("06-reset")
+    assert p.locator(".autocoder-error").count() == 0
