@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .approvals import APPROVAL_MODES
@@ -59,7 +59,8 @@ NO_STDIN = (
 )
 UPDATE_INTERVAL = 0.15  # seconds between display updates: a fast stream must not flood the frontend
 METADATA_KEY = "auto_coder_nb"
-_PYTHON_BLOCK = re.compile(r"```[ \t]*(python3?|py|ipython3?)?[ \t]*\n(.*?)```", re.DOTALL)
+_FENCED_BLOCK = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+_PYTHON_LANGUAGES = {"", "python", "python3", "py", "ipython", "ipython3"}
 _QUESTION_LINE = re.compile(r"^(\s*)%autocoder(\s+.*\?)\s*$")
 
 
@@ -416,7 +417,8 @@ def _key_argument(event: ToolCallStarted) -> str:
 
 def code_blocks(markdown: str) -> list[str]:
     """The Python (or unlabelled) fenced code blocks of an answer, in order."""
-    return [match.group(2) for match in _PYTHON_BLOCK.finditer(markdown) if match.group(2).strip()]
+    return [match.group(2) for match in _FENCED_BLOCK.finditer(markdown)
+            if match.group(1).lower() in _PYTHON_LANGUAGES and match.group(2).strip()]
 
 
 # -- the magics -----------------------------------------------------------------------------------
@@ -438,6 +440,7 @@ class AutoCoderMagics(Magics):
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--working-dir", metavar="DIR", help="workspace root for the tools (starts a new conversation)")
     @argument("prompt", nargs="*", help="the request (with %%autocoder, the cell body); kept as written")
+    @no_var_expand  # IPython's own {var}/$var expansion of the line would break braces in code
     @line_cell_magic
     def autocoder(self, line: str, cell: str | None = None) -> None:
         """Ask auto-coder. `%autocoder PROMPT` or a `%%autocoder` cell; `{name}` inserts a variable's value."""

@@ -186,14 +186,14 @@ def build_context(
         if include_error and history.last_error is not None:
             error = history.last_error
             sections.append(
-                f"## Last error (cell [{error.execution_count}])\n{truncate(error.traceback.strip(), budget // 5)}"
+                f"## Last error\n{truncate(error.traceback.strip(), budget // 5)}"
             )
     return truncate("\n\n".join(sections), budget)
 
 
 def _describe_cell(cell: CellRecord) -> str:
     source = "\n".join("  " + line for line in truncate(cell.source.rstrip(), 600).splitlines())
-    text = f"[{cell.execution_count}]:\n{source}"
+    text = f"[{cell.execution_count if cell.execution_count is not None else '-'}]:\n{source}"
     if cell.output:
         text += f"\n  -> {cell.output}"
     if cell.error:

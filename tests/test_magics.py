@@ -1,0 +1,323 @@
+"""%%autocoder in real kernels (jupyter_client and nbclient) against the project's test server."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+from nbclient import NotebookClient
+
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+SECRET = "sk-test-secret-never-shown"
+
+
+def kernel_env(server: FakeLLMServer, home: Path) -> dict[str, str]:
+    """The test process's environment without the user's auto-coder settings, pointed at the test server."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AUTO_CODER_", "OPENAI_", "JPY_")) and k not in ("USE_SSO", "SSO_TOKEN")}
+    env.update(HOME=str(home), AUTO_CODER_BASE_URL=server.base_url, AUTO_CODER_MODEL="fake-model",
+               AUTO_CODER_API_KEY=SECRET, IPYTHONDIR=str(home / ".ipython"))
+    return env
+
+
+@dataclass
+class Execution:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, *kinds: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["msg_type"] in kinds]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stdout")
+
+    @property
+    def shown_text(self) -> str:
+        """Everything the cell showed as text: streams and the text/plain of displays."""
+        parts = [self.stdout]
+        for m in self.of_type("display_data", "update_display_data", "execute_result"):
+            parts.append(m["content"]["data"].get("text/plain", ""))
+        return "\n".join(parts)
+
+    @property
+    def payloads(self) -> list[dict[str, Any]]:
+        return self.reply["content"].get("payload", [])
+
+
+class Kernel:
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.manager = KernelManager(kernel_name="python3")
+        self.manager.start_kernel(env=env, cwd=str(cwd))
+        self.client: BlockingKernelClient = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def execute(self, code: str, *, answers: list[str] | None = None, interrupt_when: str | None = None,
+                timeout: float = 60) -> Execution:
+        """Run `code`; answer input() requests from `answers` (allow_stdin only then); optionally interrupt
+        the kernel once a display or stream containing `interrupt_when` arrived."""
+        client = self.client
+        msg_id = client.execute(code, allow_stdin=answers is not None)
+        run = Execution()
+        pending = list(answers or [])
+        idle = False
+        while not idle:
+            if answers is not None:
+                try:
+                    request = client.get_stdin_msg(timeout=0.05)
+                    if request["msg_type"] == "input_request":
+                        run.messages.append(request)
+                        client.input(pending.pop(0))
+                except queue.Empty:
+                    pass
+            try:
+                message = client.get_iopub_msg(timeout=0.05 if answers is not None else timeout)
+            except queue.Empty:
+                continue
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            run.messages.append(message)
+            if interrupt_when and interrupt_when in str(message["content"]):
+                interrupt_when = None
+                self.manager.interrupt_kernel()
+            idle = message["msg_type"] == "status" and message["content"]["execution_state"] == "idle"
+        run.reply = client.get_shell_msg(timeout=timeout)
+        assert not pending, f"input() was asked fewer times than expected: {pending} left"
+        return run
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def kernel(server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    home = tmp_path_factory.mktemp("home")
+    workdir = tmp_path_factory.mktemp("notebook-dir")
+    running = Kernel(kernel_env(server, home), workdir)
+    loaded = running.execute("%load_ext auto_coder_nb")
+    assert loaded.reply["content"]["status"] == "ok"
+    yield running
+    running.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_server(server: FakeLLMServer) -> None:
+    server.clear()
+
+
+def last_user_message(server: FakeLLMServer) -> str:
+    messages = server.chat_requests[-1].json["messages"]
+    return [m for m in messages if m["role"] == "user"][-1]["content"]
+
+
+def test_answer_streams_as_display_updates_with_provenance_and_no_secret(kernel: Kernel,
+                                                                         server: FakeLLMServer) -> None:
+    answer = "Streaming **works**: one, two, three, four, five, six, seven, eight."
+    server.enqueue(reply.text(answer, chunks=8, delay=0.25))
+    run = kernel.execute("%autocoder say something")
+    first = run.of_type("display_data")[0]
+    display_id = first["content"]["transient"]["display_id"]
+    updates = [m for m in run.of_type("update_display_data") if m["content"]["transient"]["display_id"] == display_id]
+    assert updates, "the answer was not updated in place"
+    assert len(first["content"]["data"]["text/markdown"]) < len(answer)
+    assert updates[-1]["content"]["data"]["text/markdown"] == answer
+    provenance = updates[-1]["content"]["metadata"]["auto_coder_nb"]
+    assert provenance["model"] == "fake-model"
+    assert provenance["correlation_id"] == server.chat_requests[-1].headers["x-correlation-id"]
+    assert SECRET not in str(run.messages)
+    # What was sent is shown (collapsed) with the answer.
+    assert "say something" in run.of_type("display_data")[-1]["content"]["data"]["text/html"]
+
+
+def test_braces_in_code_stay_and_names_are_interpolated(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("rows = [1, 2, 3]\nconfig = {'depth': 4}")
+    cell = ('%%autocoder --context none\n'
+            'rows={rows} depth={config["depth"]} n={len(rows)}\n'
+            'def f(): return {"a": 1}\n'
+            'print(f"{missing} {rows!r}")\n')
+    run = kernel.execute(cell)
+    assert run.reply["content"]["status"] == "ok"
+    assert last_user_message(server) == (
+        'rows=[1, 2, 3] depth=4 n={len(rows)}\n'
+        'def f(): return {"a": 1}\n'
+        'print(f"{missing} {rows!r}")\n'
+    )
+
+
+def test_no_interpolate_sends_braces_as_written(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("rows = [1, 2, 3]")
+    kernel.execute("%autocoder --no-interpolate --context none what is {rows}")
+    assert last_user_message(server) == "what is {rows}"
+
+
+def test_prompt_ending_in_question_mark_reaches_the_magic(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("this = 'x'")
+    run = kernel.execute("%autocoder --context none why is this?")
+    assert run.reply["content"]["status"] == "ok"
+    assert last_user_message(server) == "why is this?"
+    helped = kernel.execute("%autocoder?")
+    help_text = str(helped.payloads) + helped.shown_text
+    assert "--show-context" in help_text and "--approval-mode" in help_text
+
+
+def test_show_context_is_exactly_what_is_sent(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("class Table:\n"
+                   "    columns = ['a', 'b']\n"
+                   "    dtypes = {'a': 'int64', 'b': 'object'}\n"
+                   "    shape = (2, 2)\n"
+                   "    def head(self, n):\n"
+                   "        return 'a b\\n1 x\\n2 y'\n"
+                   "table = Table()")
+    shown = kernel.execute("%autocoder --show-context summarize {table.shape}")
+    assert not server.chat_requests, "--show-context must send nothing"
+    assert "columns: a (int64), b (object)" in shown.stdout
+    kernel.execute("%autocoder summarize {table.shape}")
+    assert last_user_message(server) == shown.stdout.rstrip("\n")
+    assert last_user_message(server).startswith("summarize (2, 2)\n\n<kernel-context>")
+
+
+def test_fix_sends_the_error_and_inserts_the_fixed_cell(kernel: Kernel, server: FakeLLMServer) -> None:
+    failed = kernel.execute("def ratio(a, b):\n    return a / b\nratio(1, 0)")
+    assert failed.reply["content"]["status"] == "error"
+    server.enqueue(reply.text("Division by zero.\n\n```python\ndef ratio(a, b):\n    return a / b if b else 0.0\n"
+                              "ratio(1, 0)\n```\n"))
+    run = kernel.execute("%autocoder --fix --insert")
+    sent = last_user_message(server)
+    assert "ZeroDivisionError" in sent and "def ratio(a, b):" in sent and "ratio(1, 0)" in sent
+    next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
+    assert next_inputs == [{"source": "set_next_input", "text": "def ratio(a, b):\n    return a / b if b else 0.0\n"
+                            "ratio(1, 0)", "replace": False}]
+
+
+def test_insert_joins_several_code_blocks_into_one_new_cell(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("First:\n```python\na = 1\n```\nShell, not inserted:\n```bash\nls\n```\n"
+                              "Then:\n```\nb = a + 1\n```\n"))
+    run = kernel.execute("%autocoder --insert --context none two steps")
+    next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
+    assert len(next_inputs) == 1
+    assert next_inputs[0]["text"] == "a = 1\n\nb = a + 1"
+    assert "Inserted 2 code block(s)" in run.stdout
+
+
+def test_run_code_approved_through_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("run_code", {"code": "made_by_agent = 6 * 7\nprint('hello from agent')"}),
+                   reply.text("Done."))
+    run = kernel.execute("%autocoder --context none make a variable", answers=["y"])
+    prompts = [m for m in run.messages if m["msg_type"] == "input_request"]
+    assert len(prompts) == 1 and "Allow run_code?" in prompts[0]["content"]["prompt"]
+    assert "made_by_agent = 6 * 7" in run.shown_text  # the code was shown before the question
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["role"] == "tool" and "hello from agent" in tool_result["content"]
+    assert "hello from agent" in run.stdout  # the user sees run_code's output too
+    check = kernel.execute("print(made_by_agent)")
+    assert check.stdout == "42\n"
+
+
+def test_run_code_denied_through_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("run_code", {"code": "denied_variable = 1"}), reply.text("Understood."))
+    kernel.execute("%autocoder --context none try it", answers=["n"])
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["role"] == "tool" and "denied" in tool_result["content"]
+    check = kernel.execute("print('denied_variable' in globals())")
+    assert check.stdout == "False\n"
+
+
+def test_approval_refused_without_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("run_code", {"code": "refused_variable = 1"}), reply.text("I could not."))
+    run = kernel.execute("%autocoder --context none try it")  # allow_stdin=False, like nbclient
+    assert run.reply["content"]["status"] == "ok"
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert "no stdin" in tool_result["content"]
+    assert "--approval-mode" in run.shown_text
+    assert kernel.execute("print('refused_variable' in globals())").stdout == "False\n"
+
+
+def test_interrupt_mid_stream_stops_and_the_next_magic_works(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("Partial answer that never finishes", chunks=6, delay=0.05,
+                              wait_for="interrupt-test", wait_after=2))
+    run = kernel.execute("%autocoder --context none long story", interrupt_when="Partia")
+    server.release("interrupt-test")
+    assert run.reply["content"]["status"] == "ok"
+    assert "stopped" in run.shown_text
+    server.enqueue(reply.text("Fine again."))
+    after = kernel.execute("%autocoder --context none still there")
+    assert after.reply["content"]["status"] == "ok"
+    assert "Fine again." in after.shown_text
+    history = server.chat_requests[-1].json["messages"]
+    roles = [m["role"] for m in history[-3:]]
+    assert roles == ["user", "assistant", "user"], "the interrupted turn left the history alternating"
+    assert "[interrupted]" in history[-2]["content"]
+
+
+def test_conversation_shared_across_cells_and_reset_gives_a_new_id(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder --context none first-question")
+    kernel.execute("%autocoder --context none second-question")
+    first_id = server.chat_requests[0].headers["x-correlation-id"]
+    assert server.chat_requests[1].headers["x-correlation-id"] == first_id
+    assert "first-question" in str(server.chat_requests[1].json["messages"])  # the history came along
+    shown = kernel.execute("%autocoder --id")
+    assert first_id in shown.stdout
+    reset = kernel.execute("%autocoder --reset")
+    new_id = re.search(r"correlation id (\S+)", reset.stdout).group(1)  # type: ignore[union-attr]
+    assert new_id != first_id
+    kernel.execute("%autocoder --context none third-question")
+    assert server.chat_requests[-1].headers["x-correlation-id"] == new_id
+    assert "first-question" not in str(server.chat_requests[-1].json["messages"])
+
+
+def test_panel_and_magics_share_one_session(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder --context none hello")
+    run = kernel.execute("from auto_coder_nb.magics import get_session\n"
+                         "print(get_session().conversation.correlation_id)")
+    assert run.stdout.strip() == server.chat_requests[-1].headers["x-correlation-id"]
+
+
+def test_load_does_not_import_heavy_modules(server: FakeLLMServer, tmp_path: Path) -> None:
+    running = Kernel(kernel_env(server, tmp_path), tmp_path)
+    try:
+        run = running.execute("import sys\n%load_ext auto_coder_nb\n"
+                              "print(sorted(m for m in ('httpx', 'ipywidgets', 'nbformat') if m in sys.modules))")
+        assert run.stdout == "[]\n"
+        running.execute("%unload_ext auto_coder_nb")
+        unloaded = running.execute("%autocoder hello")
+        assert unloaded.reply["content"]["status"] == "error"  # the magic is gone
+    finally:
+        running.close()
+
+
+def test_notebook_executed_with_nbclient_refuses_approvals_and_checks_the_workspace_root(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in kernel_env(server, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    server.enqueue(reply.tool_call("write_file", {"path": "out.txt", "content": "x"}), reply.text("Refused, ok."))
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("%load_ext auto_coder_nb"),
+        nbformat.v4.new_code_cell("%%autocoder --context none\nwrite a file"),
+        nbformat.v4.new_code_cell("from auto_coder_nb.magics import get_session\nprint(get_session().workspace.root)"),
+    ])
+    (tmp_path / "nb").mkdir()
+    NotebookClient(notebook, timeout=60, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()
+    outputs = notebook.cells[1].outputs
+    shown = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "no stdin" in shown and "Refused, ok." in shown
+    assert not (tmp_path / "nb" / "out.txt").exists()
+    assert notebook.cells[2].outputs[0]["text"].strip() == str((tmp_path / "nb").resolve())
