@@ -557,9 +557,28 @@ def test_timeout_from_config_applies(fake_server: FakeLLMServer) -> None:
     fake_server.enqueue(reply.text("late", wait_for="never", wait_after=1))
     provider = make_provider(fake_server)
     provider.config.llm.timeout = 0.3
-    with pytest.raises(RequestTimeout, match=r"within 0\.3 s"):
+    with pytest.raises(RequestTimeout, match=r"no answer from .* for 0\.3 s \(llm.timeout\)"):
         chat(provider)
     assert len(fake_server.requests) == 1
+
+
+def test_an_empty_answer_is_an_error(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.raw_sse([": only a comment\n\n"]))
+    with pytest.raises(StreamError, match="without an answer"):
+        chat(make_provider(fake_server))
+
+
+def test_a_base_url_that_is_not_http(fake_server: FakeLLMServer) -> None:
+    provider = make_provider(fake_server)
+    provider.base_url = "localhost:11434/v1"
+    with pytest.raises(EndpointNotFound, match="llm.base_url"):
+        chat(provider)
+
+
+def test_a_json_answer_that_is_not_a_completion(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.json_body({"model": "llama3.2", "message": {"role": "assistant", "content": "hi"}}))
+    with pytest.raises(StreamError, match="did not answer like an OpenAI-compatible API"):
+        chat(make_provider(fake_server))
 
 
 def test_errors_are_provider_errors_with_status(fake_server: FakeLLMServer) -> None:

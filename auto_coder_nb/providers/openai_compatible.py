@@ -147,7 +147,7 @@ class OpenAICompatibleProvider(LLMProvider):
                     return
             except ProviderError as error:
                 failure = error
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 failure = self._transport_error(exc, url, started)
             if started or not failure.retryable or retries >= self.max_retries:
                 raise failure from None
@@ -182,7 +182,11 @@ class OpenAICompatibleProvider(LLMProvider):
         if "json" in response.headers.get("content-type", ""):
             # A whole completion: asked for (stream=False) or sent although streaming was asked for.
             await response.aread()
-            for event in assembler.feed(self._parse_json(response.text), self._raise_stream_error):
+            whole = self._parse_json(response.text)
+            if not isinstance(whole, dict) or not ("choices" in whole or "error" in whole):
+                raise StreamError(f"the server at {_safe_url(self.base_url)} did not answer like an OpenAI-compatible "
+                                  f"API: {self._snippet(response.text)}")
+            for event in assembler.feed(whole, self._raise_stream_error):
                 yield event
         else:
             parser = SSEParser()
@@ -273,7 +277,7 @@ class OpenAICompatibleProvider(LLMProvider):
                 failure = self._status_error(response, listing=True)
             except ProviderError as error:
                 failure = error
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 failure = self._transport_error(exc, url, started=False)
             if not failure.retryable or retries >= self.max_retries:
                 raise failure from None
@@ -340,12 +344,16 @@ class OpenAICompatibleProvider(LLMProvider):
                                   f"Use /clear or a model with a larger context.")
         raise StreamError(f"the server at {_safe_url(self.base_url)} reported an error mid-answer: {message}")
 
-    def _transport_error(self, exc: httpx.HTTPError, url: str, started: bool) -> ProviderError:
+    def _transport_error(self, exc: httpx.HTTPError | httpx.InvalidURL, url: str, started: bool) -> ProviderError:
         where = _safe_url(url)
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+            return EndpointNotFound(f"{where} is not a usable URL ({exc}): set llm.base_url to something like "
+                                    f"http://localhost:11434/v1")
         if isinstance(exc, httpx.TimeoutException):
             if isinstance(exc, httpx.ConnectTimeout):
                 return ConnectionFailed(f"could not connect to {where}: timed out{self._ollama_hint()}")
-            timeout = RequestTimeout(f"no answer from {where} within {self.config.llm.timeout:g} s (llm.timeout)")
+            what = "the answer stalled" if started else "no answer"
+            timeout = RequestTimeout(f"{what} from {where} for {self.config.llm.timeout:g} s (llm.timeout)")
             timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
             return timeout
         text = str(exc)
