@@ -562,6 +562,17 @@ def test_timeout_from_config_applies(fake_server: FakeLLMServer) -> None:
     assert len(fake_server.requests) == 1
 
 
+def test_a_redirect_names_the_new_address(fake_server: FakeLLMServer) -> None:
+    fake_server.route("POST", "/old/chat/completions", lambda request: reply.json_body(
+        {}, status=301, headers={"Location": "https://user:secret@moved.example/v1/chat/completions"}))
+    provider = make_provider(fake_server)
+    provider.base_url = fake_server.url + "/old"
+    with pytest.raises(EndpointNotFound) as caught:
+        chat(provider)
+    assert "redirects to https://moved.example/v1/chat/completions" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
 def test_an_empty_answer_is_an_error(fake_server: FakeLLMServer) -> None:
     fake_server.enqueue(reply.raw_sse([": only a comment\n\n"]))
     with pytest.raises(StreamError, match="without an answer"):
