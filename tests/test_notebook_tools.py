@@ -1,0 +1,171 @@
+"""The notebook tools (core, no IPython): namespace views, run_code, read_notebook, edit_notebook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from auto_coder_nb.agent import iterate_sync
+from auto_coder_nb.config import load_config
+from auto_coder_nb.events import ToolResult
+from auto_coder_nb.session import Session
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+from auto_coder_nb.tools.notebook import build_notebook_tools, run_python
+from auto_coder_nb.tools.registry import ToolError, ToolRegistry
+from auto_coder_nb.tools.workspace import Workspace
+
+
+def make_notebook(path: Path) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title"),
+        nbformat.v4.new_code_cell("x = 1\nx", execution_count=1, outputs=[
+            nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=1),
+            nbformat.v4.new_output("display_data", {"image/png": "iVBORw0KGgo" * 1000}),
+        ]),
+        nbformat.v4.new_code_cell("print('hi')",
+                                  outputs=[nbformat.v4.new_output("stream", name="stdout", text="hi\n")]),
+    ])
+    nbformat.write(notebook, path)
+
+
+class Tools:
+    def __init__(self, root: Path, open_notebook: Path | None = None) -> None:
+        self.namespace: dict[str, Any] = {"numbers": [1, 2, 3], "greet": lambda name: f"hi {name}"}
+        self.workspace = Workspace(root)
+        self.inserted: list[tuple[str, str]] = []
+        self.registry = ToolRegistry(build_notebook_tools(
+            self.namespace,
+            lambda code: run_python(code, self.namespace),
+            lambda: self.workspace,
+            open_notebook=lambda: open_notebook,
+            insert_cell=lambda source, kind: self.inserted.append((source, kind)),
+        ))
+
+    def call(self, tool: str, /, **arguments: Any) -> str:
+        return asyncio.run(self.registry.call(tool, arguments))
+
+
+def test_variables_are_listed_and_inspected(tmp_path: Path) -> None:
+    tools = Tools(tmp_path)
+    listing = tools.call("list_variables")
+    assert "numbers: list len=3 = [1, 2, 3]" in listing and "greet: function greet(name)" in listing
+    assert "[1, 2, 3]" in tools.call("inspect_variable", name="numbers")
+    with pytest.raises(ToolError, match="no variable 'nope'.*numbers"):
+        tools.call("inspect_variable", name="nope")
+    assert tools.registry.get("list_variables").kind == "read"  # type: ignore[union-attr]
+
+
+def test_run_code_returns_stdout_result_and_exception(tmp_path: Path) -> None:
+    tools = Tools(tmp_path)
+    assert tools.registry.get("run_code").kind == "command"  # type: ignore[union-attr]
+    assert tools.registry.get("run_code").preview(code="a = 1") == "a = 1"  # type: ignore[union-attr]
+    out = tools.call("run_code", code="total = sum(numbers)\nprint('total', total)\ntotal * 2")
+    assert out == "stdout:\ntotal 6\nresult: 12"
+    assert tools.namespace["total"] == 6  # runs in the user's namespace
+    failed = tools.call("run_code", code="def f():\n    return 1 / 0\nf()")
+    assert "exception:" in failed and "ZeroDivisionError: division by zero" in failed
+    assert "run_python" not in failed  # the executor's own frame is not shown
+    assert "SyntaxError" in tools.call("run_code", code="def (")
+    big = tools.call("run_code", code="print('x' * 50000)")
+    assert len(big) < 11000 and "characters cut" in big
+
+
+def test_read_notebook_is_compact_text_without_images(tmp_path: Path) -> None:
+    make_notebook(tmp_path / "a.ipynb")
+    text = Tools(tmp_path).call("read_notebook", path="a.ipynb")
+    assert text.startswith("a.ipynb: 3 cells")
+    assert "[0] markdown\n# Title" in text
+    assert "[1] code (executed as [1])\nx = 1\nx\n  -> 1\n  -> [image/png]" in text
+    assert "stdout: hi" in text
+    assert "iVBOR" not in text
+
+
+def test_edit_notebook_insert_replace_delete_validated_and_undoable(tmp_path: Path) -> None:
+    path = tmp_path / "a.ipynb"
+    make_notebook(path)
+    original = path.read_bytes()
+    tools = Tools(tmp_path)
+    edit = tools.registry.get("edit_notebook")
+    assert edit is not None and edit.kind == "write"
+    preview = edit.preview(path="a.ipynb", action="replace", index=2, source="print('bye')")  # type: ignore[misc]
+    assert "-print('hi')" in preview and "+print('bye')" in preview
+    assert path.read_bytes() == original  # a preview changes nothing
+    tools.workspace.begin_turn()
+    tools.call("edit_notebook", path="a.ipynb", action="insert", index=1, source="import math", cell_type="code")
+    tools.call("edit_notebook", path="a.ipynb", action="replace", index=3, source="print('bye')")
+    tools.call("edit_notebook", path="a.ipynb", action="delete", index=0)
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert [cell.source for cell in notebook.cells] == ["import math", "x = 1\nx", "print('bye')"]
+    assert notebook.cells[2].outputs == []  # a replaced code cell loses its stale outputs
+    tools.workspace.undo()
+    assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"path": "a.ipynb", "action": "replace", "index": 9, "source": "x"}, "`index` between 0 and 2"),
+    ({"path": "a.ipynb", "action": "insert", "index": 7, "source": "x"}, "out of range"),
+    ({"path": "a.ipynb", "action": "insert"}, "needs the cell.s .source."),
+    ({"path": "a.ipynb", "action": "move", "index": 0}, "Unknown action"),
+    ({"path": "notes.txt", "action": "insert", "source": "x"}, "not a notebook"),
+    ({"path": "../outside.ipynb", "action": "insert", "source": "x"}, "outside the workspace"),
+])
+def test_edit_notebook_errors_say_what_to_do(tmp_path: Path, arguments: dict[str, Any], message: str) -> None:
+    (tmp_path / "ws").mkdir()
+    make_notebook(tmp_path / "ws" / "a.ipynb")
+    with pytest.raises(ToolError, match=message):
+        Tools(tmp_path / "ws").call("edit_notebook", **arguments)
+
+
+def test_new_notebook_is_created_by_insert(tmp_path: Path) -> None:
+    Tools(tmp_path).call("edit_notebook", path="new.ipynb", action="insert", source="# Notes", cell_type="markdown")
+    notebook = nbformat.read(tmp_path / "new.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in notebook.cells] == [("markdown", "# Notes")]
+
+
+def test_the_open_notebook_changes_only_through_new_cells(tmp_path: Path) -> None:
+    path = tmp_path / "open.ipynb"
+    make_notebook(path)
+    original = path.read_bytes()
+    tools = Tools(tmp_path, open_notebook=path)
+    with pytest.raises(ToolError, match="open in the user's editor"):
+        tools.call("edit_notebook", path="open.ipynb", action="replace", index=1, source="x = 2")
+    result = tools.call("edit_notebook", path="open.ipynb", action="insert", source="x = 2")
+    assert "below the current cell" in result
+    assert tools.inserted == [("x = 2", "code")]
+    assert path.read_bytes() == original
+
+
+def test_agent_edits_a_notebook_and_session_undo_restores_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.ipynb"
+    make_notebook(path)
+    original = path.read_bytes()
+    with FakeLLMServer() as server:
+        config = load_config({"llm.base_url": server.base_url, "agent.approval_mode": "full-auto"},
+                             env={}, cwd=tmp_path, home=tmp_path)
+        holder: list[Session] = []
+        namespace: dict[str, Any] = {}
+        tools = build_notebook_tools(namespace, lambda code: run_python(code, namespace), lambda: holder[0].workspace)
+        session = Session.create(config, working_dir=tmp_path, extra_tools=tools)
+        holder.append(session)
+        server.enqueue(reply.tool_call("edit_notebook", {"path": "a.ipynb", "action": "delete", "index": 0}),
+                       reply.text("Deleted the title."))
+        loop = asyncio.new_event_loop()
+        try:
+            events = list(iterate_sync(session.agent.run("delete the title cell"), loop))
+            loop.run_until_complete(session.aclose())
+        finally:
+            loop.close()
+        results = [e for e in events if isinstance(e, ToolResult)]
+        assert results and not results[0].is_error, results
+        assert len(nbformat.read(path, as_version=4).cells) == 2
+        tool_names = {t["function"]["name"] for t in server.chat_requests[0].json["tools"]}
+        assert {"list_variables", "inspect_variable", "run_code", "read_notebook", "edit_notebook"} <= tool_names
+        assert "a.ipynb" in session.undo()
+        assert path.read_bytes() == original
+        assert json.loads(original)  # still a valid JSON notebook
