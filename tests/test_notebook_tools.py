@@ -35,7 +35,8 @@ def make_notebook(path: Path) -> None:
 
 class Tools:
     def __init__(self, root: Path, open_notebook: Path | None = None) -> None:
-        self.namespace: dict[str, Any] = {"numbers": [1, 2, 3], "greet": lambda name: f"hi {name}"}
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "numbers": [1, 2, 3], "Path": Path}
+        run_python("def greet(name):\n    return f'hi {name}'", self.namespace)  # defined "in the notebook"
         self.workspace = Workspace(root)
         self.inserted: list[tuple[str, str]] = []
         self.registry = ToolRegistry(build_notebook_tools(
@@ -54,6 +55,7 @@ def test_variables_are_listed_and_inspected(tmp_path: Path) -> None:
     tools = Tools(tmp_path)
     listing = tools.call("list_variables")
     assert "numbers: list len=3 = [1, 2, 3]" in listing and "greet: function greet(name)" in listing
+    assert "Path" not in listing  # imported classes are not the user's variables
     assert "[1, 2, 3]" in tools.call("inspect_variable", name="numbers")
     with pytest.raises(ToolError, match="no variable 'nope'.*numbers"):
         tools.call("inspect_variable", name="nope")

@@ -129,13 +129,20 @@ def _indent(text: str) -> str:
 
 
 def user_variables(namespace: Mapping[str, Any], hidden: Iterable[str] = ()) -> dict[str, Any]:
-    """The user's own names: no `_`-prefixed names, none IPython put there (`hidden`), no modules."""
+    """The user's own names: no `_`-prefixed names, none IPython put there (`hidden`), no modules, and no
+    classes or functions imported from elsewhere (`from pathlib import Path`); those defined here stay."""
     skip = set(hidden) | {"In", "Out", "exit", "quit", "get_ipython"}
     return {
         name: value
         for name, value in list(namespace.items())
         if not name.startswith("_") and name not in skip and not isinstance(value, types.ModuleType)
+        and not _imported_definition(value)
     }
+
+
+def _imported_definition(value: Any) -> bool:
+    definition = isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType))
+    return definition and getattr(value, "__module__", "__main__") != "__main__"
 
 
 # -- running code ------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""The example notebooks, executed top to bottom with nbclient against the test server, every output checked."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    """A test server the notebook's kernel talks to (nbclient starts kernels with this environment)."""
+    for key in list(os.environ):
+        if key.startswith(("AUTO_CODER_", "OPENAI_", "JPY_")) or key in ("USE_SSO", "SSO_TOKEN"):
+            monkeypatch.delenv(key)
+    (tmp_path / "home").mkdir()
+    with FakeLLMServer() as fake:
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "home" / ".ipython"))
+        monkeypatch.setenv("AUTO_CODER_BASE_URL", fake.base_url)
+        monkeypatch.setenv("AUTO_CODER_MODEL", "fake-model")
+        monkeypatch.setenv("AUTO_CODER_APPROVAL_MODE", "full-auto")  # nbclient has no stdin for approvals
+        yield fake
+
+
+def run_notebook(name: str, workdir: Path) -> Any:
+    shutil.copytree(NOTEBOOKS, workdir, dirs_exist_ok=True)
+    notebook = nbformat.read(workdir / name, as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
+
+
+def cell_with(notebook: Any, start: str) -> Any:
+    matches = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.startswith(start)]
+    assert len(matches) == 1, f"expected one cell starting with {start!r}"
+    return matches[0]
+
+
+def stdout(cell: Any) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def markdown(cell: Any) -> list[str]:
+    return [o.data["text/markdown"] for o in cell.outputs if o.output_type == "display_data"
+            and "text/markdown" in o.data]
+
+
+def user_messages(request: Any) -> list[str]:
+    return [m["content"] for m in request.json["messages"] if m["role"] == "user"]
+
+
+def test_quickstart(server: FakeLLMServer, tmp_path: Path) -> None:
+    palindrome = ("Here is a version that ignores case and spaces:\n\n```python\ndef is_palindrome(text):\n"
+                  "    cleaned = text.replace(\" \", \"\").lower()\n    return cleaned == cleaned[::-1]\n```\n")
+    fixed = ("`len([])` is 0, so the division fails. Return `None` for an empty list:\n\n```python\n"
+             "def average(values):\n    return sum(values) / len(values) if values else None\n\naverage([])\n```\n")
+    server.enqueue(
+        reply.text(palindrome, chunks=12),
+        reply.text('{"level": true, "python": false, "noon": true, "Step on no pets": true}', chunks=4),
+        reply.text(fixed, chunks=6),
+        reply.text("```python\nsum(is_palindrome(w) for w in words)\n```\n"),
+        reply.text("An empty string reads the same both ways, so `is_palindrome(\"\")` is `True`."),
+    )
+    notebook = run_notebook("quickstart.ipynb", tmp_path / "work")
+    requests = server.chat_requests
+    assert len(requests) == 5
+
+    assert cell_with(notebook, "%load_ext").outputs == []
+    ask = cell_with(notebook, "%%autocoder\nWrite a Python function")
+    assert markdown(ask)[0] == palindrome  # the streamed updates ended with the whole answer
+    assert ask.outputs[0].metadata["auto_coder_nb"]["model"] == "fake-model"
+    assert user_messages(requests[0])[0].startswith("Write a Python function `is_palindrome(text)`")
+
+    shown = stdout(cell_with(notebook, "%autocoder --show-context"))
+    sent = user_messages(requests[1])[-1]
+    assert shown.rstrip("\n") == sent
+    assert sent.startswith("Which of ['level', 'python', 'noon', 'Step on no pets'] are palindromes? "
+                           'Answer as JSON like {"word": true}.\n\n<kernel-context>')
+    assert "words: list len=4" in sent
+    assert markdown(cell_with(notebook, "%autocoder Which of"))[0].startswith('{"level": true')
+
+    failing = cell_with(notebook, "def average(values)")
+    assert [o.ename for o in failing.outputs if o.output_type == "error"] == ["ZeroDivisionError"]
+    fix = cell_with(notebook, "%autocoder --fix --insert")
+    fix_request = user_messages(requests[2])[-1]
+    assert "ZeroDivisionError: division by zero" in fix_request and "average([])" in fix_request
+    assert markdown(fix)[0] == fixed
+    assert "Inserted 1 code block(s)" in stdout(fix)
+
+    assert "Inserted 1 code block(s)" in stdout(cell_with(notebook, "%autocoder --insert Write a one-line"))
+    follow_up = requests[4]
+    assert len(user_messages(follow_up)) == 5  # the whole conversation went along
+    assert "is_palindrome(\"\")" in markdown(cell_with(notebook, "%autocoder And what"))[0]
+
+    correlation_id = follow_up.headers["x-correlation-id"]
+    assert {r.headers["x-correlation-id"] for r in requests} == {correlation_id}
+    assert stdout(cell_with(notebook, "%autocoder --id")).strip() == f"Correlation id: {correlation_id}"
+    reset = stdout(cell_with(notebook, "%autocoder --reset"))
+    new_id = re.fullmatch(r"New conversation: correlation id (\S+)\n", reset)
+    assert new_id is not None and new_id.group(1) != correlation_id
+
+
+def test_data_example(server: FakeLLMServer, tmp_path: Path) -> None:
+    code = ("from collections import defaultdict\n"
+            "temps = defaultdict(list)\n"
+            "for row in rows:\n"
+            "    temps[row['country']].append(float(row['avg_temp_c']))\n"
+            "averages = {country: round(sum(t) / len(t), 2) for country, t in temps.items()}\n"
+            "averages")
+    table = ("| country | average °C |\n|---|---|\n| Denmark | 8.85 |\n| Sweden | 7.75 |\n| Norway | 7.05 |\n"
+             "| Finland | 5.4 |\n")
+    server.enqueue(reply.tool_call("run_code", {"code": code}), reply.text(table, chunks=5))
+    notebook = run_notebook("data_example.ipynb", tmp_path / "work")
+    requests = server.chat_requests
+    assert len(requests) == 2
+
+    loaded = cell_with(notebook, "import csv")
+    assert loaded.outputs[0].data["text/plain"].startswith("(8,\n {'city': 'Oslo'")
+
+    shown = stdout(cell_with(notebook, "%autocoder --show-context"))
+    assert shown.startswith("What is in rows?\n\n<kernel-context>\n## Variables\nrows: list len=8 = [{'city': 'Oslo'")
+    assert "Recent cells" not in shown  # --context vars
+
+    sent = user_messages(requests[0])[-1]
+    assert "rows: list len=8" in sent and "## Recent cells" in sent and "csv.DictReader" in sent
+    tool_result = requests[1].json["messages"][-1]
+    assert tool_result["role"] == "tool"
+    assert tool_result["content"] == ("result: {'Norway': 7.05, 'Sweden': 7.75, 'Denmark': 8.85, 'Finland': 5.4}")
+
+    ask = cell_with(notebook, "%%autocoder")
+    tool_card = [o.data["text/plain"] for o in ask.outputs if "text/html" in o.get("data", {})][0]
+    assert tool_card.startswith("[run_code from collections import defaultdict] result: {'Norway': 7.05")
+    assert table in markdown(ask)
+
+    final = cell_with(notebook, "sorted(averages.items())")
+    assert final.outputs[0].data["text/plain"] == ("[('Denmark', 8.85), ('Finland', 5.4), ('Norway', 7.05), "
+                                                   "('Sweden', 7.75)]")
