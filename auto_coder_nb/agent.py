@@ -28,7 +28,16 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
-from .providers.base import Completion, LLMProvider, ReasoningChunk, TextChunk, ToolCall, ToolDefinition, Usage
+from .providers.base import (
+    Completion,
+    LLMProvider,
+    ReasoningChunk,
+    Retrying,
+    TextChunk,
+    ToolCall,
+    ToolDefinition,
+    Usage,
+)
 from .state.conversation import Conversation
 from .tools.registry import ToolError, ToolRegistry
 from .tools.workspace import Workspace
@@ -141,6 +150,8 @@ class Agent:
                         yield TextDelta(item.text)
                     elif isinstance(item, ReasoningChunk):
                         yield ReasoningDelta(item.text)
+                    elif isinstance(item, Retrying):
+                        yield Notice(item.message)
                     else:
                         yield item
                 return

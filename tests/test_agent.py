@@ -339,3 +339,12 @@ def test_clearing_makes_a_new_correlation_id(server: FakeLLMServer) -> None:
     h.turn("two")
     ids = [r.headers["x-correlation-id"] for r in server.chat_requests]
     assert ids == [first, h.conversation.correlation_id] and ids[0] != ids[1]
+
+
+def test_retries_are_announced_while_they_wait(server: FakeLLMServer) -> None:
+    server.enqueue(reply.error(429, "slow down", headers={"retry-after": "0"}), reply.text("made it"))
+    h = Harness(server)
+    events = h.turn("hi")
+    notices = [e.text for e in events if isinstance(e, Notice)]
+    assert notices == ["rate limited (429), retrying in 0.0 s (1/4)"]
+    assert events[-1] == TurnDone("stop")

@@ -78,6 +78,13 @@ class ReasoningChunk:
 
 
 @dataclass
+class Retrying:
+    """The request failed in a way worth retrying; the provider waits, then tries again."""
+
+    message: str
+
+
+@dataclass
 class Completion:
     """The whole response, always the last item a provider yields."""
 
@@ -88,13 +95,14 @@ class Completion:
     usage: Usage | None = None
 
 
-ProviderEvent = TextChunk | ReasoningChunk | Completion
+ProviderEvent = TextChunk | ReasoningChunk | Retrying | Completion
 
 
 class LLMProvider(abc.ABC):
     """A chat-completions backend.
 
-    `chat` yields `TextChunk` / `ReasoningChunk` as they arrive and ends with one `Completion`.
+    `chat` yields `TextChunk` / `ReasoningChunk` as they arrive and ends with one `Completion`;
+    before it retries a failed request it may yield `Retrying` so the user knows why nothing comes.
     Errors are raised as `auto_coder_nb.errors.ProviderError` subclasses.
     """
 

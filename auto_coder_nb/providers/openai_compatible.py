@@ -38,7 +38,17 @@ from ..errors import (
     StreamError,
     TLSError,
 )
-from .base import Completion, LLMProvider, ProviderEvent, ReasoningChunk, TextChunk, ToolCall, ToolDefinition, Usage
+from .base import (
+    Completion,
+    LLMProvider,
+    ProviderEvent,
+    ReasoningChunk,
+    Retrying,
+    TextChunk,
+    ToolCall,
+    ToolDefinition,
+    Usage,
+)
 from .sse import SSEParser
 
 MAX_RETRIES = 4
@@ -152,7 +162,9 @@ class OpenAICompatibleProvider(LLMProvider):
             if started or not failure.retryable or retries >= self.max_retries:
                 raise failure from None
             retries += 1
-            await self._wait_before_retry(failure, retries, retry_after)
+            delay, notice = self._retry_notice(failure, retries, retry_after)
+            yield Retrying(notice)
+            await asyncio.sleep(delay)
 
     def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_params}
@@ -294,11 +306,17 @@ class OpenAICompatibleProvider(LLMProvider):
         backoff = self.retry_base_delay * 2 ** (retries - 1)
         return min(backoff * (1 - 0.25 * random.random()), MAX_RETRY_DELAY)
 
-    async def _wait_before_retry(self, failure: ProviderError, retries: int, retry_after: float | None) -> None:
+    def _retry_notice(self, failure: ProviderError, retries: int, retry_after: float | None) -> tuple[float, str]:
+        """The delay before retry number `retries`, and the sentence that tells the user (also to `on_retry`)."""
         delay = self.retry_delay(retries, retry_after)
+        reason = "rate limited (429)" if isinstance(failure, RateLimited) else _short_reason(failure)
+        notice = f"{reason}, retrying in {delay:.1f} s ({retries}/{self.max_retries})"
         if self.on_retry is not None:
-            reason = "rate limited (429)" if isinstance(failure, RateLimited) else _short_reason(failure)
-            self.on_retry(f"{reason}, retrying in {delay:.1f} s ({retries}/{self.max_retries})")
+            self.on_retry(notice)
+        return delay, notice
+
+    async def _wait_before_retry(self, failure: ProviderError, retries: int, retry_after: float | None) -> None:
+        delay, _ = self._retry_notice(failure, retries, retry_after)
         await asyncio.sleep(delay)
 
     def _status_error(self, response: httpx.Response, *, listing: bool = False) -> ProviderError:
