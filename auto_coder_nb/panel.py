@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 UPDATES_PER_SECOND = 20
 SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
+OPEN_LIMIT = 2000  # characters of an unfinished paragraph re-rendered on each update, at most
+PAGE_SIZE = 50  # children per page of a growing column
 PREVIEW_LIMIT = 20000  # characters of a diff or command shown in an approval card
 SUMMARY_LIMIT = 300
 SUMMARY_LINES = 3  # lines of a tool result shown on its card
@@ -349,19 +351,38 @@ def _usage_text(usage: Usage) -> str:
     return f"{usage.prompt_tokens:,} in / {usage.completion_tokens:,} out"
 
 
+class _Stack:
+    """A column that grows by pages of PAGE_SIZE children: adding a child re-sends a short list of ids,
+    however long the column gets (a Box sends its whole children list on every change)."""
+
+    def __init__(self, box: widgets.Box) -> None:
+        self.box = box
+        self.page: widgets.Box | None = None
+
+    def append(self, widget: widgets.Widget) -> None:
+        if self.page is None or len(self.page.children) >= PAGE_SIZE:
+            self.page = _box([], "autocoder-page")
+            _append(self.box, self.page)
+        _append(self.page, widget)
+
+    def clear(self) -> None:
+        self.box.children = ()
+        self.page = None
+
+
 class _TextPart:
     """One streamed Markdown answer: frozen segments and code blocks, plus the re-rendered open tail."""
 
     def __init__(self, panel: ChatPanel) -> None:
         self.panel = panel
-        self.box = _box([], "autocoder-msg", "autocoder-assistant")
+        self.done = _Stack(_box([]))
+        self.tail = _html()
+        self.box = _box([self.done.box, self.tail], "autocoder-msg", "autocoder-assistant")
         self.source: list[str] = []  # everything received, for the transcript
         self.pending = ""  # received, not yet rendered
         self.open = ""  # rendered as the tail, not yet a finished block
         self.segment: widgets.HTML | None = None
         self.segment_html = ""
-        self.tail = _html()
-        self.box.children = (self.tail,)
 
     def feed(self, text: str) -> None:
         self.source.append(text)
@@ -380,6 +401,13 @@ class _TextPart:
         if final:
             blocks += split_blocks(self.open)
             self.open = ""
+        elif len(self.open) > OPEN_LIMIT and not _FENCE.match(self.open):
+            # One endless paragraph: freeze all but its last line, so the tail stays small.
+            cut = self.open.rfind("\n", 0, len(self.open) - 1)
+            cut = cut if cut > 0 else self.open.rfind(" ", 0, len(self.open) - 1)
+            if cut > 0:
+                blocks.append(Block(self.open[:cut]))
+                self.open = self.open[cut + 1:]
         for block in blocks:
             if block.language is not None:
                 self._add_code(block)
@@ -396,17 +424,38 @@ class _TextPart:
             if self.segment is not None:
                 self.segment.value = self.segment_html
             self.segment, self.segment_html = _html(), ""
-            self._insert(self.segment)
+            self.done.append(self.segment)
         self.segment_html += rendered
 
     def _add_code(self, block: Block) -> None:
         if self.segment is not None:
             self.segment.value = self.segment_html
         self.segment = None
-        self._insert(self.panel._code_block(block.text, block.language or ""))
+        self.done.append(self.panel._code_block(block.text, block.language or ""))
 
-    def _insert(self, widget: widgets.Widget) -> None:
-        self.box.children = (*self.box.children[:-1], widget, self.tail)
+
+class _PlainText:
+    """Streamed plain text (reasoning) in pages of SEGMENT_CHARS, so an update re-sends one page at most."""
+
+    def __init__(self) -> None:
+        self.pages = _Stack(_box([]))
+        self.box = self.pages.box
+        self.current: widgets.HTML | None = None
+        self.current_text = ""
+        self.pending = ""
+
+    def feed(self, text: str) -> None:
+        self.pending += text
+
+    def flush(self, final: bool = False) -> None:
+        if not self.pending:
+            return
+        if self.current is None or len(self.current_text) > SEGMENT_CHARS:
+            self.current, self.current_text = _html(), ""
+            self.pages.append(self.current)
+        self.current_text += self.pending
+        self.pending = ""
+        self.current.value = f"<pre>{html.escape(self.current_text)}</pre>"
 
 
 class _ToolCard:
@@ -462,11 +511,10 @@ class ChatPanel:
         self._state = IDLE
         self._turn_usage = Usage()
         self._records: list[tuple[str, str | _TextPart]] = []  # (role, text or the streaming part)
-        self._parts: list[_TextPart] = []  # parts with text not yet flushed
+        self._parts: list[_TextPart | _PlainText] = []  # parts with text not yet shown
         self._turn = _box([], "autocoder-turn")
         self._part: _TextPart | None = None
-        self._reasoning: widgets.HTML | None = None
-        self._reasoning_text: list[str] = []
+        self._reasoning: _PlainText | None = None
         self._state_detail = ""
         self._cards: dict[str, _ToolCard] = {}
         self._open_cards: list[_ToolCard] = []  # cards whose approval buttons are live
@@ -483,8 +531,8 @@ class ChatPanel:
         title = _html(STYLE + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
         header = _box([title, self._status],
                       "autocoder-header", horizontal=True)
-        self._transcript = _box([], "autocoder-transcript")
-        scroll = _box([self._transcript], "autocoder-scroll")
+        self._transcript = _Stack(_box([], "autocoder-transcript"))
+        scroll = _box([self._transcript.box], "autocoder-scroll")
         self._input = widgets.Textarea(
             placeholder="Ask about your code, your data or this notebook… (Send to submit)",
             layout=widgets.Layout(width="100%", height="64px"),
@@ -596,7 +644,7 @@ class ChatPanel:
         self._parts.clear()
         self._cards.clear()
         self._turn_usage = Usage()
-        self._transcript.children = ()
+        self._transcript.clear()
         self._notice(f"New conversation. Correlation id {new_id}.")
         self._show_status()
 
@@ -621,10 +669,10 @@ class ChatPanel:
         self._set_busy(True)
         self._turn_usage = Usage()
         self._records.append(("user", message))
-        _append(self._transcript, _html(html.escape(message), "autocoder-msg", "autocoder-user"))
+        self._transcript.append(_html(html.escape(message), "autocoder-msg", "autocoder-user"))
         self._turn = _box([], "autocoder-turn")
-        _append(self._transcript, self._turn)
-        self._part, self._reasoning, self._reasoning_text = None, None, []
+        self._transcript.append(self._turn)
+        self._part, self._reasoning = None, None
         self._set_state(THINKING)
 
     def _end_turn(self) -> None:
@@ -643,13 +691,13 @@ class ChatPanel:
             self._part.feed(event.text)
             self._mark_dirty(self._part)
         elif isinstance(event, ReasoningDelta):
-            self._reasoning_text.append(event.text)
             if self._reasoning is None:
-                self._reasoning = _html()
-                accordion = widgets.Accordion(children=[self._reasoning], titles=("Reasoning",), selected_index=None)
+                self._reasoning = _PlainText()
+                accordion = widgets.Accordion([self._reasoning.box], titles=("Reasoning",), selected_index=None)
                 accordion.add_class("autocoder-reasoning")
                 self._add_to_turn(accordion)
-            self._mark_dirty(None)
+            self._reasoning.feed(event.text)
+            self._mark_dirty(self._reasoning)
         elif isinstance(event, ToolCallStarted):
             self._end_text()
             card = _ToolCard(event.call_id, event.name, _arguments_text(event.arguments, event.raw_arguments))
@@ -684,12 +732,13 @@ class ChatPanel:
             part.flush(final=True)
             if part in self._parts:
                 self._parts.remove(part)
-        self._flush()
+        if self._parts:
+            self._flush()
 
     # -- throttled streaming ---------------------------------------------------------------
 
-    def _mark_dirty(self, part: _TextPart | None) -> None:
-        if part is not None and part not in self._parts:
+    def _mark_dirty(self, part: _TextPart | _PlainText) -> None:
+        if part not in self._parts:
             self._parts.append(part)
         wait = self._last_flush + 1 / UPDATES_PER_SECOND - self._clock()
         if wait <= 0:
@@ -704,10 +753,7 @@ class ChatPanel:
         self._last_flush = self._clock()
         for part in self._parts:
             part.flush()
-        if self._reasoning is not None:
-            value = f"<pre>{html.escape(''.join(self._reasoning_text))}</pre>"
-            if self._reasoning.value != value:
-                self._reasoning.value = value
+        self._parts.clear()
         self.updates += 1
 
     # -- tools and approvals ---------------------------------------------------------------
@@ -859,11 +905,11 @@ class ChatPanel:
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))
-        _append(self._transcript, _html(html.escape(text), "autocoder-msg", "autocoder-notice"))
+        self._transcript.append(_html(html.escape(text), "autocoder-msg", "autocoder-notice"))
 
     def _error(self, text: str) -> None:
         self._records.append(("error", text))
-        _append(self._transcript, _html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
+        self._transcript.append(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
 
     @property
     def correlation_id(self) -> str:
