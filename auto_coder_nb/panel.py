@@ -300,6 +300,23 @@ STYLE = """<style>
 </style>"""
 
 
+# Enter sends, Shift+Enter is a new line. ipywidgets has no key events, so one document-level listener
+# (installed once, by an image that fails to load) clicks Send. Where a frontend drops it, Enter is a
+# newline and the Send button still works. The input syncs its value on blur (continuous_update=False):
+# blurring first sends the whole text in one update, ahead of the click; per-keystroke updates are
+# throttled by ipywidgets and could arrive after it.
+ENTER_SENDS = (
+    '<img alt="" style="display:none" src="data:image/gif;base64," onerror="'
+    "if(!window.autocoderEnterSends){window.autocoderEnterSends=true;"
+    "document.addEventListener('keydown',function(e){var t=e.target;"
+    "if(e.key!=='Enter'||e.shiftKey||e.isComposing||!t.closest||!t.closest('.autocoder-input'))return;"
+    "e.preventDefault();e.stopPropagation();"
+    "var b=t.closest('.autocoder-panel').querySelector('.autocoder-send');"
+    "if(b&&!b.disabled){t.blur();b.click();t.focus();}},true);}"
+    '">'
+)
+
+
 def _html(value: str = "", *classes: str) -> widgets.HTML:
     widget = widgets.HTML(value)
     for name in classes:
@@ -528,13 +545,14 @@ class ChatPanel:
 
     def _build(self) -> None:
         self._status = _html("", "autocoder-status")
-        title = _html(STYLE + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
+        title = _html(STYLE + ENTER_SENDS + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
         header = _box([title, self._status],
                       "autocoder-header", horizontal=True)
         self._transcript = _Stack(_box([], "autocoder-transcript"))
         scroll = _box([self._transcript.box], "autocoder-scroll")
         self._input = widgets.Textarea(
-            placeholder="Ask about your code, your data or this notebook… (Send to submit)",
+            continuous_update=False,
+            placeholder="Ask about your code, your data or this notebook… (Enter to send, Shift+Enter for a new line)",
             layout=widgets.Layout(width="100%", height="64px"),
         )
         self._input.add_class("autocoder-input")

@@ -198,10 +198,16 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".autocoder-state-idle")
 
     # The next message works; the history sent with it is consistent.
+    # Typed with the keyboard: Shift+Enter is a new line, Enter sends.
     llm.enqueue(reply.text("Still here after the stop."))
-    send("Are you still there?")
+    p.locator(".autocoder-input textarea").click()
+    p.keyboard.type("Are you")
+    p.keyboard.press("Shift+Enter")
+    p.keyboard.type("still there?")
+    p.keyboard.press("Enter")
     p.wait_for_selector(".autocoder-assistant:has-text('Still here after the stop.')")
     messages = llm.requests[-1].json["messages"]
+    assert messages[-1] == {"role": "user", "content": "Are you\nstill there?"}
     assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "user"]
     assert messages[-2]["content"].startswith("token")
     shot("05-after-stop")
