@@ -8,7 +8,6 @@ and `run_code` is executed here too, at the worker's request.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import html
 import os
@@ -26,22 +25,11 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .approvals import APPROVAL_MODES
-from .events import (
-    ApprovalRequest,
-    ErrorEvent,
-    Event,
-    Notice,
-    ReasoningDelta,
-    TextDelta,
-    ToolCallStarted,
-    ToolResult,
-    TurnDone,
-    UsageUpdate,
-)
 from .notebook_context import CONTEXT_MODES, KernelHistory, build_context, compose_message, fix_prompt, interpolate
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .config import Config
+    from .events import ApprovalRequest, Event, ToolCallStarted, ToolResult, UsageUpdate
     from .session import Session
     from .tools.notebook import CodeOutcome
 
@@ -185,6 +173,8 @@ class _Worker:
     """One thread with its own event loop, kept for the kernel's life so connections are reused."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-turns", daemon=True)
         self.thread.start()
@@ -192,6 +182,8 @@ class _Worker:
 
     async def call_in_main_thread(self, function: Callable[[], Any]) -> Any:
         """Run `function` on the kernel's main thread (the magic's loop picks it up) and await its result."""
+        import asyncio
+
         if threading.current_thread() is threading.main_thread():
             return function()
         channel = self.channel
@@ -202,6 +194,10 @@ class _Worker:
         return await asyncio.wrap_future(call.result)
 
     def run_turn(self, session: Session, message: str, renderer: _Renderer, can_ask: bool) -> None:
+        import asyncio
+
+        from .events import ApprovalRequest
+
         channel: queue.Queue[Any] = queue.Queue()
         self.channel = channel
 
@@ -255,6 +251,8 @@ class _Worker:
 
     def _drain(self, channel: queue.Queue[Any]) -> None:
         """Consume what the cancelled turn still sends until it is over; nothing more runs or asks."""
+        from .events import ApprovalRequest
+
         while True:
             try:
                 item = channel.get(timeout=10)
@@ -299,6 +297,17 @@ class _Renderer:
         return "".join(self.answer)
 
     def event(self, event: Event) -> None:
+        from .events import (
+            ErrorEvent,
+            Notice,
+            ReasoningDelta,
+            TextDelta,
+            ToolCallStarted,
+            ToolResult,
+            TurnDone,
+            UsageUpdate,
+        )
+
         if isinstance(event, TextDelta):
             self.answer.append(event.text)
             self.segment += event.text

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tools.notebook import describe_value, safe_repr, truncate, user_variables
+# The helpers from tools.notebook are imported inside the functions: importing the tools package at
+# `%load_ext` time would double the load time (load must stay fast).
 
 CONTEXT_MODES = ("auto", "none", "vars", "cells", "all")
 # Characters, not tokens: about 1000 tokens for auto, 3000 for all.
@@ -34,6 +35,8 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
     `cfg["key"]`). Anything else, a missing name or a lookup that fails, stays exactly as written,
     so code with dicts, f-strings and JSON passes through. Inserted values are never re-scanned.
     """
+
+    from .tools.notebook import truncate
 
     def replace(match: re.Match[str]) -> str:
         found, value = resolve_reference(match.group(1).strip(), namespace)
@@ -122,6 +125,8 @@ class KernelHistory:
 
     def record(self, result: Any) -> None:
         """The `post_run_cell(result)` callback: `result` is IPython's ExecutionResult."""
+        from .tools.notebook import safe_repr, truncate
+
         info = getattr(result, "info", None)
         source = getattr(info, "raw_cell", "") or ""
         if not source.strip() or source.lstrip().startswith(self.ignore_prefixes):
@@ -166,6 +171,8 @@ def build_context(
 
     `--fix` sends the error itself, so it passes `include_error=False`.
     """
+    from .tools.notebook import describe_value, truncate, user_variables
+
     if mode not in CONTEXT_MODES:
         raise ValueError(f"unknown context mode {mode!r}; expected one of {', '.join(CONTEXT_MODES)}")
     if mode == "none":
@@ -192,6 +199,8 @@ def build_context(
 
 
 def _describe_cell(cell: CellRecord) -> str:
+    from .tools.notebook import truncate
+
     source = "\n".join("  " + line for line in truncate(cell.source.rstrip(), 600).splitlines())
     text = f"[{cell.execution_count if cell.execution_count is not None else '-'}]:\n{source}"
     if cell.output:
@@ -203,6 +212,8 @@ def _describe_cell(cell: CellRecord) -> str:
 
 def _fit(blocks: list[str], budget: int, what: str) -> str:
     """Join whole blocks until the budget is spent, then say how many were left out."""
+    from .tools.notebook import truncate
+
     kept: list[str] = []
     used = 0
     for block in blocks:
@@ -223,6 +234,8 @@ def compose_message(prompt: str, context: str) -> str:
 
 def fix_prompt(error: ErrorRecord, extra: str = "") -> str:
     """The request `--fix` sends: the failing cell and its traceback."""
+    from .tools.notebook import truncate
+
     request = extra.strip() or "Explain this error briefly, then give the corrected cell as one python code block."
     return (
         f"{request}\n\nThe cell that failed:\n```python\n{error.source.rstrip()}\n```\n\n"
