@@ -30,6 +30,7 @@ from .notebook_context import CONTEXT_MODES, KernelHistory, build_context, compo
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .config import Config
     from .events import ApprovalRequest, Event, ToolCallStarted, ToolResult, UsageUpdate
+    from .providers.base import LLMProvider
     from .session import Session
     from .tools.notebook import CodeOutcome
 
@@ -116,7 +117,7 @@ def get_session(shell: Any = None) -> Session:
     return state.session
 
 
-def _create_session(config: Config, state: _KernelState, root: Path) -> Session:
+def _create_session(config: Config, state: _KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
     from .session import DEFAULT_SYSTEM_PROMPT, Session
     from .tools.notebook import build_notebook_tools
 
@@ -132,7 +133,8 @@ def _create_session(config: Config, state: _KernelState, root: Path) -> Session:
         open_notebook=lambda: open_notebook_path(shell),
         insert_cell=lambda source, _kind: _worker(state).call_in_main_thread(lambda: _insert_cells(shell, [source])),
     )
-    session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools)
+    session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
+                             provider=provider)
     holder.append(session)
     return session
 
@@ -163,10 +165,12 @@ class _MainThreadCall:
     def run(self) -> None:
         try:
             self.result.set_result(self.function())
+        except KeyboardInterrupt:
+            # Not handed to the worker: a KeyboardInterrupt inside its loop would stop the loop itself.
+            self.result.cancel()
+            raise
         except BaseException as exc:
             self.result.set_exception(exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
 
 
 class _Worker:
@@ -559,7 +563,8 @@ def _run_turn(state: _KernelState, session: Session, message: str, args: Any) ->
 
 
 def _change_working_dir(state: _KernelState, directory: str) -> None:
-    """Point the tools at another root. The session object is kept (the panel holds it), its parts replaced."""
+    """Point the tools at another root: a new conversation on the same endpoint (the provider and its
+    connections are kept). The session object stays the same (the panel holds it); its parts are replaced."""
     from .config import load_config
 
     root = Path(directory).expanduser().resolve()
@@ -568,7 +573,7 @@ def _change_working_dir(state: _KernelState, directory: str) -> None:
 
         raise ConfigError(f"--working-dir {directory}: not a folder")
     config = load_config({"agent.working_dir": str(root)}, cwd=root)
-    fresh = _create_session(config, state, root)
+    fresh = _create_session(config, state, root, state.session.provider if state.session else None)
     if state.session is None:
         state.session = fresh
     else:

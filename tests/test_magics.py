@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import queue
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +57,10 @@ class Execution:
 
 
 class Kernel:
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, extra_arguments: list[str] | None = None) -> None:
+        self.cwd = cwd
         self.manager = KernelManager(kernel_name="python3")
-        self.manager.start_kernel(env=env, cwd=str(cwd))
+        self.manager.start_kernel(env=env, cwd=str(cwd), extra_arguments=extra_arguments or [])
         self.client: BlockingKernelClient = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
@@ -266,6 +269,18 @@ def test_interrupt_mid_stream_stops_and_the_next_magic_works(kernel: Kernel, ser
     assert "[interrupted]" in history[-2]["content"]
 
 
+def test_interrupt_while_run_code_runs_stops_the_code_and_the_turn(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("run_code", {"code": "import time\nprint('sleeping')\ntime.sleep(60)"}))
+    run = kernel.execute("%autocoder --approval-mode full-auto --context none sleep", interrupt_when="sleeping")
+    assert run.reply["content"]["status"] == "ok"
+    assert "stopped" in run.shown_text
+    server.enqueue(reply.text("Awake."))
+    after = kernel.execute("%autocoder --context none still there")
+    assert "Awake." in after.shown_text
+    history = server.chat_requests[-1].json["messages"]
+    assert history[-2]["role"] == "tool" and "interrupted" in history[-2]["content"]
+
+
 def test_conversation_shared_across_cells_and_reset_gives_a_new_id(kernel: Kernel, server: FakeLLMServer) -> None:
     kernel.execute("%autocoder --context none first-question")
     kernel.execute("%autocoder --context none second-question")
@@ -321,3 +336,85 @@ def test_notebook_executed_with_nbclient_refuses_approvals_and_checks_the_worksp
     assert "no stdin" in shown and "Refused, ok." in shown
     assert not (tmp_path / "nb" / "out.txt").exists()
     assert notebook.cells[2].outputs[0]["text"].strip() == str((tmp_path / "nb").resolve())
+
+
+def test_model_option_applies_to_one_request(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder -m fake-model-large --context none hi")
+    kernel.execute("%autocoder --context none hi again")
+    assert [r.json["model"] for r in server.chat_requests] == ["fake-model-large", "fake-model"]
+
+
+def test_a_file_written_by_the_agent_is_undone(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "made.txt", "content": "made by the agent\n"}),
+                   reply.text("Written."))
+    run = kernel.execute("%autocoder --approval-mode auto-edit --context none write made.txt")
+    assert "write_file made.txt" in run.shown_text
+    assert (kernel.cwd / "made.txt").read_text() == "made by the agent\n"
+    undone = kernel.execute("%autocoder --undo")
+    assert "made.txt" in undone.stdout
+    assert not (kernel.cwd / "made.txt").exists()
+
+
+def test_doctor_runs_from_the_magic_without_secrets(kernel: Kernel, server: FakeLLMServer) -> None:
+    run = kernel.execute("%autocoder --doctor")
+    assert server.base_url in run.stdout
+    assert SECRET not in run.stdout
+
+
+def test_bad_option_is_one_readable_line(kernel: Kernel) -> None:
+    run = kernel.execute("%autocoder --context everything hi")
+    assert run.reply["content"]["status"] == "ok"
+    assert run.stdout.startswith("autocoder: ") and "invalid choice" in run.stdout
+
+
+def test_open_notebook_is_the_root_and_changes_only_through_new_cells(server: FakeLLMServer, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    notebook_path = project / "analysis.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), notebook_path)
+    original = notebook_path.read_bytes()
+    env = {**kernel_env(server, tmp_path), "JPY_SESSION_NAME": str(notebook_path)}
+    # Loaded from configuration (c.InteractiveShellApp.extensions), not %load_ext.
+    running = Kernel(env, tmp_path, extra_arguments=["--InteractiveShellApp.extensions=auto_coder_nb"])
+    try:
+        root = running.execute("from auto_coder_nb.magics import get_session\nprint(get_session().workspace.root)")
+        assert root.stdout.strip() == str(project.resolve())
+        server.enqueue(
+            reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "replace", "index": 0,
+                                              "source": "x = 2"}),
+            reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "insert", "source": "x = 2"}),
+            reply.text("Added a cell."),
+        )
+        run = running.execute("%autocoder --approval-mode full-auto --context none set x to 2")
+        results = [m["content"] for m in server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+        assert "open in the user's editor" in results[0]
+        assert "below the current cell" in results[1]
+        assert [p for p in run.payloads if p["source"] == "set_next_input"] == [
+            {"source": "set_next_input", "text": "x = 2", "replace": False}]
+        assert notebook_path.read_bytes() == original
+        other = tmp_path / "other"
+        other.mkdir()
+        moved = running.execute(f"%autocoder --working-dir {other}")
+        assert f"Workspace root: {other.resolve()}" in moved.stdout
+        again = running.execute("print(get_session().workspace.root)")
+        assert again.stdout.strip() == str(other.resolve())
+    finally:
+        running.close()
+
+
+def test_chat_magic_shows_the_panel(kernel: Kernel) -> None:
+    run = kernel.execute("%autocoder_chat")
+    assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+               for m in run.of_type("execute_result", "display_data"))
+
+
+def test_terminal_ipython_streams_plain_text(server: FakeLLMServer, tmp_path: Path) -> None:
+    server.enqueue(reply.text("Plain **text** in the terminal.", chunks=4))
+    script = tmp_path / "ask.ipy"
+    script.write_text("%load_ext auto_coder_nb\n%autocoder --context none hello from the terminal\n")
+    done = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner", "--colors=NoColor", str(script)],
+                          env=kernel_env(server, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Plain **text** in the terminal." in done.stdout
+    assert "<details>" not in done.stdout
+    assert last_user_message(server) == "hello from the terminal"
