@@ -91,7 +91,7 @@ def open_notebook_path(shell: Any) -> Path | None:
     path = Path(name)
     if path.is_absolute():
         return path
-    local = Path.cwd() / path.name
+    local = _kernel_state(shell).load_dir / path.name
     return local if local.exists() else None
 
 
@@ -131,7 +131,9 @@ def _create_session(config: Config, state: _KernelState, root: Path, provider: L
         lambda: holder[0].workspace,
         hidden=lambda: getattr(shell, "user_ns_hidden", {}),
         open_notebook=lambda: open_notebook_path(shell),
-        insert_cell=lambda source, _kind: _worker(state).call_in_main_thread(lambda: _insert_cells(shell, [source])),
+        insert_cell=lambda source, kind: _worker(state).call_in_main_thread(
+            lambda: _insert_cells(shell, [f"%%markdown\n{source}" if kind == "markdown" else source])
+        ),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider)
@@ -522,7 +524,7 @@ def _run_magic(state: _KernelState, args: Any, prompt: str) -> None:
             print("No error to fix: none was raised since the extension was loaded.")
             return
         prompt = fix_prompt(state.history.last_error, prompt)
-    elif not prompt.strip():
+    elif not prompt.strip() and not args.show_context:
         if not (args.reset or args.undo or args.id or args.working_dir):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "
                   "shows the options.")
