@@ -95,19 +95,14 @@ def inline_html(text: str) -> str:
 
 
 def code_html(code: str, language: str = "") -> str:
-    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else ""
-    return f'<div class="autocoder-codehead">{label}{_COPY_BUTTON}</div><pre><code>{html.escape(code)}</code></pre>'
-
-
-# Copy needs the browser's clipboard: a plain inline handler, harmless where a frontend strips it.
-_COPY_BUTTON = (
-    '<button class="autocoder-copy" title="Copy to the clipboard" onclick="'
-    "const c=this.closest('.autocoder-code').querySelector('code');"
-    "navigator.clipboard.writeText(c.innerText).then(()=>{this.textContent='Copied'},"
-    "()=>{const r=document.createRange();r.selectNodeContents(c);const s=getSelection();"
-    "s.removeAllRanges();s.addRange(r);this.textContent='Selected: press Ctrl+C'})"
-    '">Copy</button>'
-)
+    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else "<span></span>"
+    buttons = (
+        '<span><button class="autocoder-copy" title="Copy to the clipboard" '
+        'onclick="window.autocoder &amp;&amp; autocoder.copy(this)">Copy</button> '
+        '<button class="autocoder-insert" title="Insert as a new cell below the panel" '
+        'onclick="window.autocoder &amp;&amp; autocoder.insert(this)">Insert below</button></span>'
+    )
+    return f'<div class="autocoder-codehead">{label}{buttons}</div><pre><code>{html.escape(code)}</code></pre>'
 
 
 def markdown_html(text: str) -> str:
@@ -278,8 +273,8 @@ STYLE = """<style>
 .autocoder-code { border: 1px solid var(--jp-border-color2, #e1e4e8); border-radius: 6px; margin: 4px 0; }
 .autocoder-codehead { display: flex; justify-content: space-between; font-size: 11px; padding: 2px 8px;
   color: var(--jp-ui-font-color2, #666); }
-.autocoder-copy { font-size: 11px; cursor: pointer; border: 1px solid #ccc; border-radius: 4px;
-  background: transparent; }
+.autocoder-copy, .autocoder-insert { font-size: 11px; cursor: pointer; border: 1px solid #ccc;
+  border-radius: 4px; background: transparent; margin-left: 4px; }
 .autocoder-card { border: 1px solid var(--jp-border-color2, #e1e4e8); border-left: 3px solid #6b7280;
   border-radius: 6px; padding: 4px 8px; margin: 4px 0; font-size: 12px; }
 .autocoder-card-ok { border-left-color: #16a34a; } .autocoder-card-error { border-left-color: #dc2626; }
@@ -300,21 +295,68 @@ STYLE = """<style>
 </style>"""
 
 
-# Enter sends, Shift+Enter is a new line. ipywidgets has no key events, so one document-level listener
-# (installed once, by an image that fails to load) clicks Send. Where a frontend drops it, Enter is a
-# newline and the Send button still works. The input syncs its value on blur (continuous_update=False):
-# blurring first sends the whole text in one update, ahead of the click; per-keystroke updates are
-# throttled by ipywidgets and could arrive after it.
-ENTER_SENDS = (
-    '<img alt="" style="display:none" src="data:image/gif;base64," onerror="'
-    "if(!window.autocoderEnterSends){window.autocoderEnterSends=true;"
-    "document.addEventListener('keydown',function(e){var t=e.target;"
-    "if(e.key!=='Enter'||e.shiftKey||e.isComposing||!t.closest||!t.closest('.autocoder-input'))return;"
-    "e.preventDefault();e.stopPropagation();"
-    "var b=t.closest('.autocoder-panel').querySelector('.autocoder-send');"
-    "if(b&&!b.disabled){t.blur();b.click();t.focus();}},true);}"
-    '">'
-)
+# What ipywidgets cannot do from the kernel, done in the page where the frontend runs inline handlers
+# (JupyterLab, Notebook 7); elsewhere the buttons do nothing and Enter is a newline (Send still works).
+# Installed once per page by an image that fails to load.
+# - Enter sends, Shift+Enter is a new line. The input syncs its value on blur (continuous_update=False):
+#   blurring first sends the whole text in one update, ahead of the click (per-keystroke updates are
+#   throttled by ipywidgets and could arrive after it).
+# - Copy uses the clipboard (or selects the code where the clipboard is not allowed).
+# - Insert below: a kernel can only add a cell while it executes one (set_next_input), so the page does
+#   what a user would: select the panel's cell, insert a cell below (B), type the code into it.
+FRONTEND_JS = """
+if (!window.autocoder) {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const press = (key, code, keyCode) => document.activeElement.dispatchEvent(new KeyboardEvent('keydown',
+    {key: key, code: code, keyCode: keyCode, which: keyCode, bubbles: true, cancelable: true}));
+  const codeOf = (button) => button.closest('.autocoder-code').querySelector('code');
+  window.autocoder = {
+    copy: async (button) => {
+      try {
+        await navigator.clipboard.writeText(codeOf(button).innerText);
+        button.textContent = 'Copied';
+      } catch (error) {
+        const range = document.createRange();
+        range.selectNodeContents(codeOf(button));
+        getSelection().removeAllRanges();
+        getSelection().addRange(range);
+        button.textContent = 'Selected: press Ctrl+C';
+      }
+    },
+    insert: async (button) => {
+      const cell = button.closest('.jp-Cell');
+      const prompt = cell && cell.querySelector('.jp-InputPrompt');
+      if (!prompt) return window.autocoder.copy(button);
+      const below = cell.nextElementSibling;
+      for (const type of ['mousedown', 'mouseup', 'click']) {
+        prompt.dispatchEvent(new MouseEvent(type, {bubbles: true, button: 0}));
+      }
+      await sleep(50);
+      press('b', 'KeyB', 66);
+      await sleep(100);
+      if (!cell.nextElementSibling || cell.nextElementSibling === below) return window.autocoder.copy(button);
+      press('Enter', 'Enter', 13);
+      await sleep(100);
+      document.execCommand('insertText', false, codeOf(button).innerText);
+      press('Escape', 'Escape', 27);
+      button.textContent = 'Inserted';
+    },
+  };
+  document.addEventListener('keydown', (event) => {
+    const input = event.target.closest && event.target.closest('.autocoder-input');
+    if (!input || event.key !== 'Enter' || event.shiftKey || event.isComposing) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const send = input.closest('.autocoder-panel').querySelector('.autocoder-send');
+    if (send && !send.disabled) {
+      event.target.blur();
+      send.click();
+      event.target.focus();
+    }
+  }, true);
+}
+"""
+FRONTEND = f'<img alt="" style="display:none" src="data:image/gif;base64," onerror="{html.escape(FRONTEND_JS)}">'
 
 
 def _html(value: str = "", *classes: str) -> widgets.HTML:
@@ -482,6 +524,7 @@ class _ToolCard:
         self.summary = _html("", "autocoder-summary")
         self.box = _box([self.head], "autocoder-card", "autocoder-tool")
         self.buttons: list[widgets.Button] = []
+        self.answered = False
 
     def _head(self, status: str) -> str:
         return (f"<b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
@@ -495,6 +538,7 @@ class _ToolCard:
             self.box.add_class(css)
 
     def close_approval(self, note: str) -> None:
+        self.answered = True
         for button in self.buttons:
             button.disabled = True
         self.buttons = []
@@ -545,7 +589,7 @@ class ChatPanel:
 
     def _build(self) -> None:
         self._status = _html("", "autocoder-status")
-        title = _html(STYLE + ENTER_SENDS + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
+        title = _html(STYLE + FRONTEND + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
         header = _box([title, self._status],
                       "autocoder-header", horizontal=True)
         self._transcript = _Stack(_box([], "autocoder-transcript"))
@@ -811,9 +855,10 @@ class ChatPanel:
 
         def answer(action: Callable[[], None], note: str) -> Callable[[], None]:
             def on_loop() -> None:
-                if card not in self._open_cards:
+                if card.answered:
                     return
-                self._open_cards.remove(card)
+                if card in self._open_cards:
+                    self._open_cards.remove(card)
                 card.close_approval(note)
                 action()
                 if self.running:
@@ -870,31 +915,37 @@ class ChatPanel:
             return
         card = _ToolCard("", "run_code", _short(code.strip().split("\n", 1)[0], 80))
         card.status("waiting for approval", "autocoder-card-ask")
-        card.buttons = self._approval_buttons(
-            lambda: self._execute_code(code, box, result),
-            lambda: (self.session.policy.allow_always("command"), self._execute_code(code, box, result)),
-            lambda: None, card, "command",
-        )
+
+        def always() -> None:
+            self.session.policy.allow_always("command")
+            self._execute_code(code, box, result, card)
+
+        def deny() -> None:
+            card.status("denied", "autocoder-card-error")
+
+        card.buttons = self._approval_buttons(lambda: self._execute_code(code, box, result, card), always, deny,
+                                              card, "command")
         card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
-        self._open_cards.append(card)
         _append(box, card.box)
 
-    def _execute_code(self, code: str, box: widgets.Box, result: widgets.HTML) -> None:
+    def _execute_code(self, code: str, box: widgets.Box, result: widgets.HTML, card: _ToolCard | None = None) -> None:
+        """Run like the run_code tool: in the user namespace, IPython syntax (magics, !cmd) transformed first."""
+        from IPython import get_ipython
+
         from .tools.notebook import run_python
 
-        outcome = run_python(code, self._user_namespace(), filename="<chat panel>")
+        shell = get_ipython()
+        if self._namespace is None:
+            self._namespace = shell.user_ns if shell is not None else {}
+        source = shell.transform_cell(code) if shell is not None else code
+        outcome = run_python(source, self._namespace, filename="<chat panel>")
         text = outcome.to_text() or "(no output)"
         result.value = "<b>Output</b>\n" + html.escape(_short(text, 4000))
         if result not in box.children:
             _append(box, result)
-
-    def _user_namespace(self) -> dict[str, Any]:
-        if self._namespace is None:
-            from IPython import get_ipython
-
-            shell = get_ipython()
-            self._namespace = shell.user_ns if shell is not None else {}
-        return self._namespace
+        if card is not None:
+            card.status("error" if outcome.error else "done",
+                        "autocoder-card-error" if outcome.error else "autocoder-card-ok")
 
     # -- status, notices, errors -----------------------------------------------------------
 

@@ -356,8 +356,30 @@ def test_code_block_run_asks_then_runs_in_the_namespace(fake_server: FakeLLMServ
         find(code, "autocoder-approve")[0].click()
         await until(lambda: "42" in html_of(code), "the output")
         assert namespace["x"] == 42
+        assert "done" in html_of(find(code, "autocoder-tool")[0])
         answer = html_of(find(panel.widget, "autocoder-assistant")[0])
         assert answer.index("Try this") < answer.index("x = 6 * 7") < answer.index("That is all.")
+
+    run(scenario)
+
+
+def test_code_block_run_denied_or_without_asking(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        namespace: dict[str, Any] = {}
+        session = make_session(fake_server, tmp_path)
+        panel = ChatPanel(session, namespace=namespace)
+        fake_server.enqueue(reply.text(CODE_ANSWER))
+        await panel.ask("show code")
+        [code] = find(panel.widget, "autocoder-code")
+        find(code, "autocoder-run")[0].click()
+        await until(lambda: find(code, "autocoder-deny"), "the run approval")
+        find(code, "autocoder-deny")[0].click()
+        await until(lambda: "denied" in html_of(code), "the denial")
+        assert namespace == {}
+        session.policy.mode = "full-auto"
+        find(code, "autocoder-run")[0].click()
+        await until(lambda: "42" in html_of(code), "the output")
+        assert namespace["x"] == 42
 
     run(scenario)
 

@@ -125,7 +125,9 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            context = browser.new_context(viewport={"width": 1280, "height": 1000},
+                                          permissions=["clipboard-read", "clipboard-write"])
+            page = context.new_page()
             try:
                 _chat(page, lab, llm)
             except BaseException:
@@ -183,6 +185,24 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
     assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
 
+    # A code block: Copy puts it on the clipboard, Insert below adds a cell under the panel, Run asks first.
+    code = "answer = 6 * 7\nprint(answer)"
+    llm.enqueue(reply.text(f"Run this:\n\n```python\n{code}\n```\n", chunks=6))
+    send("Show me some code")
+    block = p.locator(".autocoder-code").last
+    block.locator(".autocoder-copy").click()
+    p.wait_for_selector(".autocoder-copy:text-is('Copied')")
+    assert p.evaluate("navigator.clipboard.readText()") == code
+    block.locator(".autocoder-insert").click()
+    p.wait_for_selector(".autocoder-insert:text-is('Inserted')")
+    cells = p.locator(".jp-Notebook .jp-Cell")
+    assert cells.nth(1).locator(".autocoder-panel").count() == 1
+    assert cells.nth(2).locator(".jp-InputArea-editor").inner_text().split() == code.split()
+    block.locator("button.autocoder-run").click()
+    block.locator("button.autocoder-approve").click()
+    p.wait_for_selector(".autocoder-code .autocoder-summary:has-text('42')")
+    shot("04-code-block")
+
     # Stop during a stream the server holds open; meanwhile another cell runs.
     llm.enqueue(reply.text("token " * 400, chunks=400, wait_for="held", wait_after=40))
     send("Write a very long answer")
@@ -191,7 +211,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.keyboard.press("Shift+Enter")
     p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 2')")
     assert p.locator("button.autocoder-stop:not([disabled])").count() == 1  # the turn is still running
-    shot("04-streaming")
+    shot("05-streaming")
     p.locator("button.autocoder-stop").click()
     p.wait_for_selector(".autocoder-notice:has-text('Stopped')")
     llm.release("held")
@@ -210,7 +230,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert messages[-1] == {"role": "user", "content": "Are you\nstill there?"}
     assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "user"]
     assert messages[-2]["content"].startswith("token")
-    shot("05-after-stop")
+    shot("06-after-stop")
 
     # Reset: a new conversation with a new correlation id, shown.
     old_id = p.inner_text(".autocoder-id")
@@ -219,5 +239,5 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(f".autocoder-notice:has-text('New conversation'):not(:has-text('{old_id}'))")
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
-    shot("06-reset")
+    shot("07-reset")
     assert p.locator(".autocoder-error").count() == 0
