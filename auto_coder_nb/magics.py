@@ -454,7 +454,7 @@ class AutoCoderMagics(Magics):
     @argument("--undo", action="store_true", help="undo the file changes of the last turn that made any")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--working-dir", metavar="DIR", help="workspace root for the tools (starts a new conversation)")
-    @argument("prompt", nargs="*", help="the request (with %%autocoder, the cell body); kept as written")
+    @argument("prompt", nargs="*", help="the request (in a %%%%autocoder cell, the cell body); kept as written")
     @no_var_expand  # IPython's own {var}/$var expansion of the line would break braces in code
     @line_cell_magic
     def autocoder(self, line: str, cell: str | None = None) -> None:
