@@ -418,3 +418,15 @@ def test_terminal_ipython_streams_plain_text(server: FakeLLMServer, tmp_path: Pa
     assert "Plain **text** in the terminal." in done.stdout
     assert "<details>" not in done.stdout
     assert last_user_message(server) == "hello from the terminal"
+
+
+def test_always_answer_allows_the_rest_of_the_session_until_reset(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("run_code", {"code": "first_run = 1"}),
+                   reply.tool_call("run_code", {"code": "second_run = 2"}), reply.text("Both ran."))
+    run = kernel.execute("%autocoder --context none run twice", answers=["a"])
+    assert len([m for m in run.messages if m["msg_type"] == "input_request"]) == 1
+    assert kernel.execute("print(first_run + second_run)").stdout == "3\n"
+    kernel.execute("%autocoder --reset")
+    server.enqueue(reply.tool_call("run_code", {"code": "third_run = 3"}), reply.text("Asked again."))
+    asked = kernel.execute("%autocoder --context none once more", answers=["n"])
+    assert len([m for m in asked.messages if m["msg_type"] == "input_request"]) == 1
