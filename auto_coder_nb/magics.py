@@ -25,7 +25,15 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .approvals import APPROVAL_MODES
-from .notebook_context import CONTEXT_MODES, KernelHistory, build_context, compose_message, fix_prompt, interpolate
+from .notebook_context import (
+    CONTEXT_MODES,
+    KernelHistory,
+    build_context,
+    compose_message,
+    error_before_load,
+    fix_prompt,
+    interpolate,
+)
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .config import Config
@@ -520,10 +528,11 @@ def _run_magic(state: _KernelState, args: Any, prompt: str) -> None:
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
     if args.fix:
-        if state.history.last_error is None:
-            print("No error to fix: none was raised since the extension was loaded.")
+        error = state.history.last_error or error_before_load()
+        if error is None:
+            print("No error to fix: no cell has raised one in this kernel.")
             return
-        prompt = fix_prompt(state.history.last_error, prompt)
+        prompt = fix_prompt(error, prompt)
     elif not prompt.strip() and not args.show_context:
         if not (args.reset or args.undo or args.id or args.working_dir):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "

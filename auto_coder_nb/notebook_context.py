@@ -151,6 +151,23 @@ class KernelHistory:
             )
 
 
+def error_before_load() -> ErrorRecord | None:
+    """The last error IPython showed before the extension was loaded (`sys.last_value`), with the failing
+    cell's source read back from the line cache IPython fills for every cell."""
+    import linecache
+    import sys
+
+    error = getattr(sys, "last_value", None)
+    if error is None:
+        return None
+    tb = error.__traceback__
+    while tb is not None and _IPYTHON_DIR in tb.tb_frame.f_code.co_filename:
+        tb = tb.tb_next
+    source = "".join(linecache.getlines(tb.tb_frame.f_code.co_filename)) if tb is not None else ""
+    return ErrorRecord(source=source or "(source not available)", error=f"{type(error).__name__}: {error}",
+                       traceback=_format_user_traceback(error))
+
+
 def _format_user_traceback(error: BaseException) -> str:
     """The traceback from the user's code on: IPython's own frames above it say nothing to the model."""
     tb = error.__traceback__

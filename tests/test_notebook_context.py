@@ -12,6 +12,7 @@ from auto_coder_nb.notebook_context import (
     KernelHistory,
     build_context,
     compose_message,
+    error_before_load,
     fix_prompt,
     interpolate,
 )
@@ -120,3 +121,11 @@ def test_compose_message_and_option_split() -> None:
     assert compose_message("hi", "ctx") == "hi\n\n<kernel-context>\nctx\n</kernel-context>"
     assert split_options("-m big --insert what's {x}? -m stays") == (["-m", "big", "--insert"], "what's {x}? -m stays")
     assert split_options("--context=none -- -1 is odd") == (["--context=none"], "-1 is odd")
+
+
+def test_an_error_raised_before_loading_is_still_found(shell: Any) -> None:
+    shell.run_cell("def early():\n    raise KeyError('early bird')\nearly()", store_history=True)
+    error = error_before_load()
+    assert error is not None and error.error == "KeyError: 'early bird'"
+    assert error.source.rstrip() == "def early():\n    raise KeyError('early bird')\nearly()"
+    assert "raise KeyError('early bird')" in error.traceback and "interactiveshell.py" not in error.traceback
