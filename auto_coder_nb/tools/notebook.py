@@ -167,8 +167,9 @@ class CodeOutcome:
         return truncate("\n".join(parts) or "(no output)", limit)
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the real stream (so the user sees it in the cell) and keeps a copy for the model."""
+class _Tee:
+    """Writes to the real stream (so the user sees it in the cell) and keeps a copy for the model.
+    Everything else (encoding, isatty, fileno...) is the real stream's, so libraries see what they expect."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -180,6 +181,9 @@ class _Tee(io.TextIOBase):
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>") -> CodeOutcome:
@@ -196,7 +200,7 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
     try:
         exec(compile(tree, filename, "exec"), namespace)
         if last is not None:
