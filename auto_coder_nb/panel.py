@@ -577,6 +577,7 @@ class ChatPanel:
         self._part: _TextPart | None = None
         self._reasoning: _PlainText | None = None
         self._state_detail = ""
+        self._in_turn = False  # notices and errors go into the turn's box while it runs
         self._cards: dict[str, _ToolCard] = {}
         self._open_cards: list[_ToolCard] = []  # cards whose approval buttons are live
         self._last_flush = 0.0
@@ -605,8 +606,8 @@ class ChatPanel:
         self._reset_button = _button("Reset", "", "autocoder-reset", "Start a new conversation (new id)")
         self._stop_button.disabled = True
         self._send_button.on_click(self._handover(self._on_send))
-        self._stop_button.on_click(self._handover(self._on_stop))
-        self._reset_button.on_click(self._handover(self._on_reset))
+        self._stop_button.on_click(self._handover(self._stop))
+        self._reset_button.on_click(self._handover(self._start_reset))
         buttons = _box([self._send_button, self._stop_button, self._reset_button], "autocoder-buttons",
                        horizontal=True)
         self.widget = _box([header, scroll, self._input, buttons], "autocoder-panel")
@@ -649,9 +650,8 @@ class ChatPanel:
 
     async def wait(self) -> None:
         """Wait until the running turn (if any) has ended."""
-        while self._task is not None and not self._task.done():
-            with suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     # -- callbacks: hand over to the kernel's loop, never work here -------------------------
 
@@ -676,12 +676,6 @@ class ChatPanel:
         self._input.value = ""
         self._start_turn(message)
 
-    def _on_stop(self) -> None:
-        self._stop()
-
-    def _on_reset(self) -> None:
-        self._start_reset()
-
     # -- turns -----------------------------------------------------------------------------
 
     def _start_turn(self, message: str) -> None:
@@ -698,17 +692,20 @@ class ChatPanel:
         self._loop.create_task(self._reset())
 
     async def _reset(self) -> None:
-        if self.running:
-            self._stop()
-            await self.wait()
-        new_id = self.session.reset()
-        self._records.clear()
-        self._parts.clear()
-        self._cards.clear()
-        self._turn_usage = Usage()
-        self._transcript.clear()
-        self._notice(f"New conversation. Correlation id {new_id}.")
-        self._show_status()
+        try:
+            if self.running:
+                self._stop()
+                await self.wait()
+            new_id = self.session.reset()
+            self._records.clear()
+            self._parts.clear()
+            self._cards.clear()
+            self._turn_usage = Usage()
+            self._transcript.clear()
+            self._notice(f"New conversation. Correlation id {new_id}.")
+            self._show_status()
+        except Exception as exc:  # a task's error would only reach the log console
+            self._error(f"Reset failed: {type(exc).__name__}: {exc}")
 
     async def _run_turn(self, message: str) -> None:
         self._begin_turn(message)
@@ -735,6 +732,7 @@ class ChatPanel:
         self._turn = _box([], "autocoder-turn")
         self._transcript.append(self._turn)
         self._part, self._reasoning = None, None
+        self._in_turn = True
         self._set_state(THINKING)
 
     def _end_turn(self) -> None:
@@ -742,6 +740,7 @@ class ChatPanel:
         for card in self._open_cards:
             card.close_approval("Not answered: the turn ended.")
         self._open_cards.clear()
+        self._in_turn = False
         self._set_busy(False)
 
     def _on_event(self, event: Event) -> None:
@@ -974,11 +973,17 @@ class ChatPanel:
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))
-        self._transcript.append(_html(html.escape(text), "autocoder-msg", "autocoder-notice"))
+        self._show_line(_html(html.escape(text), "autocoder-msg", "autocoder-notice"))
 
     def _error(self, text: str) -> None:
         self._records.append(("error", text))
-        self._transcript.append(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
+        self._show_line(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
+
+    def _show_line(self, widget: widgets.HTML) -> None:
+        if self._in_turn:
+            self._add_to_turn(widget)
+        else:
+            self._transcript.append(widget)
 
     @property
     def correlation_id(self) -> str:

@@ -305,7 +305,11 @@ def test_reset_during_a_turn_stops_it_first(fake_server: FakeLLMServer, tmp_path
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [(reply.error(401, "invalid api key"), "401"), (reply.error(500, "upstream exploded"), "500")],
+    [
+        (reply.error(401, "invalid api key"), "authentication failed"),
+        (reply.error(500, "upstream exploded"), "500"),
+        (reply.error(400, "maximum context length is 8192 tokens", code="context_length_exceeded"), "context window"),
+    ],
 )
 def test_server_errors_are_readable_lines(
     fake_server: FakeLLMServer, tmp_path: Path, spec: dict[str, Any], expected: str
