@@ -33,6 +33,14 @@ class FakeFrame:
         return Head()
 
 
+class FakeArray:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape, self.dtype = shape, "float32"
+
+    def __repr__(self) -> str:
+        return f"FakeArray{self.shape}"
+
+
 class WithLLMRepr:
     def _repr_llm_(self) -> str:
         return "a model-friendly summary"
@@ -69,13 +77,16 @@ def test_long_values_are_cut_with_a_marker() -> None:
 
 
 def test_context_describes_variables_by_duck_typing() -> None:
-    namespace = {"frame": FakeFrame(), "model": WithLLMRepr(), "items": [1, 2, 3], "_hidden": 1, "name": "Ada"}
+    namespace = {"frame": FakeFrame(), "model": WithLLMRepr(), "items": [1, 2, 3], "_hidden": 1, "name": "Ada",
+                 "grid": FakeArray((2, 3)), "scalar": FakeArray(())}
     context = build_context("vars", namespace)
     assert "frame: FakeFrame shape=(3, 2)" in context
     assert "columns: city (object), temp (float64)" in context
     assert "Oslo   3.5" in context
     assert "a model-friendly summary" in context and "<never shown>" not in context
     assert "items: list len=3 = [1, 2, 3]" in context
+    assert "grid: FakeArray shape=(2, 3) dtype=float32" in context
+    assert "scalar: FakeArray = FakeArray()" in context  # a 0-d value is shown by its value
     assert "_hidden" not in context
 
 

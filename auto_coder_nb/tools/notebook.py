@@ -62,7 +62,7 @@ def describe_value(name: str, value: Any, *, detail: int = 600) -> str:
         return _describe_table(name, value, kind, detail)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         shape = _safe(lambda: tuple(value.shape))
-        if shape is not None:
+        if shape:  # an array; a numpy scalar (shape ()) is shown by its value below
             return f"{name}: {kind} shape={shape} dtype={_safe(lambda: value.dtype)}"
     if isinstance(value, types.ModuleType):
         return f"{name}: module {value.__name__}"
