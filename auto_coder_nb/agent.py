@@ -68,18 +68,25 @@ class Agent:
         self.policy = policy
         self.config = config
         self.workspace = workspace
+        self.busy = False  # the magics and the panel share one agent; one turn at a time
 
     async def run(self, message: str) -> AsyncIterator[Event]:
         """Run one user turn. Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
+        if self.busy:
+            yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
+                             "cell). Stop it or wait for it to finish, then ask again.")
+            yield TurnDone("busy")
+            return
+        self.busy = True
         conversation = self.conversation
-        conversation.repair()
-        conversation.add_user(message)
-        if self.workspace is not None:
-            self.workspace.begin_turn()
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
+            conversation.repair()
+            conversation.add_user(message)
+            if self.workspace is not None:
+                self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
                 partial.clear()
                 completion: Completion | None = None
@@ -120,6 +127,8 @@ class Agent:
             self._close_answer(partial, "[interrupted]")
             conversation.repair()
             raise
+        finally:
+            self.busy = False
 
     def _close_answer(self, partial: list[str], marker: str) -> None:
         """Record a cut-off answer so the history keeps alternating user / assistant."""

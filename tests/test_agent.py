@@ -348,3 +348,23 @@ def test_retries_are_announced_while_they_wait(server: FakeLLMServer) -> None:
     notices = [e.text for e in events if isinstance(e, Notice)]
     assert notices == ["rate limited (429), retrying in 0.0 s (1/4)"]
     assert events[-1] == TurnDone("stop")
+
+
+def test_one_turn_at_a_time_per_session(server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("slow answer", chunks=4, delay=0.2))
+    h = Harness(server)
+
+    async def two_at_once() -> list[Event]:
+        first = h.agent.run("first")
+        await first.__anext__()  # the first turn is running
+        second = [event async for event in h.agent.run("second")]
+        rest = [event async for event in first]
+        await h.provider.aclose()
+        return second + rest
+
+    events = asyncio.run(two_at_once())
+    assert isinstance(events[0], ErrorEvent) and "Another request is still running" in events[0].message
+    assert events[1] == TurnDone("busy") and events[-1] == TurnDone("stop")
+    assert [m["content"] for m in h.conversation.messages if m["role"] == "user"] == ["first"]
+    h.turn("third")  # free again
+    assert h.conversation.messages[-1]["role"] == "assistant"
