@@ -125,7 +125,7 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000},
+            context = browser.new_context(viewport={"width": 1280, "height": 1200},
                                           permissions=["clipboard-read", "clipboard-write"])
             page = context.new_page()
             try:
@@ -153,6 +153,10 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     # The execution indicator says idle before the kernel is even connected; the status bar names the kernel.
     p.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')")
+    # The log console records what widget callbacks print or raise, from the level set when it happens.
+    p.click(".lm-MenuBar-itemLabel:text-is('View')")
+    p.click(".lm-Menu-itemLabel:text-is('Show Log Console')")
+    p.locator("select", has=p.locator("option[value='info']")).select_option("info")
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
     p.wait_for_selector(".autocoder-panel .autocoder-input")
@@ -241,3 +245,8 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("07-reset")
     assert p.locator(".autocoder-error").count() == 0
+
+    # No click raised in the kernel: callback errors only show in JupyterLab's log console.
+    p.wait_for_selector(".jp-LogConsolePanel:has-text('42')")  # the Run click's stdout: the log is recorded
+    assert "Traceback" not in p.inner_text(".jp-LogConsolePanel")
+    p.screenshot(path=str(OUTPUT / "08-notebook-and-log-console.png"))
