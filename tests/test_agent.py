@@ -110,9 +110,8 @@ def tool_results(events: list[Event]) -> list[ToolResult]:
 
 
 @pytest.fixture
-def server() -> FakeLLMServer:
-    with FakeLLMServer() as fake:
-        yield fake
+def server(fake_server: FakeLLMServer) -> FakeLLMServer:
+    return fake_server
 
 
 def test_a_text_answer_streams_and_is_kept(server: FakeLLMServer) -> None:

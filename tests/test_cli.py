@@ -3,7 +3,6 @@ pseudo-terminal, both against the project's test server."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,15 @@ from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 
 @pytest.fixture
-def server() -> FakeLLMServer:
-    with FakeLLMServer() as fake:
-        yield fake
+def server(fake_server: FakeLLMServer) -> FakeLLMServer:
+    return fake_server
 
 
 @pytest.fixture
-def env(tmp_path: Path, server: FakeLLMServer) -> dict[str, str]:
+def env(tmp_path: Path, server: FakeLLMServer, clean_env: dict[str, str]) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
-    drop = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return clean | {"HOME": str(home), "AUTO_CODER_BASE_URL": server.base_url, "AUTO_CODER_MODEL": "fake-model",
+    return clean_env | {"HOME": str(home), "AUTO_CODER_BASE_URL": server.base_url, "AUTO_CODER_MODEL": "fake-model",
                     "NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "dumb"}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,6 @@ from auto_coder_nb.errors import ConfigError
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def clean_env() -> dict[str, str]:
-    """The environment without any auto-coder, OpenAI or auth settings of the machine running the tests."""
-    drop = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
 @pytest.fixture

@@ -10,24 +10,7 @@ from typing import Any
 
 import pytest
 
-from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace, build_workspace_tools
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def workspace(root: Path) -> Workspace:
-    return Workspace(root)
-
-
-@pytest.fixture
-def registry(workspace: Workspace) -> ToolRegistry:
-    return ToolRegistry(build_workspace_tools(workspace))
+from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace
 
 
 def call(registry: ToolRegistry, name: str, **arguments: Any) -> str:

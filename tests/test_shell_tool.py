@@ -15,23 +15,6 @@ import pytest
 from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace, build_workspace_tools
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def workspace(root: Path) -> Workspace:
-    return Workspace(root)
-
-
-@pytest.fixture
-def registry(workspace: Workspace) -> ToolRegistry:
-    return ToolRegistry(build_workspace_tools(workspace, command_timeout=120.0))
-
-
 def run(registry: ToolRegistry, command: str, **arguments: Any) -> str:
     return asyncio.run(registry.call("run_command", {"command": command, **arguments}))
 

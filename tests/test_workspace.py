@@ -12,18 +12,6 @@ from auto_coder_nb.errors import ConfigError
 from auto_coder_nb.tools import ToolError, Workspace
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "project"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def workspace(root: Path) -> Workspace:
-    return Workspace(root)
-
-
 def test_relative_and_absolute_paths_inside_the_root_resolve(workspace: Workspace, root: Path) -> None:
     (root / "src").mkdir()
     assert workspace.resolve("src/a.py") == root.resolve() / "src" / "a.py"
