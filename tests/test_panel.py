@@ -210,7 +210,8 @@ def test_always_for_this_session_stops_asking(fake_server: FakeLLMServer, tmp_pa
 
 
 def test_approve_clicked_on_another_thread_with_its_own_loop(fake_server: FakeLLMServer, tmp_path: Path) -> None:
-    """ipykernel 7 can deliver a click on a subshell thread running its own event loop: it must still count."""
+    """ipykernel 7 can deliver a click on a subshell thread running its own event loop, while the kernel's
+    loop sleeps waiting for the answer. Resolving the approval from there directly would not wake it."""
 
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
@@ -219,12 +220,17 @@ def test_approve_clicked_on_another_thread_with_its_own_loop(fake_server: FakeLL
         approve = find(await approval_card(panel), "autocoder-approve")[0]
 
         async def click_on_subshell_loop() -> None:
+            await asyncio.sleep(0.2)  # let the main loop go back to sleep first
             approve.click()
 
         clicker = threading.Thread(target=asyncio.run, args=(click_on_subshell_loop(),), name="subshell-test")
         clicker.start()
-        clicker.join()
-        await panel.wait()
+        try:
+            await asyncio.wait_for(panel.wait(), WAIT)
+        except asyncio.TimeoutError:
+            raise AssertionError("the click on the other thread did not wake the turn") from None
+        finally:
+            clicker.join()
         assert (tmp_path / "hello.txt").read_text() == "hi\n"
 
     run(scenario)
