@@ -256,6 +256,31 @@ def test_stop_during_a_slow_stream_then_the_next_message_works(fake_server: Fake
     run(scenario)
 
 
+def test_stop_clicked_on_another_thread_during_a_held_stream(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        fake_server.enqueue(reply.text("word " * 50, chunks=50, wait_for="hold3", wait_after=5))
+        panel.send("long answer please")
+        await until(lambda: "word" in html_of(panel.widget), "the first words")
+
+        async def click_on_subshell_loop() -> None:
+            await asyncio.sleep(0.2)  # the main loop sleeps, waiting for the held stream
+            panel._stop_button.click()
+
+        clicker = threading.Thread(target=asyncio.run, args=(click_on_subshell_loop(),), name="subshell-test")
+        clicker.start()
+        try:
+            await asyncio.wait_for(panel.wait(), WAIT)
+        except asyncio.TimeoutError:
+            raise AssertionError("the Stop click on the other thread did not stop the turn") from None
+        finally:
+            clicker.join()
+            fake_server.release("hold3")
+        assert "Stopped" in panel.transcript[-1]["text"]
+
+    run(scenario)
+
+
 def test_stop_while_waiting_for_approval(fake_server: FakeLLMServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
