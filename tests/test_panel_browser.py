@@ -140,6 +140,7 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
 
 def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     page.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]
+    playwright_api.expect.set_options(timeout=WAIT_MS)
     p = page  # Playwright's Page; typed loosely so the module imports without playwright
 
     def shot(name: str) -> None:
@@ -182,7 +183,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     send("Create hello.txt saying hello")
     p.wait_for_selector("button.autocoder-approve")
     assert "+Hello from the panel" in p.locator(".autocoder-preview").last.inner_text()
-    assert "waiting for approval" in p.inner_text(".autocoder-status")
+    p.wait_for_selector(".autocoder-status:has-text('waiting for approval')")
     assert not (lab.root / "hello.txt").exists()
     shot("03-approval")
     p.locator("button.autocoder-approve").click()
@@ -201,6 +202,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".autocoder-insert:text-is('Inserted')")
     cells = p.locator(".jp-Notebook .jp-Cell")
     assert cells.nth(1).locator(".autocoder-panel").count() == 1
+    playwright_api.expect(cells.nth(2).locator(".jp-InputArea-editor")).to_contain_text("answer = 6 * 7")
     assert cells.nth(2).locator(".jp-InputArea-editor").inner_text().split() == code.split()
     block.locator("button.autocoder-run").click()
     block.locator("button.autocoder-approve").click()
@@ -241,6 +243,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert llm.requests[-1].headers["x-correlation-id"] == old_id
     p.locator("button.autocoder-reset").click()
     p.wait_for_selector(f".autocoder-notice:has-text('New conversation'):not(:has-text('{old_id}'))")
+    p.wait_for_selector(f".autocoder-id:not(:text-is('{old_id}'))")  # a separate widget update
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("07-reset")
