@@ -7,6 +7,7 @@ Clicks go through the buttons' own `click()`, so they take the same path as clic
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -279,6 +280,31 @@ def test_stop_clicked_on_another_thread_during_a_held_stream(fake_server: FakeLL
         assert "Stopped" in panel.transcript[-1]["text"]
 
     run(scenario)
+
+
+def test_stop_kills_a_running_command(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path, mode="full-auto"))
+        fake_server.enqueue(reply.tool_call("run_command", {"command": "echo $$ > pid.txt; exec sleep 60"}))
+        panel.send("run it")
+        await until(lambda: (tmp_path / "pid.txt").exists() and (tmp_path / "pid.txt").read_text().strip(),
+                    "the command to start")
+        assert panel.state == "running a tool"
+        panel._stop_button.click()
+        await panel.wait()
+        pid = int((tmp_path / "pid.txt").read_text())
+        await until(lambda: not _alive(pid), "the command to be killed")
+        assert "Stopped" in panel.transcript[-1]["text"]
+
+    run(scenario)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_stop_while_waiting_for_approval(fake_server: FakeLLMServer, tmp_path: Path) -> None:
