@@ -54,6 +54,8 @@ from .sse import SSEParser
 MAX_RETRIES = 4
 MERGE_ABOVE = 32  # deltas arriving in one network read beyond this many are merged
 RETRY_BASE_DELAY = 0.5
+OVERFLOW_HINT = ("Start a new conversation (/clear in the REPL, Reset in the panel, %autocoder --reset) "
+                 "or use a model with a larger context.")
 MAX_RETRY_DELAY = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
 
@@ -334,7 +336,7 @@ class OpenAICompatibleProvider(LLMProvider):
                 f"or your auth settings.", status=status)
         elif _is_overflow(message, code):
             error = ContextOverflow(f"the conversation is longer than the model's context window ({status})"
-                                    f"{detail}. Use /clear or a model with a larger context.", status=status)
+                                    f"{detail}. {OVERFLOW_HINT}", status=status)
         elif status == 404 or code == "model_not_found":
             if not listing and (code == "model_not_found" or "model" in message.lower()):
                 error = ModelNotFound(f"model {self.model!r} was not found at {_safe_url(self.base_url)}{detail}. "
@@ -359,7 +361,7 @@ class OpenAICompatibleProvider(LLMProvider):
         code = details.get("code") or details.get("type")
         if _is_overflow(message, code if isinstance(code, str) else None):
             raise ContextOverflow(f"the conversation is longer than the model's context window: {message}. "
-                                  f"Use /clear or a model with a larger context.")
+                                  + OVERFLOW_HINT)
         raise StreamError(f"the server at {_safe_url(self.base_url)} reported an error mid-answer: {message}")
 
     def _transport_error(self, exc: httpx.HTTPError | httpx.InvalidURL, url: str, started: bool) -> ProviderError:
