@@ -218,6 +218,16 @@ class Proxy:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def logged(self, text: str, within: float = 10.0) -> bool:
+        """Whether `text` shows in the access log; proxy.py writes a tunnel's line when it closes, a moment
+        after the client has gone, so wait for it."""
+        deadline = time.monotonic() + within
+        while text not in self.log_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def start_proxy(folder: Path, *extra: str) -> Iterator[Proxy]:
     """proxy.py on 127.0.0.1 in its own process; its access log shows what went through it."""
@@ -272,7 +282,7 @@ def test_https_proxy_tunnels_tls(tmp_path: Path, tls: TLSSetup, proxy: Proxy,
     tls.server.enqueue(reply.text("tunnelled"))
     config = make_config(tmp_path, tls.front.base_url, ca_bundle=str(tls.ca_file))
     assert chat(config) == "tunnelled"
-    assert f"CONNECT 127.0.0.1:{tls.front.port}" in proxy.log_text()
+    assert proxy.logged(f"CONNECT 127.0.0.1:{tls.front.port}"), proxy.log_text()
 
 
 def test_llm_proxy_from_config(tmp_path: Path, fake_server: FakeLLMServer, proxy: Proxy) -> None:
