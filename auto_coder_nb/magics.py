@@ -70,6 +70,9 @@ class _KernelState:
     history: KernelHistory = field(default_factory=KernelHistory)
     session: Session | None = None
     worker: _Worker | None = None
+    # How the session's configuration was read, to read it again before each request.
+    config_flags: dict[str, Any] = field(default_factory=dict)
+    config_dir: Path | None = None
 
 
 _state: _KernelState | None = None
@@ -121,8 +124,22 @@ def get_session(shell: Any = None) -> Session:
         from .config import load_config
 
         root = notebook_directory(state.shell)
+        state.config_flags, state.config_dir = {}, root
         state.session = _create_session(load_config(cwd=root), state, root)
     return state.session
+
+
+def _refresh_config(state: _KernelState) -> None:
+    """Environment variables and config files changed since the session was made apply from the next
+    request on (users set os.environ or edit .auto-coder.yaml in the notebook); the conversation stays."""
+    from .config import load_config
+
+    if state.session is None or state.config_dir is None:
+        return
+    config = load_config(state.config_flags, cwd=state.config_dir)
+    if state.session.apply_config(config):
+        print(f"Configuration changed: now {config.llm.model} at {config.llm.base_url}, "
+              f"approval mode {config.agent.approval_mode}.")
 
 
 def _create_session(config: Config, state: _KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
@@ -515,6 +532,7 @@ def _run_magic(state: _KernelState, args: Any, prompt: str) -> None:
     shell = state.shell
     if args.working_dir:
         _change_working_dir(state, args.working_dir)
+    _refresh_config(state)
     session = get_session(shell)
     if args.doctor:
         from .doctor import run_doctor
@@ -583,7 +601,8 @@ def _change_working_dir(state: _KernelState, directory: str) -> None:
         from .errors import ConfigError
 
         raise ConfigError(f"--working-dir {directory}: not a folder")
-    config = load_config({"agent.working_dir": str(root)}, cwd=root)
+    state.config_flags, state.config_dir = {"agent.working_dir": str(root)}, root
+    config = load_config(state.config_flags, cwd=root)
     fresh = _create_session(config, state, root, state.session.provider if state.session else None)
     if state.session is None:
         state.session = fresh

@@ -61,6 +61,25 @@ class Session:
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
         return cls(config, provider, tools, workspace, conversation, policy, agent)
 
+    def apply_config(self, config: Config) -> bool:
+        """Take settings changed since the session was made, keeping the conversation: a new provider when
+        the endpoint, model or authentication changed; the approval mode and the agent's limits. True if any did.
+        (The workspace root and command timeout stay: the tools are bound to them.)"""
+        changed = False
+        if (config.llm, config.auth) != (self.config.llm, self.config.auth):
+            from .providers.openai_compatible import OpenAICompatibleProvider
+
+            self.provider = self.agent.provider = OpenAICompatibleProvider(config)
+            self.config.llm, self.config.auth = config.llm, config.auth
+            changed = True
+        for name in ("approval_mode", "max_iterations", "context_window"):
+            if getattr(config.agent, name) != getattr(self.agent.config, name):
+                setattr(self.agent.config, name, getattr(config.agent, name))
+                changed = True
+        self.policy.mode = self.agent.config.approval_mode
+        self.config.sources, self.config.files = config.sources, config.files
+        return changed
+
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""
         self.conversation.clear()

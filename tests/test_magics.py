@@ -430,3 +430,24 @@ def test_always_answer_allows_the_rest_of_the_session_until_reset(kernel: Kernel
     server.enqueue(reply.tool_call("run_code", {"code": "third_run = 3"}), reply.text("Asked again."))
     asked = kernel.execute("%autocoder --context none once more", answers=["n"])
     assert len([m for m in asked.messages if m["msg_type"] == "input_request"]) == 1
+
+
+def test_changed_settings_apply_to_the_next_magic_and_keep_the_conversation(kernel: Kernel,
+                                                                           server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder --context none first question")
+    conversation_id = server.chat_requests[-1].headers["x-correlation-id"]
+    with FakeLLMServer() as other:
+        moved = kernel.execute(f"import os; os.environ['AUTO_CODER_BASE_URL'] = {other.base_url!r}\n"
+                               "%autocoder --context none second question")
+        assert f"Configuration changed: now fake-model at {other.base_url}" in moved.stdout
+        assert len(other.chat_requests) == 1
+        sent = other.chat_requests[0]
+        assert sent.headers["x-correlation-id"] == conversation_id
+        assert [m["content"] for m in sent.json["messages"] if m["role"] == "user"][-2:] == [
+            "first question", "second question"]
+        doctor = kernel.execute("%autocoder --doctor")
+        assert other.base_url in doctor.stdout
+    back = kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}\n"
+                          "%autocoder --context none third question")
+    assert "Configuration changed" in back.stdout
+    assert last_user_message(server) == "third question"
