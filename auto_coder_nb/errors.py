@@ -25,6 +25,10 @@ class ConnectionFailed(ProviderError):
     retryable = True
 
 
+class ConnectionRefused(ConnectionFailed):
+    """Nothing listens at the address: worth one quick retry (a server starting up), not four."""
+
+
 class RequestTimeout(ProviderError):
     retryable = True
 

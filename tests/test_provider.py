@@ -20,6 +20,7 @@ from auto_coder_nb.errors import (
     AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
+    ConnectionRefused,
     ContextOverflow,
     EndpointNotFound,
     ModelNotFound,
@@ -489,15 +490,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_connection_refused_names_the_url() -> None:
+def test_connection_refused_names_the_url_and_is_retried_once() -> None:
     config = Config()
     config.llm.base_url = f"http://127.0.0.1:{free_port()}/v1"
-    provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
-    with pytest.raises(ConnectionFailed) as caught:
+    config.sources["llm.base_url"] = "flag --base-url"
+    retries: list[str] = []
+    provider = OpenAICompatibleProvider(config, retry_base_delay=0.0, on_retry=retries.append)
+    with pytest.raises(ConnectionRefused) as caught:
         asyncio.run(collect(provider))
     message = str(caught.value)
     assert config.llm.base_url in message and "refused" in message
+    assert "from flag --base-url" in message and "--doctor" in message
     assert "Ollama" not in message
+    assert retries == ["connection refused, retrying in 0.0 s (1/1)"]
 
 
 def test_connection_refused_at_the_default_url_mentions_ollama() -> None:

@@ -28,6 +28,7 @@ from ..errors import (
     AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
+    ConnectionRefused,
     ContextOverflow,
     EndpointNotFound,
     ModelNotFound,
@@ -161,7 +162,7 @@ class OpenAICompatibleProvider(LLMProvider):
                 failure = error
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 failure = self._transport_error(exc, url, started)
-            if started or not failure.retryable or retries >= self.max_retries:
+            if started or not failure.retryable or retries >= self._retry_limit(failure):
                 raise failure from None
             retries += 1
             delay, notice = self._retry_notice(failure, retries, retry_after)
@@ -293,12 +294,16 @@ class OpenAICompatibleProvider(LLMProvider):
                 failure = error
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 failure = self._transport_error(exc, url, started=False)
-            if not failure.retryable or retries >= self.max_retries:
+            if not failure.retryable or retries >= self._retry_limit(failure):
                 raise failure from None
             retries += 1
             await self._wait_before_retry(failure, retries, retry_after)
 
     # -- retries and errors --------------------------------------------------------------
+
+    def _retry_limit(self, failure: ProviderError) -> int:
+        # A refused connection is one quick retry (a server starting up); four would make every typo cost 7 s.
+        return min(1, self.max_retries) if isinstance(failure, ConnectionRefused) else self.max_retries
 
     def retry_delay(self, retries: int, retry_after: float | None = None) -> float:
         """Seconds before retry number `retries` (1-based): the server's wish, else exponential backoff
@@ -312,7 +317,7 @@ class OpenAICompatibleProvider(LLMProvider):
         """The delay before retry number `retries`, and the sentence that tells the user (also to `on_retry`)."""
         delay = self.retry_delay(retries, retry_after)
         reason = "rate limited (429)" if isinstance(failure, RateLimited) else _short_reason(failure)
-        notice = f"{reason}, retrying in {delay:.1f} s ({retries}/{self.max_retries})"
+        notice = f"{reason}, retrying in {delay:.1f} s ({retries}/{self._retry_limit(failure)})"
         if self.on_retry is not None:
             self.on_retry(notice)
         return delay, notice
@@ -371,7 +376,7 @@ class OpenAICompatibleProvider(LLMProvider):
                                     f"http://localhost:11434/v1")
         if isinstance(exc, httpx.TimeoutException):
             if isinstance(exc, httpx.ConnectTimeout):
-                return ConnectionFailed(f"could not connect to {where}: timed out{self._ollama_hint()}")
+                return ConnectionFailed(f"could not connect to {where}: timed out{self._where_hint()}")
             what = "the answer stalled" if started else "no answer"
             timeout = RequestTimeout(f"{what} from {where} for {self.config.llm.timeout:g} s (llm.timeout)")
             timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
@@ -383,20 +388,24 @@ class OpenAICompatibleProvider(LLMProvider):
         if isinstance(exc, httpx.ProxyError):
             return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
         if isinstance(exc, httpx.ConnectError):
-            refused = "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError)
-            reason = "connection refused" if refused else self._redact(text) or "connection failed"
-            return ConnectionFailed(f"could not connect to {where}: {reason}{self._ollama_hint()}")
+            if "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError):
+                return ConnectionRefused(f"could not connect to {where}: connection refused{self._where_hint()}")
+            reason = self._redact(text) or "connection failed"
+            return ConnectionFailed(f"could not connect to {where}: {reason}{self._where_hint()}")
         if started:
             return StreamError(f"the connection to {where} broke mid-answer: {self._redact(text)}")
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
             return ConnectionFailed(f"the connection to {where} broke: {self._redact(text) or type(exc).__name__}")
         return ProviderError(f"request to {where} failed: {self._redact(text) or type(exc).__name__}")
 
-    def _ollama_hint(self) -> str:
-        if self.base_url != DEFAULT_BASE_URL.rstrip("/"):
-            return ""
-        return (". This is the default URL: Ollama does not seem to be running (start it with `ollama serve`), "
-                "or point elsewhere with --base-url, AUTO_CODER_BASE_URL or llm.base_url in .auto-coder.yaml")
+    def _where_hint(self) -> str:
+        """How to fix a connection failure: start Ollama or point elsewhere, or check the URL that was set."""
+        if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
+            return (". This is the default URL: Ollama does not seem to be running (start it with `ollama serve`), "
+                    "or point elsewhere with --base-url, AUTO_CODER_BASE_URL or llm.base_url in .auto-coder.yaml")
+        source = self.config.sources.get("llm.base_url", "default")
+        return (f". Check that the server is running and the URL is right (llm.base_url, from {source}); "
+                "the doctor (auto-coder --doctor, %autocoder --doctor) checks each step")
 
     def _server_message(self, response: httpx.Response) -> tuple[str, str | None]:
         """The server's own explanation (redacted, shortened) and its error code, from any usual shape."""
@@ -577,6 +586,8 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 def _short_reason(error: ProviderError) -> str:
     if error.status is not None:
         return f"server error ({error.status})"
+    if isinstance(error, ConnectionRefused):
+        return "connection refused"
     return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__
 
 
