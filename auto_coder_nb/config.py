@@ -155,7 +155,8 @@ def load_config(
 
     for key, value in (flags or {}).items():
         if value is not None:
-            _set(config, key, value, f"flag --{key.split('.')[-1].replace('_', '-')}", where="flag")
+            flag = f"--{key.split('.')[-1].replace('_', '-')}"
+            _set(config, key, value, f"flag {flag}", where=flag)
     return config
 
 
@@ -246,6 +247,8 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a string")
         if key == "agent.approval_mode" and value not in APPROVAL_MODES:
             raise wrong("one of " + ", ".join(APPROVAL_MODES))
+        if key == "llm.base_url" and not value.startswith(("http://", "https://")):
+            raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
         return value
     if kind == "bool":
         if isinstance(value, str) and value.lower() in ("true", "false"):

@@ -90,6 +90,7 @@ def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
         ("agent:\n  max_iterations: many\n", "agent.max_iterations: expected a positive whole number"),
         ("agent:\n  approval_mode: yolo\n", "agent.approval_mode: expected one of ask, auto-edit"),
         ("llm:\n  auth_headers: [a, b]\n", "llm.auth_headers: expected a mapping"),
+        ("llm:\n  base_url: localhost:8765/v1\n", "llm.base_url: expected a URL starting with http://"),
         ("models:\n  a: b\n", "unknown section 'models'"),
         ("- just a list\n", "expected a mapping"),
     ],
@@ -154,5 +155,7 @@ def test_cli_version_and_usage_errors(dirs: tuple[Path, Path], clean_env: dict[s
     assert version.returncode == 0 and version.stdout.startswith("auto-coder ")
     bad = run_cli("--approval-mode", "sometimes", "hi", cwd=cwd, env=env)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    no_scheme = run_cli("--base-url", "localhost:8765/v1", "hi", cwd=cwd, env=env)
+    assert no_scheme.returncode == 2 and "--base-url: llm.base_url: expected a URL" in no_scheme.stderr
     missing = run_cli("-d", str(cwd / "nowhere"), "hi", cwd=cwd, env=env)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
