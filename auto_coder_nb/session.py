@@ -14,7 +14,7 @@ from pathlib import Path
 from .agent import Agent
 from .approvals import ApprovalPolicy
 from .config import Config
-from .providers.base import LLMProvider, ToolDefinition
+from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
@@ -86,10 +86,11 @@ class Session:
         return self.conversation.correlation_id
 
     def reset(self) -> str:
-        """clear() plus session state: approvals given "for this session" and what the model has read.
-        Returns the new id. Undo checkpoints stay: a reset should not lose the way back."""
+        """clear() plus session state: approvals given "for this session", what the model has read and the
+        token count. Returns the new id. Undo checkpoints stay: a reset should not lose the way back."""
         self.policy.reset()
         self.workspace.forget_reads()
+        self.conversation.usage = Usage()
         return self.clear()
 
     def undo(self) -> str:

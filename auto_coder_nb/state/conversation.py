@@ -22,14 +22,13 @@ class Conversation:
         self.system_prompt = system_prompt
         self.messages: list[dict[str, Any]] = []
         self.correlation_id = new_correlation_id()
-        self.usage = Usage()
+        self.usage = Usage()  # tokens used this session, across clear()
         self.clear()
 
     def clear(self) -> None:
-        """Forget the history and start a new correlation id."""
+        """Forget the history and start a new correlation id. The tokens used so far stay counted."""
         self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         self.correlation_id = new_correlation_id()
-        self.usage = Usage()
 
     @property
     def headers(self) -> dict[str, str]:
