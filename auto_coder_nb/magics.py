@@ -456,9 +456,26 @@ def _key_argument(event: ToolCallStarted) -> str:
 
 
 def code_blocks(markdown: str) -> list[str]:
-    """The Python (or unlabelled) fenced code blocks of an answer, in order."""
-    return [match.group(2) for match in _FENCED_BLOCK.finditer(markdown)
-            if match.group(1).lower() in _PYTHON_LANGUAGES and match.group(2).strip()]
+    """The Python fenced code blocks of an answer, in order. An unlabelled block counts only when it is
+    valid (IPython) Python: models also fence tracebacks and output without a label."""
+    blocks = []
+    for match in _FENCED_BLOCK.finditer(markdown):
+        language, code = match.group(1).lower(), match.group(2)
+        if language in _PYTHON_LANGUAGES and code.strip() and (language or _is_python(code)):
+            blocks.append(code)
+    return blocks
+
+
+def _is_python(code: str) -> bool:
+    import ast
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        ast.parse(TransformerManager().transform_cell(code))
+    except SyntaxError:
+        return False
+    return True
 
 
 # -- the magics -----------------------------------------------------------------------------------

@@ -451,3 +451,11 @@ def test_changed_settings_apply_to_the_next_magic_and_keep_the_conversation(kern
                           "%autocoder --context none third question")
     assert "Configuration changed" in back.stdout
     assert last_user_message(server) == "third question"
+
+
+def test_insert_takes_python_blocks_and_unlabelled_ones_only_when_they_are_python() -> None:
+    from auto_coder_nb.magics import code_blocks
+
+    answer = ("The error:\n```\nTraceback (most recent call last):\nZeroDivisionError: division by zero\n```\n"
+              "Fixed:\n```\n%time total = 1 + 1\n```\n```python\nprint(total)\n```\n```bash\nls\n```\n")
+    assert code_blocks(answer) == ["%time total = 1 + 1\n", "print(total)\n"]
