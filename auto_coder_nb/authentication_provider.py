@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import inspect
 import json
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .config import Config, load_config
+from .config import Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -456,16 +455,9 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
 
 def load_provider_class(spec: str) -> type:
     """The class named by `auth.provider` ("package.module:Class")."""
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise ConfigError(f"auth.provider: expected 'module:Class', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"auth.provider: cannot import {module_name}: {exc}") from None
-    cls = getattr(module, class_name, None)
+    cls = load_object(spec, "auth.provider")
     if not isinstance(cls, type):
-        raise ConfigError(f"auth.provider: {module_name} has no class {class_name}")
+        raise ConfigError(f"auth.provider: {spec} is not a class")
     return cls
 
 

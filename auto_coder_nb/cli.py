@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     from .session import Session
 
-    session = Session.create(config, working_dir=root)
+    try:
+        session = Session.create(config, working_dir=root)
+    except ConfigError as exc:
+        print(f"auto-coder: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     loop = asyncio.new_event_loop()
     try:
         if prompt:

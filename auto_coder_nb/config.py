@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ class AgentConfig:
     context_window: int = 32768
     system_prompt: str | None = None
     working_dir: str | None = None
+    tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
 
 
 @dataclass
@@ -158,6 +160,21 @@ def load_config(
             flag = f"--{key.split('.')[-1].replace('_', '-')}"
             _set(config, key, value, f"flag {flag}", where=flag)
     return config
+
+
+def load_object(spec: str, key: str) -> Any:
+    """The object named by a "package.module:name" setting, or a ConfigError naming `key`."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"{key}: expected 'module:name', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}: cannot import {module_name}: {exc}") from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
 def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -282,6 +299,6 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong("a list of file paths")
+            raise wrong("a list of strings")
         return list(value)
     raise AssertionError(f"unhandled type {kind} for {key}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config
+from .config import Config, load_object
+from .errors import ConfigError
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
@@ -49,7 +50,7 @@ class Session:
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
-        for tool in extra_tools:
+        for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
         if provider is None:
             from .providers.openai_compatible import OpenAICompatibleProvider
@@ -98,3 +99,15 @@ class Session:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+def configured_tools(config: Config) -> list[ToolDefinition]:
+    """The tools named in `agent.tools`: each "module:name" is a ToolDefinition or a list of them."""
+    found: list[ToolDefinition] = []
+    for spec in config.agent.tools:
+        value = load_object(spec, "agent.tools")
+        for tool in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(tool, ToolDefinition):
+                raise ConfigError(f"agent.tools: {spec} is not a ToolDefinition (or a list of them)")
+            found.append(tool)
+    return found

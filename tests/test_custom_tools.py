@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 from auto_coder_nb.config import Config
@@ -57,3 +58,21 @@ def test_seed_example_registers_a_tool_the_agent_can_call(tmp_path: Path) -> Non
     sent = {t["function"]["name"]: t["function"] for t in server.chat_requests[0].json["tools"]}
     assert sent["my_tool"]["description"] == "Does something useful"
     assert sent["my_tool"]["parameters"]["required"] == ["arg1"]
+
+
+def test_tools_named_in_the_config_reach_the_cli(tmp_path: Path, fake_server: FakeLLMServer,
+                                                 clean_env: dict[str, str]) -> None:
+    (tmp_path / "team_tools.py").write_text(SEED_EXAMPLE)
+    (tmp_path / ".auto-coder.yaml").write_text("agent:\n  tools: ['team_tools:tool']\n")
+    fake_server.enqueue(reply.tool_call("my_tool", {"arg1": "from the CLI"}), reply.text("done"))
+    env = clean_env | {"HOME": str(tmp_path), "PYTHONPATH": str(tmp_path), "AUTO_CODER_BASE_URL": fake_server.base_url}
+    result = subprocess.run(["auto-coder", "use my tool"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert fake_server.chat_requests[1].json["messages"][-1]["content"] == '{"result": "Processed from the CLI"}'
+
+    (tmp_path / ".auto-coder.yaml").write_text("agent:\n  tools: ['team_tools:my_tool']\n")
+    result = subprocess.run(["auto-coder", "use my tool"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "agent.tools: team_tools:my_tool is not a ToolDefinition" in result.stderr
