@@ -148,6 +148,8 @@ def test_runs_as_a_module_and_is_scripted_over_http() -> None:
         base_url = line.split()[-1]
         root = base_url.removesuffix("/v1")
         assert httpx.post(f"{root}/_script", json=[reply.text("scripted")]).json() == {"queued": 1}
+        bad = httpx.post(f"{root}/_script", json=[{"type": "bogus"}])
+        assert bad.status_code == 400 and "unknown reply type 'bogus'" in bad.json()["error"]["message"]
         answer = httpx.post(f"{base_url}/chat/completions", json={"messages": []}).json()
         assert answer["choices"][0]["message"]["content"] == "scripted"
         assert httpx.get(f"{root}/_requests").json()[0]["path"] == "/v1/chat/completions"

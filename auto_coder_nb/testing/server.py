@@ -363,7 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if request.path == "/_script" and request.method == "POST":
             specs = request.json
-            fake.enqueue(*(specs if isinstance(specs, list) else [specs]))
+            try:
+                fake.enqueue(*(specs if isinstance(specs, list) else [specs]))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._send_json(400, {"error": {"message": f"bad reply spec: {type(exc).__name__}: {exc}"}})
+                return
             self._send_json(200, {"queued": fake.queued})
         elif request.path == "/_script" and request.method == "DELETE":
             fake.clear()
