@@ -18,7 +18,7 @@ import httpx
 
 from . import auth
 from .authentication_provider import AuthenticationProvider, hide_secrets
-from .config import Config
+from .config import DEFAULT_BASE_URL, Config
 from .errors import AutoCoderError, ProviderError
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .state.conversation import new_correlation_id
@@ -92,7 +92,7 @@ class _Doctor:
             return self.summary()
         reach, tls = self.check_connection()
         if reach.result == FAIL or tls.result == FAIL:
-            self.skip(later[2:], "the server cannot be reached safely yet")
+            self.skip(later[2:], "needs a connection" if reach.result == FAIL else "needs TLS to be verified")
             return self.summary()
         accepted, response = self.check_authentication()
         if accepted.result == FAIL:
@@ -103,12 +103,14 @@ class _Doctor:
         return self.summary()
 
     def summary(self) -> bool:
-        failed = [row.step for row in self.rows if row.result in (FAIL, SKIP)]
-        if failed:
-            self.write(f"{len(failed)} of {len(self.rows)} checks did not pass: {', '.join(failed)}.")
+        failed = [row.step for row in self.rows if row.result == FAIL]
+        skipped = [row.step for row in self.rows if row.result == SKIP]
+        if failed or skipped:
+            also = f" ({len(skipped)} more could not run)" if skipped else ""
+            self.write(f"{len(failed)} of {len(self.rows)} checks failed: {', '.join(failed)}{also}.")
         else:
             self.write(f"All {len(self.rows)} checks passed.")
-        return not failed
+        return not (failed or skipped)
 
     def check_configuration(self) -> Row:
         config = self.config
@@ -176,9 +178,13 @@ class _Doctor:
                       "check llm.base_url and your network; behind a corporate proxy set HTTPS_PROXY or llm.proxy")
         else:
             source = self.config.sources.get("llm.base_url", "default")
+            hint = (f"check that the server runs and llm.base_url is right (from {source}); behind a proxy "
+                    "set HTTPS_PROXY or llm.proxy")
+            if self.config.llm.base_url.rstrip("/") == DEFAULT_BASE_URL.rstrip("/"):
+                hint = ("this is the default URL: start Ollama (`ollama serve`), or point elsewhere with "
+                        "--base-url, AUTO_CODER_BASE_URL or llm.base_url")
             row = Row("base URL reachable", FAIL, f"{type(exc).__name__}: {exc or 'connection failed'} ({route})",
-                      f"check that the server runs and llm.base_url is right (from {source}); behind a proxy "
-                      "set HTTPS_PROXY or llm.proxy")
+                      hint)
         reach = self.add(row)
         return reach, self.add(Row("TLS verified", SKIP, "skipped: no connection"))
 
