@@ -102,6 +102,7 @@ def test_unreachable_server(tmp_path: Path) -> None:
     assert results(lines)["base URL reachable"] == "FAIL"
     assert "flag --base-url" in row(lines, "base URL reachable")
     assert all(results(lines)[step] == "SKIP" for step in STEPS[2:])
+    assert lines[-1] == "1 of 7 checks failed: base URL reachable (5 more could not run)."
 
 
 def test_model_not_listed_and_no_tool_call(tmp_path: Path, fake_server: FakeLLMServer) -> None:
