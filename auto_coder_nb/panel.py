@@ -51,8 +51,11 @@ PAGE_SIZE = 50  # children per page of a growing column
 PREVIEW_LIMIT = 20000  # characters of a diff or command shown in an approval card
 SUMMARY_LIMIT = 300
 SUMMARY_LINES = 3  # lines of a tool result shown on its card
+TITLE_VALUE = 60  # characters of one argument value shown in a tool card's one-line title
+TITLE_LIMIT = 120  # characters of all the arguments in that title
 
-IDLE, THINKING, RUNNING_TOOL, WAITING = "idle", "thinking", "running a tool", "waiting for approval"
+IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"
+RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
 TURN_END_NOTES = {
     "max_iterations": "Stopped at the request limit for one turn.",
     "repeated_call": "Stopped: the same tool call was repeated.",
@@ -249,6 +252,12 @@ STYLE = """<style>
 .autocoder-header > .autocoder-status { flex: 1 1 auto; text-align: right; }
 .autocoder-status { font-size: 12px; color: var(--jp-ui-font-color2, #666); }
 .autocoder-status code { font-size: 11px; }
+/* The id shows its first 8 characters; the element holds it all, so a click selects and copies the full id. */
+.autocoder-id { display: inline-block; max-width: 9.5ch; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; vertical-align: middle; user-select: all; cursor: text;
+  font-family: var(--jp-code-font-family, monospace); }
+.autocoder-model { display: inline-block; max-width: 180px; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; vertical-align: top; }
 .autocoder-state { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eef; }
 .autocoder-state-idle { background: #e8f5e9; }
 .autocoder-state-waiting { background: #fff3cd; }
@@ -268,6 +277,8 @@ STYLE = """<style>
 .autocoder-assistant p { margin: 4px 0; }
 .autocoder-assistant pre, .autocoder-card pre { background: var(--jp-layout-color2, #f6f8fa); padding: 8px;
   border-radius: 6px; overflow-x: auto; font-size: 12px; margin: 0; white-space: pre; }
+.autocoder-assistant blockquote { margin: 4px 0; padding: 0 10px; border-left: 3px solid
+  var(--jp-border-color1, #bbb); color: var(--jp-ui-font-color2, #555); }
 .autocoder-assistant table { border-collapse: collapse; } .autocoder-assistant td, .autocoder-assistant th {
   border: 1px solid #ccc; padding: 2px 6px; }
 .autocoder-code { border: 1px solid var(--jp-border-color2, #e1e4e8); border-radius: 6px; margin: 4px 0; }
@@ -279,8 +290,13 @@ STYLE = """<style>
   border-radius: 6px; padding: 4px 8px; margin: 4px 0; font-size: 12px; }
 .autocoder-card-ok { border-left-color: #16a34a; } .autocoder-card-error { border-left-color: #dc2626; }
 .autocoder-card-ask { border-left-color: #d97706; background: #fffbeb; }
+.autocoder-card-denied { border-left-color: #9ca3af; }
 .autocoder-card-head { font-family: var(--jp-code-font-family, monospace); }
 .autocoder-badge { font-size: 11px; padding: 0 6px; border-radius: 8px; background: #eee; margin-left: 6px; }
+.autocoder-args summary { cursor: pointer; color: var(--jp-ui-font-color2, #666); font-size: 11px; }
+.autocoder-args pre { white-space: pre-wrap; margin: 2px 0 4px; }
+.autocoder-outcome { font-style: italic; color: var(--jp-ui-font-color2, #555); }
+.autocoder-reason { width: 280px; }
 .autocoder-summary { color: var(--jp-ui-font-color2, #555); white-space: pre-wrap; font-family:
   var(--jp-code-font-family, monospace); font-size: 11px; }
 .autocoder-diff .add { color: #15803d; } .autocoder-diff .del { color: #b91c1c; }
@@ -292,6 +308,9 @@ STYLE = """<style>
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }
+/* ipywidgets only fades a disabled button, so a disabled Stop still looks half-active: grey it out. */
+.autocoder-panel .jupyter-button:disabled { background: var(--jp-layout-color3, #e0e0e0);
+  color: var(--jp-ui-font-color3, #888); opacity: 1; box-shadow: none; cursor: not-allowed; }
 </style>"""
 
 
@@ -399,15 +418,50 @@ def _diff_html(preview: str) -> str:
     return '<pre class="autocoder-diff">' + "\n".join(lines) + "</pre>"
 
 
-def _arguments_text(arguments: dict[str, Any] | None, raw: str) -> str:
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _title_value(value: Any) -> str:
+    """One argument for a one-line title: multi-line text as its line count, long values cut."""
+    if isinstance(value, str) and "\n" in value:
+        lines = len(value.splitlines())
+        return f"<{lines} line{'' if lines == 1 else 's'}>"
+    return _clip(json.dumps(value, ensure_ascii=False), TITLE_VALUE)
+
+
+def _arguments_title(arguments: dict[str, Any] | None, raw: str) -> str:
     if arguments is None:
-        return _short(raw, 200)
-    shown = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
-    return _short(shown, 200)
+        return _clip(" ".join(raw.split()), TITLE_LIMIT)
+    return _clip(", ".join(f"{key}={_title_value(value)}" for key, value in arguments.items()), TITLE_LIMIT)
 
 
-def _usage_text(usage: Usage) -> str:
+def _arguments_detail(arguments: dict[str, Any] | None, raw: str) -> str:
+    """The full arguments, text values as they are (real line breaks), folded under the title."""
+    if arguments is None:
+        body = f"<pre>{html.escape(_short(raw, PREVIEW_LIMIT))}</pre>"
+    else:
+        body = "".join(
+            f"<div><b>{html.escape(key)}</b></div><pre>"
+            f"{html.escape(_short(value if isinstance(value, str) else json.dumps(value, indent=2), PREVIEW_LIMIT))}"
+            "</pre>"
+            for key, value in arguments.items()
+        )
+    return f'<details class="autocoder-args"><summary>arguments</summary>{body}</details>'
+
+
+def _usage_text(usage: Usage | None) -> str:
+    if usage is None:  # nothing reported yet: a 0 would be wrong while tokens are spent
+        return "—"
     return f"{usage.prompt_tokens:,} in / {usage.completion_tokens:,} out"
+
+
+def _tool_card(call_id: str, name: str, arguments: dict[str, Any] | None, raw: str) -> _ToolCard:
+    """A card titled by its arguments in one line; the full arguments fold under it when the title shortened them."""
+    title = _arguments_title(arguments, raw)
+    whole = raw if arguments is None else ", ".join(
+        f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
+    return _ToolCard(call_id, name, title, _arguments_detail(arguments, raw) if title != whole else "")
 
 
 class _Stack:
@@ -518,13 +572,16 @@ class _PlainText:
 
 
 class _ToolCard:
-    def __init__(self, call_id: str, name: str, arguments: str) -> None:
+    def __init__(self, call_id: str, name: str, arguments: str, detail: str = "") -> None:
         self.call_id, self.name, self.arguments = call_id, name, arguments
         self.head = _html(self._head("running"), "autocoder-card-head")
         self.summary = _html("", "autocoder-summary")
-        self.box = _box([self.head], "autocoder-card", "autocoder-tool")
+        children = [self.head, _html(detail, "autocoder-detail")] if detail else [self.head]
+        self.box = _box(children, "autocoder-card", "autocoder-tool")
         self.buttons: list[widgets.Button] = []
+        self.question: widgets.HTML | None = None  # "Allow this change?", replaced by the answer
         self.answered = False
+        self.denied = False
 
     def _head(self, status: str) -> str:
         return (f"<b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
@@ -542,8 +599,13 @@ class _ToolCard:
         for button in self.buttons:
             button.disabled = True
         self.buttons = []
-        self.box.children = tuple(c for c in self.box.children if not isinstance(c, widgets.HBox)) + (
-            _html(f"<i>{html.escape(note)}</i>", "autocoder-summary"),)
+        outcome = _html(html.escape(note), "autocoder-outcome")
+        children = [c for c in self.box.children if not isinstance(c, widgets.HBox)]
+        if self.question in children:
+            children[children.index(self.question)] = outcome
+        else:
+            children.append(outcome)
+        self.box.children = tuple(children)
 
 
 class ChatPanel:
@@ -570,7 +632,7 @@ class ChatPanel:
         self._namespace = namespace
         self._task: asyncio.Task[None] | None = None
         self._state = IDLE
-        self._turn_usage = Usage()
+        self._turn_usage: Usage | None = None  # None until the turn's first UsageUpdate
         self._records: list[tuple[str, str | _TextPart]] = []  # (role, text or the streaming part)
         self._parts: list[_TextPart | _PlainText] = []  # parts with text not yet shown
         self._turn = _box([], "autocoder-turn")
@@ -700,7 +762,7 @@ class ChatPanel:
             self._records.clear()
             self._parts.clear()
             self._cards.clear()
-            self._turn_usage = Usage()
+            self._turn_usage = None
             self._transcript.clear()
             self._notice(f"New conversation. Correlation id {new_id}.")
             self._show_status()
@@ -726,7 +788,7 @@ class ChatPanel:
 
     def _begin_turn(self, message: str) -> None:
         self._set_busy(True)
-        self._turn_usage = Usage()
+        self._turn_usage = None
         self._records.append(("user", message))
         self._transcript.append(_html(html.escape(message), "autocoder-msg", "autocoder-user"))
         self._turn = _box([], "autocoder-turn")
@@ -739,6 +801,7 @@ class ChatPanel:
         self._end_text()
         for card in self._open_cards:
             card.close_approval("Not answered: the turn ended.")
+            card.status("not run")
         self._open_cards.clear()
         self._in_turn = False
         self._set_busy(False)
@@ -749,9 +812,13 @@ class ChatPanel:
                 self._part = _TextPart(self)
                 self._records.append(("assistant", self._part))
                 self._add_to_turn(self._part.box)
+            if self._state != ANSWERING:
+                self._set_state(ANSWERING)
             self._part.feed(event.text)
             self._mark_dirty(self._part)
         elif isinstance(event, ReasoningDelta):
+            if self._state != THINKING:
+                self._set_state(THINKING)
             if self._reasoning is None:
                 self._reasoning = _PlainText()
                 accordion = widgets.Accordion([self._reasoning.box], titles=("Reasoning",), selected_index=None)
@@ -761,7 +828,7 @@ class ChatPanel:
             self._mark_dirty(self._reasoning)
         elif isinstance(event, ToolCallStarted):
             self._end_text()
-            card = _ToolCard(event.call_id, event.name, _arguments_text(event.arguments, event.raw_arguments))
+            card = _tool_card(event.call_id, event.name, event.arguments, event.raw_arguments)
             self._cards[event.call_id] = card
             self._add_to_turn(card.box)
             self._set_state(RUNNING_TOOL, event.name)
@@ -822,7 +889,7 @@ class ChatPanel:
     def _card_for(self, call_id: str, name: str, arguments: dict[str, Any]) -> _ToolCard:
         card = self._cards.get(call_id)
         if card is None:
-            card = _ToolCard(call_id, name, _arguments_text(arguments, ""))
+            card = _tool_card(call_id, name, arguments, "")
             self._cards[call_id] = card
             self._add_to_turn(card.box)
         return card
@@ -833,12 +900,16 @@ class ChatPanel:
         what = "this command" if request.kind == "command" else "this change"
         self._records.append(("tool", f"{request.tool}: waiting for approval"))
         card.status("waiting for approval", "autocoder-card-ask")
-        body = _html(f"<div>Allow {what}?</div>{_diff_html(request.preview)}", "autocoder-preview")
+        card.question = _html(f"Allow {what}?", "autocoder-question")
+        preview = _html(_diff_html(request.preview), "autocoder-preview")
+        # Synced on blur, which comes before the Deny click, so the click sees the whole reason.
+        reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
+        reason.add_class("autocoder-reason")
         card.buttons = self._approval_buttons(
-            lambda: request.approve(), lambda: request.approve(always=True),
-            lambda: request.deny("the user clicked Deny in the chat panel"), card, request.kind,
+            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card, request.kind, reason
         )
-        card.box.children = (*card.box.children, body, _box(card.buttons, "autocoder-approval", horizontal=True))
+        row = _box([*card.buttons[:2], reason, card.buttons[2]], "autocoder-approval", horizontal=True)
+        card.box.children = (*card.box.children, card.question, preview, row)
         self._open_cards.append(card)
         self._set_state(WAITING, request.tool)
 
@@ -846,24 +917,42 @@ class ChatPanel:
         self,
         approve: Callable[[], None],
         always: Callable[[], None],
-        deny: Callable[[], None],
+        deny: Callable[[str], None],
         card: _ToolCard,
         kind: str,
+        reason: widgets.Text | None = None,
     ) -> list[widgets.Button]:
-        """Approve / Always for this session / Deny; each click is answered once, on the loop."""
+        """Approve / Always for this session / Deny; each click is answered once, on the loop.
+        Deny passes the text of `reason` (if given) on, for the model to read."""
 
-        def answer(action: Callable[[], None], note: str) -> Callable[[], None]:
+        def once(act: Callable[[], None]) -> Callable[[], None]:
             def on_loop() -> None:
                 if card.answered:
                     return
                 if card in self._open_cards:
                     self._open_cards.remove(card)
+                act()
+
+            return on_loop
+
+        def allow(action: Callable[[], None], note: str) -> Callable[[], None]:
+            def act() -> None:
                 card.close_approval(note)
+                card.status("running")
                 action()
                 if self.running:
                     self._set_state(RUNNING_TOOL, card.name)
 
-            return on_loop
+            return once(act)
+
+        def refuse() -> None:
+            why = reason.value.strip() if reason is not None else ""
+            card.denied = True
+            card.close_approval(f"Denied: {why}" if why else "Denied.")
+            card.status("denied", "autocoder-card-denied")
+            deny(why)
+            if self.running:
+                self._set_state(THINKING)
 
         buttons = [
             _button("Approve", "success", "autocoder-approve"),
@@ -871,13 +960,18 @@ class ChatPanel:
                     "autocoder-always"),
             _button("Deny", "danger", "autocoder-deny"),
         ]
-        buttons[0].on_click(self._handover(answer(approve, "Approved.")))
-        buttons[1].on_click(self._handover(answer(always, "Approved for the rest of this session.")))
-        buttons[2].on_click(self._handover(answer(deny, "Denied.")))
+        buttons[0].on_click(self._handover(allow(approve, "Approved.")))
+        buttons[1].on_click(self._handover(allow(always, "Approved for the rest of this session.")))
+        buttons[2].on_click(self._handover(once(refuse)))
         return buttons
 
     def _tool_result(self, result: ToolResult) -> None:
         card = self._card_for(result.call_id, result.name, {})
+        if card.denied:  # the user's choice, not a failure: the card already says why
+            card.status("denied", "autocoder-card-denied")
+            self._records.append(("tool", f"{result.name}: denied: {_short(result.output)}"))
+            self._set_state(THINKING)
+            return
         lines = result.output.count("\n") + 1
         status = "error" if result.is_error else "done"
         card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
@@ -912,18 +1006,16 @@ class ChatPanel:
         if decision == "allow":
             self._execute_code(code, box, result)
             return
-        card = _ToolCard("", "run_code", _short(code.strip().split("\n", 1)[0], 80))
+        card = _ToolCard("", "run_code", _clip(code.strip().split("\n", 1)[0], 80))
         card.status("waiting for approval", "autocoder-card-ask")
 
         def always() -> None:
             self.session.policy.allow_always("command")
             self._execute_code(code, box, result, card)
 
-        def deny() -> None:
-            card.status("denied", "autocoder-card-error")
-
-        card.buttons = self._approval_buttons(lambda: self._execute_code(code, box, result, card), always, deny,
-                                              card, "command")
+        # No model waits on this run, so a denial has no one to tell.
+        card.buttons = self._approval_buttons(lambda: self._execute_code(code, box, result, card), always,
+                                              lambda _reason: None, card, "command")
         card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
         _append(box, card.box)
 
@@ -964,10 +1056,11 @@ class ChatPanel:
         detail = self._state_detail
         state = f"{self._state}: {detail}" if detail and self._state in (RUNNING_TOOL, WAITING) else self._state
         css = {IDLE: "idle", WAITING: "waiting"}.get(self._state, "busy")
+        model, full_id = html.escape(self.session.config.llm.model), html.escape(conversation.correlation_id)
         self._status.value = (
-            f"{html.escape(self.session.config.llm.model)} · "
+            f'<span class="autocoder-model" title="{model}">{model}</span> · '
             f'<span class="autocoder-state autocoder-state-{css}">{html.escape(state)}</span> · '
-            f'id <code class="autocoder-id">{html.escape(conversation.correlation_id)}</code> · '
+            f'id <code class="autocoder-id" title="Correlation id {full_id} (click to select)">{full_id}</code> · '
             f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
         )
 

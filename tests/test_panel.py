@@ -7,6 +7,7 @@ Clicks go through the buttons' own `click()`, so they take the same path as clic
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ import pytest
 
 from auto_coder_nb.config import load_config
 from auto_coder_nb.events import TextDelta
-from auto_coder_nb.panel import ChatPanel, block_html, inline_html, markdown_html, take_blocks
+from auto_coder_nb.panel import ChatPanel, _arguments_title, block_html, inline_html, markdown_html, take_blocks
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -84,6 +85,11 @@ def test_markdown_inline_and_blocks() -> None:
     assert "<th>a</th>" in table and "<td>2</td>" in table
 
 
+def test_markdown_blockquote() -> None:
+    rendered = markdown_html("> quoted *line*\n> second\n\nafter")
+    assert rendered == "<blockquote><p>quoted <em>line</em><br>second</p></blockquote><p>after</p>"
+
+
 def test_blocks_split_only_when_finished() -> None:
     blocks, rest = take_blocks("para one\nstill one\n\n```python\nx = 1\n\ny = 2\n")
     assert [b.text for b in blocks] == ["para one\nstill one"]
@@ -113,7 +119,41 @@ def test_send_streams_markdown_answer_and_goes_idle(fake_server: FakeLLMServer, 
         status = panel._status.value
         assert "fake-model" in status and "idle" in status and panel.correlation_id in status
         assert "session" in status and " out" in status
+        # The header shows the id shortened (CSS), with the whole id in the element and its tooltip.
+        assert f'title="Correlation id {panel.correlation_id}' in status
+        assert f">{panel.correlation_id}</code>" in status
         assert fake_server.requests[-1].headers["x-correlation-id"] == panel.correlation_id
+
+    run(scenario)
+
+
+def test_status_thinking_then_answering_and_turn_tokens_only_once_known(
+    fake_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        assert "tokens turn — ·" in panel._status.value  # no turn yet
+        usage = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
+        fake_server.enqueue(reply.text("The answer.", reasoning="Let me think.", chunks=2, usage=usage,
+                                       wait_for="mid-reasoning", wait_after=2))
+        panel.send("q")
+        await until(lambda: find(panel.widget, "autocoder-reasoning"), "the reasoning")
+        assert panel.state == "thinking" and ">thinking<" in panel._status.value
+        assert "tokens turn — ·" in panel._status.value
+        fake_server.release("mid-reasoning")
+        await panel.wait()
+        assert "tokens turn 1,234 in / 56 out" in panel._status.value
+
+        fake_server.enqueue(reply.text("word " * 50, chunks=50, wait_for="mid-answer", wait_after=5))
+        panel.send("again")
+        await until(lambda: "word" in html_of(panel.widget), "the first words")
+        assert panel.state == "answering" and ">answering<" in panel._status.value
+        assert "tokens turn — ·" in panel._status.value  # the last turn's numbers are gone, this one's unknown
+        panel.stop()
+        await panel.wait()
+        fake_server.release("mid-answer")
+        assert panel.state == "idle" and "tokens turn — ·" in panel._status.value
+        assert "session 1,234 in / 56 out" in panel._status.value
 
     run(scenario)
 
@@ -156,6 +196,34 @@ def test_tool_card_shows_arguments_status_and_summary(fake_server: FakeLLMServer
     run(scenario)
 
 
+def test_tool_card_title_is_one_line_with_the_full_arguments_folded(
+    fake_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        content = "def greet(name):\n    return f'Hello, {name}!'\n\nprint(greet('you'))\n"
+        panel = ChatPanel(make_session(fake_server, tmp_path, mode="full-auto"))
+        fake_server.enqueue(reply.tool_call("write_file", {"path": "greet.py", "content": content}),
+                            reply.tool_call("read_file", {"path": "greet.py"}), reply.text("Done."))
+        await panel.ask("write greet.py")
+        write, read = find(panel.widget, "autocoder-tool")
+        head = find(write, "autocoder-card-head")[0].value
+        assert "path=&quot;greet.py&quot;, content=&lt;4 lines&gt;" in head and "\\n" not in head
+        [detail] = find(write, "autocoder-detail")
+        assert "<details" in detail.value and html.escape(content.rstrip("\n")) in detail.value
+        assert "(<span>path=&quot;greet.py&quot;</span>)" in find(read, "autocoder-card-head")[0].value
+        assert not find(read, "autocoder-detail")  # the title shows it all
+
+    run(scenario)
+
+
+def test_tool_title_cuts_long_values() -> None:
+    title = _arguments_title({"command": "echo " + "x" * 300, "timeout": 5}, "")
+    assert title.startswith('command="echo xxx') and len(title) <= 120 and "…" in title
+    assert title.endswith(", timeout=5")
+    assert _arguments_title({"content": "one line\n"}, "") == "content=<1 line>"
+    assert _arguments_title(None, '{"path": "a.txt",\n  "bad') == '{"path": "a.txt", "bad'
+
+
 def write_call(path: str = "hello.txt", content: str = "hi\n") -> dict[str, Any]:
     return reply.tool_call("write_file", {"path": path, "content": content})
 
@@ -172,27 +240,47 @@ def test_approve_writes_the_file(fake_server: FakeLLMServer, tmp_path: Path) -> 
         panel.send("create hello.txt")
         card = await approval_card(panel)
         assert "+hi" in html_of(card) and "waiting for approval" in panel._status.value
+        assert "Allow this change?" in html_of(card)
         assert not (tmp_path / "hello.txt").exists()
         find(card, "autocoder-approve")[0].click()
         await panel.wait()
         assert (tmp_path / "hello.txt").read_text() == "hi\n"
-        assert "Approved." in html_of(card) and not find(card, "autocoder-approve")
+        assert not find(card, "autocoder-approve") and not find(card, "autocoder-reason")
+        assert [w.value for w in find(card, "autocoder-outcome")] == ["Approved."]
+        assert "Allow this change?" not in html_of(card)  # the question gave way to the answer
         assert panel.transcript[-1] == {"role": "assistant", "text": "Wrote it."}
 
     run(scenario)
 
 
-def test_deny_keeps_the_file_and_tells_the_model(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reason", ["  use greeting.txt instead ", ""])
+def test_deny_is_neutral_and_tells_the_model_the_reason(
+    fake_server: FakeLLMServer, tmp_path: Path, reason: str
+) -> None:
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
         fake_server.enqueue(write_call(), reply.text("OK, I left it."))
         panel.send("create hello.txt")
-        find(await approval_card(panel), "autocoder-deny")[0].click()
+        card = await approval_card(panel)
+        [reason_box] = find(card, "autocoder-reason")
+        assert reason_box.placeholder == "Reason for the model (optional)"
+        reason_box.value = reason  # what the browser syncs when the box loses focus
+        find(card, "autocoder-deny")[0].click()
         await panel.wait()
         assert not (tmp_path / "hello.txt").exists()
         tool_message = fake_server.requests[-1].json["messages"][-1]
         assert tool_message["role"] == "tool" and "denied" in tool_message["content"]
-        assert "autocoder-card-error" in find(panel.widget, "autocoder-tool")[0]._dom_classes
+        if reason:
+            assert tool_message["content"].endswith("Reason: use greeting.txt instead")
+        else:
+            assert "Reason" not in tool_message["content"]
+        assert "autocoder-card-denied" in card._dom_classes and "autocoder-card-error" not in card._dom_classes
+        head = find(card, "autocoder-card-head")[0].value
+        assert ">denied</span>" in head and "error" not in head
+        expected = "Denied: use greeting.txt instead" if reason else "Denied."
+        assert [w.value for w in find(card, "autocoder-outcome")] == [expected]
+        assert "Allow this change?" not in html_of(card) and not find(card, "autocoder-reason")
+        assert panel.transcript[-1] == {"role": "assistant", "text": "OK, I left it."}
 
     run(scenario)
 
@@ -206,6 +294,7 @@ def test_always_for_this_session_stops_asking(fake_server: FakeLLMServer, tmp_pa
         await panel.wait()
         assert (tmp_path / "a.txt").exists() and (tmp_path / "b.txt").exists()
         assert len(find(panel.widget, "autocoder-preview")) == 1  # the second write did not ask
+        assert [w.value for w in find(panel.widget, "autocoder-outcome")] == ["Approved for the rest of this session."]
 
     run(scenario)
 

@@ -2,8 +2,10 @@
 
 The test starts JupyterLab on 127.0.0.1 with throw-away settings, opens tests/notebooks/chat_panel.ipynb
 (which shows `ChatPanel()`), and talks to the test server through the panel: a streamed answer with a
-tool card, an approved write, Stop during a held stream (while another cell runs), the next message,
-Reset. Screenshots go to test-output/panel_browser/. Needs Debian's chromium at /usr/bin/chromium.
+tool card, an approved write, a write denied with a reason, Stop during a held stream (while another cell
+runs), the next message, Reset. It also checks what only a browser shows: the header stays on one line,
+disabled buttons are grey, blockquotes are styled. Screenshots go to test-output/panel_browser/. Needs
+Debian's chromium at /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -153,6 +155,11 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
         p.locator(".autocoder-input textarea").fill(text)
         p.locator("button.autocoder-send:not([disabled])").click()
 
+    def status_lines() -> float:
+        """The header's status text height in lines (ipywidgets gives an HTML widget one line-height per line)."""
+        return p.eval_on_selector(".autocoder-status .widget-html-content",
+                                  "e => e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight)")
+
     p.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     # The execution indicator says idle before the kernel is even connected; the status bar names the kernel.
     p.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')")
@@ -166,13 +173,22 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
     assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
     assert "fake-model" in p.inner_text(".autocoder-status")
+    assert "turn —" in p.inner_text(".autocoder-status")
+    # A disabled button is plain grey, not a faded colour that looks half-active.
+    disabled, background, opacity = p.eval_on_selector(
+        "button.autocoder-stop", "b => [b.disabled, getComputedStyle(b).backgroundColor, getComputedStyle(b).opacity]")
+    red, green, blue = (int(part) for part in background[background.index("(") + 1:-1].split(",")[:3])
+    assert disabled and red == green == blue and opacity == "1", background
     shot("01-empty")
 
     # A streamed Markdown answer after a tool call: the card shows the tool, its argument and its result.
     llm.enqueue(reply.tool_call("list_directory", {"path": "."}),
-                reply.text("The folder holds **one notebook**:\n\n- `chat_panel.ipynb`\n", chunks=8))
+                reply.text("The folder holds **one notebook**:\n\n- `chat_panel.ipynb`\n\n> Tip: ask me about it.\n",
+                           chunks=8))
     send("What is in this folder?")
     p.wait_for_selector(".autocoder-assistant strong:has-text('one notebook')")
+    quote = p.locator(".autocoder-assistant blockquote").last
+    assert quote.evaluate("q => getComputedStyle(q).borderLeftWidth") == "3px"
     card = p.locator(".autocoder-tool").last
     assert "list_directory" in card.inner_text() and "done" in card.inner_text()
     assert "chat_panel.ipynb" in card.inner_text()  # the result summary
@@ -187,10 +203,34 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert "+Hello from the panel" in p.locator(".autocoder-preview").last.inner_text()
     p.wait_for_selector(".autocoder-status:has-text('waiting for approval')")
     assert not (lab.root / "hello.txt").exists()
+    # The longest status still fits on one line: the id shows shortened, the whole id is in the element.
+    assert status_lines() < 1.5
+    clipped, title, text = p.eval_on_selector(".autocoder-id",
+                                              "e => [e.scrollWidth > e.clientWidth, e.title, e.innerText]")
+    assert clipped and text in title and len(text) == 36
+    assert "content=<1 line>" in p.locator(".autocoder-tool .autocoder-card-head").last.inner_text()
     shot("03-approval")
     p.locator("button.autocoder-approve").click()
     p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
     assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
+
+    # Deny with a reason: the card says so in a neutral style, and the model reads the reason.
+    reason = "keep the hello, other tests read it"
+    llm.enqueue(reply.tool_call("write_file", {"path": "hello.txt", "content": "Goodbye\nfrom the panel\n"}),
+                reply.text("Understood: I left it as it is."))
+    send("Change hello.txt to say goodbye")
+    card = p.locator(".autocoder-tool").last
+    card.locator("button.autocoder-deny").wait_for()
+    card.locator(".autocoder-reason input").fill(reason)
+    card.locator("button.autocoder-deny").click()
+    p.wait_for_selector(".autocoder-assistant:has-text('left it as it is')")
+    assert card.locator(".autocoder-outcome").inner_text() == f"Denied: {reason}"
+    assert "autocoder-card-denied" in card.get_attribute("class")
+    assert "denied" in card.locator(".autocoder-card-head").inner_text()
+    assert "Allow this change?" not in card.inner_text() and card.locator(".autocoder-reason").count() == 0
+    assert llm.requests[-1].json["messages"][-1]["content"].endswith(f"Reason: {reason}")
+    assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
+    shot("04-denied")
 
     # A code block: Copy puts it on the clipboard, Insert below adds a cell under the panel, Run asks first.
     code = "answer = 6 * 7\nprint(answer)"
@@ -209,7 +249,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     block.locator("button.autocoder-run").click()
     block.locator("button.autocoder-approve").click()
     p.wait_for_selector(".autocoder-code .autocoder-summary:has-text('42')")
-    shot("04-code-block")
+    shot("05-code-block")
 
     # Stop during a stream the server holds open; meanwhile another cell runs.
     llm.enqueue(reply.text("token " * 400, chunks=400, wait_for="held", wait_after=40))
@@ -219,11 +259,15 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.keyboard.press("Shift+Enter")
     p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 2')")
     assert p.locator("button.autocoder-stop:not([disabled])").count() == 1  # the turn is still running
-    shot("05-streaming")
+    p.wait_for_selector(".autocoder-state:text-is('answering')")
+    assert "turn —" in p.inner_text(".autocoder-status")  # no usage reported yet
+    assert status_lines() < 1.5
+    shot("06-streaming")
     p.locator("button.autocoder-stop").click()
     p.wait_for_selector(".autocoder-notice:has-text('Stopped')")
     llm.release("held")
     p.wait_for_selector(".autocoder-state-idle")
+    assert "turn —" in p.inner_text(".autocoder-status")
 
     # The next message works; the history sent with it is consistent.
     # Typed with the keyboard: Shift+Enter is a new line, Enter sends.
@@ -238,7 +282,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert messages[-1] == {"role": "user", "content": "Are you\nstill there?"}
     assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "user"]
     assert messages[-2]["content"].startswith("token")
-    shot("06-after-stop")
+    shot("07-after-stop")
 
     # Reset: a new conversation with a new correlation id, shown.
     old_id = p.inner_text(".autocoder-id")
@@ -248,10 +292,10 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(f".autocoder-id:not(:text-is('{old_id}'))")  # a separate widget update
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
-    shot("07-reset")
+    shot("08-reset")
     assert p.locator(".autocoder-error").count() == 0
 
     # No click raised in the kernel: callback errors only show in JupyterLab's log console.
     p.wait_for_selector(".jp-LogConsolePanel:has-text('42')")  # the Run click's stdout: the log is recorded
     assert "Traceback" not in p.inner_text(".jp-LogConsolePanel")
-    p.screenshot(path=str(OUTPUT / "08-notebook-and-log-console.png"))
+    p.screenshot(path=str(OUTPUT / "09-notebook-and-log-console.png"))
