@@ -129,17 +129,20 @@ def get_session(shell: Any = None) -> Session:
     return state.session
 
 
-def _refresh_config(state: _KernelState) -> None:
-    """Environment variables and config files changed since the session was made apply from the next
-    request on (users set os.environ or edit .auto-coder.yaml in the notebook); the conversation stays."""
+def refresh_config(shell: Any = None) -> str | None:
+    """Apply environment variables and config files changed since the kernel's session was made (users set
+    os.environ or edit .auto-coder.yaml in the notebook) from the next request on; the conversation stays.
+    Returns a sentence saying what is used now, or None when nothing changed. Raises ConfigError."""
     from .config import load_config
 
+    state = _kernel_state(shell)
     if state.session is None or state.config_dir is None:
-        return
+        return None
     config = load_config(state.config_flags, cwd=state.config_dir)
-    if state.session.apply_config(config):
-        print(f"Configuration changed: now {config.llm.model} at {config.llm.base_url}, "
-              f"approval mode {config.agent.approval_mode}.")
+    if not state.session.apply_config(config):
+        return None
+    return (f"Configuration changed: now {config.llm.model} at {config.llm.base_url}, "
+            f"approval mode {config.agent.approval_mode}.")
 
 
 def _create_session(config: Config, state: _KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
@@ -549,7 +552,9 @@ def _run_magic(state: _KernelState, args: Any, prompt: str) -> None:
     shell = state.shell
     if args.working_dir:
         _change_working_dir(state, args.working_dir)
-    _refresh_config(state)
+    changed = refresh_config(shell)
+    if changed:
+        print(changed)
     session = get_session(shell)
     if args.doctor:
         from .doctor import run_doctor

@@ -623,6 +623,7 @@ class ChatPanel:
         loop: asyncio.AbstractEventLoop | None = None,
         namespace: dict[str, Any] | None = None,
     ) -> None:
+        self._shares_kernel_session = session is None
         if session is None:
             from .magics import get_session
 
@@ -771,6 +772,10 @@ class ChatPanel:
 
     async def _run_turn(self, message: str) -> None:
         self._begin_turn(message)
+        if self._shares_kernel_session and not self._refresh_config():
+            self._end_turn()
+            self._set_state(IDLE)
+            return
         events = self.session.agent.run(message)
         try:
             async for event in events:
@@ -785,6 +790,21 @@ class ChatPanel:
             with suppress(BaseException):
                 await events.aclose()  # type: ignore[attr-defined]
             self._end_turn()
+
+    def _refresh_config(self) -> bool:
+        """Settings changed in the environment or config files apply to this turn, as in the magics."""
+        from .errors import ConfigError
+        from .magics import refresh_config
+
+        try:
+            changed = refresh_config()
+        except ConfigError as exc:
+            self._error(f"Configuration error: {exc}")
+            return False
+        if changed:
+            self._notice(changed)
+            self._show_status()
+        return True
 
     def _begin_turn(self, message: str) -> None:
         self._set_busy(True)

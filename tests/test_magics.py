@@ -459,3 +459,17 @@ def test_insert_takes_python_blocks_and_unlabelled_ones_only_when_they_are_pytho
     answer = ("The error:\n```\nTraceback (most recent call last):\nZeroDivisionError: division by zero\n```\n"
               "Fixed:\n```\n%time total = 1 + 1\n```\n```python\nprint(total)\n```\n```bash\nls\n```\n")
     assert code_blocks(answer) == ["%time total = 1 + 1\n", "print(total)\n"]
+
+
+def test_the_panel_also_follows_changed_settings(kernel: Kernel, server: FakeLLMServer) -> None:
+    with FakeLLMServer() as other:
+        other.enqueue(reply.text("from the other server"))
+        run = kernel.execute("import os\nfrom auto_coder_nb import ChatPanel\npanel = ChatPanel()\n"
+                             f"os.environ['AUTO_CODER_BASE_URL'] = {other.base_url!r}\n"
+                             "print(await panel.ask('hello panel'))\n"
+                             "print([r['text'] for r in panel.transcript])")
+        assert "from the other server" in run.stdout
+        assert "Configuration changed" in run.stdout
+        assert len(other.chat_requests) == 1
+    kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}\n%autocoder --context none back")
+    assert last_user_message(server) == "back"
