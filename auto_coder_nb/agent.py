@@ -96,7 +96,7 @@ class Agent:
                     else:
                         yield event
                 if completion is None:  # the request failed and said so
-                    self._close_answer(partial, "[no answer: the request failed]")
+                    self._close_answer(partial, "[the request failed]")
                     yield TurnDone("error")
                     return
                 partial.clear()
@@ -131,10 +131,11 @@ class Agent:
             self.busy = False
 
     def _close_answer(self, partial: list[str], marker: str) -> None:
-        """Record a cut-off answer so the history keeps alternating user / assistant."""
+        """Record the text the user saw of a cut-off answer, marked; after a bare user message, at least the
+        marker, so the history keeps alternating user / assistant."""
         history = self.conversation.messages
-        if history and history[-1]["role"] == "user":
-            text = "".join(partial)
+        text = "".join(partial)
+        if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
     async def _request(self, partial: list[str]) -> AsyncIterator[Event | Completion]:

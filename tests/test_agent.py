@@ -367,3 +367,17 @@ def test_one_turn_at_a_time_per_session(server: FakeLLMServer) -> None:
     assert [m["content"] for m in h.conversation.messages if m["role"] == "user"] == ["first"]
     h.turn("third")  # free again
     assert h.conversation.messages[-1]["role"] == "assistant"
+
+
+def test_a_dropped_stream_keeps_what_the_user_saw(server: FakeLLMServer) -> None:
+    server.enqueue(reply.tool_call("lookup", {"key": "a"}),
+                   reply.text("The value is alpha and the rest", chunks=6, drop_after=3),
+                   reply.text("again"))
+    h = Harness(server)
+    events = h.turn("what is a?")
+    assert events[-1] == TurnDone("error")
+    shown = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert shown and h.conversation.messages[-1] == {"role": "assistant",
+                                                     "content": f"{shown}\n[the request failed]"}
+    h.turn("try again")
+    assert_strictly_valid(h.last_messages)
