@@ -181,3 +181,15 @@ def test_repl_ctrl_c_stops_the_answer_not_the_repl(server: FakeLLMServer, env: d
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_repl_unknown_command_and_exit(env: dict[str, str], workspace: Path) -> None:
+    child = spawn_repl(env, workspace)
+    child.sendline("/frobnicate")
+    child.expect("Unknown command /frobnicate. /help lists the commands.")
+    child.expect("> ")
+    child.sendline("/exit")
+    child.expect(r"bye \(0 tokens this session\)")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
