@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     prompt = " ".join(args.prompt)
-    if not prompt and not sys.stdin.isatty():
-        prompt = sys.stdin.read().strip()
+    if not prompt and not _is_terminal(sys.stdin):
+        prompt = sys.stdin.read().strip() if sys.stdin is not None else ""
         if not prompt:
             print("auto-coder: error: no prompt given on the command line or standard input", file=sys.stderr)
             return EXIT_USAGE
@@ -111,7 +111,7 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop) -> 
     """Single-prompt mode: the answer streams to stdout, tool activity goes to stderr."""
     from .agent import iterate_sync
 
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stderr)
     view = TerminalView(ask=ask_on_terminal if interactive else refuse_without_terminal)
     try:
         for event in iterate_sync(session.agent.run(prompt), loop):
@@ -121,6 +121,11 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop) -> 
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_RUNTIME if view.failed else EXIT_OK
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    """A started-without-stdin process has None here; that is no terminal either."""
+    return stream is not None and stream.isatty()
 
 
 def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
