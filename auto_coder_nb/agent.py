@@ -241,19 +241,22 @@ def _canonical(raw: str) -> str:
 
 
 def iterate_sync(events: AsyncIterator[Event], loop: asyncio.AbstractEventLoop) -> Iterator[Event]:
-    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates."""
-    while True:
-        step = loop.create_task(events.__anext__())  # type: ignore[arg-type]
-        try:
-            event = loop.run_until_complete(step)
-        except StopAsyncIteration:
-            return
-        except KeyboardInterrupt:
-            if not step.done():
-                step.cancel()
-                with suppress(BaseException):
-                    loop.run_until_complete(step)
-            with suppress(BaseException):
-                loop.run_until_complete(events.aclose())  # type: ignore[attr-defined]
-            raise
-        yield event
+    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates; a consumer
+    that stops early (Ctrl-C at an approval prompt) closes the turn, so its history is repaired at once."""
+    try:
+        while True:
+            step = loop.create_task(events.__anext__())  # type: ignore[arg-type]
+            try:
+                event = loop.run_until_complete(step)
+            except StopAsyncIteration:
+                return
+            except BaseException:
+                if not step.done():  # interrupted while the loop waited: the step is still pending
+                    step.cancel()
+                    with suppress(BaseException):
+                        loop.run_until_complete(step)
+                raise
+            yield event
+    finally:
+        with suppress(BaseException):
+            loop.run_until_complete(events.aclose())  # type: ignore[attr-defined]

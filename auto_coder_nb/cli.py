@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -114,8 +115,9 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop) -> 
     interactive = _is_terminal(sys.stdin) and _is_terminal(sys.stderr)
     view = TerminalView(ask=ask_on_terminal if interactive else refuse_without_terminal)
     try:
-        for event in iterate_sync(session.agent.run(prompt), loop):
-            view.handle(event)
+        with closing(iterate_sync(session.agent.run(prompt), loop)) as events:
+            for event in events:
+                view.handle(event)
     except KeyboardInterrupt:
         view.finish_text()
         print("interrupted", file=sys.stderr)

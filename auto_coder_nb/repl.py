@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
@@ -69,8 +70,9 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
             continue
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
         try:
-            for event in iterate_sync(session.agent.run(text), loop):
-                view.handle(event)
+            with closing(iterate_sync(session.agent.run(text), loop)) as events:
+                for event in events:
+                    view.handle(event)
         except KeyboardInterrupt:
             view.finish_text()
             print("(stopped)", file=sys.stderr)

@@ -193,3 +193,24 @@ def test_repl_unknown_command_and_exit(env: dict[str, str], workspace: Path) -> 
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_repl_ctrl_c_at_an_approval_prompt_stops_the_turn_cleanly(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "x.txt", "content": "x"}), reply.text("next works"))
+    child = spawn_repl(env, workspace)
+    child.sendline("write x.txt")
+    child.expect(r"Allow write_file\?")
+    child.sendintr()
+    child.expect(r"\(stopped\)")
+    child.expect("> ")
+    child.sendline("and now?")
+    child.expect("next works")
+    child.expect("> ")
+    assert not (workspace / "x.txt").exists()
+    messages = server.chat_requests[-1].json["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
+    assert messages[3]["content"].startswith("interrupted")
+    child.send("\x04")
+    child.expect(pexpect.EOF)
