@@ -246,7 +246,7 @@ def _table_html(lines: list[str]) -> str:
 STYLE = """<style>
 .autocoder-panel { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 8px; padding: 8px;
   background: var(--jp-layout-color1, #fff); max-width: 980px; font-family: var(--jp-ui-font-family, sans-serif); }
-.autocoder-header { justify-content: space-between; align-items: center; gap: 12px; }
+.autocoder-header { justify-content: space-between; align-items: center; gap: 0 12px; flex-wrap: wrap; }
 .autocoder-header > .autocoder-titlebox { flex: 0 0 auto; width: auto; }
 .autocoder-title { font-weight: 600; font-size: 14px; white-space: nowrap; }
 .autocoder-header > .autocoder-status { flex: 1 1 auto; text-align: right; }
@@ -296,7 +296,9 @@ STYLE = """<style>
 .autocoder-args summary { cursor: pointer; color: var(--jp-ui-font-color2, #666); font-size: 11px; }
 .autocoder-args pre { white-space: pre-wrap; margin: 2px 0 4px; }
 .autocoder-outcome { font-style: italic; color: var(--jp-ui-font-color2, #555); }
-.autocoder-reason { width: 280px; }
+/* In a narrow notebook the answers wrap onto more lines rather than scroll out of sight. */
+.autocoder-panel .autocoder-approval { flex-wrap: wrap; overflow: visible; gap: 4px 0; }
+.autocoder-reason { width: 280px; max-width: 100%; }
 .autocoder-summary { color: var(--jp-ui-font-color2, #555); white-space: pre-wrap; font-family:
   var(--jp-code-font-family, monospace); font-size: 11px; }
 .autocoder-diff .add { color: #15803d; } .autocoder-diff .del { color: #b91c1c; }

@@ -221,6 +221,15 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     send("Change hello.txt to say goodbye")
     card = p.locator(".autocoder-tool").last
     card.locator("button.autocoder-deny").wait_for()
+    # In a narrow window (JupyterLab's sidebar open on a laptop) every answer stays on the card.
+    p.set_viewport_size({"width": 800, "height": 1200})
+    card_box = card.bounding_box()
+    for part in ("button.autocoder-approve", "button.autocoder-always", ".autocoder-reason",
+                 "button.autocoder-deny"):
+        box = card.locator(part).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= card_box["x"] + card_box["width"] + 1, part
+    shot("04a-narrow-approval")
+    p.set_viewport_size({"width": 1280, "height": 1200})
     card.locator(".autocoder-reason input").fill(reason)
     card.locator("button.autocoder-deny").click()
     p.wait_for_selector(".autocoder-assistant:has-text('left it as it is')")
