@@ -264,6 +264,8 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a string")
         if key == "agent.approval_mode" and value not in APPROVAL_MODES:
             raise wrong("one of " + ", ".join(APPROVAL_MODES))
+        if key == "llm.model" and not value.strip():
+            raise wrong("a model name")
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
         return value

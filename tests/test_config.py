@@ -91,6 +91,7 @@ def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
         ("agent:\n  approval_mode: yolo\n", "agent.approval_mode: expected one of ask, auto-edit"),
         ("llm:\n  auth_headers: [a, b]\n", "llm.auth_headers: expected a mapping"),
         ("llm:\n  base_url: localhost:8765/v1\n", "llm.base_url: expected a URL starting with http://"),
+        ("llm:\n  model: ''\n", "llm.model: expected a model name"),
         ("models:\n  a: b\n", "unknown section 'models'"),
         ("- just a list\n", "expected a mapping"),
     ],
