@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from contextlib import suppress
 from typing import Any
 
@@ -70,7 +70,7 @@ class Agent:
         self.workspace = workspace
         self.busy = False  # the magics and the panel share one agent; one turn at a time
 
-    async def run(self, message: str) -> AsyncIterator[Event]:
+    async def run(self, message: str) -> AsyncGenerator[Event, None]:
         """Run one user turn. Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
@@ -240,12 +240,12 @@ def _canonical(raw: str) -> str:
     return raw
 
 
-def iterate_sync(events: AsyncIterator[Event], loop: asyncio.AbstractEventLoop) -> Iterator[Event]:
+def iterate_sync(events: AsyncGenerator[Event, None], loop: asyncio.AbstractEventLoop) -> Generator[Event, None, None]:
     """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates; a consumer
     that stops early (Ctrl-C at an approval prompt) closes the turn, so its history is repaired at once."""
     try:
         while True:
-            step = loop.create_task(events.__anext__())  # type: ignore[arg-type]
+            step = asyncio.ensure_future(events.__anext__(), loop=loop)
             try:
                 event = loop.run_until_complete(step)
             except StopAsyncIteration:
@@ -259,4 +259,4 @@ def iterate_sync(events: AsyncIterator[Event], loop: asyncio.AbstractEventLoop) 
             yield event
     finally:
         with suppress(BaseException):
-            loop.run_until_complete(events.aclose())  # type: ignore[attr-defined]
+            loop.run_until_complete(events.aclose())

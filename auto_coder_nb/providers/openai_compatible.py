@@ -60,7 +60,7 @@ OVERFLOW_HINT = ("Start a new conversation (/clear in the REPL, Reset in the pan
 MAX_RETRY_DELAY = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
 
-_scan_json = json.JSONDecoder().scan_once
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner, without json.loads' checks
 _PLAIN_DELTA_KEYS = frozenset({"content", "role"})
 _ID_ALPHABET = string.ascii_letters + string.digits
 _OVERFLOW_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})

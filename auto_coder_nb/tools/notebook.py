@@ -198,6 +198,7 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
         outcome.error = traceback.format_exc(limit=0)
         return outcome
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    assert last is None or isinstance(last, ast.Expr)
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
