@@ -159,9 +159,8 @@ def _create_session(config: Config, state: _KernelState, root: Path, provider: L
         lambda: holder[0].workspace,
         hidden=lambda: getattr(shell, "user_ns_hidden", {}),
         open_notebook=lambda: open_notebook_path(shell),
-        insert_cell=lambda source, kind: _worker(state).call_in_main_thread(
-            lambda: _insert_cells(shell, [f"%%markdown\n{source}" if kind == "markdown" else source])
-        ),
+        insert_cell=lambda source, kind: _insert_from_turn(state, f"%%markdown\n{source}" if kind == "markdown"
+                                                            else source),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider)
@@ -174,6 +173,17 @@ def _run_code(state: _KernelState, code: str) -> CodeOutcome:
     from .tools.notebook import run_python
 
     return run_python(state.shell.transform_cell(code), state.shell.user_ns)
+
+
+async def _insert_from_turn(state: _KernelState, source: str) -> str | None:
+    """edit_notebook's insert. A magic's turn adds the cell when its cell finishes; a chat-panel turn runs
+    outside any cell execution, so the frontend applies the cell only after the user's next run."""
+    in_magic = state.worker is not None and state.worker.channel is not None
+    await _worker(state).call_in_main_thread(lambda: _insert_cells(state.shell, [source]))
+    if in_magic:
+        return None
+    return ("The new cell will appear below the next cell the user runs (a cell can only be added during a "
+            "cell execution). Tell the user, and show the code in your answer too.")
 
 
 def _insert_cells(shell: Any, blocks: list[str]) -> None:

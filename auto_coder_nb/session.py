@@ -77,7 +77,8 @@ class Session:
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True
-        self.policy.mode = self.agent.config.approval_mode
+                if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
+                    self.policy.mode = config.agent.approval_mode
         self.config.sources, self.config.files = config.sources, config.files
         return changed
 

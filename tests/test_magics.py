@@ -392,6 +392,15 @@ def test_open_notebook_is_the_root_and_changes_only_through_new_cells(server: Fa
         assert [p for p in run.payloads if p["source"] == "set_next_input"] == [
             {"source": "set_next_input", "text": "x = 2", "replace": False}]
         assert notebook_path.read_bytes() == original
+        # From the chat panel no cell is executing: the model is told when the cell will really appear.
+        server.enqueue(
+            reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "insert", "source": "x = 3"}),
+            reply.text("It will appear."),
+        )
+        running.execute("from auto_coder_nb import ChatPanel\npanel = ChatPanel()\n"
+                        "get_session().policy.mode = 'full-auto'\nawait panel.ask('set x to 3')")
+        told = server.chat_requests[-1].json["messages"][-1]["content"]
+        assert told.startswith("The new cell will appear below the next cell the user runs")
         other = tmp_path / "other"
         other.mkdir()
         moved = running.execute(f"%autocoder --working-dir {other}")

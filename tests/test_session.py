@@ -58,3 +58,6 @@ def test_apply_config_switches_endpoint_and_mode_but_keeps_the_conversation(fake
         ask(session, "two")
         assert [m["content"] for m in other.chat_requests[0].json["messages"] if m["role"] == "user"] == ["one", "two"]
         assert session.apply_config(config) is False  # nothing new
+        session.policy.mode = "full-auto"  # chosen at run time (the panel, a test, a user's cell)
+        session.apply_config(config)
+        assert session.policy.mode == "full-auto"

@@ -253,7 +253,8 @@ def _output_text(output: Any) -> str:
 # -- the tools ----------------------------------------------------------------------------------
 
 RunCode = Callable[[str], "CodeOutcome | Awaitable[CodeOutcome]"]
-InsertCell = Callable[[str, str], "None | Awaitable[None]"]
+# Returns None once the cell is added, or a sentence saying when it will appear.
+InsertCell = Callable[[str, str], "str | None | Awaitable[str | None]"]
 
 
 def build_notebook_tools(
@@ -358,8 +359,8 @@ def build_notebook_tools(
             assert source is not None
             inserted = insert_cell(source, cell_type)
             if inspect.isawaitable(inserted):
-                await inserted
-            return f"Added a new {cell_type} cell below the current cell of the open notebook {path}."
+                inserted = await inserted
+            return inserted or f"Added a new {cell_type} cell below the current cell of the open notebook {path}."
         workspace().atomic_write(target, (nbformat.writes(notebook) + "\n").encode("utf-8"))  # checkpoints first
         where = f"cell {index}" if index is not None else f"cell {len(notebook.cells) - 1}"
         return f"{path}: {action} {where} done; the notebook now has {len(notebook.cells)} cells."
