@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import ipaddress
 import os
-import re
 import ssl
 import sys
 from collections.abc import Iterable, Mapping
@@ -35,7 +34,7 @@ from .authentication_provider import (
     instantiate,
     load_provider_class,
 )
-from .config import Config, load_config
+from .config import Config, load_config, redact_url
 from .errors import ConfigError
 
 APP_NAME = "auto-coder-nb"
@@ -290,14 +289,6 @@ def _in_network(host: str, entry: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(entry.strip("[]"), strict=False)
     except ValueError:
         return False
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password hidden (proxy URLs may carry credentials)."""
-    return _URL_PASSWORD.sub(r"\1<hidden>@", url)
-
-
-_URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
 # -- client keyword arguments --------------------------------------------------------------------

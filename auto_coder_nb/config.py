@@ -92,12 +92,17 @@ def mask(key: str, value: Any) -> Any:
         return "<hidden>"
     if key == "llm.auth_headers":
         return {name: "<hidden>" for name in value}
-    if key == "llm.proxy":
-        return _PROXY_PASSWORD.sub(r"\1<hidden>@", value)  # http://user:password@host
+    if key in ("llm.proxy", "llm.base_url"):
+        return redact_url(value)
     return value
 
 
-_PROXY_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
+def redact_url(url: str) -> str:
+    """`url` with its password hidden (http://user:<hidden>@host): proxy and base URLs may carry one."""
+    return _URL_PASSWORD.sub(r"\1<hidden>@", url)
+
+
+_URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.

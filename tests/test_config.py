@@ -160,3 +160,12 @@ def test_cli_version_and_usage_errors(dirs: tuple[Path, Path], clean_env: dict[s
     assert no_scheme.returncode == 2 and "--base-url: llm.base_url: expected a URL" in no_scheme.stderr
     missing = run_cli("-d", str(cwd / "nowhere"), "hi", cwd=cwd, env=env)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_show_config_hides_passwords_in_urls(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "llm:\n  base_url: https://me:url-secret-1@gw.example/v1\n"
+                                    "  proxy: http://corp:proxy-secret-2@proxy:8080\n")
+    shown = load_config(env={}, home=home, cwd=cwd).show()
+    assert "url-secret-1" not in shown and "proxy-secret-2" not in shown
+    assert "https://me:<hidden>@gw.example/v1" in shown

@@ -382,9 +382,9 @@ class OpenAICompatibleProvider(LLMProvider):
             timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
             return timeout
         text = str(exc)
-        if isinstance(exc, httpx.ConnectError) and ("SSL" in text or "certificate" in text.lower()):
-            return TLSError(f"TLS failed for {where}: {self._redact(text)}. If a corporate proxy inspects TLS, "
-                            f"set llm.ca_bundle (or AUTO_CODER_CA_BUNDLE) to its CA certificate.")
+        certificate = auth.tls_failure_message(exc, self.config)  # says which CA settings to use
+        if certificate is not None:
+            return TLSError(certificate)
         if isinstance(exc, httpx.ProxyError):
             return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
         if isinstance(exc, httpx.ConnectError):
