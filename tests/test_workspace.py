@@ -190,3 +190,11 @@ def test_undo_says_when_it_replaces_changes_made_after_the_turn(root: Path, work
     message = workspace.undo()
     assert not (root / "a.txt").exists() and not (root / "b.txt").exists()
     assert "a.txt had been changed again since that turn" in message
+
+
+def test_a_new_file_gets_the_usual_mode_and_leaves_no_temporary_file(workspace: Workspace, root: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    workspace.atomic_write(root / "new.txt", b"hello\n")
+    assert (root / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in root.iterdir()) == ["new.txt"]

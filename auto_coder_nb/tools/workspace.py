@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +21,6 @@ MAX_UNDO_TURNS = 50
 # Folders and files the file tools never write: history and our own settings (approval mode lives there).
 PROTECTED_DIRS = {".git"}
 PROTECTED_FILES = {CONFIG_FILENAME}
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_NEW_FILE_MODE = 0o666 & ~_current_umask()
 
 
 @dataclass
@@ -234,18 +225,23 @@ def _commands_note(commands: int) -> str:
 
 
 def _replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`. An existing file keeps its
+    mode; a new one gets the usual 0o666 less the umask, applied by the OS (reading the umask would mean
+    setting it, which races with other threads)."""
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
-            mode = _NEW_FILE_MODE
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            pass
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         try:
