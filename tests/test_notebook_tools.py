@@ -74,7 +74,7 @@ def test_run_code_returns_stdout_result_and_exception(tmp_path: Path) -> None:
     assert "run_python" not in failed  # the executor's own frame is not shown
     assert "SyntaxError" in tools.call("run_code", code="def (")
     big = tools.call("run_code", code="print('x' * 50000)")
-    assert len(big) < 11000 and "characters cut" in big
+    assert len(big) < 11000 and "characters omitted" in big
 
 
 def test_read_notebook_is_compact_text_without_images(tmp_path: Path) -> None:

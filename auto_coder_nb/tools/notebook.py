@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
 from .registry import ToolError
+from .shell import omit_middle
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -32,16 +33,9 @@ CELL_OUTPUT_LIMIT = 500
 EDIT_ACTIONS = ("insert", "replace", "delete")
 
 
-def truncate(text: str, limit: int, marker: str = "...") -> str:
-    """Keep the head and the tail of `text` within about `limit` characters, saying how much was cut."""
-    if len(text) <= limit:
-        return text
-    note = f"\n{marker} [{len(text) - limit} characters cut] {marker}\n"
-    keep = max(limit - len(note), 0)
-    if not keep:
-        return text[:limit]
-    tail = keep // 3
-    return text[: keep - tail] + note + text[len(text) - tail:]
+def truncate(text: str, limit: int) -> str:
+    """`text` within about `limit` characters, cut in the middle like run_command's output."""
+    return text if len(text) <= limit else omit_middle(text, text, len(text), limit)
 
 
 # -- describing values (also used by the face for its context summary) -------------------------

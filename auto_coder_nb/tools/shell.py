@@ -68,10 +68,16 @@ class _Capture:
     def render(self, budget: int) -> str:
         if self.total <= budget:
             return self.head  # budget <= MAX_OUTPUT_CHARS, so the head holds everything
-        head_size = budget // 2
-        tail_size = budget - head_size
-        omitted = self.total - head_size - tail_size
-        return f"{self.head[:head_size]}\n\n... [{omitted:,} characters omitted] ...\n\n{self.tail[-tail_size:]}"
+        return omit_middle(self.head, self.tail, self.total, budget)
+
+
+def omit_middle(head: str, tail: str, total: int, budget: int) -> str:
+    """`budget` characters of a text of `total` characters, half from its `head` and half from its `tail`,
+    with a marker saying how much was left out: the command's echo and early errors, and the final error."""
+    head_size = budget // 2
+    tail_size = budget - head_size
+    omitted = total - head_size - tail_size
+    return f"{head[:head_size]}\n\n... [{omitted:,} characters omitted] ...\n\n{tail[len(tail) - tail_size:]}"
 
 
 async def _drain(stream: asyncio.StreamReader, capture: _Capture) -> None:
