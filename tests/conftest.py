@@ -19,12 +19,25 @@ def fake_server() -> Iterator[FakeLLMServer]:
         yield server
 
 
+# The machine's own settings that would change what the code under test does.
+USER_SETTINGS = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH", "JPY_")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _without_the_users_settings() -> Iterator[None]:
+    """Tests, and the processes and kernels they start, see none of the machine's auto-coder, OpenAI, SSO or
+    Jupyter-session settings: each test sets what it needs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith(USER_SETTINGS):
+                patch.delenv(key)
+        yield
+
+
 @pytest.fixture
 def clean_env() -> dict[str, str]:
-    """This process's environment without the auto-coder, OpenAI and SSO settings of the machine running
-    the tests, for subprocesses that must see only what a test gives them."""
-    drop = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    """A copy of the (settings-free) environment, for a subprocess to get exactly what a test adds."""
+    return dict(os.environ)
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_runs_inside_a_running_event_loop(tmp_path: Path, fake_server: FakeLLMSe
 def test_cli_exit_codes_and_masked_output(tmp_path: Path, fake_server: FakeLLMServer) -> None:
     fake_server.require_authorization(f"Bearer {API_KEY}")
     script_good_model(fake_server)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTO_CODER_", "OPENAI_"))}
+    env = dict(os.environ)
     env.update(AUTO_CODER_BASE_URL=fake_server.base_url, AUTO_CODER_MODEL="fake-model", AUTO_CODER_API_KEY=API_KEY,
                HOME=str(tmp_path))
     command = [sys.executable, "-m", "auto_coder_nb", "--doctor"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -21,9 +20,6 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
     """A test server the notebook's kernel talks to (nbclient starts kernels with this environment)."""
-    for key in list(os.environ):
-        if key.startswith(("AUTO_CODER_", "OPENAI_", "JPY_")) or key in ("USE_SSO", "SSO_TOKEN"):
-            monkeypatch.delenv(key)
     (tmp_path / "home").mkdir()
     with FakeLLMServer() as fake:
         monkeypatch.setenv("HOME", str(tmp_path / "home"))
