@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .approvals import APPROVAL_MODES
-from .config import Config, load_config
+from .config import load_config
 from .errors import ConfigError
 from .events import (
     ApprovalRequest,
@@ -237,7 +237,3 @@ def _brief_arguments(event: ToolCallStarted) -> str:
         text = repr(value)
         parts.append(f"{key}={text[:60] + '...' if len(text) > 60 else text}")
     return ", ".join(parts)
-
-
-def effective(config: Config) -> str:
-    return f"{config.llm.model} at {config.llm.base_url}"

@@ -13,7 +13,8 @@ from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from .agent import iterate_sync
-from .cli import EXIT_OK, TerminalView, ask_on_terminal, effective
+from .cli import EXIT_OK, TerminalView, ask_on_terminal
+from .config import redact_url
 from .errors import ProviderError
 from .session import Session
 
@@ -53,7 +54,8 @@ def _prompt_session() -> PromptSession[str]:
 
 def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
     prompts = _prompt_session()
-    print(f"auto-coder: {effective(session.config)}, workspace {session.workspace.root}, "
+    llm = session.config.llm
+    print(f"auto-coder: {llm.model} at {redact_url(llm.base_url)}, workspace {session.workspace.root}, "
           f"approval mode {session.policy.mode}. /help for commands.", file=sys.stderr)
     while True:
         try:
