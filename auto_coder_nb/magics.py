@@ -133,7 +133,7 @@ def refresh_config(shell: Any = None) -> str | None:
     """Apply environment variables and config files changed since the kernel's session was made (users set
     os.environ or edit .auto-coder.yaml in the notebook) from the next request on; the conversation stays.
     Returns a sentence saying what is used now, or None when nothing changed. Raises ConfigError."""
-    from .config import load_config
+    from .config import load_config, redact_url
 
     state = _kernel_state(shell)
     if state.session is None or state.config_dir is None:
@@ -141,7 +141,7 @@ def refresh_config(shell: Any = None) -> str | None:
     config = load_config(state.config_flags, cwd=state.config_dir)
     if not state.session.apply_config(config):
         return None
-    return (f"Configuration changed: now {config.llm.model} at {config.llm.base_url}, "
+    return (f"Configuration changed: now {config.llm.model} at {redact_url(config.llm.base_url)}, "
             f"approval mode {config.agent.approval_mode}.")
 
 
