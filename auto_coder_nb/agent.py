@@ -31,6 +31,7 @@ from .events import (
 from .providers.base import (
     Completion,
     LLMProvider,
+    ProviderNotice,
     ReasoningChunk,
     Retrying,
     TextChunk,
@@ -50,6 +51,8 @@ TRUNCATED_ARGUMENTS = (
     "Not executed: the arguments of this call were cut off because the answer reached the output "
     "token limit. Make the call again with shorter arguments (for example, write a large file in parts)."
 )
+CUT_OFF = ("The answer was cut off: it reached the output token limit (llm.max_tokens). Ask for the rest, "
+           "or raise llm.max_tokens.")
 
 
 class Agent:
@@ -107,6 +110,8 @@ class Agent:
                 calls = completion.tool_calls
                 conversation.add_assistant(completion.content, calls, completion.reasoning)
                 if not calls:
+                    if completion.finish_reason == "length":
+                        yield Notice(CUT_OFF)
                     yield TurnDone("stop")
                     return
                 for call in calls:
@@ -160,7 +165,7 @@ class Agent:
                         yield TextDelta(item.text)
                     elif isinstance(item, ReasoningChunk):
                         yield ReasoningDelta(item.text)
-                    elif isinstance(item, Retrying):
+                    elif isinstance(item, (Retrying, ProviderNotice)):
                         yield Notice(item.message)
                     else:
                         yield item

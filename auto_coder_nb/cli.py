@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .approvals import APPROVAL_MODES
-from .config import load_config
+from .config import TOOL_CALLING_MODES, load_config
 from .errors import ConfigError
 from .events import (
     ApprovalRequest,
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="PATH", help="config file, read after ~/ and ./.auto-coder.yaml")
     parser.add_argument("--working-dir", "-d", metavar="DIR", help="workspace root for the tools (default: .)")
     parser.add_argument("--approval-mode", choices=APPROVAL_MODES, help="what needs a yes (default ask)")
+    parser.add_argument("--tool-calling", choices=TOOL_CALLING_MODES,
+                        help="how the model calls tools: the server's own (native), steps described in the prompt "
+                        "(prompted), none, or auto (native, prompted when the model has no tool calling; default)")
+    parser.add_argument("--max-tokens", metavar="N", help="cap on the tokens of each reply (default 4096; "
+                        "'null' leaves it to the server)")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration and exit")
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "llm.api_key": args.api_key,
         "agent.approval_mode": args.approval_mode,
         "agent.working_dir": args.working_dir,
+        "llm.tool_calling": args.tool_calling,
+        "llm.max_tokens": args.max_tokens,
     }
     try:
         config = load_config(flags, args.config)

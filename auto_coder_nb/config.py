@@ -18,6 +18,8 @@ from .errors import ConfigError
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
+# How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
+TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
 
 
 @dataclass
@@ -32,6 +34,8 @@ class LLMConfig:
     extra_ca_certs: list[str] = field(default_factory=list)
     verify: bool = True
     proxy: str | None = None
+    tool_calling: str = "auto"
+    max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; None: the server's
 
 
 @dataclass
@@ -112,6 +116,8 @@ ENV_VARS = {
     "AUTO_CODER_API_KEY": "llm.api_key",
     "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
     "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
+    "AUTO_CODER_TOOL_CALLING": "llm.tool_calling",
+    "AUTO_CODER_MAX_TOKENS": "llm.max_tokens",
     "USE_SSO": "auth.use_sso",
     "SERVER_SIDE_TOKEN_REFRESH": "auth.server_side_token_refresh",
     "SSO_TOKEN": "auth.sso_token",
@@ -269,6 +275,8 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a string")
         if key == "agent.approval_mode" and value not in APPROVAL_MODES:
             raise wrong("one of " + ", ".join(APPROVAL_MODES))
+        if key == "llm.tool_calling" and value not in TOOL_CALLING_MODES:
+            raise wrong("one of " + ", ".join(TOOL_CALLING_MODES))
         if key == "llm.model" and not value.strip():
             raise wrong("a model name")
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
@@ -280,11 +288,13 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if not isinstance(value, bool):
             raise wrong("true or false")
         return value
-    if kind == "int":
+    if kind.startswith("int"):
+        if optional and isinstance(value, str) and value.strip().lower() in ("null", "none"):
+            return None  # from a flag or the environment, where there is no YAML null
         if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise wrong("a positive whole number")
+            raise wrong("a positive whole number" + (" or null" if optional else ""))
         return value
     if kind == "float":
         try:

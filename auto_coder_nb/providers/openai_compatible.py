@@ -38,11 +38,13 @@ from ..errors import (
     ServerError,
     StreamError,
     TLSError,
+    ToolsNotSupported,
 )
 from .base import (
     Completion,
     LLMProvider,
     ProviderEvent,
+    ProviderNotice,
     ReasoningChunk,
     Retrying,
     TextChunk,
@@ -50,6 +52,8 @@ from .base import (
     ToolDefinition,
     Usage,
 )
+from .capabilities import ModelCapabilities, probe_capabilities
+from .prompted import prompted_chat
 from .sse import SSEParser
 
 MAX_RETRIES = 4
@@ -69,6 +73,21 @@ _OVERFLOW_TEXT = re.compile(
     r"|exceeds? (the )?(max|context)|n_ctx|reduce the length|longer than the model",
     re.IGNORECASE,
 )
+# What servers say when they refuse `tools` (Ollama, vLLM without auto tool choice, llama.cpp without --jinja...).
+_NO_TOOL_SUPPORT = re.compile(
+    r"(does not|doesn't|do not|don't|cannot) (support|use) (tools|tool[ _-]?(calling|calls|use)|function[ _-]?call)"
+    r"|tools? (is|are) not supported|(tool|function)[ _-]?call(ing|s)? (is|are) not (supported|enabled|available)"
+    r"|enable-auto-tool-choice|tool-call-parser|tools param requires|tool_choice param requires",
+    re.IGNORECASE,
+)
+_NO_STRUCTURED_OUTPUT = re.compile(r"response_format|json_schema|structured output|grammar|guided", re.IGNORECASE)
+NO_TOOLS_NOTICE = ("Tool calling is off (llm.tool_calling: none): the model answers in plain chat and cannot read, "
+                   "change or run anything.")
+NO_STRUCTURED_OUTPUT_NOTICE = ("The server does not accept structured output (response_format): the model's "
+                               "steps are read from its free text for the rest of the session.")
+NO_TOOLS_NOTE = "No tools are available in this conversation: answer from what the user wrote."
+TOOLS_HINT = ("Set llm.tool_calling to auto or prompted (--tool-calling, AUTO_CODER_TOOL_CALLING) to describe the "
+              "tools in the prompt instead.")
 _TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
 _SECRET_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
@@ -103,9 +122,15 @@ class OpenAICompatibleProvider(LLMProvider):
         self.on_retry = on_retry
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
+        self.tool_calling = config.llm.tool_calling
+        self.max_tokens = config.llm.max_tokens
         # What the server turned out not to accept; learnt from its errors, kept for the session.
         self.send_stream_options = True
         self.stream_with_tools = True
+        self.structured_output = True
+        self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
+        self._pending_notice = ""
+        self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -139,11 +164,78 @@ class OpenAICompatibleProvider(LLMProvider):
         *,
         headers: dict[str, str] | None = None,
     ) -> AsyncIterator[ProviderEvent]:
+        """One model request in the tool-calling mode of `llm.tool_calling` (auto decides once per model)."""
+        mode = self.tool_calling if tools else "native"
+        if mode == "auto":
+            mode = await self._auto_mode(headers)
+            if self._pending_notice:
+                yield ProviderNotice(self._pending_notice)
+                self._pending_notice = ""
+        if mode == "none" or not tools:
+            if mode == "none" and not self._said_no_tools:
+                self._said_no_tools = True
+                yield ProviderNotice(NO_TOOLS_NOTICE)
+            async for event in self._exchange(_with_note(messages, NO_TOOLS_NOTE) if mode == "none" else messages,
+                                              None, headers):
+                yield event
+            return
+        if mode == "prompted":
+            async for event in self._prompted(messages, tools, headers):
+                yield event
+            return
+        try:
+            async for event in self._exchange(messages, tools, headers):
+                yield event
+        except ToolsNotSupported as refusal:
+            if self.tool_calling != "auto":
+                raise
+            self._modes[self.model] = "prompted"  # the refusal came before any answer: nothing was shown yet
+            said = f" ({refusal.server_message})" if refusal.server_message else ""
+            yield ProviderNotice(self._switch_notice(f"the server refused native tool calls{said}"))
+            async for event in self._prompted(messages, tools, headers):
+                yield event
+
+    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+        """What the server says up front about the model (llama.cpp /props, Ollama /api/show); asked once."""
+        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
+
+    async def _auto_mode(self, headers: dict[str, str] | None) -> str:
+        """native or prompted for this model: from the server's capabilities when it states them, else native
+        until the server refuses tools."""
+        mode = self._modes.get(self.model)
+        if mode is None:
+            found = await self.capabilities(headers=headers)
+            mode = self._modes[self.model] = "prompted" if found.tools is False else "native"
+            if mode == "prompted":
+                self._pending_notice = self._switch_notice(f"{found.source} says it has no native tool calling")
+        return mode
+
+    def _switch_notice(self, why: str) -> str:
+        return (f"Model {self.model}: {why}, so the tools are described in the prompt for the rest of the session "
+                "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
+
+    async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
+                        headers: dict[str, str] | None) -> AsyncIterator[ProviderEvent]:
+        def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
+            return self._exchange(prompt, None, headers, extra)
+
+        async for event in prompted_chat(send, messages, tools, structured=self.structured_output,
+                                         new_call_id=mint_tool_call_id):
+            yield event
+
+    async def _exchange(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[ToolDefinition] | None,
+        headers: dict[str, str] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> AsyncIterator[ProviderEvent]:
+        """One request (retried when worth it) as it is on the wire: streamed events, then one Completion."""
         client = self._client()
         url = f"{self.base_url}/chat/completions"
         retries = 0
         while True:
-            body = self._request_body(messages, tools)
+            body = self._request_body(messages, tools, extra)
             started = False
             retry_after: float | None = None
             try:
@@ -151,9 +243,16 @@ class OpenAICompatibleProvider(LLMProvider):
                     if response.status_code >= 300:
                         await response.aread()
                         if self._adapt_to_rejection(response, body):
+                            if "response_format" in body and not self.structured_output:
+                                yield ProviderNotice(NO_STRUCTURED_OUTPUT_NOTICE)
                             continue
                         retry_after = _retry_after(response.headers)
-                        raise self._status_error(response)
+                        error = self._status_error(response)
+                        if body.get("tools") and _refuses_tools(response):
+                            raise ToolsNotSupported(f"{str(error).rstrip('.')}. {TOOLS_HINT}",
+                                                    status=response.status_code,
+                                                    server_message=self._server_message(response)[0])
+                        raise error
                     async for event in self._read_answer(response):
                         started = True
                         yield event
@@ -169,8 +268,14 @@ class OpenAICompatibleProvider(LLMProvider):
             yield Retrying(notice)
             await asyncio.sleep(delay)
 
-    def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None) -> dict[str, Any]:
+    def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_params}
+        if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
+            body["max_tokens"] = self.max_tokens
+        for key, value in (extra or {}).items():
+            if key != "response_format" or self.structured_output:
+                body[key] = value
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
         streaming = self.stream and (self.stream_with_tools or not tools)
@@ -189,6 +294,9 @@ class OpenAICompatibleProvider(LLMProvider):
             return True
         if body.get("stream") and body.get("tools") and _TOOLS_WITH_STREAM.search(text):
             self.stream_with_tools = False  # e.g. older llama-server: 500 "Cannot use tools with stream"
+            return True
+        if "response_format" in body and _NO_STRUCTURED_OUTPUT.search(text):
+            self.structured_output = False  # prompted mode parses steps from free text from now on
             return True
         return False
 
@@ -537,6 +645,17 @@ class _Assembler:
         if tool_calls and finish_reason != "length":
             finish_reason = "tool_calls"  # whatever the server said: tool-call deltas make it a tool turn
         return Completion("".join(self.content), "".join(self.reasoning), tool_calls, finish_reason, self.usage)
+
+
+def _refuses_tools(response: httpx.Response) -> bool:
+    return response.status_code in (400, 422, 500, 501) and bool(_NO_TOOL_SUPPORT.search(response.text))
+
+
+def _with_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    """`messages` with `note` added to the system prompt (or as one)."""
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
 
 
 def _complete(call: _PartialCall) -> bool:

@@ -157,7 +157,32 @@ class Replies:
         return body
 
 
+    @staticmethod
+    def prompted_call(name: str, arguments: dict[str, Any] | None = None, **options: Any) -> Spec:
+        """A prompted-mode tool step, `{"tool": name, "arguments": {...}}`, as the text of the answer."""
+        return Replies.text(_dumps({"tool": name, "arguments": arguments or {}}), **options)
+
+    @staticmethod
+    def prompted_answer(text: str, **options: Any) -> Spec:
+        """A prompted-mode answer step, `{"answer": text}`, as the text of the answer."""
+        return Replies.text(_dumps({"answer": text}), **options)
+
+
 reply = Replies()
+
+# How real servers refuse `tools` for a model or setup without tool calling: (status, body).
+TOOL_REFUSALS: dict[str, tuple[int, Any]] = {
+    "ollama": (400, {"error": {"message": "registry.ollama.ai/library/gemma2:2b does not support tools",
+                               "type": "api_error", "param": None, "code": None}}),
+    "vllm": (400, {"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                                                '--tool-call-parser to be set', "type": "BadRequestError",
+                   "param": None, "code": 400}),
+    "llama.cpp": (500, {"error": {"code": 500, "message": "tools param requires --jinja flag",
+                                  "type": "server_error"}}),
+}
+STRUCTURED_OUTPUT_REFUSAL = {"error": {"message": "Unsupported parameter: 'response_format' is not supported by this "
+                                                  "server.", "type": "invalid_request_error",
+                                       "param": "response_format", "code": None}}
 
 
 def _arguments_text(arguments: Any) -> str:
@@ -348,7 +373,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(401, {"error": {"message": "Incorrect API key provided.",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
             elif request.method == "POST" and url.path in ("/v1/chat/completions", "/chat/completions"):
-                self._send_prepared(fake._next_reply(request), request)
+                refusal = fake._refusal(request)
+                if refusal is not None:
+                    self._send_json(*refusal)
+                else:
+                    self._send_prepared(fake._next_reply(request), request)
             elif request.method == "GET" and url.path in ("/v1/models", "/models"):
                 self._send_json(200, {"object": "list", "data": [
                     {"id": model, "object": "model", "created": CREATED, "owned_by": "fake"} for model in fake.models
@@ -458,6 +487,10 @@ class FakeLLMServer:
         self.required_headers: dict[str, str] = {}
         if require_authorization:
             self.require_authorization(require_authorization)
+        # Emulate a server without tool calling: refuse `tools` as "ollama", "vllm" or "llama.cpp" does.
+        self.refuse_tools: str | None = None
+        # False: refuse `response_format` (a server without structured output).
+        self.structured_output = True
         self.requests: list[RecordedRequest] = []
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
@@ -557,11 +590,23 @@ class FakeLLMServer:
     def _authorized(self, request: RecordedRequest) -> bool:
         return all(request.headers.get(name.lower()) == value for name, value in self.required_headers.items())
 
+    def _refusal(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """The error a chat request gets for what this server does not support, or None."""
+        body = request.json if isinstance(request.json, dict) else {}
+        if self.refuse_tools and body.get("tools"):
+            return TOOL_REFUSALS[self.refuse_tools]
+        if not self.structured_output and "response_format" in body:
+            return 400, STRUCTURED_OUTPUT_REFUSAL
+        return None
+
     def _next_reply(self, request: RecordedRequest) -> _Prepared:
         with self._lock:
             if self._queue:
                 return self._queue.pop(0)
-        return _Prepared(reply.text(default_answer(request.json)))
+        answer = default_answer(request.json)
+        if isinstance(request.json, dict) and request.json.get("response_format"):
+            answer = _dumps({"answer": answer})  # a prompted-mode step
+        return _Prepared(reply.text(answer))
 
 
 def default_answer(request_json: Any) -> str:
