@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config, load_object
+from .config import Config, load_object, redact_url
 from .errors import ConfigError
+from .history import ConversationStore, HistoryError, Recorder, SavedConversation, read_records, rebuild
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
@@ -38,6 +39,8 @@ class Session:
     conversation: Conversation
     policy: ApprovalPolicy
     agent: Agent
+    notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
+    recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
 
     @classmethod
     def create(
@@ -46,6 +49,7 @@ class Session:
         working_dir: str | os.PathLike[str] | None = None,
         extra_tools: Iterable[ToolDefinition] = (),
         provider: LLMProvider | None = None,
+        notebook: str | os.PathLike[str] | None = None,
     ) -> Session:
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
@@ -60,7 +64,31 @@ class Session:
         conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
         policy = ApprovalPolicy(config.agent.approval_mode)
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
-        return cls(config, provider, tools, workspace, conversation, policy, agent)
+        session = cls(config, provider, tools, workspace, conversation, policy, agent,
+                      Path(notebook).expanduser().resolve() if notebook else None)
+        if config.history.enabled:
+            store = ConversationStore()
+            _remove_old_conversations(store, config.history.retention_days)
+            session.recorder = agent.observer = Recorder(store, conversation, session.describe,
+                                                         session.config.secret_values)
+        return session
+
+    def describe(self) -> dict[str, str | None]:
+        """Where and with what this session talks, as saved with its conversations (no credentials)."""
+        return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
+                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+
+    def resume(self, saved: SavedConversation) -> str:
+        """Continue a saved conversation: its history and correlation id; what follows is saved with it.
+        Returns the sentence to show. Raises HistoryError if its file cannot be read."""
+        if self.agent.busy:
+            raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
+        if self.recorder is not None:
+            self.recorder.resume(saved)
+        else:
+            self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+        count = sum(1 for m in self.conversation.messages if m["role"] == "user")
+        return f"Resumed conversation {saved.id} ({count} prompts): {saved.line()}"
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
@@ -80,6 +108,7 @@ class Session:
                 if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
                     self.policy.mode = config.agent.approval_mode
         self.config.sources, self.config.files = config.sources, config.files
+        self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
 
     def clear(self) -> str:
@@ -100,6 +129,16 @@ class Session:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+_cleaned: set[Path] = set()
+
+
+def _remove_old_conversations(store: ConversationStore, days: int) -> None:
+    """Retention, once per process and folder (kernels and the REPL make sessions more than once)."""
+    if store.folder not in _cleaned:
+        _cleaned.add(store.folder)
+        store.remove_older_than(days)
 
 
 def configured_tools(config: Config) -> list[ToolDefinition]:
