@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -137,6 +138,14 @@ class SavedConversation:
         return f"{self.short_id}  {when}  {where}  {prompt}"
 
 
+_ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
+
+
+def looks_like_id(word: str) -> bool:
+    """Whether a word after `--resume` is a conversation id (prefix) rather than the start of a prompt."""
+    return bool(_ID.fullmatch(word.lower()))
+
+
 def summarize(path: Path) -> SavedConversation:
     """A listing entry from the start of a file; HistoryError if it is not a saved conversation."""
     try:
@@ -198,8 +207,25 @@ class ConversationStore:
             raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
                                f"({', '.join(s.short_id for s in matches[:10])}): give more of the id.")
         shown = ", ".join(s.short_id for s in saved[:10]) + (", ..." if len(saved) > 10 else "")
-        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}. "
-                           "--sessions lists them.")
+        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}.")
+
+    def listing(self) -> str:
+        """What `--sessions` shows: one line per conversation, newest first."""
+        saved = self.list()
+        if not saved:
+            return f"No saved conversations in {self.folder}."
+        return "\n".join(entry.line() for entry in saved)
+
+    def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
+               notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
+        """The conversation `conversation_id` names (an id or a unique prefix), else the newest for the notebook
+        (if given) or the working folder. HistoryError if there is none."""
+        if conversation_id:
+            return self.find(conversation_id)
+        saved = self.latest(working_dir=working_dir, notebook=notebook)
+        if saved is None:
+            raise HistoryError(f"No saved conversation for {notebook or working_dir} in {self.folder}.")
+        return saved
 
     def latest(self, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation | None:
@@ -378,11 +404,23 @@ class Recorder:
         self._fd, self.path = fd, path
 
     def _line(self, record: dict[str, Any]) -> bytes:
-        secrets = list(self.secrets())
-        record = {"v": SCHEMA_VERSION, "t": now(), **record}
-        text = json.dumps(_scrub(record, lambda s: hide_credential_shapes(hide_secrets(s, secrets))),
-                          ensure_ascii=False)
-        return (text + "\n").encode("utf-8")
+        return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, Any]:
+    """`record` as saved: with the schema version and the time, and every secret in it hidden."""
+    known = list(secrets)
+    return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
+                  lambda text: hide_credential_shapes(hide_secrets(text, known)))
+
+
+def records_of(conversation: Conversation, description: dict[str, Any],
+               secrets: Iterable[str | None]) -> list[dict[str, Any]]:
+    """The records a conversation that was not saved would have (for an export): its start and messages."""
+    known = list(secrets)
+    start = {"type": "start", "correlation_id": conversation.correlation_id, **description}
+    return [stamped(start, known)] + [stamped({"type": "message", "message": message}, known)
+                                      for message in conversation.messages if message["role"] != "system"]
 
 
 def _scrub(value: Any, hide: Callable[[str], str]) -> Any:

@@ -13,6 +13,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from .config import redact_url
 from .errors import ProviderError
+from .history import ConversationStore, HistoryError
 from .session import Session
 from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
 
@@ -26,6 +27,9 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
+  /sessions       list the saved conversations, newest first
+  /resume [ID]    continue a saved conversation (default: the newest for this folder)
+  /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
   /quit, /exit    leave"""
 
 
@@ -77,7 +81,8 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
 
 def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop) -> str | None:
     """Run a slash command; returns "quit" to leave."""
-    name, _, _rest = line.partition(" ")
+    name, _, rest = line.partition(" ")
+    rest = rest.strip()
     if name in ("/quit", "/exit"):
         return "quit"
     if name == "/help":
@@ -101,6 +106,19 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop) ->
                 print(("* " if model == session.config.llm.model else "  ") + model)
     elif name == "/undo":
         print(session.undo())
+    elif name in ("/sessions", "/resume", "/export"):
+        store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+        try:
+            if name == "/sessions":
+                print(store.listing())
+            elif name == "/resume":
+                print(session.resume(session.saved_here(rest or None, store)))
+            elif not rest:
+                print("/export needs a file name: /export PATH (.md, .ipynb or .jsonl)", file=sys.stderr)
+            else:
+                print(session.export(rest, None, store))
+        except HistoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
     else:
         print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
     return None

@@ -11,11 +11,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
 from .config import Config, load_object, redact_url
 from .errors import ConfigError
-from .history import ConversationStore, HistoryError, Recorder, SavedConversation, read_records, rebuild
+from .history import (
+    ConversationStore,
+    HistoryError,
+    Recorder,
+    SavedConversation,
+    read_records,
+    rebuild,
+    records_of,
+)
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
@@ -78,6 +87,24 @@ class Session:
         return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
                 "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
 
+    def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
+        """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or
+        of this working folder. Raises HistoryError."""
+        if self.notebook is not None:
+            return store.choose(conversation_id, notebook=self.notebook)
+        return store.choose(conversation_id, working_dir=self.workspace.root)
+
+    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
+        """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
+        session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
+            records = read_records(self.saved_here(conversation_id, store).path)
+        elif self.recorder is not None and self.recorder.path is not None:
+            records = read_records(self.recorder.path)
+        else:  # not saved (history.enabled is false): the history in memory
+            records = records_of(self.conversation, self.describe(), self.config.secret_values())
+        return transcript.export(records, Path(target))
+
     def resume(self, saved: SavedConversation) -> str:
         """Continue a saved conversation: its history and correlation id; what follows is saved with it.
         Returns the sentence to show. Raises HistoryError if its file cannot be read."""
@@ -88,7 +115,7 @@ class Session:
         else:
             self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
-        return f"Resumed conversation {saved.id} ({count} prompts): {saved.line()}"
+        return f"Resumed conversation {saved.id} ({count} earlier prompts, {saved.notebook or saved.working_dir})."
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
