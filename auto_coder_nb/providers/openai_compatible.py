@@ -50,6 +50,7 @@ from .base import (
     ToolDefinition,
     Usage,
 )
+from .capabilities import ModelCapabilities, probe_capabilities
 from .sse import SSEParser
 
 MAX_RETRIES = 4
@@ -271,6 +272,9 @@ class OpenAICompatibleProvider(LLMProvider):
                               f"{self._snippet(text)}") from None
 
     # -- models --------------------------------------------------------------------------
+
+    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
         client = self._client()
