@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .. import auth
+from .. import auth, transport
 from ..config import DEFAULT_BASE_URL, Config
 from ..errors import (
     AuthenticationFailed,
@@ -118,9 +118,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                kwargs = auth.http_client_kwargs(self.config)
-                kwargs.setdefault("timeout", httpx.Timeout(self.config.llm.timeout, connect=10.0))
-                client = self._clients[loop] = httpx.AsyncClient(**kwargs)
+                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:
@@ -382,7 +380,7 @@ class OpenAICompatibleProvider(LLMProvider):
             timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
             return timeout
         text = str(exc)
-        certificate = auth.tls_failure_message(exc, self.config)  # says which CA settings to use
+        certificate = transport.tls_failure_message(exc, self.config)  # says which CA settings to use
         if certificate is not None:
             return TLSError(certificate)
         if isinstance(exc, httpx.ProxyError):
