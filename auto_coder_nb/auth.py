@@ -36,6 +36,7 @@ from .authentication_provider import (
 )
 from .config import Config, load_config, redact_url
 from .errors import ConfigError
+from .text import exception_chain
 
 APP_NAME = "auto-coder-nb"
 CONNECT_TIMEOUT = 10.0
@@ -235,14 +236,11 @@ def tls_failure_message(exc: BaseException, config: Config) -> str | None:
 
 def certificate_problem(exc: BaseException | None) -> str | None:
     """Why the server's certificate was refused, if that is what `exc` (or what caused it) says."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc.verify_message or str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return str(exc).split("] ", 1)[-1]
-        exc = exc.__cause__ or exc.__context__
+    for link in exception_chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return link.verify_message or str(link)
+        if "CERTIFICATE_VERIFY_FAILED" in str(link):
+            return str(link).split("] ", 1)[-1]
     return None
 
 

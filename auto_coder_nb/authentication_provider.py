@@ -32,6 +32,7 @@ import httpx
 
 from .config import Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from .text import hide_secrets
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
@@ -73,14 +74,6 @@ def print_device_code(code: DeviceCode) -> None:
 
 # How providers made without `show_device_code` show the sign-in code. A face may replace it.
 device_code_display: Callable[[DeviceCode], None] = print_device_code
-
-
-def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every known secret replaced, for messages built from what a server or command said."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "<hidden>")
-    return text
 
 
 def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:

@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 
 from . import auth
-from .authentication_provider import AuthenticationProvider, hide_secrets
+from .authentication_provider import AuthenticationProvider
 from .config import DEFAULT_BASE_URL, Config
 from .errors import AutoCoderError, ProviderError
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .state.conversation import new_correlation_id
+from .text import exception_chain, hide_secrets
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 STEP_WIDTH = 20
@@ -321,11 +322,7 @@ def _server_message(response: httpx.Response) -> str:
 
 
 def _is_ssl_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, ssl.SSLError) or "SSL" in str(link) for link in exception_chain(exc))
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -613,7 +613,7 @@ class _ToolCard:
 class ChatPanel:
     """A chat with the agent as an ipywidget. Display it, or drive it from Python.
 
-    `ChatPanel()` uses the kernel's shared session (`auto_coder_nb.magics.get_session()`), so the panel
+    `ChatPanel()` uses the kernel's shared session (`auto_coder_nb.kernel.get_session()`), so the panel
     and the magics share one conversation and correlation id. Create it on the thread that runs the
     kernel's event loop (any notebook cell does), or pass `loop`.
     """
@@ -627,7 +627,7 @@ class ChatPanel:
     ) -> None:
         self._shares_kernel_session = session is None
         if session is None:
-            from .magics import get_session
+            from .kernel import get_session
 
             session = get_session()
         self.session = session
@@ -796,7 +796,7 @@ class ChatPanel:
     def _refresh_config(self) -> bool:
         """Settings changed in the environment or config files apply to this turn, as in the magics."""
         from .errors import ConfigError
-        from .magics import refresh_config
+        from .kernel import refresh_config
 
         try:
             changed = refresh_config()

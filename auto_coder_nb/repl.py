@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from contextlib import closing
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-from .agent import iterate_sync
-from .cli import EXIT_OK, TerminalView, ask_on_terminal
 from .config import redact_url
 from .errors import ProviderError
 from .session import Session
+from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
 
 HELP = """\
 Type a request and press Enter. Alt+Enter (or Esc then Enter) starts a new line.
@@ -70,13 +68,7 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
             if run_command(session, text, loop) == "quit":
                 break
             continue
-        view = TerminalView(ask=ask_on_terminal, show_usage=True)
-        try:
-            with closing(iterate_sync(session.agent.run(text), loop)) as events:
-                for event in events:
-                    view.handle(event)
-        except KeyboardInterrupt:
-            view.finish_text()
+        if not drive_turn(session, text, loop, TerminalView(ask=ask_on_terminal, show_usage=True)):
             print("(stopped)", file=sys.stderr)
     total = session.conversation.usage.total_tokens
     print(f"bye ({total} tokens this session)", file=sys.stderr)

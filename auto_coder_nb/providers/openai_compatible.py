@@ -40,6 +40,7 @@ from ..errors import (
     StreamError,
     TLSError,
 )
+from ..text import caused_by, hide_credential_shapes, hide_secrets
 from .base import (
     Completion,
     LLMProvider,
@@ -71,7 +72,6 @@ _OVERFLOW_TEXT = re.compile(
     re.IGNORECASE,
 )
 _TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
-_SECRET_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
 def mint_tool_call_id() -> str:
@@ -421,7 +421,7 @@ class OpenAICompatibleProvider(LLMProvider):
         if isinstance(exc, httpx.ProxyError):
             return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
         if isinstance(exc, httpx.ConnectError):
-            if "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError):
+            if "refused" in text.lower() or caused_by(exc, ConnectionRefusedError):
                 return ConnectionRefused(f"could not connect to {where}: connection refused{self._where_hint()}")
             reason = self._redact(text) or "connection failed"
             return ConnectionFailed(f"could not connect to {where}: {reason}{self._where_hint()}")
@@ -464,10 +464,7 @@ class OpenAICompatibleProvider(LLMProvider):
     def _redact(self, text: str, sent_token: str = "") -> str:
         """Remove anything that may be a credential: our key, our header values, bearer tokens, sk- keys."""
         secrets = [self.config.llm.api_key, sent_token, *self.config.llm.auth_headers.values()]
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "<hidden>")
-        return _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} <hidden>" if m.group(1) else "<hidden>", text)
+        return hide_credential_shapes(hide_secrets(text, secrets))
 
 
 class _PartialCall:
@@ -627,17 +624,6 @@ def _short_reason(error: ProviderError) -> str:
     if isinstance(error, ConnectionRefused):
         return "connection refused"
     return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):  # the chain is short; the bound only guards against cycles
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _safe_url(url: str) -> str:
