@@ -36,6 +36,7 @@ from ..errors import (
     RateLimited,
     RequestTimeout,
     ServerError,
+    StreamCutOff,
     StreamError,
     TLSError,
 )
@@ -51,7 +52,7 @@ from .base import (
     ToolDefinition,
     Usage,
 )
-from .sse import SSEParser
+from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 MAX_RETRIES = 4
 MERGE_ABOVE = 32  # deltas arriving in one network read beyond this many are merged
@@ -194,11 +195,11 @@ class OpenAICompatibleProvider(LLMProvider):
         assembler = _Assembler()
         if "json" in response.headers.get("content-type", ""):
             # A whole completion: asked for (stream=False) or sent although streaming was asked for.
-            await response.aread()
-            whole = self._parse_json(response.text)
+            text = await self._read_whole(response)
+            whole = self._parse_json(text)
             if not isinstance(whole, dict) or not ("choices" in whole or "error" in whole):
                 raise StreamError(f"the server at {_safe_url(self.base_url)} did not answer like an OpenAI-compatible "
-                                  f"API: {self._snippet(response.text)}")
+                                  f"API: {self._snippet(text)}")
             for event in assembler.feed(whole, self._raise_stream_error):
                 yield event
         else:
@@ -207,10 +208,18 @@ class OpenAICompatibleProvider(LLMProvider):
             finished = ended = False
             pending: list[str] = []  # text of one kind, merged within a crowded read
             pending_kind: type[TextChunk | ReasoningChunk] = TextChunk
+            # Keep-alive comments and empty deltas reset httpx's read timeout; this one only counts progress.
+            idle_limit = self.config.llm.timeout
+            last_progress = time.monotonic()
             while not ended:
                 read = await anext(reads, None)
                 ended = read is None
-                datas = parser.close() if read is None else parser.feed(read)
+                try:
+                    datas = parser.close() if read is None else parser.feed(read)
+                except EventTooLarge as exc:
+                    raise StreamError(f"the server at {_safe_url(self.base_url)} sent an answer that cannot be read: "
+                                      f"{exc}") from None
+                progress = assembler.progress
                 # One read holding many events means the consumer fell behind (or the server sends in
                 # bursts): merging them shows the same text with far fewer events for the faces to render.
                 merge = len(datas) > MERGE_ABOVE
@@ -236,6 +245,7 @@ class OpenAICompatibleProvider(LLMProvider):
                             if not content:
                                 continue
                             assembler.content.append(content)
+                            assembler.progress += 1
                             if not merge:
                                 yield TextChunk(content)
                                 continue
@@ -257,9 +267,32 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
+                now = time.monotonic()
+                if finished or assembler.progress != progress:
+                    last_progress = now
+                elif now - last_progress > idle_limit:
+                    stalled = RequestTimeout(f"the server at {_safe_url(self.base_url)} sent nothing but keep-alives "
+                                             f"or empty deltas for {idle_limit:g} s (llm.timeout)")
+                    stalled.retryable = False  # the user already waited the whole timeout
+                    raise stalled
+            if assembler.received and not finished and assembler.finish_reason is None:
+                raise StreamCutOff(f"the answer from {_safe_url(self.base_url)} was cut off: the stream ended without "
+                                   "a finish_reason or [DONE], so it may be incomplete")
         if not assembler.received:
             raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
         yield assembler.completion()
+
+    async def _read_whole(self, response: httpx.Response) -> str:
+        """A JSON body, read up to the size the SSE parser allows one event."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_EVENT_BYTES:
+                raise StreamError(f"the server at {_safe_url(self.base_url)} sent an answer that cannot be read: "
+                                  f"larger than {MAX_EVENT_BYTES / 1048576:g} MiB")
+            parts.append(part)
+        return b"".join(parts).decode(response.encoding or "utf-8", "replace")
 
     def _parse_json(self, text: str) -> Any:
         try:
@@ -452,6 +485,7 @@ class _Assembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.received = False
+        self.progress = 0  # bumped by every chunk that adds something: a stream of empty deltas is stalled
 
     def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[TextChunk | ReasoningChunk]:
         if not isinstance(chunk, dict):
@@ -461,6 +495,7 @@ class _Assembler:
         self.received = True
         if isinstance(chunk.get("usage"), dict):
             self.usage = _parse_usage(chunk["usage"])
+            self.progress += 1
         events: list[TextChunk | ReasoningChunk] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
@@ -481,8 +516,11 @@ class _Assembler:
                 if isinstance(fragment, dict):
                     # In a whole message every entry is a whole call, whatever its index says.
                     self._add_fragment(fragment, position if whole is not None else fragment.get("index"))
+                    self.progress += 1
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                self.progress += 1
+        self.progress += len(events)
         return events
 
     def _add_fragment(self, fragment: dict[str, Any], index: Any) -> None:
