@@ -16,12 +16,13 @@ from typing import Any
 
 import httpx
 
-from . import auth
-from .authentication_provider import AuthenticationProvider, hide_secrets
-from .config import DEFAULT_BASE_URL, Config
+from . import auth, transport
+from .authentication_provider import AuthenticationProvider
+from .config import DEFAULT_BASE_URL, Config, redact_url
 from .errors import AutoCoderError, ProviderError
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .state.conversation import new_correlation_id
+from .text import exception_chain, hide_secrets
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 STEP_WIDTH = 20
@@ -83,7 +84,7 @@ class _Doctor:
     # -- the steps -----------------------------------------------------------------------------
 
     def run(self) -> bool:
-        self.write(f"auto-coder doctor: {auth.redact_url(self.base_url)}, model {self.config.llm.model}")
+        self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
                  "tool call"]
@@ -130,15 +131,15 @@ class _Doctor:
         except AutoCoderError as error:
             return self.add(Row("configuration", FAIL, "; ".join(parts), str(error)))
         proxy = self.client_kwargs.get("proxy")
-        parts.append(f"proxy: {auth.redact_url(proxy) if proxy else 'none'}")
+        parts.append(f"proxy: {redact_url(proxy) if proxy else 'none'}")
         return self.add(Row("configuration", PASS, "; ".join(parts)))
 
     def check_connection(self) -> tuple[Row, Row]:
         """Reach /models without credentials: any HTTP answer means the server (and TLS) works."""
         kwargs = {key: value for key, value in self.client_kwargs.items() if key != "auth"}
-        trust = auth.tls_trust(self.config)
+        trust = transport.tls_trust(self.config)
         https = self.base_url.startswith("https:")
-        route = f"via proxy {auth.redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
+        route = f"via proxy {redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
         try:
             with httpx.Client(**kwargs) as client:
                 response = client.get(self.models_url, headers=self.headers)
@@ -157,9 +158,9 @@ class _Doctor:
                                        "set llm.ca_bundle to your CA's PEM file and drop llm.verify: false"))
         return reach, self.add(Row("TLS verified", PASS, f"with {trust.source}"))
 
-    def _connection_failure(self, exc: httpx.HTTPError, trust: auth.Trust, https: bool,
+    def _connection_failure(self, exc: httpx.HTTPError, trust: transport.Trust, https: bool,
                             route: str) -> tuple[Row, Row]:
-        problem = auth.certificate_problem(exc)
+        problem = transport.certificate_problem(exc)
         if problem is not None:
             reach = self.add(Row("base URL reachable", PASS, f"connected ({route})"))
             return reach, self.add(Row("TLS verified", FAIL, f"{problem}; trusted CAs: {trust.source}",
@@ -321,11 +322,7 @@ def _server_message(response: httpx.Response) -> str:
 
 
 def _is_ssl_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, ssl.SSLError) or "SSL" in str(link) for link in exception_chain(exc))
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -89,7 +89,7 @@ class Notice:
 
 @dataclass
 class TurnDone:
-    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error"
+    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "cut_off", "busy"
 
 
 @dataclass

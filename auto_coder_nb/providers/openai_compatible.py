@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .. import auth
+from .. import auth, transport
 from ..config import DEFAULT_BASE_URL, Config
 from ..errors import (
     AuthenticationFailed,
@@ -36,9 +36,11 @@ from ..errors import (
     RateLimited,
     RequestTimeout,
     ServerError,
+    StreamCutOff,
     StreamError,
     TLSError,
 )
+from ..text import caused_by, hide_credential_shapes, hide_secrets
 from .base import (
     Completion,
     LLMProvider,
@@ -50,7 +52,7 @@ from .base import (
     ToolDefinition,
     Usage,
 )
-from .sse import SSEParser
+from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 MAX_RETRIES = 4
 MERGE_ABOVE = 32  # deltas arriving in one network read beyond this many are merged
@@ -70,7 +72,6 @@ _OVERFLOW_TEXT = re.compile(
     re.IGNORECASE,
 )
 _TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
-_SECRET_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
 def mint_tool_call_id() -> str:
@@ -118,9 +119,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                kwargs = auth.http_client_kwargs(self.config)
-                kwargs.setdefault("timeout", httpx.Timeout(self.config.llm.timeout, connect=10.0))
-                client = self._clients[loop] = httpx.AsyncClient(**kwargs)
+                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:
@@ -196,11 +195,11 @@ class OpenAICompatibleProvider(LLMProvider):
         assembler = _Assembler()
         if "json" in response.headers.get("content-type", ""):
             # A whole completion: asked for (stream=False) or sent although streaming was asked for.
-            await response.aread()
-            whole = self._parse_json(response.text)
+            text = await self._read_whole(response)
+            whole = self._parse_json(text)
             if not isinstance(whole, dict) or not ("choices" in whole or "error" in whole):
                 raise StreamError(f"the server at {_safe_url(self.base_url)} did not answer like an OpenAI-compatible "
-                                  f"API: {self._snippet(response.text)}")
+                                  f"API: {self._snippet(text)}")
             for event in assembler.feed(whole, self._raise_stream_error):
                 yield event
         else:
@@ -209,10 +208,18 @@ class OpenAICompatibleProvider(LLMProvider):
             finished = ended = False
             pending: list[str] = []  # text of one kind, merged within a crowded read
             pending_kind: type[TextChunk | ReasoningChunk] = TextChunk
+            # Keep-alive comments and empty deltas reset httpx's read timeout; this one only counts progress.
+            idle_limit = self.config.llm.timeout
+            last_progress = time.monotonic()
             while not ended:
                 read = await anext(reads, None)
                 ended = read is None
-                datas = parser.close() if read is None else parser.feed(read)
+                try:
+                    datas = parser.close() if read is None else parser.feed(read)
+                except EventTooLarge as exc:
+                    raise StreamError(f"the server at {_safe_url(self.base_url)} sent an answer that cannot be read: "
+                                      f"{exc}") from None
+                progress = assembler.progress
                 # One read holding many events means the consumer fell behind (or the server sends in
                 # bursts): merging them shows the same text with far fewer events for the faces to render.
                 merge = len(datas) > MERGE_ABOVE
@@ -238,6 +245,7 @@ class OpenAICompatibleProvider(LLMProvider):
                             if not content:
                                 continue
                             assembler.content.append(content)
+                            assembler.progress += 1
                             if not merge:
                                 yield TextChunk(content)
                                 continue
@@ -259,9 +267,32 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
+                now = time.monotonic()
+                if finished or assembler.progress != progress:
+                    last_progress = now
+                elif now - last_progress > idle_limit:
+                    stalled = RequestTimeout(f"the server at {_safe_url(self.base_url)} sent nothing but keep-alives "
+                                             f"or empty deltas for {idle_limit:g} s (llm.timeout)")
+                    stalled.retryable = False  # the user already waited the whole timeout
+                    raise stalled
+            if assembler.received and not finished and assembler.finish_reason is None:
+                raise StreamCutOff(f"the answer from {_safe_url(self.base_url)} was cut off: the stream ended without "
+                                   "a finish_reason or [DONE], so it may be incomplete")
         if not assembler.received:
             raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
         yield assembler.completion()
+
+    async def _read_whole(self, response: httpx.Response) -> str:
+        """A JSON body, read up to the size the SSE parser allows one event."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_EVENT_BYTES:
+                raise StreamError(f"the server at {_safe_url(self.base_url)} sent an answer that cannot be read: "
+                                  f"larger than {MAX_EVENT_BYTES / 1048576:g} MiB")
+            parts.append(part)
+        return b"".join(parts).decode(response.encoding or "utf-8", "replace")
 
     def _parse_json(self, text: str) -> Any:
         try:
@@ -382,13 +413,13 @@ class OpenAICompatibleProvider(LLMProvider):
             timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
             return timeout
         text = str(exc)
-        certificate = auth.tls_failure_message(exc, self.config)  # says which CA settings to use
+        certificate = transport.tls_failure_message(exc, self.config)  # says which CA settings to use
         if certificate is not None:
             return TLSError(certificate)
         if isinstance(exc, httpx.ProxyError):
             return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
         if isinstance(exc, httpx.ConnectError):
-            if "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError):
+            if "refused" in text.lower() or caused_by(exc, ConnectionRefusedError):
                 return ConnectionRefused(f"could not connect to {where}: connection refused{self._where_hint()}")
             reason = self._redact(text) or "connection failed"
             return ConnectionFailed(f"could not connect to {where}: {reason}{self._where_hint()}")
@@ -431,10 +462,7 @@ class OpenAICompatibleProvider(LLMProvider):
     def _redact(self, text: str, sent_token: str = "") -> str:
         """Remove anything that may be a credential: our key, our header values, bearer tokens, sk- keys."""
         secrets = [self.config.llm.api_key, sent_token, *self.config.llm.auth_headers.values()]
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "<hidden>")
-        return _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} <hidden>" if m.group(1) else "<hidden>", text)
+        return hide_credential_shapes(hide_secrets(text, secrets))
 
 
 class _PartialCall:
@@ -457,6 +485,7 @@ class _Assembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.received = False
+        self.progress = 0  # bumped by every chunk that adds something: a stream of empty deltas is stalled
 
     def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[TextChunk | ReasoningChunk]:
         if not isinstance(chunk, dict):
@@ -466,6 +495,7 @@ class _Assembler:
         self.received = True
         if isinstance(chunk.get("usage"), dict):
             self.usage = _parse_usage(chunk["usage"])
+            self.progress += 1
         events: list[TextChunk | ReasoningChunk] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
@@ -486,8 +516,11 @@ class _Assembler:
                 if isinstance(fragment, dict):
                     # In a whole message every entry is a whole call, whatever its index says.
                     self._add_fragment(fragment, position if whole is not None else fragment.get("index"))
+                    self.progress += 1
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                self.progress += 1
+        self.progress += len(events)
         return events
 
     def _add_fragment(self, fragment: dict[str, Any], index: Any) -> None:
@@ -589,17 +622,6 @@ def _short_reason(error: ProviderError) -> str:
     if isinstance(error, ConnectionRefused):
         return "connection refused"
     return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):  # the chain is short; the bound only guards against cycles
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _safe_url(url: str) -> str:
