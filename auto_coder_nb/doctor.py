@@ -21,6 +21,7 @@ from .authentication_provider import AuthenticationProvider
 from .config import DEFAULT_BASE_URL, Config, redact_url
 from .errors import AutoCoderError, ProviderError
 from .providers.base import Completion, TextChunk, ToolDefinition
+from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
 from .text import exception_chain, hide_secrets
 
@@ -200,7 +201,7 @@ class _Doctor:
             return self.add(Row("authentication", FAIL, f"{mode}: {type(exc).__name__}: {exc}",
                                 "check auth.token_url and the network path to it")), None
         if response.status_code in (401, 403):
-            said = _server_message(response)
+            said, _ = ServerErrors(self.config).server_message(response)
             return self.add(Row("authentication", FAIL, f"{mode}: HTTP {response.status_code}"
                                 + (f": {said}" if said else ""), self._auth_advice())), response
         return self.add(Row("authentication", PASS, f"{mode}: accepted (HTTP {response.status_code})")), response
@@ -228,10 +229,8 @@ class _Doctor:
             return self.add(Row("model listed", WARN, "the server has no /models; the chat steps below check the "
                                                       f"model {model!r}"))
         try:
-            data = response.json()
-            entries = data["data"] if isinstance(data, dict) else data
-            models = [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
-        except (ValueError, KeyError, TypeError):
+            models = parse_model_list(response)
+        except ValueError:
             return self.add(Row("model listed", WARN, f"/models answered HTTP {response.status_code} without a "
                                                       "model list; the chat steps below check the model"))
         if model in models:
@@ -309,16 +308,6 @@ def _chat_advice(error: AutoCoderError) -> str:
     if isinstance(error, RequestTimeout):
         return "the model may still be loading: try again, or raise llm.timeout"
     return "check the server's logs; the message above is what it said"
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:200]
-    error = data.get("error", data) if isinstance(data, dict) else data
-    message = error.get("message") if isinstance(error, dict) else error
-    return " ".join(str(message or "").split())[:200]
 
 
 def _is_ssl_error(exc: BaseException | None) -> bool:

@@ -31,7 +31,7 @@ from auto_coder_nb.errors import (
     StreamCutOff,
     StreamError,
 )
-from auto_coder_nb.providers.base import Completion, ReasoningChunk, TextChunk, ToolDefinition
+from auto_coder_nb.providers.base import Completion, ReasoningChunk, Retrying, TextChunk, ToolDefinition
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -411,10 +411,10 @@ def test_retries_429_and_5xx_honouring_retry_after(fake_server: FakeLLMServer) -
         reply.error(408, "timeout"),
         reply.text("finally"),
     )
-    notices: list[str] = []
-    provider = make_provider(fake_server, on_retry=notices.append)
-    assert chat(provider)[1].content == "finally"
+    streamed, completion = chat(make_provider(fake_server))
+    assert completion.content == "finally"
     assert len(fake_server.requests) == 5
+    notices = [event.message for event in streamed if isinstance(event, Retrying)]
     assert notices[0] == "rate limited (429), retrying in 0.0 s (1/4)"
     assert notices[1] == "server error (503), retrying in 0.0 s (2/4)"
     assert len(notices) == 4
@@ -428,15 +428,19 @@ def test_gives_up_after_four_retries(fake_server: FakeLLMServer) -> None:
 
 
 def test_retry_after_is_capped_at_sixty_seconds(fake_server: FakeLLMServer) -> None:
-    class Stop(Exception):
-        pass
-
-    def on_retry(message: str) -> None:
-        raise Stop(message)
+    async def first_retry_notice() -> str:
+        provider = make_provider(fake_server)
+        answer = provider.chat(MESSAGES)
+        try:
+            event = await anext(answer)  # told before the wait, which is not waited for here
+        finally:
+            await answer.aclose()
+            await provider.aclose()
+        assert isinstance(event, Retrying)
+        return event.message
 
     fake_server.enqueue(reply.error(503, "busy", headers={"retry-after": "3600"}))
-    with pytest.raises(Stop, match=r"retrying in 60\.0 s"):
-        chat(make_provider(fake_server, on_retry=on_retry))
+    assert "retrying in 60.0 s" in asyncio.run(first_retry_notice())
 
 
 def test_backoff_grows_exponentially_with_jitter(fake_server: FakeLLMServer) -> None:
@@ -498,9 +502,15 @@ def test_connection_refused_names_the_url_and_is_retried_once() -> None:
     config.llm.base_url = f"http://127.0.0.1:{free_port()}/v1"
     config.sources["llm.base_url"] = "flag --base-url"
     retries: list[str] = []
-    provider = OpenAICompatibleProvider(config, retry_base_delay=0.0, on_retry=retries.append)
+
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                retries.append(event.message)
+
     with pytest.raises(ConnectionRefused) as caught:
-        asyncio.run(collect(provider))
+        asyncio.run(run())
     message = str(caught.value)
     assert config.llm.base_url in message and "refused" in message
     assert "from flag --base-url" in message and "--doctor" in message

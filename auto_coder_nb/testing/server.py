@@ -467,7 +467,7 @@ class FakeLLMServer:
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -539,11 +539,6 @@ class FakeLLMServer:
         """Let replies waiting on `wait_for=name` go on."""
         self._event(name).set()
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least `count` requests were recorded; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
-
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -553,7 +548,6 @@ class FakeLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
-            self._lock.notify_all()
 
     def _event(self, name: str) -> threading.Event:
         with self._lock:
