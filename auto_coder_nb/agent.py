@@ -15,7 +15,7 @@ from typing import Any
 
 from .approvals import ApprovalPolicy
 from .config import AgentConfig
-from .errors import AutoCoderError, ContextOverflow
+from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
     ApprovalRequest,
     ContextUsage,
@@ -45,6 +45,7 @@ from .tools.registry import ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
 REPEAT_LIMIT = 3
+CUT_OFF_MARKER = "[the answer was cut off here: the stream ended before the server said it was complete]"
 # Shorten the history when a request would pass this share of the window, down to the second.
 SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
 
@@ -124,14 +125,16 @@ class Agent:
             for _ in range(self.config.max_iterations):
                 partial.clear()
                 completion: Completion | None = None
+                cut_off = False
                 async for event in self._request(partial):
                     if isinstance(event, Completion):
                         completion = event
                     else:
+                        cut_off = cut_off or isinstance(event, ErrorEvent) and isinstance(event.error, StreamCutOff)
                         yield event
                 if completion is None:  # the request failed and said so
-                    self._close_answer(partial, "[the request failed]")
-                    yield self._done("error")
+                    self._close_answer(partial, CUT_OFF_MARKER if cut_off else "[the request failed]")
+                    yield self._done("cut_off" if cut_off else "error")
                     return
                 partial.clear()
                 self._last_usage = completion.usage

@@ -36,6 +36,7 @@ class CellRenderer:
 
     def event(self, event: Event) -> None:
         from .events import (
+            ApprovalRequest,
             ErrorEvent,
             Notice,
             ReasoningDelta,
@@ -44,31 +45,37 @@ class CellRenderer:
             ToolResult,
             TurnDone,
             UsageUpdate,
+            assert_never,
         )
 
-        if isinstance(event, TextDelta):
-            self.answer.append(event.text)
-            self.segment += event.text
-            if self.rich:
-                self.dirty = True
-                if time.monotonic() - self.last_update >= UPDATE_INTERVAL:
-                    self.flush()
-            else:
-                print(event.text, end="", flush=True)
-        elif isinstance(event, ToolCallStarted):
-            self._end_segment()
-            self._tool_started(event)
-        elif isinstance(event, ToolResult):
-            self._tool_result(event)
-        elif isinstance(event, ErrorEvent):
-            self._end_segment()
-            self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
-        elif isinstance(event, Notice):
-            self.notice(event.text)
-        elif isinstance(event, UsageUpdate):
-            self.usage = event
-        elif isinstance(event, (TurnDone, ReasoningDelta)):
-            pass  # the footer says how the turn ended; reasoning stays out of the cell
+        match event:
+            case TextDelta():
+                self.answer.append(event.text)
+                self.segment += event.text
+                if self.rich:
+                    self.dirty = True
+                    if time.monotonic() - self.last_update >= UPDATE_INTERVAL:
+                        self.flush()
+                else:
+                    print(event.text, end="", flush=True)
+            case ToolCallStarted():
+                self._end_segment()
+                self._tool_started(event)
+            case ToolResult():
+                self._tool_result(event)
+            case ApprovalRequest():
+                self.approval(event)
+            case ErrorEvent():
+                self._end_segment()
+                self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
+            case Notice():
+                self.notice(event.text)
+            case UsageUpdate():
+                self.usage = event
+            case TurnDone() | ReasoningDelta():
+                pass  # the footer says how the turn ended; reasoning stays out of the cell
+            case _:
+                assert_never(event)
 
     def flush(self) -> None:
         if not (self.rich and self.dirty):

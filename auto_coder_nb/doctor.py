@@ -17,14 +17,16 @@ from typing import Any
 
 import httpx
 
-from . import auth
-from .authentication_provider import AuthenticationProvider, hide_secrets
-from .config import DEFAULT_BASE_URL, Config
+from . import auth, transport
+from .authentication_provider import AuthenticationProvider
+from .config import DEFAULT_BASE_URL, Config, redact_url
 from .errors import AutoCoderError, ProviderError
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
+from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
+from .text import exception_chain, hide_secrets
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
@@ -93,7 +95,7 @@ class _Doctor:
     # -- the steps -----------------------------------------------------------------------------
 
     def run(self) -> bool:
-        self.write(f"auto-coder doctor: {auth.redact_url(self.base_url)}, model {self.config.llm.model}")
+        self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
                  "tool call"]
@@ -161,15 +163,15 @@ class _Doctor:
         except AutoCoderError as error:
             return self.add(Row("configuration", FAIL, "; ".join(parts), str(error)))
         proxy = self.client_kwargs.get("proxy")
-        parts.append(f"proxy: {auth.redact_url(proxy) if proxy else 'none'}")
+        parts.append(f"proxy: {redact_url(proxy) if proxy else 'none'}")
         return self.add(Row("configuration", PASS, "; ".join(parts)))
 
     def check_connection(self) -> tuple[Row, Row]:
         """Reach /models without credentials: any HTTP answer means the server (and TLS) works."""
         kwargs = {key: value for key, value in self.client_kwargs.items() if key != "auth"}
-        trust = auth.tls_trust(self.config)
+        trust = transport.tls_trust(self.config)
         https = self.base_url.startswith("https:")
-        route = f"via proxy {auth.redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
+        route = f"via proxy {redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
         try:
             with httpx.Client(**kwargs) as client:
                 response = client.get(self.models_url, headers=self.headers)
@@ -188,9 +190,9 @@ class _Doctor:
                                        "set llm.ca_bundle to your CA's PEM file and drop llm.verify: false"))
         return reach, self.add(Row("TLS verified", PASS, f"with {trust.source}"))
 
-    def _connection_failure(self, exc: httpx.HTTPError, trust: auth.Trust, https: bool,
+    def _connection_failure(self, exc: httpx.HTTPError, trust: transport.Trust, https: bool,
                             route: str) -> tuple[Row, Row]:
-        problem = auth.certificate_problem(exc)
+        problem = transport.certificate_problem(exc)
         if problem is not None:
             reach = self.add(Row("base URL reachable", PASS, f"connected ({route})"))
             return reach, self.add(Row("TLS verified", FAIL, f"{problem}; trusted CAs: {trust.source}",
@@ -230,7 +232,7 @@ class _Doctor:
             return self.add(Row("authentication", FAIL, f"{mode}: {type(exc).__name__}: {exc}",
                                 "check auth.token_url and the network path to it")), None
         if response.status_code in (401, 403):
-            said = _server_message(response)
+            said, _ = ServerErrors(self.config).server_message(response)
             return self.add(Row("authentication", FAIL, f"{mode}: HTTP {response.status_code}"
                                 + (f": {said}" if said else ""), self._auth_advice())), response
         return self.add(Row("authentication", PASS, f"{mode}: accepted (HTTP {response.status_code})")), response
@@ -258,10 +260,8 @@ class _Doctor:
             return self.add(Row("model listed", WARN, "the server has no /models; the chat steps below check the "
                                                       f"model {model!r}"))
         try:
-            data = response.json()
-            entries = data["data"] if isinstance(data, dict) else data
-            models = [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
-        except (ValueError, KeyError, TypeError):
+            models = parse_model_list(response)
+        except ValueError:
             return self.add(Row("model listed", WARN, f"/models answered HTTP {response.status_code} without a "
                                                       "model list; the chat steps below check the model"))
         if model in models:
@@ -343,22 +343,8 @@ def _chat_advice(error: AutoCoderError) -> str:
     return "check the server's logs; the message above is what it said"
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:200]
-    error = data.get("error", data) if isinstance(data, dict) else data
-    message = error.get("message") if isinstance(error, dict) else error
-    return " ".join(str(message or "").split())[:200]
-
-
 def _is_ssl_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, ssl.SSLError) or "SSL" in str(link) for link in exception_chain(exc))
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:

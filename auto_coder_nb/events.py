@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .images import Image
 from .providers.base import Usage
@@ -115,7 +115,7 @@ def _thousands(tokens: int) -> str:
 
 @dataclass
 class TurnDone:
-    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "busy"
+    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "cut_off", "busy"
     context: ContextUsage | None = field(default=None, compare=False)  # how full the window is after the turn
 
 
@@ -138,3 +138,9 @@ Event = (
     | TurnDone
     | ErrorEvent
 )
+
+
+def assert_never(event: NoReturn) -> NoReturn:
+    """The last `case _:` of a face's `match event:`. mypy reports a call that can be reached, so a new event
+    type that a face does not handle is a type error. (typing.assert_never is 3.11+; we support 3.10.)"""
+    raise AssertionError(f"unhandled event: {event!r}")

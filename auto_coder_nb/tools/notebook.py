@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
+from ..text import truncate
 from .registry import ToolError
-from .shell import omit_middle
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -31,11 +31,6 @@ OUTPUT_LIMIT = 10000  # like run_command: head and tail kept, the middle cut
 NOTEBOOK_LIMIT = 30000
 CELL_OUTPUT_LIMIT = 500
 EDIT_ACTIONS = ("insert", "replace", "delete")
-
-
-def truncate(text: str, limit: int) -> str:
-    """`text` within about `limit` characters, cut in the middle like run_command's output."""
-    return text if len(text) <= limit else omit_middle(text, text, len(text), limit)
 
 
 # -- describing values (also used by the face for its context summary) -------------------------
