@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
+IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
 
 
 class HistoryError(AutoCoderError):
@@ -90,6 +91,24 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("type"), str) else None
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list (a message with images)."""
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict)
+                         and part.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def without_images(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with its images replaced by a note: saved files stay small and hold text only."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts = [part if part.get("type") != "image_url" else {"type": "text", "text": IMAGE_NOT_SAVED}
+             for part in content]
+    return {**message, "content": parts}
 
 
 def _check_start(path: Path, record: dict[str, Any] | None) -> dict[str, Any]:
@@ -154,13 +173,13 @@ def summarize(path: Path) -> SavedConversation:
     except OSError as exc:
         raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
     start = _check_start(path, head[0] if head else None)
-    prompt = next((r["message"].get("content") or "" for r in head
+    prompt = next((message_text(r["message"].get("content")) for r in head
                    if r["type"] == "message" and isinstance(r.get("message"), dict)
                    and r["message"].get("role") == "user"), "")
     return SavedConversation(
         id=start["correlation_id"], path=path, started=str(start.get("t", "")), updated=updated,
         working_dir=str(start.get("working_dir") or ""), notebook=start.get("notebook") or None,
-        model=str(start.get("model") or ""), first_prompt=prompt if isinstance(prompt, str) else "",
+        model=str(start.get("model") or ""), first_prompt=prompt,
     )
 
 
@@ -307,7 +326,7 @@ class Recorder:
 
     # ConversationObserver
     def message_added(self, message: dict[str, Any]) -> None:
-        record: dict[str, Any] = {"type": "message", "message": message}
+        record: dict[str, Any] = {"type": "message", "message": without_images(message)}
         if message.get("role") == "user":
             record["model"] = self.describe().get("model")
         self._streamed = ""  # an answer's message holds its whole text
@@ -419,7 +438,7 @@ def records_of(conversation: Conversation, description: dict[str, Any],
     """The records a conversation that was not saved would have (for an export): its start and messages."""
     known = list(secrets)
     start = {"type": "start", "correlation_id": conversation.correlation_id, **description}
-    return [stamped(start, known)] + [stamped({"type": "message", "message": message}, known)
+    return [stamped(start, known)] + [stamped({"type": "message", "message": without_images(message)}, known)
                                       for message in conversation.messages if message["role"] != "system"]
 
 

@@ -25,6 +25,8 @@ from .history import (
     rebuild,
     records_of,
 )
+from .images import Image, read_image_file
+from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
@@ -48,6 +50,7 @@ class Session:
     conversation: Conversation
     policy: ApprovalPolicy
     agent: Agent
+    instructions: ProjectInstructions
     notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
     recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
 
@@ -58,8 +61,11 @@ class Session:
         working_dir: str | os.PathLike[str] | None = None,
         extra_tools: Iterable[ToolDefinition] = (),
         provider: LLMProvider | None = None,
+        instructions_from: str | os.PathLike[str] | None = None,
         notebook: str | os.PathLike[str] | None = None,
     ) -> Session:
+        """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
+        project instructions ends; default the workspace root."""
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
@@ -70,10 +76,15 @@ class Session:
 
             provider = OpenAICompatibleProvider(config)
         template = config.agent.system_prompt or DEFAULT_SYSTEM_PROMPT
-        conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
+        instructions = load_instructions(Path(instructions_from or workspace.root).expanduser(), workspace.root,
+                                         config.agent.instructions_files)
+        prompt = template.replace("{root}", str(workspace.root)).replace("{os}", platform.system())
+        if instructions.text:
+            prompt += "\n\n" + instructions.text
+        conversation = Conversation(prompt, max_images=config.agent.max_images)
         policy = ApprovalPolicy(config.agent.approval_mode)
-        agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
-        session = cls(config, provider, tools, workspace, conversation, policy, agent,
+        agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
+        session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
         if config.history.enabled:
             store = ConversationStore()
@@ -127,8 +138,12 @@ class Session:
 
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
+            self.agent.vision = config.llm.vision
             changed = True
-        for name in ("approval_mode", "max_iterations", "context_window"):
+        if config.agent.max_images != self.conversation.max_images:
+            self.conversation.max_images = config.agent.max_images
+            changed = True
+        for name in ("approval_mode", "max_iterations", "context_window", "image_max_side"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True
@@ -153,6 +168,13 @@ class Session:
 
     def undo(self) -> str:
         return self.workspace.undo()
+
+    def attach_file(self, path: str) -> Image:
+        """An image file to send with the next message (relative to the workspace root; the user chose it, so
+        it may be anywhere), fitted to agent.image_max_side. ImageError says why one is refused."""
+        target = Path(path).expanduser()
+        return read_image_file(target if target.is_absolute() else self.workspace.root / target,
+                               self.agent.config.image_max_side, source=path)
 
     async def aclose(self) -> None:
         await self.provider.aclose()

@@ -22,6 +22,7 @@ from .events import (
     ToolResult,
     TurnDone,
     UsageUpdate,
+    assert_never,
 )
 
 if TYPE_CHECKING:
@@ -110,45 +111,53 @@ class TerminalView:
             self._in_reasoning = False
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, TextDelta):
-            if self._in_reasoning:
-                self.err.write("\n")
-                self._in_reasoning = False
-            self.out.write(event.text)
-            self._in_text = True
-            now = time.monotonic()
-            if now - self._last_flush >= self.flush_every:
-                self.out.flush()
-                self._last_flush = now
-            return
-        if isinstance(event, ReasoningDelta):
-            self.err.write(self._paint("2", event.text))
-            self._in_reasoning = True
-            return
-        self.finish_text()
-        if isinstance(event, ToolCallStarted):
-            self.err.write(self._paint("36", f"> {event.name}") + f"({_brief_arguments(event)})\n")
-        elif isinstance(event, ToolResult):
-            lines = event.output.splitlines() or [""]
-            first = lines[0][:150] + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
-            self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
-        elif isinstance(event, ApprovalRequest):
-            self.err.flush()
-            self.ask(event, self.err)
-        elif isinstance(event, UsageUpdate):
-            self._usage = event
-        elif isinstance(event, Notice):
-            self.err.write(self._paint("33", event.text) + "\n")
-        elif isinstance(event, ErrorEvent):
-            self.failed = True
-            self.err.write(self._paint("31", f"error: {event.message}") + "\n")
-        elif isinstance(event, TurnDone):
-            if self.show_usage and self._usage is not None:
-                turn, total = self._usage.turn, self._usage.session
-                self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "
-                                                f"{total.total_tokens} this session]") + "\n")
-            self._usage = None
-        self.err.flush()
+        match event:
+            case TextDelta():
+                if self._in_reasoning:
+                    self.err.write("\n")
+                    self._in_reasoning = False
+                self.out.write(event.text)
+                self._in_text = True
+                now = time.monotonic()
+                if now - self._last_flush >= self.flush_every:
+                    self.out.flush()
+                    self._last_flush = now
+            case ReasoningDelta():
+                self.err.write(self._paint("2", event.text))
+                self._in_reasoning = True
+            case _:
+                self.finish_text()
+                self._handle_other(event)
+                self.err.flush()
+
+    def _handle_other(self, event: Event) -> None:
+        match event:
+            case ToolCallStarted():
+                self.err.write(self._paint("36", f"> {event.name}") + f"({_brief_arguments(event)})\n")
+            case ToolResult():
+                lines = event.output.splitlines() or [""]
+                first = lines[0][:150] + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+                self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
+            case ApprovalRequest():
+                self.err.flush()
+                self.ask(event, self.err)
+            case UsageUpdate():
+                self._usage = event
+            case Notice():
+                self.err.write(self._paint("33", event.text) + "\n")
+            case ErrorEvent():
+                self.failed = True
+                self.err.write(self._paint("31", f"error: {event.message}") + "\n")
+            case TurnDone():
+                if self.show_usage and self._usage is not None:
+                    turn, total = self._usage.turn, self._usage.session
+                    self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "
+                                                    f"{total.total_tokens} this session]") + "\n")
+                self._usage = None
+            case TextDelta() | ReasoningDelta():
+                pass  # streamed by handle()
+            case _:
+                assert_never(event)
 
 
 def _brief_arguments(event: ToolCallStarted) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .history import HistoryError, rebuild
+from .history import HistoryError, message_text, rebuild
 from .text import PYTHON_FENCE_LANGUAGES, truncate
 from .tools.workspace import _replace_file as replace_file
 
@@ -49,7 +49,7 @@ def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
     found: list[Exchange] = []
     calls: dict[str, ToolExchange] = {}
     for message in rebuild(records):
-        role, content = message["role"], message.get("content") or ""
+        role, content = message["role"], message_text(message.get("content"))
         if role == "user":
             found.append(Exchange(content))
             continue
