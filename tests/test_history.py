@@ -17,7 +17,7 @@ import pytest
 
 from auto_coder_nb.config import Config, load_config
 from auto_coder_nb.events import ApprovalRequest, Event, Notice, TextDelta
-from auto_coder_nb.history import ConversationStore, HistoryError, read_records, rebuild
+from auto_coder_nb.history import IMAGE_NOT_SAVED, ConversationStore, HistoryError, read_records, rebuild
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from auto_coder_nb.transcript import export
@@ -87,7 +87,7 @@ def test_a_resumed_conversation_continues_with_the_same_history_and_id(
     second = make_session(fake_server, root)
     saved = ConversationStore().latest(working_dir=root.resolve())
     assert saved is not None and saved.id == first.conversation.correlation_id
-    assert "what is here?" in second.resume(saved)
+    assert "(1 earlier prompts" in second.resume(saved)
     fake_server.enqueue(reply.text("Still empty."))
     turn(second, "and now?")
     request = fake_server.chat_requests[-1]
@@ -255,3 +255,26 @@ def test_exports_by_suffix(fake_server: FakeLLMServer, root: Path, data_dir: Pat
         export(records, tmp_path / "t.txt")
     with pytest.raises(HistoryError, match="does not exist"):
         export(records, tmp_path / "missing" / "t.md")
+
+
+def test_images_are_saved_as_a_note_not_as_data(fake_server: FakeLLMServer, root: Path, data_dir: Path) -> None:
+    from auto_coder_nb.images import fit_image
+    from tests.test_images import png
+
+    session = make_session(fake_server, root)
+    session.agent.vision = True
+    image = fit_image(png(32, 32), "plot.png", 1024)
+
+    async def ask() -> None:
+        async for _ in session.agent.run("what is in this plot?", [image]):
+            pass
+        await session.aclose()
+
+    asyncio.run(ask())
+    assert fake_server.chat_requests[-1].json["messages"][1]["content"][1]["type"] == "image_url"  # it was sent
+    [path] = saved_files(data_dir)
+    assert "base64" not in path.read_text()
+    [saved] = ConversationStore().list()
+    assert saved.first_prompt.startswith("what is in this plot?")
+    rebuilt = rebuild(read_records(path))
+    assert rebuilt[0]["content"][1] == {"type": "text", "text": IMAGE_NOT_SAVED}
