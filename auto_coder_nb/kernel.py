@@ -247,21 +247,10 @@ class ImageOutputs:
             self._collecting = None
 
 
-def resolve_attachment(state: KernelState, session: Session, name: str) -> Image:
-    """An image for `--attach NAME` (and the panel's attach control): `last` (the notebook's last image output),
-    a variable (a matplotlib Figure, a PIL image, an IPython Image), else a PNG/JPEG file (relative to the
-    workspace root). Raises ImageError saying why one is refused."""
-    from .images import ImageError, decode_output, fit_image, image_from_object
-
-    max_side = session.agent.config.image_max_side
-    if name == "last":
-        if state.images.last is None:
-            raise ImageError("--attach last: no image output in this notebook yet (since auto-coder was loaded)")
-        return fit_image(decode_output(state.images.last), "last image output", max_side)
-    namespace = state.shell.user_ns
-    if name.isidentifier() and name in namespace:
-        return image_from_object(namespace[name], name, max_side)
-    return session.attach_file(name)
+def attach(session: Session, name: str, shell: Any = None) -> Image:
+    """`session.attach` with the kernel's namespace and last image output (the magics' --attach, the panel)."""
+    state = kernel_state(shell)
+    return session.attach(name, state.shell.user_ns, state.images.last)
 
 
 async def _insert_from_turn(state: KernelState, source: str) -> str | None:

@@ -24,12 +24,12 @@ from .kernel import (
     KernelState,
     MainThreadCall,
     Worker,
+    attach,
     change_working_dir,
     get_session,
     insert_cells,
     kernel_state,
     refresh_config,
-    resolve_attachment,
     worker,
 )
 from .notebook_context import (
@@ -290,7 +290,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     context = build_context(args.context, shell.user_ns, state.history,
                             hidden=getattr(shell, "user_ns_hidden", {}), include_error=not args.fix)
     message = compose_message(prompt, context)
-    images = [resolve_attachment(state, session, name) for name in args.attach]
+    images = [attach(session, name, shell) for name in args.attach]
     if args.show_context:
         print(message)
         _show_also_sent(session, images)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import transcript
 from .agent import Agent
@@ -25,7 +26,7 @@ from .history import (
     rebuild,
     records_of,
 )
-from .images import Image, read_image_file
+from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
@@ -168,6 +169,20 @@ class Session:
 
     def undo(self) -> str:
         return self.workspace.undo()
+
+    def attach(self, name: str, namespace: Mapping[str, Any] | None = None,
+               last_output: str | bytes | None = None) -> Image:
+        """An image for `--attach NAME` and the panel's attach control: `last` (`last_output`, the notebook's last
+        image output), a variable of `namespace` (a matplotlib Figure, a PIL image, an IPython Image), else a
+        PNG/JPEG file (see `attach_file`). Raises ImageError saying why one is refused."""
+        max_side = self.agent.config.image_max_side
+        if name == "last":
+            if last_output is None:
+                raise ImageError("last: there is no image output in this notebook yet (since auto-coder was loaded)")
+            return fit_image(decode_output(last_output), "last image output", max_side)
+        if namespace is not None and name.isidentifier() and name in namespace:
+            return image_from_object(namespace[name], name, max_side)
+        return self.attach_file(name)
 
     def attach_file(self, path: str) -> Image:
         """An image file to send with the next message (relative to the workspace root; the user chose it, so
