@@ -86,6 +86,7 @@ def test_tool_images_show_as_thumbnails_and_the_header_shows_the_context(fake_se
         thumbs = find(panel.widget, "autocoder-thumbs")
         assert len(thumbs) == 1 and "draw image 1: PNG 200x100" in html_of(thumbs[0])
         assert len(image_urls(fake_server.chat_requests[1].json["messages"][-1])) == 1
-        assert "autocoder-context" in panel._status.value and "% of 32k" in panel._status.value
+        assert "autocoder-context" in panel._status.value and "% of 32k" in panel._status.value  # the tooltip
+        assert ">context " in panel._status.value
 
     run(scenario)

@@ -512,7 +512,9 @@ class ChatPanel:
             f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
         )
         if self._context is not None:
-            self._status.value += f' · <span class="autocoder-context">{html.escape(str(self._context))}</span>'
+            share = f"{'~' if self._context.estimated else ''}{self._context.share:.0%}"
+            self._status.value += (f' · <span class="autocoder-context" title="{html.escape(str(self._context))}">'
+                                   f"context {share}</span>")
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))
