@@ -22,28 +22,31 @@ CONFIG_FILENAME = ".auto-coder.yaml"
 
 @dataclass
 class LLMConfig:
-    base_url: str = DEFAULT_BASE_URL
-    model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    auth_headers: dict[str, str] = field(default_factory=dict)
-    extra_params: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 120.0
-    ca_bundle: str | None = None
-    extra_ca_certs: list[str] = field(default_factory=list)
-    verify: bool = True
-    proxy: str | None = None
-    # Whether the model sees images; unset: what the server reports (Ollama, llama.cpp), else no.
-    vision: bool | None = None
+    """The model endpoint (`llm:` in the config file)."""
+
+    base_url: str = DEFAULT_BASE_URL  # OpenAI-compatible API root, usually ending in /v1
+    model: str = DEFAULT_MODEL  # sent as `model` in every request
+    api_key: str | None = None  # sent as `Authorization: Bearer`; secret (also OPENAI_API_KEY)
+    auth_headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request; values secret
+    extra_params: dict[str, Any] = field(default_factory=dict)  # merged into each request body (temperature...)
+    timeout: float = 120.0  # seconds the server may go without sending progress before the request fails
+    ca_bundle: str | None = None  # PEM file of the CAs that verify the server (instead of certifi's)
+    extra_ca_certs: list[str] = field(default_factory=list)  # PEM files trusted in addition to the bundle
+    verify: bool = True  # false turns TLS certificate checks off (unsafe)
+    proxy: str | None = None  # http://[user:password@]host:port; else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
+    vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
 
 
 @dataclass
 class AgentConfig:
-    approval_mode: str = "ask"
-    max_iterations: int = 50
-    command_timeout: float = 120.0
-    context_window: int = 32768
-    system_prompt: str | None = None
-    working_dir: str | None = None
+    """How the agent works (`agent:` in the config file)."""
+
+    approval_mode: str = "ask"  # ask | auto-edit | full-auto | read-only (approvals.APPROVAL_MODES)
+    max_iterations: int = 50  # model calls per turn before the turn stops
+    command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    system_prompt: str | None = None  # replaces the built-in system prompt
+    working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
     image_max_side: int = 1024  # images sent to a vision model are downscaled to this many pixels at most
     max_images: int = 3  # images kept in the history; older ones become a short text
@@ -53,22 +56,26 @@ class AgentConfig:
 
 @dataclass
 class AuthConfig:
+    """Where credentials come from (`auth:` in the config file); see auth.py for how a mode is chosen."""
+
     provider: str | None = None  # "module:Class" of a user's own authentication provider
-    use_sso: bool = False
-    server_side_token_refresh: bool = False
-    sso_token: str | None = None
-    device_authorization_url: str | None = None
-    token_url: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scope: str | None = None
-    refresh_token: str | None = None
-    token_command: str | None = None
-    token_lifetime: float = 3600.0
+    use_sso: bool = False  # Bearer token from SSO_TOKEN or the device sign-in (USE_SSO)
+    server_side_token_refresh: bool = False  # Basic client_id:client_secret; the gateway refreshes tokens
+    sso_token: str | None = None  # a ready SSO bearer token (SSO_TOKEN); secret
+    device_authorization_url: str | None = None  # OAuth device sign-in endpoint (RFC 8628)
+    token_url: str | None = None  # OAuth token endpoint (device sign-in, client credentials, refresh)
+    client_id: str | None = None  # OAuth client (AUTO_CODER_CLIENT_ID)
+    client_secret: str | None = None  # OAuth client secret (AUTO_CODER_CLIENT_SECRET); secret
+    scope: str | None = None  # OAuth scope asked for
+    refresh_token: str | None = None  # OAuth refresh token for token_url; secret
+    token_command: str | None = None  # shell command printing a token (or JSON with access_token, expires_in)
+    token_lifetime: float = 3600.0  # seconds a token_command token is used when it says no expiry
 
 
 @dataclass
 class Config:
+    """The effective configuration; `load_config()` builds it."""
+
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
