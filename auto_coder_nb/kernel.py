@@ -138,6 +138,8 @@ def change_working_dir(state: KernelState, directory: str) -> str:
     if state.session is None:
         state.session = fresh
     else:
+        if state.session.recorder is not None:
+            state.session.recorder.close()  # the old conversation's file; the fresh session starts a new one
         for part in fields(state.session):
             setattr(state.session, part.name, getattr(fresh, part.name))
     return f"Workspace root: {root}; new conversation {state.session.conversation.correlation_id}"
@@ -161,7 +163,8 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
                                                             else source),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
-                             provider=provider, instructions_from=root)
+                             provider=provider, instructions_from=root,
+                             notebook=open_notebook_path(shell))
     holder.append(session)
     return session
 
