@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, Protocol
 
 from .approvals import ApprovalPolicy
 from .config import AgentConfig
@@ -57,6 +57,17 @@ NO_VISION = ("Not sent: {model} does not accept images (llm.vision is {setting})
              "(AUTO_CODER_VISION=1) if it is a vision model, or ask without the image.")
 
 
+class TurnObserver(Protocol):
+    """Sees every event of every turn as the face gets it, and each approval decision (the saved-conversation
+    recorder, `history.py`). `take_warnings()` returns what the user must be told (once), shown as notices."""
+
+    def event(self, event: Event) -> None: ...
+
+    def approval(self, request: ApprovalRequest, allowed: bool, reason: str, always: bool) -> None: ...
+
+    def take_warnings(self) -> list[str]: ...
+
+
 class Agent:
     def __init__(
         self,
@@ -77,6 +88,7 @@ class Agent:
         self.vision = vision  # llm.vision; None: as the server reports
         self.busy = False  # the magics and the panel share one agent; one turn at a time
         self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
+        self.observer: TurnObserver | None = None
         self._last_usage: Usage | None = None  # of the last request, for the context share
 
     async def sees_images(self) -> bool:
@@ -103,7 +115,20 @@ class Agent:
 
     async def run(self, message: str, images: Sequence[Image] = ()) -> AsyncGenerator[Event, None]:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
-        Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
+        Errors arrive as ErrorEvent; cancellation leaves a consistent history.
+        Every face goes through here, so the observer sees each turn whatever the face."""
+        turn = self._turn(message, images)
+        try:
+            async for event in turn:
+                if self.observer is not None:
+                    self.observer.event(event)
+                    for warning in self.observer.take_warnings():
+                        yield Notice(warning)
+                yield event
+        finally:
+            await turn.aclose()
+
+    async def _turn(self, message: str, images: Sequence[Image]) -> AsyncGenerator[Event, None]:
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
                              "cell). Stop it or wait for it to finish, then ask again.")
@@ -242,6 +267,8 @@ class Agent:
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
                 yield request
                 allowed, reason, always = await request.wait()
+                if self.observer is not None:
+                    self.observer.approval(request, allowed, reason, always)
                 if always:
                     self.policy.allow_always(tool.kind)
                 if not allowed:

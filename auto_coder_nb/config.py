@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -73,20 +74,37 @@ class AuthConfig:
 
 
 @dataclass
+class HistoryConfig:
+    enabled: bool = True  # keep every conversation on disk (history.py), to resume and export
+    retention_days: int = 30  # saved conversations untouched for longer are removed at start-up
+
+
+@dataclass
 class Config:
     """The effective configuration; `load_config()` builds it."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # Every value a config file took from the environment with ${VAR}: secrets too, wherever they ended up.
+    from_variables: set[str] = field(default_factory=set)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
+        output): keys, tokens, header values, URL and proxy passwords, and values taken from ${VAR}."""
+        llm, auth = self.llm, self.auth
+        values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
+                  *url_passwords(llm.base_url), *url_passwords(llm.proxy), *self.from_variables]
+        return [value for value in values if value]
 
     def show(self) -> str:
         """The effective configuration, one `key = value  (source)` line each, secrets masked."""
         lines = []
-        for section in ("llm", "agent", "auth"):
+        for section in _SECTIONS:
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
@@ -122,6 +140,15 @@ def redact_url(url: str) -> str:
 _URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
+def url_passwords(url: str | None) -> list[str]:
+    """The password in `url` (http://user:password@host), as written and percent-decoded; none if it has none."""
+    match = _URL_PASSWORD.search(url or "")
+    if match is None:
+        return []
+    written = match.group(0)[len(match.group(1)):-1]
+    return [written, unquote(written)]
+
+
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
 ENV_VARS = {
     "AUTO_CODER_BASE_URL": "llm.base_url",
@@ -137,7 +164,7 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -168,7 +195,7 @@ def load_config(
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env).items():
+        for key, value in _read_file(path, env, config.from_variables).items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -200,7 +227,7 @@ def load_object(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
-def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -223,25 +250,26 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                taken.add(env[name])
                 return env[name]
             if default is not None:
                 return default
             raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env) for v in value]
+        return [_expand(v, key, path, env, taken) for v in value]
     return value
 
 

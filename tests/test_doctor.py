@@ -219,7 +219,7 @@ def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
 ) -> None:
     from auto_coder_nb.providers import capabilities
 
-    capabilities._cache.clear()
+    capabilities._known.clear()
     (tmp_path / "AGENTS.md").write_text("be brief\n")
     fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
     script_good_model(fake_server)
