@@ -278,3 +278,25 @@ def test_images_are_saved_as_a_note_not_as_data(fake_server: FakeLLMServer, root
     assert saved.first_prompt.startswith("what is in this plot?")
     rebuilt = rebuild(read_records(path))
     assert rebuilt[0]["content"][1] == {"type": "text", "text": IMAGE_NOT_SAVED}
+
+
+def test_a_resumed_conversation_too_long_for_the_window_is_shortened_as_usual(
+    fake_server: FakeLLMServer, root: Path
+) -> None:
+    first = make_session(fake_server, root)
+    for number in range(6):
+        fake_server.enqueue(reply.text(f"answer {number} " + "x" * 2000))
+        turn(first, f"question {number}")
+    later = make_session(fake_server, root)
+    later.agent.config.context_window = 2000  # a smaller model now
+    later.resume(ConversationStore().choose(None, working_dir=root.resolve()))
+    fake_server.enqueue(reply.text("short"))
+    events = turn(later, "and now?")
+    assert any(isinstance(e, Notice) and "shortened" in e.text for e in events)
+    sent = fake_server.chat_requests[-1].json["messages"]
+    assert sent[-1]["content"] == "and now?" and len(sent) < 14
+    assert_strictly_valid(sent)
+    # The file keeps everything: a later resume starts from the whole conversation again.
+    records = read_records(ConversationStore().find(later.conversation.correlation_id).path)
+    assert sum(1 for r in records if r["type"] == "message" and r["message"]["role"] == "user") == 7
+    assert any(r["type"] == "shortened" for r in records)
