@@ -130,6 +130,8 @@ def test_a_file_cut_off_mid_answer_rebuilds_to_a_valid_history(root: Path, data_
     turn(again, "go on")
     assert_strictly_valid(fake_server.chat_requests[-1].json["messages"])
     assert read_records(path)[-1]["type"] == "turn_done"
+    assert rebuild(read_records(path)) == fake_server.chat_requests[-1].json["messages"][1:] + [
+        {"role": "assistant", "content": "Again."}]
 
 
 def test_damaged_foreign_and_newer_files_are_skipped_with_a_warning(

@@ -18,7 +18,7 @@ import nbformat
 import pexpect
 import pytest
 
-from auto_coder_nb.history import read_records
+from auto_coder_nb.history import read_records, rebuild
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from tests.test_agent import assert_strictly_valid
 from tests.test_cli import run as auto_coder
@@ -100,6 +100,9 @@ def test_a_killed_process_loses_nothing_and_resumes_to_a_valid_history(
     assert sent[4]["content"] == f"{shown}\n[interrupted]"
     assert sent[-1]["content"] == "where were we?"
     assert saved(data_dir) == [path]
+    # The file is one history again: rebuilt, it is what was sent and answered, and resumes again.
+    rebuilt = rebuild(read_records(path))
+    assert rebuilt == sent[1:] + [{"role": "assistant", "content": "Carrying on."}]
 
 
 def test_sessions_resume_by_prefix_unknown_ids_and_exports(
