@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalPolicy
@@ -53,6 +54,15 @@ TRUNCATED_ARGUMENTS = (
 )
 
 
+@dataclass(frozen=True)
+class TurnOptions:
+    """What one turn does differently from the session's settings (`%%autocoder -m ... --approval-mode ...`):
+    passed to `Agent.run`, never swapped on the shared session, so a turn refused as busy changes nothing."""
+
+    model: str | None = None
+    approval_mode: str | None = None
+
+
 class Agent:
     def __init__(
         self,
@@ -71,7 +81,7 @@ class Agent:
         self.workspace = workspace
         self.busy = False  # the magics and the panel share one agent; one turn at a time
 
-    async def run(self, message: str) -> AsyncGenerator[Event, None]:
+    async def run(self, message: str, options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
         """Run one user turn. Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
@@ -79,6 +89,7 @@ class Agent:
             yield TurnDone("busy")
             return
         self.busy = True
+        options = options or TurnOptions()
         conversation = self.conversation
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
@@ -92,7 +103,7 @@ class Agent:
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
-                async for event in self._request(partial):
+                async for event in self._request(partial, options.model):
                     if isinstance(event, Completion):
                         completion = event
                     else:
@@ -120,7 +131,8 @@ class Agent:
                                      f"{REPEAT_LIMIT} times in a row.")
                         yield TurnDone("repeated_call")
                         return
-                    async for event in self._execute(call, truncated=completion.finish_reason == "length"):
+                    async for event in self._execute(call, options.approval_mode,
+                                                     truncated=completion.finish_reason == "length"):
                         yield event
             yield Notice(f"Stopped after {self.config.max_iterations} model requests in one turn "
                          "(agent.max_iterations). Send a message to let it continue.")
@@ -141,7 +153,7 @@ class Agent:
         if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
-    async def _request(self, partial: list[str]) -> AsyncIterator[Event | Completion]:
+    async def _request(self, partial: list[str], model: str | None) -> AsyncIterator[Event | Completion]:
         """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
         conversation = self.conversation
         definitions = self.tools.definitions()
@@ -157,7 +169,8 @@ class Agent:
                     yield Notice(f"The conversation was shortened to fit the model's context window: "
                                  f"{changed} older messages were trimmed.")
             try:
-                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers):
+                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers,
+                                                     model=model):
                     if isinstance(item, TextChunk):
                         partial.append(item.text)
                         yield TextDelta(item.text)
@@ -177,7 +190,7 @@ class Agent:
                 yield ErrorEvent(str(exc), exc)
                 return
 
-    async def _execute(self, call: ToolCall, *, truncated: bool) -> AsyncIterator[Event]:
+    async def _execute(self, call: ToolCall, mode: str | None, *, truncated: bool) -> AsyncIterator[Event]:
         arguments, problem = _parse_arguments(call.arguments)
         yield ToolCallStarted(call.id, call.name, arguments, call.arguments)
         result = ToolResult(call.id, call.name, "", is_error=True)
@@ -189,9 +202,9 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
-            decision = self.policy.decide(tool.kind)
+            decision = self.policy.decide(tool.kind, mode)
             if decision == "deny":
-                raise ToolError(f"Refused: the approval mode is {self.policy.mode!r}, which does not allow "
+                raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))

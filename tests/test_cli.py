@@ -223,3 +223,26 @@ def test_an_answer_cut_off_mid_stream_exits_non_zero(server: FakeLLMServer, env:
     assert result.returncode == 1
     assert result.stdout.startswith("Half an ans")
     assert "was cut off" in result.stderr
+
+
+def test_repl_end_of_input_at_an_approval_prompt_is_a_refusal(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "x.txt", "content": "x"}), reply.text("Left it alone."),
+                   reply.text("next works"))
+    child = spawn_repl(env, workspace)
+    child.sendline("write x.txt")
+    child.expect(r"Allow write_file\?")
+    child.sendeof()  # Ctrl-D at input()
+    child.expect("Left it alone.")
+    child.expect("> ")
+    assert not (workspace / "x.txt").exists()
+    tool_message = server.chat_requests[1].json["messages"][-1]
+    assert tool_message["role"] == "tool" and "denied" in tool_message["content"]
+    child.sendline("and now?")
+    child.expect("next works")
+    child.expect("> ")
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
