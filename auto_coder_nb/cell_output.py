@@ -8,7 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
-    from .events import ApprovalRequest, Event, ToolCallStarted, ToolResult, UsageUpdate
+    from .events import ApprovalRequest, ContextUsage, Event, ToolCallStarted, ToolResult, UsageUpdate
+    from .images import Image
 
 UPDATE_INTERVAL = 0.15  # seconds between display updates: a fast stream must not flood the frontend
 METADATA_KEY = "auto_coder_nb"
@@ -18,10 +19,12 @@ class CellRenderer:
     """Shows one turn. Notebook: Markdown updated in place (display ids), tool calls as collapsible
     HTML; terminal IPython: plain text printed as it streams."""
 
-    def __init__(self, rich: bool, metadata: dict[str, Any], sent: str) -> None:
+    def __init__(self, rich: bool, metadata: dict[str, Any], sent: str, attached: list[Image] | None = None) -> None:
         self.rich = rich
         self.metadata = {METADATA_KEY: metadata}
         self.sent = sent
+        self.images = list(attached or [])  # attached, then those the tools produced: listed in the footer
+        self.context: ContextUsage | None = None
         self.answer: list[str] = []  # every text delta of the turn, for --insert
         self.segment = ""  # the text since the last tool call, shown in one display
         self.segment_handle: Any = None
@@ -62,6 +65,7 @@ class CellRenderer:
                 self._end_segment()
                 self._tool_started(event)
             case ToolResult():
+                self.images.extend(event.images)
                 self._tool_result(event)
             case ApprovalRequest():
                 self.approval(event)
@@ -72,8 +76,10 @@ class CellRenderer:
                 self.notice(event.text)
             case UsageUpdate():
                 self.usage = event
-            case TurnDone() | ReasoningDelta():
-                pass  # the footer says how the turn ended; reasoning stays out of the cell
+            case TurnDone():
+                self.context = event.context  # the footer says how full the context is
+            case ReasoningDelta():
+                pass  # reasoning stays out of the cell
             case _:
                 assert_never(event)
 
@@ -135,10 +141,12 @@ class CellRenderer:
         self._end_segment()
         meta = self.metadata[METADATA_KEY]
         tokens = f" · {self.usage.turn.total_tokens} tokens" if self.usage is not None else ""
-        summary = f"{meta['model']} · correlation id {meta['correlation_id']}{tokens}"
+        context = f" · {self.context}" if self.context is not None else ""
+        summary = f"{meta['model']} · correlation id {meta['correlation_id']}{tokens}{context}"
+        images = "".join(f"\nimage: {image.describe()}" for image in self.images)
         if self.rich:
             body = (f"<details><summary>{html.escape(summary)} · what was sent</summary>"
-                    f"<pre>{html.escape(self.sent)}</pre></details>")
+                    f"<pre>{html.escape(self.sent + images)}</pre></details>")
             _display({"text/html": body, "text/plain": summary}, self.metadata)
 
     def _show_markdown(self, markdown: str, plain: str) -> None:

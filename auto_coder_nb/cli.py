@@ -14,6 +14,7 @@ from . import __version__
 from .approvals import APPROVAL_MODES
 from .config import load_config
 from .errors import ConfigError
+from .images import Image, ImageError
 from .terminal import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="PATH", help="config file, read after ~/ and ./.auto-coder.yaml")
     parser.add_argument("--working-dir", "-d", metavar="DIR", help="workspace root for the tools (default: .)")
     parser.add_argument("--approval-mode", choices=APPROVAL_MODES, help="what needs a yes (default ask)")
+    parser.add_argument("--attach", metavar="PATH", action="append", default=[],
+                        help="send a PNG/JPEG image with the prompt to a vision model (repeatable)")
+    parser.add_argument("--show-context", action="store_true",
+                        help="print what would be sent (prompt, project instructions, images) and exit")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration and exit")
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     prompt = " ".join(args.prompt)
-    if not prompt and not is_terminal(sys.stdin):
+    if not prompt and not args.show_context and not is_terminal(sys.stdin):
         prompt = sys.stdin.read().strip() if sys.stdin is not None else ""
         if not prompt:
             print("auto-coder: error: no prompt given on the command line or standard input", file=sys.stderr)
@@ -89,23 +94,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"auto-coder: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        images = [session.attach_file(path) for path in args.attach]
+    except ImageError as exc:
+        print(f"auto-coder: error: --attach {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.show_context:
+        show_context(session, prompt, images)
+        return EXIT_OK
     loop = asyncio.new_event_loop()
     try:
         if prompt:
-            return run_once(session, prompt, loop)
+            return run_once(session, prompt, loop, images)
         from .repl import run_repl
 
-        return run_repl(session, loop)
+        return run_repl(session, loop, images)
     finally:
         loop.run_until_complete(session.aclose())
         loop.close()
 
 
-def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop) -> int:
+def show_context(session: Session, prompt: str, images: list[Image]) -> None:
+    """--show-context: the prompt on stdout as it would be sent; what goes with it on stderr."""
+    print(prompt)
+    for line in session.instructions.describe(session.workspace.root):
+        print(f"project instructions (in the system prompt): {line}", file=sys.stderr)
+    for image in images:
+        print(f"image: {image.describe()}", file=sys.stderr)
+
+
+def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop, images: list[Image] | None = None) -> int:
     """Single-prompt mode: the answer streams to stdout, tool activity goes to stderr."""
     interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
     view = TerminalView(ask=ask_on_terminal if interactive else refuse_without_terminal)
-    if not drive_turn(session, prompt, loop, view):
+    if not drive_turn(session, prompt, loop, view, images or []):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_RUNTIME if view.failed else EXIT_OK

@@ -32,6 +32,8 @@ class LLMConfig:
     extra_ca_certs: list[str] = field(default_factory=list)
     verify: bool = True
     proxy: str | None = None
+    # Whether the model sees images; unset: what the server reports (Ollama, llama.cpp), else no.
+    vision: bool | None = None
 
 
 @dataclass
@@ -43,6 +45,10 @@ class AgentConfig:
     system_prompt: str | None = None
     working_dir: str | None = None
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
+    image_max_side: int = 1024  # images sent to a vision model are downscaled to this many pixels at most
+    max_images: int = 3  # images kept in the history; older ones become a short text
+    # Project instruction files read into the system prompt, the first found in each folder; [] for none.
+    instructions_files: list[str] = field(default_factory=lambda: ["AGENTS.md", "CLAUDE.md"])
 
 
 @dataclass
@@ -77,9 +83,13 @@ class Config:
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
-                lines.append(f"{key} = {value!r}  ({self.sources.get(key, 'default')})")
+                source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
+                lines.append(f"{key} = {value!r}  ({source})")
         return "\n".join(lines)
 
+
+# What an unset value means, where None alone would not say.
+DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false"}
 
 SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
 
@@ -112,6 +122,7 @@ ENV_VARS = {
     "AUTO_CODER_API_KEY": "llm.api_key",
     "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
     "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
+    "AUTO_CODER_VISION": "llm.vision",
     "USE_SSO": "auth.use_sso",
     "SERVER_SIDE_TOKEN_REFRESH": "auth.server_side_token_refresh",
     "SSO_TOKEN": "auth.sso_token",
@@ -229,7 +240,7 @@ def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
 
 def _parse_env(key: str, raw: str) -> Any:
     kind = _field_type(key)
-    if kind == "bool":
+    if kind.startswith("bool"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw
 
@@ -274,7 +285,7 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
         return value
-    if kind == "bool":
+    if kind.startswith("bool"):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):

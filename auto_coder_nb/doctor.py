@@ -12,6 +12,7 @@ import concurrent.futures
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,12 +21,14 @@ from . import auth, transport
 from .authentication_provider import AuthenticationProvider
 from .config import DEFAULT_BASE_URL, Config, redact_url
 from .errors import AutoCoderError, ProviderError
+from .instructions import ProjectInstructions, load_instructions
 from .providers.base import Completion, TextChunk, ToolDefinition
+from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
 from .text import exception_chain, hide_secrets
 
-PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
 TOOL_NAME = "get_current_time"
 TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
@@ -42,22 +45,29 @@ class Row:
     next: str = ""
 
 
-def run_doctor(config: Config, write: Callable[[str], None]) -> bool:
+def run_doctor(config: Config, write: Callable[[str], None], *,
+               instructions: ProjectInstructions | None = None) -> bool:
     """Run every check and `write` the table, one line per call (no trailing newline; `print` fits).
-    True only if every step passed (a warning passes)."""
-    doctor = _Doctor(config, write)
+    True only if every step passed (a warning passes). `instructions` are the project instructions a session
+    loaded; by default those of agent.working_dir (or the current folder)."""
+    if instructions is None:
+        folder = Path(config.agent.working_dir or ".").expanduser()
+        instructions = load_instructions(folder, folder, config.agent.instructions_files)
+    doctor = _Doctor(config, write, instructions)
     return doctor.run()
 
 
 class _Doctor:
-    def __init__(self, config: Config, write: Callable[[str], None]) -> None:
+    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions) -> None:
         self.config = config
+        self.instructions = instructions
         self._write = write
         self.rows: list[Row] = []
         self.headers = {"x-correlation-id": f"doctor-{new_correlation_id()}"}
         self.base_url = config.llm.base_url.rstrip("/")
         self.models_url = f"{self.base_url}/models"
         self.client_kwargs: dict[str, Any] = {}
+        self.capabilities: ModelCapabilities | None = None  # asked only when llm.vision is unset
 
     # -- output --------------------------------------------------------------------------------
 
@@ -104,7 +114,28 @@ class _Doctor:
         self.check_chat()
         return self.summary()
 
+    def info(self, step: str, detail: str) -> None:
+        """A line of the table that informs and is not a check."""
+        self.write(f"  {step:<{STEP_WIDTH}}  {INFO:<6}  {detail}")
+
+    def show_settings(self) -> None:
+        """What the model is given besides the conversation: images, project instructions."""
+        setting = self.config.llm.vision
+        if setting is not None:
+            self.info("vision", f"llm.vision is {str(setting).lower()}: images are "
+                                f"{'sent' if setting else 'not sent'} to the model")
+        elif self.capabilities is not None:
+            reported = self.capabilities.vision
+            said = {True: "reports vision", False: "reports no vision", None: "does not say"}[reported]
+            self.info("vision", f"the server {said} for this model: images are {'sent' if reported else 'not sent'} "
+                                "(set llm.vision to decide)")
+        names = self.config.agent.instructions_files
+        files = self.instructions.describe()
+        self.info("instructions", "; ".join(files) if files else f"no {' or '.join(names)} found" if names else
+                  "turned off (agent.instructions_files is [])")
+
     def summary(self) -> bool:
+        self.show_settings()
         failed = [row.step for row in self.rows if row.result == FAIL]
         skipped = [row.step for row in self.rows if row.result == SKIP]
         if failed or skipped:
@@ -249,6 +280,8 @@ class _Doctor:
 
     async def _chat(self, provider: Any) -> tuple[Row, Row]:
         try:
+            if self.config.llm.vision is None:
+                self.capabilities = await provider.capabilities(headers=self.headers)
             answer = await self._streamed_answer(provider)
             if answer.result == FAIL:
                 return answer, Row("tool call", SKIP, "skipped: no answer")

@@ -10,10 +10,11 @@ Nothing heavy is imported here at `%load_ext` time.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from .notebook_context import KernelHistory
 
 if TYPE_CHECKING:
     from .config import Config
+    from .images import Image
     from .providers.base import LLMProvider
     from .session import Session
     from .tools.notebook import CodeOutcome
@@ -46,6 +48,7 @@ class KernelState:
     # How the session's configuration was read, to read it again before each request.
     config_flags: dict[str, Any] = field(default_factory=dict)
     config_dir: Path | None = None
+    images: ImageOutputs = field(default_factory=lambda: ImageOutputs())
 
 
 _state: KernelState | None = None
@@ -158,7 +161,7 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
                                                             else source),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
-                             provider=provider)
+                             provider=provider, instructions_from=root)
     holder.append(session)
     return session
 
@@ -166,10 +169,85 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
 # -- running code and adding cells --------------------------------------------------------------
 
 def _run_code(state: KernelState, code: str) -> CodeOutcome:
-    """run_code's executor, on the main thread: IPython syntax (magics, `!cmd`) is transformed first."""
+    """run_code's executor, on the main thread: IPython syntax (magics, `!cmd`) is transformed first. The
+    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are
+    shown to the user as in a cell and collected for the model."""
     from .tools.notebook import run_python
 
-    return run_python(state.shell.transform_cell(code), state.shell.user_ns)
+    shell = state.shell
+    state.images.watch(shell)
+    with state.images.collect() as images:
+        outcome = run_python(shell.transform_cell(code), shell.user_ns)
+        if outcome.value is not None and _is_image(outcome.value):
+            from IPython.display import display
+
+            display(outcome.value)
+        _flush_figures()
+    outcome.images = images
+    return outcome
+
+
+def _is_image(value: Any) -> bool:
+    figure = callable(getattr(value, "savefig", None)) and hasattr(value, "axes")
+    return figure or any(callable(getattr(value, method, None)) for method in ("_repr_png_", "_repr_jpeg_"))
+
+
+def _flush_figures() -> None:
+    """Show the figures the code drew with the inline backend now, as a cell would at its end."""
+    import sys
+
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    matplotlib = sys.modules.get("matplotlib")
+    if inline is not None and matplotlib is not None and "inline" in str(matplotlib.get_backend()):
+        inline.flush_figures()
+
+
+class ImageOutputs:
+    """Watches the kernel's display publisher: remembers the last image output (for `--attach last`) and,
+    while `collect()` runs, the images shown. Outputs still reach the frontend unchanged."""
+
+    def __init__(self) -> None:
+        self.last: str | bytes | None = None
+        self._collecting: list[bytes] | None = None
+
+    def watch(self, shell: Any) -> None:
+        """Wrap the shell's current display publisher (once; `capture_output` may swap it)."""
+        publisher = getattr(shell, "display_pub", None)
+        if publisher is None or getattr(publisher.publish, "_auto_coder_images", False):
+            return
+        original = publisher.publish
+
+        def publish(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            self._seen(data)
+            return original(data, *args, **kwargs)
+
+        publish._auto_coder_images = True  # type: ignore[attr-defined]
+        publisher.publish = publish
+
+    def _seen(self, data: Any) -> None:
+        from .images import IMAGE_MIME_TYPES, decode_output
+
+        found = next((data[mime] for mime in IMAGE_MIME_TYPES if isinstance(data, dict) and mime in data), None)
+        if found is None:
+            return
+        self.last = found
+        if self._collecting is not None:
+            self._collecting.append(decode_output(found))
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[list[bytes]]:
+        collected: list[bytes] = []
+        self._collecting = collected
+        try:
+            yield collected
+        finally:
+            self._collecting = None
+
+
+def attach(session: Session, name: str, shell: Any = None) -> Image:
+    """`session.attach` with the kernel's namespace and last image output (the magics' --attach, the panel)."""
+    state = kernel_state(shell)
+    return session.attach(name, state.shell.user_ns, state.images.last)
 
 
 async def _insert_from_turn(state: KernelState, source: str) -> str | None:

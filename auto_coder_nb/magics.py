@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -23,6 +24,7 @@ from .kernel import (
     KernelState,
     MainThreadCall,
     Worker,
+    attach,
     change_working_dir,
     get_session,
     insert_cells,
@@ -43,6 +45,7 @@ from .text import PYTHON_FENCE_LANGUAGES
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .agent import TurnOptions
     from .events import ApprovalRequest
+    from .images import Image
     from .session import Session
 
 __all__ = ["AutoCoderMagics", "code_blocks", "get_session", "refresh_config", "split_options"]
@@ -62,7 +65,7 @@ _DONE = object()
 
 
 def pump_turn(worker: Worker, session: Session, message: str, options: TurnOptions, renderer: CellRenderer,
-              can_ask: bool) -> None:
+              can_ask: bool, images: Sequence[Image] = ()) -> None:
     """Run one turn on the worker's loop and serve it from the main thread until it ends: render its events,
     ask its approvals, run what it needs run here (run_code, cell insertion)."""
     import asyncio
@@ -75,7 +78,7 @@ def pump_turn(worker: Worker, session: Session, message: str, options: TurnOptio
 
     async def pump() -> None:
         try:
-            async for event in session.agent.run(message, options):
+            async for event in session.agent.run(message, images, options):
                 channel.put(event)
         finally:
             channel.put(_DONE)
@@ -189,6 +192,9 @@ class AutoCoderMagics(Magics):
     @argument("--undo", action="store_true", help="undo the file changes of the last turn that made any")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--working-dir", metavar="DIR", help="workspace root for the tools (starts a new conversation)")
+    @argument("--attach", metavar="NAME_OR_PATH", action="append", default=[],
+              help="send an image to a vision model (repeatable): a PNG/JPEG file, a variable holding a matplotlib "
+                   "Figure, PIL image or IPython Image, or `last` for the notebook's last image output")
     @argument("prompt", nargs="*", help="the request (in a %%%%autocoder cell, the cell body); kept as written")
     @no_var_expand  # IPython's own {var}/$var expansion of the line would break braces in code
     @line_cell_magic
@@ -216,7 +222,7 @@ class AutoCoderMagics(Magics):
         return ChatPanel()
 
 
-_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--context", "--working-dir"}
+_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--context", "--working-dir", "--attach"}
 _TOKEN = re.compile(r"\s*(\S+)")
 
 
@@ -249,7 +255,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.doctor:
         from .doctor import run_doctor
 
-        run_doctor(session.config, lambda text: print(text, flush=True))
+        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions)
         return
     if args.reset:
         print(f"New conversation: correlation id {session.reset()}")
@@ -273,13 +279,26 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     context = build_context(args.context, shell.user_ns, state.history,
                             hidden=getattr(shell, "user_ns_hidden", {}), include_error=not args.fix)
     message = compose_message(prompt, context)
+    images = [attach(session, name, shell) for name in args.attach]
     if args.show_context:
         print(message)
+        _show_also_sent(session, images)
         return
-    _run_turn(state, session, message, args)
+    _run_turn(state, session, message, args, images)
 
 
-def _run_turn(state: KernelState, session: Session, message: str, args: Any) -> None:
+def _show_also_sent(session: Session, images: list[Image]) -> None:
+    """What --show-context sends besides the message (kept off stdout, which is exactly the message)."""
+    from IPython.display import display
+
+    lines = [f"project instructions (in the system prompt): {line}"
+             for line in session.instructions.describe(session.workspace.root)]
+    lines += [f"image: {image.describe()}" for image in images]
+    if lines:
+        display({"text/plain": "\n".join(lines)}, raw=True)
+
+
+def _run_turn(state: KernelState, session: Session, message: str, args: Any, images: list[Image]) -> None:
     shell = state.shell
     kernel = getattr(shell, "kernel", None)
     can_ask = kernel is None or bool(getattr(kernel, "_allow_stdin", False))
@@ -288,8 +307,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any) -> 
     options = TurnOptions(model=args.model, approval_mode=args.approval_mode)
     metadata = {"model": args.model or session.provider.model,
                 "correlation_id": session.conversation.correlation_id}
-    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message)
-    pump_turn(worker(state), session, message, options, renderer, can_ask)
+    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images)
+    pump_turn(worker(state), session, message, options, renderer, can_ask, images)
     if args.insert:
         blocks = code_blocks(renderer.text)
         if blocks:
@@ -320,6 +339,7 @@ def load_ipython_extension(ipython: Any) -> None:
     state = kernel_state(ipython)
     state.shell = ipython
     ipython.register_magics(AutoCoderMagics)
+    state.images.watch(ipython)  # for --attach last
     ipython.events.register("post_run_cell", state.history.record)
     if _keep_question_marks not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.insert(0, _keep_question_marks)

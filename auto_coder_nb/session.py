@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .agent import Agent
 from .approvals import ApprovalPolicy
 from .config import Config, load_object
 from .errors import ConfigError
+from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
+from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
@@ -38,6 +41,7 @@ class Session:
     conversation: Conversation
     policy: ApprovalPolicy
     agent: Agent
+    instructions: ProjectInstructions
 
     @classmethod
     def create(
@@ -46,7 +50,10 @@ class Session:
         working_dir: str | os.PathLike[str] | None = None,
         extra_tools: Iterable[ToolDefinition] = (),
         provider: LLMProvider | None = None,
+        instructions_from: str | os.PathLike[str] | None = None,
     ) -> Session:
+        """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
+        project instructions ends; default the workspace root."""
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
@@ -57,10 +64,15 @@ class Session:
 
             provider = OpenAICompatibleProvider(config)
         template = config.agent.system_prompt or DEFAULT_SYSTEM_PROMPT
-        conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
+        instructions = load_instructions(Path(instructions_from or workspace.root).expanduser(), workspace.root,
+                                         config.agent.instructions_files)
+        prompt = template.replace("{root}", str(workspace.root)).replace("{os}", platform.system())
+        if instructions.text:
+            prompt += "\n\n" + instructions.text
+        conversation = Conversation(prompt, max_images=config.agent.max_images)
         policy = ApprovalPolicy(config.agent.approval_mode)
-        agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
-        return cls(config, provider, tools, workspace, conversation, policy, agent)
+        agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
+        return cls(config, provider, tools, workspace, conversation, policy, agent, instructions)
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
@@ -72,8 +84,12 @@ class Session:
 
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
+            self.agent.vision = config.llm.vision
             changed = True
-        for name in ("approval_mode", "max_iterations", "context_window"):
+        if config.agent.max_images != self.conversation.max_images:
+            self.conversation.max_images = config.agent.max_images
+            changed = True
+        for name in ("approval_mode", "max_iterations", "context_window", "image_max_side"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True
@@ -97,6 +113,27 @@ class Session:
 
     def undo(self) -> str:
         return self.workspace.undo()
+
+    def attach(self, name: str, namespace: Mapping[str, Any] | None = None,
+               last_output: str | bytes | None = None) -> Image:
+        """An image for `--attach NAME` and the panel's attach control: `last` (`last_output`, the notebook's last
+        image output), a variable of `namespace` (a matplotlib Figure, a PIL image, an IPython Image), else a
+        PNG/JPEG file (see `attach_file`). Raises ImageError saying why one is refused."""
+        max_side = self.agent.config.image_max_side
+        if name == "last":
+            if last_output is None:
+                raise ImageError("last: there is no image output in this notebook yet (since auto-coder was loaded)")
+            return fit_image(decode_output(last_output), "last image output", max_side)
+        if namespace is not None and name.isidentifier() and name in namespace:
+            return image_from_object(namespace[name], name, max_side)
+        return self.attach_file(name)
+
+    def attach_file(self, path: str) -> Image:
+        """An image file to send with the next message (relative to the workspace root; the user chose it, so
+        it may be anywhere), fitted to agent.image_max_side. ImageError says why one is refused."""
+        target = Path(path).expanduser()
+        return read_image_file(target if target.is_absolute() else self.workspace.root / target,
+                               self.agent.config.image_max_side, source=path)
 
     async def aclose(self) -> None:
         await self.provider.aclose()

@@ -7,12 +7,13 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, TextIO
 
 from .events import (
     ApprovalRequest,
+    ContextUsage,
     ErrorEvent,
     Event,
     Notice,
@@ -26,6 +27,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
+    from .images import Image
     from .session import Session
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -33,13 +35,15 @@ NO_TERMINAL = ("There is no terminal to ask the user for approval, so this actio
                "Tell the user it needs --approval-mode auto-edit (file changes) or full-auto (also commands).")
 
 
-def drive_turn(session: Session, message: str, loop: asyncio.AbstractEventLoop, view: TerminalView) -> bool:
-    """Run one turn on `loop`, rendering its events on `view`. False when Ctrl-C stopped it (the history is
-    repaired and the session free again); the caller says so in its own words."""
+def drive_turn(session: Session, message: str, loop: asyncio.AbstractEventLoop, view: TerminalView,
+               images: Sequence[Image] = ()) -> bool:
+    """Run one turn on `loop`, rendering its events on `view`; `images` go with the message. False when
+    Ctrl-C stopped it (the history is repaired and the session free again); the caller says so in its own
+    words."""
     from .agent import iterate_sync
 
     try:
-        with closing(iterate_sync(session.agent.run(message), loop)) as events:
+        with closing(iterate_sync(session.agent.run(message, images), loop)) as events:
             for event in events:
                 view.handle(event)
     except KeyboardInterrupt:
@@ -111,6 +115,7 @@ class TerminalView:
         self._in_text = False
         self._in_reasoning = False
         self._usage: UsageUpdate | None = None
+        self.context: ContextUsage | None = None  # how full the context window is after the turn
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -152,6 +157,8 @@ class TerminalView:
                 lines = event.output.splitlines() or [""]
                 first = lines[0][:150] + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
                 self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
+                for image in event.images:
+                    self.err.write("  " + self._paint("2", f"[image: {image.describe()}]") + "\n")
             case ApprovalRequest():
                 self.err.flush()
                 self.ask(event, self.err)
@@ -163,6 +170,7 @@ class TerminalView:
                 self.failed = True
                 self.err.write(self._paint("31", f"error: {event.message}") + "\n")
             case TurnDone():
+                self.context = event.context
                 if self.show_usage and self._usage is not None:
                     turn, total = self._usage.turn, self._usage.session
                     self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "

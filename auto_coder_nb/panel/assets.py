@@ -31,6 +31,11 @@ STYLE = """<style>
 .autocoder-transcript .widget-html, .autocoder-transcript .widget-html-content { width: 100%; height: auto;
   line-height: 1.45; font-size: 13px; }
 .autocoder-msg { margin: 4px 0; }
+.autocoder-thumb { max-width: 160px; max-height: 120px; margin: 4px 4px 0 0; border-radius: 4px;
+  border: 1px solid var(--jp-border-color2, #ddd); vertical-align: top; }
+.autocoder-user .autocoder-thumb { display: block; }
+.autocoder-attach-row { align-items: center; gap: 4px; flex-wrap: wrap; }
+.autocoder-attachments .autocoder-thumb { max-height: 48px; }
 .autocoder-transcript .autocoder-user { align-self: flex-end; width: auto; max-width: 80%; }
 .autocoder-user .widget-html-content { background: var(--jp-brand-color3, #dbeafe); padding: 6px 10px;
   border-radius: 12px 12px 2px 12px; white-space: pre-wrap; }

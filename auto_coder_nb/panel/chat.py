@@ -26,6 +26,7 @@ import ipywidgets as widgets
 
 from ..events import (
     ApprovalRequest,
+    ContextUsage,
     ErrorEvent,
     Event,
     Notice,
@@ -39,6 +40,7 @@ from ..events import (
 )
 from ..providers.base import Usage
 from .assets import FRONTEND, STYLE
+from .attachments import Attachments, thumbnails_html
 from .code_blocks import CodeBlocks
 from .parts import (
     SUMMARY_LINES,
@@ -108,6 +110,8 @@ class ChatPanel:
         self._flush_handle: asyncio.TimerHandle | None = None
         self.updates = 0  # throttled transcript flushes, for the benchmark
         self._code_blocks = CodeBlocks(self)
+        self._context: ContextUsage | None = None  # how full the context window is, after each turn
+        self._attachments = Attachments(self)
         self._build()
 
     # -- layout ----------------------------------------------------------------------------
@@ -134,7 +138,7 @@ class ChatPanel:
         self._reset_button.on_click(self._handover(self._start_reset))
         buttons = _box([self._send_button, self._stop_button, self._reset_button], "autocoder-buttons",
                        horizontal=True)
-        self.widget = _box([header, scroll, self._input, buttons], "autocoder-panel")
+        self.widget = _box([header, scroll, self._input, buttons, self._attachments.widget], "autocoder-panel")
         self._show_status()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -158,6 +162,15 @@ class ChatPanel:
     def send(self, message: str) -> None:
         """Start a turn with `message` (safe from any thread; returns at once)."""
         self._loop.call_soon_threadsafe(self._start_turn, message)
+
+    def attach(self, name: str) -> None:
+        """Attach an image for the next message, like the Attach control: a file, a variable or `last`."""
+        self._loop.call_soon_threadsafe(self._attachments.start, name)
+
+    @property
+    def attachments(self) -> list[str]:
+        """The images attached for the next message, described."""
+        return [image.describe() for image in self._attachments.images]
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop)
@@ -225,6 +238,7 @@ class ChatPanel:
             self._parts.clear()
             self._cards.clear()
             self._turn_usage = None
+            self._context = None
             self._transcript.clear()
             self._notice(f"New conversation. Correlation id {new_id}.")
             self._show_status()
@@ -232,12 +246,13 @@ class ChatPanel:
             self._error(f"Reset failed: {type(exc).__name__}: {exc}")
 
     async def _run_turn(self, message: str) -> None:
-        self._begin_turn(message)
+        images = self._attachments.take()
+        self._begin_turn(message, thumbnails_html(images))
         if self._shares_kernel_session and not self._refresh_config():
             self._end_turn()
             self._set_state(IDLE)
             return
-        events = self.session.agent.run(message)
+        events = self.session.agent.run(message, images)
         try:
             async for event in events:
                 self._on_event(event)
@@ -267,11 +282,11 @@ class ChatPanel:
             self._show_status()
         return True
 
-    def _begin_turn(self, message: str) -> None:
+    def _begin_turn(self, message: str, thumbnails: str = "") -> None:
         self._set_busy(True)
         self._turn_usage = None
         self._records.append(("user", message))
-        self._transcript.append(_html(html.escape(message), "autocoder-msg", "autocoder-user"))
+        self._transcript.append(_html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user"))
         self._turn = _box([], "autocoder-turn")
         self._transcript.append(self._turn)
         self._part, self._reasoning = None, None
@@ -329,6 +344,8 @@ class ChatPanel:
                 self._error(event.message)
             case TurnDone():
                 self._end_text()
+                self._context = event.context or self._context
+                self._show_status()
                 if event.reason in TURN_END_NOTES:
                     self._notice(TURN_END_NOTES[event.reason])
             case _:
@@ -464,6 +481,8 @@ class ChatPanel:
         card.summary.value = html.escape("\n".join(head) + more)
         if card.summary not in card.box.children:
             card.box.children = (*card.box.children, card.summary)
+        if result.images:
+            card.box.children = (*card.box.children, _html(thumbnails_html(result.images), "autocoder-thumbs"))
         self._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
         self._set_state(THINKING)
 
@@ -492,6 +511,10 @@ class ChatPanel:
             f'id <code class="autocoder-id" title="Correlation id {full_id} (click to select)">{full_id}</code> · '
             f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
         )
+        if self._context is not None:
+            share = f"{'~' if self._context.estimated else ''}{self._context.share:.0%}"
+            self._status.value += (f' · <span class="autocoder-context" title="{html.escape(str(self._context))}">'
+                                   f"context {share}</span>")
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))

@@ -44,6 +44,7 @@ from .base import (
     ToolDefinition,
     Usage,
 )
+from .capabilities import ModelCapabilities, probe_capabilities
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
 from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
@@ -287,6 +288,9 @@ class OpenAICompatibleProvider(LLMProvider):
                               f"{self.errors.snippet(text)}") from None
 
     # -- models --------------------------------------------------------------------------
+
+    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
         client = self._client()
