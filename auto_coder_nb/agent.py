@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .approvals import ApprovalPolicy
 from .config import AgentConfig
@@ -67,6 +67,17 @@ class TurnOptions:
     approval_mode: str | None = None
 
 
+class TurnObserver(Protocol):
+    """Sees every event of every turn as the face gets it, and each approval decision (the saved-conversation
+    recorder, `history.py`). `take_warnings()` returns what the user must be told (once), shown as notices."""
+
+    def event(self, event: Event) -> None: ...
+
+    def approval(self, request: ApprovalRequest, allowed: bool, reason: str, always: bool) -> None: ...
+
+    def take_warnings(self) -> list[str]: ...
+
+
 class Agent:
     def __init__(
         self,
@@ -86,6 +97,8 @@ class Agent:
         self.workspace = workspace
         self.vision = vision  # llm.vision; None: as the server reports
         self.busy = False  # the magics and the panel share one agent; one turn at a time
+        self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
+        self.observer: TurnObserver | None = None
         self._last_usage: Usage | None = None  # of the last request, for the context share
 
     async def sees_images(self) -> bool:
@@ -108,19 +121,32 @@ class Agent:
         return ContextUsage(self.conversation.estimate_tokens(schema_size), window, estimated=True)
 
     def _done(self, reason: str) -> TurnDone:
-        return TurnDone(reason, self.context_usage())
+        return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
 
     async def run(self, message: str, images: Sequence[Image] = (),
                   options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
-        Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
+        Errors arrive as ErrorEvent; cancellation leaves a consistent history.
+        Every face goes through here, so the observer sees each turn whatever the face."""
+        turn = self._turn(message, images, options or TurnOptions())
+        try:
+            async for event in turn:
+                if self.observer is not None:
+                    self.observer.event(event)
+                    for warning in self.observer.take_warnings():
+                        yield Notice(warning)
+                yield event
+        finally:
+            await turn.aclose()
+
+    async def _turn(self, message: str, images: Sequence[Image], options: TurnOptions) -> AsyncGenerator[Event, None]:
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
                              "cell). Stop it or wait for it to finish, then ask again.")
             yield TurnDone("busy")
             return
         self.busy = True
-        options = options or TurnOptions()
+        self._actions = {"refused": 0, "allowed": 0}
         conversation = self.conversation
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
@@ -248,17 +274,23 @@ class Agent:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
             decision = self.policy.decide(tool.kind, mode)
             if decision == "deny":
+                self._actions["refused"] += 1
                 raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
                 yield request
                 allowed, reason, always = await request.wait()
+                if self.observer is not None:
+                    self.observer.approval(request, allowed, reason, always)
                 if always:
                     self.policy.allow_always(tool.kind)
                 if not allowed:
+                    self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""
                     raise ToolError(f"The user denied this {call.name} call.{because}")
+            if tool.kind != "read":
+                self._actions["allowed"] += 1
             output = await self.tools.run(call.name, arguments)
             result.output, result.is_error = output.text, False
             if output.images:

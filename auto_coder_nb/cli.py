@@ -14,6 +14,7 @@ from . import __version__
 from .approvals import APPROVAL_MODES
 from .config import load_config
 from .errors import ConfigError
+from .history import ConversationStore, HistoryError, looks_like_id
 from .images import Image, ImageError
 from .terminal import (
     EXIT_INTERRUPTED,
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="PATH", help="config file, read after ~/ and ./.auto-coder.yaml")
     parser.add_argument("--working-dir", "-d", metavar="DIR", help="workspace root for the tools (default: .)")
     parser.add_argument("--approval-mode", choices=APPROVAL_MODES, help="what needs a yes (default ask)")
+    parser.add_argument("--sessions", action="store_true", help="list the saved conversations, newest first, and exit")
+    parser.add_argument("--resume", nargs="?", const="", metavar="ID",
+                        help="continue a saved conversation: ID or a unique prefix (default: the newest for this "
+                             "working directory), with a prompt or in the REPL")
+    parser.add_argument("--export", metavar="PATH",
+                        help="write the --resume'd (or newest) conversation to PATH (.md, .ipynb, .jsonl) and exit")
     parser.add_argument("--attach", metavar="PATH", action="append", default=[],
                         help="send a PNG/JPEG image with the prompt to a vision model (repeatable)")
     parser.add_argument("--show-context", action="store_true",
@@ -56,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume and not looks_like_id(args.resume):  # `--resume fix the test`: a prompt, not an id
+        args.prompt.insert(0, args.resume)
+        args.resume = ""
     flags = {
         "llm.base_url": args.base_url,
         "llm.model": args.model,
@@ -76,24 +86,35 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import run_doctor
 
         return EXIT_OK if run_doctor(config, lambda text: print(text, flush=True)) else EXIT_RUNTIME
+    store = ConversationStore(warn=lambda text: print(f"auto-coder: warning: {text}", file=sys.stderr))
+    if args.sessions:
+        print(store.listing())
+        return EXIT_OK
     root = Path(config.agent.working_dir or ".").expanduser()
     if not root.is_dir():
         print(f"auto-coder: error: working directory {root} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    from .session import Session
 
+    try:
+        session = Session.create(config, working_dir=root)
+        if args.export:
+            print(session.export(args.export, args.resume, store))
+            return EXIT_OK
+        if args.resume is not None:
+            print(session.resume(session.saved_here(args.resume, store)), file=sys.stderr)
+    except ConfigError as exc:
+        print(f"auto-coder: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HistoryError as exc:
+        print(f"auto-coder: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     prompt = " ".join(args.prompt)
     if not prompt and not args.show_context and not is_terminal(sys.stdin):
         prompt = sys.stdin.read().strip() if sys.stdin is not None else ""
         if not prompt:
             print("auto-coder: error: no prompt given on the command line or standard input", file=sys.stderr)
             return EXIT_USAGE
-    from .session import Session
-
-    try:
-        session = Session.create(config, working_dir=root)
-    except ConfigError as exc:
-        print(f"auto-coder: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         images = [session.attach_file(path) for path in args.attach]
     except ImageError as exc:
@@ -130,4 +151,4 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop, ima
     if not drive_turn(session, prompt, loop, view, images or []):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_RUNTIME if view.failed else EXIT_OK
+    return view.exit_code()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -22,28 +23,31 @@ CONFIG_FILENAME = ".auto-coder.yaml"
 
 @dataclass
 class LLMConfig:
-    base_url: str = DEFAULT_BASE_URL
-    model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    auth_headers: dict[str, str] = field(default_factory=dict)
-    extra_params: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 120.0
-    ca_bundle: str | None = None
-    extra_ca_certs: list[str] = field(default_factory=list)
-    verify: bool = True
-    proxy: str | None = None
-    # Whether the model sees images; unset: what the server reports (Ollama, llama.cpp), else no.
-    vision: bool | None = None
+    """The model endpoint (`llm:` in the config file)."""
+
+    base_url: str = DEFAULT_BASE_URL  # OpenAI-compatible API root, usually ending in /v1
+    model: str = DEFAULT_MODEL  # sent as `model` in every request
+    api_key: str | None = None  # sent as `Authorization: Bearer`; secret (also OPENAI_API_KEY)
+    auth_headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request; values secret
+    extra_params: dict[str, Any] = field(default_factory=dict)  # merged into each request body (temperature...)
+    timeout: float = 120.0  # seconds the server may go without sending progress before the request fails
+    ca_bundle: str | None = None  # PEM file of the CAs that verify the server (instead of certifi's)
+    extra_ca_certs: list[str] = field(default_factory=list)  # PEM files trusted in addition to the bundle
+    verify: bool = True  # false turns TLS certificate checks off (unsafe)
+    proxy: str | None = None  # http://[user:password@]host:port; else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
+    vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
 
 
 @dataclass
 class AgentConfig:
-    approval_mode: str = "ask"
-    max_iterations: int = 50
-    command_timeout: float = 120.0
-    context_window: int = 32768
-    system_prompt: str | None = None
-    working_dir: str | None = None
+    """How the agent works (`agent:` in the config file)."""
+
+    approval_mode: str = "ask"  # ask | auto-edit | full-auto | read-only (approvals.APPROVAL_MODES)
+    max_iterations: int = 50  # model calls per turn before the turn stops
+    command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    system_prompt: str | None = None  # replaces the built-in system prompt
+    working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
     image_max_side: int = 1024  # images sent to a vision model are downscaled to this many pixels at most
     max_images: int = 3  # images kept in the history; older ones become a short text
@@ -53,33 +57,54 @@ class AgentConfig:
 
 @dataclass
 class AuthConfig:
+    """Where credentials come from (`auth:` in the config file); see auth.py for how a mode is chosen."""
+
     provider: str | None = None  # "module:Class" of a user's own authentication provider
-    use_sso: bool = False
-    server_side_token_refresh: bool = False
-    sso_token: str | None = None
-    device_authorization_url: str | None = None
-    token_url: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scope: str | None = None
-    refresh_token: str | None = None
-    token_command: str | None = None
-    token_lifetime: float = 3600.0
+    use_sso: bool = False  # Bearer token from SSO_TOKEN or the device sign-in (USE_SSO)
+    server_side_token_refresh: bool = False  # Basic client_id:client_secret; the gateway refreshes tokens
+    sso_token: str | None = None  # a ready SSO bearer token (SSO_TOKEN); secret
+    device_authorization_url: str | None = None  # OAuth device sign-in endpoint (RFC 8628)
+    token_url: str | None = None  # OAuth token endpoint (device sign-in, client credentials, refresh)
+    client_id: str | None = None  # OAuth client (AUTO_CODER_CLIENT_ID)
+    client_secret: str | None = None  # OAuth client secret (AUTO_CODER_CLIENT_SECRET); secret
+    scope: str | None = None  # OAuth scope asked for
+    refresh_token: str | None = None  # OAuth refresh token for token_url; secret
+    token_command: str | None = None  # shell command printing a token (or JSON with access_token, expires_in)
+    token_lifetime: float = 3600.0  # seconds a token_command token is used when it says no expiry
+
+
+@dataclass
+class HistoryConfig:
+    enabled: bool = True  # keep every conversation on disk (history.py), to resume and export
+    retention_days: int = 30  # saved conversations untouched for longer are removed at start-up
 
 
 @dataclass
 class Config:
+    """The effective configuration; `load_config()` builds it."""
+
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # Every value a config file took from the environment with ${VAR}: secrets too, wherever they ended up.
+    from_variables: set[str] = field(default_factory=set)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
+        output): keys, tokens, header values, URL and proxy passwords, and values taken from ${VAR}."""
+        llm, auth = self.llm, self.auth
+        values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
+                  *url_passwords(llm.base_url), *url_passwords(llm.proxy), *self.from_variables]
+        return [value for value in values if value]
 
     def show(self) -> str:
         """The effective configuration, one `key = value  (source)` line each, secrets masked."""
         lines = []
-        for section in ("llm", "agent", "auth"):
+        for section in _SECTIONS:
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
@@ -115,6 +140,15 @@ def redact_url(url: str) -> str:
 _URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
+def url_passwords(url: str | None) -> list[str]:
+    """The password in `url` (http://user:password@host), as written and percent-decoded; none if it has none."""
+    match = _URL_PASSWORD.search(url or "")
+    if match is None:
+        return []
+    written = match.group(0)[len(match.group(1)):-1]
+    return [written, unquote(written)]
+
+
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
 ENV_VARS = {
     "AUTO_CODER_BASE_URL": "llm.base_url",
@@ -130,7 +164,7 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -161,7 +195,7 @@ def load_config(
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env).items():
+        for key, value in _read_file(path, env, config.from_variables).items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -193,7 +227,7 @@ def load_object(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
-def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -216,25 +250,26 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                taken.add(env[name])
                 return env[name]
             if default is not None:
                 return default
             raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env) for v in value]
+        return [_expand(v, key, path, env, taken) for v in value]
     return value
 
 

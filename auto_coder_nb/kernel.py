@@ -138,6 +138,8 @@ def change_working_dir(state: KernelState, directory: str) -> str:
     if state.session is None:
         state.session = fresh
     else:
+        if state.session.recorder is not None:
+            state.session.recorder.close()  # the old conversation's file; the fresh session starts a new one
         for part in fields(state.session):
             setattr(state.session, part.name, getattr(fresh, part.name))
     return f"Workspace root: {root}; new conversation {state.session.conversation.correlation_id}"
@@ -161,7 +163,8 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
                                                             else source),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
-                             provider=provider, instructions_from=root)
+                             provider=provider, instructions_from=root,
+                             notebook=open_notebook_path(shell))
     holder.append(session)
     return session
 
@@ -203,26 +206,29 @@ def _flush_figures() -> None:
 
 
 class ImageOutputs:
-    """Watches the kernel's display publisher: remembers the last image output (for `--attach last`) and,
-    while `collect()` runs, the images shown. Outputs still reach the frontend unchanged."""
+    """Watches the kernel's display publisher (display(), plots) and display hook (a cell's last value):
+    remembers the last image output (for `--attach last`) and, while `collect()` runs, the images shown.
+    Outputs still reach the frontend unchanged."""
 
     def __init__(self) -> None:
         self.last: str | bytes | None = None
         self._collecting: list[bytes] | None = None
 
     def watch(self, shell: Any) -> None:
-        """Wrap the shell's current display publisher (once; `capture_output` may swap it)."""
-        publisher = getattr(shell, "display_pub", None)
-        if publisher is None or getattr(publisher.publish, "_auto_coder_images", False):
-            return
-        original = publisher.publish
+        """Wrap the shell's current publisher and display hook, once each (`capture_output` may swap the
+        publisher, so run_code calls this again)."""
+        for owner, method in ((getattr(shell, "display_pub", None), "publish"),
+                              (getattr(shell, "displayhook", None), "write_format_data")):
+            original = getattr(owner, method, None)
+            if original is None or getattr(original, "_auto_coder_images", False):
+                continue
 
-        def publish(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            self._seen(data)
-            return original(data, *args, **kwargs)
+            def wrapped(data: dict[str, Any], *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self._seen(data)
+                return _original(data, *args, **kwargs)
 
-        publish._auto_coder_images = True  # type: ignore[attr-defined]
-        publisher.publish = publish
+            wrapped._auto_coder_images = True  # type: ignore[attr-defined]
+            setattr(owner, method, wrapped)
 
     def _seen(self, data: Any) -> None:
         from .images import IMAGE_MIME_TYPES, decode_output
@@ -231,8 +237,9 @@ class ImageOutputs:
         if found is None:
             return
         self.last = found
-        if self._collecting is not None:
-            self._collecting.append(decode_output(found))
+        data = decode_output(found)
+        if self._collecting is not None and data not in self._collecting:  # a figure shown twice is sent once
+            self._collecting.append(data)
 
     @contextlib.contextmanager
     def collect(self) -> Iterator[list[bytes]]:

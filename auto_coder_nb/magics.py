@@ -190,6 +190,11 @@ class AutoCoderMagics(Magics):
     @argument("--reset", action="store_true", help="start a new conversation (new correlation id)")
     @argument("--id", action="store_true", help="show the conversation's correlation id")
     @argument("--undo", action="store_true", help="undo the file changes of the last turn that made any")
+    @argument("--sessions", action="store_true", help="list the saved conversations, newest first")
+    @argument("--resume", nargs="?", const="", metavar="ID",
+              help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
+    @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
+                                               "(.md, .ipynb or .jsonl)")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--working-dir", metavar="DIR", help="workspace root for the tools (starts a new conversation)")
     @argument("--attach", metavar="NAME_OR_PATH", action="append", default=[],
@@ -222,19 +227,22 @@ class AutoCoderMagics(Magics):
         return ChatPanel()
 
 
-_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--context", "--working-dir", "--attach"}
+_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--context", "--working-dir", "--attach", "--export"}
 _TOKEN = re.compile(r"\s*(\S+)")
 
 
 def split_options(line: str) -> tuple[list[str], str]:
     """Leading options, then the prompt exactly as written. Not shlex: a prompt with an apostrophe or
     braces must not be re-quoted or rejected."""
+    from .history import looks_like_id
+
     options: list[str] = []
     position = 0
     expect_value = False
     while match := _TOKEN.match(line, position):
         token = match.group(1)
-        if not expect_value and not token.startswith("-"):
+        resume_id = options[-1:] == ["--resume"] and looks_like_id(token)  # its value is optional
+        if not expect_value and not token.startswith("-") and not resume_id:
             break
         position = match.end()
         if token == "--" and not expect_value:
@@ -263,6 +271,17 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         print(session.undo())
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
+    from .history import ConversationStore
+
+    store = ConversationStore(warn=lambda text: print(f"autocoder: warning: {text}"))
+    if args.sessions:
+        print(store.listing())
+        return
+    if args.export:
+        print(session.export(args.export, args.resume or None, store))
+        return
+    if args.resume is not None:
+        print(session.resume(session.saved_here(args.resume or None, store)))
     if args.fix:
         error = state.history.last_error or error_before_load()
         if error is None:
@@ -270,7 +289,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
             return
         prompt = fix_prompt(error, prompt)
     elif not prompt.strip() and not args.show_context:
-        if not (args.reset or args.undo or args.id or args.working_dir):
+        if not (args.reset or args.undo or args.id or args.working_dir or args.resume is not None):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "
                   "shows the options.")
         return

@@ -13,6 +13,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from .config import redact_url
 from .errors import ProviderError
+from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
 from .session import Session
 from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
@@ -27,6 +28,9 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
+  /sessions       list the saved conversations, newest first
+  /resume [ID]    continue a saved conversation (default: the newest for this folder)
+  /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
   /attach PATH    send a PNG/JPEG image with the next message (vision models); /attach alone lists them
   /quit, /exit    leave"""
 
@@ -111,6 +115,19 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
                 print(("* " if model == session.config.llm.model else "  ") + model)
     elif name == "/undo":
         print(session.undo())
+    elif name in ("/sessions", "/resume", "/export"):
+        store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+        try:
+            if name == "/sessions":
+                print(store.listing())
+            elif name == "/resume":
+                print(session.resume(session.saved_here(rest.strip() or None, store)))
+            elif not rest.strip():
+                print("/export needs a file name: /export PATH (.md, .ipynb or .jsonl)", file=sys.stderr)
+            else:
+                print(session.export(rest.strip(), None, store))
+        except HistoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
     elif name == "/attach" and attachments is not None:
         attach(session, rest.strip(), loop, attachments)
     else:

@@ -12,10 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config, load_object
+from .config import Config, load_object, redact_url
 from .errors import ConfigError
+from .history import (
+    ConversationStore,
+    HistoryError,
+    Recorder,
+    SavedConversation,
+    read_records,
+    rebuild,
+    records_of,
+)
 from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
@@ -42,6 +52,8 @@ class Session:
     policy: ApprovalPolicy
     agent: Agent
     instructions: ProjectInstructions
+    notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
+    recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
 
     @classmethod
     def create(
@@ -51,6 +63,7 @@ class Session:
         extra_tools: Iterable[ToolDefinition] = (),
         provider: LLMProvider | None = None,
         instructions_from: str | os.PathLike[str] | None = None,
+        notebook: str | os.PathLike[str] | None = None,
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
         project instructions ends; default the workspace root."""
@@ -72,7 +85,49 @@ class Session:
         conversation = Conversation(prompt, max_images=config.agent.max_images)
         policy = ApprovalPolicy(config.agent.approval_mode)
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
-        return cls(config, provider, tools, workspace, conversation, policy, agent, instructions)
+        session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
+                      Path(notebook).expanduser().resolve() if notebook else None)
+        if config.history.enabled:
+            store = ConversationStore()
+            _remove_old_conversations(store, config.history.retention_days)
+            session.recorder = agent.observer = Recorder(store, conversation, session.describe,
+                                                         session.config.secret_values)
+        return session
+
+    def describe(self) -> dict[str, str | None]:
+        """Where and with what this session talks, as saved with its conversations (no credentials)."""
+        return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
+                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+
+    def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
+        """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or
+        of this working folder. Raises HistoryError."""
+        if self.notebook is not None:
+            return store.choose(conversation_id, notebook=self.notebook)
+        return store.choose(conversation_id, working_dir=self.workspace.root)
+
+    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
+        """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
+        session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
+            records = read_records(self.saved_here(conversation_id, store).path)
+        elif self.recorder is not None and self.recorder.path is not None:
+            records = read_records(self.recorder.path)
+        else:  # not saved (history.enabled is false): the history in memory
+            records = records_of(self.conversation, self.describe(), self.config.secret_values())
+        return transcript.export(records, Path(target))
+
+    def resume(self, saved: SavedConversation) -> str:
+        """Continue a saved conversation: its history and correlation id; what follows is saved with it.
+        Returns the sentence to show. Raises HistoryError if its file cannot be read."""
+        if self.agent.busy:
+            raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
+        if self.recorder is not None:
+            self.recorder.resume(saved)
+        else:
+            self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+        count = sum(1 for m in self.conversation.messages if m["role"] == "user")
+        return f"Resumed conversation {saved.id} ({count} earlier prompts, {saved.notebook or saved.working_dir})."
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
@@ -96,6 +151,7 @@ class Session:
                 if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
                     self.policy.mode = config.agent.approval_mode
         self.config.sources, self.config.files = config.sources, config.files
+        self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
 
     def clear(self) -> str:
@@ -137,6 +193,16 @@ class Session:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+_cleaned: set[Path] = set()
+
+
+def _remove_old_conversations(store: ConversationStore, days: int) -> None:
+    """Retention, once per process and folder (kernels and the REPL make sessions more than once)."""
+    if store.folder not in _cleaned:
+        _cleaned.add(store.folder)
+        store.remove_older_than(days)
 
 
 def configured_tools(config: Config) -> list[ToolDefinition]:

@@ -109,7 +109,20 @@ def test_attach_a_file_and_a_figure_variable(kernel: Kernel, server: FakeLLMServ
 def test_attach_last_takes_the_last_image_output(kernel: Kernel, server: FakeLLMServer) -> None:
     ok(kernel.execute(PLOT))
     ok(kernel.execute("%autocoder --attach last --context none what is this?"))
-    assert len(image_urls(user_messages(server)[-1:])) == 1
+    first = image_urls(user_messages(server)[-1:])
+    assert len(first) == 1
+    # A cell's last value shown as an image (execute_result) counts too.
+    ok(kernel.execute("from PIL import Image as Picture\nPicture.new('RGB', (30, 20), 'orange')"))
+    run = ok(kernel.execute("%autocoder --attach last --context none and this?"))
+    assert "image: last image output: PNG 30x20" in run.of_type("display_data")[-1]["content"]["data"]["text/html"]
+
+
+def test_a_figure_returned_and_drawn_is_sent_once(kernel: Kernel, server: FakeLLMServer) -> None:
+    code = "fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([1, 2])\nfig"
+    server.enqueue(reply.tool_call("run_code", {"code": "import matplotlib.pyplot as plt\n" + code}),
+                   reply.text("ok"))
+    ok(kernel.execute("%autocoder --approval-mode full-auto --context none draw"))
+    assert len(image_urls(server.chat_requests[1].json["messages"])) == 1
 
 
 def test_attachments_refused_with_the_reason(kernel: Kernel, server: FakeLLMServer) -> None:

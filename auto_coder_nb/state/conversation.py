@@ -7,7 +7,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..images import Image
 from ..providers.base import ToolCall, Usage
@@ -23,12 +23,23 @@ def new_correlation_id() -> str:
     return str(uuid.uuid4())
 
 
+class ConversationObserver(Protocol):
+    """Told of every change to the history as it happens (the saved-conversation recorder, `history.py`)."""
+
+    def message_added(self, message: dict[str, Any]) -> None: ...
+
+    def cleared(self) -> None: ...
+
+    def shortened(self, changed: int) -> None: ...
+
+
 class Conversation:
     def __init__(self, system_prompt: str | None = None, *, max_images: int = DEFAULT_MAX_IMAGES) -> None:
         self.system_prompt = system_prompt
         self.messages: list[dict[str, Any]] = []
         self.correlation_id = new_correlation_id()
         self.usage = Usage()  # tokens used this session, across clear()
+        self.observer: ConversationObserver | None = None
         self.max_images = max_images  # images kept in the history; older ones become a placeholder
         self._images: deque[tuple[dict[str, Any], Image]] = deque()  # the image parts in the history, oldest first
         self.context_tokens = 0  # the context the last request used (server-reported, else estimated)
@@ -40,18 +51,32 @@ class Conversation:
         self._images.clear()
         self.correlation_id = new_correlation_id()
         self.context_tokens = 0
+        if self.observer is not None:
+            self.observer.cleared()
+
+    def restore(self, messages: list[dict[str, Any]], correlation_id: str) -> None:
+        """Continue a saved conversation: its messages after this conversation's own system prompt, its id."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        self.messages = system + [m for m in messages if m.get("role") != "system"]
+        self.correlation_id = correlation_id
+        self._images.clear()  # saved conversations keep no images (history.py), so none is in `messages`
+        self.context_tokens = 0
 
     @property
     def headers(self) -> dict[str, str]:
         return {"x-correlation-id": self.correlation_id}
 
+    def _append(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if self.observer is not None:
+            self.observer.message_added(message)
+
     def add_user(self, content: str, images: Sequence[Image] = ()) -> None:
         """A user message; with images its content becomes parts (text first), as Chat Completions wants."""
         if not images:
-            self.messages.append({"role": "user", "content": content})
+            self._append({"role": "user", "content": content})
             return
-        self.messages.append({"role": "user", "content": [{"type": "text", "text": content},
-                                                          *self._image_parts(images)]})
+        self._append({"role": "user", "content": [{"type": "text", "text": content}, *self._image_parts(images)]})
         self._keep_last_images()
 
     def add_images(self, images: Sequence[Image], text: str) -> None:
@@ -94,10 +119,10 @@ class Conversation:
         if reasoning:
             # Thinking-mode servers (DeepSeek) reject tool-call turns whose reasoning is not sent back.
             message["reasoning_content"] = reasoning
-        self.messages.append(message)
+        self._append(message)
 
     def add_tool_result(self, call_id: str, content: str) -> None:
-        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
+        self._append({"role": "tool", "tool_call_id": call_id, "content": content})
 
     def pending_tool_calls(self) -> list[str]:
         """Ids of tool calls in the last assistant message that have no result yet."""
@@ -126,9 +151,14 @@ class Conversation:
         return {id(part): image_tokens(image) * CHARS_PER_TOKEN for part, image in self._images}
 
     def shorten(self, budget_tokens: int, extra: int = 0) -> int:
-        """Shorten the history until it fits `budget_tokens`; return how many messages were changed.
+        """Shorten the history until it fits `budget_tokens`; return how many messages were changed."""
+        changed = self._shorten(budget_tokens, extra)
+        if changed and self.observer is not None:
+            self.observer.shortened(changed)
+        return changed
 
-        Old tool outputs are elided first, then the oldest exchanges are dropped whole (a user
+    def _shorten(self, budget_tokens: int, extra: int = 0) -> int:
+        """Old tool outputs are elided first, then the oldest exchanges are dropped whole (a user
         message with everything up to the next user message), so a tool call never loses its
         result. The system prompt and the latest user message stay. Each message is measured once.
         """
