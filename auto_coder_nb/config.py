@@ -62,10 +62,57 @@ class AuthConfig:
 
 
 @dataclass
+class McpServerConfig:
+    """One MCP server, an entry of the usual `mcpServers` shape: `command` (with `args`, `env`, `cwd`) starts a
+    stdio server, `url` (with `headers`) reaches a streamable-HTTP one. Its tools ask like commands unless the
+    config marks them read: `read_only` for every tool of the server, `read_tools` for some by name."""
+
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    read_only: bool = False
+    read_tools: list[str] = field(default_factory=list)
+    timeout: float = 120.0  # seconds for one tool call
+    startup_timeout: float = 30.0
+    disabled: bool = False
+    # Values the config took from ${VAR}: hidden wherever this server's settings or errors are shown.
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        """How this server is reached, for --show-config and the doctor; env and header values hidden."""
+        if self.url is not None:
+            where = f"http {redact_url(self.url)}"
+            if self.headers:
+                where += f" headers {', '.join(self.headers)}"
+        else:
+            where = "stdio " + " ".join([self.command or "", *self.args])
+            if self.env:
+                where += f" env {', '.join(self.env)}"
+        marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
+        if self.read_tools:
+            marks.append(f"read_tools {', '.join(self.read_tools)}")
+        return hide_values(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
+
+
+MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
+MCP_TRANSPORT_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
+_MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class McpConfig:
+    servers: dict[str, McpServerConfig] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -78,6 +125,11 @@ class Config:
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
                 lines.append(f"{key} = {value!r}  ({self.sources.get(key, 'default')})")
+        for name, server in self.mcp.servers.items():
+            key = f"{MCP_SERVERS}.{name}"
+            lines.append(f"{key} = {server.describe()}  ({self.sources.get(key, 'default')})")
+        if not self.mcp.servers:
+            lines.append(f"{MCP_SERVERS} = {{}}  (default)")
         return "\n".join(lines)
 
 
@@ -105,6 +157,14 @@ def redact_url(url: str) -> str:
 _URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
+def hide_values(text: str, secrets: list[str]) -> str:
+    """`text` with each of `secrets` (values taken from ${VAR}) replaced by <hidden>."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "<hidden>")
+    return text
+
+
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
 ENV_VARS = {
     "AUTO_CODER_BASE_URL": "llm.base_url",
@@ -119,7 +179,8 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "mcp": McpConfig}
+MCP_SERVERS = "mcp.servers"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -204,27 +265,89 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
+        if section == "mcp":
+            flat.update(_mcp_servers(values, path, env))
+            continue
         for key, value in values.items():
             flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: list[str] | None = None) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; `taken` collects the values used."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                if taken is not None:
+                    taken.append(env[name])
                 return env[name]
             if default is not None:
                 return default
             raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env) for v in value]
+        return [_expand(v, key, path, env, taken) for v in value]
     return value
+
+
+def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str]) -> dict[str, McpServerConfig]:
+    """The `mcp:` section as one `mcp.servers.NAME` entry per server (a later file replaces a server of the
+    same name and keeps the others)."""
+    unknown = [key for key in values if key != "servers"]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key 'mcp.{unknown[0]}'; known keys in mcp: servers")
+    servers = values.get("servers") or {}
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{path}: {MCP_SERVERS}: expected a mapping of server names to settings")
+    return {f"{MCP_SERVERS}.{name}": _mcp_server(str(name), raw, path, env) for name, raw in servers.items()}
+
+
+def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpServerConfig:
+    key = f"{MCP_SERVERS}.{name}"
+    if not _MCP_SERVER_NAME.match(name):
+        raise ConfigError(f"{path}: {key}: a server name uses letters, digits, _ and - (it prefixes its tools' "
+                          "names)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping with command (stdio) or url (streamable HTTP)")
+    settings = dict(raw)
+    kind = settings.pop("type", None)
+    for field_name in settings:
+        if field_name not in MCP_SERVER_FIELDS:
+            raise ConfigError(f"{path}: {key}: unknown field {field_name!r}; known fields: type, "
+                              f"{', '.join(MCP_SERVER_FIELDS)}")
+    if kind is not None and kind not in MCP_TRANSPORT_TYPES:
+        raise ConfigError(f"{path}: {key}.type: expected one of {', '.join(MCP_TRANSPORT_TYPES)}, got {kind!r}"
+                          + (" (SSE servers are not supported: use the server's streamable-HTTP URL)"
+                             if kind == "sse" else ""))
+    has_command, has_url = settings.get("command") is not None, settings.get("url") is not None
+    if has_command == has_url:
+        raise ConfigError(f"{path}: {key}: " + ("give command or url, not both" if has_command else
+                                                "missing command (a stdio server) or url (a streamable-HTTP server)"))
+    transport = "stdio" if has_command else "http"
+    if kind is not None and MCP_TRANSPORT_TYPES[kind] != transport:
+        raise ConfigError(f"{path}: {key}: type {kind} needs " + ("command" if kind == "stdio" else "url"))
+    for stdio_only in ("args", "env", "cwd"):
+        if transport == "http" and stdio_only in settings:
+            raise ConfigError(f"{path}: {key}.{stdio_only}: only for a stdio server (with command)")
+    if transport == "stdio" and "headers" in settings:
+        raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
+    taken: list[str] = []
+    settings = _expand(settings, key, path, env, taken)
+    server = McpServerConfig(secrets=taken)
+    for field_name, value in settings.items():
+        kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
+        try:
+            setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
+        except ConfigError as exc:
+            raise ConfigError(hide_values(str(exc), taken)) from None
+    if server.command is not None and not server.command.strip():
+        raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
+    if server.url is not None and not server.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: {key}.url: expected a URL starting with http:// or https://")
+    return server
 
 
 def _parse_env(key: str, raw: str) -> Any:
@@ -243,6 +366,10 @@ def _field_type(key: str) -> str:
 
 
 def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> None:
+    if key.startswith(f"{MCP_SERVERS}."):
+        config.mcp.servers[key.removeprefix(f"{MCP_SERVERS}.")] = value
+        config.sources[key] = source
+        return
     section, _, name = key.partition(".")
     try:
         kind = _field_type(key)
@@ -256,7 +383,7 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
 
 def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     def wrong(expected: str) -> ConfigError:
-        shown = "<hidden>" if key in SECRET_KEYS else repr(value)
+        shown = "<hidden>" if key in SECRET_KEYS or key.endswith((".env", ".headers")) else repr(value)
         return ConfigError(f"{where}: {key}: expected {expected}, got {shown}")
 
     optional = "None" in kind

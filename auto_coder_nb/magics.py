@@ -639,6 +639,7 @@ def _change_working_dir(state: _KernelState, directory: str) -> None:
     if state.session is None:
         state.session = fresh
     else:
+        state.session.close_mcp_servers()  # the fresh session started its own
         for part in fields(state.session):
             setattr(state.session, part.name, getattr(fresh, part.name))
     print(f"Workspace root: {root}; new conversation {state.session.conversation.correlation_id}")

@@ -10,6 +10,7 @@ import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .agent import Agent
 from .approvals import ApprovalPolicy
@@ -19,6 +20,9 @@ from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
+
+if TYPE_CHECKING:  # the MCP client (and its SDK) is imported only when servers are configured
+    from .tools.mcp_client import McpServers
 
 DEFAULT_SYSTEM_PROMPT = """\
 You are auto-coder, a coding assistant working in the user's project at {root} ({os}).
@@ -38,6 +42,7 @@ class Session:
     conversation: Conversation
     policy: ApprovalPolicy
     agent: Agent
+    mcp: McpServers | None = None
 
     @classmethod
     def create(
@@ -60,11 +65,13 @@ class Session:
         conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
         policy = ApprovalPolicy(config.agent.approval_mode)
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
-        return cls(config, provider, tools, workspace, conversation, policy, agent)
+        return cls(config, provider, tools, workspace, conversation, policy, agent,
+                   start_mcp_servers(config, tools, workspace.root))
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
-        the endpoint, model or authentication changed; the approval mode and the agent's limits. True if any did.
+        the endpoint, model or authentication changed; the MCP servers restarted when theirs did; the approval
+        mode and the agent's limits. True if any did.
         (The workspace root and command timeout stay: the tools are bound to them.)"""
         changed = False
         if (config.llm, config.auth) != (self.config.llm, self.config.auth):
@@ -72,6 +79,11 @@ class Session:
 
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
+            changed = True
+        if config.mcp != self.config.mcp:
+            self.close_mcp_servers()
+            self.mcp = start_mcp_servers(config, self.tools, self.workspace.root)
+            self.config.mcp = config.mcp
             changed = True
         for name in ("approval_mode", "max_iterations", "context_window"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
@@ -100,6 +112,25 @@ class Session:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
+
+    def close_mcp_servers(self) -> None:
+        """Stop the session's MCP servers (their tools leave the registry); from synchronous code."""
+        if self.mcp is not None:
+            self.mcp.close()
+            self.mcp = None
+
+
+def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
+    """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
+    if not config.mcp.servers:
+        return None
+    from .tools.mcp_client import McpServers
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root)
+    servers.start()
+    return servers
 
 
 def configured_tools(config: Config) -> list[ToolDefinition]:
