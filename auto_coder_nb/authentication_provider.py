@@ -32,6 +32,8 @@ import httpx
 
 from .config import Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from .text import hide_secrets
+from .transport import certificate_problem, transport_kwargs
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
@@ -73,14 +75,6 @@ def print_device_code(code: DeviceCode) -> None:
 
 # How providers made without `show_device_code` show the sign-in code. A face may replace it.
 device_code_display: Callable[[DeviceCode], None] = print_device_code
-
-
-def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every known secret replaced, for messages built from what a server or command said."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "<hidden>")
-    return text
 
 
 def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:
@@ -136,8 +130,6 @@ def _expiry(expires_in: Any, now: float) -> float | None:
 def endpoint_client(config: Config, url: str, what: str) -> Iterator[httpx.Client]:
     """A client for an OAuth endpoint, with the TLS and proxy settings for its own host; failing to reach
     it is a ConnectionFailed that names the endpoint (not the model URL the request was for)."""
-    from .auth import certificate_problem, transport_kwargs  # auth imports this module
-
     try:
         with httpx.Client(**transport_kwargs(config, url)) as client:
             yield client

@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
+from .text import hide_secrets
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
@@ -22,43 +24,60 @@ CONFIG_FILENAME = ".auto-coder.yaml"
 
 @dataclass
 class LLMConfig:
-    base_url: str = DEFAULT_BASE_URL
-    model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    auth_headers: dict[str, str] = field(default_factory=dict)
-    extra_params: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 120.0
-    ca_bundle: str | None = None
-    extra_ca_certs: list[str] = field(default_factory=list)
-    verify: bool = True
-    proxy: str | None = None
+    """The model endpoint (`llm:` in the config file)."""
+
+    base_url: str = DEFAULT_BASE_URL  # OpenAI-compatible API root, usually ending in /v1
+    model: str = DEFAULT_MODEL  # sent as `model` in every request
+    api_key: str | None = None  # sent as `Authorization: Bearer`; secret (also OPENAI_API_KEY)
+    auth_headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request; values secret
+    extra_params: dict[str, Any] = field(default_factory=dict)  # merged into each request body (temperature...)
+    timeout: float = 120.0  # seconds the server may go without sending progress before the request fails
+    ca_bundle: str | None = None  # PEM file of the CAs that verify the server (instead of certifi's)
+    extra_ca_certs: list[str] = field(default_factory=list)  # PEM files trusted in addition to the bundle
+    verify: bool = True  # false turns TLS certificate checks off (unsafe)
+    proxy: str | None = None  # http://[user:password@]host:port; else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
+    vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
 
 
 @dataclass
 class AgentConfig:
-    approval_mode: str = "ask"
-    max_iterations: int = 50
-    command_timeout: float = 120.0
-    context_window: int = 32768
-    system_prompt: str | None = None
-    working_dir: str | None = None
+    """How the agent works (`agent:` in the config file)."""
+
+    approval_mode: str = "ask"  # ask | auto-edit | full-auto | read-only (approvals.APPROVAL_MODES)
+    max_iterations: int = 50  # model calls per turn before the turn stops
+    command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    system_prompt: str | None = None  # replaces the built-in system prompt
+    working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
+    image_max_side: int = 1024  # images sent to a vision model are downscaled to this many pixels at most
+    max_images: int = 3  # images kept in the history; older ones become a short text
+    # Project instruction files read into the system prompt, the first found in each folder; [] for none.
+    instructions_files: list[str] = field(default_factory=lambda: ["AGENTS.md", "CLAUDE.md"])
 
 
 @dataclass
 class AuthConfig:
+    """Where credentials come from (`auth:` in the config file); see auth.py for how a mode is chosen."""
+
     provider: str | None = None  # "module:Class" of a user's own authentication provider
-    use_sso: bool = False
-    server_side_token_refresh: bool = False
-    sso_token: str | None = None
-    device_authorization_url: str | None = None
-    token_url: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scope: str | None = None
-    refresh_token: str | None = None
-    token_command: str | None = None
-    token_lifetime: float = 3600.0
+    use_sso: bool = False  # Bearer token from SSO_TOKEN or the device sign-in (USE_SSO)
+    server_side_token_refresh: bool = False  # Basic client_id:client_secret; the gateway refreshes tokens
+    sso_token: str | None = None  # a ready SSO bearer token (SSO_TOKEN); secret
+    device_authorization_url: str | None = None  # OAuth device sign-in endpoint (RFC 8628)
+    token_url: str | None = None  # OAuth token endpoint (device sign-in, client credentials, refresh)
+    client_id: str | None = None  # OAuth client (AUTO_CODER_CLIENT_ID)
+    client_secret: str | None = None  # OAuth client secret (AUTO_CODER_CLIENT_SECRET); secret
+    scope: str | None = None  # OAuth scope asked for
+    refresh_token: str | None = None  # OAuth refresh token for token_url; secret
+    token_command: str | None = None  # shell command printing a token (or JSON with access_token, expires_in)
+    token_lifetime: float = 3600.0  # seconds a token_command token is used when it says no expiry
+
+
+@dataclass
+class HistoryConfig:
+    enabled: bool = True  # keep every conversation on disk (history.py), to resume and export
+    retention_days: int = 30  # saved conversations untouched for longer are removed at start-up
 
 
 @dataclass
@@ -94,7 +113,7 @@ class McpServerConfig:
         marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
         if self.read_tools:
             marks.append(f"read_tools {', '.join(self.read_tools)}")
-        return hide_values(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
+        return hide_secrets(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
 
 
 MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
@@ -109,22 +128,40 @@ class McpConfig:
 
 @dataclass
 class Config:
+    """The effective configuration; `load_config()` builds it."""
+
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # Every value a config file took from the environment with ${VAR}: secrets too, wherever they ended up.
+    from_variables: set[str] = field(default_factory=set)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
+        output): keys, tokens, header values, URL and proxy passwords, and values taken from ${VAR}."""
+        llm, auth = self.llm, self.auth
+        values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
+                  *url_passwords(llm.base_url), *url_passwords(llm.proxy), *self.from_variables]
+        for server in self.mcp.servers.values():
+            values += [*server.env.values(), *server.headers.values(), *url_passwords(server.url)]
+        return [value for value in values if value]
 
     def show(self) -> str:
         """The effective configuration, one `key = value  (source)` line each, secrets masked."""
         lines = []
-        for section in ("llm", "agent", "auth"):
+        for section in _SECTIONS:
+            if section == "mcp":
+                continue  # one line per server, below
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
-                lines.append(f"{key} = {value!r}  ({self.sources.get(key, 'default')})")
+                source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
+                lines.append(f"{key} = {value!r}  ({source})")
         for name, server in self.mcp.servers.items():
             key = f"{MCP_SERVERS}.{name}"
             lines.append(f"{key} = {server.describe()}  ({self.sources.get(key, 'default')})")
@@ -132,6 +169,9 @@ class Config:
             lines.append(f"{MCP_SERVERS} = {{}}  (default)")
         return "\n".join(lines)
 
+
+# What an unset value means, where None alone would not say.
+DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false"}
 
 SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
 
@@ -157,12 +197,13 @@ def redact_url(url: str) -> str:
 _URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
-def hide_values(text: str, secrets: list[str]) -> str:
-    """`text` with each of `secrets` (values taken from ${VAR}) replaced by <hidden>."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "<hidden>")
-    return text
+def url_passwords(url: str | None) -> list[str]:
+    """The password in `url` (http://user:password@host), as written and percent-decoded; none if it has none."""
+    match = _URL_PASSWORD.search(url or "")
+    if match is None:
+        return []
+    written = match.group(0)[len(match.group(1)):-1]
+    return [written, unquote(written)]
 
 
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
@@ -172,6 +213,7 @@ ENV_VARS = {
     "AUTO_CODER_API_KEY": "llm.api_key",
     "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
     "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
+    "AUTO_CODER_VISION": "llm.vision",
     "USE_SSO": "auth.use_sso",
     "SERVER_SIDE_TOKEN_REFRESH": "auth.server_side_token_refresh",
     "SSO_TOKEN": "auth.sso_token",
@@ -179,7 +221,7 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "mcp": McpConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig, "mcp": McpConfig}
 MCP_SERVERS = "mcp.servers"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -211,7 +253,7 @@ def load_config(
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env).items():
+        for key, value in _read_file(path, env, config.from_variables).items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -243,7 +285,7 @@ def load_object(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
-def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -266,21 +308,20 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
         if section == "mcp":
-            flat.update(_mcp_servers(values, path, env))
+            flat.update(_mcp_servers(values, path, env, taken))
             continue
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: list[str] | None = None) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; `taken` collects the values used."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
-                if taken is not None:
-                    taken.append(env[name])
+                taken.add(env[name])
                 return env[name]
             if default is not None:
                 return default
@@ -293,7 +334,8 @@ def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: lis
     return value
 
 
-def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str]) -> dict[str, McpServerConfig]:
+def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str],
+                 taken: set[str]) -> dict[str, McpServerConfig]:
     """The `mcp:` section as one `mcp.servers.NAME` entry per server (a later file replaces a server of the
     same name and keeps the others)."""
     unknown = [key for key in values if key != "servers"]
@@ -302,7 +344,10 @@ def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str]) -> 
     servers = values.get("servers") or {}
     if not isinstance(servers, dict):
         raise ConfigError(f"{path}: {MCP_SERVERS}: expected a mapping of server names to settings")
-    return {f"{MCP_SERVERS}.{name}": _mcp_server(str(name), raw, path, env) for name, raw in servers.items()}
+    found = {f"{MCP_SERVERS}.{name}": _mcp_server(str(name), raw, path, env) for name, raw in servers.items()}
+    for server in found.values():
+        taken.update(server.secrets)
+    return found
 
 
 def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpServerConfig:
@@ -334,15 +379,15 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
             raise ConfigError(f"{path}: {key}.{stdio_only}: only for a stdio server (with command)")
     if transport == "stdio" and "headers" in settings:
         raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
-    taken: list[str] = []
+    taken: set[str] = set()
     settings = _expand(settings, key, path, env, taken)
-    server = McpServerConfig(secrets=taken)
+    server = McpServerConfig(secrets=sorted(taken))
     for field_name, value in settings.items():
         kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
         try:
             setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
         except ConfigError as exc:
-            raise ConfigError(hide_values(str(exc), taken)) from None
+            raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
     if server.command is not None and not server.command.strip():
         raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
     if server.url is not None and not server.url.startswith(("http://", "https://")):
@@ -352,7 +397,7 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
 
 def _parse_env(key: str, raw: str) -> Any:
     kind = _field_type(key)
-    if kind == "bool":
+    if kind.startswith("bool"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw
 
@@ -401,7 +446,7 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
         return value
-    if kind == "bool":
+    if kind.startswith("bool"):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):

@@ -65,5 +65,9 @@ class StreamError(ProviderError):
     """The stream broke or carried an error object."""
 
 
+class StreamCutOff(StreamError):
+    """The stream ended without finish_reason or [DONE]: what arrived may be only part of the answer."""
+
+
 class TLSError(ProviderError):
     pass

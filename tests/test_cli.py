@@ -214,3 +214,12 @@ def test_repl_ctrl_c_at_an_approval_prompt_stops_the_turn_cleanly(
     assert messages[3]["content"].startswith("interrupted")
     child.send("\x04")
     child.expect(pexpect.EOF)
+
+
+def test_an_answer_cut_off_mid_stream_exits_non_zero(server: FakeLLMServer, env: dict[str, str],
+                                                     workspace: Path) -> None:
+    server.enqueue(reply.text("Half an ans", chunks=2, cut_off=True))
+    result = run(["explain"], env, workspace)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Half an ans")
+    assert "was cut off" in result.stderr

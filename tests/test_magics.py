@@ -93,7 +93,11 @@ class Kernel:
                 interrupt_when = None
                 self.manager.interrupt_kernel()
             idle = message["msg_type"] == "status" and message["content"]["execution_state"] == "idle"
+        # Skip stale replies: under load wait_for_ready() sends several kernel_info requests, and their
+        # extra replies would otherwise be taken for this execution's.
         run.reply = client.get_shell_msg(timeout=timeout)
+        while run.reply["parent_header"].get("msg_id") != msg_id:
+            run.reply = client.get_shell_msg(timeout=timeout)
         assert not pending, f"input() was asked fewer times than expected: {pending} left"
         return run
 

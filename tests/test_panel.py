@@ -19,7 +19,8 @@ import pytest
 
 from auto_coder_nb.config import load_config
 from auto_coder_nb.events import TextDelta
-from auto_coder_nb.panel import ChatPanel, _arguments_title, block_html, inline_html, markdown_html, take_blocks
+from auto_coder_nb.panel import ChatPanel, block_html, inline_html, markdown_html, take_blocks
+from auto_coder_nb.panel.parts import _arguments_title
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 

@@ -28,9 +28,10 @@ from auto_coder_nb.errors import (
     RateLimited,
     RequestTimeout,
     ServerError,
+    StreamCutOff,
     StreamError,
 )
-from auto_coder_nb.providers.base import Completion, ReasoningChunk, TextChunk, ToolDefinition
+from auto_coder_nb.providers.base import Completion, ReasoningChunk, Retrying, TextChunk, ToolDefinition
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -315,7 +316,8 @@ def test_event_split_across_reads_at_every_position(fake_server: FakeLLMServer) 
 
 
 def test_multi_line_data_is_joined(fake_server: FakeLLMServer) -> None:
-    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,\ndata: "delta":{"content":"two lines"}}]}\n\n']))
+    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"finish_reason":"stop",\n'
+                                       'data: "delta":{"content":"two lines"}}]}\n\n']))
     assert chat(make_provider(fake_server))[1].content == "two lines"
 
 
@@ -326,7 +328,8 @@ def test_stream_without_done(fake_server: FakeLLMServer) -> None:
 
 
 def test_last_event_without_blank_line(fake_server: FakeLLMServer) -> None:
-    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"delta":{"content":"end"}}]}']))
+    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"delta":{"content":"end"},'
+                                       '"finish_reason":"stop"}]}']))
     assert chat(make_provider(fake_server))[1].content == "end"
 
 
@@ -408,10 +411,10 @@ def test_retries_429_and_5xx_honouring_retry_after(fake_server: FakeLLMServer) -
         reply.error(408, "timeout"),
         reply.text("finally"),
     )
-    notices: list[str] = []
-    provider = make_provider(fake_server, on_retry=notices.append)
-    assert chat(provider)[1].content == "finally"
+    streamed, completion = chat(make_provider(fake_server))
+    assert completion.content == "finally"
     assert len(fake_server.requests) == 5
+    notices = [event.message for event in streamed if isinstance(event, Retrying)]
     assert notices[0] == "rate limited (429), retrying in 0.0 s (1/4)"
     assert notices[1] == "server error (503), retrying in 0.0 s (2/4)"
     assert len(notices) == 4
@@ -425,15 +428,19 @@ def test_gives_up_after_four_retries(fake_server: FakeLLMServer) -> None:
 
 
 def test_retry_after_is_capped_at_sixty_seconds(fake_server: FakeLLMServer) -> None:
-    class Stop(Exception):
-        pass
-
-    def on_retry(message: str) -> None:
-        raise Stop(message)
+    async def first_retry_notice() -> str:
+        provider = make_provider(fake_server)
+        answer = provider.chat(MESSAGES)
+        try:
+            event = await anext(answer)  # told before the wait, which is not waited for here
+        finally:
+            await answer.aclose()
+            await provider.aclose()
+        assert isinstance(event, Retrying)
+        return event.message
 
     fake_server.enqueue(reply.error(503, "busy", headers={"retry-after": "3600"}))
-    with pytest.raises(Stop, match=r"retrying in 60\.0 s"):
-        chat(make_provider(fake_server, on_retry=on_retry))
+    assert "retrying in 60.0 s" in asyncio.run(first_retry_notice())
 
 
 def test_backoff_grows_exponentially_with_jitter(fake_server: FakeLLMServer) -> None:
@@ -495,9 +502,15 @@ def test_connection_refused_names_the_url_and_is_retried_once() -> None:
     config.llm.base_url = f"http://127.0.0.1:{free_port()}/v1"
     config.sources["llm.base_url"] = "flag --base-url"
     retries: list[str] = []
-    provider = OpenAICompatibleProvider(config, retry_base_delay=0.0, on_retry=retries.append)
+
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                retries.append(event.message)
+
     with pytest.raises(ConnectionRefused) as caught:
-        asyncio.run(collect(provider))
+        asyncio.run(run())
     message = str(caught.value)
     assert config.llm.base_url in message and "refused" in message
     assert "from flag --base-url" in message and "--doctor" in message
@@ -647,3 +660,55 @@ def test_stopping_mid_stream_leaves_the_provider_usable(fake_server: FakeLLMServ
         return (await collect(provider))[1].content
 
     assert asyncio.run(run()) == "You said: hi"
+
+
+# -- hostile streams: huge events, keep-alives forever, answers cut off ----------------------------
+
+
+@pytest.mark.timeout(120)
+def test_an_event_beyond_the_size_cap_ends_with_a_clear_error(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.raw_sse(["data: {\"choices\":[{\"delta\":{\"content\":\"" + "x" * (20 * 1024 * 1024)]))
+    with pytest.raises(StreamError, match="cannot be read: one event of the stream is larger than 16 MiB"):
+        chat(make_provider(fake_server))
+
+
+def test_a_json_body_beyond_the_size_cap_ends_with_a_clear_error(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.json_body(reply.completion("y" * (17 * 1024 * 1024))))
+    with pytest.raises(StreamError, match="larger than 16 MiB"):
+        chat(make_provider(fake_server))
+
+
+def test_only_keep_alives_for_llm_timeout_end_the_stream(fake_server: FakeLLMServer) -> None:
+    # 40 keep-alives 0.25 s apart outlast the 1 s limit however slow the machine is.
+    fake_server.enqueue(reply.raw_sse([": keep-alive\n\n"] * 40, delay=0.25))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 1.0
+    with pytest.raises(RequestTimeout, match=r"nothing but keep-alives or empty deltas for 1 s \(llm.timeout\)"):
+        chat(provider)
+    assert len(fake_server.chat_requests) == 1  # the user already waited: no retry
+
+
+def test_only_empty_deltas_for_llm_timeout_end_the_stream(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.chunks([chunk({"content": "started"})] + [chunk({"content": ""})] * 40, delay=0.25))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 1.0
+    with pytest.raises(RequestTimeout, match="llm.timeout"):
+        chat(provider)
+
+
+def test_slow_but_steady_text_is_not_a_stall(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("one two three four five six", chunks=6, delay=0.3))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 5.0
+    assert chat(provider)[1].content == "one two three four five six"
+
+
+def test_a_stream_without_finish_reason_or_done_is_cut_off(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("The first half of", chunks=3, cut_off=True))
+    with pytest.raises(StreamCutOff, match="was cut off"):
+        chat(make_provider(fake_server))
+
+
+def test_done_without_finish_reason_is_complete(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.chunks([chunk({"content": "whole"})]))
+    assert chat(make_provider(fake_server))[1].content == "whole"

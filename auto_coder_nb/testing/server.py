@@ -79,7 +79,8 @@ class Replies:
     ) -> Spec:
         """A text answer streamed in `chunks` pieces, after `reasoning` if given.
 
-        `usage`: None computes it, False sends none, a dict sends those numbers.
+        `usage`: None computes it, False sends none, a dict sends those numbers. `cut_off=True` ends the
+        stream cleanly right after the text, with no finish_reason, usage or [DONE] (a proxy that cut it).
         """
         return {"type": "text", "text": text, "chunks": chunks, "reasoning": reasoning,
                 "reasoning_field": reasoning_field, "finish_reason": finish_reason, "usage": usage, **options}
@@ -210,12 +211,16 @@ class _Stream:
                     fragment = {"index": index, "function": {"arguments": piece}}
                     events.append(f'{head}{{"tool_calls":[{_dumps(fragment)}]}}{tail}'.encode())
             self.completion_tokens = len(events) - 1
-        finish = _dumps(spec.get("finish_reason", "stop"))
-        events.append(f'{head}{{}},"finish_reason":{finish}}}]}}\n\n'.encode())
+        self.cut_off = bool(spec.get("cut_off"))
+        if not self.cut_off:
+            finish = _dumps(spec.get("finish_reason", "stop"))
+            events.append(f'{head}{{}},"finish_reason":{finish}}}]}}\n\n'.encode())
         self.events = events
 
     def pieces(self, spec: Spec, request_json: dict[str, Any]) -> list[bytes]:
         pieces = list(self.events)
+        if self.cut_off:
+            return pieces
         if (request_json.get("stream_options") or {}).get("include_usage"):
             usage = _usage(spec, request_json, self.completion_tokens)
             if usage is not None:
@@ -462,7 +467,7 @@ class FakeLLMServer:
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -534,11 +539,6 @@ class FakeLLMServer:
         """Let replies waiting on `wait_for=name` go on."""
         self._event(name).set()
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least `count` requests were recorded; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
-
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -548,7 +548,6 @@ class FakeLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
-            self._lock.notify_all()
 
     def _event(self, name: str) -> threading.Event:
         with self._lock:

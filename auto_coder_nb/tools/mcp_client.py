@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import MCP_SERVERS, McpServerConfig, hide_values
+from ..config import MCP_SERVERS, McpServerConfig
 from ..providers.base import ToolDefinition, ToolKind
+from ..text import hide_secrets, truncate
 from .registry import ToolError, ToolRegistry
-from .shell import MAX_OUTPUT_CHARS, omit_middle
+from .shell import MAX_OUTPUT_CHARS
 
 SEPARATOR = "__"
 MAX_TOOL_NAME = 64  # what OpenAI-compatible servers accept for a function name
@@ -194,8 +195,6 @@ class McpServers:
         from mcp.client.streamable_http import streamable_http_client
         from mcp.types import Implementation
 
-        from .. import __version__
-
         config = server.config
         transport: Any
         if config.url is not None:
@@ -217,7 +216,7 @@ class McpServers:
             parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env or None,
                                                cwd=cwd)
             transport = stdio_client(parameters, errlog=server.errlog)  # type: ignore[arg-type]
-        info = Implementation(name="auto-coder-nb", version=__version__)
+        info = Implementation(name="auto-coder-nb", version=_version())
         return await stack.enter_async_context(Client(transport, client_info=info))
 
     def _register(self, server: McpServerStatus, tools: list[Any]) -> None:
@@ -279,9 +278,7 @@ class McpServers:
             self._lose(server, self._describe(server, exc))
             raise ToolError(f"The MCP server {server.name} stopped during the call ({server.detail}); its tools "
                             "are no longer available.") from None
-        text = self._hide(server, _render(result))
-        if len(text) > MAX_OUTPUT_CHARS:
-            text = omit_middle(text, text, len(text), MAX_OUTPUT_CHARS)
+        text = truncate(self._hide(server, _render(result)), MAX_OUTPUT_CHARS)
         if result.is_error:
             raise ToolError(text or f"{name} failed without saying why.")
         return text
@@ -348,7 +345,7 @@ class McpServers:
 
     def _hide(self, server: McpServerStatus, text: str) -> str:
         config = server.config
-        return hide_values(text, [*config.secrets, *config.env.values(), *config.headers.values()])
+        return hide_secrets(text, [*config.secrets, *config.env.values(), *config.headers.values()])
 
 
 async def _list_tools(client: Any) -> list[Any]:
@@ -380,6 +377,16 @@ def _render(result: Any) -> str:
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content))
     return "\n".join(parts)
+
+
+def _version() -> str:
+    """This package's version, told to the server (from the installed metadata: the package root is a face)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("auto-coder-nb")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _previewer(server: str, tool: str) -> Callable[..., str]:

@@ -6,6 +6,7 @@ import inspect
 import json
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..providers.base import ToolDefinition
@@ -13,6 +14,15 @@ from ..providers.base import ToolDefinition
 
 class ToolError(Exception):
     """A tool failed in a way the model can act on; the message becomes the tool result."""
+
+
+@dataclass
+class ToolOutput:
+    """A tool's result with images (run_code's plots): PNG or JPEG bytes as produced. The agent checks and
+    fits them, says so in the text, and shows them to a vision model in a user message after the step."""
+
+    text: str
+    images: list[bytes] = field(default_factory=list)
 
 
 class ToolRegistry:
@@ -64,6 +74,10 @@ class ToolRegistry:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """Run a tool and return its result as text. Raises ToolError for anything the model should see."""
+        return (await self.run(name, arguments)).text
+
+    async def run(self, name: str, arguments: dict[str, Any]) -> ToolOutput:
+        """Run a tool: its text and the images it produced. Raises ToolError for anything the model should see."""
         tool = self._tools.get(name)
         if tool is None:
             raise ToolError(f"Unknown tool {name!r}. Available tools: {', '.join(self._tools)}.")
@@ -80,7 +94,9 @@ class ToolRegistry:
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
-        return result if isinstance(result, str) else json.dumps(result, default=str)
+        if isinstance(result, ToolOutput):
+            return result
+        return ToolOutput(result if isinstance(result, str) else json.dumps(result, default=str))
 
 
 def _is_signature_error(exc: TypeError, tool: ToolDefinition) -> bool:
