@@ -87,6 +87,7 @@ class Agent:
         self.workspace = workspace
         self.vision = vision  # llm.vision; None: as the server reports
         self.busy = False  # the magics and the panel share one agent; one turn at a time
+        self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
         self.observer: TurnObserver | None = None
         self._last_usage: Usage | None = None  # of the last request, for the context share
 
@@ -110,7 +111,7 @@ class Agent:
         return ContextUsage(self.conversation.estimate_tokens(schema_size), window, estimated=True)
 
     def _done(self, reason: str) -> TurnDone:
-        return TurnDone(reason, self.context_usage())
+        return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
 
     async def run(self, message: str, images: Sequence[Image] = ()) -> AsyncGenerator[Event, None]:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
@@ -134,6 +135,7 @@ class Agent:
             yield TurnDone("busy")
             return
         self.busy = True
+        self._actions = {"refused": 0, "allowed": 0}
         conversation = self.conversation
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
@@ -260,6 +262,7 @@ class Agent:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
             decision = self.policy.decide(tool.kind)
             if decision == "deny":
+                self._actions["refused"] += 1
                 raise ToolError(f"Refused: the approval mode is {self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
@@ -271,8 +274,11 @@ class Agent:
                 if always:
                     self.policy.allow_always(tool.kind)
                 if not allowed:
+                    self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""
                     raise ToolError(f"The user denied this {call.name} call.{because}")
+            if tool.kind != "read":
+                self._actions["allowed"] += 1
             output = await self.tools.run(call.name, arguments)
             result.output, result.is_error = output.text, False
             if output.images:

@@ -171,8 +171,8 @@ class AuthenticationProvider:
                        if not getattr(auth, name)]
             if missing:
                 names = ", ".join(f"auth.{name}" for name in missing)
-                raise AuthenticationFailed(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
-                                           "for the device sign-in")
+                raise ConfigError(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
+                                  "for the device sign-in")
             with endpoint_client(self.config, auth.token_url or "", "SSO sign-in") as client:
                 self._token = self._refresh(client) or self._device_flow(client)
             return self._token.value
@@ -327,12 +327,12 @@ class ProviderHeaderAuth(FlowAuth):
     def _value(self) -> str:
         try:
             value = self._get_value()
-        except (AuthenticationFailed, ConnectionFailed):
+        except (AuthenticationFailed, ConnectionFailed, ConfigError):
             raise
         except Exception as exc:  # a user's provider: report it as what it is, an authentication failure
             raise AuthenticationFailed(f"the authentication provider failed: {type(exc).__name__}: {exc}") from exc
-        if not value:
-            raise AuthenticationFailed(self._missing)
+        if not value:  # nothing to send: a setting is missing, which no retry can fix
+            raise ConfigError(self._missing)
         return value
 
 
@@ -408,9 +408,8 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                     self._refresh_token = token.refresh_token or self._refresh_token
                     return token
             if not (auth.client_id and auth.client_secret):
-                raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
-                                           "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) "
-                                           "are not")
+                raise ConfigError("auth.token_url is set but auth.client_id and auth.client_secret (or "
+                                  "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) are not")
             response = post_form(client, url, {
                 "grant_type": "client_credentials", "client_id": auth.client_id,
                 "client_secret": auth.client_secret, "scope": auth.scope,

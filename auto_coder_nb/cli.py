@@ -151,4 +151,4 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop, ima
     if not drive_turn(session, prompt, loop, view, images or []):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_RUNTIME if view.failed else EXIT_OK
+    return view.exit_code()

@@ -29,6 +29,10 @@ class ConnectionRefused(ConnectionFailed):
     """Nothing listens at the address: worth one quick retry (a server starting up), not four."""
 
 
+class HostNotFound(ConnectionFailed):
+    """The host name does not resolve (DNS): like a refused connection, one quick retry, not four."""
+
+
 class RequestTimeout(ProviderError):
     retryable = True
 

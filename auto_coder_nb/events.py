@@ -117,6 +117,14 @@ def _thousands(tokens: int) -> str:
 class TurnDone:
     reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "cut_off", "busy"
     context: ContextUsage | None = field(default=None, compare=False)  # how full the window is after the turn
+    # Calls of write/command tools this turn: refused (by the approval mode or the user) and allowed.
+    actions_refused: int = field(default=0, compare=False)
+    actions_allowed: int = field(default=0, compare=False)
+
+    @property
+    def all_actions_refused(self) -> bool:
+        """The model asked for changes or commands and none was allowed: nothing the user asked for was done."""
+        return self.actions_refused > 0 and self.actions_allowed == 0
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, TextIO
 
+from .errors import ConfigError
 from .events import (
     ApprovalRequest,
     ContextUsage,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_REFUSED = 3  # every change or command the model asked for was refused: nothing was done
 NO_TERMINAL = ("There is no terminal to ask the user for approval, so this action was refused. "
                "Tell the user it needs --approval-mode auto-edit (file changes) or full-auto (also commands).")
 
@@ -94,6 +96,8 @@ class TerminalView:
         self.err = err or sys.stderr
         self.show_usage = show_usage
         self.failed = False
+        self.error: BaseException | None = None  # what made the turn fail, when known
+        self.all_actions_refused = False
         self.color = self.err.isatty() and "NO_COLOR" not in os.environ
         # Flushing every chunk to a pipe costs a syscall per token; a terminal wants each one at once.
         self.flush_every = 0.0 if self.out.isatty() else 0.05
@@ -102,6 +106,13 @@ class TerminalView:
         self._in_reasoning = False
         self._usage: UsageUpdate | None = None
         self.context: ContextUsage | None = None  # how full the context window is after the turn
+
+    def exit_code(self) -> int:
+        """Single-prompt mode's exit code for the turn shown: 2 for a configuration error met during the
+        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused."""
+        if self.failed:
+            return EXIT_USAGE if isinstance(self.error, ConfigError) else EXIT_RUNTIME
+        return EXIT_REFUSED if self.all_actions_refused else EXIT_OK
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -154,9 +165,11 @@ class TerminalView:
                 self.err.write(self._paint("33", event.text) + "\n")
             case ErrorEvent():
                 self.failed = True
+                self.error = event.error
                 self.err.write(self._paint("31", f"error: {event.message}") + "\n")
             case TurnDone():
                 self.context = event.context
+                self.all_actions_refused = event.all_actions_refused
                 if self.show_usage and self._usage is not None:
                     turn, total = self._usage.turn, self._usage.session
                     self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "

@@ -3,6 +3,7 @@
 - `omit_middle` / `truncate`: a long text cut to its head and tail, with a marker saying how much was left out.
 - `hide_secrets` / `hide_credential_shapes`: known secret values, and things shaped like credentials, replaced.
 - `strip_ansi`: terminal colour and cursor codes removed.
+- `clause`: another's sentence without its final period, to embed in ours.
 - `exception_chain`: an exception and what caused it (`__cause__`, else `__context__`).
 - `PYTHON_FENCE_LANGUAGES`: the labels of a Markdown code fence that mean Python.
 
@@ -40,6 +41,12 @@ def omit_middle(head: str, tail: str, total: int, budget: int) -> str:
 def truncate(text: str, limit: int) -> str:
     """`text` itself if it fits in `limit` characters, else its head and tail (see `omit_middle`)."""
     return text if len(text) <= limit else omit_middle(text, text, len(text), limit)
+
+
+def clause(text: str) -> str:
+    """`text` (what a server or a library said) without its closing period, to go inside a sentence of
+    ours that adds its own: "... provided. Check" rather than "... provided.. Check"."""
+    return text.rstrip().rstrip(".").rstrip()
 
 
 def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:

@@ -63,7 +63,7 @@ def test_without_a_terminal_approvals_are_refused_and_the_model_told(
 ) -> None:
     server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
     result = run(["make new.txt"], env, workspace)
-    assert result.returncode == 0
+    assert result.returncode == 3  # every action refused: nothing the user asked for was done
     assert not (workspace / "new.txt").exists()
     told = server.chat_requests[1].json["messages"][-1]["content"]
     assert "--approval-mode" in told
@@ -223,3 +223,26 @@ def test_an_answer_cut_off_mid_stream_exits_non_zero(server: FakeLLMServer, env:
     assert result.returncode == 1
     assert result.stdout.startswith("Half an ans")
     assert "was cut off" in result.stderr
+
+
+@pytest.mark.parametrize(("setting", "says"), [("USE_SSO", "SSO_TOKEN"),
+                                               ("SERVER_SIDE_TOKEN_REFRESH", "AUTO_CODER_CLIENT_SECRET")])
+def test_missing_sso_token_or_client_credentials_is_a_configuration_error(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path, setting: str, says: str
+) -> None:
+    result = run(["hi"], env | {setting: "true"}, workspace)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert server.chat_requests == []
+
+
+def test_a_read_alongside_refused_actions_still_exits_3_but_an_allowed_action_exits_0(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_calls([{"name": "read_file", "arguments": {"path": "notes.txt"}},
+                                     {"name": "run_command", "arguments": {"command": "touch made"}}]),
+                   reply.text("could not"))
+    assert run(["touch made"], env, workspace).returncode == 3
+    server.enqueue(reply.tool_call("run_command", {"command": "touch made"}), reply.text("done"))
+    assert run(["touch made", "--approval-mode", "full-auto"], env, workspace).returncode == 0
+    assert (workspace / "made").exists()

@@ -219,7 +219,7 @@ def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
 ) -> None:
     from auto_coder_nb.providers import capabilities
 
-    capabilities._cache.clear()
+    capabilities._known.clear()
     (tmp_path / "AGENTS.md").write_text("be brief\n")
     fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
     script_good_model(fake_server)
@@ -233,3 +233,10 @@ def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
                                   **{"agent.instructions_files": []}))
     assert any("llm.vision is false: images are not sent" in line for line in lines)
     assert any("turned off (agent.instructions_files is [])" in line for line in lines)
+
+
+def test_every_step_passes_against_the_test_server_without_scripting(tmp_path: Path,
+                                                                      fake_server: FakeLLMServer) -> None:
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert results(lines) == dict.fromkeys(STEPS, "PASS"), "\n".join(lines)
+    assert ok and "the model called get_current_time" in row(lines, "tool call")

@@ -23,6 +23,7 @@ from auto_coder_nb.errors import (
     ConnectionRefused,
     ContextOverflow,
     EndpointNotFound,
+    HostNotFound,
     ModelNotFound,
     ProviderError,
     RateLimited,
@@ -712,3 +713,44 @@ def test_a_stream_without_finish_reason_or_done_is_cut_off(fake_server: FakeLLMS
 def test_done_without_finish_reason_is_complete(fake_server: FakeLLMServer) -> None:
     fake_server.enqueue(reply.chunks([chunk({"content": "whole"})]))
     assert chat(make_provider(fake_server))[1].content == "whole"
+
+
+def test_a_host_name_that_does_not_resolve_is_retried_once_like_a_refused_connection() -> None:
+    config = Config()
+    config.llm.base_url = "http://no-such-host.invalid/v1"  # .invalid never resolves (RFC 6761)
+    retries: list[str] = []
+
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                retries.append(event.message)
+
+    with pytest.raises(HostNotFound) as caught:
+        asyncio.run(run())
+    assert "no-such-host.invalid was not found" in str(caught.value)
+    assert retries == ["host not found, retrying in 0.0 s (1/1)"]
+
+
+def test_a_server_message_ending_in_a_period_is_not_followed_by_a_second_one(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.error(401, "Incorrect API key provided."),
+                        reply.chunks([{"error": {"message": "Upstream failed."}}]))
+    with pytest.raises(AuthenticationFailed) as refused:
+        chat(make_provider(fake_server))
+    with pytest.raises(StreamError) as broke:
+        chat(make_provider(fake_server))
+    assert "provided. Check llm.api_key" in str(refused.value)
+    assert ".." not in str(refused.value) + str(broke.value)
+
+
+def test_a_401_when_no_key_was_sent_says_so(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.error(401, "Unauthorized"), reply.error(401, "Unauthorized"))
+    provider = make_provider(fake_server)
+    provider.config.llm.api_key = None
+    with pytest.raises(AuthenticationFailed) as without_key:
+        chat(provider)
+    with pytest.raises(AuthenticationFailed) as with_key:
+        chat(make_provider(fake_server))
+    assert "No API key or token was sent" in str(without_key.value) and "AUTO_CODER_API_KEY" in str(without_key.value)
+    assert "No API key" not in str(with_key.value)
+    assert "authorization" not in fake_server.chat_requests[0].headers

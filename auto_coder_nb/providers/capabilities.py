@@ -23,7 +23,7 @@ class ModelCapabilities:
     vision: bool | None = None
 
 
-_cache: dict[tuple[str, str], ModelCapabilities] = {}
+_known: dict[tuple[str, str], ModelCapabilities] = {}
 
 
 def server_root(base_url: str) -> str:
@@ -37,15 +37,15 @@ async def probe_capabilities(
     """The model's capabilities as the server reports them, cached per base URL + model. Never raises: a
     server that cannot be asked gives ModelCapabilities() (and is asked again next time)."""
     key = (base_url.rstrip("/"), model)
-    if key in _cache:
-        return _cache[key]
+    if key in _known:
+        return _known[key]
     root = server_root(base_url)
     try:
         found = await _llama_cpp(client, root, headers) or await _ollama(client, root, model, headers)
     except (httpx.HTTPError, httpx.InvalidURL):
         return ModelCapabilities()
-    _cache[key] = found or ModelCapabilities()
-    return _cache[key]
+    _known[key] = found or ModelCapabilities()
+    return _known[key]
 
 
 async def _llama_cpp(client: httpx.AsyncClient, root: str, headers: dict[str, str] | None) -> ModelCapabilities | None:

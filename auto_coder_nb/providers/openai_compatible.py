@@ -27,6 +27,7 @@ from ..errors import (
     BadRequest,
     ConnectionFailed,
     ConnectionRefused,
+    HostNotFound,
     ProviderError,
     RateLimited,
     RequestTimeout,
@@ -318,8 +319,10 @@ class OpenAICompatibleProvider(LLMProvider):
     # -- retries and errors --------------------------------------------------------------
 
     def _retry_limit(self, failure: ProviderError) -> int:
-        # A refused connection is one quick retry (a server starting up); four would make every typo cost 7 s.
-        return min(1, self.max_retries) if isinstance(failure, ConnectionRefused) else self.max_retries
+        # A refused connection or an unknown host is one quick retry (a server starting up, a DNS hiccup);
+        # four would make every typo cost 7 s.
+        quick = isinstance(failure, (ConnectionRefused, HostNotFound))
+        return min(1, self.max_retries) if quick else self.max_retries
 
     def retry_delay(self, retries: int, retry_after: float | None = None) -> float:
         """Seconds before retry number `retries` (1-based): the server's wish, else exponential backoff
@@ -472,4 +475,6 @@ def _short_reason(error: ProviderError) -> str:
         return f"server error ({error.status})"
     if isinstance(error, ConnectionRefused):
         return "connection refused"
+    if isinstance(error, HostNotFound):
+        return "host not found"
     return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import socket
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..errors import (
     ConnectionRefused,
     ContextOverflow,
     EndpointNotFound,
+    HostNotFound,
     ModelNotFound,
     ProviderError,
     RateLimited,
@@ -32,7 +34,7 @@ from ..errors import (
     StreamError,
     TLSError,
 )
-from ..text import caused_by, hide_credential_shapes, hide_secrets
+from ..text import caused_by, clause, hide_credential_shapes, hide_secrets
 
 OVERFLOW_HINT = ("Start a new conversation (/clear in the REPL, Reset in the panel, %autocoder --reset) "
                  "or use a model with a larger context.")
@@ -111,11 +113,16 @@ class ServerErrors:
         status = response.status_code
         message, code = self.server_message(response)
         where = safe_url(str(response.request.url))
-        detail = f": {message}" if message else ""
+        detail = f": {clause(message)}" if message else ""
         error: ProviderError
         if 300 <= status < 400:
             error = EndpointNotFound(f"{where} redirects to {safe_url(response.headers.get('location', '?'))}: "
                                      f"set llm.base_url to the address it should be.", status=status)
+        elif status in (401, 403) and "authorization" not in response.request.headers:
+            error = AuthenticationFailed(
+                f"authentication failed ({status}) at {where}{detail}. No API key or token was sent: set "
+                f"AUTO_CODER_API_KEY (or --api-key, llm.api_key), or configure auth (USE_SSO, auth.*).",
+                status=status)
         elif status in (401, 403):
             error = AuthenticationFailed(
                 f"authentication failed ({status}) at {where}{detail}. Check llm.api_key (AUTO_CODER_API_KEY) "
@@ -143,7 +150,7 @@ class ServerErrors:
     def raise_stream_error(self, payload: Any) -> None:
         """Raise the error for an error object inside a 200 answer (streamed or whole)."""
         details = payload if isinstance(payload, dict) else {"message": str(payload)}
-        message = self.redact(str(details.get("message") or details))
+        message = clause(self.redact(str(details.get("message") or details)))
         code = details.get("code") or details.get("type")
         if is_overflow(message, code if isinstance(code, str) else None):
             raise ContextOverflow(f"the conversation is longer than the model's context window: {message}. "
@@ -172,6 +179,10 @@ class ServerErrors:
         if isinstance(exc, httpx.ConnectError):
             if "refused" in text.lower() or caused_by(exc, ConnectionRefusedError):
                 return ConnectionRefused(f"could not connect to {where}: connection refused{self.where_hint()}")
+            if caused_by(exc, socket.gaierror):
+                host = httpx.URL(url).host
+                return HostNotFound(f"could not connect to {where}: the host name {host} was not found (DNS)"
+                                    f"{self.where_hint()}")
             reason = self.redact(text) or "connection failed"
             return ConnectionFailed(f"could not connect to {where}: {reason}{self.where_hint()}")
         if started:
