@@ -147,6 +147,7 @@ class Agent:
                 return
             conversation.repair()
             conversation.add_user(message, images)
+            self._last_usage = None  # the context share is of this turn's requests (else estimated)
             if self.workspace is not None:
                 self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
