@@ -162,6 +162,8 @@ class Agent:
             if self.workspace is not None:
                 self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
+                for text in self.tools.take_notices():  # e.g. an MCP server that failed to start or stopped
+                    yield Notice(text)
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
