@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -420,7 +421,9 @@ class Recorder:
     def _open(self) -> None:
         folder = self.store.folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
+        if folder.stat().st_mode & 0o077:
+            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
+                os.chmod(folder, 0o700)
         path = self.path or self.store.path_for(self.conversation.correlation_id)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:

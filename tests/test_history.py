@@ -57,6 +57,8 @@ def saved_files(data_dir: Path) -> list[Path]:
 def test_every_step_is_written_as_it_happens(fake_server: FakeLLMServer, root: Path, data_dir: Path) -> None:
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "hi"}),
                         reply.text("Wrote a.txt.", chunks=3))
+    (data_dir / "sessions").mkdir()
+    (data_dir / "sessions").chmod(0o755)  # made by someone else: tightened on first use
     session = make_session(fake_server, root)
     assert saved_files(data_dir) == []  # nothing before the first prompt
     turn(session, "write a.txt")
