@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .approvals import ApprovalPolicy
@@ -58,6 +59,15 @@ NO_VISION = ("Not sent: {model} does not accept images (llm.vision is {setting})
              "(AUTO_CODER_VISION=1) if it is a vision model, or ask without the image.")
 
 
+@dataclass(frozen=True)
+class TurnOptions:
+    """What one turn does differently from the session's settings (`%%autocoder -m ... --approval-mode ...`):
+    passed to `Agent.run`, never swapped on the shared session, so a turn refused as busy changes nothing."""
+
+    model: str | None = None
+    approval_mode: str | None = None
+
+
 class TurnObserver(Protocol):
     """Sees every event of every turn as the face gets it, and each approval decision (the saved-conversation
     recorder, `history.py`). `take_warnings()` returns what the user must be told (once), shown as notices."""
@@ -101,9 +111,9 @@ class Agent:
         capabilities = await self.provider.capabilities(headers=self.conversation.headers)
         return bool(capabilities.vision)
 
-    def no_vision_message(self) -> str:
+    def no_vision_message(self, model: str | None = None) -> str:
         setting = "false" if self.vision is False else "not set and the server does not report vision"
-        return NO_VISION.format(model=self.provider.model, setting=setting)
+        return NO_VISION.format(model=model or self.provider.model, setting=setting)
 
     def context_usage(self) -> ContextUsage:
         """How full the context window is: the last request as the server counted it, else an estimate."""
@@ -116,11 +126,12 @@ class Agent:
     def _done(self, reason: str) -> TurnDone:
         return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
 
-    async def run(self, message: str, images: Sequence[Image] = ()) -> AsyncGenerator[Event, None]:
+    async def run(self, message: str, images: Sequence[Image] = (),
+                  options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
         Errors arrive as ErrorEvent; cancellation leaves a consistent history.
         Every face goes through here, so the observer sees each turn whatever the face."""
-        turn = self._turn(message, images)
+        turn = self._turn(message, images, options or TurnOptions())
         try:
             async for event in turn:
                 if isinstance(event, ErrorEvent):  # a server or a library may have echoed a credential
@@ -133,7 +144,7 @@ class Agent:
         finally:
             await turn.aclose()
 
-    async def _turn(self, message: str, images: Sequence[Image]) -> AsyncGenerator[Event, None]:
+    async def _turn(self, message: str, images: Sequence[Image], options: TurnOptions) -> AsyncGenerator[Event, None]:
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
                              "cell). Stop it or wait for it to finish, then ask again.")
@@ -147,18 +158,21 @@ class Agent:
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
             if images and not await self.sees_images():
-                yield ErrorEvent(self.no_vision_message())
+                yield ErrorEvent(self.no_vision_message(options.model))
                 yield self._done("error")
                 return
             conversation.repair()
             conversation.add_user(message, images)
+            self._last_usage = None  # the context share is of this turn's requests (else estimated)
             if self.workspace is not None:
                 self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
+                for text in self.tools.take_notices():  # e.g. an MCP server that failed to start or stopped
+                    yield Notice(text)
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
-                async for event in self._request(partial):
+                async for event in self._request(partial, options.model):
                     if isinstance(event, Completion):
                         completion = event
                     else:
@@ -188,7 +202,8 @@ class Agent:
                                      f"{REPEAT_LIMIT} times in a row.")
                         yield self._done("repeated_call")
                         return
-                    async for event in self._execute(call, step_images, truncated=completion.finish_reason == "length"):
+                    async for event in self._execute(call, step_images, options.approval_mode,
+                                                     truncated=completion.finish_reason == "length"):
                         yield event
                 conversation.add_images(step_images, "The images the tool calls above produced (the user saw them "
                                                      "too):")
@@ -211,7 +226,7 @@ class Agent:
         if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
-    async def _request(self, partial: list[str]) -> AsyncIterator[Event | Completion]:
+    async def _request(self, partial: list[str], model: str | None) -> AsyncIterator[Event | Completion]:
         """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
         conversation = self.conversation
         definitions = self.tools.definitions()
@@ -229,7 +244,8 @@ class Agent:
                     yield Notice(f"The conversation was shortened to fit the model's context window: "
                                  f"{changed} older messages were trimmed.")
             try:
-                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers):
+                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers,
+                                                     model=model):
                     if isinstance(item, TextChunk):
                         partial.append(item.text)
                         yield TextDelta(item.text)
@@ -249,7 +265,8 @@ class Agent:
                 yield ErrorEvent(str(exc), exc)
                 return
 
-    async def _execute(self, call: ToolCall, images: list[Image], *, truncated: bool) -> AsyncIterator[Event]:
+    async def _execute(self, call: ToolCall, images: list[Image], mode: str | None, *,
+                       truncated: bool) -> AsyncIterator[Event]:
         """Run one call (asking first when the mode says so) and record its result. Images it produced are
         described in its text; for a vision model they are added to `images`, sent after the step."""
         arguments, problem = _parse_arguments(call.arguments)
@@ -263,10 +280,10 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
-            decision = self.policy.decide(tool.kind)
+            decision = self.policy.decide(tool.kind, mode)
             if decision == "deny":
                 self._actions["refused"] += 1
-                raise ToolError(f"Refused: the approval mode is {self.policy.mode!r}, which does not allow "
+                raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))

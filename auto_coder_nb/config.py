@@ -15,7 +15,7 @@ import yaml
 
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
-from .text import hide_url_credentials, url_credentials
+from .text import hide_secrets, hide_url_credentials, url_credentials
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
@@ -81,6 +81,52 @@ class HistoryConfig:
 
 
 @dataclass
+class McpServerConfig:
+    """One MCP server, an entry of the usual `mcpServers` shape: `command` (with `args`, `env`, `cwd`) starts a
+    stdio server, `url` (with `headers`) reaches a streamable-HTTP one. Its tools ask like commands unless the
+    config marks them read: `read_only` for every tool of the server, `read_tools` for some by name."""
+
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    read_only: bool = False
+    read_tools: list[str] = field(default_factory=list)
+    timeout: float = 120.0  # seconds for one tool call
+    startup_timeout: float = 30.0
+    disabled: bool = False
+    # Values the config took from ${VAR}: hidden wherever this server's settings or errors are shown.
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        """How this server is reached, for --show-config and the doctor; env and header values hidden."""
+        if self.url is not None:
+            where = f"http {redact_url(self.url)}"
+            if self.headers:
+                where += f" headers {', '.join(self.headers)}"
+        else:
+            where = "stdio " + " ".join([self.command or "", *self.args])
+            if self.env:
+                where += f" env {', '.join(self.env)}"
+        marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
+        if self.read_tools:
+            marks.append(f"read_tools {', '.join(self.read_tools)}")
+        return hide_secrets(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
+
+
+MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
+MCP_TRANSPORT_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
+_MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class McpConfig:
+    servers: dict[str, McpServerConfig] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """The effective configuration; `load_config()` builds it."""
 
@@ -88,6 +134,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -100,17 +147,26 @@ class Config:
         llm, auth = self.llm, self.auth
         values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
                   *url_secrets(llm.base_url), *url_secrets(llm.proxy), *self.from_variables]
+        for server in self.mcp.servers.values():
+            values += [*server.env.values(), *server.headers.values(), *url_secrets(server.url)]
         return [value for value in values if value]
 
     def show(self) -> str:
         """The effective configuration, one `key = value  (source)` line each, secrets masked."""
         lines = []
         for section in _SECTIONS:
+            if section == "mcp":
+                continue  # one line per server, below
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
                 source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
                 lines.append(f"{key} = {value!r}  ({source})")
+        for name, server in self.mcp.servers.items():
+            key = f"{MCP_SERVERS}.{name}"
+            lines.append(f"{key} = {server.describe()}  ({self.sources.get(key, 'default')})")
+        if not self.mcp.servers:
+            lines.append(f"{MCP_SERVERS} = {{}}  (default)")
         return "\n".join(lines)
 
 
@@ -161,7 +217,8 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig, "mcp": McpConfig}
+MCP_SERVERS = "mcp.servers"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -246,6 +303,9 @@ def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str,
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
+        if section == "mcp":
+            flat.update(_mcp_servers(values, path, env, taken))
+            continue
         for key, value in values.items():
             flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
     return flat
@@ -270,6 +330,67 @@ def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set
     return value
 
 
+def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str],
+                 taken: set[str]) -> dict[str, McpServerConfig]:
+    """The `mcp:` section as one `mcp.servers.NAME` entry per server (a later file replaces a server of the
+    same name and keeps the others)."""
+    unknown = [key for key in values if key != "servers"]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key 'mcp.{unknown[0]}'; known keys in mcp: servers")
+    servers = values.get("servers") or {}
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{path}: {MCP_SERVERS}: expected a mapping of server names to settings")
+    found = {f"{MCP_SERVERS}.{name}": _mcp_server(str(name), raw, path, env) for name, raw in servers.items()}
+    for server in found.values():
+        taken.update(server.secrets)
+    return found
+
+
+def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpServerConfig:
+    key = f"{MCP_SERVERS}.{name}"
+    if not _MCP_SERVER_NAME.match(name):
+        raise ConfigError(f"{path}: {key}: a server name uses letters, digits, _ and - (it prefixes its tools' "
+                          "names)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping with command (stdio) or url (streamable HTTP)")
+    settings = dict(raw)
+    kind = settings.pop("type", None)
+    for field_name in settings:
+        if field_name not in MCP_SERVER_FIELDS:
+            raise ConfigError(f"{path}: {key}: unknown field {field_name!r}; known fields: type, "
+                              f"{', '.join(MCP_SERVER_FIELDS)}")
+    if kind is not None and kind not in MCP_TRANSPORT_TYPES:
+        raise ConfigError(f"{path}: {key}.type: expected one of {', '.join(MCP_TRANSPORT_TYPES)}, got {kind!r}"
+                          + (" (SSE servers are not supported: use the server's streamable-HTTP URL)"
+                             if kind == "sse" else ""))
+    has_command, has_url = settings.get("command") is not None, settings.get("url") is not None
+    if has_command == has_url:
+        raise ConfigError(f"{path}: {key}: " + ("give command or url, not both" if has_command else
+                                                "missing command (a stdio server) or url (a streamable-HTTP server)"))
+    transport = "stdio" if has_command else "http"
+    if kind is not None and MCP_TRANSPORT_TYPES[kind] != transport:
+        raise ConfigError(f"{path}: {key}: type {kind} needs " + ("command" if kind == "stdio" else "url"))
+    for stdio_only in ("args", "env", "cwd"):
+        if transport == "http" and stdio_only in settings:
+            raise ConfigError(f"{path}: {key}.{stdio_only}: only for a stdio server (with command)")
+    if transport == "stdio" and "headers" in settings:
+        raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
+    taken: set[str] = set()
+    settings = _expand(settings, key, path, env, taken)
+    server = McpServerConfig(secrets=sorted(taken))
+    for field_name, value in settings.items():
+        kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
+        try:
+            setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
+        except ConfigError as exc:
+            raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+    if server.command is not None and not server.command.strip():
+        raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
+    if server.url is not None and not server.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: {key}.url: expected a URL starting with http:// or https://")
+    return server
+
+
 def _parse_env(key: str, raw: str) -> Any:
     kind = _field_type(key)
     if kind.startswith("bool"):
@@ -286,6 +407,10 @@ def _field_type(key: str) -> str:
 
 
 def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> None:
+    if key.startswith(f"{MCP_SERVERS}."):
+        config.mcp.servers[key.removeprefix(f"{MCP_SERVERS}.")] = value
+        config.sources[key] = source
+        return
     section, _, name = key.partition(".")
     try:
         kind = _field_type(key)
@@ -299,7 +424,7 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
 
 def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     def wrong(expected: str) -> ConfigError:
-        shown = "<hidden>" if key in SECRET_KEYS else repr(value)
+        shown = "<hidden>" if key in SECRET_KEYS or key.endswith((".env", ".headers")) else repr(value)
         return ConfigError(f"{where}: {key}: expected {expected}, got {shown}")
 
     optional = "None" in kind

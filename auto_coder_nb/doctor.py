@@ -94,22 +94,26 @@ class _Doctor:
     def run(self) -> bool:
         self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
+        self.check_endpoint()
+        self.check_mcp_servers()
+        return self.summary()
+
+    def check_endpoint(self) -> None:
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
                  "tool call"]
         if self.check_configuration().result == FAIL:
             self.skip(later, "fix the configuration first")
-            return self.summary()
+            return
         reach, tls = self.check_connection()
         if reach.result == FAIL or tls.result == FAIL:
             self.skip(later[2:], "needs a connection" if reach.result == FAIL else "needs TLS to be verified")
-            return self.summary()
+            return
         accepted, response = self.check_authentication()
         if accepted.result == FAIL:
             self.skip(later[3:], "authentication failed")
-            return self.summary()
+            return
         self.check_model(response)
         self.check_chat()
-        return self.summary()
 
     def info(self, step: str, detail: str) -> None:
         """A line of the table that informs and is not a check."""
@@ -326,6 +330,40 @@ class _Doctor:
                    "pick a model trained for tool calling, or enable it on the server (vLLM: "
                    "--enable-auto-tool-choice --tool-call-parser; llama.cpp: --jinja; Ollama: a model with "
                    "the tools capability)")
+
+
+    def check_mcp_servers(self) -> None:
+        """One row per configured MCP server: started here as a session would, its state and tool count."""
+        if not self.config.mcp.servers:
+            return
+        from .session import start_mcp_servers
+        from .tools.registry import ToolRegistry
+
+        registry = ToolRegistry()
+        servers = start_mcp_servers(self.config, registry, Path(self.config.agent.working_dir or ".").expanduser())
+        assert servers is not None
+        try:
+            for server in servers.servers.values():
+                step, where = f"mcp {server.name}", server.config.describe()
+                if server.state == "running":
+                    read = f", {len(server.read_tools)} marked read" if server.read_tools else ""
+                    self.add(Row(step, PASS, f"{where}: running, {len(server.tools)} tools{read}"))
+                elif server.state == "disabled":
+                    self.add(Row(step, WARN, f"{where}: disabled"))
+                else:
+                    self.add(Row(step, FAIL, f"{where}: {server.state}: {server.detail}", _mcp_advice(server)))
+        finally:
+            servers.close()
+
+
+def _mcp_advice(server: Any) -> str:
+    if server.state == "refused":
+        return "the site configuration does not allow this server: ask your administrator"
+    if "pip install" in server.detail:
+        return 'pip install "auto-coder-nb[mcp]"'
+    if server.config.url is not None:
+        return f"check mcp.servers.{server.name}.url and .headers, and that the server runs"
+    return f"run the command of mcp.servers.{server.name} yourself and read what it says"
 
 
 def _chat_advice(error: AutoCoderError) -> str:

@@ -148,13 +148,17 @@ class SavedConversation:
     def short_id(self) -> str:
         return self.id[:SHORT_ID]
 
+    @property
+    def when(self) -> str:
+        """When it was last active, in local time."""
+        return datetime.fromtimestamp(self.updated).strftime("%Y-%m-%d %H:%M")
+
     def line(self) -> str:
         """One line of a listing: short id, when, where, first prompt."""
-        when = datetime.fromtimestamp(self.updated).strftime("%Y-%m-%d %H:%M")
         where = self.notebook or self.working_dir
         prompt = " ".join(self.first_prompt.split())
         prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-        return f"{self.short_id}  {when}  {where}  {prompt}"
+        return f"{self.short_id}  {self.when}  {where}  {prompt}"
 
 
 _ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")

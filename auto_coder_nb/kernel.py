@@ -140,6 +140,7 @@ def change_working_dir(state: KernelState, directory: str) -> str:
     else:
         if state.session.recorder is not None:
             state.session.recorder.close()  # the old conversation's file; the fresh session starts a new one
+        state.session.close_mcp_servers()  # the fresh session started its own
         for part in fields(state.session):
             setattr(state.session, part.name, getattr(fresh, part.name))
     return f"Workspace root: {root}; new conversation {state.session.conversation.correlation_id}"

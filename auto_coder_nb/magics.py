@@ -40,8 +40,10 @@ from .notebook_context import (
     fix_prompt,
     interpolate,
 )
+from .text import PYTHON_FENCE_LANGUAGES
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
+    from .agent import TurnOptions
     from .events import ApprovalRequest
     from .images import Image
     from .session import Session
@@ -54,7 +56,6 @@ NO_STDIN = (
     "only), AUTO_CODER_APPROVAL_MODE, or `agent.approval_mode` in .auto-coder.yaml."
 )
 _FENCED_BLOCK = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
-_PYTHON_LANGUAGES = {"", "python", "python3", "py", "ipython", "ipython3"}
 _QUESTION_LINE = re.compile(r"^(\s*)%autocoder(\s+.*\?)\s*$")
 
 
@@ -63,8 +64,8 @@ _QUESTION_LINE = re.compile(r"^(\s*)%autocoder(\s+.*\?)\s*$")
 _DONE = object()
 
 
-def pump_turn(worker: Worker, session: Session, message: str, renderer: CellRenderer, can_ask: bool,
-              images: Sequence[Image] = ()) -> None:
+def pump_turn(worker: Worker, session: Session, message: str, options: TurnOptions, renderer: CellRenderer,
+              can_ask: bool, images: Sequence[Image] = ()) -> None:
     """Run one turn on the worker's loop and serve it from the main thread until it ends: render its events,
     ask its approvals, run what it needs run here (run_code, cell insertion)."""
     import asyncio
@@ -72,11 +73,12 @@ def pump_turn(worker: Worker, session: Session, message: str, renderer: CellRend
     from .events import ApprovalRequest
 
     channel: queue.Queue[Any] = queue.Queue()
-    worker.channel = channel
+    # A magic run from inside a turn (by run_code) pumps its own channel; the running turn's comes back after.
+    previous, worker.channel = worker.channel, channel
 
     async def pump() -> None:
         try:
-            async for event in session.agent.run(message, images):
+            async for event in session.agent.run(message, images, options):
                 channel.put(event)
         finally:
             channel.put(_DONE)
@@ -98,13 +100,16 @@ def pump_turn(worker: Worker, session: Session, message: str, renderer: CellRend
             else:
                 renderer.event(item)
         future.result()
-    except KeyboardInterrupt:
-        # Kernel interrupt: cancel the turn (the agent repairs the history) and wait until it has.
+    except BaseException as exc:
+        # Kernel interrupt, or anything failing here: cancel the turn (the agent repairs the history and frees
+        # the session) and wait until it has, so no failure leaves the session busy.
         future.cancel()
         _drain(worker, channel)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         renderer.stopped()
     finally:
-        worker.channel = None
+        worker.channel = previous
         renderer.finish()
 
 
@@ -115,7 +120,10 @@ def _ask(worker: Worker, request: ApprovalRequest, renderer: CellRenderer, can_a
         renderer.notice(reason)
         worker.loop.call_soon_threadsafe(request.deny, reason)
         return
-    answer = input(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ").strip().lower()
+    try:
+        answer = input(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ").strip().lower()
+    except EOFError:  # Ctrl-D in terminal IPython: a refusal
+        answer = "n"
     if answer in ("y", "yes"):
         worker.loop.call_soon_threadsafe(request.approve)
     elif answer in ("a", "always"):
@@ -149,7 +157,7 @@ def code_blocks(markdown: str) -> list[str]:
     blocks = []
     for match in _FENCED_BLOCK.finditer(markdown):
         language, code = match.group(1).lower(), match.group(2)
-        if language in _PYTHON_LANGUAGES and code.strip() and (language or _is_python(code)):
+        if language in PYTHON_FENCE_LANGUAGES and code.strip() and (language or _is_python(code)):
             blocks.append(code)
     return blocks
 
@@ -313,17 +321,13 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     shell = state.shell
     kernel = getattr(shell, "kernel", None)
     can_ask = kernel is None or bool(getattr(kernel, "_allow_stdin", False))
-    saved_mode, saved_model = session.policy.mode, session.provider.model
-    if args.approval_mode:
-        session.policy.mode = args.approval_mode
-    if args.model:
-        session.provider.model = args.model
-    metadata = {"model": session.provider.model, "correlation_id": session.conversation.correlation_id}
+    from .agent import TurnOptions
+
+    options = TurnOptions(model=args.model, approval_mode=args.approval_mode)
+    metadata = {"model": args.model or session.provider.model,
+                "correlation_id": session.conversation.correlation_id}
     renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images)
-    try:
-        pump_turn(worker(state), session, message, renderer, can_ask, images)
-    finally:
-        session.policy.mode, session.provider.model = saved_mode, saved_model
+    pump_turn(worker(state), session, message, options, renderer, can_ask, images)
     if args.insert:
         blocks = code_blocks(renderer.text)
         if blocks:

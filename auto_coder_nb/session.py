@@ -10,7 +10,7 @@ import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import transcript
 from .agent import Agent
@@ -33,6 +33,9 @@ from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
 
+if TYPE_CHECKING:  # the MCP client (and its SDK) is imported only when servers are configured
+    from .tools.mcp_client import McpServers
+
 DEFAULT_SYSTEM_PROMPT = """\
 You are auto-coder, a coding assistant working in the user's project at {root} ({os}).
 Use the tools to look before you change anything: list_directory and read_file to explore,
@@ -54,6 +57,7 @@ class Session:
     instructions: ProjectInstructions
     notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
     recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
+    mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
 
     @classmethod
     def create(
@@ -96,6 +100,7 @@ class Session:
             store = ConversationStore()
             _remove_old_conversations(store, config.history.retention_days)
             session.recorder = agent.observer = Recorder(store, conversation, session.describe, secrets)
+        session.mcp = start_mcp_servers(config, tools, workspace.root)
         return session
 
     def secret_values(self) -> list[str]:
@@ -142,7 +147,8 @@ class Session:
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
-        the endpoint, model or authentication changed; the approval mode and the agent's limits. True if any did.
+        the endpoint, model or authentication changed; the MCP servers restarted when theirs did; the approval
+        mode and the agent's limits. True if any did.
         (The workspace root and command timeout stay: the tools are bound to them.)"""
         changed = False
         if (config.llm, config.auth) != (self.config.llm, self.config.auth):
@@ -151,6 +157,11 @@ class Session:
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
             self.agent.vision = config.llm.vision
+            changed = True
+        if config.mcp != self.config.mcp:
+            self.close_mcp_servers()
+            self.mcp = start_mcp_servers(config, self.tools, self.workspace.root)
+            self.config.mcp = config.mcp
             changed = True
         if config.agent.max_images != self.conversation.max_images:
             self.conversation.max_images = config.agent.max_images
@@ -204,6 +215,25 @@ class Session:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
+
+    def close_mcp_servers(self) -> None:
+        """Stop the session's MCP servers (their tools leave the registry); from synchronous code."""
+        if self.mcp is not None:
+            self.mcp.close()
+            self.mcp = None
+
+
+def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
+    """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
+    if not config.mcp.servers:
+        return None
+    from .tools.mcp_client import McpServers
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root)
+    servers.start()
+    return servers
 
 
 _cleaned: set[Path] = set()

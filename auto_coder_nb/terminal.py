@@ -60,11 +60,16 @@ def is_terminal(stream: TextIO | None) -> bool:
 
 
 def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
-    """Show what would happen and ask: yes, no (with an optional reason), or always for this session."""
+    """Show what would happen and ask: yes, no (with an optional reason), or always for this session.
+    End of input (Ctrl-D) is a no."""
     err.write(f"\n{request.preview}\n" if request.preview else "\n")
     err.flush()
     while True:
-        answer = input(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ").strip().lower()
+        answer = _read(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ", err)
+        if answer is None:
+            request.deny("")
+            return
+        answer = answer.strip().lower()
         if answer in ("y", "yes"):
             request.approve()
             return
@@ -72,8 +77,17 @@ def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
             request.approve(always=True)
             return
         if answer in ("n", "no"):
-            request.deny(input("Reason for the model (optional): ").strip())
+            request.deny((_read("Reason for the model (optional): ", err) or "").strip())
             return
+
+
+def _read(prompt: str, err: TextIO) -> str | None:
+    """A line from the user; None at end of input (Ctrl-D), after ending the prompt's line."""
+    try:
+        return input(prompt)
+    except EOFError:
+        err.write("\n")
+        return None
 
 
 def refuse_without_terminal(request: ApprovalRequest, err: TextIO) -> None:

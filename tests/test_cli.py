@@ -246,3 +246,26 @@ def test_a_read_alongside_refused_actions_still_exits_3_but_an_allowed_action_ex
     server.enqueue(reply.tool_call("run_command", {"command": "touch made"}), reply.text("done"))
     assert run(["touch made", "--approval-mode", "full-auto"], env, workspace).returncode == 0
     assert (workspace / "made").exists()
+
+
+def test_repl_end_of_input_at_an_approval_prompt_is_a_refusal(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "x.txt", "content": "x"}), reply.text("Left it alone."),
+                   reply.text("next works"))
+    child = spawn_repl(env, workspace)
+    child.sendline("write x.txt")
+    child.expect(r"Allow write_file\?")
+    child.sendeof()  # Ctrl-D at input()
+    child.expect("Left it alone.")
+    child.expect("> ")
+    assert not (workspace / "x.txt").exists()
+    tool_message = server.chat_requests[1].json["messages"][-1]
+    assert tool_message["role"] == "tool" and "denied" in tool_message["content"]
+    child.sendline("and now?")
+    child.expect("next works")
+    child.expect("> ")
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

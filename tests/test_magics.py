@@ -485,3 +485,45 @@ def test_the_panel_also_follows_changed_settings(kernel: Kernel, server: FakeLLM
         assert len(other.chat_requests) == 1
     kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}\n%autocoder --context none back")
     assert last_user_message(server) == "back"
+
+
+def test_end_of_input_at_an_approval_is_a_refusal_and_the_session_stays_usable(kernel: Kernel,
+                                                                               server: FakeLLMServer) -> None:
+    # Ctrl-D at input() in terminal IPython; ipykernel raises EOFError for the same "\x04" answer.
+    server.enqueue(reply.tool_call("run_code", {"code": "eof_variable = 1"}), reply.text("Not run, then."))
+    run = kernel.execute("%autocoder --context none try it", answers=["\x04"])
+    assert run.reply["content"]["status"] == "ok", run.reply["content"]
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["role"] == "tool" and "denied" in tool_result["content"]
+    assert kernel.execute("print('eof_variable' in globals())").stdout == "False\n"
+    server.enqueue(reply.text("Still here."))
+    after = kernel.execute("%autocoder --context none are you free?")
+    assert "Still here." in after.shown_text and "still running" not in after.shown_text
+
+
+def test_a_magic_refused_as_busy_does_not_disturb_the_running_turn(kernel: Kernel, server: FakeLLMServer) -> None:
+    # The running turn's run_code starts a second request (with other options); it is refused as busy, and the
+    # first turn's next run_code still runs, with the first turn's model.
+    nested = "%autocoder --model other-model --approval-mode read-only --context none nested question"
+    server.enqueue(reply.tool_call("run_code", {"code": nested}),
+                   reply.tool_call("run_code", {"code": "print(6 * 7)"}), reply.text("Both done."))
+    before = len(server.chat_requests)
+    run = kernel.execute("%autocoder --approval-mode full-auto --context none go")
+    assert run.reply["content"]["status"] == "ok"
+    requests = server.chat_requests[before:]
+    assert len(requests) == 3 and {r.json["model"] for r in requests} == {"fake-model"}
+    assert "still running" in run.shown_text  # the nested request's own output says it was refused
+    last_result = [m["content"] for m in requests[-1].json["messages"] if m["role"] == "tool"][-1]
+    assert "42" in last_result and "Error" not in last_result
+    assert "Both done." in run.shown_text
+
+
+def test_per_request_options_apply_to_that_request_only(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("From the other model."))
+    kernel.execute("%autocoder --model other-model --context none which model?")
+    assert server.chat_requests[-1].json["model"] == "other-model"
+    state = kernel.execute("from auto_coder_nb.magics import get_session\ns = get_session()\n"
+                           "print(s.provider.model, s.policy.mode)")
+    assert state.stdout.split() == ["fake-model", "ask"]
+    kernel.execute("%autocoder --context none and now?")
+    assert server.chat_requests[-1].json["model"] == "fake-model"

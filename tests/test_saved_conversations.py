@@ -242,6 +242,10 @@ def test_kernel_restart_then_resume_continues_the_notebooks_conversation(
         kernel.manager.restart_kernel(now=True)
         kernel.client.wait_for_ready(timeout=60)
         assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+        # %autocoder_chat's panel in the restarted kernel offers the notebook's conversation.
+        offered = kernel.execute("panel = get_ipython().run_line_magic('autocoder_chat', '')\n"
+                                 "print([r['role'] for r in panel.transcript], panel._resume_button.layout.display)")
+        assert offered.stdout == "['notice', 'user', 'assistant'] None\n"
         resumed = kernel.execute("%autocoder --resume")
         assert f"Resumed conversation {first_id}" in resumed.stdout
         fake_server.enqueue(reply.text("pd.read_csv."))
@@ -295,3 +299,57 @@ def test_two_kernels_write_their_own_conversations_at_once(
         assert prompts == [f"from {name}", f"again {name}"]
         assert records[0]["working_dir"] == str((tmp_path / name).resolve())
         assert sum(1 for r in records if r["type"] == "turn_done") == 2
+
+
+def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
+    fake_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    from tests.test_panel import ChatPanel, find, html_of, make_session, roles, run, until
+
+    async def scenario() -> None:
+        fake_server.enqueue(reply.tool_call("list_directory", {"path": "."}),
+                            reply.text("Two files.\n\n```python\nprint('x')\n```\n"))
+        first = ChatPanel(make_session(fake_server, tmp_path))
+        assert first._resume_button.layout.display == "none"  # nothing saved yet: no offer
+        await first.ask("what is here?")
+        old_id = first.correlation_id
+
+        # A kernel restart: a new session. The panel shows the saved conversation and offers Resume.
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        assert panel.correlation_id != old_id
+        assert roles(panel) == ["notice", "user", "tool", "assistant"]
+        assert panel.transcript[1]["text"] == "what is here?"
+        assert old_id[:8] in panel.transcript[0]["text"]
+        [resume] = find(panel.widget, "autocoder-resume")
+        assert resume is panel._resume_button and resume.layout.display is None and resume.description == "Resume"
+        assert "Two files." in html_of(find(panel.widget, "autocoder-assistant")[0])
+        assert "print" in html_of(find(panel.widget, "autocoder-code")[0])  # with its Run / Copy buttons
+        resume.click()
+        await until(lambda: panel.correlation_id == old_id, "the resumed id")
+        assert resume.layout.display == "none" and "Resumed conversation" in panel.transcript[-1]["text"]
+        fake_server.enqueue(reply.text("Still two."))
+        await panel.ask("and now?")
+        request = fake_server.chat_requests[-1]
+        assert request.headers["x-correlation-id"] == old_id
+        assert [m["content"] for m in request.json["messages"] if m["role"] == "user"] == ["what is here?",
+                                                                                          "and now?"]
+        assert_strictly_valid(request.json["messages"])
+
+        # Another restart, then Send without Resume: a new conversation, the saved one leaves the view.
+        fresh = ChatPanel(make_session(fake_server, tmp_path))
+        assert fresh._resume_button.layout.display is None
+        await fresh.ask("something else")
+        assert roles(fresh) == ["user", "assistant"] and fresh._resume_button.layout.display == "none"
+        assert fresh.correlation_id != old_id
+        assert [m["content"] for m in fake_server.chat_requests[-1].json["messages"] if m["role"] == "user"] == [
+            "something else"]
+
+        # And Reset withdraws the offer too.
+        again = ChatPanel(make_session(fake_server, tmp_path))
+        assert again._resume_button.layout.display is None
+        again._reset_button.click()
+        await until(lambda: again._resume_button.layout.display == "none" and roles(again) == ["notice"],
+                    "the offer withdrawn")
+
+    run(scenario)
+

@@ -57,6 +57,7 @@ from .parts import (
     _ToolCard,
     _usage_text,
 )
+from .saved import SavedOffer
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -113,6 +114,10 @@ class ChatPanel:
         self._context: ContextUsage | None = None  # how full the context window is, after each turn
         self._attachments = Attachments(self)
         self._build()
+        self._offer = SavedOffer.look(self)  # after a kernel restart: the notebook's latest conversation
+        if self._offer is not None:
+            self._offer.show()
+            self._resume_button.layout.display = None
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -136,8 +141,12 @@ class ChatPanel:
         self._send_button.on_click(self._handover(self._on_send))
         self._stop_button.on_click(self._handover(self._stop))
         self._reset_button.on_click(self._handover(self._start_reset))
-        buttons = _box([self._send_button, self._stop_button, self._reset_button], "autocoder-buttons",
-                       horizontal=True)
+        self._resume_button = _button("Resume", "info", "autocoder-resume",
+                                      "Continue the saved conversation shown above (same history and id)")
+        self._resume_button.layout.display = "none"  # shown only with a saved conversation to offer
+        self._resume_button.on_click(self._handover(self._resume))
+        buttons = _box([self._send_button, self._stop_button, self._reset_button, self._resume_button],
+                       "autocoder-buttons", horizontal=True)
         self.widget = _box([header, scroll, self._input, buttons, self._attachments.widget], "autocoder-panel")
         self._show_status()
 
@@ -219,6 +228,10 @@ class ChatPanel:
         if self.running:
             self._notice("A turn is already running: Stop it first.")
             return
+        if self._offer is not None:  # sent without Resume: a new conversation, the saved one leaves the view
+            self._withdraw_offer()
+            self._transcript.clear()
+            self._records.clear()
         self._task = self._loop.create_task(self._run_turn(message))
 
     def _stop(self) -> None:
@@ -233,6 +246,7 @@ class ChatPanel:
             if self.running:
                 self._stop()
                 await self.wait()
+            self._withdraw_offer()
             new_id = self.session.reset()
             self._records.clear()
             self._parts.clear()
@@ -244,6 +258,24 @@ class ChatPanel:
             self._show_status()
         except Exception as exc:  # a task's error would only reach the log console
             self._error(f"Reset failed: {type(exc).__name__}: {exc}")
+
+    def _resume(self) -> None:
+        from ..history import HistoryError
+
+        if self._offer is None or self.running:
+            return
+        try:
+            message = self._offer.resume()
+        except HistoryError as exc:
+            self._error(str(exc))
+            return
+        self._withdraw_offer()
+        self._notice(message)
+        self._show_status()
+
+    def _withdraw_offer(self) -> None:
+        self._offer = None
+        self._resume_button.layout.display = "none"
 
     async def _run_turn(self, message: str) -> None:
         images = self._attachments.take()

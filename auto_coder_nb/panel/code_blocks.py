@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
+from ..text import PYTHON_FENCE_LANGUAGES
 from .markdown import code_html
 from .parts import _append, _box, _button, _clip, _html, _short, _ToolCard
 
 if TYPE_CHECKING:
     from .chat import ChatPanel
-
-RUNNABLE_LANGUAGES = ("", "python", "py", "python3", "ipython")
 
 
 class CodeBlocks:
@@ -27,7 +26,7 @@ class CodeBlocks:
         result = _html("", "autocoder-summary")
         box = _box([_html(code_html(code, language)), _box([run], "autocoder-code-actions", horizontal=True)],
                    "autocoder-code")
-        if language in RUNNABLE_LANGUAGES:
+        if language in PYTHON_FENCE_LANGUAGES:
             run.on_click(self.panel._handover(lambda: self._run(code, box, result)))
         else:
             run.disabled, run.tooltip = True, f"Only Python runs in the kernel (this block is {language})"

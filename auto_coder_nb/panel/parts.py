@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..providers.base import Usage
+from ..text import strip_ansi
 from .markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 
 SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
@@ -22,7 +22,6 @@ SUMMARY_LIMIT = 300
 SUMMARY_LINES = 3  # lines of a tool result shown on its card
 TITLE_VALUE = 60  # characters of one argument value shown in a tool card's one-line title
 TITLE_LIMIT = 120  # characters of all the arguments in that title
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _html(value: str = "", *classes: str) -> widgets.HTML:
@@ -51,7 +50,7 @@ def _append(box: widgets.Box, child: widgets.Widget) -> None:
 
 
 def _short(text: str, limit: int = SUMMARY_LIMIT) -> str:
-    text = _ANSI.sub("", text)
+    text = strip_ansi(text)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 

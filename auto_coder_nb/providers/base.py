@@ -118,6 +118,7 @@ class LLMProvider(abc.ABC):
         tools: list[ToolDefinition] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        model: str | None = None,  # this request's model, when it is not `self.model`
     ) -> AsyncIterator[ProviderEvent]: ...
 
     @abc.abstractmethod

@@ -122,12 +122,13 @@ class OpenAICompatibleProvider(LLMProvider):
         tools: list[ToolDefinition] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        model: str | None = None,
     ) -> AsyncIterator[ProviderEvent]:
         client = self._client()
         url = f"{self.base_url}/chat/completions"
         retries = 0
         while True:
-            body = self._request_body(messages, tools)
+            body = self._request_body(messages, tools, model or self.model)
             started = False
             retry_after: float | None = None
             try:
@@ -137,7 +138,7 @@ class OpenAICompatibleProvider(LLMProvider):
                         if self._adapt_to_rejection(response, body):
                             continue
                         retry_after = retry_after_seconds(response.headers)
-                        raise self.errors.status_error(response)
+                        raise self.errors.status_error(response, model=body["model"])
                     async for event in self._read_answer(response):
                         started = True
                         yield event
@@ -153,8 +154,9 @@ class OpenAICompatibleProvider(LLMProvider):
             yield Retrying(notice)
             await asyncio.sleep(delay)
 
-    def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_params}
+    def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
+                      model: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages, **self.extra_params}
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
         streaming = self.stream and (self.stream_with_tools or not tools)

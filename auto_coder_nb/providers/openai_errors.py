@@ -108,8 +108,10 @@ class ServerErrors:
         self.model = config.llm.model
         self.base_url = config.llm.base_url.rstrip("/")
 
-    def status_error(self, response: httpx.Response, *, listing: bool = False) -> ProviderError:
-        """The error for an HTTP status >= 300 (its body already read). `listing`: the request was /models."""
+    def status_error(self, response: httpx.Response, *, listing: bool = False,
+                     model: str | None = None) -> ProviderError:
+        """The error for an HTTP status >= 300 (its body already read). `listing`: the request was /models;
+        `model`: the one the request asked for, when not the configured one."""
         status = response.status_code
         message, code = self.server_message(response)
         where = safe_url(str(response.request.url))
@@ -132,7 +134,8 @@ class ServerErrors:
                                     f"{detail}. {OVERFLOW_HINT}", status=status)
         elif status == 404 or code == "model_not_found":
             if not listing and (code == "model_not_found" or "model" in message.lower()):
-                error = ModelNotFound(f"model {self.model!r} was not found at {safe_url(self.base_url)}{detail}. "
+                asked = model or self.model
+                error = ModelNotFound(f"model {asked!r} was not found at {safe_url(self.base_url)}{detail}. "
                                       f"Pick one from /models or set llm.model.", status=status)
             else:
                 error = EndpointNotFound(f"{where} answered 404 Not Found{detail}. Check llm.base_url: "

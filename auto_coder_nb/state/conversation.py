@@ -42,7 +42,6 @@ class Conversation:
         self.observer: ConversationObserver | None = None
         self.max_images = max_images  # images kept in the history; older ones become a placeholder
         self._images: deque[tuple[dict[str, Any], Image]] = deque()  # the image parts in the history, oldest first
-        self.context_tokens = 0  # the context the last request used (server-reported, else estimated)
         self.clear()
 
     def clear(self) -> None:
@@ -50,7 +49,6 @@ class Conversation:
         self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         self._images.clear()
         self.correlation_id = new_correlation_id()
-        self.context_tokens = 0
         if self.observer is not None:
             self.observer.cleared()
 
@@ -60,7 +58,6 @@ class Conversation:
         self.messages = system + [m for m in messages if m.get("role") != "system"]
         self.correlation_id = correlation_id
         self._images.clear()  # saved conversations keep no images (history.py), so none is in `messages`
-        self.context_tokens = 0
 
     @property
     def headers(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,16 +26,33 @@ class ToolOutput:
 
 
 class ToolRegistry:
+    """The tools of one session. Tools that come from outside (MCP servers) are added and removed from another
+    thread, and say what happened to them through `notify`; the agent shows those notices in the next turn."""
+
     def __init__(self, tools: Iterable[ToolDefinition] = ()) -> None:
         self._tools: dict[str, ToolDefinition] = {}
+        self._lock = threading.Lock()
+        self._notices: list[str] = []
         for tool in tools:
             self.register(tool)
 
     def register(self, tool: ToolDefinition) -> None:
-        self._tools[tool.name] = tool
+        with self._lock:
+            self._tools = {**self._tools, tool.name: tool}
 
     def unregister(self, name: str) -> None:
-        self._tools.pop(name, None)
+        with self._lock:
+            self._tools = {key: tool for key, tool in self._tools.items() if key != name}
+
+    def notify(self, text: str) -> None:
+        """Something the user should hear once, in the next turn (from any thread)."""
+        with self._lock:
+            self._notices.append(text)
+
+    def take_notices(self) -> list[str]:
+        with self._lock:
+            notices, self._notices = self._notices, []
+        return notices
 
     def get(self, name: str) -> ToolDefinition | None:
         return self._tools.get(name)
