@@ -110,3 +110,21 @@ def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
 def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether `exc` or anything in its cause chain is a `kind`."""
     return any(isinstance(link, kind) for link in exception_chain(exc))
+
+
+# C0 controls but tab and line feed, DEL and C1, the Arabic letter mark, zero-width and direction marks,
+# line/paragraph separators, bidi embeddings, overrides and isolates, word joiners, the BOM.
+_HIDDEN_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NAMED_ESCAPES = {"\r": "\\r", "\b": "\\b", "\f": "\\f", "\v": "\\v", "\x00": "\\0"}
+
+
+def show_controls(text: str) -> str:
+    """`text` with every character that could hide or reorder what is shown (terminal escapes, carriage
+    returns, backspaces, bidi overrides, zero-width characters) written as a visible escape such as `\\x1b`,
+    `\\r` or `\\u202e`: what the user approves is exactly what runs. Line breaks and tabs stay."""
+    return _HIDDEN_CONTROLS.sub(lambda m: _NAMED_ESCAPES.get(m.group()) or _escape(m.group()), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
