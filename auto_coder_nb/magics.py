@@ -164,6 +164,7 @@ def _create_session(config: Config, state: _KernelState, root: Path, provider: L
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider)
+    session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
     return session
 
