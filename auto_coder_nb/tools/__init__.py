@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ..providers.base import ToolDefinition
 from .filesystem import filesystem_tools
-from .registry import ToolError, ToolRegistry
+from .registry import ToolError, ToolOutput, ToolRegistry
 from .shell import shell_tools
 from .workspace import Workspace
 
-__all__ = ["ToolError", "ToolRegistry", "Workspace", "build_workspace_tools"]
+__all__ = ["ToolError", "ToolOutput", "ToolRegistry", "Workspace", "build_workspace_tools"]
 
 
 def build_workspace_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[ToolDefinition]:

@@ -10,13 +10,13 @@ import asyncio
 import codecs
 import functools
 import os
-import re
 import shutil
 import signal
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
 from ..providers.base import ToolDefinition
+from ..text import omit_middle, strip_ansi
 from .registry import ToolError
 from .workspace import Workspace
 
@@ -42,7 +42,6 @@ NON_INTERACTIVE_ENV = {
 }
 # Set by Jupyter and CI: colour codes in the output only cost the model tokens.
 FORCED_COLOR_ENV_VARS = {"FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS"}
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # The endpoint's credentials stay out of commands: a model running `env` must not print them into the chat.
 SECRET_ENV_VARS = {name for name, key in ENV_VARS.items() if key in SECRET_KEYS} | {"OPENAI_API_KEY"}
 
@@ -69,15 +68,6 @@ class _Capture:
         if self.total <= budget:
             return self.head  # budget <= MAX_OUTPUT_CHARS, so the head holds everything
         return omit_middle(self.head, self.tail, self.total, budget)
-
-
-def omit_middle(head: str, tail: str, total: int, budget: int) -> str:
-    """`budget` characters of a text of `total` characters, half from its `head` and half from its `tail`,
-    with a marker saying how much was left out: the command's echo and early errors, and the final error."""
-    head_size = budget // 2
-    tail_size = budget - head_size
-    omitted = total - head_size - tail_size
-    return f"{head[:head_size]}\n\n... [{omitted:,} characters omitted] ...\n\n{tail[len(tail) - tail_size:]}"
 
 
 async def _drain(stream: asyncio.StreamReader, capture: _Capture) -> None:
@@ -213,7 +203,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
                      "process's output to a file to keep it running)\n")
     for label, capture, budget in (("stdout", stdout, stdout_budget), ("stderr", stderr, stderr_budget)):
         if capture.total:
-            text = ANSI_ESCAPE.sub("", capture.render(budget)).rstrip("\n")
+            text = strip_ansi(capture.render(budget)).rstrip("\n")
             parts.append(f"{label}:\n{text}\n")
     if not stdout.total and not stderr.total:
         parts.append("(no output)\n")
