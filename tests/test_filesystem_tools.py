@@ -398,5 +398,6 @@ def test_a_window_of_a_file_of_millions_of_short_lines_costs_no_more_than_its_te
         root: Path, registry: ToolRegistry) -> None:
     (root / "short.txt").write_bytes(b"ab\r\n" * 2_500_000)  # 10 MB, read whole: no list of its lines
     result, peak = _peak_bytes_of_read(registry, path="short.txt", offset=2_000_000, limit=2)
-    assert result == "2000000\tab\n2000001\tab\n(showing lines 2000000-2000001 of 2500000; continue with offset=2000002)"
+    assert result == ("2000000\tab\n2000001\tab\n"
+                      "(showing lines 2000000-2000001 of 2500000; continue with offset=2000002)")
     assert peak < 40 * 1024 * 1024, f"read_file held {peak:,} bytes for a 10 MB file"
