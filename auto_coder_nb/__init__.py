@@ -1,15 +1,41 @@
 """auto-coder-nb: a coding assistant for Jupyter and the terminal.
 
 `%load_ext auto_coder_nb` registers the magics; `auto_coder_nb.ChatPanel()` is the chat panel.
-Everything heavy (httpx, ipywidgets, nbformat) is imported on first use, so loading stays fast.
+The public API is importable from here (`from auto_coder_nb import Session, load_config, ToolDefinition`);
+each name is imported on first use, so `%load_ext` stays fast (httpx, ipywidgets and nbformat load only
+when something needs them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .kernel import get_session
+    from .panel import ChatPanel
+    from .providers.base import ToolDefinition
+    from .session import Session
+    from .tools.registry import ToolError
 
 __version__ = "0.1.0"
-__all__ = ["ChatPanel", "load_ipython_extension", "unload_ipython_extension", "__version__"]
+
+# Public name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "ChatPanel": ".panel",
+    "Config": ".config",
+    "Session": ".session",
+    "ToolDefinition": ".providers.base",
+    "ToolError": ".tools.registry",
+    "get_session": ".kernel",
+    "load_config": ".config",
+}
+
+__all__ = [
+    "ChatPanel", "Config", "Session", "ToolDefinition", "ToolError", "get_session", "load_config",
+    "load_ipython_extension", "unload_ipython_extension", "__version__",
+]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -25,8 +51,13 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ChatPanel":
-        from .panel import ChatPanel
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return ChatPanel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

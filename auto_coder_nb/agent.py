@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .approvals import ApprovalPolicy
 from .config import AgentConfig
-from .errors import AutoCoderError, ContextOverflow
+from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
     ApprovalRequest,
+    ContextUsage,
     ErrorEvent,
     Event,
     Notice,
@@ -28,6 +30,7 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
+from .images import Image, ImageError, fit_image
 from .providers.base import (
     Completion,
     LLMProvider,
@@ -40,10 +43,12 @@ from .providers.base import (
     Usage,
 )
 from .state.conversation import Conversation
-from .tools.registry import ToolError, ToolRegistry
+from .text import scrub
+from .tools.registry import ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
 REPEAT_LIMIT = 3
+CUT_OFF_MARKER = "[the answer was cut off here: the stream ended before the server said it was complete]"
 # Shorten the history when a request would pass this share of the window, down to the second.
 SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
 
@@ -53,6 +58,28 @@ TRUNCATED_ARGUMENTS = (
 )
 CUT_OFF = ("The answer was cut off: it reached the output token limit (llm.max_tokens). Ask for the rest, "
            "or raise llm.max_tokens.")
+NO_VISION = ("Not sent: {model} does not accept images (llm.vision is {setting}). Set llm.vision: true "
+             "(AUTO_CODER_VISION=1) if it is a vision model, or ask without the image.")
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What one turn does differently from the session's settings (`%%autocoder -m ... --approval-mode ...`):
+    passed to `Agent.run`, never swapped on the shared session, so a turn refused as busy changes nothing."""
+
+    model: str | None = None
+    approval_mode: str | None = None
+
+
+class TurnObserver(Protocol):
+    """Sees every event of every turn as the face gets it, and each approval decision (the saved-conversation
+    recorder, `history.py`). `take_warnings()` returns what the user must be told (once), shown as notices."""
+
+    def event(self, event: Event) -> None: ...
+
+    def approval(self, request: ApprovalRequest, allowed: bool, reason: str, always: bool) -> None: ...
+
+    def take_warnings(self) -> list[str]: ...
 
 
 class Agent:
@@ -64,6 +91,7 @@ class Agent:
         policy: ApprovalPolicy,
         config: AgentConfig,
         workspace: Workspace | None = None,
+        vision: bool | None = None,
     ) -> None:
         self.provider = provider
         self.tools = tools
@@ -71,38 +99,94 @@ class Agent:
         self.policy = policy
         self.config = config
         self.workspace = workspace
+        self.vision = vision  # llm.vision; None: as the server reports
         self.busy = False  # the magics and the panel share one agent; one turn at a time
+        self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
+        self.observer: TurnObserver | None = None
+        # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
+        self.secrets: Callable[[], Iterable[str | None]] = tuple
+        self._last_usage: Usage | None = None  # of the last request, for the context share
 
-    async def run(self, message: str) -> AsyncGenerator[Event, None]:
-        """Run one user turn. Errors arrive as ErrorEvent; cancellation leaves a consistent history."""
+    async def sees_images(self) -> bool:
+        """Whether images are sent to the model: llm.vision when set, else what the server reports."""
+        if self.vision is not None:
+            return self.vision
+        capabilities = await self.provider.capabilities(headers=self.conversation.headers)
+        return bool(capabilities.vision)
+
+    def no_vision_message(self, model: str | None = None) -> str:
+        setting = "false" if self.vision is False else "not set and the server does not report vision"
+        return NO_VISION.format(model=model or self.provider.model, setting=setting)
+
+    def context_usage(self) -> ContextUsage:
+        """How full the context window is: the last request as the server counted it, else an estimate."""
+        usage, window = self._last_usage, self.config.context_window
+        if usage is not None and usage.prompt_tokens:
+            return ContextUsage(usage.prompt_tokens + usage.completion_tokens, window)
+        schema_size = len(json.dumps([tool.schema() for tool in self.tools.definitions()]))
+        return ContextUsage(self.conversation.estimate_tokens(schema_size), window, estimated=True)
+
+    def _done(self, reason: str) -> TurnDone:
+        return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
+
+    async def run(self, message: str, images: Sequence[Image] = (),
+                  options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
+        """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
+        Errors arrive as ErrorEvent; cancellation leaves a consistent history.
+        Every face goes through here, so the observer sees each turn whatever the face."""
+        turn = self._turn(message, images, options or TurnOptions())
+        try:
+            async for event in turn:
+                if isinstance(event, ErrorEvent):  # a server or a library may have echoed a credential
+                    event.message = scrub(event.message, self.secrets())
+                if self.observer is not None:
+                    self.observer.event(event)
+                    for warning in self.observer.take_warnings():
+                        yield Notice(warning)
+                yield event
+        finally:
+            await turn.aclose()
+
+    async def _turn(self, message: str, images: Sequence[Image], options: TurnOptions) -> AsyncGenerator[Event, None]:
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
                              "cell). Stop it or wait for it to finish, then ask again.")
             yield TurnDone("busy")
             return
         self.busy = True
+        self._actions = {"refused": 0, "allowed": 0}
         conversation = self.conversation
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
+            if images and not await self.sees_images():
+                yield ErrorEvent(self.no_vision_message(options.model))
+                yield self._done("error")
+                return
             conversation.repair()
-            conversation.add_user(message)
+            conversation.add_user(message, images)
+            self._last_usage = None  # the context share is of this turn's requests (else estimated)
             if self.workspace is not None:
                 self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
+                for text in self.tools.take_notices():  # e.g. an MCP server that failed to start or stopped
+                    yield Notice(text)
                 partial.clear()
                 completion: Completion | None = None
-                async for event in self._request(partial):
+                cut_off = False
+                async for event in self._request(partial, options.model):
                     if isinstance(event, Completion):
                         completion = event
                     else:
+                        cut_off = cut_off or isinstance(event, ErrorEvent) and isinstance(event.error, StreamCutOff)
                         yield event
                 if completion is None:  # the request failed and said so
-                    self._close_answer(partial, "[the request failed]")
-                    yield TurnDone("error")
+                    self._close_answer(partial, CUT_OFF_MARKER if cut_off else "[the request failed]")
+                    yield self._done("cut_off" if cut_off else "error")
                     return
                 partial.clear()
+                self._last_usage = completion.usage
                 if completion.usage is not None:
                     turn_usage += completion.usage
                     conversation.usage += completion.usage
@@ -112,21 +196,25 @@ class Agent:
                 if not calls:
                     if completion.finish_reason == "length":
                         yield Notice(CUT_OFF)
-                    yield TurnDone("stop")
+                    yield self._done("stop")
                     return
+                step_images: list[Image] = []
                 for call in calls:
                     recent_calls = [*recent_calls[-(REPEAT_LIMIT - 1):], (call.name, _canonical(call.arguments))]
                     if len(recent_calls) == REPEAT_LIMIT and len(set(recent_calls)) == 1:
                         conversation.repair(f"Not executed: the same call was made {REPEAT_LIMIT} times in a row.")
                         yield Notice(f"Stopped: the model called {call.name} with the same arguments "
                                      f"{REPEAT_LIMIT} times in a row.")
-                        yield TurnDone("repeated_call")
+                        yield self._done("repeated_call")
                         return
-                    async for event in self._execute(call, truncated=completion.finish_reason == "length"):
+                    async for event in self._execute(call, step_images, options.approval_mode,
+                                                     truncated=completion.finish_reason == "length"):
                         yield event
+                conversation.add_images(step_images, "The images the tool calls above produced (the user saw them "
+                                                     "too):")
             yield Notice(f"Stopped after {self.config.max_iterations} model requests in one turn "
                          "(agent.max_iterations). Send a message to let it continue.")
-            yield TurnDone("max_iterations")
+            yield self._done("max_iterations")
         except BaseException:
             # Cancelled (Stop, Ctrl-C, kernel interrupt) or closed: keep what was said, answer open calls.
             self._close_answer(partial, "[interrupted]")
@@ -143,13 +231,15 @@ class Agent:
         if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
-    async def _request(self, partial: list[str]) -> AsyncIterator[Event | Completion]:
+    async def _request(self, partial: list[str], model: str | None) -> AsyncIterator[Event | Completion]:
         """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
         conversation = self.conversation
         definitions = self.tools.definitions()
         schema_size = len(json.dumps([tool.schema() for tool in definitions]))
         window = self.config.context_window
         for attempt in range(2):
+            if conversation.images and not await self.sees_images():  # the model changed to one without vision
+                conversation.drop_images()
             size = conversation.estimate_tokens(schema_size)
             # First keep under our own estimate of the window; after the server said it overflowed, halve.
             target = int(window * SHORTEN_TO) if attempt == 0 else size // 2
@@ -159,7 +249,8 @@ class Agent:
                     yield Notice(f"The conversation was shortened to fit the model's context window: "
                                  f"{changed} older messages were trimmed.")
             try:
-                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers):
+                async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers,
+                                                     model=model):
                     if isinstance(item, TextChunk):
                         partial.append(item.text)
                         yield TextDelta(item.text)
@@ -179,7 +270,10 @@ class Agent:
                 yield ErrorEvent(str(exc), exc)
                 return
 
-    async def _execute(self, call: ToolCall, *, truncated: bool) -> AsyncIterator[Event]:
+    async def _execute(self, call: ToolCall, images: list[Image], mode: str | None, *,
+                       truncated: bool) -> AsyncIterator[Event]:
+        """Run one call (asking first when the mode says so) and record its result. Images it produced are
+        described in its text; for a vision model they are added to `images`, sent after the step."""
         arguments, problem = _parse_arguments(call.arguments)
         yield ToolCallStarted(call.id, call.name, arguments, call.arguments)
         result = ToolResult(call.id, call.name, "", is_error=True)
@@ -191,24 +285,56 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
-            decision = self.policy.decide(tool.kind)
+            decision = self.policy.decide(tool.kind, mode)
             if decision == "deny":
-                raise ToolError(f"Refused: the approval mode is {self.policy.mode!r}, which does not allow "
+                self._actions["refused"] += 1
+                raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
                 yield request
                 allowed, reason, always = await request.wait()
+                if self.observer is not None:
+                    self.observer.approval(request, allowed, reason, always)
                 if always:
                     self.policy.allow_always(tool.kind)
                 if not allowed:
+                    self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""
                     raise ToolError(f"The user denied this {call.name} call.{because}")
-            result.output, result.is_error = await self.tools.call(call.name, arguments), False
+            if tool.kind != "read":
+                self._actions["allowed"] += 1
+            output = await self.tools.run(call.name, arguments)
+            result.output, result.is_error = output.text, False
+            if output.images:
+                result.images, notes = self._fit_images(output, call.name)
+                sees = bool(result.images) and await self.sees_images()
+                result.output += "".join(f"\n{note}" for note in notes)
+                result.output += "".join(f"\n{_image_note(image, sees)}" for image in result.images)
+                if sees:
+                    images.extend(result.images)
         except ToolError as exc:
             result.output = str(exc)
+        result.output = scrub(result.output, self.secrets())  # `env`, a config file, an error: never shown or sent
         self.conversation.add_tool_result(call.id, result.output)
         yield result
+
+
+    def _fit_images(self, output: ToolOutput, tool: str) -> tuple[list[Image], list[str]]:
+        """The images of a tool's output fitted to the budget, and a note for each one skipped."""
+        fitted, notes = [], []
+        for number, data in enumerate(output.images, 1):
+            try:
+                fitted.append(fit_image(data, f"{tool} image {number}", self.config.image_max_side))
+            except ImageError as exc:
+                notes.append(f"[image output skipped: {exc}]")
+        return fitted, notes
+
+
+def _image_note(image: Image, sent: bool) -> str:
+    if sent:
+        return f"[image output {image.describe()}; shown to the user, and to you in the next message]"
+    return f"[image output {image.describe()}; shown to the user (this model does not receive images)]"
 
 
 def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:

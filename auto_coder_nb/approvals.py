@@ -22,14 +22,16 @@ class ApprovalPolicy:
         self.mode = mode
         self.always_allowed: set[str] = set()
 
-    def decide(self, kind: str) -> Decision:
+    def decide(self, kind: str, mode: str | None = None) -> Decision:
+        """`mode` overrides the policy's mode for one turn (the session's answers "for this session" still count)."""
+        mode = mode or self.mode
         if kind == "read":
             return "allow"
-        if self.mode == "read-only":
+        if mode == "read-only":
             return "deny"
-        if self.mode == "full-auto" or kind in self.always_allowed:
+        if mode == "full-auto" or kind in self.always_allowed:
             return "allow"
-        if self.mode == "auto-edit" and kind == "write":
+        if mode == "auto-edit" and kind == "write":
             return "allow"
         return "ask"
 

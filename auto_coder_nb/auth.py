@@ -1,4 +1,4 @@
-"""Authentication, TLS and proxies for the HTTP clients.
+"""Authentication for the HTTP clients, on top of the transport (TLS, proxies: `transport.py`).
 
 `http_client_kwargs(config)` is everything `httpx.Client` / `httpx.AsyncClient` needs to reach the model:
 
@@ -6,46 +6,54 @@
   SERVER_SIDE_TOKEN_REFRESH -> `Authorization: Basic` from `get_basic_credentials()`; otherwise
   `AuthenticationProviderWithClientSideTokenRefresh` (API key, token command or OAuth token endpoint).
 - headers: `llm.auth_headers`, sent as HTTP headers on every request.
-- verify: an SSL context trusting `llm.ca_bundle`, else SSL_CERT_FILE, else REQUESTS_CA_BUNDLE, else
-  certifi; `llm.extra_ca_certs` are added by `update_certifi()`. `llm.verify: false` turns checks off.
-- proxy: `llm.proxy`, else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, unless NO_PROXY names the host.
+- verify, proxy, timeout: `transport.transport_kwargs()`.
+
+The TLS and proxy helpers that used to live here (`update_certifi`, `tls_trust`, `proxy_for`,
+`tls_failure_message`, ...) are still importable from this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import os
-import ssl
-import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import certifi
 import httpx
 
 from .authentication_provider import (
     AuthenticationProvider,
     AuthenticationProviderWithClientSideTokenRefresh,
     ProviderHeaderAuth,
+    fetched_tokens,
     instantiate,
     load_provider_class,
 )
 from .config import Config, load_config, redact_url
 from .errors import ConfigError
 
-APP_NAME = "auto-coder-nb"
-CONNECT_TIMEOUT = 10.0
+# TLS and proxy helpers moved to transport.py; still importable from here.
+from .transport import (
+    Trust,
+    certificate_problem,
+    proxy_for,
+    tls_failure_message,
+    tls_trust,
+    transport_kwargs,
+    update_certifi,
+    user_cache_dir,
+)
+
+__all__ = [
+    "Trust", "auth_mode", "authentication_provider", "build_auth", "certificate_problem", "get_sso_token",
+    "http_client_kwargs", "is_sso_enabled", "proxy_for", "redact_url", "secret_values", "tls_failure_message",
+    "tls_trust", "transport_kwargs", "update_certifi", "user_cache_dir",
+]
+
 _TRUE = ("1", "true", "yes", "on")
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # One provider per distinct configuration, so a cached SSO token outlives a client (a new session,
 # /reset) and the user signs in once per process.
 _providers: dict[str, Any] = {}
-_warned_unverified: set[str] = set()
 
 
 # -- authentication ------------------------------------------------------------------------------
@@ -76,6 +84,13 @@ async def get_sso_token(config: Config | None = None) -> str | None:
     if not is_sso_enabled(config):
         return None
     return await asyncio.to_thread(authentication_provider(config).generate_auth_token)
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret this process holds for `config`, for `text.scrub` wherever text leaves the process: the
+    configuration's (`Config.secret_values`), the basic credentials made of them, and fetched tokens."""
+    basic = AuthenticationProvider(config).get_basic_credentials()
+    return [*config.secret_values(), *([basic] if basic else []), *fetched_tokens()]
 
 
 def auth_mode(config: Config) -> str:
@@ -121,191 +136,6 @@ def build_auth(config: Config) -> httpx.Auth:
                               "SERVER_SIDE_TOKEN_REFRESH off it must be one (client-side token refresh)")
         return instantiate(cls, config)
     return AuthenticationProviderWithClientSideTokenRefresh(config)
-
-
-# -- TLS -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trust:
-    """What verifies server certificates: `verify` for httpx and, in words, where it came from."""
-
-    verify: ssl.SSLContext | bool
-    source: str
-    cafile: str | None = None
-
-
-def user_cache_dir() -> Path:
-    """The per-user cache folder of this package (XDG on Linux, Library/Caches on macOS, LOCALAPPDATA)."""
-    if sys.platform == "win32":
-        root = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        root = Path.home() / "Library" / "Caches"
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / APP_NAME
-
-
-def update_certifi(extra_ca_certs: Iterable[str] | None = None, *, base: str | None = None,
-                   cache_dir: Path | None = None) -> str:
-    """A CA bundle file: `base` (certifi's by default) followed by the extra PEM certificates.
-
-    Written once into the user's cache folder, named by its content, and never into certifi's own
-    file. With no extra certificates (given, or `llm.extra_ca_certs` from the configuration) the base
-    bundle is returned as is.
-    """
-    extras = list(extra_ca_certs) if extra_ca_certs is not None else load_config().llm.extra_ca_certs
-    base = base or certifi.where()
-    if not extras:
-        return base
-    parts = [_read_pem(base, "CA bundle")]
-    parts += [_read_pem(path, "llm.extra_ca_certs") for path in extras]
-    data = "\n".join(part.strip() + "\n" for part in parts).encode()
-    folder = cache_dir or user_cache_dir()
-    target = folder / f"ca-bundle-{hashlib.sha256(data).hexdigest()[:16]}.pem"
-    if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)  # atomic: another process may be writing the same bundle
-    return str(target)
-
-
-def _read_pem(path: str, setting: str) -> str:
-    try:
-        text = Path(path).expanduser().read_text(encoding="ascii", errors="replace")
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigError(f"{setting}: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
-    return text
-
-
-def tls_trust(config: Config, env: Mapping[str, str] | None = None) -> Trust:
-    """Which CAs verify the server: llm.ca_bundle > SSL_CERT_FILE > REQUESTS_CA_BUNDLE > certifi,
-    plus llm.extra_ca_certs merged by update_certifi()."""
-    env = os.environ if env is None else env
-    if not config.llm.verify:
-        return Trust(False, "verification OFF (llm.verify: false)")
-    if config.llm.ca_bundle:
-        base, source = str(Path(config.llm.ca_bundle).expanduser()), "llm.ca_bundle"
-    elif env.get("SSL_CERT_FILE"):
-        base, source = env["SSL_CERT_FILE"], "SSL_CERT_FILE"
-    elif env.get("REQUESTS_CA_BUNDLE"):
-        base, source = env["REQUESTS_CA_BUNDLE"], "REQUESTS_CA_BUNDLE"
-    else:
-        base, source = certifi.where(), "certifi"
-    if source != "certifi" and not Path(base).is_file():
-        raise ConfigError(f"{source}: CA bundle {base} does not exist")
-    cafile, described = base, f"{source} {base}"
-    if config.llm.extra_ca_certs:
-        cafile = update_certifi(config.llm.extra_ca_certs, base=base)
-        count = len(config.llm.extra_ca_certs)
-        described = f"{source} + {count} llm.extra_ca_certs, merged in {cafile}"
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except ssl.SSLError as exc:
-        raise ConfigError(f"{source}: {cafile} is not a usable CA bundle ({exc.reason or exc})") from None
-    return Trust(context, described, cafile)
-
-
-def _warn_unverified(config: Config) -> None:
-    if config.llm.base_url in _warned_unverified:
-        return
-    _warned_unverified.add(config.llm.base_url)
-    print(f"auto-coder: warning: TLS certificate verification is OFF for {redact_url(config.llm.base_url)} "
-          "(llm.verify: false); anyone on the network path can read and change this traffic. "
-          "Set llm.ca_bundle to your CA's PEM file instead.", file=sys.stderr, flush=True)
-
-
-def tls_failure_message(exc: BaseException, config: Config) -> str | None:
-    """If `exc` (or its cause) is a failed certificate check, a message saying what to set; else None."""
-    reason = certificate_problem(exc)
-    if reason is None:
-        return None
-    try:
-        trusted = tls_trust(config).source
-    except ConfigError as error:
-        trusted = str(error)
-    return (f"TLS certificate verification failed for {redact_url(config.llm.base_url)}: {reason}. "
-            f"Trusted CAs: {trusted}. If your network re-signs TLS with a private CA (a corporate proxy or "
-            "gateway), set llm.ca_bundle to that CA's PEM file, or add it to llm.extra_ca_certs (kept with "
-            "certifi's), or set SSL_CERT_FILE; llm.verify: false turns checking off (unsafe).")
-
-
-def certificate_problem(exc: BaseException | None) -> str | None:
-    """Why the server's certificate was refused, if that is what `exc` (or what caused it) says."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc.verify_message or str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return str(exc).split("] ", 1)[-1]
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-# -- proxies -------------------------------------------------------------------------------------
-
-
-def proxy_for(url: str, config: Config, env: Mapping[str, str] | None = None) -> str | None:
-    """The proxy to reach `url` through: none if NO_PROXY names its host, else llm.proxy, else
-    HTTPS_PROXY (https) / HTTP_PROXY (http), else ALL_PROXY (each also in lower case)."""
-    env = os.environ if env is None else env
-    target = httpx.URL(url)
-    if _bypassed(target, _env(env, "no_proxy")):
-        return None
-    proxy = config.llm.proxy or _env(env, f"{target.scheme}_proxy") or _env(env, "all_proxy")
-    if not proxy:
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"
-
-
-def _env(env: Mapping[str, str], name: str) -> str | None:
-    return env.get(name) or env.get(name.upper()) or None
-
-
-def _bypassed(url: httpx.URL, no_proxy: str | None) -> bool:
-    """NO_PROXY as curl reads it: `*`, host names (also matching subdomains), host:port, IPs and CIDRs."""
-    host = url.host.lower()
-    for entry in (no_proxy or "").split(","):
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        name, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if port.isdigit() and int(port) != (url.port or DEFAULT_PORTS.get(url.scheme)):
-            continue
-        name = name.lstrip("*").lstrip(".")
-        if host == name or host.endswith("." + name) or _in_network(host, name):
-            return True
-    return False
-
-
-def _in_network(host: str, entry: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(entry.strip("[]"), strict=False)
-    except ValueError:
-        return False
-
-
-# -- client keyword arguments --------------------------------------------------------------------
-
-
-def transport_kwargs(config: Config, url: str) -> dict[str, Any]:
-    """verify, proxy and timeout for a client that talks to `url` (the model, or a token endpoint).
-    trust_env is off because this function already applied the environment's settings."""
-    trust = tls_trust(config)
-    if trust.verify is False:
-        _warn_unverified(config)
-    return {
-        "verify": trust.verify,
-        "proxy": proxy_for(url, config),
-        "trust_env": False,
-        "timeout": httpx.Timeout(config.llm.timeout, connect=CONNECT_TIMEOUT),
-    }
 
 
 def http_client_kwargs(config: Config) -> dict[str, Any]:

@@ -32,6 +32,8 @@ import httpx
 
 from .config import Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
+from .text import hide_secrets
+from .transport import certificate_problem, transport_kwargs
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
@@ -40,11 +42,24 @@ EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the to
 TOKEN_COMMAND_TIMEOUT = 60.0
 
 
+# Every token fetched in this process (SSO, token endpoints, token_command): secrets like the configuration's,
+# hidden wherever text leaves the process (see auth.secret_values).
+_fetched_tokens: set[str] = set()
+
+
+def fetched_tokens() -> list[str]:
+    """The access and refresh tokens fetched so far in this process."""
+    return list(_fetched_tokens)
+
+
 @dataclass
 class Token:
     value: str
     expires_at: float | None = None  # on the provider's clock; None: until the server rejects it
     refresh_token: str | None = None
+
+    def __post_init__(self) -> None:
+        _fetched_tokens.update(token for token in (self.value, self.refresh_token) if token)
 
     def fresh(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
@@ -73,14 +88,6 @@ def print_device_code(code: DeviceCode) -> None:
 
 # How providers made without `show_device_code` show the sign-in code. A face may replace it.
 device_code_display: Callable[[DeviceCode], None] = print_device_code
-
-
-def hide_secrets(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every known secret replaced, for messages built from what a server or command said."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "<hidden>")
-    return text
 
 
 def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:
@@ -136,8 +143,6 @@ def _expiry(expires_in: Any, now: float) -> float | None:
 def endpoint_client(config: Config, url: str, what: str) -> Iterator[httpx.Client]:
     """A client for an OAuth endpoint, with the TLS and proxy settings for its own host; failing to reach
     it is a ConnectionFailed that names the endpoint (not the model URL the request was for)."""
-    from .auth import certificate_problem, transport_kwargs  # auth imports this module
-
     try:
         with httpx.Client(**transport_kwargs(config, url)) as client:
             yield client
@@ -179,8 +184,8 @@ class AuthenticationProvider:
                        if not getattr(auth, name)]
             if missing:
                 names = ", ".join(f"auth.{name}" for name in missing)
-                raise AuthenticationFailed(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
-                                           "for the device sign-in")
+                raise ConfigError(f"USE_SSO is on but there is no token: set SSO_TOKEN, or set {names} "
+                                  "for the device sign-in")
             with endpoint_client(self.config, auth.token_url or "", "SSO sign-in") as client:
                 self._token = self._refresh(client) or self._device_flow(client)
             return self._token.value
@@ -335,12 +340,12 @@ class ProviderHeaderAuth(FlowAuth):
     def _value(self) -> str:
         try:
             value = self._get_value()
-        except (AuthenticationFailed, ConnectionFailed):
+        except (AuthenticationFailed, ConnectionFailed, ConfigError):
             raise
         except Exception as exc:  # a user's provider: report it as what it is, an authentication failure
             raise AuthenticationFailed(f"the authentication provider failed: {type(exc).__name__}: {exc}") from exc
-        if not value:
-            raise AuthenticationFailed(self._missing)
+        if not value:  # nothing to send: a setting is missing, which no retry can fix
+            raise ConfigError(self._missing)
         return value
 
 
@@ -416,9 +421,8 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                     self._refresh_token = token.refresh_token or self._refresh_token
                     return token
             if not (auth.client_id and auth.client_secret):
-                raise AuthenticationFailed("auth.token_url is set but auth.client_id and auth.client_secret (or "
-                                           "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) "
-                                           "are not")
+                raise ConfigError("auth.token_url is set but auth.client_id and auth.client_secret (or "
+                                  "AUTO_CODER_CLIENT_ID / AUTO_CODER_CLIENT_SECRET, or auth.refresh_token) are not")
             response = post_form(client, url, {
                 "grant_type": "client_credentials", "client_id": auth.client_id,
                 "client_secret": auth.client_secret, "scope": auth.scope,
@@ -441,7 +445,7 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
             raise AuthenticationFailed(f"auth.token_command {problem}" + (f": {said}" if said else ""))
         now = self._clock()
         lifetime: Any = self.config.auth.token_lifetime
-        if output.startswith("{"):
+        if output.startswith("{"):  # JSON may span lines (az account get-access-token does)
             try:
                 body = json.loads(output)
             except ValueError:
@@ -450,6 +454,12 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
             if not isinstance(value, str) or not value:
                 raise AuthenticationFailed("auth.token_command printed JSON without access_token")
             output, lifetime = value, body.get("expires_in", lifetime)
+        if not output.isprintable():
+            # Several lines or control characters: not a token (a banner, a prompt, an error). Not echoed: it
+            # may hold the token.
+            raise AuthenticationFailed("auth.token_command must print only the token, on one line of printable "
+                                       "characters (or JSON with access_token); it printed "
+                                       f"{len(output.splitlines())} line(s), or control characters")
         return Token(output, _expiry(lifetime, now))
 
 

@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
+from .text import hide_secrets, hide_url_credentials, url_credentials
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
@@ -24,66 +26,156 @@ TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
 
 @dataclass
 class LLMConfig:
-    base_url: str = DEFAULT_BASE_URL
-    model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    auth_headers: dict[str, str] = field(default_factory=dict)
-    extra_params: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 120.0
-    ca_bundle: str | None = None
-    extra_ca_certs: list[str] = field(default_factory=list)
-    verify: bool = True
-    proxy: str | None = None
-    tool_calling: str = "auto"
-    max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; None: the server's
+    """The model endpoint (`llm:` in the config file)."""
+
+    base_url: str = DEFAULT_BASE_URL  # OpenAI-compatible API root, usually ending in /v1
+    model: str = DEFAULT_MODEL  # sent as `model` in every request
+    api_key: str | None = None  # sent as `Authorization: Bearer`; secret (also OPENAI_API_KEY)
+    auth_headers: dict[str, str] = field(default_factory=dict)  # extra headers on every request; values secret
+    extra_params: dict[str, Any] = field(default_factory=dict)  # merged into each request body (temperature...)
+    timeout: float = 120.0  # seconds the server may go without sending progress before the request fails
+    ca_bundle: str | None = None  # PEM file of the CAs that verify the server (instead of certifi's)
+    extra_ca_certs: list[str] = field(default_factory=list)  # PEM files trusted in addition to the bundle
+    verify: bool = True  # false turns TLS certificate checks off (unsafe)
+    proxy: str | None = None  # http://[user:password@]host:port; else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
+    vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
+    tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
+    max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
 
 
 @dataclass
 class AgentConfig:
-    approval_mode: str = "ask"
-    max_iterations: int = 50
-    command_timeout: float = 120.0
-    context_window: int = 32768
-    system_prompt: str | None = None
-    working_dir: str | None = None
+    """How the agent works (`agent:` in the config file)."""
+
+    approval_mode: str = "ask"  # ask | auto-edit | full-auto | read-only (approvals.APPROVAL_MODES)
+    max_iterations: int = 50  # model calls per turn before the turn stops
+    command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    system_prompt: str | None = None  # replaces the built-in system prompt
+    working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
+    image_max_side: int = 1024  # images sent to a vision model are downscaled to this many pixels at most
+    max_images: int = 3  # images kept in the history; older ones become a short text
+    # Project instruction files read into the system prompt, the first found in each folder; [] for none.
+    instructions_files: list[str] = field(default_factory=lambda: ["AGENTS.md", "CLAUDE.md"])
 
 
 @dataclass
 class AuthConfig:
+    """Where credentials come from (`auth:` in the config file); see auth.py for how a mode is chosen."""
+
     provider: str | None = None  # "module:Class" of a user's own authentication provider
-    use_sso: bool = False
-    server_side_token_refresh: bool = False
-    sso_token: str | None = None
-    device_authorization_url: str | None = None
-    token_url: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scope: str | None = None
-    refresh_token: str | None = None
-    token_command: str | None = None
-    token_lifetime: float = 3600.0
+    use_sso: bool = False  # Bearer token from SSO_TOKEN or the device sign-in (USE_SSO)
+    server_side_token_refresh: bool = False  # Basic client_id:client_secret; the gateway refreshes tokens
+    sso_token: str | None = None  # a ready SSO bearer token (SSO_TOKEN); secret
+    device_authorization_url: str | None = None  # OAuth device sign-in endpoint (RFC 8628)
+    token_url: str | None = None  # OAuth token endpoint (device sign-in, client credentials, refresh)
+    client_id: str | None = None  # OAuth client (AUTO_CODER_CLIENT_ID)
+    client_secret: str | None = None  # OAuth client secret (AUTO_CODER_CLIENT_SECRET); secret
+    scope: str | None = None  # OAuth scope asked for
+    refresh_token: str | None = None  # OAuth refresh token for token_url; secret
+    token_command: str | None = None  # shell command printing a token (or JSON with access_token, expires_in)
+    token_lifetime: float = 3600.0  # seconds a token_command token is used when it says no expiry
+
+
+@dataclass
+class HistoryConfig:
+    enabled: bool = True  # keep every conversation on disk (history.py), to resume and export
+    retention_days: int = 30  # saved conversations untouched for longer are removed at start-up
+
+
+@dataclass
+class McpServerConfig:
+    """One MCP server, an entry of the usual `mcpServers` shape: `command` (with `args`, `env`, `cwd`) starts a
+    stdio server, `url` (with `headers`) reaches a streamable-HTTP one. Its tools ask like commands unless the
+    config marks them read: `read_only` for every tool of the server, `read_tools` for some by name."""
+
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    read_only: bool = False
+    read_tools: list[str] = field(default_factory=list)
+    timeout: float = 120.0  # seconds for one tool call
+    startup_timeout: float = 30.0
+    disabled: bool = False
+    # Values the config took from ${VAR}: hidden wherever this server's settings or errors are shown.
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        """How this server is reached, for --show-config and the doctor; env and header values hidden."""
+        if self.url is not None:
+            where = f"http {redact_url(self.url)}"
+            if self.headers:
+                where += f" headers {', '.join(self.headers)}"
+        else:
+            where = "stdio " + " ".join([self.command or "", *self.args])
+            if self.env:
+                where += f" env {', '.join(self.env)}"
+        marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
+        if self.read_tools:
+            marks.append(f"read_tools {', '.join(self.read_tools)}")
+        return hide_secrets(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
+
+
+MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
+MCP_TRANSPORT_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
+_MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class McpConfig:
+    servers: dict[str, McpServerConfig] = field(default_factory=dict)
 
 
 @dataclass
 class Config:
+    """The effective configuration; `load_config()` builds it."""
+
     llm: LLMConfig = field(default_factory=LLMConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     # "llm.model" -> "default" | "file /path" | "env AUTO_CODER_MODEL" | "flag --model"
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # Every value a config file took from the environment with ${VAR}: secrets too, wherever they ended up.
+    from_variables: set[str] = field(default_factory=set)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
+        output): keys, tokens, header values, URL and proxy passwords, and values taken from ${VAR}."""
+        llm, auth = self.llm, self.auth
+        values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
+                  *url_secrets(llm.base_url), *url_secrets(llm.proxy), *self.from_variables]
+        for server in self.mcp.servers.values():
+            values += [*server.env.values(), *server.headers.values(), *url_secrets(server.url)]
+        return [value for value in values if value]
 
     def show(self) -> str:
         """The effective configuration, one `key = value  (source)` line each, secrets masked."""
         lines = []
-        for section in ("llm", "agent", "auth"):
+        for section in _SECTIONS:
+            if section == "mcp":
+                continue  # one line per server, below
             for f in fields(getattr(self, section)):
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
-                lines.append(f"{key} = {value!r}  ({self.sources.get(key, 'default')})")
+                source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
+                lines.append(f"{key} = {value!r}  ({source})")
+        for name, server in self.mcp.servers.items():
+            key = f"{MCP_SERVERS}.{name}"
+            lines.append(f"{key} = {server.describe()}  ({self.sources.get(key, 'default')})")
+        if not self.mcp.servers:
+            lines.append(f"{MCP_SERVERS} = {{}}  (default)")
         return "\n".join(lines)
 
+
+# What an unset value means, where None alone would not say.
+DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false"}
 
 SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
 
@@ -102,11 +194,16 @@ def mask(key: str, value: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """`url` with its password hidden (http://user:<hidden>@host): proxy and base URLs may carry one."""
-    return _URL_PASSWORD.sub(r"\1<hidden>@", url)
+    """`url` with its password hidden (http://user:<hidden>@host), or its user when it has no password
+    (a token put in the URL): proxy and base URLs may carry them."""
+    return hide_url_credentials(url)
 
 
-_URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials in `url`, as written and percent-decoded: the password, or the user if it has none."""
+    user, password = url_credentials(url)
+    secret = password or user
+    return [secret, unquote(secret)] if secret else []
 
 
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.
@@ -116,6 +213,7 @@ ENV_VARS = {
     "AUTO_CODER_API_KEY": "llm.api_key",
     "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
     "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
+    "AUTO_CODER_VISION": "llm.vision",
     "AUTO_CODER_TOOL_CALLING": "llm.tool_calling",
     "AUTO_CODER_MAX_TOKENS": "llm.max_tokens",
     "USE_SSO": "auth.use_sso",
@@ -125,7 +223,8 @@ ENV_VARS = {
     "AUTO_CODER_CLIENT_SECRET": "auth.client_secret",
 }
 
-_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig}
+_SECTIONS = {"llm": LLMConfig, "agent": AgentConfig, "auth": AuthConfig, "history": HistoryConfig, "mcp": McpConfig}
+MCP_SERVERS = "mcp.servers"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -156,7 +255,7 @@ def load_config(
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env).items():
+        for key, value in _read_file(path, env, config.from_variables).items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -188,7 +287,7 @@ def load_object(spec: str, key: str) -> Any:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
-def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -210,32 +309,97 @@ def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {section}: expected a mapping of settings")
+        if section == "mcp":
+            flat.update(_mcp_servers(values, path, env, taken))
+            continue
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env)
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                taken.add(env[name])
                 return env[name]
             if default is not None:
                 return default
             raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env) for v in value]
+        return [_expand(v, key, path, env, taken) for v in value]
     return value
+
+
+def _mcp_servers(values: dict[str, Any], path: Path, env: Mapping[str, str],
+                 taken: set[str]) -> dict[str, McpServerConfig]:
+    """The `mcp:` section as one `mcp.servers.NAME` entry per server (a later file replaces a server of the
+    same name and keeps the others)."""
+    unknown = [key for key in values if key != "servers"]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key 'mcp.{unknown[0]}'; known keys in mcp: servers")
+    servers = values.get("servers") or {}
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{path}: {MCP_SERVERS}: expected a mapping of server names to settings")
+    found = {f"{MCP_SERVERS}.{name}": _mcp_server(str(name), raw, path, env) for name, raw in servers.items()}
+    for server in found.values():
+        taken.update(server.secrets)
+    return found
+
+
+def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpServerConfig:
+    key = f"{MCP_SERVERS}.{name}"
+    if not _MCP_SERVER_NAME.match(name):
+        raise ConfigError(f"{path}: {key}: a server name uses letters, digits, _ and - (it prefixes its tools' "
+                          "names)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping with command (stdio) or url (streamable HTTP)")
+    settings = dict(raw)
+    kind = settings.pop("type", None)
+    for field_name in settings:
+        if field_name not in MCP_SERVER_FIELDS:
+            raise ConfigError(f"{path}: {key}: unknown field {field_name!r}; known fields: type, "
+                              f"{', '.join(MCP_SERVER_FIELDS)}")
+    if kind is not None and kind not in MCP_TRANSPORT_TYPES:
+        raise ConfigError(f"{path}: {key}.type: expected one of {', '.join(MCP_TRANSPORT_TYPES)}, got {kind!r}"
+                          + (" (SSE servers are not supported: use the server's streamable-HTTP URL)"
+                             if kind == "sse" else ""))
+    has_command, has_url = settings.get("command") is not None, settings.get("url") is not None
+    if has_command == has_url:
+        raise ConfigError(f"{path}: {key}: " + ("give command or url, not both" if has_command else
+                                                "missing command (a stdio server) or url (a streamable-HTTP server)"))
+    transport = "stdio" if has_command else "http"
+    if kind is not None and MCP_TRANSPORT_TYPES[kind] != transport:
+        raise ConfigError(f"{path}: {key}: type {kind} needs " + ("command" if kind == "stdio" else "url"))
+    for stdio_only in ("args", "env", "cwd"):
+        if transport == "http" and stdio_only in settings:
+            raise ConfigError(f"{path}: {key}.{stdio_only}: only for a stdio server (with command)")
+    if transport == "stdio" and "headers" in settings:
+        raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
+    taken: set[str] = set()
+    settings = _expand(settings, key, path, env, taken)
+    server = McpServerConfig(secrets=sorted(taken))
+    for field_name, value in settings.items():
+        kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
+        try:
+            setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
+        except ConfigError as exc:
+            raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+    if server.command is not None and not server.command.strip():
+        raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
+    if server.url is not None and not server.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: {key}.url: expected a URL starting with http:// or https://")
+    return server
 
 
 def _parse_env(key: str, raw: str) -> Any:
     kind = _field_type(key)
-    if kind == "bool":
+    if kind.startswith("bool"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw
 
@@ -249,6 +413,10 @@ def _field_type(key: str) -> str:
 
 
 def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> None:
+    if key.startswith(f"{MCP_SERVERS}."):
+        config.mcp.servers[key.removeprefix(f"{MCP_SERVERS}.")] = value
+        config.sources[key] = source
+        return
     section, _, name = key.partition(".")
     try:
         kind = _field_type(key)
@@ -262,7 +430,7 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
 
 def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     def wrong(expected: str) -> ConfigError:
-        shown = "<hidden>" if key in SECRET_KEYS else repr(value)
+        shown = "<hidden>" if key in SECRET_KEYS or key.endswith((".env", ".headers")) else repr(value)
         return ConfigError(f"{where}: {key}: expected {expected}, got {shown}")
 
     optional = "None" in kind
@@ -282,7 +450,7 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
         return value
-    if kind == "bool":
+    if kind.startswith("bool"):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):

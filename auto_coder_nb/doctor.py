@@ -14,18 +14,22 @@ import concurrent.futures
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from . import auth
-from .authentication_provider import AuthenticationProvider, hide_secrets
-from .config import DEFAULT_BASE_URL, Config
+from . import auth, transport
+from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
 from .errors import AutoCoderError, ProviderError, ToolsNotSupported
+from .instructions import ProjectInstructions, load_instructions
 from .providers.base import Completion, TextChunk, ToolDefinition
+from .providers.capabilities import ModelCapabilities
+from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
+from .text import exception_chain, hide_secrets
 
-PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
 TOOL_NAME = "get_current_time"
 TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
@@ -43,34 +47,39 @@ class Row:
     next: str = ""
 
 
-def run_doctor(config: Config, write: Callable[[str], None]) -> bool:
+def run_doctor(config: Config, write: Callable[[str], None], *,
+               instructions: ProjectInstructions | None = None) -> bool:
     """Run every check and `write` the table, one line per call (no trailing newline; `print` fits).
-    True only if every step passed (a warning passes)."""
-    doctor = _Doctor(config, write)
+    True only if every step passed (a warning passes). `instructions` are the project instructions a session
+    loaded; by default those of agent.working_dir (or the current folder)."""
+    if instructions is None:
+        folder = Path(config.agent.working_dir or ".").expanduser()
+        instructions = load_instructions(folder, folder, config.agent.instructions_files)
+    doctor = _Doctor(config, write, instructions)
     return doctor.run()
 
 
 class _Doctor:
-    def __init__(self, config: Config, write: Callable[[str], None]) -> None:
+    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions) -> None:
         self.config = config
+        self.instructions = instructions
         self._write = write
         self.rows: list[Row] = []
         self.headers = {"x-correlation-id": f"doctor-{new_correlation_id()}"}
         self.base_url = config.llm.base_url.rstrip("/")
         self.models_url = f"{self.base_url}/models"
         self.client_kwargs: dict[str, Any] = {}
+        self.capabilities: ModelCapabilities | None = None  # asked only when llm.vision is unset
 
     # -- output --------------------------------------------------------------------------------
 
     def write(self, line: str) -> None:
+        # Known values only: the URLs the doctor shows went through redact_url, and its hints show a URL shape.
         self._write(hide_secrets(line, self._secrets()))
 
-    def _secrets(self) -> list[str | None]:
-        llm, settings = self.config.llm, self.config.auth
-        proxy = self.client_kwargs.get("proxy") or llm.proxy
-        return [llm.api_key, *llm.auth_headers.values(), settings.client_secret, settings.sso_token,
-                settings.refresh_token, AuthenticationProvider(self.config).get_basic_credentials(),
-                httpx.URL(proxy).password if proxy else None]
+    def _secrets(self) -> list[str]:
+        proxy = self.client_kwargs.get("proxy") or self.config.llm.proxy
+        return [*auth.secret_values(self.config), *url_secrets(proxy)]  # the proxy may come from HTTPS_PROXY
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -86,26 +95,51 @@ class _Doctor:
     # -- the steps -----------------------------------------------------------------------------
 
     def run(self) -> bool:
-        self.write(f"auto-coder doctor: {auth.redact_url(self.base_url)}, model {self.config.llm.model}")
+        self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
+        self.check_endpoint()
+        self.check_mcp_servers()
+        return self.summary()
+
+    def check_endpoint(self) -> None:
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
                  *TOOL_STEPS]
         if self.check_configuration().result == FAIL:
             self.skip(later, "fix the configuration first")
-            return self.summary()
+            return
         reach, tls = self.check_connection()
         if reach.result == FAIL or tls.result == FAIL:
             self.skip(later[2:], "needs a connection" if reach.result == FAIL else "needs TLS to be verified")
-            return self.summary()
+            return
         accepted, response = self.check_authentication()
         if accepted.result == FAIL:
             self.skip(later[3:], "authentication failed")
-            return self.summary()
+            return
         self.check_model(response)
         self.check_chat()
-        return self.summary()
+
+    def info(self, step: str, detail: str) -> None:
+        """A line of the table that informs and is not a check."""
+        self.write(f"  {step:<{STEP_WIDTH}}  {INFO:<6}  {detail}")
+
+    def show_settings(self) -> None:
+        """What the model is given besides the conversation: images, project instructions."""
+        setting = self.config.llm.vision
+        if setting is not None:
+            self.info("vision", f"llm.vision is {str(setting).lower()}: images are "
+                                f"{'sent' if setting else 'not sent'} to the model")
+        elif self.capabilities is not None:
+            reported = self.capabilities.vision
+            said = {True: "reports vision", False: "reports no vision", None: "does not say"}[reported]
+            self.info("vision", f"the server {said} for this model: images are {'sent' if reported else 'not sent'} "
+                                "(set llm.vision to decide)")
+        names = self.config.agent.instructions_files
+        files = self.instructions.describe()
+        self.info("instructions", "; ".join(files) if files else f"no {' or '.join(names)} found" if names else
+                  "turned off (agent.instructions_files is [])")
 
     def summary(self) -> bool:
+        self.show_settings()
         failed = [row.step for row in self.rows if row.result == FAIL]
         skipped = [row.step for row in self.rows if row.result == SKIP]
         if failed or skipped:
@@ -133,15 +167,15 @@ class _Doctor:
         except AutoCoderError as error:
             return self.add(Row("configuration", FAIL, "; ".join(parts), str(error)))
         proxy = self.client_kwargs.get("proxy")
-        parts.append(f"proxy: {auth.redact_url(proxy) if proxy else 'none'}")
+        parts.append(f"proxy: {redact_url(proxy) if proxy else 'none'}")
         return self.add(Row("configuration", PASS, "; ".join(parts)))
 
     def check_connection(self) -> tuple[Row, Row]:
         """Reach /models without credentials: any HTTP answer means the server (and TLS) works."""
         kwargs = {key: value for key, value in self.client_kwargs.items() if key != "auth"}
-        trust = auth.tls_trust(self.config)
+        trust = transport.tls_trust(self.config)
         https = self.base_url.startswith("https:")
-        route = f"via proxy {auth.redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
+        route = f"via proxy {redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
         try:
             with httpx.Client(**kwargs) as client:
                 response = client.get(self.models_url, headers=self.headers)
@@ -160,9 +194,9 @@ class _Doctor:
                                        "set llm.ca_bundle to your CA's PEM file and drop llm.verify: false"))
         return reach, self.add(Row("TLS verified", PASS, f"with {trust.source}"))
 
-    def _connection_failure(self, exc: httpx.HTTPError, trust: auth.Trust, https: bool,
+    def _connection_failure(self, exc: httpx.HTTPError, trust: transport.Trust, https: bool,
                             route: str) -> tuple[Row, Row]:
-        problem = auth.certificate_problem(exc)
+        problem = transport.certificate_problem(exc)
         if problem is not None:
             reach = self.add(Row("base URL reachable", PASS, f"connected ({route})"))
             return reach, self.add(Row("TLS verified", FAIL, f"{problem}; trusted CAs: {trust.source}",
@@ -202,7 +236,7 @@ class _Doctor:
             return self.add(Row("authentication", FAIL, f"{mode}: {type(exc).__name__}: {exc}",
                                 "check auth.token_url and the network path to it")), None
         if response.status_code in (401, 403):
-            said = _server_message(response)
+            said, _ = ServerErrors(self.config).server_message(response)
             return self.add(Row("authentication", FAIL, f"{mode}: HTTP {response.status_code}"
                                 + (f": {said}" if said else ""), self._auth_advice())), response
         return self.add(Row("authentication", PASS, f"{mode}: accepted (HTTP {response.status_code})")), response
@@ -230,10 +264,8 @@ class _Doctor:
             return self.add(Row("model listed", WARN, "the server has no /models; the chat steps below check the "
                                                       f"model {model!r}"))
         try:
-            data = response.json()
-            entries = data["data"] if isinstance(data, dict) else data
-            models = [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
-        except (ValueError, KeyError, TypeError):
+            models = parse_model_list(response)
+        except ValueError:
             return self.add(Row("model listed", WARN, f"/models answered HTTP {response.status_code} without a "
                                                       "model list; the chat steps below check the model"))
         if model in models:
@@ -251,6 +283,8 @@ class _Doctor:
 
     async def _chat(self, provider: Any) -> list[Row]:
         try:
+            if self.config.llm.vision is None:
+                self.capabilities = await provider.capabilities(headers=self.headers)
             answer = await self._streamed_answer(provider)
             if answer.result == FAIL:
                 return [answer, *(Row(step, SKIP, "skipped: no answer") for step in TOOL_STEPS)]
@@ -326,6 +360,39 @@ class _Doctor:
                    "a larger model may follow the step format; with a server that has structured output "
                    "(response_format) even small models do"), False
 
+    def check_mcp_servers(self) -> None:
+        """One row per configured MCP server: started here as a session would, its state and tool count."""
+        if not self.config.mcp.servers:
+            return
+        from .session import start_mcp_servers
+        from .tools.registry import ToolRegistry
+
+        registry = ToolRegistry()
+        servers = start_mcp_servers(self.config, registry, Path(self.config.agent.working_dir or ".").expanduser())
+        assert servers is not None
+        try:
+            for server in servers.servers.values():
+                step, where = f"mcp {server.name}", server.config.describe()
+                if server.state == "running":
+                    read = f", {len(server.read_tools)} marked read" if server.read_tools else ""
+                    self.add(Row(step, PASS, f"{where}: running, {len(server.tools)} tools{read}"))
+                elif server.state == "disabled":
+                    self.add(Row(step, WARN, f"{where}: disabled"))
+                else:
+                    self.add(Row(step, FAIL, f"{where}: {server.state}: {server.detail}", _mcp_advice(server)))
+        finally:
+            servers.close()
+
+
+def _mcp_advice(server: Any) -> str:
+    if server.state == "refused":
+        return "the site configuration does not allow this server: ask your administrator"
+    if "pip install" in server.detail:
+        return 'pip install "auto-coder-nb[mcp]"'
+    if server.config.url is not None:
+        return f"check mcp.servers.{server.name}.url and .headers, and that the server runs"
+    return f"run the command of mcp.servers.{server.name} yourself and read what it says"
+
 
 def _mode_row(configured: str, effective: str, works: dict[str, bool], source: str) -> Row:
     """Which tool-calling mode this server and model need, against what llm.tool_calling makes of it."""
@@ -357,22 +424,8 @@ def _chat_advice(error: AutoCoderError) -> str:
     return "check the server's logs; the message above is what it said"
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:200]
-    error = data.get("error", data) if isinstance(data, dict) else data
-    message = error.get("message") if isinstance(error, dict) else error
-    return " ".join(str(message or "").split())[:200]
-
-
 def _is_ssl_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(link, ssl.SSLError) or "SSL" in str(link) for link in exception_chain(exc))
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:

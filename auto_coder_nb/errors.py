@@ -29,6 +29,10 @@ class ConnectionRefused(ConnectionFailed):
     """Nothing listens at the address: worth one quick retry (a server starting up), not four."""
 
 
+class HostNotFound(ConnectionFailed):
+    """The host name does not resolve (DNS): like a refused connection, one quick retry, not four."""
+
+
 class RequestTimeout(ProviderError):
     retryable = True
 
@@ -72,6 +76,10 @@ class ToolsNotSupported(BadRequest):
 
 class StreamError(ProviderError):
     """The stream broke or carried an error object."""
+
+
+class StreamCutOff(StreamError):
+    """The stream ended without finish_reason or [DONE]: what arrived may be only part of the answer."""
 
 
 class TLSError(ProviderError):

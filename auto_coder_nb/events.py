@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+from .images import Image
 from .providers.base import Usage
 
 
@@ -72,6 +73,7 @@ class ToolResult:
     name: str
     output: str  # exactly what the model receives
     is_error: bool = False
+    images: list[Image] = field(default_factory=list)  # images the tool produced, as fitted for the model
 
 
 @dataclass
@@ -88,8 +90,41 @@ class Notice:
 
 
 @dataclass
+class ContextUsage:
+    """How full the model's context window is: `used` tokens (reported by the server for the last request,
+    else estimated from the history) of `window` (agent.context_window)."""
+
+    used: int
+    window: int
+    estimated: bool = False
+
+    @property
+    def share(self) -> float:
+        return self.used / self.window if self.window else 0.0
+
+    def __str__(self) -> str:
+        approximately = "~" if self.estimated else ""
+        return f"context {approximately}{self.share:.0%} of {_thousands(self.window)}"
+
+
+def _thousands(tokens: int) -> str:
+    if tokens < 10000:
+        return str(tokens)
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else f"{round(tokens / 1000)}k"
+
+
+@dataclass
 class TurnDone:
-    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error"
+    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "cut_off", "busy"
+    context: ContextUsage | None = field(default=None, compare=False)  # how full the window is after the turn
+    # Calls of write/command tools this turn: refused (by the approval mode or the user) and allowed.
+    actions_refused: int = field(default=0, compare=False)
+    actions_allowed: int = field(default=0, compare=False)
+
+    @property
+    def all_actions_refused(self) -> bool:
+        """The model asked for changes or commands and none was allowed: nothing the user asked for was done."""
+        return self.actions_refused > 0 and self.actions_allowed == 0
 
 
 @dataclass
@@ -111,3 +146,9 @@ Event = (
     | TurnDone
     | ErrorEvent
 )
+
+
+def assert_never(event: NoReturn) -> NoReturn:
+    """The last `case _:` of a face's `match event:`. mypy reports a call that can be reached, so a new event
+    type that a face does not handle is a type error. (typing.assert_never is 3.11+; we support 3.10.)"""
+    raise AssertionError(f"unhandled event: {event!r}")

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .text import truncate
+
 # The helpers from tools.notebook are imported inside the functions: importing the tools package at
 # `%load_ext` time would double the load time (load must stay fast).
 
@@ -35,8 +37,6 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
     `cfg["key"]`). Anything else, a missing name or a lookup that fails, stays exactly as written,
     so code with dicts, f-strings and JSON passes through. Inserted values are never re-scanned.
     """
-
-    from .tools.notebook import truncate
 
     def replace(match: re.Match[str]) -> str:
         found, value = resolve_reference(match.group(1).strip(), namespace)
@@ -125,7 +125,7 @@ class KernelHistory:
 
     def record(self, result: Any) -> None:
         """The `post_run_cell(result)` callback: `result` is IPython's ExecutionResult."""
-        from .tools.notebook import safe_repr, truncate
+        from .tools.notebook import safe_repr
 
         info = getattr(result, "info", None)
         source = getattr(info, "raw_cell", "") or ""
@@ -188,7 +188,7 @@ def build_context(
 
     `--fix` sends the error itself, so it passes `include_error=False`.
     """
-    from .tools.notebook import describe_value, truncate, user_variables
+    from .tools.notebook import describe_value, user_variables
 
     if mode not in CONTEXT_MODES:
         raise ValueError(f"unknown context mode {mode!r}; expected one of {', '.join(CONTEXT_MODES)}")
@@ -216,8 +216,6 @@ def build_context(
 
 
 def _describe_cell(cell: CellRecord) -> str:
-    from .tools.notebook import truncate
-
     source = "\n".join("  " + line for line in truncate(cell.source.rstrip(), 600).splitlines())
     text = f"[{cell.execution_count if cell.execution_count is not None else '-'}]:\n{source}"
     if cell.output:
@@ -229,8 +227,6 @@ def _describe_cell(cell: CellRecord) -> str:
 
 def _fit(blocks: list[str], budget: int, what: str) -> str:
     """Join whole blocks until the budget is spent, then say how many were left out."""
-    from .tools.notebook import truncate
-
     kept: list[str] = []
     used = 0
     for block in blocks:
@@ -251,8 +247,6 @@ def compose_message(prompt: str, context: str) -> str:
 
 def fix_prompt(error: ErrorRecord, extra: str = "") -> str:
     """The request `--fix` sends: the failing cell and its traceback."""
-    from .tools.notebook import truncate
-
     request = extra.strip() or "Explain this error briefly, then give the corrected cell as one python code block."
     return (
         f"{request}\n\nThe cell that failed:\n```python\n{error.source.rstrip()}\n```\n\n"

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from contextlib import closing
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-from .agent import iterate_sync
-from .cli import EXIT_OK, TerminalView, ask_on_terminal
 from .config import redact_url
 from .errors import ProviderError
+from .history import ConversationStore, HistoryError
+from .images import Image, ImageError
 from .session import Session
+from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
 
 HELP = """\
 Type a request and press Enter. Alt+Enter (or Esc then Enter) starts a new line.
@@ -28,6 +28,10 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
+  /sessions       list the saved conversations, newest first
+  /resume [ID]    continue a saved conversation (default: the newest for this folder)
+  /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
+  /attach PATH    send a PNG/JPEG image with the next message (vision models); /attach alone lists them
   /quit, /exit    leave"""
 
 
@@ -52,14 +56,18 @@ def _prompt_session() -> PromptSession[str]:
     return PromptSession(history=history, key_bindings=bindings, multiline=False)
 
 
-def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
+def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: list[Image] | None = None) -> int:
+    """The chat loop; `attachments` (from --attach) go with the first message. The prompt shows how full the
+    context window is after each turn."""
     prompts = _prompt_session()
+    attachments = attachments if attachments is not None else []
+    context = ""
     llm = session.config.llm
     print(f"auto-coder: {llm.model} at {redact_url(llm.base_url)}, workspace {session.workspace.root}, "
           f"approval mode {session.policy.mode}. /help for commands.", file=sys.stderr)
     while True:
         try:
-            text = prompts.prompt("> ").strip()
+            text = prompts.prompt(f"[{context}] > " if context else "> ").strip()
         except KeyboardInterrupt:
             continue
         except EOFError:
@@ -67,25 +75,23 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop) -> int:
         if not text:
             continue
         if text.startswith("/"):
-            if run_command(session, text, loop) == "quit":
+            if run_command(session, text, loop, attachments) == "quit":
                 break
             continue
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
-        try:
-            with closing(iterate_sync(session.agent.run(text), loop)) as events:
-                for event in events:
-                    view.handle(event)
-        except KeyboardInterrupt:
-            view.finish_text()
+        if not drive_turn(session, text, loop, view, attachments):
             print("(stopped)", file=sys.stderr)
+        attachments.clear()
+        context = str(view.context or session.agent.context_usage())
     total = session.conversation.usage.total_tokens
     print(f"bye ({total} tokens this session)", file=sys.stderr)
     return EXIT_OK
 
 
-def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop) -> str | None:
-    """Run a slash command; returns "quit" to leave."""
-    name, _, _rest = line.partition(" ")
+def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
+                attachments: list[Image] | None = None) -> str | None:
+    """Run a slash command; returns "quit" to leave. `/attach` adds to `attachments`."""
+    name, _, rest = line.partition(" ")
     if name in ("/quit", "/exit"):
         return "quit"
     if name == "/help":
@@ -109,6 +115,41 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop) ->
                 print(("* " if model == session.config.llm.model else "  ") + model)
     elif name == "/undo":
         print(session.undo())
+    elif name in ("/sessions", "/resume", "/export"):
+        store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+        try:
+            if name == "/sessions":
+                print(store.listing())
+            elif name == "/resume":
+                print(session.resume(session.saved_here(rest.strip() or None, store)))
+            elif not rest.strip():
+                print("/export needs a file name: /export PATH (.md, .ipynb or .jsonl)", file=sys.stderr)
+            else:
+                print(session.export(rest.strip(), None, store))
+        except HistoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+    elif name == "/attach" and attachments is not None:
+        attach(session, rest.strip(), loop, attachments)
     else:
         print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
     return None
+
+
+def attach(session: Session, path: str, loop: asyncio.AbstractEventLoop, attachments: list[Image]) -> None:
+    """`/attach PATH`: check the image now (and that the model sees images), send it with the next message."""
+    if not path:
+        for image in attachments:
+            print(f"attached: {image.describe()}")
+        if not attachments:
+            print("Nothing attached. /attach PATH sends a PNG or JPEG with your next message.")
+        return
+    if not loop.run_until_complete(session.agent.sees_images()):
+        print(f"error: {session.agent.no_vision_message()}", file=sys.stderr)
+        return
+    try:
+        image = session.attach_file(path)
+    except ImageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return
+    attachments.append(image)
+    print(f"Attached {image.describe()}; it goes with your next message.")

@@ -7,18 +7,34 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config, load_object
+from .config import Config, load_object, redact_url
 from .errors import ConfigError
+from .history import (
+    ConversationStore,
+    HistoryError,
+    Recorder,
+    SavedConversation,
+    read_records,
+    rebuild,
+    records_of,
+)
+from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
+from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
+
+if TYPE_CHECKING:  # the MCP client (and its SDK) is imported only when servers are configured
+    from .tools.mcp_client import McpServers
 
 DEFAULT_SYSTEM_PROMPT = """\
 You are auto-coder, a coding assistant working in the user's project at {root} ({os}).
@@ -38,6 +54,10 @@ class Session:
     conversation: Conversation
     policy: ApprovalPolicy
     agent: Agent
+    instructions: ProjectInstructions
+    notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
+    recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
+    mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
 
     @classmethod
     def create(
@@ -46,10 +66,18 @@ class Session:
         working_dir: str | os.PathLike[str] | None = None,
         extra_tools: Iterable[ToolDefinition] = (),
         provider: LLMProvider | None = None,
+        instructions_from: str | os.PathLike[str] | None = None,
+        notebook: str | os.PathLike[str] | None = None,
     ) -> Session:
+        """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
+        project instructions ends; default the workspace root."""
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
-        tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
+        def secrets() -> list[str]:
+            return session.secret_values()  # the session's config at the time: apply_config may replace it
+
+        tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout,
+                                                   secrets=secrets))
         for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
         if provider is None:
@@ -57,14 +85,69 @@ class Session:
 
             provider = OpenAICompatibleProvider(config)
         template = config.agent.system_prompt or DEFAULT_SYSTEM_PROMPT
-        conversation = Conversation(template.replace("{root}", str(workspace.root)).replace("{os}", platform.system()))
+        instructions = load_instructions(Path(instructions_from or workspace.root).expanduser(), workspace.root,
+                                         config.agent.instructions_files)
+        prompt = template.replace("{root}", str(workspace.root)).replace("{os}", platform.system())
+        if instructions.text:
+            prompt += "\n\n" + instructions.text
+        conversation = Conversation(prompt, max_images=config.agent.max_images)
         policy = ApprovalPolicy(config.agent.approval_mode)
-        agent = Agent(provider, tools, conversation, policy, config.agent, workspace)
-        return cls(config, provider, tools, workspace, conversation, policy, agent)
+        agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
+        session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
+                      Path(notebook).expanduser().resolve() if notebook else None)
+        agent.secrets = secrets
+        session._keep_history(config.history.enabled)
+        if config.history.enabled:
+            _remove_old_conversations(ConversationStore(), config.history.retention_days)
+        session.mcp = start_mcp_servers(config, tools, workspace.root)
+        return session
+
+    def secret_values(self) -> list[str]:
+        """Every secret this session holds (configuration, basic credentials, fetched tokens): what `text.scrub`
+        hides in tool results, errors, summaries and outputs."""
+        from .auth import secret_values  # auth imports httpx; importing session stays light
+
+        return secret_values(self.config)
+
+    def describe(self) -> dict[str, str | None]:
+        """Where and with what this session talks, as saved with its conversations (no credentials)."""
+        return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
+                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+
+    def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
+        """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or
+        of this working folder. Raises HistoryError."""
+        if self.notebook is not None:
+            return store.choose(conversation_id, notebook=self.notebook)
+        return store.choose(conversation_id, working_dir=self.workspace.root)
+
+    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
+        """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
+        session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
+            records = read_records(self.saved_here(conversation_id, store).path)
+        elif self.recorder is not None and self.recorder.path is not None:
+            records = read_records(self.recorder.path)
+        else:  # not saved (history.enabled is false): the history in memory
+            records = records_of(self.conversation, self.describe(), self.secret_values())
+        return transcript.export(records, Path(target))
+
+    def resume(self, saved: SavedConversation) -> str:
+        """Continue a saved conversation: its history and correlation id; what follows is saved with it.
+        Returns the sentence to show. Raises HistoryError if its file cannot be read."""
+        if self.agent.busy:
+            raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
+        if self.recorder is not None:
+            self.recorder.resume(saved)
+        else:
+            self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+        count = sum(1 for m in self.conversation.messages if m["role"] == "user")
+        return f"Resumed conversation {saved.id} ({count} earlier prompts, {saved.notebook or saved.working_dir})."
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
-        the endpoint, model or authentication changed; the approval mode and the agent's limits. True if any did.
+        the endpoint, model or authentication changed; the MCP servers restarted when theirs did; the approval
+        mode and the agent's limits. True if any did.
         (The workspace root and command timeout stay: the tools are bound to them.)"""
         changed = False
         if (config.llm, config.auth) != (self.config.llm, self.config.auth):
@@ -72,15 +155,41 @@ class Session:
 
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
+            self.agent.vision = config.llm.vision
             changed = True
-        for name in ("approval_mode", "max_iterations", "context_window"):
+        if config.mcp != self.config.mcp:
+            self.close_mcp_servers()
+            self.mcp = start_mcp_servers(config, self.tools, self.workspace.root)
+            self.config.mcp = config.mcp
+            changed = True
+        if config.agent.max_images != self.conversation.max_images:
+            self.conversation.max_images = config.agent.max_images
+            changed = True
+        for name in ("approval_mode", "max_iterations", "context_window", "image_max_side"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True
                 if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
                     self.policy.mode = config.agent.approval_mode
+        if config.history.enabled != self.config.history.enabled:
+            self._keep_history(config.history.enabled)
+            changed = True
+        self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
+        self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
+
+    def _keep_history(self, enabled: bool) -> None:
+        """Start or stop saving this session's conversation (history.enabled)."""
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder = None
+        if enabled:  # turned on mid-conversation: saving starts with the next conversation (a part would not resume)
+            begun = any(m["role"] == "user" for m in self.conversation.messages)
+            self.recorder = Recorder(ConversationStore(), self.conversation, self.describe, self.secret_values,
+                                     paused=begun)
+        self.agent.observer = self.recorder
+        self.conversation.observer = self.recorder
 
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""
@@ -98,8 +207,58 @@ class Session:
     def undo(self) -> str:
         return self.workspace.undo()
 
+    def attach(self, name: str, namespace: Mapping[str, Any] | None = None,
+               last_output: str | bytes | None = None) -> Image:
+        """An image for `--attach NAME` and the panel's attach control: `last` (`last_output`, the notebook's last
+        image output), a variable of `namespace` (a matplotlib Figure, a PIL image, an IPython Image), else a
+        PNG/JPEG file (see `attach_file`). Raises ImageError saying why one is refused."""
+        max_side = self.agent.config.image_max_side
+        if name == "last":
+            if last_output is None:
+                raise ImageError("last: there is no image output in this notebook yet (since auto-coder was loaded)")
+            return fit_image(decode_output(last_output), "last image output", max_side)
+        if namespace is not None and name.isidentifier() and name in namespace:
+            return image_from_object(namespace[name], name, max_side)
+        return self.attach_file(name)
+
+    def attach_file(self, path: str) -> Image:
+        """An image file to send with the next message (relative to the workspace root; the user chose it, so
+        it may be anywhere), fitted to agent.image_max_side. ImageError says why one is refused."""
+        target = Path(path).expanduser()
+        return read_image_file(target if target.is_absolute() else self.workspace.root / target,
+                               self.agent.config.image_max_side, source=path)
+
     async def aclose(self) -> None:
         await self.provider.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
+
+    def close_mcp_servers(self) -> None:
+        """Stop the session's MCP servers (their tools leave the registry); from synchronous code."""
+        if self.mcp is not None:
+            self.mcp.close()
+            self.mcp = None
+
+
+def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
+    """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
+    if not config.mcp.servers:
+        return None
+    from .tools.mcp_client import McpServers
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root)
+    servers.start()
+    return servers
+
+
+_cleaned: set[Path] = set()
+
+
+def _remove_old_conversations(store: ConversationStore, days: int) -> None:
+    """Retention, once per process and folder (kernels and the REPL make sessions more than once)."""
+    if store.folder not in _cleaned:
+        _cleaned.add(store.folder)
+        store.remove_older_than(days)
 
 
 def configured_tools(config: Config) -> list[ToolDefinition]:

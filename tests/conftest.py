@@ -34,6 +34,15 @@ def _without_the_users_settings() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Saved conversations go to a fresh folder per test (AUTO_CODER_DATA_DIR, also seen by the processes and
+    kernels a test starts), never into the real home."""
+    folder = tmp_path_factory.mktemp("auto-coder-data")
+    monkeypatch.setenv("AUTO_CODER_DATA_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def clean_env() -> dict[str, str]:
     """A copy of the (settings-free) environment, for a subprocess to get exactly what a test adds."""

@@ -381,3 +381,28 @@ def test_a_dropped_stream_keeps_what_the_user_saw(server: FakeLLMServer) -> None
                                                      "content": f"{shown}\n[the request failed]"}
     h.turn("try again")
     assert_strictly_valid(h.last_messages)
+
+
+def test_an_answer_cut_off_mid_stream_is_an_error_and_marked_in_the_history(server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("The fix is to change", chunks=3, cut_off=True), reply.text("ok"))
+    h = Harness(server)
+    events = h.turn("fix it")
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(errors) == 1 and "cut off" in errors[0].message
+    assert isinstance(events[-1], TurnDone) and events[-1].reason == "cut_off"
+    last = h.conversation.messages[-1]
+    assert last["role"] == "assistant"
+    assert last["content"].startswith("The fix is to change") and "[the answer was cut off here" in last["content"]
+    h.turn("go on")  # the next request carries the marked answer, so the model knows it was cut
+    assert "[the answer was cut off here" in h.last_messages[-2]["content"]
+
+
+def test_tool_calls_of_a_cut_off_answer_are_not_run(server: FakeLLMServer) -> None:
+    server.enqueue(reply.chunks([{"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"key": "a"}'}}]},
+        "finish_reason": None}]}], done=False))
+    h = Harness(server)
+    events = h.turn("look a up")
+    assert h.calls == [] and not tool_results(events)
+    assert isinstance(events[-1], TurnDone) and events[-1].reason == "cut_off"
+    assert_strictly_valid(h.conversation.messages)

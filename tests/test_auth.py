@@ -202,7 +202,8 @@ def test_get_sso_token_and_is_sso_enabled(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_sso_without_token_or_device_settings_says_what_to_set(tmp_path: Path, fake_server: FakeLLMServer) -> None:
     config = make_config(tmp_path, {"llm.base_url": fake_server.base_url}, {"USE_SSO": "true"})
-    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(AuthenticationFailed) as raised:
+    # A missing setting is a configuration error (exit code 2), not a refusal by a server.
+    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(ConfigError) as raised:
         client.get(fake_server.base_url + "/models")
     assert "SSO_TOKEN" in str(raised.value) and "auth.device_authorization_url" in str(raised.value)
     assert fake_server.requests == []
@@ -224,7 +225,7 @@ def test_server_side_refresh_sends_basic_credentials(tmp_path: Path, fake_server
 def test_server_side_refresh_without_credentials_is_a_readable_error(tmp_path: Path,
                                                                      fake_server: FakeLLMServer) -> None:
     config = make_config(tmp_path, {"llm.base_url": fake_server.base_url}, {"SERVER_SIDE_TOKEN_REFRESH": "1"})
-    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(AuthenticationFailed) as raised:
+    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(ConfigError) as raised:
         client.get(fake_server.base_url + "/models")
     assert "AUTO_CODER_CLIENT_SECRET" in str(raised.value)
 

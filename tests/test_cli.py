@@ -63,7 +63,7 @@ def test_without_a_terminal_approvals_are_refused_and_the_model_told(
 ) -> None:
     server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
     result = run(["make new.txt"], env, workspace)
-    assert result.returncode == 0
+    assert result.returncode == 3  # every action refused: nothing the user asked for was done
     assert not (workspace / "new.txt").exists()
     told = server.chat_requests[1].json["messages"][-1]["content"]
     assert "--approval-mode" in told
@@ -212,5 +212,79 @@ def test_repl_ctrl_c_at_an_approval_prompt_stops_the_turn_cleanly(
     messages = server.chat_requests[-1].json["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
     assert messages[3]["content"].startswith("interrupted")
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+
+
+def test_an_answer_cut_off_mid_stream_exits_non_zero(server: FakeLLMServer, env: dict[str, str],
+                                                     workspace: Path) -> None:
+    server.enqueue(reply.text("Half an ans", chunks=2, cut_off=True))
+    result = run(["explain"], env, workspace)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Half an ans")
+    assert "was cut off" in result.stderr
+
+
+@pytest.mark.parametrize(("setting", "says"), [("USE_SSO", "SSO_TOKEN"),
+                                               ("SERVER_SIDE_TOKEN_REFRESH", "AUTO_CODER_CLIENT_SECRET")])
+def test_missing_sso_token_or_client_credentials_is_a_configuration_error(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path, setting: str, says: str
+) -> None:
+    result = run(["hi"], env | {setting: "true"}, workspace)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert server.chat_requests == []
+
+
+def test_a_read_alongside_refused_actions_still_exits_3_but_an_allowed_action_exits_0(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_calls([{"name": "read_file", "arguments": {"path": "notes.txt"}},
+                                     {"name": "run_command", "arguments": {"command": "touch made"}}]),
+                   reply.text("could not"))
+    assert run(["touch made"], env, workspace).returncode == 3
+    server.enqueue(reply.tool_call("run_command", {"command": "touch made"}), reply.text("done"))
+    assert run(["touch made", "--approval-mode", "full-auto"], env, workspace).returncode == 0
+    assert (workspace / "made").exists()
+
+
+def test_repl_end_of_input_at_an_approval_prompt_is_a_refusal(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    server.enqueue(reply.tool_call("write_file", {"path": "x.txt", "content": "x"}), reply.text("Left it alone."),
+                   reply.text("next works"))
+    child = spawn_repl(env, workspace)
+    child.sendline("write x.txt")
+    child.expect(r"Allow write_file\?")
+    child.sendeof()  # Ctrl-D at input()
+    child.expect("Left it alone.")
+    child.expect("> ")
+    assert not (workspace / "x.txt").exists()
+    tool_message = server.chat_requests[1].json["messages"][-1]
+    assert tool_message["role"] == "tool" and "denied" in tool_message["content"]
+    child.sendline("and now?")
+    child.expect("next works")
+    child.expect("> ")
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_repl_approval_preview_shows_control_characters_escaped(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    # \r and an erase-line escape would otherwise print "echo safe" over the real command.
+    server.enqueue(reply.tool_call("run_command", {"command": "touch pwned\r\x1b[2Kecho safe"}), reply.text("ok"))
+    child = spawn_repl(env, workspace)
+    child.sendline("run it")
+    child.expect(r"Allow run_command\?")
+    assert "touch pwned\\r\\x1b[2Kecho safe" in child.before
+    assert "\x1b[2K" not in child.before
+    child.sendline("n")
+    child.expect("Reason")
+    child.sendline("")
+    child.expect("> ")
+    assert not (workspace / "pwned").exists()
     child.send("\x04")
     child.expect(pexpect.EOF)

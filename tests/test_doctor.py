@@ -250,3 +250,31 @@ def test_cli_exit_codes_and_masked_output(tmp_path: Path, fake_server: FakeLLMSe
     assert "authentication        FAIL" in failed.stdout
     everything = passed.stdout + passed.stderr + failed.stdout + failed.stderr
     assert API_KEY not in everything and "sk-wrong-key-0000" not in everything
+
+
+def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
+    tmp_path: Path, fake_server: FakeLLMServer
+) -> None:
+    from auto_coder_nb.providers import capabilities
+
+    capabilities._known.clear()
+    (tmp_path / "AGENTS.md").write_text("be brief\n")
+    fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
+    script_good_model(fake_server)
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url, **{"agent.working_dir": str(tmp_path)}))
+    assert ok and lines[-1] == "All 7 checks passed."
+    assert any(line.startswith("  vision ") and "server reports vision" in line and "images are sent" in line
+               for line in lines)
+    assert any(line.startswith("  instructions ") and "AGENTS.md (9 bytes)" in line for line in lines)
+    script_good_model(fake_server)
+    _, lines = doctor(make_config(tmp_path, fake_server.base_url, env={"AUTO_CODER_VISION": "false"},
+                                  **{"agent.instructions_files": []}))
+    assert any("llm.vision is false: images are not sent" in line for line in lines)
+    assert any("turned off (agent.instructions_files is [])" in line for line in lines)
+
+
+def test_every_step_passes_against_the_test_server_without_scripting(tmp_path: Path,
+                                                                      fake_server: FakeLLMServer) -> None:
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert results(lines) == dict.fromkeys(STEPS, "PASS"), "\n".join(lines)
+    assert ok and "the model called get_current_time" in row(lines, "tool call")

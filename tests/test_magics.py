@@ -93,7 +93,11 @@ class Kernel:
                 interrupt_when = None
                 self.manager.interrupt_kernel()
             idle = message["msg_type"] == "status" and message["content"]["execution_state"] == "idle"
+        # Skip stale replies: under load wait_for_ready() sends several kernel_info requests, and their
+        # extra replies would otherwise be taken for this execution's.
         run.reply = client.get_shell_msg(timeout=timeout)
+        while run.reply["parent_header"].get("msg_id") != msg_id:
+            run.reply = client.get_shell_msg(timeout=timeout)
         assert not pending, f"input() was asked fewer times than expected: {pending} left"
         return run
 
@@ -200,7 +204,7 @@ def test_fix_sends_the_error_and_inserts_the_fixed_cell(kernel: Kernel, server: 
     assert failed.reply["content"]["status"] == "error"
     server.enqueue(reply.text("Division by zero.\n\n```python\ndef ratio(a, b):\n    return a / b if b else 0.0\n"
                               "ratio(1, 0)\n```\n"))
-    run = kernel.execute("%autocoder --fix --insert")
+    run = kernel.execute("%autocoder --fix --insert", answers=[])  # a frontend with stdin, like JupyterLab
     sent = last_user_message(server)
     assert "ZeroDivisionError" in sent and "def ratio(a, b):" in sent and "ratio(1, 0)" in sent
     next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
@@ -211,11 +215,20 @@ def test_fix_sends_the_error_and_inserts_the_fixed_cell(kernel: Kernel, server: 
 def test_insert_joins_several_code_blocks_into_one_new_cell(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.text("First:\n```python\na = 1\n```\nShell, not inserted:\n```bash\nls\n```\n"
                               "Then:\n```\nb = a + 1\n```\n"))
-    run = kernel.execute("%autocoder --insert --context none two steps")
+    run = kernel.execute("%autocoder --insert --context none two steps", answers=[])  # a frontend with stdin
     next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
     assert len(next_inputs) == 1
     assert next_inputs[0]["text"] == "a = 1\n\nb = a + 1"
     assert "Inserted 2 code block(s)" in run.stdout
+
+
+def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, server: FakeLLMServer) -> None:
+    # No stdin, as under nbclient or papermill: nothing applies a set_next_input payload.
+    server.enqueue(reply.text("Here:\n```python\nc = 3\n```\n"))
+    run = kernel.execute("%autocoder --insert --context none one step")
+    assert "Inserted" not in run.stdout
+    assert "No frontend takes new cells" in run.stdout and run.stdout.rstrip().endswith("c = 3")
+    assert [p for p in run.payloads if p["source"] == "set_next_input"] == []
 
 
 def test_run_code_approved_through_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
@@ -381,13 +394,15 @@ def test_open_notebook_is_the_root_and_changes_only_through_new_cells(server: Fa
         server.enqueue(
             reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "replace", "index": 0,
                                               "source": "x = 2"}),
+            reply.tool_call("write_file", {"path": "analysis.ipynb", "content": "{}"}),
+            reply.tool_call("edit_file", {"path": "analysis.ipynb", "old_string": "x = 1", "new_string": "x = 2"}),
             reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "insert", "source": "x = 2"}),
             reply.text("Added a cell."),
         )
         run = running.execute("%autocoder --approval-mode full-auto --context none set x to 2")
         results = [m["content"] for m in server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
-        assert "open in the user's editor" in results[0]
-        assert "below the current cell" in results[1]
+        assert all("open in the user's editor" in result for result in results[:3]), results
+        assert "below the current cell" in results[3]
         assert [p for p in run.payloads if p["source"] == "set_next_input"] == [
             {"source": "set_next_input", "text": "x = 2", "replace": False}]
         assert notebook_path.read_bytes() == original
@@ -481,3 +496,53 @@ def test_the_panel_also_follows_changed_settings(kernel: Kernel, server: FakeLLM
         assert len(other.chat_requests) == 1
     kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}\n%autocoder --context none back")
     assert last_user_message(server) == "back"
+
+
+def test_end_of_input_at_an_approval_is_a_refusal_and_the_session_stays_usable(kernel: Kernel,
+                                                                               server: FakeLLMServer) -> None:
+    # Ctrl-D at input() in terminal IPython; ipykernel raises EOFError for the same "\x04" answer.
+    server.enqueue(reply.tool_call("run_code", {"code": "eof_variable = 1"}), reply.text("Not run, then."))
+    run = kernel.execute("%autocoder --context none try it", answers=["\x04"])
+    assert run.reply["content"]["status"] == "ok", run.reply["content"]
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["role"] == "tool" and "denied" in tool_result["content"]
+    assert kernel.execute("print('eof_variable' in globals())").stdout == "False\n"
+    server.enqueue(reply.text("Still here."))
+    after = kernel.execute("%autocoder --context none are you free?")
+    assert "Still here." in after.shown_text and "still running" not in after.shown_text
+
+
+def test_a_magic_refused_as_busy_does_not_disturb_the_running_turn(kernel: Kernel, server: FakeLLMServer) -> None:
+    # The running turn's run_code starts a second request (with other options); it is refused as busy, and the
+    # first turn's next run_code still runs, with the first turn's model.
+    nested = "%autocoder --model other-model --approval-mode read-only --context none nested question"
+    server.enqueue(reply.tool_call("run_code", {"code": nested}),
+                   reply.tool_call("run_code", {"code": "print(6 * 7)"}), reply.text("Both done."))
+    before = len(server.chat_requests)
+    run = kernel.execute("%autocoder --approval-mode full-auto --context none go")
+    assert run.reply["content"]["status"] == "ok"
+    requests = server.chat_requests[before:]
+    assert len(requests) == 3 and {r.json["model"] for r in requests} == {"fake-model"}
+    assert "still running" in run.shown_text  # the nested request's own output says it was refused
+    last_result = [m["content"] for m in requests[-1].json["messages"] if m["role"] == "tool"][-1]
+    assert "42" in last_result and "Error" not in last_result
+    assert "Both done." in run.shown_text
+
+
+def test_per_request_options_apply_to_that_request_only(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.text("From the other model."))
+    kernel.execute("%autocoder --model other-model --context none which model?")
+    assert server.chat_requests[-1].json["model"] == "other-model"
+    state = kernel.execute("from auto_coder_nb.magics import get_session\ns = get_session()\n"
+                           "print(s.provider.model, s.policy.mode)")
+    assert state.stdout.split() == ["fake-model", "ask"]
+    kernel.execute("%autocoder --context none and now?")
+    assert server.chat_requests[-1].json["model"] == "fake-model"
+
+
+def test_approval_preview_shows_control_characters_escaped(kernel: Kernel, server: FakeLLMServer) -> None:
+    command = "echo safe\r\x1b[2Krm -rf data #\u202e"
+    server.enqueue(reply.tool_call("run_command", {"command": command}), reply.text("Refused."))
+    run = kernel.execute("%autocoder --context none clean up")  # no stdin: shown, then refused
+    assert "echo safe\\r\\x1b[2Krm -rf data #\\u202e" in run.shown_text
+    assert "\x1b" not in run.shown_text and "\u202e" not in run.shown_text and "\r" not in run.shown_text

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image as PILImage
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -67,6 +68,7 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
     root.mkdir()
     home.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    PILImage.new("RGB", (120, 80), "teal").save(root / "chart.png")  # for the attach control
     # Render every cell (no windowing), so widgets below the fold exist in the page; no kernel dialog.
     tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True)
@@ -86,6 +88,7 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
         "AUTO_CODER_BASE_URL": llm.base_url,
         "AUTO_CODER_MODEL": "fake-model",
         "AUTO_CODER_APPROVAL_MODE": "ask",
+        "AUTO_CODER_VISION": "true",
     }
     env.pop("AUTO_CODER_API_KEY", None)
     env.pop("OPENAI_API_KEY", None)
@@ -194,6 +197,28 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert "chat_panel.ipynb" in card.inner_text()  # the result summary
     p.wait_for_selector(".autocoder-state-idle")
     shot("02-answer-and-tool-card")
+
+    # Images for a vision model: an attached file and run_code's plot show as thumbnails and reach the model.
+    p.locator(".autocoder-attach-name input").fill("chart.png")
+    p.locator("button.autocoder-attach").click()
+    p.wait_for_selector(".autocoder-attachments img.autocoder-thumb")
+    llm.enqueue(reply.tool_call("run_code", {"code": "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])"}),
+                reply.text("A tiny chart and a line plot."))
+    send("What do these show?")
+    p.wait_for_selector("button.autocoder-approve")
+    p.locator("button.autocoder-approve").click()
+    p.wait_for_selector(".autocoder-assistant:has-text('A tiny chart and a line plot.')")
+    thumbs = ".autocoder-user img.autocoder-thumb, .autocoder-thumbs img.autocoder-thumb"
+    p.wait_for_function(f"document.querySelectorAll({thumbs!r}).length === 2")
+    decoded = p.eval_on_selector_all(thumbs, "images => images.map(i => i.complete && i.naturalWidth > 0)")
+    assert decoded == [True, True], decoded  # both data URLs are real images in the browser
+    assert p.locator(".autocoder-attachments img").count() == 0  # sent with that message, then cleared
+    messages = llm.requests[-1].json["messages"]
+    sent_images = [part for m in messages if isinstance(m["content"], list) for part in m["content"]
+                   if part["type"] == "image_url"]
+    assert len(sent_images) == 2 and messages[-1]["role"] == "user"  # the attachment, then the plot
+    assert p.inner_text(".autocoder-context").startswith("context ")
+    shot("02b-images")
 
     # A write asks first: the card shows the diff; Approve writes the file.
     llm.enqueue(reply.tool_call("write_file", {"path": "hello.txt", "content": "Hello from the panel\n"}),

@@ -23,14 +23,16 @@ from auto_coder_nb.errors import (
     ConnectionRefused,
     ContextOverflow,
     EndpointNotFound,
+    HostNotFound,
     ModelNotFound,
     ProviderError,
     RateLimited,
     RequestTimeout,
     ServerError,
+    StreamCutOff,
     StreamError,
 )
-from auto_coder_nb.providers.base import Completion, ReasoningChunk, TextChunk, ToolDefinition
+from auto_coder_nb.providers.base import Completion, ReasoningChunk, Retrying, TextChunk, ToolDefinition
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -315,7 +317,8 @@ def test_event_split_across_reads_at_every_position(fake_server: FakeLLMServer) 
 
 
 def test_multi_line_data_is_joined(fake_server: FakeLLMServer) -> None:
-    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,\ndata: "delta":{"content":"two lines"}}]}\n\n']))
+    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"finish_reason":"stop",\n'
+                                       'data: "delta":{"content":"two lines"}}]}\n\n']))
     assert chat(make_provider(fake_server))[1].content == "two lines"
 
 
@@ -326,7 +329,8 @@ def test_stream_without_done(fake_server: FakeLLMServer) -> None:
 
 
 def test_last_event_without_blank_line(fake_server: FakeLLMServer) -> None:
-    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"delta":{"content":"end"}}]}']))
+    fake_server.enqueue(reply.raw_sse(['data: {"choices":[{"index":0,"delta":{"content":"end"},'
+                                       '"finish_reason":"stop"}]}']))
     assert chat(make_provider(fake_server))[1].content == "end"
 
 
@@ -408,10 +412,10 @@ def test_retries_429_and_5xx_honouring_retry_after(fake_server: FakeLLMServer) -
         reply.error(408, "timeout"),
         reply.text("finally"),
     )
-    notices: list[str] = []
-    provider = make_provider(fake_server, on_retry=notices.append)
-    assert chat(provider)[1].content == "finally"
+    streamed, completion = chat(make_provider(fake_server))
+    assert completion.content == "finally"
     assert len(fake_server.requests) == 5
+    notices = [event.message for event in streamed if isinstance(event, Retrying)]
     assert notices[0] == "rate limited (429), retrying in 0.0 s (1/4)"
     assert notices[1] == "server error (503), retrying in 0.0 s (2/4)"
     assert len(notices) == 4
@@ -425,15 +429,19 @@ def test_gives_up_after_four_retries(fake_server: FakeLLMServer) -> None:
 
 
 def test_retry_after_is_capped_at_sixty_seconds(fake_server: FakeLLMServer) -> None:
-    class Stop(Exception):
-        pass
-
-    def on_retry(message: str) -> None:
-        raise Stop(message)
+    async def first_retry_notice() -> str:
+        provider = make_provider(fake_server)
+        answer = provider.chat(MESSAGES)
+        try:
+            event = await anext(answer)  # told before the wait, which is not waited for here
+        finally:
+            await answer.aclose()
+            await provider.aclose()
+        assert isinstance(event, Retrying)
+        return event.message
 
     fake_server.enqueue(reply.error(503, "busy", headers={"retry-after": "3600"}))
-    with pytest.raises(Stop, match=r"retrying in 60\.0 s"):
-        chat(make_provider(fake_server, on_retry=on_retry))
+    assert "retrying in 60.0 s" in asyncio.run(first_retry_notice())
 
 
 def test_backoff_grows_exponentially_with_jitter(fake_server: FakeLLMServer) -> None:
@@ -495,9 +503,15 @@ def test_connection_refused_names_the_url_and_is_retried_once() -> None:
     config.llm.base_url = f"http://127.0.0.1:{free_port()}/v1"
     config.sources["llm.base_url"] = "flag --base-url"
     retries: list[str] = []
-    provider = OpenAICompatibleProvider(config, retry_base_delay=0.0, on_retry=retries.append)
+
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                retries.append(event.message)
+
     with pytest.raises(ConnectionRefused) as caught:
-        asyncio.run(collect(provider))
+        asyncio.run(run())
     message = str(caught.value)
     assert config.llm.base_url in message and "refused" in message
     assert "from flag --base-url" in message and "--doctor" in message
@@ -647,3 +661,96 @@ def test_stopping_mid_stream_leaves_the_provider_usable(fake_server: FakeLLMServ
         return (await collect(provider))[1].content
 
     assert asyncio.run(run()) == "You said: hi"
+
+
+# -- hostile streams: huge events, keep-alives forever, answers cut off ----------------------------
+
+
+@pytest.mark.timeout(120)
+def test_an_event_beyond_the_size_cap_ends_with_a_clear_error(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.raw_sse(["data: {\"choices\":[{\"delta\":{\"content\":\"" + "x" * (20 * 1024 * 1024)]))
+    with pytest.raises(StreamError, match="cannot be read: one event of the stream is larger than 16 MiB"):
+        chat(make_provider(fake_server))
+
+
+def test_a_json_body_beyond_the_size_cap_ends_with_a_clear_error(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.json_body(reply.completion("y" * (17 * 1024 * 1024))))
+    with pytest.raises(StreamError, match="larger than 16 MiB"):
+        chat(make_provider(fake_server))
+
+
+def test_only_keep_alives_for_llm_timeout_end_the_stream(fake_server: FakeLLMServer) -> None:
+    # 40 keep-alives 0.25 s apart outlast the 1 s limit however slow the machine is.
+    fake_server.enqueue(reply.raw_sse([": keep-alive\n\n"] * 40, delay=0.25))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 1.0
+    with pytest.raises(RequestTimeout, match=r"nothing but keep-alives or empty deltas for 1 s \(llm.timeout\)"):
+        chat(provider)
+    assert len(fake_server.chat_requests) == 1  # the user already waited: no retry
+
+
+def test_only_empty_deltas_for_llm_timeout_end_the_stream(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.chunks([chunk({"content": "started"})] + [chunk({"content": ""})] * 40, delay=0.25))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 1.0
+    with pytest.raises(RequestTimeout, match="llm.timeout"):
+        chat(provider)
+
+
+def test_slow_but_steady_text_is_not_a_stall(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("one two three four five six", chunks=6, delay=0.3))
+    provider = make_provider(fake_server)
+    provider.config.llm.timeout = 5.0
+    assert chat(provider)[1].content == "one two three four five six"
+
+
+def test_a_stream_without_finish_reason_or_done_is_cut_off(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.text("The first half of", chunks=3, cut_off=True))
+    with pytest.raises(StreamCutOff, match="was cut off"):
+        chat(make_provider(fake_server))
+
+
+def test_done_without_finish_reason_is_complete(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.chunks([chunk({"content": "whole"})]))
+    assert chat(make_provider(fake_server))[1].content == "whole"
+
+
+def test_a_host_name_that_does_not_resolve_is_retried_once_like_a_refused_connection() -> None:
+    config = Config()
+    config.llm.base_url = "http://no-such-host.invalid/v1"  # .invalid never resolves (RFC 6761)
+    retries: list[str] = []
+
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                retries.append(event.message)
+
+    with pytest.raises(HostNotFound) as caught:
+        asyncio.run(run())
+    assert "no-such-host.invalid was not found" in str(caught.value)
+    assert retries == ["host not found, retrying in 0.0 s (1/1)"]
+
+
+def test_a_server_message_ending_in_a_period_is_not_followed_by_a_second_one(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.error(401, "Incorrect API key provided."),
+                        reply.chunks([{"error": {"message": "Upstream failed."}}]))
+    with pytest.raises(AuthenticationFailed) as refused:
+        chat(make_provider(fake_server))
+    with pytest.raises(StreamError) as broke:
+        chat(make_provider(fake_server))
+    assert "provided. Check llm.api_key" in str(refused.value)
+    assert ".." not in str(refused.value) + str(broke.value)
+
+
+def test_a_401_when_no_key_was_sent_says_so(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.error(401, "Unauthorized"), reply.error(401, "Unauthorized"))
+    provider = make_provider(fake_server)
+    provider.config.llm.api_key = None
+    with pytest.raises(AuthenticationFailed) as without_key:
+        chat(provider)
+    with pytest.raises(AuthenticationFailed) as with_key:
+        chat(make_provider(fake_server))
+    assert "No API key or token was sent" in str(without_key.value) and "AUTO_CODER_API_KEY" in str(without_key.value)
+    assert "No API key" not in str(with_key.value)
+    assert "authorization" not in fake_server.chat_requests[0].headers

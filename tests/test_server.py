@@ -156,3 +156,14 @@ def test_runs_as_a_module_and_is_scripted_over_http() -> None:
     finally:
         process.terminate()
         assert process.wait(10) == 0
+
+
+def test_unscripted_request_asking_for_an_offered_tool_gets_that_call() -> None:
+    tool = {"type": "function", "function": {"name": "get_current_time", "parameters": {"type": "object"}}}
+    asking = {"messages": [{"role": "user", "content": "Call the get_current_time tool now."}]}
+    with FakeLLMServer() as server:
+        called = httpx.post(f"{server.base_url}/chat/completions", json={**asking, "tools": [tool], "stream": False})
+        not_offered = httpx.post(f"{server.base_url}/chat/completions", json={**asking, "stream": False})
+    call = called.json()["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_current_time"
+    assert not_offered.json()["choices"][0]["message"]["content"] == "You said: Call the get_current_time tool now."

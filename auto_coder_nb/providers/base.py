@@ -9,7 +9,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .capabilities import ModelCapabilities
 
 ToolKind = Literal["read", "write", "command"]
 
@@ -123,10 +126,17 @@ class LLMProvider(abc.ABC):
         tools: list[ToolDefinition] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        model: str | None = None,  # this request's model, when it is not `self.model`
     ) -> AsyncIterator[ProviderEvent]: ...
 
     @abc.abstractmethod
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]: ...
+
+    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+        """What the server says the model can do; unknown (None) unless a provider can ask."""
+        from .capabilities import ModelCapabilities
+
+        return ModelCapabilities()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

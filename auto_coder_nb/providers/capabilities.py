@@ -1,78 +1,87 @@
-"""What a model can do, from servers that say so up front: llama.cpp's `GET /props` and Ollama's
-`POST /api/show`. Other servers say nothing (every field None) and the request itself has to tell.
+"""What a server says its model can do, asked up front: llama.cpp's `GET /props`, Ollama's `POST /api/show`.
 
-One probe per base URL + model per process: the answer does not change while the server runs the model.
+One probe per base URL + model for the process; a server that answers neither (OpenAI, vLLM...) gives
+"unknown" (None) for everything, and the configuration decides.
 """
 
 from __future__ import annotations
 
-import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-PROBE_TIMEOUT = 5.0  # seconds; a server that does not answer quickly says nothing
+PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
 class ModelCapabilities:
-    """None means the server did not say. `source` names where the answer came from, for notices."""
+    """None: the server did not say. `source` names where the answer came from, for notices."""
 
     tools: bool | None = None  # native tool calling
-    vision: bool | None = None  # image input
+    vision: bool | None = None
     source: str = ""
 
 
 _known: dict[tuple[str, str], ModelCapabilities] = {}
 
 
+def server_root(base_url: str) -> str:
+    """`http://host:11434/v1` -> `http://host:11434`: the native endpoints live beside the OpenAI ones."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
 async def probe_capabilities(
     client: httpx.AsyncClient, base_url: str, model: str, *, headers: dict[str, str] | None = None
 ) -> ModelCapabilities:
-    """The capabilities of `model` at `base_url` (the OpenAI-style URL, usually ending in /v1), asked once.
-    Never raises: an unreachable or silent server gives `ModelCapabilities()`."""
+    """The model's capabilities as the server reports them, cached per base URL + model. Never raises: a
+    server that cannot be asked gives ModelCapabilities() (and is asked again next time)."""
     key = (base_url.rstrip("/"), model)
-    if key not in _known:
-        root = server_root(base_url)
-        found = await _llama_cpp(client, root, model, headers) or await _ollama(client, root, model, headers)
-        _known[key] = found or ModelCapabilities()
+    if key in _known:
+        return _known[key]
+    root = server_root(base_url)
+    try:
+        found = await _llama_cpp(client, root, headers) or await _ollama(client, root, model, headers)
+    except (httpx.HTTPError, httpx.InvalidURL):
+        return ModelCapabilities()
+    _known[key] = found or ModelCapabilities()
     return _known[key]
 
 
-def server_root(base_url: str) -> str:
-    """The server's own address: the base URL without its OpenAI-style /v1 suffix."""
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
-async def _get_json(client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str] | None,
-                    **kwargs: Any) -> Any:
-    try:
-        response = await asyncio.wait_for(client.request(method, url, headers=headers, **kwargs), PROBE_TIMEOUT)
-        return response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, asyncio.TimeoutError, ValueError):
+async def _llama_cpp(client: httpx.AsyncClient, root: str, headers: dict[str, str] | None) -> ModelCapabilities | None:
+    props = await _json(client.get(f"{root}/props", headers=headers, timeout=PROBE_TIMEOUT))
+    if not isinstance(props, dict) or not ("modalities" in props or "chat_template_caps" in props):
         return None
-
-
-async def _llama_cpp(client: httpx.AsyncClient, root: str, model: str,
-                     headers: dict[str, str] | None) -> ModelCapabilities | None:
-    # `model` matters only to llama-server's router mode (several models); a single-model server ignores it.
-    props = await _get_json(client, "GET", f"{root}/props", headers, params={"model": model})
-    if not isinstance(props, dict) or not isinstance(props.get("chat_template_caps"), dict):
-        return None
-    caps = props["chat_template_caps"]
-    # The template must both take tool definitions and render tool calls; else the model only talks about them.
-    tools = bool(caps.get("supports_tools")) and bool(caps.get("supports_tool_calls", True))
-    modalities = props.get("modalities")
+    modalities, template = props.get("modalities"), props.get("chat_template_caps")
     vision = modalities.get("vision") if isinstance(modalities, dict) else None
-    return ModelCapabilities(tools, vision if isinstance(vision, bool) else None, "llama.cpp /props")
+    tools = None
+    if isinstance(template, dict) and isinstance(template.get("supports_tools"), bool):
+        # The template must both take tool definitions and render tool calls; else the model only talks about them.
+        tools = template["supports_tools"] and template.get("supports_tool_calls", True) is not False
+    return ModelCapabilities(tools=tools, vision=_bool(vision), source="llama.cpp /props")
 
 
-async def _ollama(client: httpx.AsyncClient, root: str, model: str,
-                  headers: dict[str, str] | None) -> ModelCapabilities | None:
-    shown = await _get_json(client, "POST", f"{root}/api/show", headers, json={"model": model})
-    if not isinstance(shown, dict) or not isinstance(shown.get("capabilities"), list):
-        return None  # not Ollama, or one too old to list capabilities
-    capabilities = shown["capabilities"]
-    return ModelCapabilities("tools" in capabilities, "vision" in capabilities, "Ollama /api/show")
+async def _ollama(
+    client: httpx.AsyncClient, root: str, model: str, headers: dict[str, str] | None
+) -> ModelCapabilities | None:
+    shown = await _json(client.post(f"{root}/api/show", json={"model": model}, headers=headers,
+                                    timeout=PROBE_TIMEOUT))
+    capabilities = shown.get("capabilities") if isinstance(shown, dict) else None
+    if not isinstance(capabilities, list):
+        return None
+    return ModelCapabilities(tools="tools" in capabilities, vision="vision" in capabilities, source="Ollama /api/show")
+
+
+async def _json(request: Any) -> Any:
+    response = await request
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None

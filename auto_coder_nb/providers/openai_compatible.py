@@ -9,7 +9,6 @@ fragments without `index`, `id`/`name` repeated on every fragment, arguments sen
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import random
 import re
@@ -23,21 +22,17 @@ from typing import Any
 import httpx
 
 from .. import auth
-from ..config import DEFAULT_BASE_URL, Config
+from ..config import Config
 from ..errors import (
-    AuthenticationFailed,
     BadRequest,
     ConnectionFailed,
     ConnectionRefused,
-    ContextOverflow,
-    EndpointNotFound,
-    ModelNotFound,
+    HostNotFound,
     ProviderError,
     RateLimited,
     RequestTimeout,
-    ServerError,
+    StreamCutOff,
     StreamError,
-    TLSError,
     ToolsNotSupported,
 )
 from .base import (
@@ -53,26 +48,18 @@ from .base import (
     Usage,
 )
 from .capabilities import ModelCapabilities, probe_capabilities
+from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
 from .prompted import prompted_chat
-from .sse import SSEParser
+from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 MAX_RETRIES = 4
 MERGE_ABOVE = 32  # deltas arriving in one network read beyond this many are merged
 RETRY_BASE_DELAY = 0.5
-OVERFLOW_HINT = ("Start a new conversation (/clear in the REPL, Reset in the panel, %autocoder --reset) "
-                 "or use a model with a larger context.")
 MAX_RETRY_DELAY = 60.0
-RETRY_STATUSES = frozenset({408, 409, 429})
 
 _scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner, without json.loads' checks
 _PLAIN_DELTA_KEYS = frozenset({"content", "role"})
 _ID_ALPHABET = string.ascii_letters + string.digits
-_OVERFLOW_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
-_OVERFLOW_TEXT = re.compile(
-    r"context[ _-]?(length|window|size)|maximum context|too many tokens|prompt is too long|input is too long"
-    r"|exceeds? (the )?(max|context)|n_ctx|reduce the length|longer than the model",
-    re.IGNORECASE,
-)
 # What servers say when they refuse `tools` (Ollama, vLLM without auto tool choice, llama.cpp without --jinja...).
 _NO_TOOL_SUPPORT = re.compile(
     r"(does not|doesn't|do not|don't|cannot) (support|use) (tools|tool[ _-]?(calling|calls|use)|function[ _-]?call)"
@@ -89,7 +76,6 @@ NO_TOOLS_NOTE = "No tools are available in this conversation: answer from what t
 TOOLS_HINT = ("Set llm.tool_calling to auto or prompted (--tool-calling, AUTO_CODER_TOOL_CALLING) to describe the "
               "tools in the prompt instead.")
 _TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
-_SECRET_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
 def mint_tool_call_id() -> str:
@@ -102,14 +88,13 @@ class OpenAICompatibleProvider(LLMProvider):
 
     One `httpx.AsyncClient` per event loop, made on first use there: the magics and the chat panel
     share a provider but run turns on different loops, and a client is bound to its loop.
-    `on_retry(message)` hears about each retry ("rate limited (429), retrying in 2.0 s (1/4)").
+    Before each retry of a chat request it yields `Retrying("rate limited (429), retrying in 2.0 s (1/4)")`.
     """
 
     def __init__(
         self,
         config: Config,
         *,
-        on_retry: Callable[[str], None] | None = None,
         stream: bool | None = None,
         max_retries: int = MAX_RETRIES,
         retry_base_delay: float = RETRY_BASE_DELAY,
@@ -119,7 +104,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.base_url = config.llm.base_url.rstrip("/")
         self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k != "stream"}
         self.stream = config.llm.extra_params.get("stream", True) is not False if stream is None else stream
-        self.on_retry = on_retry
+        self.errors = ServerErrors(config)
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
         self.tool_calling = config.llm.tool_calling
@@ -129,7 +114,6 @@ class OpenAICompatibleProvider(LLMProvider):
         self.stream_with_tools = True
         self.structured_output = True
         self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
-        self._pending_notice = ""
         self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -143,9 +127,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                kwargs = auth.http_client_kwargs(self.config)
-                kwargs.setdefault("timeout", httpx.Timeout(self.config.llm.timeout, connect=10.0))
-                client = self._clients[loop] = httpx.AsyncClient(**kwargs)
+                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:
@@ -163,61 +145,61 @@ class OpenAICompatibleProvider(LLMProvider):
         tools: list[ToolDefinition] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        model: str | None = None,
     ) -> AsyncIterator[ProviderEvent]:
         """One model request in the tool-calling mode of `llm.tool_calling` (auto decides once per model)."""
+        model = model or self.model
         mode = self.tool_calling if tools else "native"
         if mode == "auto":
-            mode = await self._auto_mode(headers)
-            if self._pending_notice:
-                yield ProviderNotice(self._pending_notice)
-                self._pending_notice = ""
+            mode, notice = await self._auto_mode(model, headers)
+            if notice:
+                yield ProviderNotice(notice)
         if mode == "none" or not tools:
             if mode == "none" and not self._said_no_tools:
                 self._said_no_tools = True
                 yield ProviderNotice(NO_TOOLS_NOTICE)
             async for event in self._exchange(_with_note(messages, NO_TOOLS_NOTE) if mode == "none" else messages,
-                                              None, headers):
+                                              None, headers, model):
                 yield event
             return
         if mode == "prompted":
-            async for event in self._prompted(messages, tools, headers):
+            async for event in self._prompted(messages, tools, headers, model):
                 yield event
             return
         try:
-            async for event in self._exchange(messages, tools, headers):
+            async for event in self._exchange(messages, tools, headers, model):
                 yield event
         except ToolsNotSupported as refusal:
             if self.tool_calling != "auto":
                 raise
-            self._modes[self.model] = "prompted"  # the refusal came before any answer: nothing was shown yet
+            self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
             said = f" ({refusal.server_message})" if refusal.server_message else ""
-            yield ProviderNotice(self._switch_notice(f"the server refused native tool calls{said}"))
-            async for event in self._prompted(messages, tools, headers):
+            yield ProviderNotice(self._switch_notice(model, f"the server refused native tool calls{said}"))
+            async for event in self._prompted(messages, tools, headers, model):
                 yield event
 
-    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
-        """What the server says up front about the model (llama.cpp /props, Ollama /api/show); asked once."""
-        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
+    async def _auto_mode(self, model: str, headers: dict[str, str] | None) -> tuple[str, str]:
+        """native or prompted for `model`, and the notice when that is news: from the server's capabilities when
+        it states them, else native until the server refuses tools."""
+        mode = self._modes.get(model)
+        if mode is not None:
+            return mode, ""
+        found = await probe_capabilities(self._client(), self.base_url, model, headers=headers)
+        if found.tools is False:
+            self._modes[model] = "prompted"
+            return "prompted", self._switch_notice(model, f"{found.source or 'the server'} says it has no native "
+                                                          "tool calling")
+        self._modes[model] = "native"
+        return "native", ""
 
-    async def _auto_mode(self, headers: dict[str, str] | None) -> str:
-        """native or prompted for this model: from the server's capabilities when it states them, else native
-        until the server refuses tools."""
-        mode = self._modes.get(self.model)
-        if mode is None:
-            found = await self.capabilities(headers=headers)
-            mode = self._modes[self.model] = "prompted" if found.tools is False else "native"
-            if mode == "prompted":
-                self._pending_notice = self._switch_notice(f"{found.source} says it has no native tool calling")
-        return mode
-
-    def _switch_notice(self, why: str) -> str:
-        return (f"Model {self.model}: {why}, so the tools are described in the prompt for the rest of the session "
+    def _switch_notice(self, model: str, why: str) -> str:
+        return (f"Model {model}: {why}, so the tools are described in the prompt for the rest of the session "
                 "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
 
     async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
-                        headers: dict[str, str] | None) -> AsyncIterator[ProviderEvent]:
+                        headers: dict[str, str] | None, model: str) -> AsyncIterator[ProviderEvent]:
         def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
-            return self._exchange(prompt, None, headers, extra)
+            return self._exchange(prompt, None, headers, model, extra)
 
         async for event in prompted_chat(send, messages, tools, structured=self.structured_output,
                                          new_call_id=mint_tool_call_id):
@@ -228,14 +210,15 @@ class OpenAICompatibleProvider(LLMProvider):
         messages: list[dict[str, Any]],
         tools: list[ToolDefinition] | None,
         headers: dict[str, str] | None,
+        model: str,
         extra: dict[str, Any] | None = None,
     ) -> AsyncIterator[ProviderEvent]:
-        """One request (retried when worth it) as it is on the wire: streamed events, then one Completion."""
+        """One request (retried when worth it) as it goes on the wire: streamed events, then one Completion."""
         client = self._client()
         url = f"{self.base_url}/chat/completions"
         retries = 0
         while True:
-            body = self._request_body(messages, tools, extra)
+            body = self._request_body(messages, tools, model, extra)
             started = False
             retry_after: float | None = None
             try:
@@ -246,12 +229,12 @@ class OpenAICompatibleProvider(LLMProvider):
                             if "response_format" in body and not self.structured_output:
                                 yield ProviderNotice(NO_STRUCTURED_OUTPUT_NOTICE)
                             continue
-                        retry_after = _retry_after(response.headers)
-                        error = self._status_error(response)
+                        retry_after = retry_after_seconds(response.headers)
+                        error = self.errors.status_error(response, model=body["model"])
                         if body.get("tools") and _refuses_tools(response):
                             raise ToolsNotSupported(f"{str(error).rstrip('.')}. {TOOLS_HINT}",
                                                     status=response.status_code,
-                                                    server_message=self._server_message(response)[0])
+                                                    server_message=self.errors.server_message(response)[0])
                         raise error
                     async for event in self._read_answer(response):
                         started = True
@@ -260,7 +243,7 @@ class OpenAICompatibleProvider(LLMProvider):
             except ProviderError as error:
                 failure = error
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                failure = self._transport_error(exc, url, started)
+                failure = self.errors.transport_error(exc, url, started)
             if started or not failure.retryable or retries >= self._retry_limit(failure):
                 raise failure from None
             retries += 1
@@ -269,8 +252,8 @@ class OpenAICompatibleProvider(LLMProvider):
             await asyncio.sleep(delay)
 
     def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_params}
+                      model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages, **self.extra_params}
         if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
             body["max_tokens"] = self.max_tokens
         for key, value in (extra or {}).items():
@@ -304,12 +287,12 @@ class OpenAICompatibleProvider(LLMProvider):
         assembler = _Assembler()
         if "json" in response.headers.get("content-type", ""):
             # A whole completion: asked for (stream=False) or sent although streaming was asked for.
-            await response.aread()
-            whole = self._parse_json(response.text)
+            text = await self._read_whole(response)
+            whole = self._parse_json(text)
             if not isinstance(whole, dict) or not ("choices" in whole or "error" in whole):
-                raise StreamError(f"the server at {_safe_url(self.base_url)} did not answer like an OpenAI-compatible "
-                                  f"API: {self._snippet(response.text)}")
-            for event in assembler.feed(whole, self._raise_stream_error):
+                raise StreamError(f"the server at {safe_url(self.base_url)} did not answer like an OpenAI-compatible "
+                                  f"API: {self.errors.snippet(text)}")
+            for event in assembler.feed(whole, self.errors.raise_stream_error):
                 yield event
         else:
             parser = SSEParser()
@@ -317,10 +300,18 @@ class OpenAICompatibleProvider(LLMProvider):
             finished = ended = False
             pending: list[str] = []  # text of one kind, merged within a crowded read
             pending_kind: type[TextChunk | ReasoningChunk] = TextChunk
+            # Keep-alive comments and empty deltas reset httpx's read timeout; this one only counts progress.
+            idle_limit = self.config.llm.timeout
+            last_progress = time.monotonic()
             while not ended:
                 read = await anext(reads, None)
                 ended = read is None
-                datas = parser.close() if read is None else parser.feed(read)
+                try:
+                    datas = parser.close() if read is None else parser.feed(read)
+                except EventTooLarge as exc:
+                    raise StreamError(f"the server at {safe_url(self.base_url)} sent an answer that cannot be read: "
+                                      f"{exc}") from None
+                progress = assembler.progress
                 # One read holding many events means the consumer fell behind (or the server sends in
                 # bursts): merging them shows the same text with far fewer events for the faces to render.
                 merge = len(datas) > MERGE_ABOVE
@@ -346,6 +337,7 @@ class OpenAICompatibleProvider(LLMProvider):
                             if not content:
                                 continue
                             assembler.content.append(content)
+                            assembler.progress += 1
                             if not merge:
                                 yield TextChunk(content)
                                 continue
@@ -355,7 +347,7 @@ class OpenAICompatibleProvider(LLMProvider):
                             pending_kind = TextChunk
                             pending.append(content)
                             continue
-                    for event in assembler.feed(chunk, self._raise_stream_error):
+                    for event in assembler.feed(chunk, self.errors.raise_stream_error):
                         if not merge:
                             yield event
                             continue
@@ -367,18 +359,44 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
+                now = time.monotonic()
+                if finished or assembler.progress != progress:
+                    last_progress = now
+                elif now - last_progress > idle_limit:
+                    stalled = RequestTimeout(f"the server at {safe_url(self.base_url)} sent nothing but keep-alives "
+                                             f"or empty deltas for {idle_limit:g} s (llm.timeout)")
+                    stalled.retryable = False  # the user already waited the whole timeout
+                    raise stalled
+            if assembler.received and not finished and assembler.finish_reason is None:
+                raise StreamCutOff(f"the answer from {safe_url(self.base_url)} was cut off: the stream ended without "
+                                   "a finish_reason or [DONE], so it may be incomplete")
         if not assembler.received:
-            raise StreamError(f"the server at {_safe_url(self.base_url)} closed the connection without an answer")
+            raise StreamError(f"the server at {safe_url(self.base_url)} closed the connection without an answer")
         yield assembler.completion()
+
+    async def _read_whole(self, response: httpx.Response) -> str:
+        """A JSON body, read up to the size the SSE parser allows one event."""
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_EVENT_BYTES:
+                raise StreamError(f"the server at {safe_url(self.base_url)} sent an answer that cannot be read: "
+                                  f"larger than {MAX_EVENT_BYTES / 1048576:g} MiB")
+            parts.append(part)
+        return b"".join(parts).decode(response.encoding or "utf-8", "replace")
 
     def _parse_json(self, text: str) -> Any:
         try:
             return json.loads(text)
         except ValueError:
-            raise StreamError(f"the server at {_safe_url(self.base_url)} sent something that is not JSON: "
-                              f"{self._snippet(text)}") from None
+            raise StreamError(f"the server at {safe_url(self.base_url)} sent something that is not JSON: "
+                              f"{self.errors.snippet(text)}") from None
 
     # -- models --------------------------------------------------------------------------
+
+    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
         client = self._client()
@@ -390,28 +408,28 @@ class OpenAICompatibleProvider(LLMProvider):
                 response = await client.get(url, headers=headers)
                 if response.status_code < 300:
                     try:
-                        data = response.json()
-                        entries = data["data"] if isinstance(data, dict) else data
-                        return [entry["id"] if isinstance(entry, dict) else str(entry) for entry in entries]
-                    except (ValueError, KeyError, TypeError):
-                        raise BadRequest(f"{_safe_url(url)} did not answer with a model list: "
-                                         f"{self._snippet(response.text)}") from None
-                retry_after = _retry_after(response.headers)
-                failure = self._status_error(response, listing=True)
+                        return parse_model_list(response)
+                    except ValueError:
+                        raise BadRequest(f"{safe_url(url)} did not answer with a model list: "
+                                         f"{self.errors.snippet(response.text)}") from None
+                retry_after = retry_after_seconds(response.headers)
+                failure = self.errors.status_error(response, listing=True)
             except ProviderError as error:
                 failure = error
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                failure = self._transport_error(exc, url, started=False)
+                failure = self.errors.transport_error(exc, url, started=False)
             if not failure.retryable or retries >= self._retry_limit(failure):
                 raise failure from None
             retries += 1
-            await self._wait_before_retry(failure, retries, retry_after)
+            await asyncio.sleep(self.retry_delay(retries, retry_after))
 
     # -- retries and errors --------------------------------------------------------------
 
     def _retry_limit(self, failure: ProviderError) -> int:
-        # A refused connection is one quick retry (a server starting up); four would make every typo cost 7 s.
-        return min(1, self.max_retries) if isinstance(failure, ConnectionRefused) else self.max_retries
+        # A refused connection or an unknown host is one quick retry (a server starting up, a DNS hiccup);
+        # four would make every typo cost 7 s.
+        quick = isinstance(failure, (ConnectionRefused, HostNotFound))
+        return min(1, self.max_retries) if quick else self.max_retries
 
     def retry_delay(self, retries: int, retry_after: float | None = None) -> float:
         """Seconds before retry number `retries` (1-based): the server's wish, else exponential backoff
@@ -422,127 +440,11 @@ class OpenAICompatibleProvider(LLMProvider):
         return min(backoff * (1 - 0.25 * random.random()), MAX_RETRY_DELAY)
 
     def _retry_notice(self, failure: ProviderError, retries: int, retry_after: float | None) -> tuple[float, str]:
-        """The delay before retry number `retries`, and the sentence that tells the user (also to `on_retry`)."""
+        """The delay before retry number `retries`, and the sentence that tells the user."""
         delay = self.retry_delay(retries, retry_after)
         reason = "rate limited (429)" if isinstance(failure, RateLimited) else _short_reason(failure)
         notice = f"{reason}, retrying in {delay:.1f} s ({retries}/{self._retry_limit(failure)})"
-        if self.on_retry is not None:
-            self.on_retry(notice)
         return delay, notice
-
-    async def _wait_before_retry(self, failure: ProviderError, retries: int, retry_after: float | None) -> None:
-        delay, _ = self._retry_notice(failure, retries, retry_after)
-        await asyncio.sleep(delay)
-
-    def _status_error(self, response: httpx.Response, *, listing: bool = False) -> ProviderError:
-        status = response.status_code
-        message, code = self._server_message(response)
-        where = _safe_url(str(response.request.url))
-        detail = f": {message}" if message else ""
-        error: ProviderError
-        if 300 <= status < 400:
-            error = EndpointNotFound(f"{where} redirects to {_safe_url(response.headers.get('location', '?'))}: "
-                                     f"set llm.base_url to the address it should be.", status=status)
-        elif status in (401, 403):
-            error = AuthenticationFailed(
-                f"authentication failed ({status}) at {where}{detail}. Check llm.api_key (AUTO_CODER_API_KEY) "
-                f"or your auth settings.", status=status)
-        elif _is_overflow(message, code):
-            error = ContextOverflow(f"the conversation is longer than the model's context window ({status})"
-                                    f"{detail}. {OVERFLOW_HINT}", status=status)
-        elif status == 404 or code == "model_not_found":
-            if not listing and (code == "model_not_found" or "model" in message.lower()):
-                error = ModelNotFound(f"model {self.model!r} was not found at {_safe_url(self.base_url)}{detail}. "
-                                      f"Pick one from /models or set llm.model.", status=status)
-            else:
-                error = EndpointNotFound(f"{where} answered 404 Not Found{detail}. Check llm.base_url: "
-                                         f"it is usually the URL that ends in /v1.", status=status)
-        elif status == 429:
-            error = RateLimited(f"rate limited (429) by {where}{detail}", status=status)
-        elif status in RETRY_STATUSES or status >= 500:
-            error = ServerError(f"the server at {where} failed ({status}){detail}", status=status)
-        else:
-            error = BadRequest(f"the server at {where} rejected the request ({status}){detail}", status=status)
-        if response.headers.get("x-should-retry") in ("true", "false"):
-            error.retryable = response.headers["x-should-retry"] == "true"
-        return error
-
-    def _raise_stream_error(self, payload: Any) -> None:
-        """An error object inside a 200 stream."""
-        details = payload if isinstance(payload, dict) else {"message": str(payload)}
-        message = self._redact(str(details.get("message") or details))
-        code = details.get("code") or details.get("type")
-        if _is_overflow(message, code if isinstance(code, str) else None):
-            raise ContextOverflow(f"the conversation is longer than the model's context window: {message}. "
-                                  + OVERFLOW_HINT)
-        raise StreamError(f"the server at {_safe_url(self.base_url)} reported an error mid-answer: {message}")
-
-    def _transport_error(self, exc: httpx.HTTPError | httpx.InvalidURL, url: str, started: bool) -> ProviderError:
-        where = _safe_url(url)
-        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-            return EndpointNotFound(f"{where} is not a usable URL ({exc}): set llm.base_url to something like "
-                                    f"http://localhost:11434/v1")
-        if isinstance(exc, httpx.TimeoutException):
-            if isinstance(exc, httpx.ConnectTimeout):
-                return ConnectionFailed(f"could not connect to {where}: timed out{self._where_hint()}")
-            what = "the answer stalled" if started else "no answer"
-            timeout = RequestTimeout(f"{what} from {where} for {self.config.llm.timeout:g} s (llm.timeout)")
-            timeout.retryable = False  # the user already waited the whole timeout; four more would be too long
-            return timeout
-        text = str(exc)
-        certificate = auth.tls_failure_message(exc, self.config)  # says which CA settings to use
-        if certificate is not None:
-            return TLSError(certificate)
-        if isinstance(exc, httpx.ProxyError):
-            return ConnectionFailed(f"the proxy refused the connection to {where}: {self._redact(text)}")
-        if isinstance(exc, httpx.ConnectError):
-            if "refused" in text.lower() or _caused_by(exc, ConnectionRefusedError):
-                return ConnectionRefused(f"could not connect to {where}: connection refused{self._where_hint()}")
-            reason = self._redact(text) or "connection failed"
-            return ConnectionFailed(f"could not connect to {where}: {reason}{self._where_hint()}")
-        if started:
-            return StreamError(f"the connection to {where} broke mid-answer: {self._redact(text)}")
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            return ConnectionFailed(f"the connection to {where} broke: {self._redact(text) or type(exc).__name__}")
-        return ProviderError(f"request to {where} failed: {self._redact(text) or type(exc).__name__}")
-
-    def _where_hint(self) -> str:
-        """How to fix a connection failure: start Ollama or point elsewhere, or check the URL that was set."""
-        if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
-            return (". This is the default URL: Ollama does not seem to be running (start it with `ollama serve`), "
-                    "or point elsewhere with --base-url, AUTO_CODER_BASE_URL or llm.base_url in .auto-coder.yaml")
-        source = self.config.sources.get("llm.base_url", "default")
-        return (f". Check that the server is running and the URL is right (llm.base_url, from {source}); "
-                "the doctor (auto-coder --doctor, %autocoder --doctor) checks each step")
-
-    def _server_message(self, response: httpx.Response) -> tuple[str, str | None]:
-        """The server's own explanation (redacted, shortened) and its error code, from any usual shape."""
-        sent_token = response.request.headers.get("authorization", "").rpartition(" ")[2]
-        try:
-            data = response.json()
-        except ValueError:
-            return self._snippet(response.text, sent_token), None
-        error = data.get("error", data) if isinstance(data, dict) else data
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("detail") or error.get("error") or ""
-            code = error.get("code") or error.get("type")
-        else:
-            message, code = error, None
-        if not isinstance(message, str):
-            message = json.dumps(message)
-        return self._snippet(message, sent_token), code if isinstance(code, str) else None
-
-    def _snippet(self, text: str, sent_token: str = "", limit: int = 300) -> str:
-        text = self._redact(" ".join(text.split()), sent_token)
-        return text if len(text) <= limit else text[:limit] + "…"
-
-    def _redact(self, text: str, sent_token: str = "") -> str:
-        """Remove anything that may be a credential: our key, our header values, bearer tokens, sk- keys."""
-        secrets = [self.config.llm.api_key, sent_token, *self.config.llm.auth_headers.values()]
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "<hidden>")
-        return _SECRET_SHAPES.sub(lambda m: f"{m.group(1)} <hidden>" if m.group(1) else "<hidden>", text)
 
 
 class _PartialCall:
@@ -565,6 +467,7 @@ class _Assembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.received = False
+        self.progress = 0  # bumped by every chunk that adds something: a stream of empty deltas is stalled
 
     def feed(self, chunk: Any, on_error: Callable[[Any], None]) -> list[TextChunk | ReasoningChunk]:
         if not isinstance(chunk, dict):
@@ -574,6 +477,7 @@ class _Assembler:
         self.received = True
         if isinstance(chunk.get("usage"), dict):
             self.usage = _parse_usage(chunk["usage"])
+            self.progress += 1
         events: list[TextChunk | ReasoningChunk] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
@@ -594,8 +498,11 @@ class _Assembler:
                 if isinstance(fragment, dict):
                     # In a whole message every entry is a whole call, whatever its index says.
                     self._add_fragment(fragment, position if whole is not None else fragment.get("index"))
+                    self.progress += 1
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                self.progress += 1
+        self.progress += len(events)
         return events
 
     def _add_fragment(self, fragment: dict[str, Any], index: Any) -> None:
@@ -681,47 +588,11 @@ def _parse_usage(data: dict[str, Any]) -> Usage:
     return Usage(prompt, completion, int(data.get("total_tokens") or prompt + completion))
 
 
-def _is_overflow(message: str, code: str | None) -> bool:
-    return code in _OVERFLOW_CODES or bool(_OVERFLOW_TEXT.search(message))
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); None if absent."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
 def _short_reason(error: ProviderError) -> str:
     if error.status is not None:
         return f"server error ({error.status})"
     if isinstance(error, ConnectionRefused):
         return "connection refused"
+    if isinstance(error, HostNotFound):
+        return "host not found"
     return "connection failed" if isinstance(error, ConnectionFailed) else type(error).__name__
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(10):  # the chain is short; the bound only guards against cycles
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _safe_url(url: str) -> str:
-    """The URL without credentials or query string, fit for messages."""
-    parts = httpx.URL(url)
-    return str(parts.copy_with(username=None, password=None, query=None, fragment=None))

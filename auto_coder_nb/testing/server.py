@@ -9,7 +9,9 @@ Real HTTP/1.1 on 127.0.0.1 (keep-alive, chunked SSE) served from a background th
         server.requests[-1].json["messages"]
 
 Each POST to `.../chat/completions` takes the next reply from the queue; with an empty queue the
-answer echoes the last message. Replies are JSON-able dicts, so another process can script a server
+answer echoes the last message, unless that message asks "Call the NAME tool" and the request offers
+that tool: then the answer is that tool call (so `auto-coder --doctor` passes without scripting).
+Replies are JSON-able dicts, so another process can script a server
 started with `python -m auto_coder_nb.testing.server --port N` through `POST /_script`.
 
 Options every reply accepts: `delay` (seconds before each chunk after the first), `drop_after`
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import socket
 import threading
@@ -49,6 +52,8 @@ def _event(obj: Any) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+# "Call the NAME tool": what a user (or the doctor) says to ask for one tool call.
+_CALL_THE_TOOL = re.compile(r"\bcall the (\w+) tool\b", re.IGNORECASE)
 
 
 def split_text(text: str, chunks: int) -> list[str]:
@@ -79,7 +84,8 @@ class Replies:
     ) -> Spec:
         """A text answer streamed in `chunks` pieces, after `reasoning` if given.
 
-        `usage`: None computes it, False sends none, a dict sends those numbers.
+        `usage`: None computes it, False sends none, a dict sends those numbers. `cut_off=True` ends the
+        stream cleanly right after the text, with no finish_reason, usage or [DONE] (a proxy that cut it).
         """
         return {"type": "text", "text": text, "chunks": chunks, "reasoning": reasoning,
                 "reasoning_field": reasoning_field, "finish_reason": finish_reason, "usage": usage, **options}
@@ -235,12 +241,16 @@ class _Stream:
                     fragment = {"index": index, "function": {"arguments": piece}}
                     events.append(f'{head}{{"tool_calls":[{_dumps(fragment)}]}}{tail}'.encode())
             self.completion_tokens = len(events) - 1
-        finish = _dumps(spec.get("finish_reason", "stop"))
-        events.append(f'{head}{{}},"finish_reason":{finish}}}]}}\n\n'.encode())
+        self.cut_off = bool(spec.get("cut_off"))
+        if not self.cut_off:
+            finish = _dumps(spec.get("finish_reason", "stop"))
+            events.append(f'{head}{{}},"finish_reason":{finish}}}]}}\n\n'.encode())
         self.events = events
 
     def pieces(self, spec: Spec, request_json: dict[str, Any]) -> list[bytes]:
         pieces = list(self.events)
+        if self.cut_off:
+            return pieces
         if (request_json.get("stream_options") or {}).get("include_usage"):
             usage = _usage(spec, request_json, self.completion_tokens)
             if usage is not None:
@@ -495,7 +505,7 @@ class FakeLLMServer:
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -567,11 +577,6 @@ class FakeLLMServer:
         """Let replies waiting on `wait_for=name` go on."""
         self._event(name).set()
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least `count` requests were recorded; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
-
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -581,7 +586,6 @@ class FakeLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
-            self._lock.notify_all()
 
     def _event(self, name: str) -> threading.Event:
         with self._lock:
@@ -603,18 +607,49 @@ class FakeLLMServer:
         with self._lock:
             if self._queue:
                 return self._queue.pop(0)
-        answer = default_answer(request.json)
-        if isinstance(request.json, dict) and request.json.get("response_format"):
-            answer = _dumps({"answer": answer})  # a prompted-mode step
-        return _Prepared(reply.text(answer))
+        return _Prepared(default_reply(request.json))
+
+
+def default_reply(request_json: Any) -> Spec:
+    """The answer when nothing is queued: a call of the tool the last user message asks for by name ("Call
+    the get_current_time tool", as the doctor asks) when the request offers that tool, else `default_answer`.
+    A request with `response_format` (prompted tool calling) gets the same as a prompted-mode step."""
+    wanted = _asked_for_tool(request_json)
+    if isinstance(request_json, dict) and request_json.get("response_format"):
+        return reply.prompted_call(wanted) if wanted else reply.prompted_answer(default_answer(request_json))
+    return reply.tool_call(wanted) if wanted else reply.text(default_answer(request_json))
+
+
+def _last_message(request_json: Any) -> tuple[str | None, str | None]:
+    """(role, text) of the request's last message."""
+    messages = request_json.get("messages") if isinstance(request_json, dict) else None
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    content = last.get("content")
+    if isinstance(content, list):  # content parts
+        content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return last.get("role"), content if isinstance(content, str) else None
+
+
+def _asked_for_tool(request_json: Any) -> str | None:
+    role, text = _last_message(request_json)
+    asked = _CALL_THE_TOOL.search(text or "") if role == "user" else None
+    tools = request_json.get("tools") if isinstance(request_json, dict) else None
+    offered = {tool.get("function", {}).get("name") for tool in tools or () if isinstance(tool, dict)}
+    return asked.group(1) if asked and asked.group(1) in offered | _prompted_tools(request_json) else None
+
+
+def _prompted_tools(request_json: Any) -> set[str]:
+    """The tool names a prompted-mode step schema (`response_format`) allows."""
+    try:
+        choices = request_json["response_format"]["json_schema"]["schema"]["anyOf"]
+        return {choice["properties"]["tool"]["const"] for choice in choices if "tool" in choice["properties"]}
+    except (KeyError, TypeError):
+        return set()
 
 
 def default_answer(request_json: Any) -> str:
-    """The deterministic answer to a request when nothing is queued: it echoes the last message."""
-    messages = request_json.get("messages") if isinstance(request_json, dict) else None
-    last = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
-    if isinstance(last, list):  # content parts
-        last = " ".join(part.get("text", "") for part in last if isinstance(part, dict))
+    """The deterministic text answer when nothing is queued: it echoes the last message."""
+    _, last = _last_message(request_json)
     return f"You said: {last}" if last else "Hello from the fake server."
 
 

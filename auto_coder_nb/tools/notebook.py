@@ -16,13 +16,13 @@ import sys
 import traceback
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
-from .registry import ToolError
-from .shell import omit_middle
+from ..text import truncate
+from .registry import ToolError, ToolOutput
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -31,11 +31,6 @@ OUTPUT_LIMIT = 10000  # like run_command: head and tail kept, the middle cut
 NOTEBOOK_LIMIT = 30000
 CELL_OUTPUT_LIMIT = 500
 EDIT_ACTIONS = ("insert", "replace", "delete")
-
-
-def truncate(text: str, limit: int) -> str:
-    """`text` within about `limit` characters, cut in the middle like run_command's output."""
-    return text if len(text) <= limit else omit_middle(text, text, len(text), limit)
 
 
 # -- describing values (also used by the face for its context summary) -------------------------
@@ -147,6 +142,8 @@ class CodeOutcome:
     stderr: str = ""
     result: str | None = None  # repr of the last expression's value, when it is not None
     error: str | None = None  # formatted traceback
+    value: Any = field(default=None, repr=False)  # the last expression's value itself
+    images: list[bytes] = field(default_factory=list)  # PNG/JPEG outputs the face captured (plots)
 
     def to_text(self, limit: int = OUTPUT_LIMIT) -> str:
         parts = []
@@ -201,6 +198,7 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
         if last is not None:
             value = eval(compile(ast.Expression(last.value), filename, "eval"), namespace)
             if value is not None:
+                outcome.value = value
                 outcome.result = truncate(safe_repr(value), OUTPUT_LIMIT // 2)
     except BaseException as exc:  # noqa: B036 - the user's code may raise anything, SystemExit included
         if isinstance(exc, KeyboardInterrupt):
@@ -263,9 +261,10 @@ def build_notebook_tools(
     """list_variables, inspect_variable, run_code, read_notebook, edit_notebook.
 
     `namespace` is the user namespace (read live). `run_code(code)` executes code where the user's code
-    runs and returns a CodeOutcome. `workspace()` gives the session's workspace (created after the
-    tools). `open_notebook()` is the notebook the user has open, if known: it is never rewritten on
-    disk; `insert_cell(source, cell_type)` adds a cell to it through the frontend instead.
+    runs and returns a CodeOutcome (with the images it displayed, which go to a vision model).
+    `workspace()` gives the session's workspace (created after the tools). `open_notebook()` is the
+    notebook the user has open, if known: it is never rewritten on disk; `insert_cell(source, cell_type)`
+    adds a cell to it through the frontend instead.
     """
 
     def list_variables() -> str:
@@ -281,11 +280,11 @@ def build_notebook_tools(
             raise ToolError(f"There is no variable {name!r} in the user namespace. Variables: {known}.")
         return inspect_value(name, namespace[name])
 
-    async def run_code_tool(code: str) -> str:
+    async def run_code_tool(code: str) -> ToolOutput:
         outcome = run_code(code)
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        return outcome.to_text()
+        return ToolOutput(outcome.to_text(), outcome.images)
 
     def read_notebook(path: str) -> str:
         target = workspace().resolve(path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..providers.base import ToolDefinition
@@ -14,17 +16,43 @@ class ToolError(Exception):
     """A tool failed in a way the model can act on; the message becomes the tool result."""
 
 
+@dataclass
+class ToolOutput:
+    """A tool's result with images (run_code's plots): PNG or JPEG bytes as produced. The agent checks and
+    fits them, says so in the text, and shows them to a vision model in a user message after the step."""
+
+    text: str
+    images: list[bytes] = field(default_factory=list)
+
+
 class ToolRegistry:
+    """The tools of one session. Tools that come from outside (MCP servers) are added and removed from another
+    thread, and say what happened to them through `notify`; the agent shows those notices in the next turn."""
+
     def __init__(self, tools: Iterable[ToolDefinition] = ()) -> None:
         self._tools: dict[str, ToolDefinition] = {}
+        self._lock = threading.Lock()
+        self._notices: list[str] = []
         for tool in tools:
             self.register(tool)
 
     def register(self, tool: ToolDefinition) -> None:
-        self._tools[tool.name] = tool
+        with self._lock:
+            self._tools = {**self._tools, tool.name: tool}
 
     def unregister(self, name: str) -> None:
-        self._tools.pop(name, None)
+        with self._lock:
+            self._tools = {key: tool for key, tool in self._tools.items() if key != name}
+
+    def notify(self, text: str) -> None:
+        """Something the user should hear once, in the next turn (from any thread)."""
+        with self._lock:
+            self._notices.append(text)
+
+    def take_notices(self) -> list[str]:
+        with self._lock:
+            notices, self._notices = self._notices, []
+        return notices
 
     def get(self, name: str) -> ToolDefinition | None:
         return self._tools.get(name)
@@ -46,6 +74,10 @@ class ToolRegistry:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:
         """Run a tool and return its result as text. Raises ToolError for anything the model should see."""
+        return (await self.run(name, arguments)).text
+
+    async def run(self, name: str, arguments: dict[str, Any]) -> ToolOutput:
+        """Run a tool: its text and the images it produced. Raises ToolError for anything the model should see."""
         tool = self._tools.get(name)
         if tool is None:
             raise ToolError(f"Unknown tool {name!r}. Available tools: {', '.join(self._tools)}.")
@@ -62,7 +94,9 @@ class ToolRegistry:
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
-        return result if isinstance(result, str) else json.dumps(result, default=str)
+        if isinstance(result, ToolOutput):
+            return result
+        return ToolOutput(result if isinstance(result, str) else json.dumps(result, default=str))
 
 
 def _is_signature_error(exc: TypeError, tool: ToolDefinition) -> bool:

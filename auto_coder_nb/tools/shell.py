@@ -10,13 +10,14 @@ import asyncio
 import codecs
 import functools
 import os
-import re
 import shutil
 import signal
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
 from ..providers.base import ToolDefinition
+from ..text import MIN_SECRET_LENGTH, omit_middle, strip_ansi
 from .registry import ToolError
 from .workspace import Workspace
 
@@ -42,7 +43,6 @@ NON_INTERACTIVE_ENV = {
 }
 # Set by Jupyter and CI: colour codes in the output only cost the model tokens.
 FORCED_COLOR_ENV_VARS = {"FORCE_COLOR", "CLICOLOR_FORCE", "PY_COLORS"}
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # The endpoint's credentials stay out of commands: a model running `env` must not print them into the chat.
 SECRET_ENV_VARS = {name for name, key in ENV_VARS.items() if key in SECRET_KEYS} | {"OPENAI_API_KEY"}
 
@@ -69,15 +69,6 @@ class _Capture:
         if self.total <= budget:
             return self.head  # budget <= MAX_OUTPUT_CHARS, so the head holds everything
         return omit_middle(self.head, self.tail, self.total, budget)
-
-
-def omit_middle(head: str, tail: str, total: int, budget: int) -> str:
-    """`budget` characters of a text of `total` characters, half from its `head` and half from its `tail`,
-    with a marker saying how much was left out: the command's echo and early errors, and the final error."""
-    head_size = budget // 2
-    tail_size = budget - head_size
-    omitted = total - head_size - tail_size
-    return f"{head[:head_size]}\n\n... [{omitted:,} characters omitted] ...\n\n{tail[len(tail) - tail_size:]}"
 
 
 async def _drain(stream: asyncio.StreamReader, capture: _Capture) -> None:
@@ -122,8 +113,18 @@ def _budgets(stdout: _Capture, stderr: _Capture) -> tuple[int, int]:
     return half, MAX_OUTPUT_CHARS - half
 
 
-def _command_env() -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV_VARS | FORCED_COLOR_ENV_VARS}
+def environment_without_secrets(environ: Mapping[str, str], secrets: Iterable[str | None]) -> dict[str, str]:
+    """`environ` without the variables that hold a secret: the endpoint's own variables by name, and any
+    variable whose value contains a secret the configuration holds (`${MY_GATEWAY_KEY}`, a proxy URL with a
+    password, a fetched token)."""
+    values = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
+    return {name: value for name, value in environ.items()
+            if name not in SECRET_ENV_VARS and not any(secret in value for secret in values)}
+
+
+def _command_env(secrets: Iterable[str | None] = ()) -> dict[str, str]:
+    env = {name: value for name, value in environment_without_secrets(os.environ, secrets).items()
+           if name not in FORCED_COLOR_ENV_VARS}
     if env.get("MPLBACKEND", "").startswith("module://"):
         del env["MPLBACKEND"]  # a kernel's inline backend means nothing to a script run from the shell
     env.update(NON_INTERACTIVE_ENV)
@@ -159,7 +160,8 @@ its beginning and end with a marker saying how much was omitted. Filter big outp
 undone; a command's effects cannot be undone. The user may be asked to approve each command."""
 
 
-async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *, default_timeout: float) -> str:
+async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *, default_timeout: float,
+                      secrets: Callable[[], Iterable[str | None]] = tuple) -> str:
     if not isinstance(command, str) or not command.strip():
         raise ToolError("command is empty: give the shell command to run, e.g. `ls -la` or `pytest -q`.")
     seconds, note = _timeout_seconds(timeout, default_timeout)
@@ -171,7 +173,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=workspace.root,
-        env=_command_env(),
+        env=_command_env(secrets()),
         start_new_session=True,
     )
     assert process.stdout is not None and process.stderr is not None
@@ -213,7 +215,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
                      "process's output to a file to keep it running)\n")
     for label, capture, budget in (("stdout", stdout, stdout_budget), ("stderr", stderr, stderr_budget)):
         if capture.total:
-            text = ANSI_ESCAPE.sub("", capture.render(budget)).rstrip("\n")
+            text = strip_ansi(capture.render(budget)).rstrip("\n")
             parts.append(f"{label}:\n{text}\n")
     if not stdout.total and not stderr.total:
         parts.append("(no output)\n")
@@ -233,7 +235,8 @@ def preview_run_command(workspace: Workspace, command: Any, timeout: Any = None)
     return command
 
 
-def shell_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[ToolDefinition]:
+def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
+                secrets: Callable[[], Iterable[str | None]] = tuple) -> list[ToolDefinition]:
     return [
         ToolDefinition(
             name="run_command",
@@ -248,7 +251,7 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[To
                 },
                 "required": ["command"],
             },
-            handler=functools.partial(run_command, workspace, default_timeout=command_timeout),
+            handler=functools.partial(run_command, workspace, default_timeout=command_timeout, secrets=secrets),
             kind="command",
             preview=functools.partial(preview_run_command, workspace),
         ),

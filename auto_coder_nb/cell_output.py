@@ -1,0 +1,183 @@
+"""How a magic's turn shows in the cell. Notebook: Markdown updated in place (display ids), tool calls as
+collapsible HTML, each output tagged with metadata (model, correlation id); terminal IPython: plain text."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from .text import show_controls
+
+if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
+    from .events import ApprovalRequest, ContextUsage, Event, ToolCallStarted, ToolResult, UsageUpdate
+    from .images import Image
+
+UPDATE_INTERVAL = 0.15  # seconds between display updates: a fast stream must not flood the frontend
+METADATA_KEY = "auto_coder_nb"
+
+
+class CellRenderer:
+    """Shows one turn. Notebook: Markdown updated in place (display ids), tool calls as collapsible
+    HTML; terminal IPython: plain text printed as it streams."""
+
+    def __init__(self, rich: bool, metadata: dict[str, Any], sent: str, attached: list[Image] | None = None) -> None:
+        self.rich = rich
+        self.metadata = {METADATA_KEY: metadata}
+        self.sent = sent
+        self.images = list(attached or [])  # attached, then those the tools produced: listed in the footer
+        self.context: ContextUsage | None = None
+        self.answer: list[str] = []  # every text delta of the turn, for --insert
+        self.segment = ""  # the text since the last tool call, shown in one display
+        self.segment_handle: Any = None
+        self.dirty = False
+        self.last_update = 0.0
+        self.tool_handles: dict[str, tuple[Any, ToolCallStarted]] = {}
+        self.usage: UsageUpdate | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.answer)
+
+    def event(self, event: Event) -> None:
+        from .events import (
+            ApprovalRequest,
+            ErrorEvent,
+            Notice,
+            ReasoningDelta,
+            TextDelta,
+            ToolCallStarted,
+            ToolResult,
+            TurnDone,
+            UsageUpdate,
+            assert_never,
+        )
+
+        match event:
+            case TextDelta():
+                self.answer.append(event.text)
+                self.segment += event.text
+                if self.rich:
+                    self.dirty = True
+                    if time.monotonic() - self.last_update >= UPDATE_INTERVAL:
+                        self.flush()
+                else:
+                    print(event.text, end="", flush=True)
+            case ToolCallStarted():
+                self._end_segment()
+                self._tool_started(event)
+            case ToolResult():
+                self.images.extend(event.images)
+                self._tool_result(event)
+            case ApprovalRequest():
+                self.approval(event)
+            case ErrorEvent():
+                self._end_segment()
+                self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
+            case Notice():
+                self.notice(event.text)
+            case UsageUpdate():
+                self.usage = event
+            case TurnDone():
+                self.context = event.context  # the footer says how full the context is
+            case ReasoningDelta():
+                pass  # reasoning stays out of the cell
+            case _:
+                assert_never(event)
+
+    def flush(self) -> None:
+        if not (self.rich and self.dirty):
+            return
+        bundle = {"text/markdown": self.segment, "text/plain": self.segment}
+        if self.segment_handle is None:
+            self.segment_handle = _display(bundle, self.metadata, new_id=True)
+        else:
+            self.segment_handle.update(bundle, raw=True, metadata=self.metadata)
+        self.dirty = False
+        self.last_update = time.monotonic()
+
+    def _end_segment(self) -> None:
+        self.flush()
+        if not self.rich and self.segment and not self.segment.endswith("\n"):
+            print()
+        self.segment, self.segment_handle = "", None
+
+    def _tool_started(self, event: ToolCallStarted) -> None:
+        label = show_controls(f"{event.name} {_key_argument(event)}".strip())
+        if not self.rich:
+            print(f"[{label}]", flush=True)
+            return
+        handle = _display(_tool_bundle(label, "running...", ""), self.metadata, new_id=True)
+        self.tool_handles[event.call_id] = (handle, event)
+
+    def _tool_result(self, result: ToolResult) -> None:
+        first = result.output.strip().splitlines()[0] if result.output.strip() else "(empty)"
+        first = show_controls(first[:100]) + ("..." if len(first) > 100 else "")
+        short = ("error: " if result.is_error else "") + first
+        if not self.rich:
+            print(f"  -> {short}", flush=True)
+            return
+        handle, started = self.tool_handles.get(result.call_id, (None, None))
+        label = show_controls(f"{result.name} {_key_argument(started)}".strip() if started else result.name)
+        bundle = _tool_bundle(label, short, result.output)
+        if handle is None:
+            _display(bundle, self.metadata)
+        else:
+            handle.update(bundle, raw=True, metadata=self.metadata)
+
+    def approval(self, request: ApprovalRequest) -> None:
+        self._end_segment()
+        fence = "diff" if request.preview.startswith(("---", "diff")) else ("python" if request.tool == "run_code"
+                                                                            else "")
+        preview = show_controls(request.preview)  # what is approved is exactly what runs: nothing hidden
+        ticks = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", preview)), default=0))
+        self._show_markdown(f"**{request.tool}** needs your approval:\n\n{ticks}{fence}\n{preview}\n{ticks}",
+                            f"{request.tool} needs your approval:\n{preview}")
+
+    def notice(self, text: str) -> None:
+        self._end_segment()
+        self._show_markdown(f"*{text}*", text)
+
+    def stopped(self) -> None:
+        self._end_segment()
+        self._show_markdown("*stopped*", "stopped")
+
+    def finish(self) -> None:
+        self._end_segment()
+        meta = self.metadata[METADATA_KEY]
+        tokens = f" · {self.usage.turn.total_tokens} tokens" if self.usage is not None else ""
+        context = f" · {self.context}" if self.context is not None else ""
+        summary = f"{meta['model']} · correlation id {meta['correlation_id']}{tokens}{context}"
+        images = "".join(f"\nimage: {image.describe()}" for image in self.images)
+        if self.rich:
+            body = (f"<details><summary>{html.escape(summary)} · what was sent</summary>"
+                    f"<pre>{html.escape(self.sent + images)}</pre></details>")
+            _display({"text/html": body, "text/plain": summary}, self.metadata)
+
+    def _show_markdown(self, markdown: str, plain: str) -> None:
+        if self.rich:
+            _display({"text/markdown": markdown, "text/plain": plain}, self.metadata)
+        else:
+            print(plain, flush=True)
+
+
+def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool = False) -> Any:
+    from IPython.display import display
+
+    return display(bundle, raw=True, metadata=metadata, display_id=True if new_id else None)
+
+
+def _tool_bundle(label: str, short: str, detail: str) -> dict[str, str]:
+    summary = f"<code>{html.escape(label)}</code> → {html.escape(short)}"
+    body = f"<details><summary>{summary}</summary><pre>{html.escape(show_controls(detail[:5000]))}</pre></details>"
+    return {"text/html": body, "text/plain": f"[{label}] {short}"}
+
+
+def _key_argument(event: ToolCallStarted) -> str:
+    arguments = event.arguments or {}
+    for key in ("path", "command", "code", "name"):
+        if isinstance(arguments.get(key), str):
+            value = arguments[key].strip().splitlines()[0] if arguments[key].strip() else ""
+            return value[:80] + ("..." if len(value) > 80 else "")
+    return ""

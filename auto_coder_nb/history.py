@@ -1,0 +1,481 @@
+"""Saved conversations: one append-only JSONL file per conversation, written as it happens.
+
+Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/share/auto-coder`, in
+`sessions/` (folder 0700, files 0600). A conversation's id is its correlation id, and its file is
+`sessions/<id>.jsonl`. Every line is one record `{"v": SCHEMA_VERSION, "t": "<UTC time>", "type": ...}`:
+
+    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden)
+    resumed    the same fields, when a later session continues the conversation
+    message    a message of the history exactly as the model gets it ("message"), with "model" on user ones
+    text       a piece of the answer as it streams (only needed when the process dies mid-answer)
+    tool_call, tool_result, approval, notice, error, usage, shortened, turn_done
+
+`Recorder` writes them: it observes the conversation (messages) and the agent (events), so every face is
+recorded without doing anything. Known secrets are replaced before anything is written. `rebuild()` turns
+the records back into a history a strict server accepts, even from a file cut off by a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import AutoCoderError
+from .events import (
+    ApprovalRequest,
+    ErrorEvent,
+    Event,
+    Notice,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+    UsageUpdate,
+)
+from .state.conversation import Conversation
+from .text import hide_credential_shapes, hide_secrets
+
+SCHEMA_VERSION = 1
+SUFFIX = ".jsonl"
+INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
+SHORT_ID = 8
+IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
+
+
+class HistoryError(AutoCoderError):
+    """A saved conversation that cannot be found or used (an unknown id, a file that is not one)."""
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("AUTO_CODER_DATA_DIR"):
+        return Path(env["AUTO_CODER_DATA_DIR"]).expanduser()
+    base = Path(env["XDG_DATA_HOME"]).expanduser() if env.get("XDG_DATA_HOME") else Path.home() / ".local" / "share"
+    return base / "auto-coder"
+
+
+def sessions_dir(env: Mapping[str, str] | None = None) -> Path:
+    return data_dir(env) / "sessions"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a conversation file. Lines that are not whole records (the last one torn by a crash,
+    or an earlier torn line a resumed session wrote after) are left out. Raises HistoryError for a file
+    that is not a saved conversation (unreadable, no start record, a newer schema)."""
+    try:
+        with open(path, "rb") as stream:
+            lines = stream.read().split(b"\n")
+    except OSError as exc:
+        raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
+    records = [record for record in map(_parse_line, lines) if record is not None]
+    _check_start(path, records[0] if records else None)
+    return records
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("type"), str) else None
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list (a message with images)."""
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict)
+                         and part.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def without_images(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with its images replaced by a note: saved files stay small and hold text only."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts = [part if part.get("type") != "image_url" else {"type": "text", "text": IMAGE_NOT_SAVED}
+             for part in content]
+    return {**message, "content": parts}
+
+
+def _check_start(path: Path, record: dict[str, Any] | None) -> dict[str, Any]:
+    if record is None or record.get("type") != "start" or not isinstance(record.get("correlation_id"), str):
+        raise HistoryError(f"{path.name} is not a saved conversation")
+    version = record.get("v")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise HistoryError(f"{path.name} was written by a newer auto-coder (schema {version})")
+    return record
+
+
+def _first_records(path: Path, until_type: str, limit: int = 200) -> Iterator[dict[str, Any]]:
+    """The records up to the first of `until_type`, without reading a long file whole."""
+    with open(path, "rb") as stream:
+        for number, line in enumerate(stream):
+            record = _parse_line(line)
+            if record is not None:
+                yield record
+                if record["type"] == until_type or number >= limit:
+                    return
+
+
+@dataclass
+class SavedConversation:
+    """What a listing shows of one saved conversation."""
+
+    id: str  # the correlation id
+    path: Path
+    started: str
+    updated: float  # the file's modification time: its last record
+    working_dir: str
+    notebook: str | None
+    model: str
+    first_prompt: str
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:SHORT_ID]
+
+    @property
+    def when(self) -> str:
+        """When it was last active, in local time."""
+        return datetime.fromtimestamp(self.updated).strftime("%Y-%m-%d %H:%M")
+
+    def line(self) -> str:
+        """One line of a listing: short id, when, where, first prompt."""
+        where = self.notebook or self.working_dir
+        prompt = " ".join(self.first_prompt.split())
+        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        return f"{self.short_id}  {self.when}  {where}  {prompt}"
+
+
+_ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
+
+
+def looks_like_id(word: str) -> bool:
+    """Whether a word after `--resume` is a conversation id (prefix) rather than the start of a prompt."""
+    return bool(_ID.fullmatch(word.lower()))
+
+
+def summarize(path: Path) -> SavedConversation:
+    """A listing entry from the start of a file; HistoryError if it is not a saved conversation."""
+    try:
+        head = list(_first_records(path, "message"))
+        updated = path.stat().st_mtime
+    except OSError as exc:
+        raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
+    start = _check_start(path, head[0] if head else None)
+    prompt = next((message_text(r["message"].get("content")) for r in head
+                   if r["type"] == "message" and isinstance(r.get("message"), dict)
+                   and r["message"].get("role") == "user"), "")
+    return SavedConversation(
+        id=start["correlation_id"], path=path, started=str(start.get("t", "")), updated=updated,
+        working_dir=str(start.get("working_dir") or ""), notebook=start.get("notebook") or None,
+        model=str(start.get("model") or ""), first_prompt=prompt,
+    )
+
+
+class ConversationStore:
+    """The folder of saved conversations. `warn` hears about files it skips."""
+
+    def __init__(self, folder: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
+        self.folder = folder or sessions_dir()
+        self.warn = warn or (lambda text: None)
+
+    def path_for(self, conversation_id: str) -> Path:
+        return self.folder / f"{conversation_id}{SUFFIX}"
+
+    def list(self) -> list[SavedConversation]:
+        """Every saved conversation, the most recently active first. Other files are skipped with a warning."""
+        try:
+            entries = [entry for entry in self.folder.iterdir() if not entry.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self.warn(f"Cannot read the saved conversations in {self.folder}: {exc.strerror}")
+            return []
+        found = []
+        for entry in entries:
+            try:
+                if entry.suffix != SUFFIX or not entry.is_file():
+                    raise HistoryError(f"{entry.name} is not a saved conversation")
+                found.append(summarize(entry))
+            except HistoryError as exc:
+                self.warn(f"Skipped {self.folder / entry.name}: {exc}")
+        return sorted(found, key=lambda saved: saved.updated, reverse=True)
+
+    def find(self, prefix: str) -> SavedConversation:
+        """The conversation whose id is or starts with `prefix`; HistoryError saying which exist if none or
+        several do."""
+        saved = self.list()
+        prefix = prefix.strip()
+        matches = [s for s in saved if s.id == prefix] or [s for s in saved if prefix and s.id.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if not saved:
+            raise HistoryError(f"No saved conversation {prefix!r}: none are saved in {self.folder}.")
+        if matches:
+            raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
+                               f"({', '.join(s.short_id for s in matches[:10])}): give more of the id.")
+        shown = ", ".join(s.short_id for s in saved[:10]) + (", ..." if len(saved) > 10 else "")
+        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}.")
+
+    def listing(self) -> str:
+        """What `--sessions` shows: one line per conversation, newest first."""
+        saved = self.list()
+        if not saved:
+            return f"No saved conversations in {self.folder}."
+        return "\n".join(entry.line() for entry in saved)
+
+    def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
+               notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
+        """The conversation `conversation_id` names (an id or a unique prefix), else the newest for the notebook
+        (if given) or the working folder. HistoryError if there is none."""
+        if conversation_id:
+            return self.find(conversation_id)
+        saved = self.latest(working_dir=working_dir, notebook=notebook)
+        if saved is None:
+            raise HistoryError(f"No saved conversation for {notebook or working_dir} in {self.folder}.")
+        return saved
+
+    def latest(self, *, working_dir: str | os.PathLike[str] | None = None,
+               notebook: str | os.PathLike[str] | None = None) -> SavedConversation | None:
+        """The most recently active conversation of this notebook (if given), else of this working folder."""
+        for saved in self.list():
+            if notebook is not None:
+                if saved.notebook == str(notebook):
+                    return saved
+            elif working_dir is None or saved.working_dir == str(working_dir):
+                return saved
+        return None
+
+    def remove_older_than(self, days: int) -> int:
+        """Delete conversations untouched for more than `days` days; returns how many went."""
+        limit = time.time() - days * 86400
+        removed = 0
+        try:
+            entries = list(self.folder.glob(f"*{SUFFIX}"))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat().st_mtime < limit:
+                    entry.unlink()
+                    removed += 1
+            except OSError:
+                continue  # gone already (another process), or not ours to remove: not worth a warning
+        return removed
+
+
+# -- rebuilding ------------------------------------------------------------------------------------
+
+def _is_message(record: dict[str, Any]) -> bool:
+    message = record.get("message")
+    return record["type"] == "message" and isinstance(message, dict) and message.get("role") in (
+        "user", "assistant", "tool")
+
+
+def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history the records describe, ready to send: an answer cut off by a crash is kept with a marker,
+    tool calls left without a result get one, and the history ends with an assistant or tool message."""
+    conversation = Conversation()
+    partial: list[str] = []
+    for record in records:
+        if _is_message(record):
+            conversation.messages.append(record["message"])
+            partial.clear()
+        elif record["type"] == "text" and isinstance(record.get("text"), str):
+            partial.append(record["text"])
+        elif record["type"] == "turn_done":
+            partial.clear()
+    if partial:  # the process died while the answer streamed
+        conversation.add_assistant("".join(partial) + "\n" + INTERRUPTED)
+    conversation.repair()
+    if conversation.messages and conversation.messages[-1]["role"] == "user":
+        conversation.add_assistant(INTERRUPTED)
+    return conversation.messages
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+class Recorder:
+    """Writes the conversation of one session as it happens; a `ConversationObserver` and a `TurnObserver`.
+
+    The file is created with the first record of a conversation (so nothing is written for a session that
+    never talks) and a new one begins after `clear()`. If the folder cannot be written, one warning is
+    given (`take_warnings`) and the conversation goes on unsaved. A `paused` recorder writes nothing until
+    the next conversation begins.
+    `describe()` gives the session's working_dir, notebook, model and base_url; `secrets()` the values
+    to hide."""
+
+    def __init__(self, store: ConversationStore, conversation: Conversation,
+                 describe: Callable[[], dict[str, Any]], secrets: Callable[[], Iterable[str | None]],
+                 paused: bool = False) -> None:
+        self.store = store
+        self.conversation = conversation
+        self.describe = describe
+        self.secrets = secrets
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._failed = False
+        self._paused = paused
+        self._warnings: list[str] = []
+        self._streamed = ""  # answer text seen but not yet written (it may end inside a secret)
+        conversation.observer = self
+
+    # ConversationObserver
+    def message_added(self, message: dict[str, Any]) -> None:
+        record: dict[str, Any] = {"type": "message", "message": without_images(message)}
+        if message.get("role") == "user":
+            record["model"] = self.describe().get("model")
+        self._streamed = ""  # an answer's message holds its whole text
+        self._write(record)
+
+    def cleared(self) -> None:
+        self.close()
+        self._paused = False
+
+    def shortened(self, changed: int) -> None:
+        self._write({"type": "shortened", "changed": changed})
+
+    # TurnObserver
+    def event(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self._stream_text(event.text)
+        elif isinstance(event, ToolCallStarted):
+            self._write({"type": "tool_call", "call_id": event.call_id, "name": event.name})
+        elif isinstance(event, ToolResult):
+            self._write({"type": "tool_result", "call_id": event.call_id, "name": event.name,
+                         "is_error": event.is_error})
+        elif isinstance(event, UsageUpdate):
+            self._write({"type": "usage", "turn": asdict(event.turn), "session": asdict(event.session)})
+        elif isinstance(event, Notice):
+            self._write({"type": "notice", "text": event.text})
+        elif isinstance(event, ErrorEvent):
+            self._write({"type": "error", "text": event.message})
+        elif isinstance(event, TurnDone):
+            self._streamed = ""
+            self._write({"type": "turn_done", "reason": event.reason})
+
+    def approval(self, request: ApprovalRequest, allowed: bool, reason: str, always: bool) -> None:
+        self._write({"type": "approval", "call_id": request.call_id, "tool": request.tool, "allowed": allowed,
+                     "reason": reason, "always": always})
+
+    def take_warnings(self) -> list[str]:
+        warnings, self._warnings = self._warnings, []
+        return warnings
+
+    # resuming
+    def resume(self, saved: SavedConversation) -> None:
+        """Continue `saved` in this session: its history and correlation id, further records in its file.
+        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history."""
+        records = read_records(saved.path)
+        messages = rebuild(records)
+        closing = messages[sum(1 for record in records if _is_message(record)):]
+        self.conversation.restore(messages, saved.id)
+        self.close()
+        self.path, self._paused = saved.path, False
+        self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
+        for message in closing:
+            self._write({"type": "message", "message": message})
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self.path, self._streamed = None, None, ""
+
+    # the file
+    def _stream_text(self, text: str) -> None:
+        """Write the streamed answer, holding back an end that may be the start of a secret (a secret split
+        across two pieces must not be written half by half)."""
+        secrets = [s for s in self.secrets() if s]
+        pending = hide_secrets(self._streamed + text, secrets)
+        keep = max((_secret_start_at_end(pending, secret) for secret in secrets), default=0)
+        ready, self._streamed = pending[:len(pending) - keep], pending[len(pending) - keep:]
+        if ready:
+            self._write({"type": "text", "text": ready})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._failed or self._paused:
+            return
+        try:
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            os.write(self._fd, self._line(record))
+        except OSError as exc:
+            self._failed = True
+            self.close()
+            self._warnings.append(f"Conversations are not being saved: cannot write to {self.store.folder} "
+                                  f"({exc.strerror or exc}). This conversation goes on unsaved.")
+
+    def _open(self) -> None:
+        folder = self.store.folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if folder.stat().st_mode & 0o077:
+            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
+                os.chmod(folder, 0o700)
+        path = self.path or self.store.path_for(self.conversation.correlation_id)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
+            if not size:
+                os.write(fd, self._line({"type": "start", "correlation_id": self.conversation.correlation_id,
+                                         **self.describe()}))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self.path = fd, path
+
+    def _line(self, record: dict[str, Any]) -> bytes:
+        return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _secret_start_at_end(text: str, secret: str) -> int:
+    """How many characters at the end of `text` are the beginning of `secret` (0 if none)."""
+    for size in range(min(len(secret) - 1, len(text)), 0, -1):
+        if text.endswith(secret[:size]):
+            return size
+    return 0
+
+
+def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, Any]:
+    """`record` as saved: with the schema version and the time, and every secret in it hidden."""
+    known = list(secrets)
+    return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
+                  lambda text: hide_credential_shapes(hide_secrets(text, known)))
+
+
+def records_of(conversation: Conversation, description: dict[str, Any],
+               secrets: Iterable[str | None]) -> list[dict[str, Any]]:
+    """The records a conversation that was not saved would have (for an export): its start and messages."""
+    known = list(secrets)
+    start = {"type": "start", "correlation_id": conversation.correlation_id, **description}
+    return [stamped(start, known)] + [stamped({"type": "message", "message": without_images(message)}, known)
+                                      for message in conversation.messages if message["role"] != "system"]
+
+
+def _scrub(value: Any, hide: Callable[[str], str]) -> Any:
+    """`value` with `hide` applied to every string in it (a secret can be anywhere: a prompt, a tool result)."""
+    if isinstance(value, str):
+        return hide(value)
+    if isinstance(value, dict):
+        return {key: _scrub(item, hide) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(item, hide) for item in value]
+    return value

@@ -1,0 +1,328 @@
+"""The kernel side shared by the magics and the chat panel: the one Session per kernel, re-reading its
+configuration, the worker thread that runs magic turns, running code in the kernel and inserting cells.
+
+A magic runs on the kernel's main thread while ipykernel's event loop is busy running it, so a magic's
+turn runs on a private event loop in a worker thread (`Worker`); work that must happen on the main thread
+(`run_code`, cell insertion) is handed back to the magic's turn pump with `Worker.call_in_main_thread`.
+Nothing heavy is imported here at `%load_ext` time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .notebook_context import KernelHistory
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .images import Image
+    from .providers.base import LLMProvider
+    from .session import Session
+    from .tools.notebook import CodeOutcome
+
+NOTEBOOK_PROMPT = """
+
+You run inside the user's Jupyter kernel. list_variables and inspect_variable show the user's
+variables; run_code runs Python in the kernel namespace (it asks the user first); read_notebook and
+edit_notebook work on .ipynb files. A summary of the kernel may follow the user's message between
+<kernel-context> tags."""
+
+
+# -- one session per kernel ---------------------------------------------------------------------
+
+@dataclass
+class KernelState:
+    shell: Any
+    load_dir: Path
+    history: KernelHistory = field(default_factory=KernelHistory)
+    session: Session | None = None
+    worker: Worker | None = None
+    # How the session's configuration was read, to read it again before each request.
+    config_flags: dict[str, Any] = field(default_factory=dict)
+    config_dir: Path | None = None
+    images: ImageOutputs = field(default_factory=lambda: ImageOutputs())
+
+
+_state: KernelState | None = None
+
+
+def kernel_state(shell: Any = None) -> KernelState:
+    global _state
+    if _state is None:
+        if shell is None:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        _state = KernelState(shell, Path.cwd())
+    return _state
+
+
+def open_notebook_path(shell: Any) -> Path | None:
+    """The notebook the frontend says the kernel belongs to: VS Code's `__vsc_ipynb_file__`, or
+    Jupyter's `JPY_SESSION_NAME` (absolute, or relative to the server root while the kernel runs in the
+    notebook's folder)."""
+    vscode = (getattr(shell, "user_ns", None) or {}).get("__vsc_ipynb_file__")
+    if isinstance(vscode, str) and vscode:
+        return Path(vscode)
+    name = os.environ.get("JPY_SESSION_NAME", "")
+    if not name.endswith(".ipynb"):
+        return None
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    local = kernel_state(shell).load_dir / path.name
+    return local if local.exists() else None
+
+
+def notebook_directory(shell: Any = None) -> Path:
+    """The workspace root in a kernel: the open notebook's folder, else the working directory at load time."""
+    state = kernel_state(shell)
+    notebook = open_notebook_path(state.shell)
+    return notebook.parent if notebook is not None else state.load_dir
+
+
+def get_session(shell: Any = None) -> Session:
+    """The kernel's one Session, shared by the magics and the chat panel; created on first use.
+
+    Configuration comes from `load_config()` (files, environment); the workspace root is the notebook's
+    folder unless `agent.working_dir` says otherwise. Raises ConfigError for a bad configuration.
+    """
+    state = kernel_state(shell)
+    if state.session is None:
+        from .config import load_config
+
+        root = notebook_directory(state.shell)
+        state.config_flags, state.config_dir = {}, root
+        state.session = _create_session(load_config(cwd=root), state, root)
+    return state.session
+
+
+def refresh_config(shell: Any = None) -> str | None:
+    """Apply environment variables and config files changed since the kernel's session was made (users set
+    os.environ or edit .auto-coder.yaml in the notebook) from the next request on; the conversation stays.
+    Returns a sentence saying what is used now, or None when nothing changed. Raises ConfigError."""
+    from .config import load_config, redact_url
+
+    state = kernel_state(shell)
+    if state.session is None or state.config_dir is None:
+        return None
+    config = load_config(state.config_flags, cwd=state.config_dir)
+    if not state.session.apply_config(config):
+        return None
+    return (f"Configuration changed: now {config.llm.model} at {redact_url(config.llm.base_url)}, "
+            f"approval mode {config.agent.approval_mode}.")
+
+
+def change_working_dir(state: KernelState, directory: str) -> str:
+    """Point the tools at another root: a new conversation on the same endpoint (the provider and its
+    connections are kept). The session object stays the same (the panel holds it); its parts are replaced.
+    Returns the sentence to show."""
+    from .config import load_config
+
+    root = Path(directory).expanduser().resolve()
+    if not root.is_dir():
+        from .errors import ConfigError
+
+        raise ConfigError(f"--working-dir {directory}: not a folder")
+    state.config_flags, state.config_dir = {"agent.working_dir": str(root)}, root
+    config = load_config(state.config_flags, cwd=root)
+    fresh = _create_session(config, state, root, state.session.provider if state.session else None)
+    if state.session is None:
+        state.session = fresh
+    else:
+        if state.session.recorder is not None:
+            state.session.recorder.close()  # the old conversation's file; the fresh session starts a new one
+        state.session.close_mcp_servers()  # the fresh session started its own
+        for part in fields(state.session):
+            setattr(state.session, part.name, getattr(fresh, part.name))
+    return f"Workspace root: {root}; new conversation {state.session.conversation.correlation_id}"
+
+
+def _create_session(config: Config, state: KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
+    from .session import DEFAULT_SYSTEM_PROMPT, Session
+    from .tools.notebook import build_notebook_tools
+
+    if config.agent.system_prompt is None:
+        config.agent.system_prompt = DEFAULT_SYSTEM_PROMPT + NOTEBOOK_PROMPT
+    shell = state.shell
+    holder: list[Session] = []
+    tools = build_notebook_tools(
+        shell.user_ns,
+        lambda code: worker(state).call_in_main_thread(lambda: _run_code(state, code)),
+        lambda: holder[0].workspace,
+        hidden=lambda: getattr(shell, "user_ns_hidden", {}),
+        open_notebook=lambda: open_notebook_path(shell),
+        insert_cell=lambda source, kind: _insert_from_turn(state, f"%%markdown\n{source}" if kind == "markdown"
+                                                            else source),
+    )
+    session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
+                             provider=provider, instructions_from=root,
+                             notebook=open_notebook_path(shell))
+    session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
+    holder.append(session)
+    return session
+
+
+# -- running code and adding cells --------------------------------------------------------------
+
+def _run_code(state: KernelState, code: str) -> CodeOutcome:
+    """run_code's executor, on the main thread: IPython syntax (magics, `!cmd`) is transformed first. The
+    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are
+    shown to the user as in a cell and collected for the model."""
+    from .tools.notebook import run_python
+
+    shell = state.shell
+    state.images.watch(shell)
+    with state.images.collect() as images:
+        outcome = run_python(shell.transform_cell(code), shell.user_ns)
+        if outcome.value is not None and _is_image(outcome.value):
+            from IPython.display import display
+
+            display(outcome.value)
+        _flush_figures()
+    outcome.images = images
+    return outcome
+
+
+def _is_image(value: Any) -> bool:
+    figure = callable(getattr(value, "savefig", None)) and hasattr(value, "axes")
+    return figure or any(callable(getattr(value, method, None)) for method in ("_repr_png_", "_repr_jpeg_"))
+
+
+def _flush_figures() -> None:
+    """Show the figures the code drew with the inline backend now, as a cell would at its end."""
+    import sys
+
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    matplotlib = sys.modules.get("matplotlib")
+    if inline is not None and matplotlib is not None and "inline" in str(matplotlib.get_backend()):
+        inline.flush_figures()
+
+
+class ImageOutputs:
+    """Watches the kernel's display publisher (display(), plots) and display hook (a cell's last value):
+    remembers the last image output (for `--attach last`) and, while `collect()` runs, the images shown.
+    Outputs still reach the frontend unchanged."""
+
+    def __init__(self) -> None:
+        self.last: str | bytes | None = None
+        self._collecting: list[bytes] | None = None
+
+    def watch(self, shell: Any) -> None:
+        """Wrap the shell's current publisher and display hook, once each (`capture_output` may swap the
+        publisher, so run_code calls this again)."""
+        for owner, method in ((getattr(shell, "display_pub", None), "publish"),
+                              (getattr(shell, "displayhook", None), "write_format_data")):
+            original = getattr(owner, method, None)
+            if original is None or getattr(original, "_auto_coder_images", False):
+                continue
+
+            def wrapped(data: dict[str, Any], *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self._seen(data)
+                return _original(data, *args, **kwargs)
+
+            wrapped._auto_coder_images = True  # type: ignore[attr-defined]
+            setattr(owner, method, wrapped)
+
+    def _seen(self, data: Any) -> None:
+        from .images import IMAGE_MIME_TYPES, decode_output
+
+        found = next((data[mime] for mime in IMAGE_MIME_TYPES if isinstance(data, dict) and mime in data), None)
+        if found is None:
+            return
+        self.last = found
+        data = decode_output(found)
+        if self._collecting is not None and data not in self._collecting:  # a figure shown twice is sent once
+            self._collecting.append(data)
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[list[bytes]]:
+        collected: list[bytes] = []
+        self._collecting = collected
+        try:
+            yield collected
+        finally:
+            self._collecting = None
+
+
+def attach(session: Session, name: str, shell: Any = None) -> Image:
+    """`session.attach` with the kernel's namespace and last image output (the magics' --attach, the panel)."""
+    state = kernel_state(shell)
+    return session.attach(name, state.shell.user_ns, state.images.last)
+
+
+async def _insert_from_turn(state: KernelState, source: str) -> str | None:
+    """edit_notebook's insert. A magic's turn adds the cell when its cell finishes; a chat-panel turn runs
+    outside any cell execution, so the frontend applies the cell only after the user's next run."""
+    in_magic = state.worker is not None and state.worker.channel is not None
+    await worker(state).call_in_main_thread(lambda: insert_cells(state.shell, [source]))
+    if in_magic:
+        return None
+    return ("The new cell will appear below the next cell the user runs (a cell can only be added during a "
+            "cell execution). Tell the user, and show the code in your answer too.")
+
+
+def insert_cells(shell: Any, blocks: list[str]) -> None:
+    """New cell(s) below the current one. Frontends apply one `set_next_input` payload per execution
+    (a later one replaces an earlier one), so several blocks are joined into one cell."""
+    shell.set_next_input("\n\n".join(block.strip("\n") for block in blocks), replace=False)
+
+
+# -- the worker thread ---------------------------------------------------------------------------
+
+@dataclass
+class MainThreadCall:
+    function: Callable[[], Any]
+    result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+    def run(self) -> None:
+        try:
+            self.result.set_result(self.function())
+        except KeyboardInterrupt:
+            # Not handed to the worker: a KeyboardInterrupt inside its loop would stop the loop itself.
+            self.result.cancel()
+            raise
+        except BaseException as exc:
+            self.result.set_exception(exc)
+
+
+class Worker:
+    """One thread with its own event loop, kept for the kernel's life so connections are reused.
+
+    `channel` is the queue of the magic whose turn is running (its pump reads it on the main thread);
+    None between magics."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-turns", daemon=True)
+        self.thread.start()
+        self.channel: queue.Queue[Any] | None = None
+
+    async def call_in_main_thread(self, function: Callable[[], Any]) -> Any:
+        """Run `function` on the kernel's main thread (the magic's pump picks it up) and await its result."""
+        import asyncio
+
+        if threading.current_thread() is threading.main_thread():
+            return function()
+        channel = self.channel
+        if channel is None:
+            raise RuntimeError("no magic is running to execute this on the kernel's main thread")
+        call = MainThreadCall(function)
+        channel.put(call)
+        return await asyncio.wrap_future(call.result)
+
+
+def worker(state: KernelState) -> Worker:
+    if state.worker is None:
+        state.worker = Worker()
+    return state.worker

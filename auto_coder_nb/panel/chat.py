@@ -1,0 +1,575 @@
+"""The chat panel: an ipywidgets face of the agent that works wherever ipywidgets work.
+
+Threading model (the hard part). The agent runs as an asyncio task on the kernel's own event loop,
+captured when the panel is created (in a cell, so on the main thread). Widget callbacks may arrive on
+the main thread or on a kernel subshell thread with its own loop (ipykernel 7), so every callback
+only hands its work to that loop with `call_soon_threadsafe` and returns at once. All widget state is
+changed from the loop, never from a callback directly.
+
+Streaming cost. Text deltas are buffered and flushed at most `UPDATES_PER_SECOND` times a second.
+An answer is rendered block by block: finished Markdown blocks are rendered once into the current
+segment widget (a new segment starts every `SEGMENT_CHARS`), only the open last block is re-rendered,
+and earlier messages are never touched, so one update costs the same after 10 or 1,000 messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from ..events import (
+    ApprovalRequest,
+    ContextUsage,
+    ErrorEvent,
+    Event,
+    Notice,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+    UsageUpdate,
+    assert_never,
+)
+from ..providers.base import Usage
+from .assets import FRONTEND, STYLE
+from .attachments import Attachments, thumbnails_html
+from .code_blocks import CodeBlocks
+from .parts import (
+    SUMMARY_LINES,
+    _append,
+    _box,
+    _button,
+    _diff_html,
+    _html,
+    _PlainText,
+    _short,
+    _Stack,
+    _TextPart,
+    _tool_card,
+    _ToolCard,
+    _usage_text,
+)
+from .saved import SavedOffer
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+UPDATES_PER_SECOND = 20
+IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"
+RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
+TURN_END_NOTES = {
+    "max_iterations": "Stopped at the request limit for one turn.",
+    "repeated_call": "Stopped: the same tool call was repeated.",
+}
+
+
+class ChatPanel:
+    """A chat with the agent as an ipywidget. Display it, or drive it from Python.
+
+    `ChatPanel()` uses the kernel's shared session (`auto_coder_nb.kernel.get_session()`), so the panel
+    and the magics share one conversation and correlation id. Create it on the thread that runs the
+    kernel's event loop (any notebook cell does), or pass `loop`.
+    """
+
+    def __init__(
+        self,
+        session: Session | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        namespace: dict[str, Any] | None = None,
+    ) -> None:
+        self._shares_kernel_session = session is None
+        if session is None:
+            from ..kernel import get_session
+
+            session = get_session()
+        self.session = session
+        self._loop = loop or _main_loop()
+        self._namespace = namespace
+        self._task: asyncio.Task[None] | None = None
+        self._state = IDLE
+        self._turn_usage: Usage | None = None  # None until the turn's first UsageUpdate
+        self._records: list[tuple[str, str | _TextPart]] = []  # (role, text or the streaming part)
+        self._parts: list[_TextPart | _PlainText] = []  # parts with text not yet shown
+        self._turn = _box([], "autocoder-turn")
+        self._part: _TextPart | None = None
+        self._reasoning: _PlainText | None = None
+        self._state_detail = ""
+        self._in_turn = False  # notices and errors go into the turn's box while it runs
+        self._cards: dict[str, _ToolCard] = {}
+        self._open_cards: list[_ToolCard] = []  # cards whose approval buttons are live
+        self._last_flush = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.updates = 0  # throttled transcript flushes, for the benchmark
+        self._code_blocks = CodeBlocks(self)
+        self._context: ContextUsage | None = None  # how full the context window is, after each turn
+        self._attachments = Attachments(self)
+        self._build()
+        self._offer = SavedOffer.look(self)  # after a kernel restart: the notebook's latest conversation
+        if self._offer is not None:
+            self._offer.show()
+            self._resume_button.layout.display = None
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._status = _html("", "autocoder-status")
+        title = _html(STYLE + FRONTEND + '<span class="autocoder-title">auto-coder</span>', "autocoder-titlebox")
+        header = _box([title, self._status],
+                      "autocoder-header", horizontal=True)
+        self._transcript = _Stack(_box([], "autocoder-transcript"))
+        scroll = _box([self._transcript.box], "autocoder-scroll")
+        self._input = widgets.Textarea(
+            continuous_update=False,
+            placeholder="Ask about your code, your data or this notebook… (Enter to send, Shift+Enter for a new line)",
+            layout=widgets.Layout(width="100%", height="64px"),
+        )
+        self._input.add_class("autocoder-input")
+        self._send_button = _button("Send", "primary", "autocoder-send", "Send the message")
+        self._stop_button = _button("Stop", "warning", "autocoder-stop", "Stop the running turn")
+        self._reset_button = _button("Reset", "", "autocoder-reset", "Start a new conversation (new id)")
+        self._stop_button.disabled = True
+        self._send_button.on_click(self._handover(self._on_send))
+        self._stop_button.on_click(self._handover(self._stop))
+        self._reset_button.on_click(self._handover(self._start_reset))
+        self._resume_button = _button("Resume", "info", "autocoder-resume",
+                                      "Continue the saved conversation shown above (same history and id)")
+        self._resume_button.layout.display = "none"  # shown only with a saved conversation to offer
+        self._resume_button.on_click(self._handover(self._resume))
+        buttons = _box([self._send_button, self._stop_button, self._reset_button, self._resume_button],
+                       "autocoder-buttons", horizontal=True)
+        self.widget = _box([header, scroll, self._input, buttons, self._attachments.widget], "autocoder-panel")
+        self._show_status()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- the Python API --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def transcript(self) -> list[dict[str, str]]:
+        """What the panel shows, as `{"role", "text"}` dicts (roles: user, assistant, tool, notice, error)."""
+        return [{"role": role, "text": text if isinstance(text, str) else text.text} for role, text in self._records]
+
+    def send(self, message: str) -> None:
+        """Start a turn with `message` (safe from any thread; returns at once)."""
+        self._loop.call_soon_threadsafe(self._start_turn, message)
+
+    def attach(self, name: str) -> None:
+        """Attach an image for the next message, like the Attach control: a file, a variable or `last`."""
+        self._loop.call_soon_threadsafe(self._attachments.start, name)
+
+    @property
+    def attachments(self) -> list[str]:
+        """The images attached for the next message, described."""
+        return [image.describe() for image in self._attachments.images]
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop)
+
+    def reset(self) -> None:
+        self._loop.call_soon_threadsafe(self._start_reset)
+
+    async def ask(self, message: str) -> str:
+        """Send `message`, wait for the turn to end, return the assistant's answer text (`await` in a cell)."""
+        before = len(self._records)
+        self._start_turn(message)
+        await self.wait()
+        return "\n\n".join(r["text"] for r in self.transcript[before:] if r["role"] == "assistant")
+
+    async def wait(self) -> None:
+        """Wait until the running turn (if any) has ended."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    # -- callbacks: hand over to the kernel's loop, never work here -------------------------
+
+    def _handover(self, action: Callable[[], None]) -> Callable[[Any], None]:
+        @functools.wraps(action)
+        def callback(_: Any = None) -> None:
+            self._loop.call_soon_threadsafe(self._guarded, action)
+
+        return callback
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run a UI action on the loop; a bug shows in the panel, not as a traceback in a log nobody reads."""
+        try:
+            action()
+        except Exception as exc:
+            self._error(f"The panel failed: {type(exc).__name__}: {exc}")
+
+    def _on_send(self) -> None:
+        message = self._input.value.strip()
+        if not message or self.running:
+            return
+        self._input.value = ""
+        self._start_turn(message)
+
+    # -- turns -----------------------------------------------------------------------------
+
+    def _start_turn(self, message: str) -> None:
+        if self.running:
+            self._notice("A turn is already running: Stop it first.")
+            return
+        if self._offer is not None:  # sent without Resume: a new conversation, the saved one leaves the view
+            self._withdraw_offer()
+            self._transcript.clear()
+            self._records.clear()
+        self._task = self._loop.create_task(self._run_turn(message))
+
+    def _stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _start_reset(self) -> None:
+        self._loop.create_task(self._reset())
+
+    async def _reset(self) -> None:
+        try:
+            if self.running:
+                self._stop()
+                await self.wait()
+            self._withdraw_offer()
+            new_id = self.session.reset()
+            self._records.clear()
+            self._parts.clear()
+            self._cards.clear()
+            self._turn_usage = None
+            self._context = None
+            self._transcript.clear()
+            self._notice(f"New conversation. Correlation id {new_id}.")
+            self._show_status()
+        except Exception as exc:  # a task's error would only reach the log console
+            self._error(f"Reset failed: {type(exc).__name__}: {exc}")
+
+    def _resume(self) -> None:
+        from ..history import HistoryError
+
+        if self._offer is None or self.running:
+            return
+        try:
+            message = self._offer.resume()
+        except HistoryError as exc:
+            self._error(str(exc))
+            return
+        self._withdraw_offer()
+        self._notice(message)
+        self._show_status()
+
+    def _withdraw_offer(self) -> None:
+        self._offer = None
+        self._resume_button.layout.display = "none"
+
+    async def _run_turn(self, message: str) -> None:
+        images = self._attachments.take()
+        self._begin_turn(message, thumbnails_html(images))
+        if self._shares_kernel_session and not self._refresh_config():
+            self._end_turn()
+            self._set_state(IDLE)
+            return
+        events = self.session.agent.run(message, images)
+        try:
+            async for event in events:
+                self._on_event(event)
+        except asyncio.CancelledError:
+            self._end_text()
+            self._notice("Stopped. The conversation is kept: you can send the next message.")
+        except Exception as exc:  # the agent reports errors as events; this is a last guard
+            self._end_text()
+            self._error(f"{type(exc).__name__}: {exc}")
+        finally:
+            with suppress(BaseException):
+                await events.aclose()  # type: ignore[attr-defined]
+            self._end_turn()
+
+    def _refresh_config(self) -> bool:
+        """Settings changed in the environment or config files apply to this turn, as in the magics."""
+        from ..errors import ConfigError
+        from ..kernel import refresh_config
+
+        try:
+            changed = refresh_config()
+        except ConfigError as exc:
+            self._error(f"Configuration error: {exc}")
+            return False
+        if changed:
+            self._notice(changed)
+            self._show_status()
+        return True
+
+    def _begin_turn(self, message: str, thumbnails: str = "") -> None:
+        self._set_busy(True)
+        self._turn_usage = None
+        self._records.append(("user", message))
+        self._transcript.append(_html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user"))
+        self._turn = _box([], "autocoder-turn")
+        self._transcript.append(self._turn)
+        self._part, self._reasoning = None, None
+        self._in_turn = True
+        self._set_state(THINKING)
+
+    def _end_turn(self) -> None:
+        self._end_text()
+        for card in self._open_cards:
+            card.close_approval("Not answered: the turn ended.")
+            card.status("not run")
+        self._open_cards.clear()
+        self._in_turn = False
+        self._set_busy(False)
+
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case TextDelta():
+                if self._part is None:
+                    self._part = _TextPart(self._code_blocks.widget)
+                    self._records.append(("assistant", self._part))
+                    self._add_to_turn(self._part.box)
+                if self._state != ANSWERING:
+                    self._set_state(ANSWERING)
+                self._part.feed(event.text)
+                self._mark_dirty(self._part)
+            case ReasoningDelta():
+                if self._state != THINKING:
+                    self._set_state(THINKING)
+                if self._reasoning is None:
+                    self._reasoning = _PlainText()
+                    accordion = widgets.Accordion([self._reasoning.box], titles=("Reasoning",), selected_index=None)
+                    accordion.add_class("autocoder-reasoning")
+                    self._add_to_turn(accordion)
+                self._reasoning.feed(event.text)
+                self._mark_dirty(self._reasoning)
+            case ToolCallStarted():
+                self._end_text()
+                card = _tool_card(event.call_id, event.name, event.arguments, event.raw_arguments)
+                self._cards[event.call_id] = card
+                self._add_to_turn(card.box)
+                self._set_state(RUNNING_TOOL, event.name)
+            case ApprovalRequest():
+                self._ask(event)
+            case ToolResult():
+                self._tool_result(event)
+            case UsageUpdate():
+                self._turn_usage = event.turn
+                self._show_status()
+            case Notice():
+                self._end_text()
+                self._notice(event.text)
+            case ErrorEvent():
+                self._end_text()
+                self._error(event.message)
+            case TurnDone():
+                self._end_text()
+                self._context = event.context or self._context
+                self._show_status()
+                if event.reason in TURN_END_NOTES:
+                    self._notice(TURN_END_NOTES[event.reason])
+            case _:
+                assert_never(event)
+
+    def _add_to_turn(self, widget: widgets.Widget) -> None:
+        _append(self._turn, widget)
+
+    def _end_text(self) -> None:
+        """The current answer part is finished: render it whole and start a new one on the next delta."""
+        part, self._part = self._part, None
+        if part is not None:
+            part.flush(final=True)
+            if part in self._parts:
+                self._parts.remove(part)
+        if self._parts:
+            self._flush()
+
+    # -- throttled streaming ---------------------------------------------------------------
+
+    def _mark_dirty(self, part: _TextPart | _PlainText) -> None:
+        if part not in self._parts:
+            self._parts.append(part)
+        wait = self._last_flush + 1 / UPDATES_PER_SECOND - self._clock()
+        if wait <= 0:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(wait, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._last_flush = self._clock()
+        for part in self._parts:
+            part.flush()
+        self._parts.clear()
+        self.updates += 1
+
+    # -- tools and approvals ---------------------------------------------------------------
+
+    def _card_for(self, call_id: str, name: str, arguments: dict[str, Any]) -> _ToolCard:
+        card = self._cards.get(call_id)
+        if card is None:
+            card = _tool_card(call_id, name, arguments, "")
+            self._cards[call_id] = card
+            self._add_to_turn(card.box)
+        return card
+
+    def _ask(self, request: ApprovalRequest) -> None:
+        self._end_text()
+        card = self._card_for(request.call_id, request.tool, request.arguments)
+        what = "this command" if request.kind == "command" else "this change"
+        self._records.append(("tool", f"{request.tool}: waiting for approval"))
+        card.status("waiting for approval", "autocoder-card-ask")
+        card.question = _html(f"Allow {what}?", "autocoder-question")
+        preview = _html(_diff_html(request.preview), "autocoder-preview")
+        # Synced on blur, which comes before the Deny click, so the click sees the whole reason.
+        reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
+        reason.add_class("autocoder-reason")
+        card.buttons = self._approval_buttons(
+            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card, request.kind, reason
+        )
+        row = _box([*card.buttons[:2], reason, card.buttons[2]], "autocoder-approval", horizontal=True)
+        card.box.children = (*card.box.children, card.question, preview, row)
+        self._open_cards.append(card)
+        self._set_state(WAITING, request.tool)
+
+    def _approval_buttons(
+        self,
+        approve: Callable[[], None],
+        always: Callable[[], None],
+        deny: Callable[[str], None],
+        card: _ToolCard,
+        kind: str,
+        reason: widgets.Text | None = None,
+    ) -> list[widgets.Button]:
+        """Approve / Always for this session / Deny; each click is answered once, on the loop.
+        Deny passes the text of `reason` (if given) on, for the model to read."""
+
+        def once(act: Callable[[], None]) -> Callable[[], None]:
+            def on_loop() -> None:
+                if card.answered:
+                    return
+                if card in self._open_cards:
+                    self._open_cards.remove(card)
+                act()
+
+            return on_loop
+
+        def allow(action: Callable[[], None], note: str) -> Callable[[], None]:
+            def act() -> None:
+                card.close_approval(note)
+                card.status("running")
+                action()
+                if self.running:
+                    self._set_state(RUNNING_TOOL, card.name)
+
+            return once(act)
+
+        def refuse() -> None:
+            why = reason.value.strip() if reason is not None else ""
+            card.denied = True
+            card.close_approval(f"Denied: {why}" if why else "Denied.")
+            card.status("denied", "autocoder-card-denied")
+            deny(why)
+            if self.running:
+                self._set_state(THINKING)
+
+        buttons = [
+            _button("Approve", "success", "autocoder-approve"),
+            _button(f"Always for this session ({'commands' if kind == 'command' else 'edits'})", "info",
+                    "autocoder-always"),
+            _button("Deny", "danger", "autocoder-deny"),
+        ]
+        buttons[0].on_click(self._handover(allow(approve, "Approved.")))
+        buttons[1].on_click(self._handover(allow(always, "Approved for the rest of this session.")))
+        buttons[2].on_click(self._handover(once(refuse)))
+        return buttons
+
+    def _tool_result(self, result: ToolResult) -> None:
+        card = self._card_for(result.call_id, result.name, {})
+        if card.denied:  # the user's choice, not a failure: the card already says why
+            card.status("denied", "autocoder-card-denied")
+            self._records.append(("tool", f"{result.name}: denied: {_short(result.output)}"))
+            self._set_state(THINKING)
+            return
+        lines = result.output.count("\n") + 1
+        status = "error" if result.is_error else "done"
+        card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
+        head = [_short(line, 160) for line in result.output.strip().split("\n")[:SUMMARY_LINES]]
+        more = f"\n… +{lines - SUMMARY_LINES} lines" if lines > SUMMARY_LINES else ""
+        card.summary.value = html.escape("\n".join(head) + more)
+        if card.summary not in card.box.children:
+            card.box.children = (*card.box.children, card.summary)
+        if result.images:
+            card.box.children = (*card.box.children, _html(thumbnails_html(result.images), "autocoder-thumbs"))
+        self._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
+        self._set_state(THINKING)
+
+    # -- status, notices, errors -----------------------------------------------------------
+
+    def _set_busy(self, busy: bool) -> None:
+        self._send_button.disabled = busy
+        self._stop_button.disabled = not busy
+        if not busy:
+            self._set_state(IDLE)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self._state = state
+        self._state_detail = detail
+        self._show_status()
+
+    def _show_status(self) -> None:
+        conversation = self.session.conversation
+        detail = self._state_detail
+        state = f"{self._state}: {detail}" if detail and self._state in (RUNNING_TOOL, WAITING) else self._state
+        css = {IDLE: "idle", WAITING: "waiting"}.get(self._state, "busy")
+        model, full_id = html.escape(self.session.config.llm.model), html.escape(conversation.correlation_id)
+        self._status.value = (
+            f'<span class="autocoder-model" title="{model}">{model}</span> · '
+            f'<span class="autocoder-state autocoder-state-{css}">{html.escape(state)}</span> · '
+            f'id <code class="autocoder-id" title="Correlation id {full_id} (click to select)">{full_id}</code> · '
+            f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
+        )
+        if self._context is not None:
+            share = f"{'~' if self._context.estimated else ''}{self._context.share:.0%}"
+            self._status.value += (f' · <span class="autocoder-context" title="{html.escape(str(self._context))}">'
+                                   f"context {share}</span>")
+
+    def _notice(self, text: str) -> None:
+        self._records.append(("notice", text))
+        self._show_line(_html(html.escape(text), "autocoder-msg", "autocoder-notice"))
+
+    def _error(self, text: str) -> None:
+        self._records.append(("error", text))
+        self._show_line(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
+
+    def _show_line(self, widget: widgets.HTML) -> None:
+        if self._in_turn:
+            self._add_to_turn(widget)
+        else:
+            self._transcript.append(widget)
+
+    @property
+    def correlation_id(self) -> str:
+        return self.session.conversation.correlation_id
+
+
+def _main_loop() -> asyncio.AbstractEventLoop:
+    """The loop of this thread: in a kernel cell, the kernel's main loop (running)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()

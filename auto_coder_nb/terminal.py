@@ -1,0 +1,207 @@
+"""Terminal rendering shared by single-prompt mode and the REPL: exit codes, TTY detection, approvals asked
+at the terminal, `TerminalView`, and `drive_turn()` (one turn, rendered, Ctrl-C handled)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from typing import TYPE_CHECKING, TextIO
+
+from .errors import ConfigError
+from .events import (
+    ApprovalRequest,
+    ContextUsage,
+    ErrorEvent,
+    Event,
+    Notice,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+    UsageUpdate,
+    assert_never,
+)
+from .text import show_controls
+
+if TYPE_CHECKING:
+    from .images import Image
+    from .session import Session
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_REFUSED = 3  # every change or command the model asked for was refused: nothing was done
+NO_TERMINAL = ("There is no terminal to ask the user for approval, so this action was refused. "
+               "Tell the user it needs --approval-mode auto-edit (file changes) or full-auto (also commands).")
+
+
+def drive_turn(session: Session, message: str, loop: asyncio.AbstractEventLoop, view: TerminalView,
+               images: Sequence[Image] = ()) -> bool:
+    """Run one turn on `loop`, rendering its events on `view`; `images` go with the message. False when
+    Ctrl-C stopped it (the history is repaired and the session free again); the caller says so in its own
+    words."""
+    from .agent import iterate_sync
+
+    try:
+        with closing(iterate_sync(session.agent.run(message, images), loop)) as events:
+            for event in events:
+                view.handle(event)
+    except KeyboardInterrupt:
+        view.finish_text()
+        return False
+    return True
+
+
+def is_terminal(stream: TextIO | None) -> bool:
+    """A started-without-stdin process has None here; that is no terminal either."""
+    return stream is not None and stream.isatty()
+
+
+def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
+    """Show what would happen and ask: yes, no (with an optional reason), or always for this session.
+    End of input (Ctrl-D) is a no."""
+    # Escaped control characters: a preview must not be able to hide or rewrite what will run.
+    err.write(f"\n{show_controls(request.preview)}\n" if request.preview else "\n")
+    err.flush()
+    while True:
+        answer = _read(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ", err)
+        if answer is None:
+            request.deny("")
+            return
+        answer = answer.strip().lower()
+        if answer in ("y", "yes"):
+            request.approve()
+            return
+        if answer in ("a", "always"):
+            request.approve(always=True)
+            return
+        if answer in ("n", "no"):
+            request.deny((_read("Reason for the model (optional): ", err) or "").strip())
+            return
+
+
+def _read(prompt: str, err: TextIO) -> str | None:
+    """A line from the user; None at end of input (Ctrl-D), after ending the prompt's line."""
+    try:
+        return input(prompt)
+    except EOFError:
+        err.write("\n")
+        return None
+
+
+def refuse_without_terminal(request: ApprovalRequest, err: TextIO) -> None:
+    err.write(f"  refused {request.tool}: no terminal to ask for approval (see --approval-mode)\n")
+    request.deny(NO_TERMINAL)
+
+
+class TerminalView:
+    """Renders events: the answer to stdout as it streams, everything else to stderr."""
+
+    def __init__(
+        self,
+        ask: Callable[[ApprovalRequest, TextIO], None],
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        show_usage: bool = False,
+    ) -> None:
+        self.ask = ask
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.show_usage = show_usage
+        self.failed = False
+        self.error: BaseException | None = None  # what made the turn fail, when known
+        self.all_actions_refused = False
+        self.color = self.err.isatty() and "NO_COLOR" not in os.environ
+        # Flushing every chunk to a pipe costs a syscall per token; a terminal wants each one at once.
+        self.flush_every = 0.0 if self.out.isatty() else 0.05
+        self._last_flush = 0.0
+        self._in_text = False
+        self._in_reasoning = False
+        self._usage: UsageUpdate | None = None
+        self.context: ContextUsage | None = None  # how full the context window is after the turn
+
+    def exit_code(self) -> int:
+        """Single-prompt mode's exit code for the turn shown: 2 for a configuration error met during the
+        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused."""
+        if self.failed:
+            return EXIT_USAGE if isinstance(self.error, ConfigError) else EXIT_RUNTIME
+        return EXIT_REFUSED if self.all_actions_refused else EXIT_OK
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def finish_text(self) -> None:
+        if self._in_text:
+            self.out.write("\n")
+            self.out.flush()
+            self._in_text = False
+        if self._in_reasoning:
+            self.err.write("\n")
+            self._in_reasoning = False
+
+    def handle(self, event: Event) -> None:
+        match event:
+            case TextDelta():
+                if self._in_reasoning:
+                    self.err.write("\n")
+                    self._in_reasoning = False
+                self.out.write(event.text)
+                self._in_text = True
+                now = time.monotonic()
+                if now - self._last_flush >= self.flush_every:
+                    self.out.flush()
+                    self._last_flush = now
+            case ReasoningDelta():
+                self.err.write(self._paint("2", event.text))
+                self._in_reasoning = True
+            case _:
+                self.finish_text()
+                self._handle_other(event)
+                self.err.flush()
+
+    def _handle_other(self, event: Event) -> None:
+        match event:
+            case ToolCallStarted():
+                self.err.write(self._paint("36", f"> {show_controls(event.name)}") + f"({_brief_arguments(event)})\n")
+            case ToolResult():
+                lines = event.output.splitlines() or [""]
+                first = show_controls(lines[0][:150]) + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+                self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
+                for image in event.images:
+                    self.err.write("  " + self._paint("2", f"[image: {image.describe()}]") + "\n")
+            case ApprovalRequest():
+                self.err.flush()
+                self.ask(event, self.err)
+            case UsageUpdate():
+                self._usage = event
+            case Notice():
+                self.err.write(self._paint("33", event.text) + "\n")
+            case ErrorEvent():
+                self.failed = True
+                self.error = event.error
+                self.err.write(self._paint("31", f"error: {event.message}") + "\n")
+            case TurnDone():
+                self.context = event.context
+                self.all_actions_refused = event.all_actions_refused
+                if self.show_usage and self._usage is not None:
+                    turn, total = self._usage.turn, self._usage.session
+                    self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "
+                                                    f"{total.total_tokens} this session]") + "\n")
+                self._usage = None
+            case TextDelta() | ReasoningDelta():
+                pass  # streamed by handle()
+            case _:
+                assert_never(event)
+
+
+def _brief_arguments(event: ToolCallStarted) -> str:
+    if event.arguments is None:
+        return "invalid arguments"
+    parts = []
+    for key, value in event.arguments.items():
+        text = repr(value)
+        parts.append(f"{key}={text[:60] + '...' if len(text) > 60 else text}")
+    return ", ".join(parts)

@@ -1,0 +1,404 @@
+"""MCP servers as tools: every tool of a configured server becomes the ToolDefinition `server__tool`.
+
+The official `mcp` SDK (the optional `mcp` extra) is imported only when servers are configured. An MCP client
+session belongs to the event loop and task that opened it, while one Session's tools are called from several
+loops (the magics' worker loop, the kernel's loop for the panel), so every client lives on one background thread
+with its own loop and each call is bridged to it; cancelling the caller (Stop, Ctrl-C) cancels the call there.
+A server that fails to start or stops is reported once (a notice in the next turn) and its tools disappear;
+a call only ever raises ToolError, which the model reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..config import MCP_SERVERS, McpServerConfig
+from ..providers.base import ToolDefinition, ToolKind
+from ..text import hide_secrets, truncate
+from .registry import ToolError, ToolRegistry
+from .shell import MAX_OUTPUT_CHARS
+
+SEPARATOR = "__"
+MAX_TOOL_NAME = 64  # what OpenAI-compatible servers accept for a function name
+INSTALL_HINT = 'MCP servers need the optional extra: pip install "auto-coder-nb[mcp]"'
+STOP_SECONDS = 10.0  # to close every client (a stdio server gets its stdin closed, then a kill)
+STDERR_TAIL = 2000  # bytes of a stdio server's stderr kept to say why it stopped
+LISTING_PAGES = 100
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+# Why a server is refused before it starts (the site allow-list), or None to let it run.
+Refusal = Callable[[str, McpServerConfig], "str | None"]
+
+
+@dataclass
+class McpServerStatus:
+    """One server as the doctor and the notices describe it."""
+
+    name: str
+    config: McpServerConfig
+    state: str = "starting"  # "running", "failed", "stopped", "refused", "disabled"
+    detail: str = ""  # why it is not running
+    tools: dict[str, str] = field(default_factory=dict)  # the model's name -> the server's name
+    read_tools: list[str] = field(default_factory=list)  # model names of the tools marked read
+    client: Any = field(default=None, repr=False)
+    stop: asyncio.Event | None = field(default=None, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    errlog: BinaryIO | None = field(default=None, repr=False)
+    http_error: str = ""  # the last HTTP error status a streamable-HTTP server answered
+
+    @property
+    def transport(self) -> str:
+        return "http" if self.config.url is not None else "stdio"
+
+
+def tool_name(server: str, tool: str) -> str:
+    """`server__tool`, in the characters and length every OpenAI-compatible server accepts."""
+    return _UNSAFE_NAME.sub("_", f"{server}{SEPARATOR}{tool}")[:MAX_TOOL_NAME]
+
+
+class McpServers:
+    """The configured MCP servers of one session, their tools registered in `registry` while they run."""
+
+    def __init__(
+        self,
+        servers: Mapping[str, McpServerConfig],
+        registry: ToolRegistry,
+        *,
+        cwd: Path,
+        refuse: Refusal | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cwd = cwd
+        self.servers = {name: McpServerStatus(name, config) for name, config in servers.items()}
+        self._refuse = refuse
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- starting and stopping (from the caller's thread) -----------------------------------------
+
+    def start(self) -> None:
+        """Start every server and wait until each runs or failed (each within its startup_timeout)."""
+        pending = []
+        for server in self.servers.values():
+            refusal = self._refuse(server.name, server.config) if self._refuse is not None else None
+            if server.config.disabled:
+                server.state, server.detail = "disabled", f"{MCP_SERVERS}.{server.name}.disabled is true"
+            elif refusal is not None:
+                self._fail(server, "refused", refusal)
+            else:
+                pending.append(server)
+        if not pending:
+            return
+        try:
+            import mcp  # noqa: F401  (the optional extra)
+        except ImportError:
+            for server in pending:
+                self._fail(server, "failed", INSTALL_HINT)
+            return
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="auto-coder-mcp", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+        futures = [asyncio.run_coroutine_threadsafe(self._open(server), self._loop) for server in pending]
+        longest = max(server.config.startup_timeout for server in pending)
+        concurrent.futures.wait(futures, timeout=longest + STOP_SECONDS)
+
+    def close(self) -> None:
+        """Stop every server and the background thread (from synchronous code, or at exit)."""
+        loop = self._begin_close()
+        if loop is None:
+            return
+        with suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._stop_all(), loop).result(STOP_SECONDS + 1)
+        self._end_close(loop)
+
+    async def aclose(self) -> None:
+        """close() for async code: the caller's loop keeps running while the servers stop."""
+        loop = self._begin_close()
+        if loop is None:
+            return
+        with suppress(Exception):
+            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._stop_all(), loop)),
+                                   STOP_SECONDS + 1)
+        self._end_close(loop)
+
+    def _begin_close(self) -> asyncio.AbstractEventLoop | None:
+        for server in self.servers.values():
+            self._unregister(server)
+        if self._closed or self._loop is None:
+            self._closed = True
+            return None
+        self._closed = True
+        atexit.unregister(self.close)
+        return self._loop
+
+    def _end_close(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(STOP_SECONDS)
+        if not loop.is_running():
+            loop.close()
+
+    # -- on the background loop --------------------------------------------------------------------
+
+    async def _open(self, server: McpServerStatus) -> None:
+        ready = asyncio.Event()
+        server.stop = asyncio.Event()
+        server.task = asyncio.create_task(self._hold(server, ready))
+        timeout = server.config.startup_timeout
+        try:
+            await asyncio.wait_for(ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._fail(server, "failed", f"did not start within {timeout:g} s "
+                                         f"({MCP_SERVERS}.{server.name}.startup_timeout)")
+            server.task.cancel()
+
+    async def _hold(self, server: McpServerStatus, ready: asyncio.Event) -> None:
+        """Open the client, list its tools, and keep it open until stopped: an anyio client must be entered
+        and left by the same task."""
+        try:
+            async with AsyncExitStack() as stack:
+                client = await self._connect(server, stack)
+                tools = await _list_tools(client)
+                server.client = client
+                self._register(server, tools)
+                server.state = "running"
+                ready.set()
+                assert server.stop is not None
+                await server.stop.wait()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # anyio raises exception groups; any failure only ends this server
+            self._fail(server, "failed" if server.state == "starting" else "stopped", self._describe(server, exc))
+        finally:
+            server.client = None
+            if server.errlog is not None:
+                server.errlog.close()
+            ready.set()
+
+    async def _connect(self, server: McpServerStatus, stack: AsyncExitStack) -> Any:
+        from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.types import Implementation
+
+        config = server.config
+        transport: Any
+        if config.url is not None:
+            import httpx2
+
+            async def note_refusal(response: httpx2.Response) -> None:
+                if response.status_code >= 400:  # the SDK's error says only "Server returned an error response"
+                    server.http_error = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+            # The SDK's defaults: a response stream may stay open, so reads wait long.
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                headers=config.headers, timeout=httpx2.Timeout(30.0, read=300.0),
+                event_hooks={"response": [note_refusal]}))
+            transport = streamable_http_client(config.url, http_client=http)
+        else:
+            assert config.command is not None
+            server.errlog = tempfile.TemporaryFile("w+b")  # closed by _hold, once it has said why a server ended
+            cwd = Path(config.cwd).expanduser() if config.cwd else self.cwd
+            parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env or None,
+                                               cwd=cwd)
+            transport = stdio_client(parameters, errlog=server.errlog)  # type: ignore[arg-type]
+        info = Implementation(name="auto-coder-nb", version=_version())
+        return await stack.enter_async_context(Client(transport, client_info=info))
+
+    def _register(self, server: McpServerStatus, tools: list[Any]) -> None:
+        config = server.config
+        for tool in tools:
+            name = tool_name(server.name, tool.name)
+            if name in self.registry:
+                self.registry.notify(f"MCP server {server.name}: tool {tool.name} is left out, its name {name} "
+                                     "is taken.")
+                continue
+            kind: ToolKind = "read" if config.read_only or tool.name in config.read_tools else "command"
+            schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}
+            server.tools[name] = tool.name
+            if kind == "read":
+                server.read_tools.append(name)
+            self.registry.register(ToolDefinition(
+                name=name,
+                description=f"[MCP server {server.name}] {tool.description or tool.title or tool.name}",
+                parameters={"type": "object", "properties": {}, **schema},
+                handler=self._handler(server, tool.name),
+                kind=kind,
+                preview=_previewer(server.name, tool.name),
+            ))
+        unknown = sorted(set(config.read_tools) - {tool.name for tool in tools})
+        if unknown:
+            self.registry.notify(f"{MCP_SERVERS}.{server.name}.read_tools names {', '.join(unknown)}, which the "
+                                 f"server does not have.")
+
+    def _handler(self, server: McpServerStatus, tool: str) -> Callable[..., Any]:
+        async def call(**arguments: Any) -> str:
+            if self._closed or self._loop is None:
+                raise ToolError(f"The MCP server {server.name} was closed with its session.")
+            future = asyncio.run_coroutine_threadsafe(self._call(server, tool, arguments), self._loop)
+            return await asyncio.wrap_future(future)
+
+        return call
+
+    async def _call(self, server: McpServerStatus, tool: str, arguments: dict[str, Any]) -> str:
+        from mcp.shared.exceptions import MCPError
+        from mcp.types import CONNECTION_CLOSED
+
+        name = tool_name(server.name, tool)
+        client = server.client
+        if server.state != "running" or client is None:
+            raise ToolError(f"The MCP server {server.name} is not running ({server.detail}); its tools are gone.")
+        timeout = server.config.timeout
+        try:
+            result = await asyncio.wait_for(client.call_tool(tool, arguments), timeout)
+        except asyncio.TimeoutError:
+            raise ToolError(f"{name} gave no answer within {timeout:g} s ({MCP_SERVERS}.{server.name}.timeout), "
+                            "so the call was cancelled.") from None
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED:
+                raise ToolError(self._hide(server, f"{name} failed: {exc.message}")) from None
+            self._lose(server, "the connection closed")
+            raise ToolError(f"The MCP server {server.name} stopped during the call ({server.detail}); its tools "
+                            "are no longer available.") from None
+        except Exception as exc:  # the transport failed (an HTTP server went away)
+            self._lose(server, self._describe(server, exc))
+            raise ToolError(f"The MCP server {server.name} stopped during the call ({server.detail}); its tools "
+                            "are no longer available.") from None
+        text = truncate(self._hide(server, _render(result)), MAX_OUTPUT_CHARS)
+        if result.is_error:
+            raise ToolError(text or f"{name} failed without saying why.")
+        return text
+
+    async def _stop_all(self) -> None:
+        running = []
+        for server in self.servers.values():
+            if server.stop is not None:
+                server.stop.set()
+            if server.task is not None and not server.task.done():
+                running.append(server.task)
+        if running:
+            _, late = await asyncio.wait(running, timeout=STOP_SECONDS)
+            for task in late:
+                task.cancel()
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def _lose(self, server: McpServerStatus, cause: str) -> None:
+        """A running server stopped: say why once, drop its tools and let its holder close the client."""
+        stderr = self._stderr_tail(server)
+        self._fail(server, "stopped", f"{cause}: {stderr}" if stderr else cause)
+        if server.stop is not None:
+            server.stop.set()
+
+    def _fail(self, server: McpServerStatus, state: str, detail: str) -> None:
+        if server.state not in ("starting", "running") or self._closed:
+            return  # reported already (or closing on purpose): once is enough
+        was_running = server.state == "running"
+        server.state, server.detail = state, detail
+        self._unregister(server)
+        if state == "refused":
+            self.registry.notify(f"MCP server {server.name} was not started: {detail}.")
+        elif was_running:
+            self.registry.notify(f"MCP server {server.name} stopped ({detail}); its tools are no longer available.")
+        else:
+            self.registry.notify(f"MCP server {server.name} failed to start: {detail}.")
+
+    def _unregister(self, server: McpServerStatus) -> None:
+        for name in server.tools:
+            self.registry.unregister(name)
+
+    def _describe(self, server: McpServerStatus, exc: BaseException) -> str:
+        leaf = _first_leaf(exc)
+        text = str(leaf) or type(leaf).__name__
+        if isinstance(leaf, FileNotFoundError) and server.config.command:
+            text = f"command not found: {server.config.command}"
+        if server.http_error:
+            text = f"{text} ({server.http_error})"
+        stderr = self._stderr_tail(server)
+        if stderr and not isinstance(leaf, FileNotFoundError):
+            text = f"{text}; its stderr ends: {stderr}"
+        return self._hide(server, " ".join(text.split())[:500])
+
+    def _stderr_tail(self, server: McpServerStatus) -> str:
+        """The last line the stdio server wrote to stderr (read without moving the shared file offset)."""
+        if server.errlog is None or server.errlog.closed:
+            return ""
+        fd = server.errlog.fileno()
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, STDERR_TAIL, max(0, size - STDERR_TAIL))
+        lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+        return self._hide(server, lines[-1][:300]) if lines else ""
+
+    def _hide(self, server: McpServerStatus, text: str) -> str:
+        config = server.config
+        return hide_secrets(text, [*config.secrets, *config.env.values(), *config.headers.values()])
+
+
+async def _list_tools(client: Any) -> list[Any]:
+    tools: list[Any] = []
+    cursor = None
+    for _ in range(LISTING_PAGES):
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+def _render(result: Any) -> str:
+    """A tool result as text: text parts as they are, other media described by a line."""
+    parts: list[str] = []
+    for part in result.content:
+        kind = getattr(part, "type", "")
+        if kind == "text":
+            parts.append(part.text)
+        elif kind in ("image", "audio"):
+            parts.append(f"[{kind} {part.mime_type}, {len(part.data) * 3 // 4:,} bytes, not shown]")
+        elif kind == "resource":
+            resource = part.resource
+            parts.append(getattr(resource, "text", None) or f"[resource {resource.uri}]")
+        elif kind == "resource_link":
+            parts.append(f"[resource {part.uri}]")
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content))
+    return "\n".join(parts)
+
+
+def _version() -> str:
+    """This package's version, told to the server (from the installed metadata: the package root is a face)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("auto-coder-nb")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _previewer(server: str, tool: str) -> Callable[..., str]:
+    """What an approval shows: the server, its tool and the arguments."""
+    def preview(**arguments: Any) -> str:
+        return f"MCP server {server}: {tool}\n{json.dumps(arguments, indent=2)}"
+
+    return preview
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups."""
+    while isinstance(inner := getattr(exc, "exceptions", None), tuple) and inner:
+        exc = inner[0]
+    return exc

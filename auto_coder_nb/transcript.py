@@ -1,0 +1,184 @@
+"""Exports of a saved conversation, chosen by the file's suffix:
+
+- `.md`: a readable transcript, prompts and answers, each tool call folded with its result;
+- `.ipynb`: a notebook, prompts and answers as Markdown cells, the answers' Python code blocks as code cells,
+  tool calls folded in Markdown;
+- `.jsonl`: the records themselves.
+
+The records were freed of secrets when they were written (`history.py`); nothing here adds any.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .history import HistoryError, message_text, rebuild
+from .text import PYTHON_FENCE_LANGUAGES, truncate
+
+EXPORT_SUFFIXES = (".md", ".ipynb", ".jsonl")
+RESULT_LIMIT = 4000  # characters of a tool result shown in a fold
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+@dataclass
+class ToolExchange:
+    name: str
+    arguments: str
+    result: str = ""
+    is_error: bool = False
+
+
+@dataclass
+class Exchange:
+    """One prompt and what followed it: answer texts and tool calls, in order."""
+
+    prompt: str
+    parts: list[str | ToolExchange] = field(default_factory=list)
+
+
+def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
+    """The conversation as prompts with their answers and tool calls (from the rebuilt history)."""
+    errors = {r.get("call_id") for r in records if r["type"] == "tool_result" and r.get("is_error")}
+    found: list[Exchange] = []
+    calls: dict[str, ToolExchange] = {}
+    for message in rebuild(records):
+        role, content = message["role"], message_text(message.get("content"))
+        if role == "user":
+            found.append(Exchange(content))
+            continue
+        if not found:
+            found.append(Exchange(""))
+        current = found[-1]
+        if role == "assistant":
+            if content:
+                current.parts.append(content)
+            for call in message.get("tool_calls") or []:
+                exchange = ToolExchange(call["function"]["name"], call["function"].get("arguments") or "",
+                                        is_error=call["id"] in errors)
+                calls[call["id"]] = exchange
+                current.parts.append(exchange)
+        elif role == "tool" and message.get("tool_call_id") in calls:
+            calls[message["tool_call_id"]].result = content
+    return found
+
+
+def export(records: list[dict[str, Any]], target: Path) -> str:
+    """Write the conversation to `target` in the format its suffix names; returns what was written."""
+    suffix = target.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise HistoryError(f"Cannot export to {target.name}: the file must end in {', '.join(EXPORT_SUFFIXES)}.")
+    if suffix == ".jsonl":
+        data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    elif suffix == ".md":
+        data = to_markdown(records)
+    else:
+        data = json.dumps(to_notebook(records), indent=1, ensure_ascii=False) + "\n"
+    target = target.expanduser()
+    if not target.parent.is_dir():
+        raise HistoryError(f"Cannot export to {target}: the folder {target.parent} does not exist.")
+    try:
+        _write_atomically(target, data.encode("utf-8"))
+    except OSError as exc:
+        raise HistoryError(f"Cannot export to {target}: {exc.strerror or exc}") from None
+    return f"Exported {len(exchanges(records))} prompts to {target}"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Through a temporary file beside `target`, renamed over it: a reader never sees half an export. (Not the
+    workspace's writer: an export may go anywhere the user names, and is not a change to undo.)"""
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _heading(records: list[dict[str, Any]]) -> str:
+    start = records[0]
+    where = start.get("notebook") or start.get("working_dir") or ""
+    return (f"# auto-coder conversation {start.get('correlation_id', '')}\n\n"
+            f"Started {start.get('t', '')} in `{where}` with {start.get('model', '')}.")
+
+
+def _fold(tool: ToolExchange) -> str:
+    status = " (failed)" if tool.is_error else ""
+    arguments = truncate(tool.arguments, RESULT_LIMIT)
+    result = truncate(tool.result, RESULT_LIMIT)
+    return (f"<details><summary>Tool call: {tool.name}{status}</summary>\n\n"
+            f"{_fenced(arguments, 'json')}\n\n{_fenced(result)}\n\n</details>")
+
+
+def _fenced(text: str, language: str = "") -> str:
+    """`text` in a code fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def to_markdown(records: list[dict[str, Any]]) -> str:
+    parts = [_heading(records)]
+    for exchange in exchanges(records):
+        parts.append(f"## You\n\n{exchange.prompt}")
+        answer = ["## auto-coder"]
+        for part in exchange.parts:
+            answer.append(_fold(part) if isinstance(part, ToolExchange) else part)
+        parts.append("\n\n".join(answer))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_notebook(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """An nbformat 4 notebook: Markdown cells for prompts, answers and folded tool calls; code cells for
+    the answers' Python code blocks."""
+    import nbformat
+
+    cells = [nbformat.v4.new_markdown_cell(_heading(records))]
+    for exchange in exchanges(records):
+        cells.append(nbformat.v4.new_markdown_cell(f"**You:**\n\n{exchange.prompt}"))
+        for part in exchange.parts:
+            if isinstance(part, ToolExchange):
+                cells.append(nbformat.v4.new_markdown_cell(_fold(part)))
+                continue
+            for kind, text in _split_code(part):
+                new_cell = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+                cells.append(new_cell(text))
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    return dict(notebook)
+
+
+def _split_code(answer: str) -> Iterator[tuple[str, str]]:
+    """An answer as ("markdown", text) and ("code", source) pieces: Python fenced blocks become code."""
+    position = 0
+    for match in _FENCE.finditer(answer):
+        language, code = match.group(1).lower(), match.group(2).rstrip("\n")
+        if language not in PYTHON_FENCE_LANGUAGES or not code.strip() or (not language and not _parses(code)):
+            continue
+        before = answer[position:match.start()].strip()
+        if before:
+            yield "markdown", before
+        yield "code", code
+        position = match.end()
+    rest = answer[position:].strip()
+    if rest:
+        yield "markdown", rest
+
+
+def _parses(code: str) -> bool:
+    """Whether an unlabelled block is Python (models also fence output and tracebacks without a label)."""
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True

@@ -1,0 +1,355 @@
+"""Saved conversations in the faces, with the real parts: the `auto-coder` process (killed with SIGKILL
+mid-answer), the REPL in a pseudo-terminal, real kernels restarted and running side by side, exports checked
+with nbformat, and no secret in any saved or exported file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pexpect
+import pytest
+
+from auto_coder_nb.history import read_records, rebuild
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+from tests.test_agent import assert_strictly_valid
+from tests.test_cli import run as auto_coder
+from tests.test_magics import Kernel, kernel_env
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake_server: FakeLLMServer, clean_env: dict[str, str]) -> dict[str, str]:
+    """As the CLI tests' environment: a fresh home, the test server; no colours or terminal queries."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return clean_env | {"HOME": str(home), "AUTO_CODER_BASE_URL": fake_server.base_url,
+                        "AUTO_CODER_MODEL": "fake-model", "NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "dumb"}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("first line\n")
+    return folder
+
+
+def saved(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "sessions").glob("*.jsonl"))
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_process_loses_nothing_and_resumes_to_a_valid_history(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path
+) -> None:
+    fake_server.enqueue(
+        reply.tool_call("read_file", {"path": "notes.txt"}),
+        # Two pieces of the answer arrive, then the server holds the stream until the test releases it.
+        reply.text("The file has one line. It says first line.", chunks=4, wait_for="hold", wait_after=3),
+    )
+    process = subprocess.Popen(["auto-coder", "what is in notes.txt?"], env=env, cwd=project,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def streamed() -> str:
+            files = saved(data_dir)
+            if not files:
+                return ""
+            return "".join(r["text"] for r in read_records(files[0]) if r["type"] == "text")
+
+        shown = wait_until(lambda: len(streamed()) >= 20 and streamed(), "the answer's first pieces on disk")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        fake_server.release("hold")
+    assert shown == "The file has one line. It says first line."[:len(shown)]
+    [path] = saved(data_dir)
+    records = read_records(path)
+    messages = [r["message"] for r in records if r["type"] == "message"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert "first line" in messages[2]["content"]
+    first_id = fake_server.chat_requests[0].headers["x-correlation-id"]
+
+    fake_server.enqueue(reply.text("Carrying on."))
+    resumed = auto_coder(["--resume", "where were we?"], env, project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resumed conversation {first_id}" in resumed.stderr and resumed.stdout == "Carrying on.\n"
+    request = fake_server.chat_requests[-1]
+    assert request.headers["x-correlation-id"] == first_id
+    sent = request.json["messages"]
+    assert_strictly_valid(sent)
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert sent[4]["content"] == f"{shown}\n[interrupted]"
+    assert sent[-1]["content"] == "where were we?"
+    assert saved(data_dir) == [path]
+    # The file is one history again: rebuilt, it is what was sent and answered, and resumes again.
+    rebuilt = rebuild(read_records(path))
+    assert rebuilt == sent[1:] + [{"role": "assistant", "content": "Carrying on."}]
+
+
+def test_sessions_resume_by_prefix_unknown_ids_and_exports(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    fake_server.enqueue(reply.text("Alpha answer."), reply.text("Beta answer:\n\n```python\nx = 1\n```\n"))
+    assert auto_coder(["alpha question"], env, project).returncode == 0
+    assert auto_coder(["beta question"], env, project).returncode == 0
+    listed = auto_coder(["--sessions"], env, project)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and "beta question" in lines[0] and "alpha question" in lines[1]
+    assert str(project) in lines[0]
+    alpha_id = lines[1].split()[0]
+
+    unknown = auto_coder(["--resume", "abcdef99", "hi"], env, project)
+    assert unknown.returncode == 2
+    assert "abcdef99" in unknown.stderr and alpha_id in unknown.stderr and lines[0].split()[0] in unknown.stderr
+
+    fake_server.enqueue(reply.text("Alpha again."))
+    again = auto_coder(["--resume", alpha_id, "and then?"], env, project)
+    assert again.returncode == 0, again.stderr
+    assert [m["content"] for m in fake_server.chat_requests[-1].json["messages"][1:]] == [
+        "alpha question", "Alpha answer.", "and then?"]
+
+    exported = auto_coder(["--export", str(tmp_path / "newest.ipynb")], env, project)
+    assert exported.returncode == 0, exported.stderr
+    notebook = nbformat.read(tmp_path / "newest.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    assert "and then?" in "".join(c.source for c in notebook.cells)  # the newest: the resumed one
+
+    chosen = auto_coder(["--resume", lines[0].split()[0], "--export", str(tmp_path / "beta.md")], env, project)
+    assert chosen.returncode == 0, chosen.stderr
+    markdown = (tmp_path / "beta.md").read_text()
+    assert "beta question" in markdown and "x = 1" in markdown and "alpha" not in markdown
+    bad = auto_coder(["--export", str(tmp_path / "out.txt")], env, project)
+    assert bad.returncode == 2 and ".md, .ipynb, .jsonl" in bad.stderr
+
+
+def test_repl_sessions_resume_and_export(fake_server: FakeLLMServer, env: dict[str, str], project: Path,
+                                         data_dir: Path, tmp_path: Path) -> None:
+    fake_server.enqueue(reply.text("Earlier answer."))
+    assert auto_coder(["earlier question"], env, project).returncode == 0
+    earlier_id = fake_server.chat_requests[-1].headers["x-correlation-id"]
+    child = pexpect.spawn(sys.executable, ["-m", "auto_coder_nb"], env=env, cwd=str(project), encoding="utf-8",
+                          timeout=30, dimensions=(40, 200))
+    child.expect("> ")
+    child.sendline("/sessions")
+    child.expect(f"{earlier_id[:8]} .*earlier question")
+    child.expect("> ")
+    child.sendline("/resume zzzz1234")
+    child.expect("No saved conversation 'zzzz1234'")
+    child.expect("> ")
+    child.sendline(f"/resume {earlier_id[:6]}")
+    child.expect(f"Resumed conversation {earlier_id}")
+    child.expect("> ")
+    fake_server.enqueue(reply.text("Later answer."))
+    child.sendline("later question")
+    child.expect("Later answer.")
+    child.expect("> ")
+    child.sendline(f"/export {tmp_path / 'both.md'}")
+    child.expect("Exported 2 prompts")
+    child.expect("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    assert fake_server.chat_requests[-1].headers["x-correlation-id"] == earlier_id
+    markdown = (tmp_path / "both.md").read_text()
+    assert markdown.index("earlier question") < markdown.index("Later answer.")
+
+
+def test_no_secret_in_any_file_with_every_kind_of_credential(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    secrets = {
+        "api_key": "sk-every-kind-api-key-1",
+        "sso": "sso-every-kind-token-2",
+        "client_secret": "client-every-kind-secret-3",
+        "header": "header-every-kind-value-4",
+        "variable": "variable-every-kind-value-5",
+        "url_password": "urlpass-every-kind-6",
+        "proxy_password": "proxypass-every-kind-7",
+    }
+    (project / ".auto-coder.yaml").write_text(
+        "llm:\n"
+        "  auth_headers:\n"
+        "    X-Gateway: ${GATEWAY_TOKEN}\n"
+        f"    X-Team: {secrets['header']}\n"
+        f"  proxy: http://me:{secrets['proxy_password']}@127.0.0.1:9\n"
+    )
+    base_url = fake_server.base_url.replace("http://", f"http://me:{secrets['url_password']}@")
+    run_env = env | {
+        "AUTO_CODER_BASE_URL": base_url, "AUTO_CODER_API_KEY": secrets["api_key"], "USE_SSO": "true",
+        "SSO_TOKEN": secrets["sso"], "AUTO_CODER_CLIENT_SECRET": secrets["client_secret"],
+        "GATEWAY_TOKEN": secrets["variable"], "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+    }
+    everything = " ".join(secrets.values())
+    (project / "creds.txt").write_text(f"all of them: {everything}\n")
+    fake_server.enqueue(reply.tool_call("read_file", {"path": "creds.txt"}),
+                        reply.text(f"You have {everything}.", chunks=60))
+    result = auto_coder([f"remember {everything}"], run_env, project)
+    assert result.returncode == 0, result.stderr
+    assert fake_server.chat_requests[0].headers["authorization"] == f"Bearer {secrets['sso']}"  # SSO was used
+    assert fake_server.chat_requests[0].headers["x-gateway"] == secrets["variable"]
+    for suffix in ("md", "ipynb", "jsonl"):
+        exported = auto_coder(["--export", str(tmp_path / f"out.{suffix}")], run_env, project)
+        assert exported.returncode == 0, exported.stderr
+    files = saved(data_dir) + [tmp_path / f"out.{suffix}" for suffix in ("md", "ipynb", "jsonl")]
+    assert len(files) == 4
+    for path in files:
+        text = path.read_text()
+        assert "<hidden>" in text, path
+        for name, value in secrets.items():
+            assert value not in text, f"{name} in {path.name}"
+
+
+def start_kernel(server: FakeLLMServer, home: Path, folder: Path, notebook: Path | None = None) -> Kernel:
+    env = kernel_env(server, home)
+    if notebook is not None:
+        env["JPY_SESSION_NAME"] = str(notebook)  # what Jupyter Server tells the kernel of a notebook
+    kernel = Kernel(env, folder)
+    assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+    return kernel
+
+
+def test_kernel_restart_then_resume_continues_the_notebooks_conversation(
+    fake_server: FakeLLMServer, tmp_path: Path, data_dir: Path
+) -> None:
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    notebook = folder / "analysis.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), notebook)
+    kernel = start_kernel(fake_server, tmp_path / "home", folder, notebook)
+    try:
+        fake_server.enqueue(reply.text("Use pandas."))
+        kernel.execute("%autocoder --context none how do I load a csv?")
+        first_id = fake_server.chat_requests[-1].headers["x-correlation-id"]
+        kernel.manager.restart_kernel(now=True)
+        kernel.client.wait_for_ready(timeout=60)
+        assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+        # %autocoder_chat's panel in the restarted kernel offers the notebook's conversation.
+        offered = kernel.execute("panel = get_ipython().run_line_magic('autocoder_chat', '')\n"
+                                 "print([r['role'] for r in panel.transcript], panel._resume_button.layout.display)")
+        assert offered.stdout == "['notice', 'user', 'assistant'] None\n"
+        resumed = kernel.execute("%autocoder --resume")
+        assert f"Resumed conversation {first_id}" in resumed.stdout
+        fake_server.enqueue(reply.text("pd.read_csv."))
+        kernel.execute("%autocoder --context none which function?")
+        request = fake_server.chat_requests[-1]
+        assert request.headers["x-correlation-id"] == first_id
+        assert [m["content"] for m in request.json["messages"][1:]] == [
+            "how do I load a csv?", "Use pandas.", "which function?"]
+        assert_strictly_valid(request.json["messages"])
+        listed = kernel.execute("%autocoder --sessions")
+        assert first_id[:8] in listed.stdout and str(notebook) in listed.stdout
+        exported = kernel.execute("%autocoder --export chat.ipynb")
+        assert "Exported 2 prompts" in exported.stdout
+        nbformat.validate(nbformat.read(folder / "chat.ipynb", as_version=4))
+        unknown = kernel.execute("%autocoder --resume 0000ffff")
+        assert "No saved conversation '0000ffff'" in unknown.stdout and first_id[:8] in unknown.stdout
+    finally:
+        kernel.close()
+    assert json.loads(saved(data_dir)[0].read_text().splitlines()[0])["notebook"] == str(notebook)
+
+
+def test_two_kernels_write_their_own_conversations_at_once(
+    fake_server: FakeLLMServer, tmp_path: Path, data_dir: Path
+) -> None:
+    kernels = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        kernels.append(start_kernel(fake_server, tmp_path / f"home-{name}", folder))
+    try:
+        # Both answers stream slowly, so the two kernels write at the same time.
+        fake_server.enqueue(*(reply.text(" ".join(["word"] * 30), chunks=30, delay=0.02) for _ in range(4)))
+        for prompt in ("from", "again"):
+            threads = [threading.Thread(target=kernel.execute, args=(f"%autocoder --context none {prompt} {name}",))
+                       for kernel, name in zip(kernels, ("one", "two"), strict=True)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+    finally:
+        for kernel in kernels:
+            kernel.close()
+    files = saved(data_dir)
+    assert len(files) == 2
+    for path in files:
+        records = read_records(path)
+        assert len(records) == len(path.read_text().splitlines())  # every line whole
+        prompts = [r["message"]["content"] for r in records if r["type"] == "message"
+                   and r["message"]["role"] == "user"]
+        name = prompts[0].split()[-1]
+        assert prompts == [f"from {name}", f"again {name}"]
+        assert records[0]["working_dir"] == str((tmp_path / name).resolve())
+        assert sum(1 for r in records if r["type"] == "turn_done") == 2
+
+
+def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
+    fake_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    from tests.test_panel import ChatPanel, find, html_of, make_session, roles, run, until
+
+    async def scenario() -> None:
+        fake_server.enqueue(reply.tool_call("list_directory", {"path": "."}),
+                            reply.text("Two files.\n\n```python\nprint('x')\n```\n"))
+        first = ChatPanel(make_session(fake_server, tmp_path))
+        assert first._resume_button.layout.display == "none"  # nothing saved yet: no offer
+        await first.ask("what is here?")
+        old_id = first.correlation_id
+
+        # A kernel restart: a new session. The panel shows the saved conversation and offers Resume.
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        assert panel.correlation_id != old_id
+        assert roles(panel) == ["notice", "user", "tool", "assistant"]
+        assert panel.transcript[1]["text"] == "what is here?"
+        assert old_id[:8] in panel.transcript[0]["text"]
+        [resume] = find(panel.widget, "autocoder-resume")
+        assert resume is panel._resume_button and resume.layout.display is None and resume.description == "Resume"
+        assert "Two files." in html_of(find(panel.widget, "autocoder-assistant")[0])
+        assert "print" in html_of(find(panel.widget, "autocoder-code")[0])  # with its Run / Copy buttons
+        resume.click()
+        await until(lambda: panel.correlation_id == old_id, "the resumed id")
+        assert resume.layout.display == "none" and "Resumed conversation" in panel.transcript[-1]["text"]
+        fake_server.enqueue(reply.text("Still two."))
+        await panel.ask("and now?")
+        request = fake_server.chat_requests[-1]
+        assert request.headers["x-correlation-id"] == old_id
+        assert [m["content"] for m in request.json["messages"] if m["role"] == "user"] == ["what is here?",
+                                                                                          "and now?"]
+        assert_strictly_valid(request.json["messages"])
+
+        # Another restart, then Send without Resume: a new conversation, the saved one leaves the view.
+        fresh = ChatPanel(make_session(fake_server, tmp_path))
+        assert fresh._resume_button.layout.display is None
+        await fresh.ask("something else")
+        assert roles(fresh) == ["user", "assistant"] and fresh._resume_button.layout.display == "none"
+        assert fresh.correlation_id != old_id
+        assert [m["content"] for m in fake_server.chat_requests[-1].json["messages"] if m["role"] == "user"] == [
+            "something else"]
+
+        # And Reset withdraws the offer too.
+        again = ChatPanel(make_session(fake_server, tmp_path))
+        assert again._resume_button.layout.display is None
+        again._reset_button.click()
+        await until(lambda: again._resume_button.layout.display == "none" and roles(again) == ["notice"],
+                    "the offer withdrawn")
+
+    run(scenario)
+
