@@ -302,3 +302,11 @@ def test_a_resumed_conversation_too_long_for_the_window_is_shortened_as_usual(
     records = read_records(ConversationStore().find(later.conversation.correlation_id).path)
     assert sum(1 for r in records if r["type"] == "message" and r["message"]["role"] == "user") == 7
     assert any(r["type"] == "shortened" for r in records)
+
+
+def test_where_conversations_are_kept() -> None:
+    from auto_coder_nb.history import sessions_dir
+
+    assert sessions_dir({"AUTO_CODER_DATA_DIR": "/data/ac", "XDG_DATA_HOME": "/xdg"}) == Path("/data/ac/sessions")
+    assert sessions_dir({"XDG_DATA_HOME": "/xdg"}) == Path("/xdg/auto-coder/sessions")
+    assert sessions_dir({}) == Path.home() / ".local" / "share" / "auto-coder" / "sessions"
