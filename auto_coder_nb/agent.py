@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from .providers.base import (
 )
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
+from .text import scrub
 from .tools.registry import ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
@@ -101,6 +102,8 @@ class Agent:
         self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
         self.observer: TurnObserver | None = None
         self.site: SitePolicy | None = None  # the administrator's allow-lists, for what a turn chooses itself
+        # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
+        self.secrets: Callable[[], Iterable[str | None]] = tuple
         self._last_usage: Usage | None = None  # of the last request, for the context share
 
     async def sees_images(self) -> bool:
@@ -133,6 +136,8 @@ class Agent:
         turn = self._turn(message, images, options or TurnOptions())
         try:
             async for event in turn:
+                if isinstance(event, ErrorEvent):  # a server or a library may have echoed a credential
+                    event.message = scrub(event.message, self.secrets())
                 if self.observer is not None:
                     self.observer.event(event)
                     for warning in self.observer.take_warnings():
@@ -315,6 +320,7 @@ class Agent:
                     images.extend(result.images)
         except ToolError as exc:
             result.output = str(exc)
+        result.output = scrub(result.output, self.secrets())  # `env`, a config file, an error: never shown or sent
         self.conversation.add_tool_result(call.id, result.output)
         yield result
 

@@ -24,6 +24,7 @@ from .authentication_provider import (
     AuthenticationProvider,
     AuthenticationProviderWithClientSideTokenRefresh,
     ProviderHeaderAuth,
+    fetched_tokens,
     instantiate,
     load_provider_class,
 )
@@ -44,8 +45,8 @@ from .transport import (
 
 __all__ = [
     "Trust", "auth_mode", "authentication_provider", "build_auth", "certificate_problem", "get_sso_token",
-    "http_client_kwargs", "is_sso_enabled", "proxy_for", "redact_url", "tls_failure_message", "tls_trust",
-    "transport_kwargs", "update_certifi", "user_cache_dir",
+    "http_client_kwargs", "is_sso_enabled", "proxy_for", "redact_url", "secret_values", "tls_failure_message",
+    "tls_trust", "transport_kwargs", "update_certifi", "user_cache_dir",
 ]
 
 _TRUE = ("1", "true", "yes", "on")
@@ -83,6 +84,13 @@ async def get_sso_token(config: Config | None = None) -> str | None:
     if not is_sso_enabled(config):
         return None
     return await asyncio.to_thread(authentication_provider(config).generate_auth_token)
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret this process holds for `config`, for `text.scrub` wherever text leaves the process: the
+    configuration's (`Config.secret_values`), the basic credentials made of them, and fetched tokens."""
+    basic = AuthenticationProvider(config).get_basic_credentials()
+    return [*config.secret_values(), *([basic] if basic else []), *fetched_tokens()]
 
 
 def auth_mode(config: Config) -> str:

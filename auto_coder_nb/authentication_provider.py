@@ -42,11 +42,24 @@ EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the to
 TOKEN_COMMAND_TIMEOUT = 60.0
 
 
+# Every token fetched in this process (SSO, token endpoints, token_command): secrets like the configuration's,
+# hidden wherever text leaves the process (see auth.secret_values).
+_fetched_tokens: set[str] = set()
+
+
+def fetched_tokens() -> list[str]:
+    """The access and refresh tokens fetched so far in this process."""
+    return list(_fetched_tokens)
+
+
 @dataclass
 class Token:
     value: str
     expires_at: float | None = None  # on the provider's clock; None: until the server rejects it
     refresh_token: str | None = None
+
+    def __post_init__(self) -> None:
+        _fetched_tokens.update(token for token in (self.value, self.refresh_token) if token)
 
     def fresh(self, now: float) -> bool:
         return self.expires_at is None or now < self.expires_at
@@ -432,7 +445,7 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
             raise AuthenticationFailed(f"auth.token_command {problem}" + (f": {said}" if said else ""))
         now = self._clock()
         lifetime: Any = self.config.auth.token_lifetime
-        if output.startswith("{"):
+        if output.startswith("{"):  # JSON may span lines (az account get-access-token does)
             try:
                 body = json.loads(output)
             except ValueError:
@@ -441,6 +454,12 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
             if not isinstance(value, str) or not value:
                 raise AuthenticationFailed("auth.token_command printed JSON without access_token")
             output, lifetime = value, body.get("expires_in", lifetime)
+        if not output.isprintable():
+            # Several lines or control characters: not a token (a banner, a prompt, an error). Not echoed: it
+            # may hold the token.
+            raise AuthenticationFailed("auth.token_command must print only the token, on one line of printable "
+                                       "characters (or JSON with access_token); it printed "
+                                       f"{len(output.splitlines())} line(s), or control characters")
         return Token(output, _expiry(lifetime, now))
 
 

@@ -4,8 +4,11 @@ collapsible HTML, each output tagged with metadata (model, correlation id); term
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import TYPE_CHECKING, Any
+
+from .text import show_controls
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .events import ApprovalRequest, ContextUsage, Event, ToolCallStarted, ToolResult, UsageUpdate
@@ -101,7 +104,7 @@ class CellRenderer:
         self.segment, self.segment_handle = "", None
 
     def _tool_started(self, event: ToolCallStarted) -> None:
-        label = f"{event.name} {_key_argument(event)}".strip()
+        label = show_controls(f"{event.name} {_key_argument(event)}".strip())
         if not self.rich:
             print(f"[{label}]", flush=True)
             return
@@ -110,12 +113,13 @@ class CellRenderer:
 
     def _tool_result(self, result: ToolResult) -> None:
         first = result.output.strip().splitlines()[0] if result.output.strip() else "(empty)"
-        short = ("error: " if result.is_error else "") + (first[:100] + ("..." if len(first) > 100 else ""))
+        first = show_controls(first[:100]) + ("..." if len(first) > 100 else "")
+        short = ("error: " if result.is_error else "") + first
         if not self.rich:
             print(f"  -> {short}", flush=True)
             return
         handle, started = self.tool_handles.get(result.call_id, (None, None))
-        label = f"{result.name} {_key_argument(started)}".strip() if started else result.name
+        label = show_controls(f"{result.name} {_key_argument(started)}".strip() if started else result.name)
         bundle = _tool_bundle(label, short, result.output)
         if handle is None:
             _display(bundle, self.metadata)
@@ -126,8 +130,10 @@ class CellRenderer:
         self._end_segment()
         fence = "diff" if request.preview.startswith(("---", "diff")) else ("python" if request.tool == "run_code"
                                                                             else "")
-        self._show_markdown(f"**{request.tool}** needs your approval:\n\n```{fence}\n{request.preview}\n```",
-                            f"{request.tool} needs your approval:\n{request.preview}")
+        preview = show_controls(request.preview)  # what is approved is exactly what runs: nothing hidden
+        ticks = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", preview)), default=0))
+        self._show_markdown(f"**{request.tool}** needs your approval:\n\n{ticks}{fence}\n{preview}\n{ticks}",
+                            f"{request.tool} needs your approval:\n{preview}")
 
     def notice(self, text: str) -> None:
         self._end_segment()
@@ -164,7 +170,7 @@ def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool =
 
 def _tool_bundle(label: str, short: str, detail: str) -> dict[str, str]:
     summary = f"<code>{html.escape(label)}</code> → {html.escape(short)}"
-    body = f"<details><summary>{summary}</summary><pre>{html.escape(detail[:5000])}</pre></details>"
+    body = f"<details><summary>{summary}</summary><pre>{html.escape(show_controls(detail[:5000]))}</pre></details>"
     return {"text/html": body, "text/plain": f"[{label}] {short}"}
 
 

@@ -16,7 +16,7 @@ import yaml
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
 from .site_policy import ALLOW_KEYS, ALLOW_LISTS, SITE_CONFIG, SITE_CONFIG_ENV, SitePolicy
-from .text import hide_secrets
+from .text import hide_secrets, hide_url_credentials, url_credentials
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
@@ -150,9 +150,9 @@ class Config:
         output): keys, tokens, header values, URL and proxy passwords, and values taken from ${VAR}."""
         llm, auth = self.llm, self.auth
         values = [llm.api_key, *llm.auth_headers.values(), auth.client_secret, auth.sso_token, auth.refresh_token,
-                  *url_passwords(llm.base_url), *url_passwords(llm.proxy), *self.from_variables]
+                  *url_secrets(llm.base_url), *url_secrets(llm.proxy), *self.from_variables]
         for server in self.mcp.servers.values():
-            values += [*server.env.values(), *server.headers.values(), *url_passwords(server.url)]
+            values += [*server.env.values(), *server.headers.values(), *url_secrets(server.url)]
         return [value for value in values if value]
 
     def show(self) -> str:
@@ -197,20 +197,16 @@ def mask(key: str, value: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """`url` with its password hidden (http://user:<hidden>@host): proxy and base URLs may carry one."""
-    return _URL_PASSWORD.sub(r"\1<hidden>@", url)
+    """`url` with its password hidden (http://user:<hidden>@host), or its user when it has no password
+    (a token put in the URL): proxy and base URLs may carry them."""
+    return hide_url_credentials(url)
 
 
-_URL_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
-
-
-def url_passwords(url: str | None) -> list[str]:
-    """The password in `url` (http://user:password@host), as written and percent-decoded; none if it has none."""
-    match = _URL_PASSWORD.search(url or "")
-    if match is None:
-        return []
-    written = match.group(0)[len(match.group(1)):-1]
-    return [written, unquote(written)]
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials in `url`, as written and percent-decoded: the password, or the user if it has none."""
+    user, password = url_credentials(url)
+    secret = password or user
+    return [secret, unquote(secret)] if secret else []
 
 
 # Environment variables and the keys they set. OPENAI_API_KEY is a fallback, handled apart.

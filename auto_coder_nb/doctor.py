@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 
 from . import auth, transport
-from .authentication_provider import AuthenticationProvider
-from .config import DEFAULT_BASE_URL, Config, redact_url
+from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
 from .errors import AutoCoderError, ProviderError
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import Completion, TextChunk, ToolDefinition
@@ -72,14 +71,12 @@ class _Doctor:
     # -- output --------------------------------------------------------------------------------
 
     def write(self, line: str) -> None:
+        # Known values only: the URLs the doctor shows went through redact_url, and its hints show a URL shape.
         self._write(hide_secrets(line, self._secrets()))
 
-    def _secrets(self) -> list[str | None]:
-        llm, settings = self.config.llm, self.config.auth
-        proxy = self.client_kwargs.get("proxy") or llm.proxy
-        return [llm.api_key, *llm.auth_headers.values(), settings.client_secret, settings.sso_token,
-                settings.refresh_token, AuthenticationProvider(self.config).get_basic_credentials(),
-                httpx.URL(proxy).password if proxy else None]
+    def _secrets(self) -> list[str]:
+        proxy = self.client_kwargs.get("proxy") or self.config.llm.proxy
+        return [*auth.secret_values(self.config), *url_secrets(proxy)]  # the proxy may come from HTTPS_PROXY
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)

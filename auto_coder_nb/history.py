@@ -281,16 +281,20 @@ class ConversationStore:
 
 # -- rebuilding ------------------------------------------------------------------------------------
 
+def _is_message(record: dict[str, Any]) -> bool:
+    message = record.get("message")
+    return record["type"] == "message" and isinstance(message, dict) and message.get("role") in (
+        "user", "assistant", "tool")
+
+
 def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The history the records describe, ready to send: an answer cut off by a crash is kept with a marker,
     tool calls left without a result get one, and the history ends with an assistant or tool message."""
     conversation = Conversation()
     partial: list[str] = []
     for record in records:
-        message = record.get("message")
-        if record["type"] == "message" and isinstance(message, dict) and message.get("role") in (
-                "user", "assistant", "tool"):
-            conversation.messages.append(message)
+        if _is_message(record):
+            conversation.messages.append(record["message"])
             partial.clear()
         elif record["type"] == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
@@ -371,11 +375,17 @@ class Recorder:
 
     # resuming
     def resume(self, saved: SavedConversation) -> None:
-        """Continue `saved` in this session: its history and correlation id, further records in its file."""
-        self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+        """Continue `saved` in this session: its history and correlation id, further records in its file.
+        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history."""
+        records = read_records(saved.path)
+        messages = rebuild(records)
+        closing = messages[sum(1 for record in records if _is_message(record)):]
+        self.conversation.restore(messages, saved.id)
         self.close()
         self.path = saved.path
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
+        for message in closing:
+            self._write({"type": "message", "message": message})
 
     def close(self) -> None:
         if self._fd is not None:
@@ -388,8 +398,7 @@ class Recorder:
         across two pieces must not be written half by half)."""
         secrets = [s for s in self.secrets() if s]
         pending = hide_secrets(self._streamed + text, secrets)
-        keep = max((k for s in secrets for k in range(min(len(s) - 1, len(pending)), 0, -1)
-                    if pending.endswith(s[:k])), default=0)
+        keep = max((_secret_start_at_end(pending, secret) for secret in secrets), default=0)
         ready, self._streamed = pending[:len(pending) - keep], pending[len(pending) - keep:]
         if ready:
             self._write({"type": "text", "text": ready})
@@ -428,6 +437,14 @@ class Recorder:
 
     def _line(self, record: dict[str, Any]) -> bytes:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _secret_start_at_end(text: str, secret: str) -> int:
+    """How many characters at the end of `text` are the beginning of `secret` (0 if none)."""
+    for size in range(min(len(secret) - 1, len(text)), 0, -1):
+        if text.endswith(secret[:size]):
+            return size
+    return 0
 
 
 def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, Any]:

@@ -55,6 +55,9 @@ NO_STDIN = (
     "call was refused. Allow it with `%%autocoder --approval-mode full-auto` (or auto-edit for file changes "
     "only), AUTO_CODER_APPROVAL_MODE, or `agent.approval_mode` in .auto-coder.yaml."
 )
+# Without stdin the request comes from a runner (nbclient, papermill, nbconvert), not a frontend that adds cells.
+NO_FRONTEND = ("No frontend takes new cells in this run (no stdin: nbclient, papermill or nbconvert), so the "
+               "{count} code block(s) were not inserted. The code:")
 _FENCED_BLOCK = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 _QUESTION_LINE = re.compile(r"^(\s*)%autocoder(\s+.*\?)\s*$")
 
@@ -330,11 +333,14 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
     if args.insert:
         blocks = code_blocks(renderer.text)
-        if blocks:
+        if not blocks:
+            print("The answer has no Python code block to insert.")
+        elif can_ask:
             insert_cells(shell, blocks)
             print(f"Inserted {len(blocks)} code block(s) into a new cell below.")
-        else:
-            print("The answer has no Python code block to insert.")
+        else:  # the kernel would only add a payload to the reply, and nothing here reads it
+            print(NO_FRONTEND.format(count=len(blocks)))
+            print("\n\n".join(block.strip("\n") for block in blocks))
 
 
 # -- `?` at the end of a prompt -----------------------------------------------------------------

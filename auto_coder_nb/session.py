@@ -73,7 +73,11 @@ class Session:
         project instructions ends; default the workspace root."""
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
-        tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout))
+        def secrets() -> list[str]:
+            return session.secret_values()  # the session's config at the time: apply_config may replace it
+
+        tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout,
+                                                   secrets=secrets))
         for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
         restrict_tools(config, tools)
@@ -93,13 +97,20 @@ class Session:
         agent.site = config.site
         session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
+        agent.secrets = secrets
         if config.history.enabled:
             store = ConversationStore()
             _remove_old_conversations(store, config.history.retention_days)
-            session.recorder = agent.observer = Recorder(store, conversation, session.describe,
-                                                         session.config.secret_values)
+            session.recorder = agent.observer = Recorder(store, conversation, session.describe, secrets)
         session.mcp = start_mcp_servers(config, tools, workspace.root)
         return session
+
+    def secret_values(self) -> list[str]:
+        """Every secret this session holds (configuration, basic credentials, fetched tokens): what `text.scrub`
+        hides in tool results, errors, summaries and outputs."""
+        from .auth import secret_values  # auth imports httpx; importing session stays light
+
+        return secret_values(self.config)
 
     def describe(self) -> dict[str, str | None]:
         """Where and with what this session talks, as saved with its conversations (no credentials)."""
@@ -121,7 +132,7 @@ class Session:
         elif self.recorder is not None and self.recorder.path is not None:
             records = read_records(self.recorder.path)
         else:  # not saved (history.enabled is false): the history in memory
-            records = records_of(self.conversation, self.describe(), self.config.secret_values())
+            records = records_of(self.conversation, self.describe(), self.secret_values())
         return transcript.export(records, Path(target))
 
     def resume(self, saved: SavedConversation) -> str:

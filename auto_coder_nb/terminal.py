@@ -26,6 +26,7 @@ from .events import (
     UsageUpdate,
     assert_never,
 )
+from .text import show_controls
 
 if TYPE_CHECKING:
     from .images import Image
@@ -62,7 +63,8 @@ def is_terminal(stream: TextIO | None) -> bool:
 def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
     """Show what would happen and ask: yes, no (with an optional reason), or always for this session.
     End of input (Ctrl-D) is a no."""
-    err.write(f"\n{request.preview}\n" if request.preview else "\n")
+    # Escaped control characters: a preview must not be able to hide or rewrite what will run.
+    err.write(f"\n{show_controls(request.preview)}\n" if request.preview else "\n")
     err.flush()
     while True:
         answer = _read(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ", err)
@@ -163,10 +165,10 @@ class TerminalView:
     def _handle_other(self, event: Event) -> None:
         match event:
             case ToolCallStarted():
-                self.err.write(self._paint("36", f"> {event.name}") + f"({_brief_arguments(event)})\n")
+                self.err.write(self._paint("36", f"> {show_controls(event.name)}") + f"({_brief_arguments(event)})\n")
             case ToolResult():
                 lines = event.output.splitlines() or [""]
-                first = lines[0][:150] + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+                first = show_controls(lines[0][:150]) + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
                 self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
                 for image in event.images:
                     self.err.write("  " + self._paint("2", f"[image: {image.describe()}]") + "\n")

@@ -1,7 +1,8 @@
 """Text helpers shared by the core and the faces: one home each, so they cannot drift apart.
 
 - `omit_middle` / `truncate`: a long text cut to its head and tail, with a marker saying how much was left out.
-- `hide_secrets` / `hide_credential_shapes`: known secret values, and things shaped like credentials, replaced.
+- `scrub`: the one scrubber for what leaves the process: known secret values and URL credentials hidden
+  (built on `hide_secrets`, `hide_url_credentials`; `hide_credential_shapes` for what servers echo).
 - `strip_ansi`: terminal colour and cursor codes removed.
 - `clause`: another's sentence without its final period, to embed in ours.
 - `exception_chain`: an exception and what caused it (`__cause__`, else `__context__`).
@@ -24,6 +25,10 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # `Authorization` values and OpenAI-style keys, wherever a server or a library echoes them.
 _CREDENTIAL_SHAPES = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
+
+# The user information of a URL (`scheme://user:password@`): everything up to the authority's last `@`, so a
+# password holding an `@` is matched whole.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/?#@:]*)(?P<password>:[^\s/?#]*)?@")
 
 # Fence labels that mean Python code ("" is an unlabelled fence, which models often use for Python).
 PYTHON_FENCE_LANGUAGES = frozenset({"", "python", "python3", "py", "ipython", "ipython3"})
@@ -63,6 +68,31 @@ def hide_credential_shapes(text: str) -> str:
     return _CREDENTIAL_SHAPES.sub(lambda m: f"{m.group(1)} {HIDDEN}" if m.group(1) else HIDDEN, text)
 
 
+def url_credentials(url: str | None) -> tuple[str, str]:
+    """(user, password) of the first URL in `url` that carries them, as written; ("", "") if none."""
+    match = _URL_USERINFO.search(url or "")
+    if match is None:
+        return "", ""
+    return match.group("user"), (match.group("password") or "")[1:]
+
+
+def hide_url_credentials(text: str) -> str:
+    """`text` with the password of every URL hidden (`http://user:<hidden>@host`), and a user given without a
+    password too (`https://<hidden>@host`: that is how tokens are put in URLs)."""
+    def hide(match: re.Match[str]) -> str:
+        if match.group("password") is None:
+            return f"{match.group('scheme')}{HIDDEN}@" if match.group("user") else match.group(0)
+        return f"{match.group('scheme')}{match.group('user')}:{HIDDEN}@"
+    return _URL_USERINFO.sub(hide, text)
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """The scrubber for text that leaves the process (tool results, errors, outputs, summaries): every known
+    secret value replaced, then every URL's credentials. `secrets` come from `Config.secret_values()` and
+    `auth.secret_values()` (which adds the tokens fetched at run time)."""
+    return hide_url_credentials(hide_secrets(text, secrets))
+
+
 def strip_ansi(text: str) -> str:
     """`text` without terminal escape sequences (they only cost the model tokens and garble HTML)."""
     return ANSI_ESCAPE.sub("", text)
@@ -80,3 +110,21 @@ def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
 def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether `exc` or anything in its cause chain is a `kind`."""
     return any(isinstance(link, kind) for link in exception_chain(exc))
+
+
+# C0 controls but tab and line feed, DEL and C1, the Arabic letter mark, zero-width and direction marks,
+# line/paragraph separators, bidi embeddings, overrides and isolates, word joiners, the BOM.
+_HIDDEN_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NAMED_ESCAPES = {"\r": "\\r", "\b": "\\b", "\f": "\\f", "\v": "\\v", "\x00": "\\0"}
+
+
+def show_controls(text: str) -> str:
+    """`text` with every character that could hide or reorder what is shown (terminal escapes, carriage
+    returns, backspaces, bidi overrides, zero-width characters) written as a visible escape such as `\\x1b`,
+    `\\r` or `\\u202e`: what the user approves is exactly what runs. Line breaks and tabs stay."""
+    return _HIDDEN_CONTROLS.sub(lambda m: _NAMED_ESCAPES.get(m.group()) or _escape(m.group()), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

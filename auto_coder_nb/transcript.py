@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,6 @@ from typing import Any
 
 from .history import HistoryError, message_text, rebuild
 from .text import PYTHON_FENCE_LANGUAGES, truncate
-from .tools.workspace import _replace_file as replace_file
 
 EXPORT_SUFFIXES = (".md", ".ipynb", ".jsonl")
 RESULT_LIMIT = 4000  # characters of a tool result shown in a fold
@@ -84,10 +85,23 @@ def export(records: list[dict[str, Any]], target: Path) -> str:
     if not target.parent.is_dir():
         raise HistoryError(f"Cannot export to {target}: the folder {target.parent} does not exist.")
     try:
-        replace_file(target, data.encode("utf-8"))
+        _write_atomically(target, data.encode("utf-8"))
     except OSError as exc:
         raise HistoryError(f"Cannot export to {target}: {exc.strerror or exc}") from None
     return f"Exported {len(exchanges(records))} prompts to {target}"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Through a temporary file beside `target`, renamed over it: a reader never sees half an export. (Not the
+    workspace's writer: an export may go anywhere the user names, and is not a change to undo.)"""
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as stream:
+            stream.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _heading(records: list[dict[str, Any]]) -> str:

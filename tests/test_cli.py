@@ -269,3 +269,22 @@ def test_repl_end_of_input_at_an_approval_prompt_is_a_refusal(
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_repl_approval_preview_shows_control_characters_escaped(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    # \r and an erase-line escape would otherwise print "echo safe" over the real command.
+    server.enqueue(reply.tool_call("run_command", {"command": "touch pwned\r\x1b[2Kecho safe"}), reply.text("ok"))
+    child = spawn_repl(env, workspace)
+    child.sendline("run it")
+    child.expect(r"Allow run_command\?")
+    assert "touch pwned\\r\\x1b[2Kecho safe" in child.before
+    assert "\x1b[2K" not in child.before
+    child.sendline("n")
+    child.expect("Reason")
+    child.sendline("")
+    child.expect("> ")
+    assert not (workspace / "pwned").exists()
+    child.send("\x04")
+    child.expect(pexpect.EOF)

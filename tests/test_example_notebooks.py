@@ -93,9 +93,11 @@ def test_quickstart(server: FakeLLMServer, tmp_path: Path) -> None:
     fix_request = user_messages(requests[2])[-1]
     assert "ZeroDivisionError: division by zero" in fix_request and "average([])" in fix_request
     assert markdown(fix)[0] == fixed
-    assert "Inserted 1 code block(s)" in stdout(fix)
+    # nbclient is no frontend: nothing would add the cell, so the code is shown instead.
+    assert "No frontend takes new cells" in stdout(fix) and "return sum(values) / len(values) if values" in stdout(fix)
 
-    assert "Inserted 1 code block(s)" in stdout(cell_with(notebook, "%autocoder --insert Write a one-line"))
+    inserted = stdout(cell_with(notebook, "%autocoder --insert Write a one-line"))
+    assert "No frontend takes new cells" in inserted and "sum(is_palindrome(w) for w in words)" in inserted
     follow_up = requests[4]
     assert len(user_messages(follow_up)) == 5  # the whole conversation went along
     assert "is_palindrome(\"\")" in markdown(cell_with(notebook, "%autocoder And what"))[0]
@@ -143,3 +145,16 @@ def test_data_example(server: FakeLLMServer, tmp_path: Path) -> None:
     final = cell_with(notebook, "sorted(averages.items())")
     assert final.outputs[0].data["text/plain"] == ("[('Denmark', 8.85), ('Finland', 5.4), ('Norway', 7.05), "
                                                    "('Sweden', 7.75)]")
+
+
+def test_data_example_runs_to_the_end_when_no_code_was_run(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a newcomer runs it without full-auto: nothing can approve run_code here, so it is refused.
+    monkeypatch.setenv("AUTO_CODER_APPROVAL_MODE", "ask")
+    server.enqueue(reply.tool_call("run_code", {"code": "averages = {}"}), reply.text("I could not run code."))
+    notebook = run_notebook("data_example.ipynb", tmp_path / "work")  # raises on any cell's error
+    assert "no stdin" in server.chat_requests[1].json["messages"][-1]["content"]
+    final = cell_with(notebook, "sorted(averages.items())")
+    assert "No `averages` in the kernel" in final.outputs[0].data["text/plain"]
+    assert "What it needs" in notebook.cells[0].source

@@ -130,6 +130,8 @@ def test_a_file_cut_off_mid_answer_rebuilds_to_a_valid_history(root: Path, data_
     turn(again, "go on")
     assert_strictly_valid(fake_server.chat_requests[-1].json["messages"])
     assert read_records(path)[-1]["type"] == "turn_done"
+    assert rebuild(read_records(path)) == fake_server.chat_requests[-1].json["messages"][1:] + [
+        {"role": "assistant", "content": "Again."}]
 
 
 def test_damaged_foreign_and_newer_files_are_skipped_with_a_warning(
@@ -278,3 +280,33 @@ def test_images_are_saved_as_a_note_not_as_data(fake_server: FakeLLMServer, root
     assert saved.first_prompt.startswith("what is in this plot?")
     rebuilt = rebuild(read_records(path))
     assert rebuilt[0]["content"][1] == {"type": "text", "text": IMAGE_NOT_SAVED}
+
+
+def test_a_resumed_conversation_too_long_for_the_window_is_shortened_as_usual(
+    fake_server: FakeLLMServer, root: Path
+) -> None:
+    first = make_session(fake_server, root)
+    for number in range(6):
+        fake_server.enqueue(reply.text(f"answer {number} " + "x" * 2000))
+        turn(first, f"question {number}")
+    later = make_session(fake_server, root)
+    later.agent.config.context_window = 2000  # a smaller model now
+    later.resume(ConversationStore().choose(None, working_dir=root.resolve()))
+    fake_server.enqueue(reply.text("short"))
+    events = turn(later, "and now?")
+    assert any(isinstance(e, Notice) and "shortened" in e.text for e in events)
+    sent = fake_server.chat_requests[-1].json["messages"]
+    assert sent[-1]["content"] == "and now?" and len(sent) < 14
+    assert_strictly_valid(sent)
+    # The file keeps everything: a later resume starts from the whole conversation again.
+    records = read_records(ConversationStore().find(later.conversation.correlation_id).path)
+    assert sum(1 for r in records if r["type"] == "message" and r["message"]["role"] == "user") == 7
+    assert any(r["type"] == "shortened" for r in records)
+
+
+def test_where_conversations_are_kept() -> None:
+    from auto_coder_nb.history import sessions_dir
+
+    assert sessions_dir({"AUTO_CODER_DATA_DIR": "/data/ac", "XDG_DATA_HOME": "/xdg"}) == Path("/data/ac/sessions")
+    assert sessions_dir({"XDG_DATA_HOME": "/xdg"}) == Path("/xdg/auto-coder/sessions")
+    assert sessions_dir({}) == Path.home() / ".local" / "share" / "auto-coder" / "sessions"

@@ -299,3 +299,15 @@ def test_vision_and_the_image_budget_are_settings() -> None:
     assert "llm.vision = None  (default = as the server reports, else false)" in shown
     assert "agent.image_max_side = 1024" in shown and "agent.max_images = 3" in shown
 
+
+
+def test_images_leave_the_history_when_the_model_no_longer_sees_them(fake_server: FakeLLMServer) -> None:
+    fake_server.enqueue(reply.tool_call("plot", {}), reply.text("ok"), reply.text("fine"))
+    h = Harness(fake_server, vision=True)
+    h.turn("draw")
+    assert len(image_parts(h.request(-1))) == 1
+    h.agent.vision = False  # a configuration change to a model without vision
+    h.turn("and now?")
+    last = h.request(-1)
+    assert not image_parts(last) and "image removed to keep the context small" in json.dumps(last)
+    assert_strictly_valid(last)

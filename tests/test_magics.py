@@ -204,7 +204,7 @@ def test_fix_sends_the_error_and_inserts_the_fixed_cell(kernel: Kernel, server: 
     assert failed.reply["content"]["status"] == "error"
     server.enqueue(reply.text("Division by zero.\n\n```python\ndef ratio(a, b):\n    return a / b if b else 0.0\n"
                               "ratio(1, 0)\n```\n"))
-    run = kernel.execute("%autocoder --fix --insert")
+    run = kernel.execute("%autocoder --fix --insert", answers=[])  # a frontend with stdin, like JupyterLab
     sent = last_user_message(server)
     assert "ZeroDivisionError" in sent and "def ratio(a, b):" in sent and "ratio(1, 0)" in sent
     next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
@@ -215,11 +215,20 @@ def test_fix_sends_the_error_and_inserts_the_fixed_cell(kernel: Kernel, server: 
 def test_insert_joins_several_code_blocks_into_one_new_cell(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.text("First:\n```python\na = 1\n```\nShell, not inserted:\n```bash\nls\n```\n"
                               "Then:\n```\nb = a + 1\n```\n"))
-    run = kernel.execute("%autocoder --insert --context none two steps")
+    run = kernel.execute("%autocoder --insert --context none two steps", answers=[])  # a frontend with stdin
     next_inputs = [p for p in run.payloads if p["source"] == "set_next_input"]
     assert len(next_inputs) == 1
     assert next_inputs[0]["text"] == "a = 1\n\nb = a + 1"
     assert "Inserted 2 code block(s)" in run.stdout
+
+
+def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, server: FakeLLMServer) -> None:
+    # No stdin, as under nbclient or papermill: nothing applies a set_next_input payload.
+    server.enqueue(reply.text("Here:\n```python\nc = 3\n```\n"))
+    run = kernel.execute("%autocoder --insert --context none one step")
+    assert "Inserted" not in run.stdout
+    assert "No frontend takes new cells" in run.stdout and run.stdout.rstrip().endswith("c = 3")
+    assert [p for p in run.payloads if p["source"] == "set_next_input"] == []
 
 
 def test_run_code_approved_through_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
@@ -527,3 +536,11 @@ def test_per_request_options_apply_to_that_request_only(kernel: Kernel, server: 
     assert state.stdout.split() == ["fake-model", "ask"]
     kernel.execute("%autocoder --context none and now?")
     assert server.chat_requests[-1].json["model"] == "fake-model"
+
+
+def test_approval_preview_shows_control_characters_escaped(kernel: Kernel, server: FakeLLMServer) -> None:
+    command = "echo safe\r\x1b[2Krm -rf data #\u202e"
+    server.enqueue(reply.tool_call("run_command", {"command": command}), reply.text("Refused."))
+    run = kernel.execute("%autocoder --context none clean up")  # no stdin: shown, then refused
+    assert "echo safe\\r\\x1b[2Krm -rf data #\\u202e" in run.shown_text
+    assert "\x1b" not in run.shown_text and "\u202e" not in run.shown_text and "\r" not in run.shown_text

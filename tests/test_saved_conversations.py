@@ -18,14 +18,16 @@ import nbformat
 import pexpect
 import pytest
 
-from auto_coder_nb.history import read_records
+from auto_coder_nb.history import read_records, rebuild
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from tests.test_agent import assert_strictly_valid
+from tests.test_cli import run as auto_coder
 from tests.test_magics import Kernel, kernel_env
 
 
 @pytest.fixture
 def env(tmp_path: Path, fake_server: FakeLLMServer, clean_env: dict[str, str]) -> dict[str, str]:
+    """As the CLI tests' environment: a fresh home, the test server; no colours or terminal queries."""
     home = tmp_path / "home"
     home.mkdir()
     return clean_env | {"HOME": str(home), "AUTO_CODER_BASE_URL": fake_server.base_url,
@@ -38,11 +40,6 @@ def project(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "notes.txt").write_text("first line\n")
     return folder
-
-
-def auto_coder(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["auto-coder", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
 
 
 def saved(data_dir: Path) -> list[Path]:
@@ -103,6 +100,9 @@ def test_a_killed_process_loses_nothing_and_resumes_to_a_valid_history(
     assert sent[4]["content"] == f"{shown}\n[interrupted]"
     assert sent[-1]["content"] == "where were we?"
     assert saved(data_dir) == [path]
+    # The file is one history again: rebuilt, it is what was sent and answered, and resumes again.
+    rebuilt = rebuild(read_records(path))
+    assert rebuilt == sent[1:] + [{"role": "assistant", "content": "Carrying on."}]
 
 
 def test_sessions_resume_by_prefix_unknown_ids_and_exports(

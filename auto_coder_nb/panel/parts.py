@@ -11,7 +11,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..providers.base import Usage
-from ..text import strip_ansi
+from ..text import show_controls, strip_ansi
 from .markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 
 SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
@@ -50,13 +50,20 @@ def _append(box: widgets.Box, child: widgets.Widget) -> None:
 
 
 def _short(text: str, limit: int = SUMMARY_LIMIT) -> str:
-    text = strip_ansi(text)
+    """Output for a summary: colour codes dropped, other control characters escaped, cut to `limit`."""
+    return _exact(strip_ansi(text), limit)
+
+
+def _exact(text: str, limit: int) -> str:
+    """What will run or be written (a preview, an argument): every control character shown escaped, none
+    dropped, so what the user approves is exactly what runs; cut to `limit`."""
+    text = show_controls(text)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def _diff_html(preview: str) -> str:
     lines = []
-    for line in _short(preview, PREVIEW_LIMIT).split("\n"):
+    for line in _exact(preview, PREVIEW_LIMIT).split("\n"):
         css = ("add" if line.startswith("+") and not line.startswith("+++") else
                "del" if line.startswith("-") and not line.startswith("---") else
                "hunk" if line.startswith("@@") else "")
@@ -73,23 +80,23 @@ def _title_value(value: Any) -> str:
     if isinstance(value, str) and "\n" in value:
         lines = len(value.splitlines())
         return f"<{lines} line{'' if lines == 1 else 's'}>"
-    return _clip(json.dumps(value, ensure_ascii=False), TITLE_VALUE)
+    return _clip(show_controls(json.dumps(value, ensure_ascii=False)), TITLE_VALUE)
 
 
 def _arguments_title(arguments: dict[str, Any] | None, raw: str) -> str:
     if arguments is None:
-        return _clip(" ".join(raw.split()), TITLE_LIMIT)
+        return _clip(show_controls(" ".join(raw.split())), TITLE_LIMIT)
     return _clip(", ".join(f"{key}={_title_value(value)}" for key, value in arguments.items()), TITLE_LIMIT)
 
 
 def _arguments_detail(arguments: dict[str, Any] | None, raw: str) -> str:
     """The full arguments, text values as they are (real line breaks), folded under the title."""
     if arguments is None:
-        body = f"<pre>{html.escape(_short(raw, PREVIEW_LIMIT))}</pre>"
+        body = f"<pre>{html.escape(_exact(raw, PREVIEW_LIMIT))}</pre>"
     else:
         body = "".join(
             f"<div><b>{html.escape(key)}</b></div><pre>"
-            f"{html.escape(_short(value if isinstance(value, str) else json.dumps(value, indent=2), PREVIEW_LIMIT))}"
+            f"{html.escape(_exact(value if isinstance(value, str) else json.dumps(value, indent=2), PREVIEW_LIMIT))}"
             "</pre>"
             for key, value in arguments.items()
         )
@@ -230,7 +237,7 @@ class _ToolCard:
         self.denied = False
 
     def _head(self, status: str) -> str:
-        return (f"<b>{html.escape(self.name)}</b>(<span>{html.escape(self.arguments)}</span>)"
+        return (f"<b>{html.escape(show_controls(self.name))}</b>(<span>{html.escape(self.arguments)}</span>)"
                 f'<span class="autocoder-badge autocoder-status-{status.split()[0]}">{html.escape(status)}</span>')
 
     def status(self, status: str, css: str | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from .. import transport
+from .. import auth, transport
 from ..config import DEFAULT_BASE_URL, Config
 from ..errors import (
     AuthenticationFailed,
@@ -34,7 +34,7 @@ from ..errors import (
     StreamError,
     TLSError,
 )
-from ..text import caused_by, clause, hide_credential_shapes, hide_secrets
+from ..text import caused_by, clause, hide_credential_shapes, scrub
 
 OVERFLOW_HINT = ("Start a new conversation (/clear in the REPL, Reset in the panel, %autocoder --reset) "
                  "or use a model with a larger context.")
@@ -221,6 +221,6 @@ class ServerErrors:
         return text if len(text) <= limit else text[:limit] + "…"
 
     def redact(self, text: str, sent_token: str = "") -> str:
-        """Remove anything that may be a credential: our key, our header values, bearer tokens, sk- keys."""
-        secrets = [self.config.llm.api_key, sent_token, *self.config.llm.auth_headers.values()]
-        return hide_credential_shapes(hide_secrets(text, secrets))
+        """Remove anything that may be a credential: every secret this process holds (the configuration's, the
+        token that was sent, fetched tokens), URL credentials, bearer tokens and sk- keys."""
+        return hide_credential_shapes(scrub(text, [sent_token, *auth.secret_values(self.config)]))

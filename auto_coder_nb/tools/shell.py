@@ -12,11 +12,12 @@ import functools
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
 from ..providers.base import ToolDefinition
-from ..text import omit_middle, strip_ansi
+from ..text import MIN_SECRET_LENGTH, omit_middle, strip_ansi
 from .registry import ToolError
 from .workspace import Workspace
 
@@ -112,8 +113,18 @@ def _budgets(stdout: _Capture, stderr: _Capture) -> tuple[int, int]:
     return half, MAX_OUTPUT_CHARS - half
 
 
-def _command_env() -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV_VARS | FORCED_COLOR_ENV_VARS}
+def environment_without_secrets(environ: Mapping[str, str], secrets: Iterable[str | None]) -> dict[str, str]:
+    """`environ` without the variables that hold a secret: the endpoint's own variables by name, and any
+    variable whose value contains a secret the configuration holds (`${MY_GATEWAY_KEY}`, a proxy URL with a
+    password, a fetched token)."""
+    values = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
+    return {name: value for name, value in environ.items()
+            if name not in SECRET_ENV_VARS and not any(secret in value for secret in values)}
+
+
+def _command_env(secrets: Iterable[str | None] = ()) -> dict[str, str]:
+    env = {name: value for name, value in environment_without_secrets(os.environ, secrets).items()
+           if name not in FORCED_COLOR_ENV_VARS}
     if env.get("MPLBACKEND", "").startswith("module://"):
         del env["MPLBACKEND"]  # a kernel's inline backend means nothing to a script run from the shell
     env.update(NON_INTERACTIVE_ENV)
@@ -149,7 +160,8 @@ its beginning and end with a marker saying how much was omitted. Filter big outp
 undone; a command's effects cannot be undone. The user may be asked to approve each command."""
 
 
-async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *, default_timeout: float) -> str:
+async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *, default_timeout: float,
+                      secrets: Callable[[], Iterable[str | None]] = tuple) -> str:
     if not isinstance(command, str) or not command.strip():
         raise ToolError("command is empty: give the shell command to run, e.g. `ls -la` or `pytest -q`.")
     seconds, note = _timeout_seconds(timeout, default_timeout)
@@ -161,7 +173,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=workspace.root,
-        env=_command_env(),
+        env=_command_env(secrets()),
         start_new_session=True,
     )
     assert process.stdout is not None and process.stderr is not None
@@ -223,7 +235,8 @@ def preview_run_command(workspace: Workspace, command: Any, timeout: Any = None)
     return command
 
 
-def shell_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[ToolDefinition]:
+def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
+                secrets: Callable[[], Iterable[str | None]] = tuple) -> list[ToolDefinition]:
     return [
         ToolDefinition(
             name="run_command",
@@ -238,7 +251,7 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0) -> list[To
                 },
                 "required": ["command"],
             },
-            handler=functools.partial(run_command, workspace, default_timeout=command_timeout),
+            handler=functools.partial(run_command, workspace, default_timeout=command_timeout, secrets=secrets),
             kind="command",
             preview=functools.partial(preview_run_command, workspace),
         ),

@@ -1,0 +1,102 @@
+"""Secrets the configuration holds never leave the process: not into commands' environments, tool results, errors,
+the doctor's output (issue 10 item 6). Real parts: the test server over HTTP, real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from auto_coder_nb.agent import iterate_sync
+from auto_coder_nb.config import Config, load_config, redact_url
+from auto_coder_nb.doctor import run_doctor
+from auto_coder_nb.errors import AuthenticationFailed
+from auto_coder_nb.events import ErrorEvent, Event, ToolResult
+from auto_coder_nb.session import Session
+from auto_coder_nb.testing.server import FakeLLMServer, reply
+
+GATEWAY_KEY = "gw-key-7f3a9c1e55"  # reaches the config only through ${MY_GATEWAY_KEY}
+HEADER_VALUE = "hdr-secret-42bd10"
+URL_PASSWORD = "p@ss-9911"  # holds an @, which used to cut the redaction short
+
+
+def config_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str, extra: str = "") -> Config:
+    monkeypatch.setenv("MY_GATEWAY_KEY", GATEWAY_KEY)
+    (tmp_path / ".auto-coder.yaml").write_text(
+        "llm:\n"
+        f"  base_url: {base_url}\n"
+        "  model: fake-model\n"
+        "  api_key: ${MY_GATEWAY_KEY}\n"
+        f"  auth_headers: {{x-gateway-token: {HEADER_VALUE}}}\n"
+        "agent:\n"
+        "  approval_mode: full-auto\n" + extra, encoding="utf-8")
+    return load_config(cwd=tmp_path, home=tmp_path / "home")
+
+
+def run_turn(session: Session, prompt: str) -> list[Event]:
+    loop = asyncio.new_event_loop()
+    try:
+        return list(iterate_sync(session.agent.run(prompt), loop))
+    finally:
+        loop.run_until_complete(session.aclose())
+        loop.close()
+
+
+def test_run_command_children_see_no_secret_and_tool_results_hide_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_server: FakeLLMServer) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text(f"key={GATEWAY_KEY} header={HEADER_VALUE}\n")
+    monkeypatch.setenv("UNRELATED_SETTING", "stays")
+    config = config_from_file(tmp_path, monkeypatch, fake_server.base_url)
+    fake_server.enqueue(reply.tool_call("run_command", {"command": "env"}),
+                        reply.tool_call("read_file", {"path": "notes.txt"}), reply.text("done"))
+    events = run_turn(Session.create(config, working_dir=work), "look")
+    environment, notes = [event.output for event in events if isinstance(event, ToolResult)]
+    assert "MY_GATEWAY_KEY" not in environment and GATEWAY_KEY not in environment
+    assert "UNRELATED_SETTING=stays" in environment  # only what holds a secret goes
+    assert notes.count("<hidden>") == 2 and GATEWAY_KEY not in notes and HEADER_VALUE not in notes
+    sent = "\n".join(str(request.json) for request in fake_server.chat_requests)
+    assert GATEWAY_KEY not in sent and HEADER_VALUE not in sent  # the model never got them either
+
+
+def test_an_error_object_in_a_200_stream_does_not_echo_the_url_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_server: FakeLLMServer) -> None:
+    base_url = fake_server.base_url.replace("http://", f"http://gateway-user:{URL_PASSWORD}@")
+    config = config_from_file(tmp_path, monkeypatch, base_url)
+    fake_server.enqueue(reply.chunks([{"error": {"message": f"login {URL_PASSWORD} and key {GATEWAY_KEY} refused"}}]))
+    events = run_turn(Session.create(config, working_dir=tmp_path), "hi")
+    message = next(event.message for event in events if isinstance(event, ErrorEvent))
+    assert "refused" in message and URL_PASSWORD not in message and GATEWAY_KEY not in message
+
+
+def test_doctor_output_hides_url_users_and_passwords_holding_an_at_sign(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_server: FakeLLMServer) -> None:
+    base_url = fake_server.base_url.replace("http://", f"http://gateway-user:{URL_PASSWORD}@")
+    lines: list[str] = []
+    run_doctor(config_from_file(tmp_path, monkeypatch, base_url), lines.append)
+    output = "\n".join(lines)
+    assert "gateway-user:<hidden>@127.0.0.1" in output
+    assert URL_PASSWORD not in output and "9911" not in output and GATEWAY_KEY not in output
+    assert redact_url("https://tok3n-as-user@gateway.example/v1") == "https://<hidden>@gateway.example/v1"
+
+
+@pytest.mark.parametrize("printed", ["Welcome to corp-login\\ntoken-abc123", "token-abc123\\x1b[0m"])
+def test_token_command_output_that_is_not_one_printable_line_is_refused_without_echo(
+        tmp_path: Path, fake_server: FakeLLMServer, printed: str) -> None:
+    script = tmp_path / "print_token.py"
+    script.write_text(f"print('{printed}')\n", encoding="utf-8")
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    config = load_config({"llm.base_url": fake_server.base_url}, env={}, cwd=tmp_path, home=tmp_path / "home")
+    config.auth.token_command = command
+    from auto_coder_nb import auth
+
+    with httpx.Client(**auth.http_client_kwargs(config)) as client, pytest.raises(AuthenticationFailed) as raised:
+        client.get(fake_server.base_url + "/models")
+    assert "one line of printable characters" in str(raised.value)
+    assert "token-abc123" not in str(raised.value) and "corp-login" not in str(raised.value)
+    assert fake_server.requests == []
