@@ -98,10 +98,9 @@ class Session:
         session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
+        session._keep_history(config.history.enabled)
         if config.history.enabled:
-            store = ConversationStore()
-            _remove_old_conversations(store, config.history.retention_days)
-            session.recorder = agent.observer = Recorder(store, conversation, session.describe, secrets)
+            _remove_old_conversations(ConversationStore(), config.history.retention_days)
         session.mcp = start_mcp_servers(config, tools, workspace.root)
         return session
 
@@ -179,9 +178,25 @@ class Session:
                 changed = True
                 if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
                     self.policy.mode = config.agent.approval_mode
+        if config.history.enabled != self.config.history.enabled:
+            self._keep_history(config.history.enabled)
+            changed = True
+        self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
         self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
+
+    def _keep_history(self, enabled: bool) -> None:
+        """Start or stop saving this session's conversation (history.enabled)."""
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder = None
+        if enabled:  # turned on mid-conversation: saving starts with the next conversation (a part would not resume)
+            begun = any(m["role"] == "user" for m in self.conversation.messages)
+            self.recorder = Recorder(ConversationStore(), self.conversation, self.describe, self.secret_values,
+                                     paused=begun)
+        self.agent.observer = self.recorder
+        self.conversation.observer = self.recorder
 
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""
