@@ -262,7 +262,7 @@ def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
     fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
     script_good_model(fake_server)
     ok, lines = doctor(make_config(tmp_path, fake_server.base_url, **{"agent.working_dir": str(tmp_path)}))
-    assert ok and lines[-1] == "All 7 checks passed."
+    assert ok and lines[-1] == "All 9 checks passed."
     assert any(line.startswith("  vision ") and "server reports vision" in line and "images are sent" in line
                for line in lines)
     assert any(line.startswith("  instructions ") and "AGENTS.md (9 bytes)" in line for line in lines)

@@ -84,9 +84,34 @@ def system_section(tools: list[ToolDefinition]) -> str:
         "# Tools",
     ]
     for tool in tools:
-        lines += [f"## {tool.name}", tool.description.strip(),
-                  f"Arguments (JSON schema): {json.dumps(tool.parameters, separators=(',', ':'))}", ""]
+        lines += [f"## {tool.name}", _summary(tool.description), *_argument_lines(tool.parameters), ""]
     return "\n".join(lines).rstrip()
+
+
+def _summary(description: str) -> str:
+    """The first paragraph of a tool's description: the full text is written for models trained on tool
+    calling, and a long prompt is slow on small local models and confuses them; tool errors say the rest."""
+    return description.strip().split("\n\n", 1)[0].strip()
+
+
+def _argument_lines(parameters: dict[str, Any]) -> list[str]:
+    properties = parameters.get("properties") if isinstance(parameters.get("properties"), dict) else None
+    if properties is None:
+        return [f"Arguments (JSON schema): {json.dumps(parameters, separators=(',', ':'))}"]
+    if not properties:
+        return ["Arguments: none ({})."]
+    required = set(parameters.get("required") or ())
+    lines = ["Arguments:"]
+    for name, schema in properties.items():
+        schema = schema if isinstance(schema, dict) else {}
+        kind = schema.get("type", "any")
+        kind = "/".join(kind) if isinstance(kind, list) else str(kind)
+        if isinstance(schema.get("enum"), list):
+            kind += " (one of " + ", ".join(_dumps(value) for value in schema["enum"]) + ")"
+        need = "required" if name in required else "optional"
+        about = f": {schema['description']}" if schema.get("description") else ""
+        lines.append(f"- {name} ({kind}, {need}){about}")
+    return lines
 
 
 def to_prompted_messages(messages: list[dict[str, Any]], tools: list[ToolDefinition]) -> list[dict[str, Any]]:
