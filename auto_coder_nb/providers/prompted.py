@@ -84,7 +84,8 @@ def system_section(tools: list[ToolDefinition]) -> str:
         "# Tools",
     ]
     for tool in tools:
-        lines += [f"## {tool.name}", _summary(tool.description), *_argument_lines(tool.parameters), ""]
+        lines += [f"## {tool.name}", _summary(tool.description), *_argument_lines(tool.parameters),
+                  f"Example: {_example(tool)}", ""]
     return "\n".join(lines).rstrip()
 
 
@@ -92,6 +93,20 @@ def _summary(description: str) -> str:
     """The first paragraph of a tool's description: the full text is written for models trained on tool
     calling, and a long prompt is slow on small local models and confuses them; tool errors say the rest."""
     return description.strip().split("\n\n", 1)[0].strip()
+
+
+def _example(tool: ToolDefinition) -> str:
+    """A call of `tool` with its required arguments as placeholders: small models copy a shape best."""
+    properties = tool.parameters.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    placeholders = {"string": "...", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
+    arguments = {}
+    for name in tool.parameters.get("required") or ():
+        schema = properties.get(name) if isinstance(properties.get(name), dict) else {}
+        kind = schema.get("type")
+        arguments[name] = schema["enum"][0] if schema.get("enum") else placeholders.get(
+            kind if isinstance(kind, str) else "string", "...")
+    return _dumps({"tool": tool.name, "arguments": arguments})
 
 
 def _argument_lines(parameters: dict[str, Any]) -> list[str]:
