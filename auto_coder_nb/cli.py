@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.show_config:
         print(config.show())
-        print("files read: " + (", ".join(map(str, config.files)) or "none"))
+        print("files read: " + (", ".join(map(str, [*config.site.files, *config.files])) or "none"))
         return EXIT_OK
     if args.doctor:
         from .doctor import run_doctor

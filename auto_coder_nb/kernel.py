@@ -166,6 +166,7 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider, instructions_from=root,
                              notebook=open_notebook_path(shell))
+    session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
     return session
 

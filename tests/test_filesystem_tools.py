@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -348,3 +349,55 @@ def test_edit_file_replace_all_in_a_crlf_file(root: Path, registry: ToolRegistry
     result = call(registry, "edit_file", path="r.txt", old_string="a\n", new_string="x\ny\n", replace_all=True)
     assert (root / "r.txt").read_bytes() == b"x\r\ny\r\nb\r\nx\r\ny\r\n"
     assert "at lines 1, 3 before the edit" in result
+
+
+def test_write_file_and_edit_file_refuse_the_open_notebook_before_asking(root: Path, workspace: Workspace,
+                                                                         registry: ToolRegistry) -> None:
+    notebook = root / "analysis.ipynb"
+    notebook.write_text('{"cells": ["x = 1"]}')
+    workspace.open_notebook = lambda: notebook
+    for name, arguments in (("write_file", {"path": "analysis.ipynb", "content": "{}"}),
+                            ("edit_file", {"path": "analysis.ipynb", "old_string": "x = 1", "new_string": "x = 2"})):
+        with pytest.raises(ToolError, match="open in the user's editor"):
+            preview(registry, name, **arguments)
+        assert "edit_notebook with action insert" in error(registry, name, **arguments)
+    assert notebook.read_text() == '{"cells": ["x = 1"]}'
+
+
+def _peak_bytes_of_read(registry: ToolRegistry, **arguments: Any) -> tuple[str, int]:
+    tracemalloc.start()
+    try:
+        result = call(registry, "read_file", **arguments)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_reading_a_window_of_a_huge_single_line_file_keeps_memory_bounded(root: Path,
+                                                                          registry: ToolRegistry) -> None:
+    size = 64 * 1024 * 1024
+    with open(root / "huge.log", "wb") as stream:  # sparse: text at the start, then a hole; no newline at all
+        stream.write(b"a" * 10_000)
+        stream.truncate(size)
+    result, peak = _peak_bytes_of_read(registry, path="huge.log", offset=1, limit=5)
+    assert result.startswith("     1\t" + "a" * 2000 + f"… [line cut: {size:,} bytes in all]")
+    assert "showing lines 1-1" in result
+    assert peak < 8 * 1024 * 1024, f"read_file held {peak:,} bytes for one line"
+
+
+def test_reading_deep_into_ten_million_lines_keeps_memory_bounded(root: Path, registry: ToolRegistry) -> None:
+    (root / "many.txt").write_bytes(b"x\n" * 10_000_000)  # 20 MB: read a window at a time
+    result, peak = _peak_bytes_of_read(registry, path="many.txt", offset=9_999_999, limit=5)
+    assert result.splitlines()[:2] == ["9999999\tx", "10000000\tx"]
+    assert peak < 8 * 1024 * 1024, f"read_file held {peak:,} bytes"
+    assert "past the end of many.txt, which has 10000000 line(s)" in error(registry, "read_file", path="many.txt",
+                                                                           offset=10_000_001, limit=1)
+
+
+def test_a_window_of_a_file_of_millions_of_short_lines_costs_no_more_than_its_text(
+        root: Path, registry: ToolRegistry) -> None:
+    (root / "short.txt").write_bytes(b"ab\r\n" * 2_500_000)  # 10 MB, read whole: no list of its lines
+    result, peak = _peak_bytes_of_read(registry, path="short.txt", offset=2_000_000, limit=2)
+    assert result == ("2000000\tab\n2000001\tab\n"
+                      "(showing lines 2000000-2000001 of 2500000; continue with offset=2000002)")
+    assert peak < 40 * 1024 * 1024, f"read_file held {peak:,} bytes for a 10 MB file"

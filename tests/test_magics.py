@@ -394,13 +394,15 @@ def test_open_notebook_is_the_root_and_changes_only_through_new_cells(server: Fa
         server.enqueue(
             reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "replace", "index": 0,
                                               "source": "x = 2"}),
+            reply.tool_call("write_file", {"path": "analysis.ipynb", "content": "{}"}),
+            reply.tool_call("edit_file", {"path": "analysis.ipynb", "old_string": "x = 1", "new_string": "x = 2"}),
             reply.tool_call("edit_notebook", {"path": "analysis.ipynb", "action": "insert", "source": "x = 2"}),
             reply.text("Added a cell."),
         )
         run = running.execute("%autocoder --approval-mode full-auto --context none set x to 2")
         results = [m["content"] for m in server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
-        assert "open in the user's editor" in results[0]
-        assert "below the current cell" in results[1]
+        assert all("open in the user's editor" in result for result in results[:3]), results
+        assert "below the current cell" in results[3]
         assert [p for p in run.payloads if p["source"] == "set_next_input"] == [
             {"source": "set_next_input", "text": "x = 2", "replace": False}]
         assert notebook_path.read_bytes() == original

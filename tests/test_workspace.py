@@ -182,14 +182,136 @@ def test_a_name_starting_with_a_tilde_is_an_ordinary_file(root: Path, workspace:
     assert workspace.resolve("~draft.txt") == root.resolve() / "~draft.txt"
 
 
-def test_undo_says_when_it_replaces_changes_made_after_the_turn(root: Path, workspace: Workspace) -> None:
+def test_undo_keeps_a_copy_of_changes_made_after_the_turn(root: Path, workspace: Workspace) -> None:
+    (root / "old.txt").write_text("before the turn")
     workspace.begin_turn()
     workspace.atomic_write("a.txt", b"by the tool")
     workspace.atomic_write("b.txt", b"by the tool")
+    workspace.atomic_write("old.txt", b"by the tool")
     (root / "a.txt").write_text("edited by the user afterwards")
+    (root / "old.txt").write_text("also edited afterwards")
     message = workspace.undo()
     assert not (root / "a.txt").exists() and not (root / "b.txt").exists()
-    assert "a.txt had been changed again since that turn" in message
+    assert (root / "a.txt.before-undo").read_text() == "edited by the user afterwards"
+    assert (root / "old.txt").read_text() == "before the turn"
+    assert (root / "old.txt.before-undo").read_text() == "also edited afterwards"
+    assert not (root / "b.txt.before-undo").exists(), "unchanged since the turn: no copy"
+    assert "a.txt -> a.txt.before-undo" in message and "old.txt -> old.txt.before-undo" in message
+
+
+def test_undoing_an_older_turn_through_a_newer_one_keeps_the_users_edits_in_between(
+        root: Path, workspace: Workspace) -> None:
+    (root / "a.txt").write_text("v0")
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"v1 by the tool")
+    (root / "a.txt").write_text("v1 edited by the user")
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"v2 by the tool")
+    assert "a.txt" in workspace.undo()
+    assert (root / "a.txt").read_text() == "v1 edited by the user"
+    message = workspace.undo()
+    assert (root / "a.txt").read_text() == "v0"
+    assert (root / "a.txt.before-undo").read_text() == "v1 edited by the user"
+    assert "a.txt -> a.txt.before-undo" in message
+
+
+def test_a_second_kept_copy_never_replaces_the_first(root: Path, workspace: Workspace) -> None:
+    (root / "a.txt.before-undo").write_text("an earlier copy")
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"by the tool")
+    (root / "a.txt").write_text("the user's version")
+    assert "a.txt -> a.txt.before-undo-2" in workspace.undo()
+    assert (root / "a.txt.before-undo").read_text() == "an earlier copy"
+    assert (root / "a.txt.before-undo-2").read_text() == "the user's version"
+
+
+def test_undo_refuses_a_file_whose_folder_became_a_symlink_leading_outside(tmp_path: Path, root: Path,
+                                                                            workspace: Workspace) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.txt").write_text("outside, must survive")
+    (root / "src").mkdir()
+    (root / "src" / "b.txt").write_text("b0")
+    workspace.begin_turn()
+    workspace.atomic_write("src/a.txt", b"created by the tool")
+    workspace.atomic_write("src/b.txt", b"changed by the tool")
+    workspace.atomic_write("top.txt", b"created by the tool")
+    (root / "src").rename(root / "src-moved")
+    (root / "src").symlink_to(outside)
+
+    message = workspace.undo()
+    assert (outside / "a.txt").read_text() == "outside, must survive", "undo deleted through the symlink"
+    assert not (outside / "b.txt").exists(), "undo wrote through the symlink"
+    assert sorted(os.listdir(outside)) == ["a.txt"]
+    assert "Not restored: " in message and "src/a.txt (it now leads outside the workspace" in message
+    assert "src/b.txt" in message.split("Not restored: ")[1]
+    assert not (root / "top.txt").exists(), "the other files of the turn are still undone"
+
+
+def test_undo_leaves_alone_a_path_that_now_leads_elsewhere_inside_the_root(root: Path,
+                                                                           workspace: Workspace) -> None:
+    (root / "src").mkdir()
+    (root / "other").mkdir()
+    (root / "other" / "a.txt").write_text("another file, same name")
+    workspace.begin_turn()
+    workspace.atomic_write("src/a.txt", b"created by the tool")
+    (root / "src" / "a.txt").unlink()
+    (root / "src").rmdir()
+    (root / "src").symlink_to(root / "other")
+    message = workspace.undo()
+    assert (root / "other" / "a.txt").read_text() == "another file, same name"
+    assert "src/a.txt (it now leads to other/a.txt through a symbolic link; not touched)" in message
+
+
+class _SwapFolderAfterCheck(Workspace):
+    """Replaces `src` by a link to `outside` once the write's path was checked and checkpointed: the race of a
+    folder swapped between the check and the write, made deterministic."""
+
+    def __init__(self, root: Path, outside: Path) -> None:
+        super().__init__(root)
+        self.outside = outside
+
+    def checkpoint(self, path: Path) -> None:
+        super().checkpoint(path)
+        (self.root / "src").rename(self.root / "src-moved")
+        (self.root / "src").symlink_to(self.outside)
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_is_never_written_through(tmp_path: Path,
+                                                                                root: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.txt").write_text("outside, must survive")
+    (root / "src").mkdir()
+    (root / "src" / "a.txt").write_text("inside")
+    workspace = _SwapFolderAfterCheck(root, outside)
+    with pytest.raises(ToolError, match="replaced by a symbolic link after the path was checked"):
+        workspace.atomic_write("src/a.txt", b"overwritten")
+    assert (outside / "a.txt").read_text() == "outside, must survive"
+    assert sorted(os.listdir(outside)) == ["a.txt"], "no temporary file left outside"
+    assert (root / "src-moved" / "a.txt").read_text() == "inside"
+    assert sorted(os.listdir(root / "src-moved")) == ["a.txt"], "no temporary file left inside"
+
+
+def test_a_new_folder_swapped_for_a_symlink_after_the_check_is_never_written_through(tmp_path: Path,
+                                                                                    root: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "src").mkdir()
+    workspace = _SwapFolderAfterCheck(root, outside)
+    with pytest.raises(ToolError, match="replaced by a symbolic link"):
+        workspace.atomic_write("src/deeper/new.txt", b"x")
+    assert os.listdir(outside) == []
+
+
+def test_the_open_notebook_is_never_rewritten_by_atomic_write(root: Path, workspace: Workspace) -> None:
+    notebook = root / "analysis.ipynb"
+    notebook.write_text("{}")
+    workspace.open_notebook = lambda: notebook
+    with pytest.raises(ToolError, match="open in the user's editor"):
+        workspace.atomic_write("analysis.ipynb", b"rewritten")
+    assert notebook.read_text() == "{}"
+    workspace.atomic_write("other.ipynb", b"{}")  # any other notebook is an ordinary file
 
 
 def test_a_new_file_gets_the_usual_mode_and_leaves_no_temporary_file(workspace: Workspace, root: Path) -> None:

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..providers.base import ToolDefinition
 from .registry import ToolError
@@ -23,6 +23,9 @@ DEFAULT_READ_LIMIT = 2000
 MAX_LINE_CHARS = 2000
 MAX_READ_OUTPUT_CHARS = 100_000
 MAX_FILE_BYTES = 10 * 1024 * 1024
+# What read_file keeps of one line of a big file: enough bytes for MAX_LINE_CHARS characters in any UTF-8.
+MAX_LINE_BYTES = 4 * (MAX_LINE_CHARS + 1)
+READ_CHUNK_BYTES = 1024 * 1024
 MAX_LIST_ENTRIES = 200
 MAX_PREVIEW_LINES = 1000
 SNIPPET_CONTEXT = 4
@@ -84,13 +87,19 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _numbered(lines: list[str], first: int) -> str:
-    return "\n".join(f"{number:>6}\t{_cut_line(line)}" for number, line in enumerate(lines, first))
+    return _number_rows([_cut_line(line) for line in lines], first)
 
 
-def _cut_line(line: str) -> str:
-    if len(line) <= MAX_LINE_CHARS:
+def _number_rows(rows: list[str], first: int) -> str:
+    return "\n".join(f"{number:>6}\t{row}" for number, row in enumerate(rows, first))
+
+
+def _cut_line(line: str, length: int | None = None, unit: str = "characters") -> str:
+    """`line`, or its first MAX_LINE_CHARS characters and a marker giving its whole `length` (default: its own)."""
+    length = len(line) if length is None else length
+    if length <= MAX_LINE_CHARS and len(line) <= MAX_LINE_CHARS:
         return line
-    return f"{line[:MAX_LINE_CHARS]}… [line cut: {len(line):,} characters in all]"
+    return f"{line[:MAX_LINE_CHARS]}… [line cut: {length:,} {unit} in all]"
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int | None:
@@ -193,32 +202,34 @@ def read_file(workspace: Workspace, path: str, offset: Any = None, limit: Any = 
     if resolved.is_dir():
         raise ToolError(f"{shown} is a folder, not a file. Use list_directory to see what it contains.")
     try:
-        size = resolved.stat().st_size
+        fd = workspace.open_file(resolved)
     except FileNotFoundError:
         raise _not_found(workspace, resolved, shown, "") from None
-    if not resolved.is_file():
-        raise ToolError(f"{shown} is not a regular file (device, socket or pipe); read_file only reads files.")
-    if size > MAX_FILE_BYTES:
-        if offset is None and limit is None:
-            raise ToolError(
-                f"{shown} is {size / 1024 / 1024:.1f} MB, above the 10 MB limit for reading a whole file. Read a "
-                "window with offset and limit (e.g. offset=1, limit=200), or search it with run_command (grep -n)."
-            )
-        return _read_window_streaming(resolved, shown, first, count)
-    raw = _read_bytes(resolved)
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ToolError(f"{shown} is not a regular file (device, socket or pipe); read_file only reads files.")
+        if info.st_size > MAX_FILE_BYTES:
+            if offset is None and limit is None:
+                raise ToolError(
+                    f"{shown} is {info.st_size / 1024 / 1024:.1f} MB, above the 10 MB limit for reading a whole "
+                    "file. Read a window with offset and limit (e.g. offset=1, limit=200), or search it with "
+                    "run_command (grep -n)."
+                )
+            return _read_window_streaming(stream, shown, first, count)
+        raw = stream.read(MAX_FILE_BYTES)  # bounded even if the file grew since fstat
     text, encoding = decode(raw, shown)
     workspace.note_read(resolved, raw)
-    lines = _split_lines(text)
-    total = len(lines)
+    del raw
+    total = text.count("\n") + (0 if text.endswith("\n") else 1) if text else 0
     if total == 0:
         return f"{shown} is empty (0 lines)."
     if first > total:
         raise ToolError(f"offset {first} is past the end of {shown}, which has {total} line(s). "
                         f"Use an offset between 1 and {total}.")
-    window = lines[first - 1:first - 1 + count]
-    window = _fit_output(window)
-    last = first + len(window) - 1
-    body = _numbered(window, first)
+    rows = _window(text, _line_start(text, first), count)
+    last = first + len(rows) - 1
+    body = _number_rows(rows, first)
     notes = []
     if first > 1 or last < total:
         more = f"; continue with offset={last + 1}" if last < total else ""
@@ -228,42 +239,99 @@ def read_file(workspace: Workspace, path: str, offset: Any = None, limit: Any = 
     return body + ("\n" + "\n".join(notes) if notes else "")
 
 
-def _fit_output(lines: list[str]) -> list[str]:
-    """Stop early so one read cannot flood the model's context (at least one line is always shown)."""
-    total = 0
-    for index, line in enumerate(lines):
-        total += min(len(line), MAX_LINE_CHARS + 60) + 8
-        if total > MAX_READ_OUTPUT_CHARS and index > 0:
-            return lines[:index]
-    return lines
+def _line_start(text: str, number: int) -> int:
+    """Index where line `number` (1-based) starts, found by bisection on newline counts: no list of lines is
+    built, so a file of millions of short lines costs no more memory than its text."""
+    if number == 1:
+        return 0
+    return bisect.bisect_left(range(len(text) + 1), number - 1, key=lambda end: text.count("\n", 0, end))
 
 
-def _read_bytes(path: Path) -> bytes:
-    # O_NOFOLLOW: the leaf was checked as a real path; refuse it if it was swapped for a symlink since.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as stream:
-        return stream.read()
+def _window(text: str, start: int, count: int) -> list[str]:
+    """Up to `count` lines from `start`, each cut to MAX_LINE_CHARS, stopping early so one read cannot flood the
+    model's context (at least one line is always shown)."""
+    rows: list[str] = []
+    used = 0
+    while len(rows) < count and start < len(text):
+        end = text.find("\n", start)
+        following = len(text) if end == -1 else end + 1
+        end = len(text) if end == -1 else end
+        if end > start and text[end - 1] == "\r":
+            end -= 1
+        row = _cut_line(text[start:min(end, start + MAX_LINE_CHARS + 1)], end - start)
+        used += len(row) + 8
+        if used > MAX_READ_OUTPUT_CHARS and rows:
+            break
+        rows.append(row)
+        start = following
+    return rows
 
 
-def _read_window_streaming(path: Path, shown: str, first: int, count: int) -> str:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as stream:
-        if b"\x00" in stream.read(BINARY_SNIFF_BYTES):
-            raise ToolError(f"{shown} is a binary file; read_file only shows text.")
-        stream.seek(0)
-        window: list[str] = []
-        number = 0
-        for number, raw_line in enumerate(stream, 1):
-            if number >= first:
-                window.append(raw_line.decode("utf-8", errors="replace").rstrip("\n").removesuffix("\r"))
-                if len(window) >= count:
-                    break
-    if not window:
-        raise ToolError(f"offset {first} is past the end of {shown}, which has {number} line(s).")
-    window = _fit_output(window)
-    last = first + len(window) - 1
-    return (_numbered(window, first) + f"\n(showing lines {first}-{last}; the file is larger than 10 MB, so its "
+def _read_window_streaming(stream: BinaryIO, shown: str, first: int, count: int) -> str:
+    """A window of a file above 10 MB, read line by line with at most MAX_LINE_BYTES kept of each line: memory
+    stays bounded whatever the file (one 1 GB line, or tens of millions of lines)."""
+    if b"\x00" in stream.read(BINARY_SNIFF_BYTES):
+        raise ToolError(f"{shown} is a binary file; read_file only shows text.")
+    stream.seek(0)
+    lines_before = _skip_lines(stream, first - 1)
+    rows: list[str] = []
+    used = 0
+    while len(rows) < count:
+        line = _capped_line(stream)
+        if line is None:
+            break
+        prefix, length = line
+        text = prefix.decode("utf-8", errors="replace")
+        row = _cut_line(text) if length == len(prefix) else _cut_line(text, length, unit="bytes")
+        used += len(row) + 8
+        if used > MAX_READ_OUTPUT_CHARS and rows:
+            break
+        rows.append(row)
+    if not rows:
+        raise ToolError(f"offset {first} is past the end of {shown}, which has {lines_before} line(s).")
+    last = first + len(rows) - 1
+    return (_number_rows(rows, first) + f"\n(showing lines {first}-{last}; the file is larger than 10 MB, so its "
             f"total line count was not computed; continue with offset={last + 1})")
+
+
+def _skip_lines(stream: BinaryIO, lines: int) -> int:
+    """Move past `lines` lines, counting newlines a chunk at a time; returns how many lines were passed (fewer at
+    the end of the file, where a last line without a newline counts too)."""
+    passed, last = 0, b"\n"
+    while passed < lines:
+        chunk = stream.read(READ_CHUNK_BYTES)
+        if not chunk:
+            return passed + (last != b"\n")
+        found = chunk.count(b"\n")
+        if passed + found < lines:
+            passed, last = passed + found, chunk[-1:]
+            continue
+        position = -1
+        for _ in range(lines - passed):
+            position = chunk.index(b"\n", position + 1)
+        stream.seek(position + 1 - len(chunk), os.SEEK_CUR)
+        return lines
+    return passed
+
+
+def _capped_line(stream: BinaryIO) -> tuple[bytes, int] | None:
+    """The next line's first MAX_LINE_BYTES bytes (without its line ending) and its whole length in bytes; the
+    rest of a longer line is read in chunks and dropped. None at the end of the file."""
+    data = stream.readline(MAX_LINE_BYTES)
+    if not data:
+        return None
+    length, tail = len(data), data
+    while not tail.endswith(b"\n"):  # a longer line (or the last one): count the rest without keeping it
+        tail = stream.readline(READ_CHUNK_BYTES)
+        if not tail:
+            break
+        length += len(tail)
+    if tail.endswith(b"\n"):
+        length -= 2 if tail.endswith(b"\r\n") else 1
+    data = data.removesuffix(b"\n")
+    if len(data) == length + 1 and data.endswith(b"\r"):
+        data = data[:-1]
+    return data, length
 
 
 # -- write_file --------------------------------------------------------------------------------
@@ -295,7 +363,7 @@ def _load_text(workspace: Workspace, path: Path, shown: str) -> TextFile:
     if size > MAX_FILE_BYTES:
         raise ToolError(f"{shown} is {size / 1024 / 1024:.1f} MB, above the 10 MB limit for changing a file with "
                         "these tools. Use run_command (e.g. sed) for it.")
-    raw = _read_bytes(path)
+    raw = workspace.read_bytes(path)
     text, encoding = decode(raw, shown)
     return TextFile(raw, text, encoding)
 
@@ -305,6 +373,7 @@ def _plan_write(workspace: Workspace, path: str, content: Any) -> _Plan:
         raise ToolError(f"content must be a string with the whole file content, got {type(content).__name__}.")
     resolved = workspace.resolve(path, write=True)
     shown = workspace.relative(resolved)
+    workspace.refuse_open_notebook(resolved)
     if resolved.is_dir():
         raise ToolError(f"{shown} is a folder; give the path of a file inside it.")
     before = None
@@ -471,6 +540,7 @@ def _plan_edit(workspace: Workspace, path: str, old_string: Any, new_string: Any
         raise ToolError("old_string and new_string are identical: the edit would change nothing.")
     resolved = workspace.resolve(path, write=True)
     shown = workspace.relative(resolved)
+    workspace.refuse_open_notebook(resolved)
     if resolved.is_dir():
         raise ToolError(f"{shown} is a folder, not a file.")
     if not resolved.exists():

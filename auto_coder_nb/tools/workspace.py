@@ -2,14 +2,22 @@
 
 Containment is decided on real paths (symlinks followed), component by component, so neither `..`,
 a sibling folder sharing the root's name as a prefix, nor a symlink pointing out (dangling or not)
-gets past it. `run_command` is not confined by this: approvals are what gate commands.
+gets past it. Then every read, write and delete walks that real path again from the root, one folder
+at a time, without following symbolic links (`O_NOFOLLOW`, `dir_fd`): a folder swapped for a link
+between the check and the change is refused, never written through. `run_command` is not confined by
+this: approvals are what gate commands.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import os
 import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +29,14 @@ MAX_UNDO_TURNS = 50
 # Folders and files the file tools never write: history and our own settings (approval mode lives there).
 PROTECTED_DIRS = {".git"}
 PROTECTED_FILES = {CONFIG_FILENAME}
+# Undo keeps a file's content changed after the turn beside it, under this suffix (then -2, -3, ...).
+KEPT_SUFFIX = ".before-undo"
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class PathChanged(ToolError):
+    """A folder or file on a checked path became a symbolic link before the change: nothing went through it."""
 
 
 @dataclass
@@ -51,6 +67,8 @@ class Workspace:
         self.root = resolved
         self._turns: list[_Turn] = []
         self._read_hashes: dict[Path, str] = {}
+        # The notebook open in the user's editor, when a face knows it (the kernel does): never rewritten on disk.
+        self.open_notebook: Callable[[], Path | None] = lambda: None
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -89,6 +107,19 @@ class Workspace:
         if parts and parts[-1] in PROTECTED_FILES:
             raise ToolError(f"{text} holds auto-coder's own settings and is protected; ask the user to change it.")
 
+    def is_open_notebook(self, real: Path) -> bool:
+        current = self.open_notebook()
+        return current is not None and os.path.realpath(current) == os.fspath(real)
+
+    def refuse_open_notebook(self, real: Path) -> None:
+        """ToolError for the notebook open in the user's editor: a rewrite on disk would fight the editor's copy."""
+        if self.is_open_notebook(real):
+            raise ToolError(
+                f"{self.relative(real)} is the notebook open in the user's editor: it is not rewritten on disk (the "
+                "editor would overwrite the change, or the user's unsaved work would be lost). Use edit_notebook "
+                "with action insert to add a cell below the current one, and tell the user what to change."
+            )
+
     def relative(self, path: Path) -> str:
         """How a resolved path is shown to the model and the user: relative to the root."""
         try:
@@ -96,6 +127,103 @@ class Workspace:
         except ValueError:
             return str(path)
         return str(rel) if rel.parts else "."
+
+    # -- reading and writing without following links --------------------------------------------
+
+    @contextmanager
+    def _folder(self, path: Path, created: list[Path] | None = None) -> Iterator[int]:
+        """A descriptor of the folder holding `path` (a real path under the root), reached from the root one
+        component at a time without following symbolic links. With `created`, missing folders are made and
+        appended to it. PathChanged if a component is a link now; NotADirectoryError if it is a file."""
+        parts = path.relative_to(self.root).parts
+        if not parts:
+            raise ToolError("The workspace root is a folder, not a file.")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for depth, name in enumerate(parts[:-1], 1):
+                if created is not None:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                        created.append(self.root.joinpath(*parts[:depth]))
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+                except NotADirectoryError:
+                    if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise self._changed(path) from None
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+                except FileNotFoundError:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from None
+                os.close(fd)
+                fd = inner
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _changed(self, path: Path) -> PathChanged:
+        return PathChanged(
+            f"{self.relative(path)}: a folder or file on this path was replaced by a symbolic link after the path "
+            "was checked, so nothing was read or written through it. Look at what changed, then retry."
+        )
+
+    def _open_leaf(self, folder: int, path: Path, flags: int, mode: int = 0o666) -> int:
+        try:
+            return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._changed(path) from None
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+    def open_file(self, path: Path) -> int:
+        """A read-only descriptor of the regular file at `path` (resolved), opened without following links.
+        O_NONBLOCK: opening a pipe must not wait for a writer; the caller checks the kind with fstat."""
+        with self._folder(path) as folder:
+            return self._open_leaf(folder, path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def read_bytes(self, path: Path) -> bytes:
+        fd = self.open_file(path)
+        with os.fdopen(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise ToolError(f"{self.relative(path)} is not a regular file.")
+            return stream.read()
+
+    def _read_at(self, folder: int, path: Path) -> tuple[bytes, int] | None:
+        """Bytes and permission bits of a file in `folder`, or None if it does not exist."""
+        try:
+            fd = self._open_leaf(folder, path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as stream:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+            return stream.read(), stat.S_IMODE(info.st_mode)
+
+    def _replace_at(self, folder: int, path: Path, data: bytes, mode: int | None = None) -> None:
+        """Write `data` to a new temporary file in `folder`, then rename it over `path`'s name. An existing
+        file keeps its mode; a new one gets the usual 0o666 less the umask, applied by the OS (reading the
+        umask would mean setting it, which races with other threads). No temporary file survives a failure."""
+        if mode is None:
+            with suppress(FileNotFoundError):
+                info = os.stat(path.name, dir_fd=folder, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    raise self._changed(path)
+                mode = stat.S_IMODE(info.st_mode)
+        temporary = f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temporary, _NEW_FILE_FLAGS, 0o666, dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                if mode is not None:
+                    os.fchmod(stream.fileno(), mode)
+                os.fsync(stream.fileno())
+            os.replace(temporary, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=folder)
+            raise
 
     # -- turns, checkpoints and undo -----------------------------------------------------------
 
@@ -116,10 +244,11 @@ class Workspace:
         if path in turn.files:
             return
         try:
-            mode = path.stat().st_mode & 0o7777
-            turn.files[path] = _Snapshot(path.read_bytes(), mode)
-        except FileNotFoundError:
-            turn.files[path] = _Snapshot(None, None)
+            with self._folder(path) as folder:
+                found = self._read_at(folder, path)
+        except FileNotFoundError:  # a folder above it is missing too
+            found = None
+        turn.files[path] = _Snapshot(*found) if found is not None else _Snapshot(None, None)
 
     def note_command(self) -> None:
         """A command ran in this turn: undo cannot revert what it did, and says so."""
@@ -127,26 +256,33 @@ class Workspace:
 
     def make_parents(self, path: Path) -> list[Path]:
         """Create the missing folders above `path` (remembered for undo); returns the ones created."""
-        missing = [parent for parent in reversed(path.parents) if not parent.exists()]
-        for folder in missing:
-            folder.mkdir()
-            self._turn().created_dirs.append(folder)
-        return missing
+        created = self._turn().created_dirs
+        known = len(created)
+        with self._folder(path, created):
+            pass
+        return created[known:]
 
     def atomic_write(self, path: str | os.PathLike[str], data: bytes) -> None:
         """Checkpoint, then write through a temporary file in the same folder and rename it over the target.
 
-        The file keeps its permission bits; if anything fails the old file is left as it was.
+        The file keeps its permission bits; if anything fails the old file is left as it was. The folders on
+        the way are opened without following links, so a folder swapped for a link since the check is refused.
         """
         target = self.resolve(path, write=True)
+        self.refuse_open_notebook(target)
         self.checkpoint(target)
-        self.make_parents(target)
-        _replace_file(target, data)
+        turn = self._turn()
+        with self._folder(target, turn.created_dirs) as folder:
+            self._replace_at(folder, target, data)
         self.note_read(target, data)
-        self._turn().written[target] = _digest(data)
+        turn.written[target] = _digest(data)
 
     def undo(self) -> str:
-        """Restore the files changed in the last turn that changed any; a message says what was done."""
+        """Restore the files changed in the last turn that changed any; a message says what was done.
+
+        Each path is checked again: one that now leads elsewhere through a symbolic link is left alone. A file
+        whose content is no longer what the turn left (edited since by the user or a command) is restored too,
+        but its current content is first kept beside it as `<name>.before-undo`, so no later work is lost."""
         commands = 0
         while self._turns and not self._turns[-1].files and not self._turns[-1].created_dirs:
             commands += self._turns.pop().commands
@@ -155,37 +291,73 @@ class Workspace:
             return message + _commands_note(commands)
         turn = self._turns.pop()
         commands += turn.commands
-        restored, removed, failed, overwritten = [], [], [], []
+        report = _UndoReport()
         for path, snapshot in reversed(turn.files.items()):
-            if path in turn.written and _digest_of_file(path) != turn.written[path]:
-                overwritten.append(self.relative(path))
+            shown = self.relative(path)
+            moved = self._moved(path)
+            if moved:
+                report.refused.append(f"{shown} ({moved})")
+                continue
+            expected = turn.written.get(path) or (None if snapshot.data is None else _digest(snapshot.data))
             try:
-                if snapshot.data is None:
-                    if path.is_file() or path.is_symlink():
-                        path.unlink()
-                    removed.append(self.relative(path))
-                else:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    _replace_file(path, snapshot.data, snapshot.mode)
-                    restored.append(self.relative(path))
+                self._undo_file(path, snapshot, expected, report)
+            except PathChanged:
+                report.refused.append(f"{shown} (a folder on its path became a symbolic link)")
             except OSError as exc:
-                failed.append(f"{self.relative(path)} ({exc.strerror or exc})")
+                report.failed.append(f"{shown} ({exc.strerror or exc})")
         for folder in reversed(turn.created_dirs):
+            with suppress(OSError, ToolError):  # not empty any more (something else put files there): keep it
+                with self._folder(folder) as parent:
+                    os.rmdir(folder.name, dir_fd=parent)
+        return report.message() + _commands_note(commands)
+
+    def _moved(self, path: Path) -> str | None:
+        """Why a checkpointed path must not be touched now, or None: it resolves elsewhere than it did."""
+        try:
+            now = self.resolve(path)
+        except ToolError:
+            return "it now leads outside the workspace through a symbolic link; not touched"
+        if now != path:
+            return f"it now leads to {self.relative(now)} through a symbolic link; not touched"
+        return None
+
+    def _undo_file(self, path: Path, snapshot: _Snapshot, expected: str | None, report: _UndoReport) -> None:
+        shown = self.relative(path)
+        try:
+            with self._folder(path, None if snapshot.data is None else []) as folder:
+                current = self._read_at(folder, path)
+                if current is not None and _digest(current[0]) != expected:
+                    kept = self._keep(folder, path, *current)
+                    report.kept.append(f"{shown} -> {self.relative(path.with_name(kept))}")
+                if snapshot.data is None:
+                    if current is not None:
+                        os.unlink(path.name, dir_fd=folder)
+                    report.removed.append(shown)
+                else:
+                    self._replace_at(folder, path, snapshot.data, snapshot.mode)
+                    report.restored.append(shown)
+        except FileNotFoundError:
+            if snapshot.data is not None:
+                raise
+            report.removed.append(shown)  # its folder is gone too: nothing left to remove
+
+    def _keep(self, folder: int, path: Path, data: bytes, mode: int) -> str:
+        """Save `data` as a new file beside `path` named `<name>.before-undo` (or -2, -3, ...); returns the name."""
+        for number in itertools.count(1):
+            name = f"{path.name}{KEPT_SUFFIX}" + (f"-{number}" if number > 1 else "")
             try:
-                folder.rmdir()
-            except OSError:
-                pass  # not empty any more: something else put files there, keep them
-        lines = []
-        if restored:
-            lines.append(f"Restored {len(restored)} file(s): {', '.join(sorted(restored))}.")
-        if removed:
-            lines.append(f"Removed {len(removed)} file(s) the turn created: {', '.join(sorted(removed))}.")
-        if failed:
-            lines.append(f"Could not restore: {', '.join(failed)}.")
-        if overwritten:
-            lines.append(f"{', '.join(sorted(overwritten))} had been changed again since that turn; "
-                         "those later changes were undone too.")
-        return " ".join(lines) + _commands_note(commands)
+                fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=folder)
+            except FileExistsError:
+                continue
+            try:
+                with os.fdopen(fd, "wb") as stream:
+                    stream.write(data)
+            except BaseException:
+                with suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
+                raise
+            return name
+        raise AssertionError("unreachable")
 
     # -- what the model has seen -----------------------------------------------------------------
 
@@ -206,15 +378,32 @@ class Workspace:
         self._read_hashes.clear()
 
 
+@dataclass
+class _UndoReport:
+    restored: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        lines = []
+        if self.restored:
+            lines.append(f"Restored {len(self.restored)} file(s): {', '.join(sorted(self.restored))}.")
+        if self.removed:
+            lines.append(f"Removed {len(self.removed)} file(s) the turn created: {', '.join(sorted(self.removed))}.")
+        if self.kept:
+            lines.append("Changed since that turn (by you or a command), so their current content was kept: "
+                         f"{', '.join(sorted(self.kept))}.")
+        if self.refused:
+            lines.append(f"Not restored: {', '.join(self.refused)}.")
+        if self.failed:
+            lines.append(f"Could not restore: {', '.join(self.failed)}.")
+        return " ".join(lines) or "Nothing left to undo in that turn."
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _digest_of_file(path: Path) -> str | None:
-    try:
-        return _digest(path.read_bytes())
-    except OSError:
-        return None
 
 
 def _commands_note(commands: int) -> str:
@@ -222,30 +411,3 @@ def _commands_note(commands: int) -> str:
         return ""
     return (f" Note: {commands} command(s) ran by run_command in the undone turn(s); "
             "their effects are not undone.")
-
-
-def _replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`. An existing file keeps its
-    mode; a new one gets the usual 0o666 less the umask, applied by the OS (reading the umask would mean
-    setting it, which races with other threads)."""
-    if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            pass
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
