@@ -243,12 +243,15 @@ def test_servers_that_cannot_start_are_reported_once_and_never_crash(fake_server
         "broken": McpServerConfig(command=sys.executable, args=["-c", "import sys; sys.exit('bad credentials')"],
                                   startup_timeout=STARTUP),
         "off": McpServerConfig(command="no-such-mcp-server-here", disabled=True),
+        "mute": McpServerConfig(command=sys.executable, args=["-c", "import time; time.sleep(600)"],
+                                startup_timeout=1),
     })
     fake_server.enqueue(reply.text("hello"), reply.text("again"))
     first, second = run_turns(session, ["hi", "hi again"])
     said = notices(first)
     assert "MCP server missing failed to start: command not found: no-such-mcp-server-here." in said
     assert any(n.startswith("MCP server broken failed to start:") and "bad credentials" in n for n in said), said
+    assert "MCP server mute failed to start: did not start within 1 s (mcp.servers.mute.startup_timeout)." in said
     assert not any("off" in n for n in said)
     assert notices(second) == []
 
