@@ -311,21 +311,48 @@ def test_doctor_lists_each_server_with_its_state_and_tools(fake_server: FakeLLMS
     assert "FAIL" in gone and "command not found: no-such-mcp-server" in gone, gone
 
 
-def test_the_cli_face_offers_and_runs_mcp_tools(fake_server: FakeLLMServer, tmp_path: Path, root: Path,
-                                                clean_env: dict[str, str]) -> None:
-    (root / ".auto-coder.yaml").write_text(
+def user_config_with_notes(home: Path) -> None:
+    """The notes server in the user's own file (~/.auto-coder.yaml)."""
+    home.mkdir(exist_ok=True)
+    (home / ".auto-coder.yaml").write_text(
         f"mcp:\n  servers:\n    notes:\n      command: {sys.executable}\n      args: [{NOTES_SERVER}]\n"
         f"      startup_timeout: {STARTUP}\n")
+
+
+def test_the_cli_face_offers_and_runs_mcp_tools(fake_server: FakeLLMServer, tmp_path: Path, root: Path,
+                                                clean_env: dict[str, str]) -> None:
+    user_config_with_notes(tmp_path / "home")
     fake_server.enqueue(reply.tool_call("notes__add_note", {"text": "from the cli"}), reply.text("Noted it."))
-    env = clean_env | {"HOME": str(tmp_path), "AUTO_CODER_BASE_URL": fake_server.base_url,
+    env = clean_env | {"HOME": str(tmp_path / "home"), "AUTO_CODER_BASE_URL": fake_server.base_url,
                        "AUTO_CODER_MODEL": "fake-model", "NO_COLOR": "1"}
     done = subprocess.run(["auto-coder", "--approval-mode", "full-auto", "note it"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-                          )
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "Noted it.\n"
     assert "> notes__add_note(text='from the cli')" in done.stderr
     assert fake_server.chat_requests[1].json["messages"][-1]["content"] == "noted (1 notes)"
+
+
+def test_the_magics_face_runs_mcp_tools_from_the_kernel(fake_server: FakeLLMServer, tmp_path: Path,
+                                                        root: Path) -> None:
+    from test_magics import Kernel, kernel_env
+
+    user_config_with_notes(tmp_path / "home")
+    kernel = Kernel(kernel_env(fake_server, tmp_path / "home"), root)
+    try:
+        assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+        fake_server.enqueue(reply.tool_call("notes__add_note", {"text": "from a cell"}), reply.text("Noted."),
+                            reply.tool_call("notes__list_notes", {}), reply.text("One note."))
+        first = kernel.execute("%%autocoder --approval-mode full-auto --context none\nnote it", timeout=240)
+        assert first.reply["content"]["status"] == "ok", first.reply
+        second = kernel.execute("%autocoder --approval-mode full-auto --context none what notes?", timeout=240)
+        assert second.reply["content"]["status"] == "ok", second.reply
+    finally:
+        kernel.close()
+    assert NOTES_TOOLS <= set(offered_tools(fake_server, 0))
+    tool_results = [m["content"] for request in fake_server.chat_requests for m in request.json["messages"]
+                    if m["role"] == "tool"]
+    assert "noted (1 notes)" in tool_results and "from a cell" in tool_results  # one server for both cells
 
 
 def test_the_server_process_ends_with_the_session(fake_server: FakeLLMServer, root: Path) -> None:
