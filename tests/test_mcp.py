@@ -382,3 +382,31 @@ def _children(pid: int) -> dict[int, str]:
         if int(stat[1]) == pid and stat[0] not in ("Z", "X"):
             found[int(entry.name)] = command
     return found
+
+
+def test_stopping_a_turn_cancels_the_call_on_the_server_thread(fake_server: FakeLLMServer, root: Path) -> None:
+    session = make_session(fake_server, root, "full-auto", {"notes": notes_server()})
+    fake_server.enqueue(reply.tool_call("notes__slow", {"seconds": 600}), reply.tool_call("notes__list_notes", {}),
+                        reply.text("done"))
+
+    async def stop_then_go_on() -> list[Event]:
+        async def first_turn() -> None:
+            async for event in session.agent.run("be slow"):
+                if isinstance(event, ToolResult):
+                    raise AssertionError(f"the slow call ended: {event}")
+
+        task = asyncio.create_task(first_turn())
+        while not fake_server.chat_requests:  # the model was asked, so the slow call is about to start
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events = [event async for event in session.agent.run("go on")]
+        await session.aclose()
+        return events
+
+    started = time.monotonic()
+    events = asyncio.run(stop_then_go_on())
+    assert [(r.name, r.output) for r in results(events)] == [("notes__list_notes", "no notes")]
+    assert time.monotonic() - started < 300  # neither the stop nor the next call waited for the slow one
