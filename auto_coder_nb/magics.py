@@ -40,7 +40,7 @@ from .notebook_context import (
     fix_prompt,
     interpolate,
 )
-from .text import PYTHON_FENCE_LANGUAGES
+from .text import PYTHON_FENCE_LANGUAGES, scrub
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .agent import TurnOptions
@@ -300,7 +300,8 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         prompt = interpolate(prompt, shell.user_ns)
     context = build_context(args.context, shell.user_ns, state.history,
                             hidden=getattr(shell, "user_ns_hidden", {}), include_error=not args.fix)
-    message = compose_message(prompt, context)
+    # A variable's repr in the kernel context, or an interpolated {name}, may hold a configured secret.
+    message = scrub(compose_message(prompt, context), session.secret_values())
     images = [attach(session, name, shell) for name in args.attach]
     if args.show_context:
         print(message)
@@ -329,7 +330,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     options = TurnOptions(model=args.model, approval_mode=args.approval_mode)
     metadata = {"model": args.model or session.provider.model,
                 "correlation_id": session.conversation.correlation_id}
-    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images)
+    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,
+                            secrets=session.secret_values())
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
     if args.insert:
         blocks = code_blocks(renderer.text)

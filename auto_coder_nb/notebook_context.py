@@ -9,9 +9,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import threading
+import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,10 @@ CONTEXT_MODES = ("auto", "none", "vars", "cells", "all")
 CONTEXT_BUDGETS = {"auto": 4000, "vars": 4000, "cells": 4000, "all": 12000}
 CELLS_PER_MODE = {"auto": 3, "cells": 5, "all": 10}
 _MAX_VALUE_CHARS = 20000  # an interpolated value longer than this is cut, with a marker
+# Describing variables runs user code (reprs, properties). One that takes longer than this is skipped, not
+# waited for; after the total, the remaining variables are only counted.
+SLOW_VALUE_SECONDS = 0.25
+VARIABLES_SECONDS = 1.0
 _REFERENCE = re.compile(r"\{([^{}\n]+)\}")
 
 
@@ -200,9 +206,7 @@ def build_context(
         variables = user_variables(namespace, hidden)
         if variables:
             share = budget // 2 if mode != "vars" else budget
-            sections.append("## Variables\n" + _fit(
-                [describe_value(name, value) for name, value in variables.items()], share, "variables"
-            ))
+            sections.append("## Variables\n" + _describe_variables(variables, share, describe_value))
     if history is not None and mode in ("auto", "cells", "all"):
         cells = list(history.cells)[-CELLS_PER_MODE[mode]:]
         if cells:
@@ -213,6 +217,44 @@ def build_context(
                 f"## Last error\n{truncate(error.traceback.strip(), budget // 5)}"
             )
     return truncate("\n\n".join(sections), budget)
+
+
+def _describe_variables(variables: Mapping[str, Any], budget: int, describe: Callable[[str, Any], str]) -> str:
+    """Whole descriptions until the budget is spent, then how many were left out. Only what is shown is
+    described, so the cost does not grow with the namespace; each description runs in a helper thread, so a
+    value whose repr takes seconds is skipped (and left to finish on its own) instead of holding the request."""
+    kept: list[str] = []
+    used = 0
+    deadline = time.monotonic() + VARIABLES_SECONDS
+    for name, value in variables.items():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        block = _describe_in_time(name, value, describe, min(SLOW_VALUE_SECONDS, left))
+        if used + len(block) > budget and kept:
+            break
+        kept.append(truncate(block, budget))
+        used += len(block) + 1
+    if len(kept) < len(variables):
+        kept.append(f"... {len(variables) - len(kept)} more variables not shown")
+    return "\n".join(kept)
+
+
+def _describe_in_time(name: str, value: Any, describe: Callable[[str, Any], str], seconds: float) -> str:
+    done: list[str] = []
+
+    def run() -> None:
+        try:
+            done.append(describe(name, value))
+        except Exception as exc:  # describing one odd object must not fail the request
+            done.append(f"{name}: {type(value).__name__} (not described: {type(exc).__name__})")
+
+    helper = threading.Thread(target=run, name="auto-coder-describe", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if done:
+        return done[0]
+    return f"{name}: {type(value).__name__} (not described: its description took too long)"
 
 
 def _describe_cell(cell: CellRecord) -> str:

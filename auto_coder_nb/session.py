@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config, load_object, redact_url
+from .config import Config, McpServerConfig, load_object, redact_url
 from .errors import ConfigError
 from .history import (
     ConversationStore,
@@ -80,6 +80,7 @@ class Session:
                                                    secrets=secrets))
         for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
+        restrict_tools(config, tools)
         if provider is None:
             from .providers.openai_compatible import OpenAICompatibleProvider
 
@@ -91,8 +92,9 @@ class Session:
         if instructions.text:
             prompt += "\n\n" + instructions.text
         conversation = Conversation(prompt, max_images=config.agent.max_images)
-        policy = ApprovalPolicy(config.agent.approval_mode)
+        policy = ApprovalPolicy(config.agent.approval_mode, ceiling=config.site.max_approval_mode)
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
+        agent.site = config.site
         session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
@@ -156,6 +158,11 @@ class Session:
             self.provider = self.agent.provider = OpenAICompatibleProvider(config)
             self.config.llm, self.config.auth = config.llm, config.auth
             self.agent.vision = config.llm.vision
+            changed = True
+        if config.site != self.config.site:  # an administrator changed a site file
+            self.config.site = self.agent.site = config.site
+            self.policy.ceiling = config.site.max_approval_mode
+            restrict_tools(config, self.tools)
             changed = True
         if config.mcp != self.config.mcp:
             self.close_mcp_servers()
@@ -240,13 +247,31 @@ class Session:
             self.mcp = None
 
 
+def restrict_tools(config: Config, tools: ToolRegistry) -> None:
+    """Apply the site's allow.tools (MCP tools registered later too) and say once what the configuration
+    could not do because of the site."""
+    site = config.site
+    if "tools" in site.allow:
+        removed = tools.restrict(site.tool_allowed)
+        if removed:
+            tools.notify(f"Tools left out by the site configuration (allow.tools in {site.allow_files['tools']}): "
+                         f"{', '.join(removed)}.")
+    for warning in config.warnings:
+        tools.notify(warning)
+
+
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
     """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
     if not config.mcp.servers:
         return None
     from .tools.mcp_client import McpServers
 
-    servers = McpServers(config.mcp.servers, tools, cwd=root)
+    def refusal(name: str, server: McpServerConfig) -> str | None:
+        if server.command is not None:
+            return config.site.mcp_command_refusal(server.command)
+        return config.site.mcp_url_refusal(server.url or "")
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root, refuse=refusal)
     servers.start()
     return servers
 
