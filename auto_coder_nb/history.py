@@ -41,7 +41,7 @@ from .events import (
     UsageUpdate,
 )
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets
+from .text import hide_credential_shapes, hide_secrets, scrub
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -475,7 +475,7 @@ def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, 
     """`record` as saved: with the schema version and the time, and every secret in it hidden."""
     known = list(secrets)
     return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
-                  lambda text: hide_credential_shapes(hide_secrets(text, known)))
+                  lambda text: hide_credential_shapes(scrub(text, known)))
 
 
 def records_of(conversation: Conversation, description: dict[str, Any],
