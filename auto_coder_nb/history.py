@@ -429,18 +429,35 @@ class Recorder:
             with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
                 os.chmod(folder, 0o700)
         path = self.path or self.store.path_for(self.conversation.correlation_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if not path.exists():
+            self._create(path)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
-            if not size:
-                os.write(fd, self._line({"type": "start", "correlation_id": self.conversation.correlation_id,
-                                         **self.describe()}))
         except BaseException:
             os.close(fd)
             raise
         self._fd, self.path = fd, path
+
+    def _create(self, path: Path) -> None:
+        """The file with its start record, appearing whole: a listing in another process never sees it empty."""
+        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, start)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)  # unlike a rename, never replaces a file made meanwhile: append to that one
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(temporary, path)
+            return
+        os.unlink(temporary)
 
     def _line(self, record: dict[str, Any]) -> bytes:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")

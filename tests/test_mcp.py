@@ -243,12 +243,15 @@ def test_servers_that_cannot_start_are_reported_once_and_never_crash(fake_server
         "broken": McpServerConfig(command=sys.executable, args=["-c", "import sys; sys.exit('bad credentials')"],
                                   startup_timeout=STARTUP),
         "off": McpServerConfig(command="no-such-mcp-server-here", disabled=True),
+        "mute": McpServerConfig(command=sys.executable, args=["-c", "import time; time.sleep(600)"],
+                                startup_timeout=1),
     })
     fake_server.enqueue(reply.text("hello"), reply.text("again"))
     first, second = run_turns(session, ["hi", "hi again"])
     said = notices(first)
     assert "MCP server missing failed to start: command not found: no-such-mcp-server-here." in said
     assert any(n.startswith("MCP server broken failed to start:") and "bad credentials" in n for n in said), said
+    assert "MCP server mute failed to start: did not start within 1 s (mcp.servers.mute.startup_timeout)." in said
     assert not any("off" in n for n in said)
     assert notices(second) == []
 
@@ -379,3 +382,31 @@ def _children(pid: int) -> dict[int, str]:
         if int(stat[1]) == pid and stat[0] not in ("Z", "X"):
             found[int(entry.name)] = command
     return found
+
+
+def test_stopping_a_turn_cancels_the_call_on_the_server_thread(fake_server: FakeLLMServer, root: Path) -> None:
+    session = make_session(fake_server, root, "full-auto", {"notes": notes_server()})
+    fake_server.enqueue(reply.tool_call("notes__slow", {"seconds": 600}), reply.tool_call("notes__list_notes", {}),
+                        reply.text("done"))
+
+    async def stop_then_go_on() -> list[Event]:
+        async def first_turn() -> None:
+            async for event in session.agent.run("be slow"):
+                if isinstance(event, ToolResult):
+                    raise AssertionError(f"the slow call ended: {event}")
+
+        task = asyncio.create_task(first_turn())
+        while not fake_server.chat_requests:  # the model was asked, so the slow call is about to start
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events = [event async for event in session.agent.run("go on")]
+        await session.aclose()
+        return events
+
+    started = time.monotonic()
+    events = asyncio.run(stop_then_go_on())
+    assert [(r.name, r.output) for r in results(events)] == [("notes__list_notes", "no notes")]
+    assert time.monotonic() - started < 300  # neither the stop nor the next call waited for the slow one
