@@ -41,6 +41,7 @@ from .providers.base import (
     ToolDefinition,
     Usage,
 )
+from .site_policy import SitePolicy
 from .state.conversation import Conversation
 from .text import scrub
 from .tools.registry import ToolError, ToolOutput, ToolRegistry
@@ -105,6 +106,7 @@ class Agent:
         self.busy = False  # the magics and the panel share one agent; one turn at a time
         self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
         self.observer: TurnObserver | None = None
+        self.site: SitePolicy | None = None  # the administrator's allow-lists, for what a turn chooses itself
         # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
         self.secrets: Callable[[], Iterable[str | None]] = tuple
         self._last_usage: Usage | None = None  # of the last request, for the context share
@@ -162,6 +164,14 @@ class Agent:
         recent_calls: list[tuple[str, str]] = []
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
+            refusal = self.site.model_refusal(options.model) if self.site and options.model else None
+            if refusal is not None:
+                yield ErrorEvent(f"Not sent: {refusal}.")
+                yield self._done("error")
+                return
+            if options.approval_mode and self.policy.effective(options.approval_mode) != options.approval_mode:
+                yield Notice(f"Approval mode {self.policy.effective(options.approval_mode)!r} instead of "
+                             f"{options.approval_mode!r}: the site configuration allows no more.")
             if images and not await self.sees_images():
                 yield ErrorEvent(self.no_vision_message(options.model))
                 yield self._done("error")

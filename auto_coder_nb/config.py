@@ -15,6 +15,7 @@ import yaml
 
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
+from .site_policy import ALLOW_KEYS, ALLOW_LISTS, SITE_CONFIG, SITE_CONFIG_ENV, SitePolicy
 from .text import hide_secrets, hide_url_credentials, url_credentials
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
@@ -142,6 +143,9 @@ class Config:
     files: list[Path] = field(default_factory=list)
     # Every value a config file took from the environment with ${VAR}: secrets too, wherever they ended up.
     from_variables: set[str] = field(default_factory=set)
+    site: SitePolicy = field(default_factory=SitePolicy)  # the administrator's locks and allow-lists
+    # Settings refused because the site locks them: said once (a notice in the first turn, --show-config).
+    warnings: list[str] = field(default_factory=list)
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
@@ -163,13 +167,16 @@ class Config:
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
                 source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
-                lines.append(f"{key} = {value!r}  ({source})")
+                lines.append(f"{key} = {value!r}  ({self._marked(key, source)})")
         for name, server in self.mcp.servers.items():
             key = f"{MCP_SERVERS}.{name}"
-            lines.append(f"{key} = {server.describe()}  ({self.sources.get(key, 'default')})")
+            lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
         if not self.mcp.servers:
-            lines.append(f"{MCP_SERVERS} = {{}}  (default)")
-        return "\n".join(lines)
+            lines.append(f"{MCP_SERVERS} = {{}}  ({self._marked(MCP_SERVERS, 'default')})")
+        return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings)])
+
+    def _marked(self, key: str, source: str) -> str:
+        return f"{source}, locked" if self.site.locked_by(key) is not None else source
 
 
 # What an unset value means, where None alone would not say.
@@ -238,6 +245,7 @@ def load_config(
     home = Path.home() if home is None else home
     cwd = Path.cwd() if cwd is None else cwd
     config = Config()
+    _read_site_files(config, env)
 
     candidates = [home / CONFIG_FILENAME, cwd / CONFIG_FILENAME]
     if config_path is not None:
@@ -265,7 +273,88 @@ def load_config(
         if value is not None:
             flag = f"--{key.split('.')[-1].replace('_', '-')}"
             _set(config, key, value, f"flag {flag}", where=flag)
+    _check_site_allows(config)
     return config
+
+
+def site_files(env: Mapping[str, str]) -> list[Path]:
+    """The site configuration files: /etc/auto-coder/config.yaml if it exists, then each file named in
+    $AUTO_CODER_SITE_CONFIG (colon-separated), which must exist."""
+    found = [SITE_CONFIG] if SITE_CONFIG.is_file() else []
+    for name in filter(None, env.get(SITE_CONFIG_ENV, "").split(os.pathsep)):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{SITE_CONFIG_ENV}: site configuration file {path} does not exist")
+        found.append(path)
+    return found
+
+
+def _read_site_files(config: Config, env: Mapping[str, str]) -> None:
+    """Site files, before the user's: ordinary settings (source "site PATH"), plus `locked:` and `allow:`."""
+    site = config.site
+    for path in site_files(env):
+        data = _load_yaml(path)
+        if isinstance(data, dict):
+            data = dict(data)
+            _read_locks(site, data.pop("locked", None), path)
+            _read_allows(site, data.pop("allow", None), path)
+        for key, value in _flatten(data, path, env, config.from_variables, site=True).items():
+            _set(config, key, value, f"site {path}", where=str(path))
+        site.files.append(path)
+
+
+def _read_locks(site: SitePolicy, locked: Any, path: Path) -> None:
+    if locked is None:
+        return
+    if not isinstance(locked, list) or not all(isinstance(key, str) for key in locked):
+        raise ConfigError(f"{path}: locked: expected a list of dotted keys, like [llm.base_url, agent.approval_mode]")
+    for key in locked:
+        section, _, name = key.partition(".")
+        known = section in _SECTIONS and (not name or key == MCP_SERVERS or key.startswith(f"{MCP_SERVERS}.")
+                                           or name in {f.name for f in fields(_SECTIONS[section])})
+        if not known:
+            raise ConfigError(f"{path}: locked: unknown key {key!r}; lock a section (llm) or a key (llm.model)")
+        site.locked[key] = path
+
+
+def _read_allows(site: SitePolicy, allow: Any, path: Path) -> None:
+    if allow is None:
+        return
+    if not isinstance(allow, dict):
+        raise ConfigError(f"{path}: allow: expected a mapping with {', '.join(ALLOW_KEYS)}")
+    for name, value in allow.items():
+        if name == "max_approval_mode":
+            if value not in APPROVAL_MODES:
+                raise ConfigError(f"{path}: allow.max_approval_mode: expected one of {', '.join(APPROVAL_MODES)}, "
+                                  f"got {value!r}")
+            site.max_approval_mode = value
+        elif name in ALLOW_LISTS:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{path}: allow.{name}: expected a list of {ALLOW_LISTS[name]}")
+            site.allow[name] = list(value)
+        else:
+            raise ConfigError(f"{path}: allow: unknown list {name!r}; known: {', '.join(ALLOW_KEYS)}")
+        site.allow_files[name] = path
+
+
+def _check_site_allows(config: Config) -> None:
+    """The effective endpoint and model must be allowed (a configuration error naming where they came from); an
+    approval mode above the site's maximum is lowered to it, with a warning (from a flag it is an error)."""
+    site = config.site
+    for key, refusal in (("llm.base_url", site.base_url_refusal(config.llm.base_url)),
+                         ("llm.model", site.model_refusal(config.llm.model))):
+        if refusal is not None:
+            raise ConfigError(f"{key} from {config.sources.get(key, 'default')}: {refusal}")
+    mode = config.agent.approval_mode
+    refusal = site.mode_refusal(mode)
+    if refusal is not None:
+        source = config.sources.get("agent.approval_mode", "default")
+        if source.startswith("flag "):
+            raise ConfigError(f"{source.removeprefix('flag ')}: {refusal}")
+        config.agent.approval_mode = site.capped_mode(mode)
+        config.warnings.append(f"agent.approval_mode from {source}: {refusal}; using {config.agent.approval_mode!r}")
 
 
 def load_object(spec: str, key: str) -> Any:
@@ -284,8 +373,12 @@ def load_object(spec: str, key: str) -> Any:
 
 
 def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
+    return _flatten(_load_yaml(path), path, env, taken)
+
+
+def _load_yaml(path: Path) -> Any:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -293,14 +386,23 @@ def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str,
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], site: bool = False) -> dict[str, Any]:
+    """A file's settings as dotted keys, ${VAR}s expanded; `site` files may also hold locked and allow."""
+    sections = [*_SECTIONS, *(("locked", "allow") if site else ())]
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(_SECTIONS)}")
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(sections)}")
     flat: dict[str, Any] = {}
     for section, values in data.items():
+        if section in ("locked", "allow"):
+            hint = "; locked and allow belong in a site file (/etc/auto-coder/config.yaml or $AUTO_CODER_SITE_CONFIG)"
+        else:
+            hint = ""
         if section not in _SECTIONS:
-            raise ConfigError(f"{path}: unknown section {section!r}; expected one of {', '.join(_SECTIONS)}")
+            raise ConfigError(f"{path}: unknown section {section!r}; expected one of {', '.join(sections)}{hint}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -409,6 +511,13 @@ def _field_type(key: str) -> str:
 
 
 def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> None:
+    locked_by = config.site.locked_by(key)
+    if locked_by is not None and not source.startswith("site "):
+        refusal = f"{key} is locked by the administrator ({locked_by})"
+        if source.startswith("flag "):
+            raise ConfigError(f"{where}: {refusal}")
+        config.warnings.append(f"{where}: {refusal}; the site's value is kept")
+        return
     if key.startswith(f"{MCP_SERVERS}."):
         config.mcp.servers[key.removeprefix(f"{MCP_SERVERS}.")] = value
         config.sources[key] = source

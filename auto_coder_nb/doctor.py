@@ -94,9 +94,27 @@ class _Doctor:
     def run(self) -> bool:
         self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
+        self.check_site()
         self.check_endpoint()
         self.check_mcp_servers()
         return self.summary()
+
+    def check_site(self) -> None:
+        """The administrator's site files, when there are any: what they lock and allow, and what they refused."""
+        site = self.config.site
+        if not site.files:
+            return
+        parts = [f"files: {', '.join(map(str, site.files))}"]
+        if site.locked:
+            parts.append(f"locked: {', '.join(site.locked)}")
+        allows = [*site.allow, *(["max_approval_mode"] if site.max_approval_mode else [])]
+        if allows:
+            parts.append(f"allow: {', '.join(allows)}")
+        if self.config.warnings:
+            self.add(Row("site configuration", WARN, "; ".join([*parts, *self.config.warnings]),
+                         "remove the locked settings from your own files, environment and flags"))
+        else:
+            self.add(Row("site configuration", PASS, "; ".join(parts)))
 
     def check_endpoint(self) -> None:
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",

@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -315,12 +316,14 @@ class Recorder:
 
     The file is created with the first record of a conversation (so nothing is written for a session that
     never talks) and a new one begins after `clear()`. If the folder cannot be written, one warning is
-    given (`take_warnings`) and the conversation goes on unsaved.
+    given (`take_warnings`) and the conversation goes on unsaved. A `paused` recorder writes nothing until
+    the next conversation begins.
     `describe()` gives the session's working_dir, notebook, model and base_url; `secrets()` the values
     to hide."""
 
     def __init__(self, store: ConversationStore, conversation: Conversation,
-                 describe: Callable[[], dict[str, Any]], secrets: Callable[[], Iterable[str | None]]) -> None:
+                 describe: Callable[[], dict[str, Any]], secrets: Callable[[], Iterable[str | None]],
+                 paused: bool = False) -> None:
         self.store = store
         self.conversation = conversation
         self.describe = describe
@@ -328,6 +331,7 @@ class Recorder:
         self.path: Path | None = None
         self._fd: int | None = None
         self._failed = False
+        self._paused = paused
         self._warnings: list[str] = []
         self._streamed = ""  # answer text seen but not yet written (it may end inside a secret)
         conversation.observer = self
@@ -342,6 +346,7 @@ class Recorder:
 
     def cleared(self) -> None:
         self.close()
+        self._paused = False
 
     def shortened(self, changed: int) -> None:
         self._write({"type": "shortened", "changed": changed})
@@ -382,7 +387,7 @@ class Recorder:
         closing = messages[sum(1 for record in records if _is_message(record)):]
         self.conversation.restore(messages, saved.id)
         self.close()
-        self.path = saved.path
+        self.path, self._paused = saved.path, False
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
         for message in closing:
             self._write({"type": "message", "message": message})
@@ -404,7 +409,7 @@ class Recorder:
             self._write({"type": "text", "text": ready})
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._failed:
+        if self._failed or self._paused:
             return
         try:
             if self._fd is None:
@@ -420,20 +425,39 @@ class Recorder:
     def _open(self) -> None:
         folder = self.store.folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
+        if folder.stat().st_mode & 0o077:
+            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
+                os.chmod(folder, 0o700)
         path = self.path or self.store.path_for(self.conversation.correlation_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if not path.exists():
+            self._create(path)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
-            if not size:
-                os.write(fd, self._line({"type": "start", "correlation_id": self.conversation.correlation_id,
-                                         **self.describe()}))
         except BaseException:
             os.close(fd)
             raise
         self._fd, self.path = fd, path
+
+    def _create(self, path: Path) -> None:
+        """The file with its start record, appearing whole: a listing in another process never sees it empty."""
+        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, start)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)  # unlike a rename, never replaces a file made meanwhile: append to that one
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(temporary, path)
+            return
+        os.unlink(temporary)
 
     def _line(self, record: dict[str, Any]) -> bytes:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")

@@ -9,22 +9,26 @@ from __future__ import annotations
 import ast
 import os
 import re
+import threading
+import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .text import truncate
-
-# The helpers from tools.notebook are imported inside the functions: importing the tools package at
-# `%load_ext` time would double the load time (load must stay fast).
+# The helpers from tools.notebook and text are imported inside the functions: importing them at
+# `%load_ext` time would slow the load (load must stay fast).
 
 CONTEXT_MODES = ("auto", "none", "vars", "cells", "all")
 # Characters, not tokens: about 1000 tokens for auto, 3000 for all.
 CONTEXT_BUDGETS = {"auto": 4000, "vars": 4000, "cells": 4000, "all": 12000}
 CELLS_PER_MODE = {"auto": 3, "cells": 5, "all": 10}
 _MAX_VALUE_CHARS = 20000  # an interpolated value longer than this is cut, with a marker
+# Describing variables runs user code (reprs, properties). One that takes longer than this is skipped, not
+# waited for; after the total, the remaining variables are only counted.
+SLOW_VALUE_SECONDS = 0.25
+VARIABLES_SECONDS = 1.0
 _REFERENCE = re.compile(r"\{([^{}\n]+)\}")
 
 
@@ -37,6 +41,7 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
     `cfg["key"]`). Anything else, a missing name or a lookup that fails, stays exactly as written,
     so code with dicts, f-strings and JSON passes through. Inserted values are never re-scanned.
     """
+    from .text import truncate
 
     def replace(match: re.Match[str]) -> str:
         found, value = resolve_reference(match.group(1).strip(), namespace)
@@ -125,6 +130,7 @@ class KernelHistory:
 
     def record(self, result: Any) -> None:
         """The `post_run_cell(result)` callback: `result` is IPython's ExecutionResult."""
+        from .text import truncate
         from .tools.notebook import safe_repr
 
         info = getattr(result, "info", None)
@@ -188,6 +194,7 @@ def build_context(
 
     `--fix` sends the error itself, so it passes `include_error=False`.
     """
+    from .text import truncate
     from .tools.notebook import describe_value, user_variables
 
     if mode not in CONTEXT_MODES:
@@ -200,9 +207,7 @@ def build_context(
         variables = user_variables(namespace, hidden)
         if variables:
             share = budget // 2 if mode != "vars" else budget
-            sections.append("## Variables\n" + _fit(
-                [describe_value(name, value) for name, value in variables.items()], share, "variables"
-            ))
+            sections.append("## Variables\n" + _describe_variables(variables, share, describe_value))
     if history is not None and mode in ("auto", "cells", "all"):
         cells = list(history.cells)[-CELLS_PER_MODE[mode]:]
         if cells:
@@ -215,7 +220,49 @@ def build_context(
     return truncate("\n\n".join(sections), budget)
 
 
+def _describe_variables(variables: Mapping[str, Any], budget: int, describe: Callable[[str, Any], str]) -> str:
+    """Whole descriptions until the budget is spent, then how many were left out. Only what is shown is
+    described, so the cost does not grow with the namespace; each description runs in a helper thread, so a
+    value whose repr takes seconds is skipped (and left to finish on its own) instead of holding the request."""
+    from .text import truncate
+
+    kept: list[str] = []
+    used = 0
+    deadline = time.monotonic() + VARIABLES_SECONDS
+    for name, value in variables.items():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        block = _describe_in_time(name, value, describe, min(SLOW_VALUE_SECONDS, left))
+        if used + len(block) > budget and kept:
+            break
+        kept.append(truncate(block, budget))
+        used += len(block) + 1
+    if len(kept) < len(variables):
+        kept.append(f"... {len(variables) - len(kept)} more variables not shown")
+    return "\n".join(kept)
+
+
+def _describe_in_time(name: str, value: Any, describe: Callable[[str, Any], str], seconds: float) -> str:
+    done: list[str] = []
+
+    def run() -> None:
+        try:
+            done.append(describe(name, value))
+        except Exception as exc:  # describing one odd object must not fail the request
+            done.append(f"{name}: {type(value).__name__} (not described: {type(exc).__name__})")
+
+    helper = threading.Thread(target=run, name="auto-coder-describe", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if done:
+        return done[0]
+    return f"{name}: {type(value).__name__} (not described: its description took too long)"
+
+
 def _describe_cell(cell: CellRecord) -> str:
+    from .text import truncate
+
     source = "\n".join("  " + line for line in truncate(cell.source.rstrip(), 600).splitlines())
     text = f"[{cell.execution_count if cell.execution_count is not None else '-'}]:\n{source}"
     if cell.output:
@@ -227,6 +274,8 @@ def _describe_cell(cell: CellRecord) -> str:
 
 def _fit(blocks: list[str], budget: int, what: str) -> str:
     """Join whole blocks until the budget is spent, then say how many were left out."""
+    from .text import truncate
+
     kept: list[str] = []
     used = 0
     for block in blocks:
@@ -247,6 +296,8 @@ def compose_message(prompt: str, context: str) -> str:
 
 def fix_prompt(error: ErrorRecord, extra: str = "") -> str:
     """The request `--fix` sends: the failing cell and its traceback."""
+    from .text import truncate
+
     request = extra.strip() or "Explain this error briefly, then give the corrected cell as one python code block."
     return (
         f"{request}\n\nThe cell that failed:\n```python\n{error.source.rstrip()}\n```\n\n"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
-from .config import Config, load_object, redact_url
+from .config import Config, McpServerConfig, load_object, redact_url
 from .errors import ConfigError
 from .history import (
     ConversationStore,
@@ -80,6 +80,7 @@ class Session:
                                                    secrets=secrets))
         for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
+        restrict_tools(config, tools)
         if provider is None:
             from .providers.openai_compatible import OpenAICompatibleProvider
 
@@ -91,15 +92,15 @@ class Session:
         if instructions.text:
             prompt += "\n\n" + instructions.text
         conversation = Conversation(prompt, max_images=config.agent.max_images)
-        policy = ApprovalPolicy(config.agent.approval_mode)
+        policy = ApprovalPolicy(config.agent.approval_mode, ceiling=config.site.max_approval_mode)
         agent = Agent(provider, tools, conversation, policy, config.agent, workspace, vision=config.llm.vision)
+        agent.site = config.site
         session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
+        session._keep_history(config.history.enabled)
         if config.history.enabled:
-            store = ConversationStore()
-            _remove_old_conversations(store, config.history.retention_days)
-            session.recorder = agent.observer = Recorder(store, conversation, session.describe, secrets)
+            _remove_old_conversations(ConversationStore(), config.history.retention_days)
         session.mcp = start_mcp_servers(config, tools, workspace.root)
         return session
 
@@ -158,6 +159,11 @@ class Session:
             self.config.llm, self.config.auth = config.llm, config.auth
             self.agent.vision = config.llm.vision
             changed = True
+        if config.site != self.config.site:  # an administrator changed a site file
+            self.config.site = self.agent.site = config.site
+            self.policy.ceiling = config.site.max_approval_mode
+            restrict_tools(config, self.tools)
+            changed = True
         if config.mcp != self.config.mcp:
             self.close_mcp_servers()
             self.mcp = start_mcp_servers(config, self.tools, self.workspace.root)
@@ -173,9 +179,25 @@ class Session:
                 changed = True
                 if name == "approval_mode":  # only a changed setting overrides a mode chosen at run time
                     self.policy.mode = config.agent.approval_mode
+        if config.history.enabled != self.config.history.enabled:
+            self._keep_history(config.history.enabled)
+            changed = True
+        self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
         self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
+
+    def _keep_history(self, enabled: bool) -> None:
+        """Start or stop saving this session's conversation (history.enabled)."""
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder = None
+        if enabled:  # turned on mid-conversation: saving starts with the next conversation (a part would not resume)
+            begun = any(m["role"] == "user" for m in self.conversation.messages)
+            self.recorder = Recorder(ConversationStore(), self.conversation, self.describe, self.secret_values,
+                                     paused=begun)
+        self.agent.observer = self.recorder
+        self.conversation.observer = self.recorder
 
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""
@@ -226,13 +248,31 @@ class Session:
             self.mcp = None
 
 
+def restrict_tools(config: Config, tools: ToolRegistry) -> None:
+    """Apply the site's allow.tools (MCP tools registered later too) and say once what the configuration
+    could not do because of the site."""
+    site = config.site
+    if "tools" in site.allow:
+        removed = tools.restrict(site.tool_allowed)
+        if removed:
+            tools.notify(f"Tools left out by the site configuration (allow.tools in {site.allow_files['tools']}): "
+                         f"{', '.join(removed)}.")
+    for warning in config.warnings:
+        tools.notify(warning)
+
+
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
     """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
     if not config.mcp.servers:
         return None
     from .tools.mcp_client import McpServers
 
-    servers = McpServers(config.mcp.servers, tools, cwd=root)
+    def refusal(name: str, server: McpServerConfig) -> str | None:
+        if server.command is not None:
+            return config.site.mcp_command_refusal(server.command)
+        return config.site.mcp_url_refusal(server.url or "")
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root, refuse=refusal)
     servers.start()
     return servers
 

@@ -57,6 +57,8 @@ def saved_files(data_dir: Path) -> list[Path]:
 def test_every_step_is_written_as_it_happens(fake_server: FakeLLMServer, root: Path, data_dir: Path) -> None:
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "hi"}),
                         reply.text("Wrote a.txt.", chunks=3))
+    (data_dir / "sessions").mkdir()
+    (data_dir / "sessions").chmod(0o755)  # made by someone else: tightened on first use
     session = make_session(fake_server, root)
     assert saved_files(data_dir) == []  # nothing before the first prompt
     turn(session, "write a.txt")
@@ -310,3 +312,24 @@ def test_where_conversations_are_kept() -> None:
     assert sessions_dir({"AUTO_CODER_DATA_DIR": "/data/ac", "XDG_DATA_HOME": "/xdg"}) == Path("/data/ac/sessions")
     assert sessions_dir({"XDG_DATA_HOME": "/xdg"}) == Path("/xdg/auto-coder/sessions")
     assert sessions_dir({}) == Path.home() / ".local" / "share" / "auto-coder" / "sessions"
+
+
+def test_history_turned_off_and_on_while_a_session_runs(fake_server: FakeLLMServer, root: Path,
+                                                         data_dir: Path) -> None:
+    session = make_session(fake_server, root)
+    turn(session, "saved")
+    [path] = saved_files(data_dir)
+    before = path.read_text()
+
+    off = make_session(fake_server, root, enabled=False).config
+    assert session.apply_config(off)
+    turn(session, "not saved")
+    assert path.read_text() == before and saved_files(data_dir) == [path]
+
+    on = make_session(fake_server, root).config
+    assert session.apply_config(on)
+    turn(session, "still not saved: this conversation was not kept whole")
+    assert path.read_text() == before and saved_files(data_dir) == [path]
+    session.reset()
+    turn(session, "a new conversation is saved")
+    assert len(saved_files(data_dir)) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -140,3 +141,39 @@ def test_an_error_raised_before_loading_is_still_found(shell: Any) -> None:
     assert error is not None and error.error == "KeyError: 'early bird'"
     assert error.source.rstrip() == "def early():\n    raise KeyError('early bird')\nearly()"
     assert "raise KeyError('early bird')" in error.traceback and "interactiveshell.py" not in error.traceback
+
+
+class CountedRepr:
+    described = 0
+
+    def __repr__(self) -> str:
+        CountedRepr.described += 1
+        return "counted"
+
+
+def test_context_describes_only_what_it_shows_whatever_the_namespace_holds() -> None:
+    namespace = {f"v{i}": CountedRepr() for i in range(5000)}
+    CountedRepr.described = 0
+    context = build_context("vars", namespace)
+    more = int(context.rsplit("... ", 1)[1].split(" more variables not shown")[0])
+    assert 10 < 5000 - more < 500  # the first ones shown, the rest counted
+    assert CountedRepr.described == 5000 - more + 1  # those shown and the one that no longer fitted: no other
+
+
+class SlowRepr:
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def __repr__(self) -> str:
+        self.release.wait(30)  # a repr that takes seconds (released by the test once it is done)
+        return "slow"
+
+
+def test_a_variable_whose_repr_takes_seconds_is_skipped_not_waited_for() -> None:
+    release = threading.Event()
+    try:
+        context = build_context("vars", {"before": 1, "slow": SlowRepr(release), "after": 2})
+    finally:
+        release.set()
+    assert "before: int = 1" in context and "after: int = 2" in context
+    assert "slow: SlowRepr (not described: its description took too long)" in context

@@ -229,10 +229,7 @@ class McpServers:
                 continue
             kind: ToolKind = "read" if config.read_only or tool.name in config.read_tools else "command"
             schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}
-            server.tools[name] = tool.name
-            if kind == "read":
-                server.read_tools.append(name)
-            self.registry.register(ToolDefinition(
+            added = self.registry.register(ToolDefinition(
                 name=name,
                 description=f"[MCP server {server.name}] {tool.description or tool.title or tool.name}",
                 parameters={"type": "object", "properties": {}, **schema},
@@ -240,6 +237,10 @@ class McpServers:
                 kind=kind,
                 preview=_previewer(server.name, tool.name),
             ))
+            if added:  # else the site's allow.tools leaves it out
+                server.tools[name] = tool.name
+                if kind == "read":
+                    server.read_tools.append(name)
         unknown = sorted(set(config.read_tools) - {tool.name for tool in tools})
         if unknown:
             self.registry.notify(f"{MCP_SERVERS}.{server.name}.read_tools names {', '.join(unknown)}, which the "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
-from ..text import truncate
+from ..text import scrub, truncate
 from .registry import ToolError, ToolOutput
 
 if TYPE_CHECKING:
@@ -162,13 +162,15 @@ class _Tee:
     """Writes to the real stream (so the user sees it in the cell) and keeps a copy for the model.
     Everything else (encoding, isatty, fileno...) is the real stream's, so libraries see what they expect."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, secrets: Iterable[str | None] = ()) -> None:
         self.stream = stream
         self.copy = io.StringIO()
+        self.secrets = list(secrets)  # hidden in what the cell shows (and the notebook saves)
 
     def write(self, text: str) -> int:
         self.copy.write(text)
-        return self.stream.write(text)
+        self.stream.write(scrub(text, self.secrets) if self.secrets else text)
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -177,8 +179,10 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>") -> CodeOutcome:
-    """Execute `code` in `namespace` like a cell: statements, then the value of a final expression.
+def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>",
+               secrets: Iterable[str | None] = ()) -> CodeOutcome:
+    """Execute `code` in `namespace` like a cell: statements, then the value of a final expression. What it
+    prints shows with `secrets` hidden (the copy for the model is scrubbed by the agent).
 
     Must be called on the thread that owns the namespace (the kernel's main thread).
     """
@@ -190,7 +194,7 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
         return outcome
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     assert last is None or isinstance(last, ast.Expr)
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    out, err = _Tee(sys.stdout, secrets), _Tee(sys.stderr, secrets)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +33,26 @@ class ToolRegistry:
         self._tools: dict[str, ToolDefinition] = {}
         self._lock = threading.Lock()
         self._notices: list[str] = []
+        self._allowed: Callable[[str], bool] | None = None
         for tool in tools:
             self.register(tool)
 
-    def register(self, tool: ToolDefinition) -> None:
+    def register(self, tool: ToolDefinition) -> bool:
+        """Add `tool` (replacing one of the same name); False when the allow-list leaves it out."""
+        if self._allowed is not None and not self._allowed(tool.name):
+            return False
         with self._lock:
             self._tools = {**self._tools, tool.name: tool}
+        return True
+
+    def restrict(self, allowed: Callable[[str], bool]) -> list[str]:
+        """Keep only the tools `allowed` accepts, now and when registered later (the site's allow.tools).
+        Returns the names removed."""
+        self._allowed = allowed
+        removed = [name for name in self._tools if not allowed(name)]
+        for name in removed:
+            self.unregister(name)
+        return removed
 
     def unregister(self, name: str) -> None:
         with self._lock:

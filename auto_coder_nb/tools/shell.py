@@ -13,7 +13,7 @@ import functools
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
@@ -136,6 +136,21 @@ def environment_without_secrets(environ: Mapping[str, str], secrets: Iterable[st
     values = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
     return {name: value for name, value in environ.items()
             if name not in SECRET_ENV_VARS and not any(secret in value for secret in values)}
+
+
+@contextlib.contextmanager
+def secrets_hidden_from_environ(secrets: Iterable[str | None]) -> Iterator[None]:
+    """`os.environ` without the variables that hold a secret while the block runs, then as it was: for run_code,
+    whose code runs in this process and whose children (`!cmd`, subprocess) inherit its environment."""
+    hidden = {name: value for name, value in os.environ.items()
+              if name not in environment_without_secrets({name: value}, secrets)}
+    for name in hidden:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        for name, value in hidden.items():
+            os.environ.setdefault(name, value)  # a value the code set on purpose stays
 
 
 def _command_env(secrets: Iterable[str | None] = ()) -> dict[str, str]:
