@@ -292,7 +292,7 @@ def build_notebook_tools(
 
     def read_notebook(path: str) -> str:
         target = workspace().resolve(path)
-        return notebook_as_text(_read(target), path)
+        return notebook_as_text(_read(workspace(), target), path)
 
     def _is_open(target: Path) -> bool:
         current = open_notebook()
@@ -311,7 +311,7 @@ def build_notebook_tools(
         target = workspace().resolve(path, write=True)
         if not target.name.endswith(".ipynb"):
             raise ToolError(f"{path} is not a notebook (.ipynb). Use edit_file for other files.")
-        notebook = _read(target) if target.exists() else nbformat.v4.new_notebook()
+        notebook = _read(workspace(), target) if target.exists() else nbformat.v4.new_notebook()
         cells = notebook.cells
         if action == "insert":
             position = len(cells) if index is None else index
@@ -339,7 +339,7 @@ def build_notebook_tools(
     def preview_edit(path: str, action: str, index: int | None = None, source: str | None = None,
                      cell_type: str = "code") -> str:
         target, notebook = _plan(path, action, index, source, cell_type)
-        before = notebook_as_text(_read(target), path) if target.exists() else ""
+        before = notebook_as_text(_read(workspace(), target), path) if target.exists() else ""
         after = notebook_as_text(notebook, path)
         diff = difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}")
         return "".join(diff) or "(no change)"
@@ -420,12 +420,15 @@ def build_notebook_tools(
     ]
 
 
-def _read(path: Path) -> Any:
+def _read(workspace: Workspace, path: Path) -> Any:
+    """The notebook at a resolved path, read like the other file tools (no link followed on the way)."""
     import nbformat
 
     if not path.is_file():
         raise ToolError(f"{path.name} does not exist. list_directory shows the files.")
     try:
-        return nbformat.read(path, as_version=4)
+        return nbformat.reads(workspace.read_bytes(path).decode("utf-8"), as_version=4)
+    except UnicodeDecodeError:
+        raise ToolError(f"{path.name} is not a valid notebook: it is not UTF-8 text.") from None
     except (json.JSONDecodeError, nbformat.reader.NotJSONError) as exc:
         raise ToolError(f"{path.name} is not a valid notebook: {exc}") from None
