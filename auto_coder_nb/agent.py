@@ -53,6 +53,11 @@ CUT_OFF_MARKER = "[the answer was cut off here: the stream ended before the serv
 # Shorten the history when a request would pass this share of the window, down to the second.
 SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
 
+TOO_MANY_CALLS = ("Not executed: the answer asked for more than {cap} tool calls, and only the first {cap} run. "
+                  "Make the calls still needed in your next answer, fewer at a time.")
+# Tool arguments nested deeper than this are refused (a deeper document would crash JSON handling later).
+MAX_ARGUMENT_DEPTH = 64
+
 TRUNCATED_ARGUMENTS = (
     "Not executed: the arguments of this call were cut off because the answer reached the output "
     "token limit. Make the call again with shorter arguments (for example, write a large file in parts)."
@@ -209,7 +214,11 @@ class Agent:
                     yield self._done("stop")
                     return
                 step_images: list[Image] = []
-                for call in calls:
+                cap = max(1, self.config.max_tool_calls_per_answer)
+                if len(calls) > cap:
+                    yield Notice(f"The model asked for {len(calls)} tool calls in one answer; only the first {cap} "
+                                 "run (agent.max_tool_calls_per_answer).")
+                for call in calls[:cap]:
                     recent_calls = [*recent_calls[-(REPEAT_LIMIT - 1):], (call.name, _canonical(call.arguments))]
                     if len(recent_calls) == REPEAT_LIMIT and len(set(recent_calls)) == 1:
                         conversation.repair(f"Not executed: the same call was made {REPEAT_LIMIT} times in a row.")
@@ -220,6 +229,7 @@ class Agent:
                     async for event in self._execute(call, step_images, options.approval_mode,
                                                      truncated=completion.finish_reason == "length"):
                         yield event
+                conversation.repair(TOO_MANY_CALLS.format(cap=cap))
                 conversation.add_images(step_images, "The images the tool calls above produced (the user saw them "
                                                      "too):")
             yield Notice(f"Stopped after {self.config.max_iterations} model requests in one turn "
@@ -365,18 +375,38 @@ def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:
     """Arguments as a dict, or None and the error to send back. Never guess `{}` for bad JSON."""
     if not raw.strip():
         return {}, None
+    too_deep = (f"The tool arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep. Send the call again "
+                "with flat arguments.")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         return None, (f"Invalid JSON in the tool arguments ({exc.msg} at position {exc.pos}). "
                       "Send the call again with the arguments as one valid JSON object.")
+    except RecursionError:
+        return None, too_deep
     if not isinstance(value, dict):
         return None, "The tool arguments must be a JSON object. Send the call again with an object."
+    if _depth_exceeds(value, MAX_ARGUMENT_DEPTH):
+        return None, too_deep
     return value, None
 
 
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest deeper than `limit`, checked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _canonical(raw: str) -> str:
-    with suppress(ValueError):
+    with suppress(ValueError, RecursionError):
         return json.dumps(json.loads(raw), sort_keys=True)
     return raw
 

@@ -24,6 +24,7 @@ from .authentication_provider import (
     AuthenticationProvider,
     AuthenticationProviderWithClientSideTokenRefresh,
     ProviderHeaderAuth,
+    basic_credentials,
     fetched_tokens,
     instantiate,
     load_provider_class,
@@ -89,7 +90,7 @@ async def get_sso_token(config: Config | None = None) -> str | None:
 def secret_values(config: Config) -> list[str]:
     """Every secret this process holds for `config`, for `text.scrub` wherever text leaves the process: the
     configuration's (`Config.secret_values`), the basic credentials made of them, and fetched tokens."""
-    basic = AuthenticationProvider(config).get_basic_credentials()
+    basic = basic_credentials(config.auth)
     return [*config.secret_values(), *([basic] if basic else []), *fetched_tokens()]
 
 

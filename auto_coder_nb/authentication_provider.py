@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .config import Config, load_config, load_object
+from .config import AuthConfig, Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from .text import hide_secrets
 from .transport import certificate_problem, transport_kwargs
@@ -50,6 +50,13 @@ _fetched_tokens: set[str] = set()
 def fetched_tokens() -> list[str]:
     """The access and refresh tokens fetched so far in this process."""
     return list(_fetched_tokens)
+
+
+def basic_credentials(auth: AuthConfig) -> str | None:
+    """base64 of `client_id:client_secret`, or None if either is unset."""
+    if not (auth.client_id and auth.client_secret):
+        return None
+    return base64.b64encode(f"{auth.client_id}:{auth.client_secret}".encode()).decode("ascii")
 
 
 @dataclass
@@ -192,10 +199,7 @@ class AuthenticationProvider:
 
     def get_basic_credentials(self) -> str | None:
         """base64 of `client_id:client_secret` (auth.client_id / auth.client_secret), or None if unset."""
-        auth = self.config.auth
-        if not (auth.client_id and auth.client_secret):
-            return None
-        return base64.b64encode(f"{auth.client_id}:{auth.client_secret}".encode()).decode("ascii")
+        return basic_credentials(self.config.auth)
 
     def forget_token(self) -> None:
         """Treat the cached token as expired (the server rejected it): the next call renews it with its

@@ -6,9 +6,10 @@ from __future__ import annotations
 import html
 import re
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .text import show_controls
+from .text import scrub, show_controls
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .events import ApprovalRequest, ContextUsage, Event, ToolCallStarted, ToolResult, UsageUpdate
@@ -22,9 +23,12 @@ class CellRenderer:
     """Shows one turn. Notebook: Markdown updated in place (display ids), tool calls as collapsible
     HTML; terminal IPython: plain text printed as it streams."""
 
-    def __init__(self, rich: bool, metadata: dict[str, Any], sent: str, attached: list[Image] | None = None) -> None:
+    def __init__(self, rich: bool, metadata: dict[str, Any], sent: str, attached: list[Image] | None = None,
+                 secrets: Iterable[str | None] = ()) -> None:
         self.rich = rich
-        self.metadata = {METADATA_KEY: metadata}
+        self.secrets = list(secrets)  # hidden in every output and its metadata: a notebook is saved and shared
+        self.metadata = {METADATA_KEY: {key: scrub(value, self.secrets) if isinstance(value, str) else value
+                                        for key, value in metadata.items()}}
         self.sent = sent
         self.images = list(attached or [])  # attached, then those the tools produced: listed in the footer
         self.context: ContextUsage | None = None
@@ -91,9 +95,9 @@ class CellRenderer:
             return
         bundle = {"text/markdown": self.segment, "text/plain": self.segment}
         if self.segment_handle is None:
-            self.segment_handle = _display(bundle, self.metadata, new_id=True)
+            self.segment_handle = self._display(bundle, new_id=True)
         else:
-            self.segment_handle.update(bundle, raw=True, metadata=self.metadata)
+            self._update(self.segment_handle, bundle)
         self.dirty = False
         self.last_update = time.monotonic()
 
@@ -108,7 +112,7 @@ class CellRenderer:
         if not self.rich:
             print(f"[{label}]", flush=True)
             return
-        handle = _display(_tool_bundle(label, "running...", ""), self.metadata, new_id=True)
+        handle = self._display(_tool_bundle(label, "running...", ""), new_id=True)
         self.tool_handles[event.call_id] = (handle, event)
 
     def _tool_result(self, result: ToolResult) -> None:
@@ -122,9 +126,9 @@ class CellRenderer:
         label = show_controls(f"{result.name} {_key_argument(started)}".strip() if started else result.name)
         bundle = _tool_bundle(label, short, result.output)
         if handle is None:
-            _display(bundle, self.metadata)
+            self._display(bundle)
         else:
-            handle.update(bundle, raw=True, metadata=self.metadata)
+            self._update(handle, bundle)
 
     def approval(self, request: ApprovalRequest) -> None:
         self._end_segment()
@@ -153,13 +157,22 @@ class CellRenderer:
         if self.rich:
             body = (f"<details><summary>{html.escape(summary)} · what was sent</summary>"
                     f"<pre>{html.escape(self.sent + images)}</pre></details>")
-            _display({"text/html": body, "text/plain": summary}, self.metadata)
+            self._display({"text/html": body, "text/plain": summary})
 
     def _show_markdown(self, markdown: str, plain: str) -> None:
         if self.rich:
-            _display({"text/markdown": markdown, "text/plain": plain}, self.metadata)
+            self._display({"text/markdown": markdown, "text/plain": plain})
         else:
             print(plain, flush=True)
+
+
+    def _display(self, bundle: dict[str, str], *, new_id: bool = False) -> Any:
+        return _display({kind: scrub(text, self.secrets) for kind, text in bundle.items()}, self.metadata,
+                        new_id=new_id)
+
+    def _update(self, handle: Any, bundle: dict[str, str]) -> None:
+        handle.update({kind: scrub(text, self.secrets) for kind, text in bundle.items()}, raw=True,
+                      metadata=self.metadata)
 
 
 def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool = False) -> Any:

@@ -27,6 +27,7 @@ from .terminal import (
     is_terminal,
     refuse_without_terminal,
 )
+from .text import scrub
 
 if TYPE_CHECKING:
     from .session import Session
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as exc:
         print(f"auto-coder: error: --attach {exc}", file=sys.stderr)
         return EXIT_USAGE
+    prompt = scrub(prompt, session.secret_values())  # what --show-context shows is what is sent
     if args.show_context:
         show_context(session, prompt, images)
         return EXIT_OK

@@ -50,6 +50,8 @@ class AgentConfig:
 
     approval_mode: str = "ask"  # ask | auto-edit | full-auto | read-only (approvals.APPROVAL_MODES)
     max_iterations: int = 50  # model calls per turn before the turn stops
+    # Tool calls run from one answer; the rest are answered "not executed" (a runaway model can send thousands).
+    max_tool_calls_per_answer: int = 64
     command_timeout: float = 120.0  # run_command's default timeout, in seconds
     context_window: int = 32768  # tokens the model holds; older history is shortened to fit
     system_prompt: str | None = None  # replaces the built-in system prompt

@@ -41,7 +41,7 @@ from .events import (
     UsageUpdate,
 )
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets
+from .text import hide_credential_shapes, hide_secrets, scrub
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -429,18 +429,35 @@ class Recorder:
             with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
                 os.chmod(folder, 0o700)
         path = self.path or self.store.path_for(self.conversation.correlation_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if not path.exists():
+            self._create(path)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
-            if not size:
-                os.write(fd, self._line({"type": "start", "correlation_id": self.conversation.correlation_id,
-                                         **self.describe()}))
         except BaseException:
             os.close(fd)
             raise
         self._fd, self.path = fd, path
+
+    def _create(self, path: Path) -> None:
+        """The file with its start record, appearing whole: a listing in another process never sees it empty."""
+        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, start)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)  # unlike a rename, never replaces a file made meanwhile: append to that one
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(temporary, path)
+            return
+        os.unlink(temporary)
 
     def _line(self, record: dict[str, Any]) -> bytes:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
@@ -458,7 +475,7 @@ def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, 
     """`record` as saved: with the schema version and the time, and every secret in it hidden."""
     known = list(secrets)
     return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
-                  lambda text: hide_credential_shapes(hide_secrets(text, known)))
+                  lambda text: hide_credential_shapes(scrub(text, known)))
 
 
 def records_of(conversation: Conversation, description: dict[str, Any],

@@ -178,11 +178,13 @@ def _run_code(state: KernelState, code: str) -> CodeOutcome:
     images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are
     shown to the user as in a cell and collected for the model."""
     from .tools.notebook import run_python
+    from .tools.shell import secrets_hidden_from_environ
 
     shell = state.shell
     state.images.watch(shell)
-    with state.images.collect() as images:
-        outcome = run_python(shell.transform_cell(code), shell.user_ns)
+    secrets = state.session.secret_values() if state.session is not None else []
+    with state.images.collect() as images, secrets_hidden_from_environ(secrets):
+        outcome = run_python(shell.transform_cell(code), shell.user_ns, secrets=secrets)
         if outcome.value is not None and _is_image(outcome.value):
             from IPython.display import display
 

@@ -19,7 +19,6 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .approvals import APPROVAL_MODES
-from .cell_output import UPDATE_INTERVAL, CellRenderer
 from .kernel import (
     KernelState,
     MainThreadCall,
@@ -40,10 +39,10 @@ from .notebook_context import (
     fix_prompt,
     interpolate,
 )
-from .text import PYTHON_FENCE_LANGUAGES
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
     from .agent import TurnOptions
+    from .cell_output import CellRenderer
     from .events import ApprovalRequest
     from .images import Image
     from .session import Session
@@ -73,6 +72,7 @@ def pump_turn(worker: Worker, session: Session, message: str, options: TurnOptio
     ask its approvals, run what it needs run here (run_code, cell insertion)."""
     import asyncio
 
+    from .cell_output import UPDATE_INTERVAL
     from .events import ApprovalRequest
 
     channel: queue.Queue[Any] = queue.Queue()
@@ -157,6 +157,8 @@ def _drain(worker: Worker, channel: queue.Queue[Any]) -> None:
 def code_blocks(markdown: str) -> list[str]:
     """The Python fenced code blocks of an answer, in order. An unlabelled block counts only when it is
     valid (IPython) Python: models also fence tracebacks and output without a label."""
+    from .text import PYTHON_FENCE_LANGUAGES
+
     blocks = []
     for match in _FENCED_BLOCK.finditer(markdown):
         language, code = match.group(1).lower(), match.group(2)
@@ -300,7 +302,10 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         prompt = interpolate(prompt, shell.user_ns)
     context = build_context(args.context, shell.user_ns, state.history,
                             hidden=getattr(shell, "user_ns_hidden", {}), include_error=not args.fix)
-    message = compose_message(prompt, context)
+    from .text import scrub
+
+    # A variable's repr in the kernel context, or an interpolated {name}, may hold a configured secret.
+    message = scrub(compose_message(prompt, context), session.secret_values())
     images = [attach(session, name, shell) for name in args.attach]
     if args.show_context:
         print(message)
@@ -325,11 +330,13 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     kernel = getattr(shell, "kernel", None)
     can_ask = kernel is None or bool(getattr(kernel, "_allow_stdin", False))
     from .agent import TurnOptions
+    from .cell_output import CellRenderer
 
     options = TurnOptions(model=args.model, approval_mode=args.approval_mode)
     metadata = {"model": args.model or session.provider.model,
                 "correlation_id": session.conversation.correlation_id}
-    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images)
+    renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,
+                            secrets=session.secret_values())
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
     if args.insert:
         blocks = code_blocks(renderer.text)

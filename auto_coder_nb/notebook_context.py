@@ -17,10 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .text import truncate
-
-# The helpers from tools.notebook are imported inside the functions: importing the tools package at
-# `%load_ext` time would double the load time (load must stay fast).
+# The helpers from tools.notebook and text are imported inside the functions: importing them at
+# `%load_ext` time would slow the load (load must stay fast).
 
 CONTEXT_MODES = ("auto", "none", "vars", "cells", "all")
 # Characters, not tokens: about 1000 tokens for auto, 3000 for all.
@@ -43,6 +41,7 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
     `cfg["key"]`). Anything else, a missing name or a lookup that fails, stays exactly as written,
     so code with dicts, f-strings and JSON passes through. Inserted values are never re-scanned.
     """
+    from .text import truncate
 
     def replace(match: re.Match[str]) -> str:
         found, value = resolve_reference(match.group(1).strip(), namespace)
@@ -131,6 +130,7 @@ class KernelHistory:
 
     def record(self, result: Any) -> None:
         """The `post_run_cell(result)` callback: `result` is IPython's ExecutionResult."""
+        from .text import truncate
         from .tools.notebook import safe_repr
 
         info = getattr(result, "info", None)
@@ -194,6 +194,7 @@ def build_context(
 
     `--fix` sends the error itself, so it passes `include_error=False`.
     """
+    from .text import truncate
     from .tools.notebook import describe_value, user_variables
 
     if mode not in CONTEXT_MODES:
@@ -223,6 +224,8 @@ def _describe_variables(variables: Mapping[str, Any], budget: int, describe: Cal
     """Whole descriptions until the budget is spent, then how many were left out. Only what is shown is
     described, so the cost does not grow with the namespace; each description runs in a helper thread, so a
     value whose repr takes seconds is skipped (and left to finish on its own) instead of holding the request."""
+    from .text import truncate
+
     kept: list[str] = []
     used = 0
     deadline = time.monotonic() + VARIABLES_SECONDS
@@ -258,6 +261,8 @@ def _describe_in_time(name: str, value: Any, describe: Callable[[str, Any], str]
 
 
 def _describe_cell(cell: CellRecord) -> str:
+    from .text import truncate
+
     source = "\n".join("  " + line for line in truncate(cell.source.rstrip(), 600).splitlines())
     text = f"[{cell.execution_count if cell.execution_count is not None else '-'}]:\n{source}"
     if cell.output:
@@ -269,6 +274,8 @@ def _describe_cell(cell: CellRecord) -> str:
 
 def _fit(blocks: list[str], budget: int, what: str) -> str:
     """Join whole blocks until the budget is spent, then say how many were left out."""
+    from .text import truncate
+
     kept: list[str] = []
     used = 0
     for block in blocks:
@@ -289,6 +296,8 @@ def compose_message(prompt: str, context: str) -> str:
 
 def fix_prompt(error: ErrorRecord, extra: str = "") -> str:
     """The request `--fix` sends: the failing cell and its traceback."""
+    from .text import truncate
+
     request = extra.strip() or "Explain this error briefly, then give the corrected cell as one python code block."
     return (
         f"{request}\n\nThe cell that failed:\n```python\n{error.source.rstrip()}\n```\n\n"

@@ -17,6 +17,7 @@ from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
 from .session import Session
 from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
+from .text import scrub
 
 HELP = """\
 Type a request and press Enter. Alt+Enter (or Esc then Enter) starts a new line.
@@ -79,8 +80,13 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
                 break
             continue
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
-        if not drive_turn(session, text, loop, view, attachments):
-            print("(stopped)", file=sys.stderr)
+        try:
+            if not drive_turn(session, text, loop, view, attachments):
+                print("(stopped)", file=sys.stderr)
+        except Exception as exc:  # a failing turn must not end the REPL and lose its session
+            view.finish_text()
+            failure = scrub(f"{type(exc).__name__}: {exc}", session.secret_values())
+            print(f"error: the turn failed ({failure}); the session is kept, ask again.", file=sys.stderr)
         attachments.clear()
         context = str(view.context or session.agent.context_usage())
     total = session.conversation.usage.total_tokens

@@ -172,7 +172,8 @@ class Session:
         if config.agent.max_images != self.conversation.max_images:
             self.conversation.max_images = config.agent.max_images
             changed = True
-        for name in ("approval_mode", "max_iterations", "context_window", "image_max_side"):
+        for name in ("approval_mode", "max_iterations", "max_tool_calls_per_answer", "context_window",
+                     "image_max_side"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True

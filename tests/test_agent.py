@@ -23,11 +23,11 @@ from auto_coder_nb.events import (
     TurnDone,
     UsageUpdate,
 )
-from auto_coder_nb.providers.base import ToolDefinition
+from auto_coder_nb.providers.base import ToolCall, ToolDefinition
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.state.conversation import Conversation
 from auto_coder_nb.testing.server import FakeLLMServer, reply
-from auto_coder_nb.tools.registry import ToolRegistry
+from auto_coder_nb.tools.registry import ToolError, ToolRegistry
 
 
 def assert_strictly_valid(messages: list[dict[str, Any]]) -> None:
@@ -162,6 +162,9 @@ def test_several_calls_in_one_answer_all_run_in_order(server: FakeLLMServer) -> 
         (reply.tool_call("lookup", {"wrong": "x"}), "Invalid arguments for lookup"),
         (reply.tool_call("lookup", {"key": "boom"}), "the lookup table is on fire"),
         (reply.tool_call("lookup", '{"key": "lo', finish_reason="length"), "cut off"),
+        (reply.tool_call("lookup", '{"key": ' + "[" * 100_000 + "]" * 100_000 + "}"), "nested more than 64 levels"),
+        (reply.tool_call("lookup", '{"key": ' + '{"a": ' * 500 + "1" + "}" * 500 + "}"),
+         "nested more than 64 levels"),
     ],
 )
 def test_bad_calls_become_error_results_and_the_turn_goes_on(
@@ -406,3 +409,67 @@ def test_tool_calls_of_a_cut_off_answer_are_not_run(server: FakeLLMServer) -> No
     assert h.calls == [] and not tool_results(events)
     assert isinstance(events[-1], TurnDone) and events[-1].reason == "cut_off"
     assert_strictly_valid(h.conversation.messages)
+
+
+def test_a_chunk_nested_too_deeply_is_a_clear_error_not_a_crash(server: FakeLLMServer) -> None:
+    deep = '{"choices": [{"delta": {"content": ' + "[" * 100_000 + "]" * 100_000 + "}}]}"
+    server.enqueue(reply.raw_sse([f"data: {deep}\n\n", "data: [DONE]\n\n"]), reply.text("fine again"))
+    h = Harness(server)
+    events = h.turn("go")
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert errors and "nested too deeply" in errors[0].message
+    assert isinstance(events[-1], TurnDone)
+    assert "fine again" in "".join(e.text for e in h.turn("again") if isinstance(e, TextDelta))
+
+
+def test_thousands_of_tool_calls_in_one_answer_run_only_up_to_the_cap(server: FakeLLMServer) -> None:
+    calls = [{"name": "lookup", "arguments": {"key": f"k{i}"}} for i in range(3000)]
+    server.enqueue(reply.tool_calls(calls), reply.text("done"))
+    h = Harness(server)
+    events = h.turn("look everything up")
+    assert len(h.calls) == 64 and h.calls[-1] == {"lookup": "k63"}
+    assert any(isinstance(e, Notice) and "3000 tool calls" in e.text and "first 64" in e.text for e in events)
+    assert len(tool_results(events)) == 64, "the calls not run are not shown one by one"
+    messages = h.last_messages
+    assert_strictly_valid(messages)
+    answers = [m["content"] for m in messages if m["role"] == "tool"]
+    assert len(answers) == 3000
+    assert answers[63] == "value of k63" and answers[64].startswith("Not executed: the answer asked for more than 64")
+    assert events[-1] == TurnDone("stop")
+
+
+@pytest.mark.timeout(120)
+def test_shortening_thousands_of_messages_measures_each_message_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from auto_coder_nb.state import conversation as module
+
+    conversation = Conversation("system")
+    for turn in range(5000):
+        conversation.add_user(f"question {turn}")
+        calls = [ToolCall(f"call{turn}", "lookup", '{"key": "x"}')]
+        conversation.add_assistant("", calls)
+        conversation.add_tool_result(f"call{turn}", "output " * 100)
+        conversation.add_assistant(f"answer {turn}")
+    measured = 0
+    size = module._size
+
+    def counting(*args: Any) -> int:
+        nonlocal measured
+        measured += 1
+        return size(*args)
+
+    monkeypatch.setattr(module, "_size", counting)
+    changed = conversation.shorten(20_000)
+    assert measured <= 2 * 20_001, f"{measured} measurements for 20,001 messages"
+    assert changed > 0 and conversation.estimate_tokens() <= 20_000
+    assert conversation.messages[0] == {"role": "system", "content": "system"}
+    assert conversation.messages[-4] == {"role": "user", "content": "question 4999"}
+    assert_strictly_valid(conversation.messages)
+
+
+def test_a_tool_result_that_cannot_become_text_is_a_tool_error() -> None:
+    registry = ToolRegistry([
+        ToolDefinition("pairs", "Returns tuple keys.", {"type": "object", "properties": {}}, lambda: {(1, 2): 3}),
+    ])
+    with pytest.raises(ToolError, match="pairs returned a result that cannot be shown as text"):
+        asyncio.run(registry.call("pairs", {}))

@@ -288,3 +288,37 @@ def test_repl_approval_preview_shows_control_characters_escaped(
     assert not (workspace / "pwned").exists()
     child.send("\x04")
     child.expect(pexpect.EOF)
+
+
+def test_repl_survives_a_turn_that_fails_and_keeps_its_session(server: FakeLLMServer, env: dict[str, str],
+                                                                workspace: Path, tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "crashy.py").write_text(
+        "from auto_coder_nb.providers.base import ToolDefinition\n"
+        "tool = ToolDefinition('crashy', 'Has a broken preview.', {'type': 'object', 'properties': {}},\n"
+        "                      lambda: 'ran', kind='write', preview=lambda: 42)\n")
+    (Path(env["HOME"]) / ".auto-coder.yaml").write_text("agent:\n  tools: ['crashy:tool']\n")
+    env = env | {"PYTHONPATH": f"{tools}:{env.get('PYTHONPATH', '')}"}
+    server.enqueue(reply.tool_call("read_file", '{"path": ' + "[" * 5000 + "]" * 5000 + "}"),
+                   reply.text("told about the nesting"), reply.tool_call("crashy", {}),
+                   reply.text("still here"))
+    child = spawn_repl(env, workspace)
+    child.sendline("deeply nested")
+    child.expect("told about the nesting")
+    child.expect("> ")
+    assert "nested more than 64 levels" in server.chat_requests[1].json["messages"][-1]["content"]
+    child.sendline("broken preview")  # the face fails on it: the REPL says so and goes on
+    child.expect(r"error: the turn failed \(TypeError")
+    child.expect("> ")
+    child.sendline("/id")
+    child.expect("Correlation id: ")
+    child.sendline("and now?")
+    child.expect("still here")
+    child.expect("> ")
+    roles = [m["role"] for m in server.chat_requests[-1].json["messages"]]
+    assert roles.count("user") == 3, roles
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

@@ -333,3 +333,13 @@ def test_history_turned_off_and_on_while_a_session_runs(fake_server: FakeLLMServ
     session.reset()
     turn(session, "a new conversation is saved")
     assert len(saved_files(data_dir)) == 2
+
+
+def test_approval_decisions_are_recorded(fake_server: FakeLLMServer, root: Path, data_dir: Path) -> None:
+    fake_server.enqueue(reply.tool_call("write_file", {"path": "b.txt", "content": "x"}), reply.text("Done."))
+    session = make_session(fake_server, root)
+    session.policy.mode = "ask"
+    turn(session, "write b.txt")  # turn() approves
+    [path] = saved_files(data_dir)
+    [approval] = [r for r in read_records(path) if r["type"] == "approval"]
+    assert approval["tool"] == "write_file" and approval["allowed"] is True and approval["always"] is False

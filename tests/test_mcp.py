@@ -243,12 +243,15 @@ def test_servers_that_cannot_start_are_reported_once_and_never_crash(fake_server
         "broken": McpServerConfig(command=sys.executable, args=["-c", "import sys; sys.exit('bad credentials')"],
                                   startup_timeout=STARTUP),
         "off": McpServerConfig(command="no-such-mcp-server-here", disabled=True),
+        "mute": McpServerConfig(command=sys.executable, args=["-c", "import time; time.sleep(600)"],
+                                startup_timeout=1),
     })
     fake_server.enqueue(reply.text("hello"), reply.text("again"))
     first, second = run_turns(session, ["hi", "hi again"])
     said = notices(first)
     assert "MCP server missing failed to start: command not found: no-such-mcp-server-here." in said
     assert any(n.startswith("MCP server broken failed to start:") and "bad credentials" in n for n in said), said
+    assert "MCP server mute failed to start: did not start within 1 s (mcp.servers.mute.startup_timeout)." in said
     assert not any("off" in n for n in said)
     assert notices(second) == []
 
@@ -311,21 +314,48 @@ def test_doctor_lists_each_server_with_its_state_and_tools(fake_server: FakeLLMS
     assert "FAIL" in gone and "command not found: no-such-mcp-server" in gone, gone
 
 
-def test_the_cli_face_offers_and_runs_mcp_tools(fake_server: FakeLLMServer, tmp_path: Path, root: Path,
-                                                clean_env: dict[str, str]) -> None:
-    (root / ".auto-coder.yaml").write_text(
+def user_config_with_notes(home: Path) -> None:
+    """The notes server in the user's own file (~/.auto-coder.yaml)."""
+    home.mkdir(exist_ok=True)
+    (home / ".auto-coder.yaml").write_text(
         f"mcp:\n  servers:\n    notes:\n      command: {sys.executable}\n      args: [{NOTES_SERVER}]\n"
         f"      startup_timeout: {STARTUP}\n")
+
+
+def test_the_cli_face_offers_and_runs_mcp_tools(fake_server: FakeLLMServer, tmp_path: Path, root: Path,
+                                                clean_env: dict[str, str]) -> None:
+    user_config_with_notes(tmp_path / "home")
     fake_server.enqueue(reply.tool_call("notes__add_note", {"text": "from the cli"}), reply.text("Noted it."))
-    env = clean_env | {"HOME": str(tmp_path), "AUTO_CODER_BASE_URL": fake_server.base_url,
+    env = clean_env | {"HOME": str(tmp_path / "home"), "AUTO_CODER_BASE_URL": fake_server.base_url,
                        "AUTO_CODER_MODEL": "fake-model", "NO_COLOR": "1"}
     done = subprocess.run(["auto-coder", "--approval-mode", "full-auto", "note it"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-                          )
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "Noted it.\n"
     assert "> notes__add_note(text='from the cli')" in done.stderr
     assert fake_server.chat_requests[1].json["messages"][-1]["content"] == "noted (1 notes)"
+
+
+def test_the_magics_face_runs_mcp_tools_from_the_kernel(fake_server: FakeLLMServer, tmp_path: Path,
+                                                        root: Path) -> None:
+    from test_magics import Kernel, kernel_env
+
+    user_config_with_notes(tmp_path / "home")
+    kernel = Kernel(kernel_env(fake_server, tmp_path / "home"), root)
+    try:
+        assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+        fake_server.enqueue(reply.tool_call("notes__add_note", {"text": "from a cell"}), reply.text("Noted."),
+                            reply.tool_call("notes__list_notes", {}), reply.text("One note."))
+        first = kernel.execute("%%autocoder --approval-mode full-auto --context none\nnote it", timeout=240)
+        assert first.reply["content"]["status"] == "ok", first.reply
+        second = kernel.execute("%autocoder --approval-mode full-auto --context none what notes?", timeout=240)
+        assert second.reply["content"]["status"] == "ok", second.reply
+    finally:
+        kernel.close()
+    assert NOTES_TOOLS <= set(offered_tools(fake_server, 0))
+    tool_results = [m["content"] for request in fake_server.chat_requests for m in request.json["messages"]
+                    if m["role"] == "tool"]
+    assert "noted (1 notes)" in tool_results and "from a cell" in tool_results  # one server for both cells
 
 
 def test_the_server_process_ends_with_the_session(fake_server: FakeLLMServer, root: Path) -> None:
@@ -352,3 +382,31 @@ def _children(pid: int) -> dict[int, str]:
         if int(stat[1]) == pid and stat[0] not in ("Z", "X"):
             found[int(entry.name)] = command
     return found
+
+
+def test_stopping_a_turn_cancels_the_call_on_the_server_thread(fake_server: FakeLLMServer, root: Path) -> None:
+    session = make_session(fake_server, root, "full-auto", {"notes": notes_server()})
+    fake_server.enqueue(reply.tool_call("notes__slow", {"seconds": 600}), reply.tool_call("notes__list_notes", {}),
+                        reply.text("done"))
+
+    async def stop_then_go_on() -> list[Event]:
+        async def first_turn() -> None:
+            async for event in session.agent.run("be slow"):
+                if isinstance(event, ToolResult):
+                    raise AssertionError(f"the slow call ended: {event}")
+
+        task = asyncio.create_task(first_turn())
+        while not fake_server.chat_requests:  # the model was asked, so the slow call is about to start
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events = [event async for event in session.agent.run("go on")]
+        await session.aclose()
+        return events
+
+    started = time.monotonic()
+    events = asyncio.run(stop_then_go_on())
+    assert [(r.name, r.output) for r in results(events)] == [("notes__list_notes", "no notes")]
+    assert time.monotonic() - started < 300  # neither the stop nor the next call waited for the slow one

@@ -498,20 +498,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def retry_notices_until_failure(config: Config, notices: list[str]) -> None:
+    """Chat with a provider for `config` until it gives up (the error is raised), collecting its retry notices."""
+    async def run() -> None:
+        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
+        async for event in provider.chat(MESSAGES):
+            if isinstance(event, Retrying):
+                notices.append(event.message)
+
+    asyncio.run(run())
+
+
 def test_connection_refused_names_the_url_and_is_retried_once() -> None:
     config = Config()
     config.llm.base_url = f"http://127.0.0.1:{free_port()}/v1"
     config.sources["llm.base_url"] = "flag --base-url"
     retries: list[str] = []
-
-    async def run() -> None:
-        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
-        async for event in provider.chat(MESSAGES):
-            if isinstance(event, Retrying):
-                retries.append(event.message)
-
     with pytest.raises(ConnectionRefused) as caught:
-        asyncio.run(run())
+        retry_notices_until_failure(config, retries)
     message = str(caught.value)
     assert config.llm.base_url in message and "refused" in message
     assert "from flag --base-url" in message and "--doctor" in message
@@ -719,15 +723,8 @@ def test_a_host_name_that_does_not_resolve_is_retried_once_like_a_refused_connec
     config = Config()
     config.llm.base_url = "http://no-such-host.invalid/v1"  # .invalid never resolves (RFC 6761)
     retries: list[str] = []
-
-    async def run() -> None:
-        provider = OpenAICompatibleProvider(config, retry_base_delay=0.0)
-        async for event in provider.chat(MESSAGES):
-            if isinstance(event, Retrying):
-                retries.append(event.message)
-
     with pytest.raises(HostNotFound) as caught:
-        asyncio.run(run())
+        retry_notices_until_failure(config, retries)
     assert "no-such-host.invalid was not found" in str(caught.value)
     assert retries == ["host not found, retrying in 0.0 s (1/1)"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ URL_PASSWORD = "p@ss-9911"  # holds an @, which used to cut the redaction short
 
 def config_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str, extra: str = "") -> Config:
     monkeypatch.setenv("MY_GATEWAY_KEY", GATEWAY_KEY)
-    (tmp_path / ".auto-coder.yaml").write_text(
+    home = tmp_path / "home"  # the user's own file: trusted, unlike a project's
+    home.mkdir()
+    (home / ".auto-coder.yaml").write_text(
         "llm:\n"
         f"  base_url: {base_url}\n"
         "  model: fake-model\n"
@@ -34,7 +37,7 @@ def config_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: 
         f"  auth_headers: {{x-gateway-token: {HEADER_VALUE}}}\n"
         "agent:\n"
         "  approval_mode: full-auto\n" + extra, encoding="utf-8")
-    return load_config(cwd=tmp_path, home=tmp_path / "home")
+    return load_config(cwd=home, home=home)
 
 
 def run_turn(session: Session, prompt: str) -> list[Event]:
@@ -100,3 +103,46 @@ def test_token_command_output_that_is_not_one_printable_line_is_refused_without_
     assert "one line of printable characters" in str(raised.value)
     assert "token-abc123" not in str(raised.value) and "corp-login" not in str(raised.value)
     assert fake_server.requests == []
+
+
+def test_in_a_kernel_secrets_stay_out_of_context_run_code_children_outputs_and_metadata(
+        tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    from test_magics import SECRET, Kernel, kernel_env
+
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    # In HOME (kernel_env): the user's own, trusted file.
+    (tmp_path / ".auto-coder.yaml").write_text("llm:\n  auth_headers:\n    x-team-token: ${MY_GATEWAY_KEY}\n",
+                                               encoding="utf-8")
+    kernel = Kernel(kernel_env(fake_server, tmp_path) | {"MY_GATEWAY_KEY": GATEWAY_KEY}, work)
+    try:
+        assert kernel.execute("%load_ext auto_coder_nb").reply["content"]["status"] == "ok"
+        kernel.execute(f"import os\nleaked = {SECRET!r}")
+        shown = kernel.execute("%autocoder --show-context look at leaked")
+        assert "leaked" in shown.stdout and "<hidden>" in shown.stdout
+        code = ("import os, subprocess\n"
+                "print(subprocess.run('env', shell=True, capture_output=True, text=True).stdout)\n"
+                "print(os.environ.get('MY_GATEWAY_KEY'), os.environ.get('AUTO_CODER_API_KEY'))\n"
+                "print(leaked)")
+        fake_server.enqueue(reply.tool_calls([{"name": "run_code", "arguments": {"code": code}},
+                                              {"name": "inspect_variable", "arguments": {"name": "leaked"}}]),
+                            reply.text("done"))
+        ran = kernel.execute("%autocoder --approval-mode full-auto --context none go")
+        restored = kernel.execute("print(os.environ['MY_GATEWAY_KEY'] == " + repr(GATEWAY_KEY) + ")")
+    finally:
+        kernel.close()
+    everything = str(shown.messages) + str(ran.messages)  # outputs, display updates and their metadata
+    assert SECRET not in everything and GATEWAY_KEY not in everything
+    tool_messages = [m["content"] for m in fake_server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+    assert len(tool_messages) == 2 and "<hidden>" in tool_messages[1]
+    assert SECRET not in str(tool_messages) and GATEWAY_KEY not in str(tool_messages)
+    assert "None None" in tool_messages[0]  # run_code's own environment had them removed...
+    assert restored.stdout.strip() == "True"  # ...for the call only
+
+
+def test_show_context_in_the_terminal_hides_a_configured_secret(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    env = clean_env | {"HOME": str(tmp_path), "AUTO_CODER_API_KEY": GATEWAY_KEY}
+    shown = subprocess.run(["auto-coder", "--show-context", f"why is {GATEWAY_KEY} refused?"], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "why is <hidden> refused?\n"

@@ -144,6 +144,46 @@ def test_cancelling_the_call_kills_the_process_group(root: Path, registry: ToolR
     assert wait_until_gone(read_pid(root / "child.pid"))
 
 
+def _shells_running(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace") and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_cancelling_while_the_shell_is_still_being_set_up_kills_the_whole_group_at_once(
+        root: Path, registry: ToolRegistry) -> None:
+    marker = f"setup-{os.getpid()}-{time.monotonic_ns()}"
+    command = f"sleep 300 & echo $! > child.pid; wait # {marker}"  # the shell stays (no exec of a last command)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(registry.call("run_command", {"command": command}))
+        # Yield until the shell exists, then keep the loop blocked (no asyncio step runs) while its background
+        # child starts: the call is still inside its set-up when it is cancelled.
+        deadline = time.monotonic() + 60
+        while not _shells_running(marker):
+            assert time.monotonic() < deadline, "the shell never started"
+            await asyncio.sleep(0)
+        read_pid(root / "child.pid")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:  # the call waited for the background child: end it so the test can report
+            os.kill(read_pid(root / "child.pid"), signal.SIGKILL)
+            await asyncio.wait({task})
+        return bool(done)
+
+    assert asyncio.run(scenario()), "the cancelled call waited for a background child instead of killing it"
+    assert wait_until_gone(read_pid(root / "child.pid")), "the background child outlived the cancelled call"
+    assert not _shells_running(marker)
+
+
 def test_invalid_utf8_output_is_replaced_not_fatal(registry: ToolRegistry) -> None:
     assert run(registry, "printf 'ok\\377\\n'") == "exit code: 0\nstdout:\nok\ufffd"
 

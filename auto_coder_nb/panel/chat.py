@@ -43,28 +43,27 @@ from .assets import FRONTEND, STYLE
 from .attachments import Attachments, thumbnails_html
 from .code_blocks import CodeBlocks
 from .parts import (
-    SUMMARY_LINES,
+    ANSWERING,
+    IDLE,
+    RUNNING_TOOL,
+    THINKING,
+    WAITING,
     _append,
     _box,
     _button,
-    _diff_html,
     _html,
     _PlainText,
-    _short,
     _Stack,
     _TextPart,
-    _tool_card,
-    _ToolCard,
     _usage_text,
 )
 from .saved import SavedOffer
+from .tools import ToolCards
 
 if TYPE_CHECKING:
     from ..session import Session
 
 UPDATES_PER_SECOND = 20
-IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"
-RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
 TURN_END_NOTES = {
     "max_iterations": "Stopped at the request limit for one turn.",
     "repeated_call": "Stopped: the same tool call was repeated.",
@@ -104,8 +103,7 @@ class ChatPanel:
         self._reasoning: _PlainText | None = None
         self._state_detail = ""
         self._in_turn = False  # notices and errors go into the turn's box while it runs
-        self._cards: dict[str, _ToolCard] = {}
-        self._open_cards: list[_ToolCard] = []  # cards whose approval buttons are live
+        self._tools = ToolCards(self)
         self._last_flush = 0.0
         self._clock: Callable[[], float] = time.monotonic
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -250,7 +248,7 @@ class ChatPanel:
             new_id = self.session.reset()
             self._records.clear()
             self._parts.clear()
-            self._cards.clear()
+            self._tools.cards.clear()
             self._turn_usage = None
             self._context = None
             self._transcript.clear()
@@ -327,10 +325,7 @@ class ChatPanel:
 
     def _end_turn(self) -> None:
         self._end_text()
-        for card in self._open_cards:
-            card.close_approval("Not answered: the turn ended.")
-            card.status("not run")
-        self._open_cards.clear()
+        self._tools.close_open()
         self._in_turn = False
         self._set_busy(False)
 
@@ -357,14 +352,12 @@ class ChatPanel:
                 self._mark_dirty(self._reasoning)
             case ToolCallStarted():
                 self._end_text()
-                card = _tool_card(event.call_id, event.name, event.arguments, event.raw_arguments)
-                self._cards[event.call_id] = card
-                self._add_to_turn(card.box)
+                self._tools.started(event.call_id, event.name, event.arguments, event.raw_arguments)
                 self._set_state(RUNNING_TOOL, event.name)
             case ApprovalRequest():
-                self._ask(event)
+                self._tools.ask(event)
             case ToolResult():
-                self._tool_result(event)
+                self._tools.result(event)
             case UsageUpdate():
                 self._turn_usage = event.turn
                 self._show_status()
@@ -416,107 +409,6 @@ class ChatPanel:
             part.flush()
         self._parts.clear()
         self.updates += 1
-
-    # -- tools and approvals ---------------------------------------------------------------
-
-    def _card_for(self, call_id: str, name: str, arguments: dict[str, Any]) -> _ToolCard:
-        card = self._cards.get(call_id)
-        if card is None:
-            card = _tool_card(call_id, name, arguments, "")
-            self._cards[call_id] = card
-            self._add_to_turn(card.box)
-        return card
-
-    def _ask(self, request: ApprovalRequest) -> None:
-        self._end_text()
-        card = self._card_for(request.call_id, request.tool, request.arguments)
-        what = "this command" if request.kind == "command" else "this change"
-        self._records.append(("tool", f"{request.tool}: waiting for approval"))
-        card.status("waiting for approval", "autocoder-card-ask")
-        card.question = _html(f"Allow {what}?", "autocoder-question")
-        preview = _html(_diff_html(request.preview), "autocoder-preview")
-        # Synced on blur, which comes before the Deny click, so the click sees the whole reason.
-        reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
-        reason.add_class("autocoder-reason")
-        card.buttons = self._approval_buttons(
-            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card, request.kind, reason
-        )
-        row = _box([*card.buttons[:2], reason, card.buttons[2]], "autocoder-approval", horizontal=True)
-        card.box.children = (*card.box.children, card.question, preview, row)
-        self._open_cards.append(card)
-        self._set_state(WAITING, request.tool)
-
-    def _approval_buttons(
-        self,
-        approve: Callable[[], None],
-        always: Callable[[], None],
-        deny: Callable[[str], None],
-        card: _ToolCard,
-        kind: str,
-        reason: widgets.Text | None = None,
-    ) -> list[widgets.Button]:
-        """Approve / Always for this session / Deny; each click is answered once, on the loop.
-        Deny passes the text of `reason` (if given) on, for the model to read."""
-
-        def once(act: Callable[[], None]) -> Callable[[], None]:
-            def on_loop() -> None:
-                if card.answered:
-                    return
-                if card in self._open_cards:
-                    self._open_cards.remove(card)
-                act()
-
-            return on_loop
-
-        def allow(action: Callable[[], None], note: str) -> Callable[[], None]:
-            def act() -> None:
-                card.close_approval(note)
-                card.status("running")
-                action()
-                if self.running:
-                    self._set_state(RUNNING_TOOL, card.name)
-
-            return once(act)
-
-        def refuse() -> None:
-            why = reason.value.strip() if reason is not None else ""
-            card.denied = True
-            card.close_approval(f"Denied: {why}" if why else "Denied.")
-            card.status("denied", "autocoder-card-denied")
-            deny(why)
-            if self.running:
-                self._set_state(THINKING)
-
-        buttons = [
-            _button("Approve", "success", "autocoder-approve"),
-            _button(f"Always for this session ({'commands' if kind == 'command' else 'edits'})", "info",
-                    "autocoder-always"),
-            _button("Deny", "danger", "autocoder-deny"),
-        ]
-        buttons[0].on_click(self._handover(allow(approve, "Approved.")))
-        buttons[1].on_click(self._handover(allow(always, "Approved for the rest of this session.")))
-        buttons[2].on_click(self._handover(once(refuse)))
-        return buttons
-
-    def _tool_result(self, result: ToolResult) -> None:
-        card = self._card_for(result.call_id, result.name, {})
-        if card.denied:  # the user's choice, not a failure: the card already says why
-            card.status("denied", "autocoder-card-denied")
-            self._records.append(("tool", f"{result.name}: denied: {_short(result.output)}"))
-            self._set_state(THINKING)
-            return
-        lines = result.output.count("\n") + 1
-        status = "error" if result.is_error else "done"
-        card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
-        head = [_short(line, 160) for line in result.output.strip().split("\n")[:SUMMARY_LINES]]
-        more = f"\n… +{lines - SUMMARY_LINES} lines" if lines > SUMMARY_LINES else ""
-        card.summary.value = html.escape("\n".join(head) + more)
-        if card.summary not in card.box.children:
-            card.box.children = (*card.box.children, card.summary)
-        if result.images:
-            card.box.children = (*card.box.children, _html(thumbnails_html(result.images), "autocoder-thumbs"))
-        self._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
-        self._set_state(THINKING)
 
     # -- status, notices, errors -----------------------------------------------------------
 

@@ -51,7 +51,7 @@ class CodeBlocks:
             self._execute(code, box, result, card)
 
         # No model waits on this run, so a denial has no one to tell.
-        card.buttons = self.panel._approval_buttons(lambda: self._execute(code, box, result, card), always,
+        card.buttons = self.panel._tools.approval_buttons(lambda: self._execute(code, box, result, card), always,
                                                     lambda _reason: None, card, "command")
         card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
         _append(box, card.box)

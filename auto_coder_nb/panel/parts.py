@@ -14,6 +14,8 @@ from ..providers.base import Usage
 from ..text import show_controls, strip_ansi
 from .markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 
+IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"  # the panel's states
+RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
 SEGMENT_CHARS = 6000  # rendered HTML per frozen segment widget
 OPEN_LIMIT = 2000  # characters of an unfinished paragraph re-rendered on each update, at most
 PAGE_SIZE = 50  # children per page of a growing column

@@ -324,6 +324,8 @@ class OpenAICompatibleProvider(LLMProvider):
                         chunk, end = _scan_json(text, 0)
                     except StopIteration:
                         end = -1
+                    except RecursionError:
+                        raise self._too_deep() from None
                     if end != len(text):  # surrounding spaces or not JSON: let the full parser decide
                         chunk = self._parse_json(text)
                     choices = chunk.get("choices") if type(chunk) is dict else None
@@ -392,6 +394,12 @@ class OpenAICompatibleProvider(LLMProvider):
         except ValueError:
             raise StreamError(f"the server at {safe_url(self.base_url)} sent something that is not JSON: "
                               f"{self.errors.snippet(text)}") from None
+        except RecursionError:
+            raise self._too_deep() from None
+
+    def _too_deep(self) -> StreamError:
+        return StreamError(f"the server at {safe_url(self.base_url)} sent a chunk nested too deeply to read "
+                           "(JSON lists or objects thousands of levels deep)")
 
     # -- models --------------------------------------------------------------------------
 
@@ -519,7 +527,10 @@ class _Assembler:
         if isinstance(arguments, str):
             call.arguments.append(arguments)
         elif arguments is not None:  # a JSON object where a string belongs: re-serialise it
-            call.arguments = [json.dumps(arguments, ensure_ascii=False)]
+            try:
+                call.arguments = [json.dumps(arguments, ensure_ascii=False)]
+            except RecursionError:  # the agent answers the call with an error the model can read
+                call.arguments = ["(arguments nested too deeply to re-serialise)"]
 
     def _call_for(self, index: Any, call_id: str | None, name: str) -> _PartialCall:
         last = self.calls[-1] if self.calls else None
@@ -570,7 +581,7 @@ def _complete(call: _PartialCall) -> bool:
         return False
     try:
         json.loads("".join(call.arguments))
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 

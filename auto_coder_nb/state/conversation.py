@@ -169,8 +169,9 @@ class Conversation:
                 return changed
             if message["role"] == "tool" and len(message["content"]) > 200:
                 message["content"] = message["content"][:100] + "\n[... old tool output removed to save context ...]"
-                total += _size(message, images) - sizes[index]
-                sizes[index] = _size(message, images)
+                size = _size(message, images)
+                total += size - sizes[index]
+                sizes[index] = size
                 changed += 1
         start = 1 if self.system_prompt else 0
         users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i >= start]

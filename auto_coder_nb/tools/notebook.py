@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
-from ..text import truncate
+from ..text import scrub, truncate
 from .registry import ToolError, ToolOutput
 
 if TYPE_CHECKING:
@@ -162,13 +162,15 @@ class _Tee:
     """Writes to the real stream (so the user sees it in the cell) and keeps a copy for the model.
     Everything else (encoding, isatty, fileno...) is the real stream's, so libraries see what they expect."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, secrets: Iterable[str | None] = ()) -> None:
         self.stream = stream
         self.copy = io.StringIO()
+        self.secrets = list(secrets)  # hidden in what the cell shows (and the notebook saves)
 
     def write(self, text: str) -> int:
         self.copy.write(text)
-        return self.stream.write(text)
+        self.stream.write(scrub(text, self.secrets) if self.secrets else text)
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -177,8 +179,10 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>") -> CodeOutcome:
-    """Execute `code` in `namespace` like a cell: statements, then the value of a final expression.
+def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>",
+               secrets: Iterable[str | None] = ()) -> CodeOutcome:
+    """Execute `code` in `namespace` like a cell: statements, then the value of a final expression. What it
+    prints shows with `secrets` hidden (the copy for the model is scrubbed by the agent).
 
     Must be called on the thread that owns the namespace (the kernel's main thread).
     """
@@ -190,7 +194,7 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
         return outcome
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     assert last is None or isinstance(last, ast.Expr)
-    out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+    out, err = _Tee(sys.stdout, secrets), _Tee(sys.stderr, secrets)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
     try:
@@ -288,7 +292,7 @@ def build_notebook_tools(
 
     def read_notebook(path: str) -> str:
         target = workspace().resolve(path)
-        return notebook_as_text(_read(target), path)
+        return notebook_as_text(_read(workspace(), target), path)
 
     def _is_open(target: Path) -> bool:
         current = open_notebook()
@@ -307,7 +311,7 @@ def build_notebook_tools(
         target = workspace().resolve(path, write=True)
         if not target.name.endswith(".ipynb"):
             raise ToolError(f"{path} is not a notebook (.ipynb). Use edit_file for other files.")
-        notebook = _read(target) if target.exists() else nbformat.v4.new_notebook()
+        notebook = _read(workspace(), target) if target.exists() else nbformat.v4.new_notebook()
         cells = notebook.cells
         if action == "insert":
             position = len(cells) if index is None else index
@@ -335,7 +339,7 @@ def build_notebook_tools(
     def preview_edit(path: str, action: str, index: int | None = None, source: str | None = None,
                      cell_type: str = "code") -> str:
         target, notebook = _plan(path, action, index, source, cell_type)
-        before = notebook_as_text(_read(target), path) if target.exists() else ""
+        before = notebook_as_text(_read(workspace(), target), path) if target.exists() else ""
         after = notebook_as_text(notebook, path)
         diff = difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}")
         return "".join(diff) or "(no change)"
@@ -416,12 +420,15 @@ def build_notebook_tools(
     ]
 
 
-def _read(path: Path) -> Any:
+def _read(workspace: Workspace, path: Path) -> Any:
+    """The notebook at a resolved path, read like the other file tools (no link followed on the way)."""
     import nbformat
 
     if not path.is_file():
         raise ToolError(f"{path.name} does not exist. list_directory shows the files.")
     try:
-        return nbformat.read(path, as_version=4)
+        return nbformat.reads(workspace.read_bytes(path).decode("utf-8"), as_version=4)
+    except UnicodeDecodeError:
+        raise ToolError(f"{path.name} is not a valid notebook: it is not UTF-8 text.") from None
     except (json.JSONDecodeError, nbformat.reader.NotJSONError) as exc:
         raise ToolError(f"{path.name} is not a valid notebook: {exc}") from None

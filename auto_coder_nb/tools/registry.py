@@ -110,7 +110,13 @@ class ToolRegistry:
             raise ToolError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(result, ToolOutput):
             return result
-        return ToolOutput(result if isinstance(result, str) else json.dumps(result, default=str))
+        if isinstance(result, str):
+            return ToolOutput(result)
+        try:
+            return ToolOutput(json.dumps(result, default=str))
+        except (TypeError, ValueError, RecursionError) as exc:  # e.g. tuple keys, or nested thousands deep
+            raise ToolError(f"{name} returned a result that cannot be shown as text: {type(exc).__name__}: "
+                            f"{exc}") from exc
 
 
 def _is_signature_error(exc: TypeError, tool: ToolDefinition) -> bool:

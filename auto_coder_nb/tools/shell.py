@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import functools
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
@@ -94,6 +95,21 @@ async def _settle(process: asyncio.subprocess.Process, readers: asyncio.Future[A
         readers.cancel()
 
 
+def _readers(process: asyncio.subprocess.Process, stdout: _Capture, stderr: _Capture) -> asyncio.Future[Any]:
+    assert process.stdout is not None and process.stderr is not None
+    return asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
+
+
+async def _started(starting: asyncio.Future[asyncio.subprocess.Process]) -> asyncio.subprocess.Process | None:
+    """The process once its set-up is over, however often the caller is cancelled meanwhile; None if it failed."""
+    while not starting.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(starting)
+    if starting.cancelled() or starting.exception() is not None:
+        return None
+    return starting.result()
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)  # start_new_session made the shell's pid the group id
@@ -120,6 +136,21 @@ def environment_without_secrets(environ: Mapping[str, str], secrets: Iterable[st
     values = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
     return {name: value for name, value in environ.items()
             if name not in SECRET_ENV_VARS and not any(secret in value for secret in values)}
+
+
+@contextlib.contextmanager
+def secrets_hidden_from_environ(secrets: Iterable[str | None]) -> Iterator[None]:
+    """`os.environ` without the variables that hold a secret while the block runs, then as it was: for run_code,
+    whose code runs in this process and whose children (`!cmd`, subprocess) inherit its environment."""
+    hidden = {name: value for name, value in os.environ.items()
+              if name not in environment_without_secrets({name: value}, secrets)}
+    for name in hidden:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        for name, value in hidden.items():
+            os.environ.setdefault(name, value)  # a value the code set on purpose stays
 
 
 def _command_env(secrets: Iterable[str | None] = ()) -> dict[str, str]:
@@ -167,7 +198,7 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
     seconds, note = _timeout_seconds(timeout, default_timeout)
     workspace.note_command()
     shell = shutil.which("bash") or "/bin/sh"
-    process = await asyncio.create_subprocess_exec(
+    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
         shell, "-c", command,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -175,10 +206,20 @@ async def run_command(workspace: Workspace, command: Any, timeout: Any = None, *
         cwd=workspace.root,
         env=_command_env(secrets()),
         start_new_session=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
+    ))
     stdout, stderr = _Capture(), _Capture()
-    readers = asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr))
+    try:
+        process = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # Stopped while the shell was being set up. A cancelled set-up kills only the shell, then (before
+        # Python 3.12) waits for its pipes, which a background child may hold for ever: let the set-up finish
+        # (it does not wait for the command), then kill the whole group.
+        started = await _started(starting)
+        if started is not None:
+            _kill_group(started)
+            await _settle(started, _readers(started, stdout, stderr))
+        raise
+    readers = _readers(process, stdout, stderr)
     timed_out = background_stopped = False
     try:
         try:
