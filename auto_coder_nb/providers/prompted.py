@@ -97,12 +97,13 @@ def _summary(description: str) -> str:
 
 def _example(tool: ToolDefinition) -> str:
     """A call of `tool` with its required arguments as placeholders: small models copy a shape best."""
-    properties = tool.parameters.get("properties")
-    properties = properties if isinstance(properties, dict) else {}
-    placeholders = {"string": "...", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
-    arguments = {}
+    found = tool.parameters.get("properties")
+    properties: dict[str, Any] = found if isinstance(found, dict) else {}
+    placeholders: dict[str, Any] = {"string": "...", "integer": 1, "number": 1, "boolean": True, "array": [],
+                                    "object": {}}
+    arguments: dict[str, Any] = {}
     for name in tool.parameters.get("required") or ():
-        schema = properties.get(name) if isinstance(properties.get(name), dict) else {}
+        schema: dict[str, Any] = properties[name] if isinstance(properties.get(name), dict) else {}
         kind = schema.get("type")
         arguments[name] = schema["enum"][0] if schema.get("enum") else placeholders.get(
             kind if isinstance(kind, str) else "string", "...")
