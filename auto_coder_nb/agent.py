@@ -34,6 +34,7 @@ from .images import Image, ImageError, fit_image
 from .providers.base import (
     Completion,
     LLMProvider,
+    ProviderNotice,
     ReasoningChunk,
     Retrying,
     TextChunk,
@@ -61,6 +62,8 @@ TRUNCATED_ARGUMENTS = (
     "Not executed: the arguments of this call were cut off because the answer reached the output "
     "token limit. Make the call again with shorter arguments (for example, write a large file in parts)."
 )
+CUT_OFF = ("The answer was cut off: it reached the output token limit (llm.max_tokens). Ask for the rest, "
+           "or raise llm.max_tokens.")
 NO_VISION = ("Not sent: {model} does not accept images (llm.vision is {setting}). Set llm.vision: true "
              "(AUTO_CODER_VISION=1) if it is a vision model, or ask without the image.")
 
@@ -206,6 +209,8 @@ class Agent:
                 calls = completion.tool_calls
                 conversation.add_assistant(completion.content, calls, completion.reasoning)
                 if not calls:
+                    if completion.finish_reason == "length":
+                        yield Notice(CUT_OFF)
                     yield self._done("stop")
                     return
                 step_images: list[Image] = []
@@ -271,7 +276,7 @@ class Agent:
                         yield TextDelta(item.text)
                     elif isinstance(item, ReasoningChunk):
                         yield ReasoningDelta(item.text)
-                    elif isinstance(item, Retrying):
+                    elif isinstance(item, (Retrying, ProviderNotice)):
                         yield Notice(item.message)
                     else:
                         yield item

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .approvals import APPROVAL_MODES
-from .config import load_config
+from .config import TOOL_CALLING_MODES, load_config
 from .errors import ConfigError
 from .history import ConversationStore, HistoryError, looks_like_id
 from .images import Image, ImageError
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="PATH", help="config file, read after ~/ and ./.auto-coder.yaml")
     parser.add_argument("--working-dir", "-d", metavar="DIR", help="workspace root for the tools (default: .)")
     parser.add_argument("--approval-mode", choices=APPROVAL_MODES, help="what needs a yes (default ask)")
+    parser.add_argument("--tool-calling", choices=TOOL_CALLING_MODES,
+                        help="how the model calls tools: the server's own (native), steps described in the prompt "
+                        "(prompted), none, or auto (native, prompted when the model has no tool calling; default)")
+    parser.add_argument("--max-tokens", metavar="N", help="cap on the tokens of each reply (default 4096; "
+                        "'null' leaves it to the server)")
     parser.add_argument("--sessions", action="store_true", help="list the saved conversations, newest first, and exit")
     parser.add_argument("--resume", nargs="?", const="", metavar="ID",
                         help="continue a saved conversation: ID or a unique prefix (default: the newest for this "
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         "llm.api_key": args.api_key,
         "agent.approval_mode": args.approval_mode,
         "agent.working_dir": args.working_dir,
+        "llm.tool_calling": args.tool_calling,
+        "llm.max_tokens": args.max_tokens,
     }
     try:
         config = load_config(flags, args.config)

@@ -21,6 +21,8 @@ from .text import hide_secrets, hide_url_credentials, url_credentials
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
+# How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
+TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
 
 
 @dataclass
@@ -38,6 +40,8 @@ class LLMConfig:
     verify: bool = True  # false turns TLS certificate checks off (unsafe)
     proxy: str | None = None  # http://[user:password@]host:port; else HTTPS_PROXY / HTTP_PROXY / ALL_PROXY
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
+    tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
+    max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
 
 
 @dataclass
@@ -219,6 +223,8 @@ ENV_VARS = {
     "AUTO_CODER_APPROVAL_MODE": "agent.approval_mode",
     "AUTO_CODER_CA_BUNDLE": "llm.ca_bundle",
     "AUTO_CODER_VISION": "llm.vision",
+    "AUTO_CODER_TOOL_CALLING": "llm.tool_calling",
+    "AUTO_CODER_MAX_TOKENS": "llm.max_tokens",
     "USE_SSO": "auth.use_sso",
     "SERVER_SIDE_TOKEN_REFRESH": "auth.server_side_token_refresh",
     "SSO_TOKEN": "auth.sso_token",
@@ -548,6 +554,8 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a string")
         if key == "agent.approval_mode" and value not in APPROVAL_MODES:
             raise wrong("one of " + ", ".join(APPROVAL_MODES))
+        if key == "llm.tool_calling" and value not in TOOL_CALLING_MODES:
+            raise wrong("one of " + ", ".join(TOOL_CALLING_MODES))
         if key == "llm.model" and not value.strip():
             raise wrong("a model name")
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
@@ -559,11 +567,13 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
         if not isinstance(value, bool):
             raise wrong("true or false")
         return value
-    if kind == "int":
+    if kind.startswith("int"):
+        if optional and isinstance(value, str) and value.strip().lower() in ("null", "none"):
+            return None  # from a flag or the environment, where there is no YAML null
         if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise wrong("a positive whole number")
+            raise wrong("a positive whole number" + (" or null" if optional else ""))
         return value
     if kind == "float":
         try:

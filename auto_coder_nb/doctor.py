@@ -1,7 +1,9 @@
 """`auto-coder --doctor`: check, one step after the other, what it takes to work with the model.
 
 Steps: configuration sources, the base URL reachable, TLS verified (with which bundle), authentication
-accepted, the model listed by /models, a short streamed answer, a tool call when asked for one. Each
+accepted, the model listed by /models, a short streamed answer, a native tool call when asked for one, a
+prompted one (the step format, with structured output where the server has it), and which
+llm.tool_calling mode to use. Each
 row says pass or fail and, when it fails, the next thing to try. Secrets never appear.
 """
 
@@ -19,7 +21,7 @@ import httpx
 
 from . import auth, transport
 from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
-from .errors import AutoCoderError, ProviderError
+from .errors import AutoCoderError, ProviderError, ToolsNotSupported
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
@@ -33,6 +35,7 @@ TOOL_NAME = "get_current_time"
 TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
 ANSWER_PROMPT = "Reply with one short sentence: are you ready?"
 MODELS_SHOWN = 8
+TOOL_STEPS = ["tool call", "prompted tool call", "tool calling"]
 PROXY_LOGIN_HINT = "put the proxy's user and password in its URL: http://user:password@host:port"
 
 
@@ -118,7 +121,7 @@ class _Doctor:
 
     def check_endpoint(self) -> None:
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
-                 "tool call"]
+                 *TOOL_STEPS]
         if self.check_configuration().result == FAIL:
             self.skip(later, "fix the configuration first")
             return
@@ -293,18 +296,17 @@ class _Doctor:
     def check_chat(self) -> None:
         from .providers.openai_compatible import OpenAICompatibleProvider
 
-        answer, call = _run(self._chat(OpenAICompatibleProvider(self.config, max_retries=0)))
-        self.add(answer)
-        self.add(call)
+        for row in _run(self._chat(OpenAICompatibleProvider(self.config, max_retries=0))):
+            self.add(row)
 
-    async def _chat(self, provider: Any) -> tuple[Row, Row]:
+    async def _chat(self, provider: Any) -> list[Row]:
         try:
             if self.config.llm.vision is None:
                 self.capabilities = await provider.capabilities(headers=self.headers)
             answer = await self._streamed_answer(provider)
             if answer.result == FAIL:
-                return answer, Row("tool call", SKIP, "skipped: no answer")
-            return answer, await self._tool_call(provider)
+                return [answer, *(Row(step, SKIP, "skipped: no answer") for step in TOOL_STEPS)]
+            return [answer, *await self._tool_calling(provider)]
         finally:
             await provider.aclose()
 
@@ -322,11 +324,32 @@ class _Doctor:
         if not text:
             return Row("streamed answer", FAIL, "the model answered with no text"
                        + (" (only reasoning)" if completion.reasoning else ""),
-                       "try another model, or check llm.extra_params (max_tokens too low?)")
+                       "try another model, or check llm.max_tokens and llm.extra_params")
         shown = text if len(text) <= 60 else text[:57] + "..."
         return Row("streamed answer", PASS, f"{chunks} chunk{'s' if chunks != 1 else ''}: {shown!r}")
 
-    async def _tool_call(self, provider: Any) -> Row:
+    async def _tool_calling(self, provider: Any) -> list[Row]:
+        """Native tool calling, then prompted (structured output, else free text), then which mode to use."""
+        configured = self.config.llm.tool_calling
+        provider.tool_calling = "native"
+        native, refused = await self._tool_call(provider, "tool call")
+        provider.tool_calling = "prompted"
+        prompted, _ = await self._tool_call(provider, "prompted tool call")
+        if prompted.result == PASS:
+            prompted.detail += (" (with structured output)" if provider.structured_output else
+                                " (read from free text: the server refused structured output)")
+        found = await provider.capabilities(headers=self.headers)
+        works = {"native": native.result == PASS, "prompted": prompted.result == PASS}
+        effective = configured
+        if configured == "auto":
+            effective = "prompted" if found.tools is False or refused else "native"
+        for mode, row in (("native", native), ("prompted", prompted)):
+            if not works[mode] and effective != mode and works.get(effective):
+                row.result = WARN  # not needed: the mode in use works
+        return [native, prompted, _mode_row(configured, effective, works, found.source)]
+
+    async def _tool_call(self, provider: Any, step: str) -> tuple[Row, bool]:
+        """The row of one tool-call check, and whether the server refused `tools` outright."""
         tool = ToolDefinition(
             name=TOOL_NAME, description="The current date and time in a timezone.",
             parameters={"type": "object", "properties": {"timezone": {"type": "string"}}, "required": []},
@@ -337,18 +360,23 @@ class _Doctor:
             async for event in provider.chat([{"role": "user", "content": TOOL_PROMPT}], [tool], headers=self.headers):
                 if isinstance(event, Completion):
                     completion = event
+        except ToolsNotSupported as error:
+            return Row(step, FAIL, f"the server refused tools: {error.server_message}",
+                       "use prompted tool calling (llm.tool_calling: auto or prompted)"), True
         except (ProviderError, AutoCoderError) as error:
-            return Row("tool call", FAIL, str(error),
-                       "the server may not accept `tools`: enable tool calling on it or pick another model")
+            return Row(step, FAIL, str(error), "check the server's logs; the message above is what it said"), False
         names = [call.name for call in completion.tool_calls]
         if TOOL_NAME in names:
-            return Row("tool call", PASS, f"the model called {TOOL_NAME}")
+            return Row(step, PASS, f"the model called {TOOL_NAME}"), False
         got = f"called {', '.join(names)}" if names else "answered with text instead"
-        return Row("tool call", FAIL, f"asked to call {TOOL_NAME}, the model {got}",
-                   "pick a model trained for tool calling, or enable it on the server (vLLM: "
-                   "--enable-auto-tool-choice --tool-call-parser; llama.cpp: --jinja; Ollama: a model with "
-                   "the tools capability)")
-
+        if step == "tool call":
+            return Row(step, FAIL, f"asked to call {TOOL_NAME}, the model {got}",
+                       "pick a model trained for tool calling, or enable it on the server (vLLM: "
+                       "--enable-auto-tool-choice --tool-call-parser; llama.cpp: --jinja; Ollama: a model with "
+                       "the tools capability), or use prompted tool calling"), False
+        return Row(step, FAIL, f"asked to call {TOOL_NAME} in the prompted step format, the model {got}",
+                   "a larger model may follow the step format; with a server that has structured output "
+                   "(response_format) even small models do"), False
 
     def check_mcp_servers(self) -> None:
         """One row per configured MCP server: started here as a session would, its state and tool count."""
@@ -382,6 +410,24 @@ def _mcp_advice(server: Any) -> str:
     if server.config.url is not None:
         return f"check mcp.servers.{server.name}.url and .headers, and that the server runs"
     return f"run the command of mcp.servers.{server.name} yourself and read what it says"
+
+
+def _mode_row(configured: str, effective: str, works: dict[str, bool], source: str) -> Row:
+    """Which tool-calling mode this server and model need, against what llm.tool_calling makes of it."""
+    setting = f"llm.tool_calling: {configured}"
+    if configured == "auto":
+        why = f" ({source} says it has no native tool calling)" if source and effective == "prompted" else ""
+        setting += f" uses {effective}{why}"
+    if effective == "none":
+        return Row("tool calling", PASS, f"{setting}: plain chat, the model uses no tools")
+    if works[effective]:
+        return Row("tool calling", PASS, f"{setting}, which works here")
+    other = "prompted" if effective == "native" else "native"
+    if works[other]:
+        return Row("tool calling", FAIL, f"{setting}, which does not work here; {other} does",
+                   f"set llm.tool_calling: {other} (--tool-calling {other}, AUTO_CODER_TOOL_CALLING={other})")
+    return Row("tool calling", FAIL, "neither native nor prompted tool calling worked with this model",
+               "try a larger model, or set llm.tool_calling: none for plain chat without tools")
 
 
 def _chat_advice(error: AutoCoderError) -> str:

@@ -65,6 +65,15 @@ class BadRequest(ProviderError):
     pass
 
 
+class ToolsNotSupported(BadRequest):
+    """The server or model refused a request with `tools`: it has no native tool calling.
+    `server_message` is what the server said (redacted)."""
+
+    def __init__(self, message: str, *, status: int | None = None, server_message: str = "") -> None:
+        super().__init__(message, status=status)
+        self.server_message = server_message
+
+
 class StreamError(ProviderError):
     """The stream broke or carried an error object."""
 

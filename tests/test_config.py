@@ -169,3 +169,28 @@ def test_show_config_hides_passwords_in_urls(dirs: tuple[Path, Path]) -> None:
     shown = load_config(env={}, home=home, cwd=cwd).show()
     assert "url-secret-1" not in shown and "proxy-secret-2" not in shown
     assert "https://me:<hidden>@gw.example/v1" in shown
+
+
+def test_tool_calling_and_max_tokens_from_file_env_and_flags(dirs: tuple[Path, Path],
+                                                            clean_env: dict[str, str]) -> None:
+    home, cwd = dirs
+    defaults = load_config(env={}, home=home, cwd=cwd)
+    assert (defaults.llm.tool_calling, defaults.llm.max_tokens) == ("auto", 4096)
+    write(cwd / ".auto-coder.yaml", "llm:\n  tool_calling: prompted\n  max_tokens: null\n")
+    config = load_config(env={}, home=home, cwd=cwd)
+    assert (config.llm.tool_calling, config.llm.max_tokens) == ("prompted", None)
+    config = load_config(env={"AUTO_CODER_TOOL_CALLING": "none", "AUTO_CODER_MAX_TOKENS": "256"}, home=home, cwd=cwd)
+    assert (config.llm.tool_calling, config.llm.max_tokens) == ("none", 256)
+    assert config.sources["llm.tool_calling"] == "env AUTO_CODER_TOOL_CALLING"
+    with pytest.raises(ConfigError, match=r"AUTO_CODER_TOOL_CALLING: llm.tool_calling: expected one of auto, "
+                                          r"native, prompted, none, got 'sometimes'"):
+        load_config(env={"AUTO_CODER_TOOL_CALLING": "sometimes"}, home=home, cwd=cwd)
+    with pytest.raises(ConfigError, match="llm.max_tokens: expected a positive whole number or null"):
+        load_config({"llm.max_tokens": "0"}, env={}, home=home, cwd=cwd)
+    env = clean_env | {"HOME": str(home)}
+    result = run_cli("--show-config", "--tool-calling", "native", "--max-tokens", "null", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "llm.tool_calling = 'native'  (flag --tool-calling)" in result.stdout
+    assert "llm.max_tokens = None  (flag --max-tokens)" in result.stdout
+    result = run_cli("--tool-calling", "maybe", "hi", cwd=cwd, env=env)
+    assert result.returncode == 2 and "--tool-calling" in result.stderr

@@ -19,7 +19,7 @@ from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 API_KEY = "sk-doctor-secret-5150"
 STEPS = ["configuration", "base URL reachable", "TLS verified", "authentication", "model listed",
-         "streamed answer", "tool call"]
+         "streamed answer", "tool call", "prompted tool call", "tool calling"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,8 @@ def row(lines: list[str], step: str) -> str:
 
 
 def script_good_model(server: FakeLLMServer) -> None:
-    server.enqueue(reply.text("Yes, ready.", chunks=3), reply.tool_call("get_current_time", {"timezone": "UTC"}))
+    server.enqueue(reply.text("Yes, ready.", chunks=3), reply.tool_call("get_current_time", {"timezone": "UTC"}),
+                   reply.prompted_call("get_current_time", {"timezone": "UTC"}))
 
 
 def test_all_steps_pass_against_a_working_server(tmp_path: Path, fake_server: FakeLLMServer) -> None:
@@ -69,7 +70,7 @@ def test_all_steps_pass_against_a_working_server(tmp_path: Path, fake_server: Fa
     assert results(lines) == dict.fromkeys(STEPS, "PASS")
     assert "API key (env AUTO_CODER_API_KEY)" in row(lines, "authentication")
     assert "3 chunks" in row(lines, "streamed answer")
-    assert lines[-1] == "All 7 checks passed."
+    assert lines[-1] == "All 9 checks passed."
     correlation = {r.headers.get("x-correlation-id") for r in fake_server.requests}
     assert len(correlation) == 1 and correlation.pop().startswith("doctor-")
     assert API_KEY not in "\n".join(lines)
@@ -81,7 +82,7 @@ def test_rejected_key_fails_authentication_and_names_its_source(tmp_path: Path, 
     assert not ok
     assert results(lines) == {"configuration": "PASS", "base URL reachable": "PASS", "TLS verified": "PASS",
                               "authentication": "FAIL", "model listed": "SKIP", "streamed answer": "SKIP",
-                              "tool call": "SKIP"}
+                              "tool call": "SKIP", "prompted tool call": "SKIP", "tool calling": "SKIP"}
     assert "HTTP 401" in row(lines, "authentication") and "env OPENAI_API_KEY" in row(lines, "authentication")
     assert API_KEY not in "\n".join(lines)
     assert fake_server.chat_requests == []
@@ -102,7 +103,7 @@ def test_unreachable_server(tmp_path: Path) -> None:
     assert results(lines)["base URL reachable"] == "FAIL"
     assert "flag --base-url" in row(lines, "base URL reachable")
     assert all(results(lines)[step] == "SKIP" for step in STEPS[2:])
-    assert lines[-1] == "1 of 7 checks failed: base URL reachable (5 more could not run)."
+    assert lines[-1] == "1 of 9 checks failed: base URL reachable (7 more could not run)."
 
 
 def test_model_not_listed_and_no_tool_call(tmp_path: Path, fake_server: FakeLLMServer) -> None:
@@ -115,6 +116,43 @@ def test_model_not_listed_and_no_tool_call(tmp_path: Path, fake_server: FakeLLMS
     assert "llm.model" in row(lines, "model listed")
     assert "answered with text" in row(lines, "tool call") and "tool" in row(lines, "tool call").split("next:")[1]
     assert fake_server.chat_requests[1].json["tools"][0]["function"]["name"] == "get_current_time"
+
+
+def test_a_model_without_native_tool_calling_on_llama_cpp(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    """SmolLM2 on llama-server: the model talks instead of calling, /props says so, prompted mode works."""
+    fake_server.route("GET", "/props", lambda request: reply.json_body(
+        {"chat_template_caps": {"supports_tools": False, "supports_tool_calls": False}}))
+    fake_server.enqueue(reply.text("Ready."), reply.text("I would call get_current_time."),
+                        reply.prompted_call("get_current_time", {"timezone": "UTC"}))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert ok, lines
+    found = results(lines)
+    assert (found["tool call"], found["prompted tool call"], found["tool calling"]) == ("WARN", "PASS", "PASS")
+    assert "with structured output" in row(lines, "prompted tool call")
+    assert "llm.tool_calling: auto uses prompted (llama.cpp /props" in row(lines, "tool calling")
+    assert "response_format" in fake_server.chat_requests[2].json
+
+
+def test_the_doctor_says_which_mode_to_set(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    """No up-front signal and no refusal: auto would stay native, which does not work; prompted does."""
+    fake_server.structured_output = False
+    fake_server.enqueue(reply.text("Ready."), reply.text("It is noon."),
+                        reply.text('```json\n{"tool": "get_current_time", "arguments": {"timezone": "UTC"}}\n```'))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert not ok
+    found = results(lines)
+    assert (found["tool call"], found["prompted tool call"], found["tool calling"]) == ("FAIL", "PASS", "FAIL")
+    assert "read from free text" in row(lines, "prompted tool call")
+    assert "set llm.tool_calling: prompted" in row(lines, "tool calling")
+
+
+def test_native_refusal_is_named(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    fake_server.refuse_tools = "ollama"
+    fake_server.enqueue(reply.text("Ready."), reply.prompted_call("get_current_time", {}))
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert ok, lines
+    assert "the server refused tools: registry.ollama.ai" in row(lines, "tool call")
+    assert results(lines)["tool call"] == "WARN" and "uses prompted" in row(lines, "tool calling")
 
 
 def test_chat_failure_is_reported(tmp_path: Path, fake_server: FakeLLMServer) -> None:
@@ -205,7 +243,7 @@ def test_cli_exit_codes_and_masked_output(tmp_path: Path, fake_server: FakeLLMSe
     command = [sys.executable, "-m", "auto_coder_nb", "--doctor"]
     passed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert passed.returncode == 0, passed.stdout + passed.stderr
-    assert "All 7 checks passed." in passed.stdout
+    assert "All 9 checks passed." in passed.stdout
     env["AUTO_CODER_API_KEY"] = "sk-wrong-key-0000"
     failed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
@@ -224,7 +262,7 @@ def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
     fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
     script_good_model(fake_server)
     ok, lines = doctor(make_config(tmp_path, fake_server.base_url, **{"agent.working_dir": str(tmp_path)}))
-    assert ok and lines[-1] == "All 7 checks passed."
+    assert ok and lines[-1] == "All 9 checks passed."
     assert any(line.startswith("  vision ") and "server reports vision" in line and "images are sent" in line
                for line in lines)
     assert any(line.startswith("  instructions ") and "AGENTS.md (9 bytes)" in line for line in lines)

@@ -251,7 +251,8 @@ def test_unset_vision_follows_what_the_server_reports(fake_server: FakeLLMServer
 
     def show(request: RecordedRequest) -> dict[str, Any]:
         shown.append(request.json)
-        return reply.json_body({"capabilities": ["completion", "vision"]})
+        # "tools" too: without it, llm.tool_calling auto would describe the tools in the prompt instead
+        return reply.json_body({"capabilities": ["completion", "tools", "vision"]})
 
     fake_server.route("POST", "/api/show", show)
     fake_server.enqueue(reply.tool_call("plot", {}), reply.text("ok"), reply.tool_call("plot", {}), reply.text("ok"))

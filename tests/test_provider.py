@@ -109,7 +109,7 @@ def test_streams_text_and_reports_usage(fake_server: FakeLLMServer) -> None:
     [request] = fake_server.requests
     assert request.headers["x-correlation-id"] == "conv-1"
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
-    assert request.json == {"model": "test-model", "messages": MESSAGES, "stream": True,
+    assert request.json == {"model": "test-model", "messages": MESSAGES, "stream": True, "max_tokens": 4096,
                             "stream_options": {"include_usage": True}}
 
 
@@ -117,7 +117,7 @@ def test_tools_and_extra_params_are_sent(fake_server: FakeLLMServer) -> None:
     provider = make_provider(fake_server)
     provider.extra_params = {"temperature": 0.2}
     chat(provider, tools=[READ_FILE])
-    body = fake_server.requests[0].json
+    body = fake_server.chat_requests[0].json
     assert body["temperature"] == 0.2
     assert body["tools"] == [READ_FILE.schema()]
 
@@ -396,7 +396,7 @@ def test_tools_with_stream_unsupported_falls_back_to_non_streaming(fake_server: 
     provider = make_provider(fake_server)
     assert calls_of(chat(provider, tools=[READ_FILE])[1])[0][1:] == ("read_file", '{"path":"a"}')
     assert chat(provider)[1].content == "plain"
-    streams = [r.json["stream"] for r in fake_server.requests]
+    streams = [r.json["stream"] for r in fake_server.chat_requests]
     assert streams == [True, False, True]  # without tools, streaming is still used
 
 

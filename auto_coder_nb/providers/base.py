@@ -88,6 +88,13 @@ class Retrying:
 
 
 @dataclass
+class ProviderNotice:
+    """Something the user should know about how the model is used (a switch of tool-calling mode)."""
+
+    message: str
+
+
+@dataclass
 class Completion:
     """The whole response, always the last item a provider yields."""
 
@@ -98,14 +105,15 @@ class Completion:
     usage: Usage | None = None
 
 
-ProviderEvent = TextChunk | ReasoningChunk | Retrying | Completion
+ProviderEvent = TextChunk | ReasoningChunk | Retrying | ProviderNotice | Completion
 
 
 class LLMProvider(abc.ABC):
     """A chat-completions backend.
 
     `chat` yields `TextChunk` / `ReasoningChunk` as they arrive and ends with one `Completion`;
-    before it retries a failed request it may yield `Retrying` so the user knows why nothing comes.
+    before it retries a failed request it may yield `Retrying` so the user knows why nothing comes, and
+    `ProviderNotice` when it changes how it talks to the model.
     Errors are raised as `auto_coder_nb.errors.ProviderError` subclasses.
     """
 

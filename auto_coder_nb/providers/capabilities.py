@@ -17,10 +17,11 @@ PROBE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ModelCapabilities:
-    """None: the server did not say."""
+    """None: the server did not say. `source` names where the answer came from, for notices."""
 
-    tools: bool | None = None
+    tools: bool | None = None  # native tool calling
     vision: bool | None = None
+    source: str = ""
 
 
 _known: dict[tuple[str, str], ModelCapabilities] = {}
@@ -54,8 +55,11 @@ async def _llama_cpp(client: httpx.AsyncClient, root: str, headers: dict[str, st
         return None
     modalities, template = props.get("modalities"), props.get("chat_template_caps")
     vision = modalities.get("vision") if isinstance(modalities, dict) else None
-    tools = template.get("supports_tools") if isinstance(template, dict) else None
-    return ModelCapabilities(tools=_bool(tools), vision=_bool(vision))
+    tools = None
+    if isinstance(template, dict) and isinstance(template.get("supports_tools"), bool):
+        # The template must both take tool definitions and render tool calls; else the model only talks about them.
+        tools = template["supports_tools"] and template.get("supports_tool_calls", True) is not False
+    return ModelCapabilities(tools=tools, vision=_bool(vision), source="llama.cpp /props")
 
 
 async def _ollama(
@@ -66,7 +70,7 @@ async def _ollama(
     capabilities = shown.get("capabilities") if isinstance(shown, dict) else None
     if not isinstance(capabilities, list):
         return None
-    return ModelCapabilities(tools="tools" in capabilities, vision="vision" in capabilities)
+    return ModelCapabilities(tools="tools" in capabilities, vision="vision" in capabilities, source="Ollama /api/show")
 
 
 async def _json(request: Any) -> Any:

@@ -33,11 +33,13 @@ from ..errors import (
     RequestTimeout,
     StreamCutOff,
     StreamError,
+    ToolsNotSupported,
 )
 from .base import (
     Completion,
     LLMProvider,
     ProviderEvent,
+    ProviderNotice,
     ReasoningChunk,
     Retrying,
     TextChunk,
@@ -47,6 +49,7 @@ from .base import (
 )
 from .capabilities import ModelCapabilities, probe_capabilities
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
+from .prompted import prompted_chat
 from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 MAX_RETRIES = 4
@@ -57,6 +60,21 @@ MAX_RETRY_DELAY = 60.0
 _scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner, without json.loads' checks
 _PLAIN_DELTA_KEYS = frozenset({"content", "role"})
 _ID_ALPHABET = string.ascii_letters + string.digits
+# What servers say when they refuse `tools` (Ollama, vLLM without auto tool choice, llama.cpp without --jinja...).
+_NO_TOOL_SUPPORT = re.compile(
+    r"(does not|doesn't|do not|don't|cannot) (support|use) (tools|tool[ _-]?(calling|calls|use)|function[ _-]?call)"
+    r"|tools? (is|are) not supported|(tool|function)[ _-]?call(ing|s)? (is|are) not (supported|enabled|available)"
+    r"|enable-auto-tool-choice|tool-call-parser|tools param requires|tool_choice param requires",
+    re.IGNORECASE,
+)
+_NO_STRUCTURED_OUTPUT = re.compile(r"response_format|json_schema|structured output|grammar|guided", re.IGNORECASE)
+NO_TOOLS_NOTICE = ("Tool calling is off (llm.tool_calling: none): the model answers in plain chat and cannot read, "
+                   "change or run anything.")
+NO_STRUCTURED_OUTPUT_NOTICE = ("The server does not accept structured output (response_format): the model's "
+                               "steps are read from its free text for the rest of the session.")
+NO_TOOLS_NOTE = "No tools are available in this conversation: answer from what the user wrote."
+TOOLS_HINT = ("Set llm.tool_calling to auto or prompted (--tool-calling, AUTO_CODER_TOOL_CALLING) to describe the "
+              "tools in the prompt instead.")
 _TOOLS_WITH_STREAM = re.compile(r"tools?\b.*\bstream|stream\w*\b.*\btools?\b", re.IGNORECASE)
 
 
@@ -89,9 +107,14 @@ class OpenAICompatibleProvider(LLMProvider):
         self.errors = ServerErrors(config)
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
+        self.tool_calling = config.llm.tool_calling
+        self.max_tokens = config.llm.max_tokens
         # What the server turned out not to accept; learnt from its errors, kept for the session.
         self.send_stream_options = True
         self.stream_with_tools = True
+        self.structured_output = True
+        self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
+        self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -124,11 +147,78 @@ class OpenAICompatibleProvider(LLMProvider):
         headers: dict[str, str] | None = None,
         model: str | None = None,
     ) -> AsyncIterator[ProviderEvent]:
+        """One model request in the tool-calling mode of `llm.tool_calling` (auto decides once per model)."""
+        model = model or self.model
+        mode = self.tool_calling if tools else "native"
+        if mode == "auto":
+            mode, notice = await self._auto_mode(model, headers)
+            if notice:
+                yield ProviderNotice(notice)
+        if mode == "none" or not tools:
+            if mode == "none" and not self._said_no_tools:
+                self._said_no_tools = True
+                yield ProviderNotice(NO_TOOLS_NOTICE)
+            async for event in self._exchange(_with_note(messages, NO_TOOLS_NOTE) if mode == "none" else messages,
+                                              None, headers, model):
+                yield event
+            return
+        if mode == "prompted":
+            async for event in self._prompted(messages, tools, headers, model):
+                yield event
+            return
+        try:
+            async for event in self._exchange(messages, tools, headers, model):
+                yield event
+        except ToolsNotSupported as refusal:
+            if self.tool_calling != "auto":
+                raise
+            self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
+            said = f" ({refusal.server_message})" if refusal.server_message else ""
+            yield ProviderNotice(self._switch_notice(model, f"the server refused native tool calls{said}"))
+            async for event in self._prompted(messages, tools, headers, model):
+                yield event
+
+    async def _auto_mode(self, model: str, headers: dict[str, str] | None) -> tuple[str, str]:
+        """native or prompted for `model`, and the notice when that is news: from the server's capabilities when
+        it states them, else native until the server refuses tools."""
+        mode = self._modes.get(model)
+        if mode is not None:
+            return mode, ""
+        found = await probe_capabilities(self._client(), self.base_url, model, headers=headers)
+        if found.tools is False:
+            self._modes[model] = "prompted"
+            return "prompted", self._switch_notice(model, f"{found.source or 'the server'} says it has no native "
+                                                          "tool calling")
+        self._modes[model] = "native"
+        return "native", ""
+
+    def _switch_notice(self, model: str, why: str) -> str:
+        return (f"Model {model}: {why}, so the tools are described in the prompt for the rest of the session "
+                "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
+
+    async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
+                        headers: dict[str, str] | None, model: str) -> AsyncIterator[ProviderEvent]:
+        def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
+            return self._exchange(prompt, None, headers, model, extra)
+
+        async for event in prompted_chat(send, messages, tools, structured=self.structured_output,
+                                         new_call_id=mint_tool_call_id):
+            yield event
+
+    async def _exchange(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[ToolDefinition] | None,
+        headers: dict[str, str] | None,
+        model: str,
+        extra: dict[str, Any] | None = None,
+    ) -> AsyncIterator[ProviderEvent]:
+        """One request (retried when worth it) as it goes on the wire: streamed events, then one Completion."""
         client = self._client()
         url = f"{self.base_url}/chat/completions"
         retries = 0
         while True:
-            body = self._request_body(messages, tools, model or self.model)
+            body = self._request_body(messages, tools, model, extra)
             started = False
             retry_after: float | None = None
             try:
@@ -136,9 +226,16 @@ class OpenAICompatibleProvider(LLMProvider):
                     if response.status_code >= 300:
                         await response.aread()
                         if self._adapt_to_rejection(response, body):
+                            if "response_format" in body and not self.structured_output:
+                                yield ProviderNotice(NO_STRUCTURED_OUTPUT_NOTICE)
                             continue
                         retry_after = retry_after_seconds(response.headers)
-                        raise self.errors.status_error(response, model=body["model"])
+                        error = self.errors.status_error(response, model=body["model"])
+                        if body.get("tools") and _refuses_tools(response):
+                            raise ToolsNotSupported(f"{str(error).rstrip('.')}. {TOOLS_HINT}",
+                                                    status=response.status_code,
+                                                    server_message=self.errors.server_message(response)[0])
+                        raise error
                     async for event in self._read_answer(response):
                         started = True
                         yield event
@@ -155,8 +252,13 @@ class OpenAICompatibleProvider(LLMProvider):
             await asyncio.sleep(delay)
 
     def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
-                      model: str) -> dict[str, Any]:
+                      model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": messages, **self.extra_params}
+        if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
+            body["max_tokens"] = self.max_tokens
+        for key, value in (extra or {}).items():
+            if key != "response_format" or self.structured_output:
+                body[key] = value
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
         streaming = self.stream and (self.stream_with_tools or not tools)
@@ -175,6 +277,9 @@ class OpenAICompatibleProvider(LLMProvider):
             return True
         if body.get("stream") and body.get("tools") and _TOOLS_WITH_STREAM.search(text):
             self.stream_with_tools = False  # e.g. older llama-server: 500 "Cannot use tools with stream"
+            return True
+        if "response_format" in body and _NO_STRUCTURED_OUTPUT.search(text):
+            self.structured_output = False  # prompted mode parses steps from free text from now on
             return True
         return False
 
@@ -458,6 +563,17 @@ class _Assembler:
         if tool_calls and finish_reason != "length":
             finish_reason = "tool_calls"  # whatever the server said: tool-call deltas make it a tool turn
         return Completion("".join(self.content), "".join(self.reasoning), tool_calls, finish_reason, self.usage)
+
+
+def _refuses_tools(response: httpx.Response) -> bool:
+    return response.status_code in (400, 422, 500, 501) and bool(_NO_TOOL_SUPPORT.search(response.text))
+
+
+def _with_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    """`messages` with `note` added to the system prompt (or as one)."""
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{note}"}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
 
 
 def _complete(call: _PartialCall) -> bool:

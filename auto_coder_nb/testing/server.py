@@ -163,7 +163,32 @@ class Replies:
         return body
 
 
+    @staticmethod
+    def prompted_call(name: str, arguments: dict[str, Any] | None = None, **options: Any) -> Spec:
+        """A prompted-mode tool step, `{"tool": name, "arguments": {...}}`, as the text of the answer."""
+        return Replies.text(_dumps({"tool": name, "arguments": arguments or {}}), **options)
+
+    @staticmethod
+    def prompted_answer(text: str, **options: Any) -> Spec:
+        """A prompted-mode answer step, `{"answer": text}`, as the text of the answer."""
+        return Replies.text(_dumps({"answer": text}), **options)
+
+
 reply = Replies()
+
+# How real servers refuse `tools` for a model or setup without tool calling: (status, body).
+TOOL_REFUSALS: dict[str, tuple[int, Any]] = {
+    "ollama": (400, {"error": {"message": "registry.ollama.ai/library/gemma2:2b does not support tools",
+                               "type": "api_error", "param": None, "code": None}}),
+    "vllm": (400, {"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                                                '--tool-call-parser to be set', "type": "BadRequestError",
+                   "param": None, "code": 400}),
+    "llama.cpp": (500, {"error": {"code": 500, "message": "tools param requires --jinja flag",
+                                  "type": "server_error"}}),
+}
+STRUCTURED_OUTPUT_REFUSAL = {"error": {"message": "Unsupported parameter: 'response_format' is not supported by this "
+                                                  "server.", "type": "invalid_request_error",
+                                       "param": "response_format", "code": None}}
 
 
 def _arguments_text(arguments: Any) -> str:
@@ -358,7 +383,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(401, {"error": {"message": "Incorrect API key provided.",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
             elif request.method == "POST" and url.path in ("/v1/chat/completions", "/chat/completions"):
-                self._send_prepared(fake._next_reply(request), request)
+                refusal = fake._refusal(request)
+                if refusal is not None:
+                    self._send_json(*refusal)
+                else:
+                    self._send_prepared(fake._next_reply(request), request)
             elif request.method == "GET" and url.path in ("/v1/models", "/models"):
                 self._send_json(200, {"object": "list", "data": [
                     {"id": model, "object": "model", "created": CREATED, "owned_by": "fake"} for model in fake.models
@@ -468,6 +497,10 @@ class FakeLLMServer:
         self.required_headers: dict[str, str] = {}
         if require_authorization:
             self.require_authorization(require_authorization)
+        # Emulate a server without tool calling: refuse `tools` as "ollama", "vllm" or "llama.cpp" does.
+        self.refuse_tools: str | None = None
+        # False: refuse `response_format` (a server without structured output).
+        self.structured_output = True
         self.requests: list[RecordedRequest] = []
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
@@ -561,6 +594,15 @@ class FakeLLMServer:
     def _authorized(self, request: RecordedRequest) -> bool:
         return all(request.headers.get(name.lower()) == value for name, value in self.required_headers.items())
 
+    def _refusal(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """The error a chat request gets for what this server does not support, or None."""
+        body = request.json if isinstance(request.json, dict) else {}
+        if self.refuse_tools and body.get("tools"):
+            return TOOL_REFUSALS[self.refuse_tools]
+        if not self.structured_output and "response_format" in body:
+            return 400, STRUCTURED_OUTPUT_REFUSAL
+        return None
+
     def _next_reply(self, request: RecordedRequest) -> _Prepared:
         with self._lock:
             if self._queue:
@@ -570,8 +612,11 @@ class FakeLLMServer:
 
 def default_reply(request_json: Any) -> Spec:
     """The answer when nothing is queued: a call of the tool the last user message asks for by name ("Call
-    the get_current_time tool", as the doctor asks) when the request offers that tool, else `default_answer`."""
+    the get_current_time tool", as the doctor asks) when the request offers that tool, else `default_answer`.
+    A request with `response_format` (prompted tool calling) gets the same as a prompted-mode step."""
     wanted = _asked_for_tool(request_json)
+    if isinstance(request_json, dict) and request_json.get("response_format"):
+        return reply.prompted_call(wanted) if wanted else reply.prompted_answer(default_answer(request_json))
     return reply.tool_call(wanted) if wanted else reply.text(default_answer(request_json))
 
 
@@ -590,7 +635,16 @@ def _asked_for_tool(request_json: Any) -> str | None:
     asked = _CALL_THE_TOOL.search(text or "") if role == "user" else None
     tools = request_json.get("tools") if isinstance(request_json, dict) else None
     offered = {tool.get("function", {}).get("name") for tool in tools or () if isinstance(tool, dict)}
-    return asked.group(1) if asked and asked.group(1) in offered else None
+    return asked.group(1) if asked and asked.group(1) in offered | _prompted_tools(request_json) else None
+
+
+def _prompted_tools(request_json: Any) -> set[str]:
+    """The tool names a prompted-mode step schema (`response_format`) allows."""
+    try:
+        choices = request_json["response_format"]["json_schema"]["schema"]["anyOf"]
+        return {choice["properties"]["tool"]["const"] for choice in choices if "tool" in choice["properties"]}
+    except (KeyError, TypeError):
+        return set()
 
 
 def default_answer(request_json: Any) -> str:
