@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, TextIO
 
+from prompt_toolkit import PromptSession
+from prompt_toolkit.output import create_output
+
 from .errors import ConfigError
 from .events import (
     ApprovalRequest,
@@ -84,8 +87,13 @@ def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
 
 
 def _read(prompt: str, err: TextIO) -> str | None:
-    """A line from the user; None at end of input (Ctrl-D), after ending the prompt's line."""
+    """A line from the user; None at end of input (Ctrl-D), after ending the prompt's line. Ctrl-C raises
+    KeyboardInterrupt."""
     try:
+        if is_terminal(sys.stdin) and is_terminal(err):
+            # Not input(): its prompt is on screen before it starts reading, and a SIGINT in between only sets
+            # a flag, so that Ctrl-C is lost until Enter. prompt_toolkit reads Ctrl-C as a key in raw mode.
+            return PromptSession[str](output=create_output(stdout=err)).prompt(prompt)
         return input(prompt)
     except EOFError:
         err.write("\n")
