@@ -255,9 +255,6 @@ def test_cli_exit_codes_and_masked_output(tmp_path: Path, fake_server: FakeLLMSe
 def test_it_tells_whether_images_are_sent_and_which_instructions_are_read(
     tmp_path: Path, fake_server: FakeLLMServer
 ) -> None:
-    from auto_coder_nb.providers import capabilities
-
-    capabilities._known.clear()
     (tmp_path / "AGENTS.md").write_text("be brief\n")
     fake_server.route("POST", "/api/show", lambda _: reply.json_body({"capabilities": ["completion", "vision"]}))
     script_good_model(fake_server)

@@ -246,7 +246,6 @@ def test_attachments_go_with_the_message_and_are_refused_without_vision(fake_ser
 
 
 def test_unset_vision_follows_what_the_server_reports(fake_server: FakeLLMServer) -> None:
-    capabilities._known.clear()
     shown: list[dict[str, Any]] = []
 
     def show(request: RecordedRequest) -> dict[str, Any]:
@@ -264,7 +263,6 @@ def test_unset_vision_follows_what_the_server_reports(fake_server: FakeLLMServer
 
 
 def test_llama_cpp_props_and_an_unknown_server() -> None:
-    capabilities._known.clear()
     with FakeLLMServer() as server:
         server.route("GET", "/props", lambda _: reply.json_body(
             {"modalities": {"vision": True}, "chat_template_caps": {"supports_tools": False}}))

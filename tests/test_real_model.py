@@ -163,8 +163,10 @@ def test_a_server_that_refuses_tools(fresh: Path) -> None:
         assert isinstance(error.error, ToolsNotSupported) and "llm.tool_calling" in error.message
         # Its /props would let auto decide up front; a gateway in front of it (LiteLLM...) hides /props, which
         # is the case where only the refusal tells: the probe is told nothing, as it would be there.
-        capabilities._known[(server.base_url, server.model)] = capabilities.ModelCapabilities()
-        events = run_turn(make_session(server, fresh, "auto"), "Read the file calc.py")
+        behind_a_gateway = make_session(server, fresh, "auto")
+        assert isinstance(behind_a_gateway.provider, OpenAICompatibleProvider)
+        behind_a_gateway.provider._capabilities[server.model] = capabilities.ModelCapabilities()
+        events = run_turn(behind_a_gateway, "Read the file calc.py")
         assert any("refused native tool calls" in e.text and "--jinja" in e.text for e in events
                    if isinstance(e, Notice))
         assert any("return a + b" in result.output for result in results(events, "read_file"))

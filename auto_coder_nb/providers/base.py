@@ -132,7 +132,8 @@ class LLMProvider(abc.ABC):
     @abc.abstractmethod
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]: ...
 
-    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
+    async def capabilities(self, model: str | None = None, *,
+                           headers: dict[str, str] | None = None) -> ModelCapabilities:
         """What the server says the model can do; unknown (None) unless a provider can ask."""
         from .capabilities import ModelCapabilities
 

@@ -1,7 +1,8 @@
 """What a server says its model can do, asked up front: llama.cpp's `GET /props`, Ollama's `POST /api/show`.
 
-One probe per base URL + model for the process; a server that answers neither (OpenAI, vLLM...) gives
-"unknown" (None) for everything, and the configuration decides.
+The provider asks once per model and remembers the answer for its own life (a Session's), not the process's:
+a server restarted with another model, or another server on the same address, is asked afresh. A server
+that answers neither (OpenAI, vLLM...) gives "unknown" (None) for everything, and the configuration decides.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ class ModelCapabilities:
     source: str = ""
 
 
-_known: dict[tuple[str, str], ModelCapabilities] = {}
-
-
 def server_root(base_url: str) -> str:
     """`http://host:11434/v1` -> `http://host:11434`: the native endpoints live beside the OpenAI ones."""
     return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
@@ -34,19 +32,15 @@ def server_root(base_url: str) -> str:
 
 async def probe_capabilities(
     client: httpx.AsyncClient, base_url: str, model: str, *, headers: dict[str, str] | None = None
-) -> ModelCapabilities:
-    """The model's capabilities as the server reports them, cached per base URL + model. Never raises: a
-    server that cannot be asked gives ModelCapabilities() (and is asked again next time)."""
-    key = (base_url.rstrip("/"), model)
-    if key in _known:
-        return _known[key]
+) -> ModelCapabilities | None:
+    """The model's capabilities as the server reports them; ModelCapabilities() when it does not say. Never
+    raises: None when the server could not be asked at all (so the caller asks again next time)."""
     root = server_root(base_url)
     try:
         found = await _llama_cpp(client, root, headers) or await _ollama(client, root, model, headers)
     except (httpx.HTTPError, httpx.InvalidURL):
-        return ModelCapabilities()
-    _known[key] = found or ModelCapabilities()
-    return _known[key]
+        return None
+    return found or ModelCapabilities()
 
 
 async def _llama_cpp(client: httpx.AsyncClient, root: str, headers: dict[str, str] | None) -> ModelCapabilities | None:

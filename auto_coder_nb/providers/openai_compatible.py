@@ -114,6 +114,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.stream_with_tools = True
         self.structured_output = True
         self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
+        self._capabilities: dict[str, ModelCapabilities] = {}  # what the server said, per model
         self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -184,7 +185,7 @@ class OpenAICompatibleProvider(LLMProvider):
         mode = self._modes.get(model)
         if mode is not None:
             return mode, ""
-        found = await probe_capabilities(self._client(), self.base_url, model, headers=headers)
+        found = await self.capabilities(model, headers=headers)
         if found.tools is False:
             self._modes[model] = "prompted"
             return "prompted", self._switch_notice(model, f"{found.source or 'the server'} says it has no native "
@@ -403,8 +404,16 @@ class OpenAICompatibleProvider(LLMProvider):
 
     # -- models --------------------------------------------------------------------------
 
-    async def capabilities(self, *, headers: dict[str, str] | None = None) -> ModelCapabilities:
-        return await probe_capabilities(self._client(), self.base_url, self.model, headers=headers)
+    async def capabilities(self, model: str | None = None, *,
+                           headers: dict[str, str] | None = None) -> ModelCapabilities:
+        """What the server says `model` (default: the configured one) can do, asked once per model."""
+        model = model or self.model
+        if model not in self._capabilities:
+            found = await probe_capabilities(self._client(), self.base_url, model, headers=headers)
+            if found is None:
+                return ModelCapabilities()
+            self._capabilities[model] = found
+        return self._capabilities[model]
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
         client = self._client()
