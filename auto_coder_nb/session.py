@@ -32,6 +32,7 @@ from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
+from .transport import proxy_for, tls_trust
 
 if TYPE_CHECKING:  # the MCP client (and its SDK) is imported only when servers are configured
     from .tools.mcp_client import McpServers
@@ -272,7 +273,11 @@ def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpSer
             return config.site.mcp_command_refusal(server.command)
         return config.site.mcp_url_refusal(server.url or "")
 
-    servers = McpServers(config.mcp.servers, tools, cwd=root, refuse=refusal)
+    def http_options(url: str) -> dict[str, Any]:
+        # An HTTP server sits where the model does (behind the same corporate CA and proxy).
+        return {"verify": tls_trust(config).verify, "proxy": proxy_for(url, config), "trust_env": False}
+
+    servers = McpServers(config.mcp.servers, tools, cwd=root, refuse=refusal, http_options=http_options)
     servers.start()
     return servers
 

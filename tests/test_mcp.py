@@ -5,7 +5,9 @@ tool calls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from auto_coder_nb.config import Config, McpServerConfig, load_config
 from auto_coder_nb.doctor import run_doctor
@@ -20,6 +23,7 @@ from auto_coder_nb.errors import ConfigError
 from auto_coder_nb.events import ApprovalRequest, Event, Notice, ToolResult
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
+from auto_coder_nb.testing.tls_front import TLSFront
 from auto_coder_nb.tools.shell import MAX_OUTPUT_CHARS
 
 pytest.importorskip("mcp", reason="the MCP client tests need the optional extra: pip install 'auto-coder-nb[mcp]'")
@@ -37,9 +41,11 @@ def notes_server(**settings: object) -> McpServerConfig:
     return McpServerConfig(**values)  # type: ignore[arg-type]
 
 
-def make_session(llm: FakeLLMServer, root: Path, mode: str, servers: dict[str, McpServerConfig]) -> Session:
+def make_session(llm: FakeLLMServer, root: Path, mode: str, servers: dict[str, McpServerConfig],
+                 tool_calling: str = "auto", ca_bundle: str | None = None) -> Session:
     config = Config()
     config.llm.base_url, config.llm.model = llm.base_url, "fake-model"
+    config.llm.tool_calling, config.llm.ca_bundle = tool_calling, ca_bundle
     config.agent.approval_mode = mode
     config.mcp.servers = servers
     return Session.create(config, working_dir=root)
@@ -179,6 +185,28 @@ def test_stdio_tools_reach_the_model_with_their_schemas_and_ask_like_commands(fa
     assert notices(events) == []
 
 
+def test_prompted_mode_describes_mcp_tools_and_runs_them_with_approval(fake_server: FakeLLMServer,
+                                                                       root: Path) -> None:
+    """A model without native tool calling gets the servers' tools in the prompt and the step schema, and its
+    calls go through the same approval as native ones."""
+    session = make_session(fake_server, root, "ask", {"notes": notes_server(read_tools=["list_notes"])}, "prompted")
+    fake_server.enqueue(reply.prompted_call("notes__add_note", {"text": "buy milk"}),
+                        reply.prompted_call("notes__list_notes", {}), reply.prompted_answer("Noted."))
+    asked: list[ApprovalRequest] = []
+
+    def approve(request: ApprovalRequest) -> None:
+        asked.append(request)
+        request.approve()
+
+    [events] = run_turns(session, ["Remember to buy milk"], approve)
+    first = fake_server.chat_requests[0].json
+    assert "tools" not in first and "notes__add_note" in first["messages"][0]["content"]
+    assert "notes__add_note" in json.dumps(first["response_format"])  # the step schema offers it
+    assert [(r.tool, r.kind) for r in asked] == [("notes__add_note", "command")]
+    assert [(r.name, r.output, r.is_error) for r in results(events)] == [
+        ("notes__add_note", "noted (1 notes)", False), ("notes__list_notes", "buy milk", False)]
+
+
 def test_a_denied_call_never_reaches_the_server_and_read_only_mode_refuses_it(fake_server: FakeLLMServer,
                                                                               root: Path) -> None:
     session = make_session(fake_server, root, "ask", {"notes": notes_server(read_tools=["list_notes"])})
@@ -299,6 +327,32 @@ mcp:
     assert refused.startswith("MCP server locked_out failed to start:") and "401" in refused
     assert TOKEN not in refused
     assert not any(name.startswith("locked_out__") for name in offered_tools(fake_server, 0))
+
+
+def test_http_server_behind_a_private_ca_is_trusted_through_llm_ca_bundle(fake_server: FakeLLMServer, root: Path,
+                                                                          tmp_path: Path, http_server: str) -> None:
+    """An MCP server inside the company sits behind the same TLS-re-signing gateway as the model: the CA that
+    llm.ca_bundle names verifies it too, and without it the server is reported, not trusted."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "corporate-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    front = TLSFront(int(http_server.split(":")[2].split("/")[0]), context)
+    try:
+        servers = {"notes": McpServerConfig(url=f"https://127.0.0.1:{front.port}/mcp",
+                                            headers={"Authorization": f"Bearer {TOKEN}"}, startup_timeout=STARTUP)}
+        untrusted = make_session(fake_server, root, "full-auto", servers)
+        fake_server.enqueue(reply.text("no notes tool"))
+        [events] = run_turns(untrusted, ["hi"])
+        [failed] = [n for n in notices(events) if "MCP server notes" in n]
+        assert "failed to start" in failed and "certificate" in failed.lower(), failed
+        session = make_session(fake_server, root, "full-auto", servers, ca_bundle=str(ca_file))
+        fake_server.enqueue(reply.tool_call("notes__add_note", {"text": "over tls"}), reply.text("done"))
+        [events] = run_turns(session, ["note it"])
+        assert [(r.output, r.is_error) for r in results(events)] == [("noted (1 notes)", False)]
+    finally:
+        front.close()
 
 
 def test_doctor_lists_each_server_with_its_state_and_tools(fake_server: FakeLLMServer, tmp_path: Path) -> None:

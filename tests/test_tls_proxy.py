@@ -4,12 +4,9 @@ proxy.py on loopback between the client and the server."""
 from __future__ import annotations
 
 import asyncio
-import select
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from auto_coder_nb.errors import ConfigError, TLSError
 from auto_coder_nb.providers.base import Completion
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, reply
+from auto_coder_nb.testing.tls_front import TLSFront
 
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -67,55 +65,6 @@ def chat(config: Config) -> str:
 
 
 # -- a TLS front with a private CA -------------------------------------------------------------------
-
-
-class TLSFront:
-    """Terminates TLS on 127.0.0.1 with a certificate from a private CA and forwards each connection
-    to a plain HTTP server, as a corporate gateway that re-signs TLS does."""
-
-    def __init__(self, target_port: int, context: ssl.SSLContext) -> None:
-        self.target_port = target_port
-        self.context = context
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.handshakes_failed = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        try:
-            secure = self.context.wrap_socket(connection, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.handshakes_failed += 1
-            connection.close()
-            return
-        with secure, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
-            try:
-                while True:
-                    ready = [secure] if secure.pending() else select.select([secure, upstream], [], [], 60)[0]
-                    if not ready:
-                        return
-                    for source in ready:
-                        data = source.recv(65536)
-                        if not data:
-                            return
-                        (upstream if source is secure else secure).sendall(data)
-            except (ssl.SSLError, OSError):
-                return
 
 
 @dataclass

@@ -40,6 +40,8 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 # Why a server is refused before it starts (the site allow-list), or None to let it run.
 Refusal = Callable[[str, McpServerConfig], "str | None"]
+# TLS trust and proxy for an HTTP server's URL: {"verify": ..., "proxy": ...}, as for the model.
+HttpOptions = Callable[[str], "dict[str, Any]"]
 
 
 @dataclass
@@ -78,11 +80,13 @@ class McpServers:
         *,
         cwd: Path,
         refuse: Refusal | None = None,
+        http_options: HttpOptions | None = None,
     ) -> None:
         self.registry = registry
         self.cwd = cwd
         self.servers = {name: McpServerStatus(name, config) for name, config in servers.items()}
         self._refuse = refuse
+        self._http_options = http_options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -205,9 +209,10 @@ class McpServers:
                     server.http_error = f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
             # The SDK's defaults: a response stream may stay open, so reads wait long.
+            options = self._http_options(config.url) if self._http_options is not None else {}
             http = await stack.enter_async_context(httpx2.AsyncClient(
                 headers=config.headers, timeout=httpx2.Timeout(30.0, read=300.0),
-                event_hooks={"response": [note_refusal]}))
+                event_hooks={"response": [note_refusal]}, **options))
             transport = streamable_http_client(config.url, http_client=http)
         else:
             assert config.command is not None
