@@ -81,7 +81,7 @@ class Session:
                                                    secrets=secrets))
         for tool in [*extra_tools, *configured_tools(config)]:
             tools.register(tool)
-        restrict_tools(config, tools)
+        removed = restrict_tools(config, tools)
         if provider is None:
             from .providers.openai_compatible import OpenAICompatibleProvider
 
@@ -90,6 +90,8 @@ class Session:
         instructions = load_instructions(Path(instructions_from or workspace.root).expanduser(), workspace.root,
                                          config.agent.instructions_files)
         prompt = template.replace("{root}", str(workspace.root)).replace("{os}", platform.system())
+        if removed:  # the prompt above may name them: say they are gone, or small models call them anyway
+            prompt += f"\n\nNot available here (the site configuration removed them): {', '.join(removed)}."
         if instructions.text:
             prompt += "\n\n" + instructions.text
         conversation = Conversation(prompt, max_images=config.agent.max_images)
@@ -249,10 +251,11 @@ class Session:
             self.mcp = None
 
 
-def restrict_tools(config: Config, tools: ToolRegistry) -> None:
+def restrict_tools(config: Config, tools: ToolRegistry) -> list[str]:
     """Apply the site's allow.tools (MCP tools registered later too) and say once what the configuration
-    could not do because of the site."""
+    could not do because of the site. Returns the names removed."""
     site = config.site
+    removed: list[str] = []
     if "tools" in site.allow:
         removed = tools.restrict(site.tool_allowed)
         if removed:
@@ -260,6 +263,7 @@ def restrict_tools(config: Config, tools: ToolRegistry) -> None:
                          f"{', '.join(removed)}.")
     for warning in config.warnings:
         tools.notify(warning)
+    return removed
 
 
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:

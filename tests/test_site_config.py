@@ -195,6 +195,8 @@ allow:
     assert [r.output for r in events if isinstance(r, ToolResult)][0].startswith("Created a.txt")
     offered = {tool["function"]["name"] for tool in fake_server.chat_requests[0].json["tools"]}
     assert offered == {"list_directory", "read_file", "write_file"}
+    system = fake_server.chat_requests[0].json["messages"][0]["content"]
+    assert "Not available here (the site configuration removed them): edit_file, run_command." in system
 
     session = Session.create(config, working_dir=root)
     requests = len(fake_server.chat_requests)
