@@ -72,7 +72,8 @@ def authentication_provider(config: Config) -> Any:
     key = repr((config.auth, config.llm.ca_bundle, config.llm.extra_ca_certs, config.llm.verify, config.llm.proxy))
     if key not in _providers:
         if config.auth.provider:
-            provider = instantiate(load_provider_class(config.auth.provider), config)
+            cls = load_provider_class(config.auth.provider, config.folders.get("auth.provider"))
+            provider = instantiate(cls, config)
         else:
             provider = AuthenticationProvider(config)
         _providers[key] = provider
@@ -131,7 +132,7 @@ def build_auth(config: Config) -> httpx.Auth:
                                   "auth.client_id and auth.client_secret (or AUTO_CODER_CLIENT_ID and "
                                   "AUTO_CODER_CLIENT_SECRET)")
     if config.auth.provider:
-        cls = load_provider_class(config.auth.provider)
+        cls = load_provider_class(config.auth.provider, config.folders.get("auth.provider"))
         if not issubclass(cls, httpx.Auth):
             raise ConfigError(f"auth.provider: {config.auth.provider} is not an httpx.Auth; with USE_SSO and "
                               "SERVER_SIDE_TOKEN_REFRESH off it must be one (client-side token refresh)")

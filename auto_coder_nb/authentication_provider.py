@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -467,9 +468,9 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
         return Token(output, _expiry(lifetime, now))
 
 
-def load_provider_class(spec: str) -> type:
-    """The class named by `auth.provider` ("package.module:Class")."""
-    cls = load_object(spec, "auth.provider")
+def load_provider_class(spec: str, folder: Path | None = None) -> type:
+    """The class named by `auth.provider` ("package.module:Class"); `folder`: that of the file that named it."""
+    cls = load_object(spec, "auth.provider", folder)
     if not isinstance(cls, type):
         raise ConfigError(f"auth.provider: {spec} is not a class")
     return cls

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,8 @@ import yaml
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
 from .site_policy import ALLOW_KEYS, ALLOW_LISTS, SITE_CONFIG, SITE_CONFIG_ENV, SitePolicy
-from .text import hide_secrets, hide_url_credentials, url_credentials
+from .text import hide_secrets, hide_url_credentials, show_controls, url_credentials
+from .trust import ProjectFile, digest, is_trusted, store_path
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
@@ -150,6 +152,10 @@ class Config:
     site: SitePolicy = field(default_factory=SitePolicy)  # the administrator's locks and allow-lists
     # Settings refused because the site locks them: said once (a notice in the first turn, --show-config).
     warnings: list[str] = field(default_factory=list)
+    # The project's ./.auto-coder.yaml, when one was read: trusted or not, and what it wanted that was ignored.
+    project: ProjectFile | None = None
+    # "agent.tools" -> the folder of the config file that set it: its modules are imported from there first.
+    folders: dict[str, Path] = field(default_factory=dict)
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
@@ -177,7 +183,8 @@ class Config:
             lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
         if not self.mcp.servers:
             lines.append(f"{MCP_SERVERS} = {{}}  ({self._marked(MCP_SERVERS, 'default')})")
-        return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings)])
+        ignored = self.project.describe() if self.project is not None else []
+        return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings), *ignored])
 
     def _marked(self, key: str, source: str) -> str:
         return f"{source}, locked" if self.site.locked_by(key) is not None else source
@@ -244,28 +251,38 @@ def load_config(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     home: Path | None = None,
+    trust_project: bool = False,
 ) -> Config:
     """Build the effective configuration. `flags` maps dotted keys ("llm.model") to values given on
-    the command line or to a magic; None values are ignored. Raises ConfigError with one readable line."""
+    the command line or to a magic; None values are ignored. `trust_project` trusts the project's file for this
+    load (--trust-project), else it is trusted only if recorded so (trust.py). Raises ConfigError with one
+    readable line."""
     env = os.environ if env is None else env
     home = Path.home() if home is None else home
     cwd = Path.cwd() if cwd is None else cwd
     config = Config()
     _read_site_files(config, env)
 
-    candidates = [home / CONFIG_FILENAME, cwd / CONFIG_FILENAME]
+    project = cwd / CONFIG_FILENAME
+    candidates = [home / CONFIG_FILENAME, project]
+    trusted = {(home / CONFIG_FILENAME).resolve()}  # the user's own file, and one named with --config
     if config_path is not None:
         explicit = Path(config_path).expanduser()
         if not explicit.is_file():
             raise ConfigError(f"config file {explicit} does not exist")
         candidates.append(explicit)
+        trusted.add(explicit.resolve())
     seen: set[Path] = set()
     for path in candidates:
         resolved = path.resolve()
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env, config.from_variables).items():
+        if path is project and resolved not in trusted:
+            settings = _read_project_file(config, path, env, store_path(env, home), trust_project)
+        else:
+            settings = _read_file(path, env, config.from_variables)
+        for key, value in settings.items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -363,28 +380,166 @@ def _check_site_allows(config: Config) -> None:
         config.warnings.append(f"agent.approval_mode from {source}: {refusal}; using {config.agent.approval_mode!r}")
 
 
-def load_object(spec: str, key: str) -> Any:
-    """The object named by a "package.module:name" setting, or a ConfigError naming `key`."""
+def load_object(spec: str, key: str, folder: Path | None = None) -> Any:
+    """The object named by a "package.module:name" setting, or a ConfigError naming `key`. `folder` is that of the
+    config file that named it (`Config.folders`): a module there (team_tools.py beside .auto-coder.yaml) is found
+    without PYTHONPATH."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
         raise ConfigError(f"{key}: expected 'module:name', got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_beside(module_name, folder)
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the module itself fails (a syntax error, an exception at import)
+        raise ConfigError(f"{key}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     try:
         return getattr(module, name)
     except AttributeError:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
+def _import_beside(module_name: str, folder: Path | None) -> Any:
+    """Import `module_name`, from `folder` first when its top-level module or package is there. The folder stays
+    on sys.path (last) afterwards, so the module's own later imports of its neighbours work."""
+    top = module_name.partition(".")[0]
+    if folder is None or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+        return importlib.import_module(module_name)
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(entry)
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
 def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     return _flatten(_load_yaml(path), path, env, taken)
 
 
-def _load_yaml(path: Path) -> Any:
+# What a project file may set before the user trusts it: settings that neither run anything nor change where
+# requests (and the user's credentials) go. Everything else, including keys added later, needs trust.
+PROJECT_SAFE_KEYS = frozenset({
+    "llm.model", "llm.extra_params", "llm.timeout", "llm.vision", "llm.tool_calling", "llm.max_tokens",
+    "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
+    "agent.system_prompt", "agent.image_max_side", "agent.max_images", "agent.instructions_files",
+    "history.enabled",
+})
+# Approval modes an untrusted project file may choose: none allows more than asking.
+PROJECT_SAFE_APPROVAL_MODES = ("ask", "read-only")
+# Settings naming Python objects ("module:name"): imported from the folder of the file that set them first.
+MODULE_KEYS = ("agent.tools", "auth.provider")
+
+
+def _read_project_file(config: Config, path: Path, env: Mapping[str, str], store: Path,
+                       trusted: bool) -> dict[str, Any]:
+    """The project's file: read once (the content hashed is the content used); unless the user trusts it, the
+    settings it may not set untrusted are left out and listed in `config.project`."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    project = ProjectFile(path, digest(content), store)
+    project.trusted = trusted or is_trusted(path, project.digest, store)
+    config.project = project
+    data = _load_yaml(path, content)
+    if not project.trusted:
+        data = _leave_out_untrusted(data, project, config.site)
+    return _flatten(data, path, env, config.from_variables)
+
+
+def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> Any:
+    """`data` without the settings that need trust (recorded in `project.ignored`). Unknown sections and keys stay,
+    to be refused as in any file; settings the site locks stay too, to be refused as locked (trust would not
+    change them)."""
+    if not isinstance(data, dict):
+        return data
+    kept: dict[Any, Any] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS or not isinstance(values, dict):
+            kept[section] = values
+            continue
+        if section == "mcp":
+            servers = values.get("servers")
+            kept[section] = {key: value for key, value in values.items() if key != "servers"}
+            if isinstance(servers, dict):
+                locked = {name: raw for name, raw in servers.items() if site.locked_by(f"{MCP_SERVERS}.{name}")}
+                if locked:
+                    kept[section]["servers"] = locked
+                for name, raw in servers.items():
+                    if name not in locked:
+                        project.ignored[f"{MCP_SERVERS}.{name}"] = _shown_server(raw)
+            elif servers is not None:
+                kept[section]["servers"] = servers  # not a mapping: the usual error
+            continue
+        known = {f.name for f in fields(_SECTIONS[section])}
+        kept[section] = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in known or site.locked_by(dotted) is not None or _safe_in_project(dotted, value):
+                kept[section][key] = value
+            else:
+                project.ignored[dotted] = _shown_value(dotted, value)
+    return kept
+
+
+def _safe_in_project(key: str, value: Any) -> bool:
+    if _takes_variables(value):  # ${VAR}: the user's environment would go into requests
+        return False
+    if key == "agent.approval_mode":
+        return value in PROJECT_SAFE_APPROVAL_MODES
+    if key == "agent.instructions_files":  # plain file names, searched in the project's folders; not paths
+        names = [value] if isinstance(value, str) else value
+        return isinstance(names, list) and all(
+            isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            for name in names)
+    return key in PROJECT_SAFE_KEYS
+
+
+def _takes_variables(value: Any) -> bool:
+    if isinstance(value, str):
+        return _VAR.search(value) is not None
+    if isinstance(value, dict):
+        return any(_takes_variables(item) for item in [*value.keys(), *value.values()])
+    if isinstance(value, list):
+        return any(_takes_variables(item) for item in value)
+    return False
+
+
+def _shown_value(key: str, value: Any) -> str:
+    """A setting's value for the trust question and notices: secrets masked, control characters escaped."""
+    if key == "llm.auth_headers" and not isinstance(value, dict):
+        return "<hidden>"
+    if key in ("llm.proxy", "llm.base_url") and not isinstance(value, str):
+        return show_controls(repr(value))
+    return show_controls(repr(mask(key, value)))
+
+
+def _shown_server(raw: Any) -> str:
+    """An MCP server entry as written (not yet checked): what it runs or reaches; env and header values hidden."""
+    if not isinstance(raw, dict):
+        return show_controls(repr(raw))
+    if raw.get("url") is not None:
+        where = f"url {redact_url(str(raw['url']))}"
+        if isinstance(raw.get("headers"), dict):
+            where += f" headers {', '.join(map(str, raw['headers']))}"
+    else:
+        args = raw.get("args")
+        args = args if isinstance(args, list) else []
+        where = "command " + " ".join(map(str, [raw.get("command", ""), *args]))
+        if isinstance(raw.get("env"), dict):
+            where += f" env {', '.join(map(str, raw['env']))}"
+    return show_controls(where)
+
+
+def _load_yaml(path: Path, content: bytes | None = None) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8") if content is None else content.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -537,6 +692,11 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
     value = _coerce(value, kind, key, where)
     setattr(getattr(config, section), name, value)
     config.sources[key] = source
+    if key in MODULE_KEYS:
+        if source.startswith(("file ", "site ")):
+            config.folders[key] = Path(where).absolute().parent
+        else:
+            config.folders.pop(key, None)
 
 
 def _coerce(value: Any, kind: str, key: str, where: str) -> Any:

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from auto_coder_nb import trust
 from auto_coder_nb.config import DEFAULT_BASE_URL, DEFAULT_MODEL, load_config
 from auto_coder_nb.errors import ConfigError
 
 
-def write(path: Path, text: str) -> Path:
+def write(path: Path, text: str, trusted_in: Path | None = None) -> Path:
+    """Write a config file; `trusted_in`: the home of a user who trusts it (a project file that may set
+    anything, recorded as --trust-project would)."""
     path.write_text(text, encoding="utf-8")
+    if trusted_in is not None:
+        trust.record(path, trust.digest(path.read_bytes()), trust.store_path({}, trusted_in))
     return path
 
 
@@ -58,7 +63,7 @@ def test_openai_api_key_is_only_a_fallback(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     config = load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd)
     assert config.llm.api_key == "sk-openai"
-    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: sk-file\n")
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: sk-file\n", trusted_in=home)
     assert load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd).llm.api_key == "sk-file"
     env = {"OPENAI_API_KEY": "sk-openai", "AUTO_CODER_API_KEY": "sk-auto"}
     assert load_config(env=env, home=home, cwd=cwd).llm.api_key == "sk-auto"
@@ -67,7 +72,8 @@ def test_openai_api_key_is_only_a_fallback(dirs: tuple[Path, Path]) -> None:
 def test_variables_expand_from_the_environment(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     write(cwd / ".auto-coder.yaml",
-          "llm:\n  api_key: ${MY_KEY}\n  auth_headers:\n    X-Team: ${TEAM:-data}\n    X-Key: pre-${MY_KEY}\n")
+          "llm:\n  api_key: ${MY_KEY}\n  auth_headers:\n    X-Team: ${TEAM:-data}\n    X-Key: pre-${MY_KEY}\n",
+          trusted_in=home)
     config = load_config(env={"MY_KEY": "s3cret"}, home=home, cwd=cwd)
     assert config.llm.api_key == "s3cret"
     assert config.llm.auth_headers == {"X-Team": "data", "X-Key": "pre-s3cret"}
@@ -75,7 +81,7 @@ def test_variables_expand_from_the_environment(dirs: tuple[Path, Path]) -> None:
 
 def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
-    path = write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${NOT_SET_ANYWHERE}\n")
+    path = write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${NOT_SET_ANYWHERE}\n", trusted_in=home)
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set") as info:
         load_config(env={}, home=home, cwd=cwd)
     assert str(path) in str(info.value)
@@ -98,7 +104,7 @@ def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
 )
 def test_bad_files_give_one_line_naming_file_and_key(dirs: tuple[Path, Path], text: str, expected: str) -> None:
     home, cwd = dirs
-    path = write(cwd / ".auto-coder.yaml", text)
+    path = write(cwd / ".auto-coder.yaml", text, trusted_in=home)
     with pytest.raises(ConfigError) as info:
         load_config(env={}, home=home, cwd=cwd)
     message = str(info.value)
@@ -109,7 +115,7 @@ def test_bad_files_give_one_line_naming_file_and_key(dirs: tuple[Path, Path], te
 
 def test_a_wrong_secret_is_not_echoed(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
-    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: [sk-visible-secret]\n")
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: [sk-visible-secret]\n", trusted_in=home)
     with pytest.raises(ConfigError) as info:
         load_config(env={}, home=home, cwd=cwd)
     assert "sk-visible-secret" not in str(info.value)
