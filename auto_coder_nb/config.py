@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -81,6 +83,7 @@ class AuthConfig:
     refresh_token: str | None = None  # OAuth refresh token for token_url; secret
     token_command: str | None = None  # shell command printing a token (or JSON with access_token, expires_in)
     token_lifetime: float = 3600.0  # seconds a token_command token is used when it says no expiry
+    token_command_timeout: float = 60.0  # seconds token_command may run; then it is killed with its children
 
 
 @dataclass
@@ -269,7 +272,7 @@ def load_config(
     if config_path is not None:
         explicit = Path(config_path).expanduser()
         if not explicit.is_file():
-            raise ConfigError(f"config file {explicit} does not exist")
+            raise ConfigError(_not_a_file(explicit, "config file"))
         candidates.append(explicit)
         trusted.add(explicit.resolve())
     seen: set[Path] = set()
@@ -307,9 +310,18 @@ def site_files(env: Mapping[str, str]) -> list[Path]:
     for name in filter(None, env.get(SITE_CONFIG_ENV, "").split(os.pathsep)):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise ConfigError(f"{SITE_CONFIG_ENV}: site configuration file {path} does not exist")
+            raise ConfigError(f"{SITE_CONFIG_ENV}: {_not_a_file(path, 'site configuration file')}")
         found.append(path)
     return found
+
+
+def _not_a_file(path: Path, what: str) -> str:
+    """Why `path`, named explicitly, cannot be read as a configuration file."""
+    if path.is_dir():
+        return f"{what} {path} is a folder; give the path of a YAML file"
+    if path.exists():
+        return f"{what} {path} is not a regular file"
+    return f"{what} {path} does not exist"
 
 
 def _read_site_files(config: Config, env: Mapping[str, str]) -> None:
@@ -438,14 +450,11 @@ def _read_project_file(config: Config, path: Path, env: Mapping[str, str], store
                        trusted: bool) -> dict[str, Any]:
     """The project's file: read once (the content hashed is the content used); unless the user trusts it, the
     settings it may not set untrusted are left out and listed in `config.project`."""
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    content = _read_config_bytes(path)
     project = ProjectFile(path, digest(content), store)
     project.trusted = trusted or is_trusted(path, project.digest, store)
     config.project = project
-    data = _load_yaml(path, content)
+    data = _parse_yaml(path, content)
     if not project.trusted:
         data = _leave_out_untrusted(data, project, config.site)
     return _flatten(data, path, env, config.from_variables)
@@ -535,18 +544,137 @@ def _shown_server(raw: Any) -> str:
     return show_controls(where)
 
 
-def _load_yaml(path: Path, content: bytes | None = None) -> Any:
+# Limits on a configuration file (a few lines in practice): what a hostile file (a cloned project's) could use to
+# exhaust memory or time. Aliases are counted, and the size of the document with every alias expanded is too
+# (ten aliases of ten aliases of ... make a billion nodes from a few hundred bytes).
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_YAML_ALIASES = 100
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 10_000
+
+
+class _YamlLimit(Exception):
+    """A configuration file beyond one of the limits above."""
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing more than MAX_YAML_ALIASES aliases or MAX_YAML_NODES values, and nesting deeper
+    than MAX_YAML_DEPTH, while it reads (the pure-Python parser takes seconds for a hundred thousand values)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise _YamlLimit(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise _YamlLimit(f"more than {MAX_YAML_NODES} values")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _expanded_size(node: yaml.Node) -> int:
+    """How many nodes `node` stands for with every alias expanded; _YamlLimit past MAX_YAML_NODES, or when an
+    alias refers to a node that contains it (a structure that never ends)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, height)
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if id(node) in open_nodes:
+            raise _YamlLimit("an alias refers to a node that contains it")
+        known = sizes.get(id(node))
+        if known is None:
+            if depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep once aliases are expanded")
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            open_nodes.add(id(node))
+            measured = [measure(child, depth + 1) for child in children]
+            open_nodes.discard(id(node))
+            known = sizes[id(node)] = (1 + sum(n for n, _ in measured), 1 + max((h for _, h in measured), default=0))
+        if depth + known[1] > MAX_YAML_DEPTH + 1:
+            raise _YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep once aliases are expanded")
+        if known[0] > MAX_YAML_NODES:
+            raise _YamlLimit(f"more than {MAX_YAML_NODES} values once aliases are expanded")
+        return known
+
+    return measure(node, 1)[0]
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    """A configuration file's content: a regular file (not a folder, a FIFO or a device, which could block or
+    never end) of at most MAX_CONFIG_BYTES."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8") if content is None else content.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{path}: is a folder, not a configuration file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        try:
+            content = file.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration file is a few lines")
+    return content
+
+
+def _parse_yaml(path: Path, content: bytes) -> Any:
+    """The YAML document in `content` (UTF-8, within the limits above), or a one-line ConfigError naming `path`."""
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration file is a few lines")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1} cannot be decoded); save it as UTF-8") \
+            from None
+    loader: _LimitedLoader | None = None
+    try:
+        loader = _LimitedLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except _YamlLimit as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{path}: malformed YAML: character U+{exc.character:04X} at position {exc.position + 1} "
+                          "is not allowed (a control character)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        problem = " ".join(str(getattr(exc, "problem", None) or "invalid YAML").split())
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except RecursionError:  # the limits above should make this impossible; never a traceback
+        raise ConfigError(f"{path}: refused: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _load_yaml(path: Path) -> Any:
+    return _parse_yaml(path, _read_config_bytes(path))
 
 
 def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], site: bool = False) -> dict[str, Any]:
@@ -699,6 +827,54 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
             config.folders.pop(key, None)
 
 
+# Numbers given as text (always, from the environment and flags; quoted in a file) are read only when they are
+# written plainly: digits, and for seconds a decimal point. "1e3", "inf", "nan", "0x10", "1_000", "30s" are refused.
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+_DECIMAL_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+DAY = 86400.0
+# The largest value of each number setting (each must be above 0): beyond is surely a mistake, and some would
+# overflow where they are used (a timer, a date).
+NUMBER_LIMITS: dict[str, float] = {
+    "llm.timeout": DAY,
+    "llm.max_tokens": 10_000_000,
+    "agent.max_iterations": 100_000,
+    "agent.max_tool_calls_per_answer": 100_000,
+    "agent.command_timeout": DAY,
+    "agent.context_window": 100_000_000,
+    "agent.image_max_side": 16_384,
+    "agent.max_images": 1_000,
+    "auth.token_lifetime": 365 * DAY,
+    "auth.token_command_timeout": 3600.0,
+    "history.retention_days": 36_500,
+    f"{MCP_SERVERS}.*.timeout": DAY,
+    f"{MCP_SERVERS}.*.startup_timeout": DAY,
+}
+
+
+def _number_range(key: str) -> float:
+    if key.startswith(f"{MCP_SERVERS}."):
+        key = f"{MCP_SERVERS}.*.{key.rsplit('.', 1)[-1]}"
+    return NUMBER_LIMITS[key]
+
+
+def _check_json(value: Any, key: str, where: str) -> None:
+    """`value` must travel as JSON (it goes into every request body): strings, finite numbers, true/false, null,
+    lists and mappings with string keys; not NaN or infinity, not a date."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"{where}: {key}: keys must be strings, got {name!r}")
+            _check_json(item, f"{key}.{name}", where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, key, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key}: expected a finite number (JSON has no {value!r}), got {value!r}")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{where}: {key}: expected a JSON value (text, number, true/false, null, list, mapping), "
+                          f"got {type(value).__name__} {str(value)!r}")
+
+
 def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     def wrong(expected: str) -> ConfigError:
         shown = "<hidden>" if key in SECRET_KEYS or key.endswith((".env", ".headers")) else repr(value)
@@ -730,18 +906,21 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     if kind.startswith("int"):
         if optional and isinstance(value, str) and value.strip().lower() in ("null", "none"):
             return None  # from a flag or the environment, where there is no YAML null
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise wrong("a positive whole number" + (" or null" if optional else ""))
+        highest = _number_range(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= highest:
+            raise wrong("a positive whole number" + (" or null" if optional else "") + f" (at most {highest:,})")
         return value
     if kind == "float":
-        try:
-            number = float(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or number <= 0:
-            raise wrong("a positive number (seconds)")
+        number: float | None = None
+        if isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
+            number = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        highest = _number_range(key)
+        if number is None or not math.isfinite(number) or not 0 < number <= highest:
+            raise wrong(f"a positive number of seconds (at most {highest:,g})")
         return number
     if kind.startswith("dict[str, str]"):
         if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
@@ -750,6 +929,8 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
     if kind.startswith("dict"):
         if not isinstance(value, dict):
             raise wrong("a mapping")
+        if key == "llm.extra_params":
+            _check_json(value, key, where)
         return dict(value)
     if kind.startswith("list"):
         if isinstance(value, str):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,153 @@ def test_tool_calling_and_max_tokens_from_file_env_and_flags(dirs: tuple[Path, P
     assert "llm.max_tokens = None  (flag --max-tokens)" in result.stdout
     result = run_cli("--tool-calling", "maybe", "hi", cwd=cwd, env=env)
     assert result.returncode == 2 and "--tool-calling" in result.stderr
+
+
+BILLION_LAUGHS = "".join(
+    f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10) if level else ', '.join(['lol'] * 10)}]\n"
+    for level in range(9))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (BILLION_LAUGHS, "more than 10000 values once aliases are expanded"),
+        ("x: &x 1\ny: [" + ", ".join(["*x"] * 150) + "]\n", "more than 100 aliases"),
+        ("llm:\n  extra_params: &a\n    again: *a\n", "an alias refers to a node that contains it"),
+        ("llm:\n  extra_params: " + "[" * 20000 + "]" * 20000 + "\n", "nested more than 32 levels deep"),
+        ("llm:\n  extra_params:\n" + "".join(f"    k{i}: {i}\n" for i in range(6000)), "more than 10000 values"),
+        ("llm:\n  model: x\n" + "#" * (300 * 1024) + "\n", "larger than 256 KiB"),
+        ("llm:\n  model: bell\x07\n", "character U+0007 at position 19 is not allowed"),
+    ],
+    ids=["billion-laughs", "many-aliases", "alias-cycle", "deep-nesting", "many-values", "huge-file", "control"],
+)
+def test_hostile_yaml_is_refused_quickly_in_one_line(dirs: tuple[Path, Path], text: str, expected: str) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml", text)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert expected in message and message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_a_file_that_is_not_utf8_is_named(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    path = cwd / ".auto-coder.yaml"
+    path.write_bytes("llm:\n  model: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text") as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("key", ["llm.timeout", "agent.command_timeout", "auth.token_lifetime",
+                                 "auth.token_command_timeout"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "0", "-1", "1.0e+300", "'nan'", "'inf'", "'1e3'",
+                                   "'30s'", "[30]", "true", "2024-01-01"])
+def test_seconds_must_be_finite_positive_and_sensible_from_a_file(dirs: tuple[Path, Path], key: str,
+                                                                  value: str) -> None:
+    home, cwd = dirs
+    section, name = key.split(".")
+    path = write(cwd / ".auto-coder.yaml", f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{key}: expected a positive number of seconds") as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["llm.max_tokens", "agent.max_iterations", "agent.max_tool_calls_per_answer",
+                                 "agent.context_window", "agent.image_max_side", "agent.max_images",
+                                 "history.retention_days"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "0", "-5", "2.5", "99999999999999999999", "'1e3'", "'²'",
+                                   "true"])
+def test_whole_numbers_must_be_positive_and_sensible_from_a_file(dirs: tuple[Path, Path], key: str,
+                                                                 value: str) -> None:
+    home, cwd = dirs
+    section, name = key.split(".")
+    path = write(cwd / ".auto-coder.yaml", f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{key}: expected a positive whole number") as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_mcp_timeouts_must_be_finite(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "mcp:\n  servers:\n    files:\n      command: srv\n      startup_timeout: .inf\n")
+    with pytest.raises(ConfigError, match=r"mcp.servers.files.startup_timeout: expected a positive number"):
+        load_config(env={}, home=home, cwd=cwd)
+
+
+def test_numbers_written_as_text_are_read_only_when_written_plainly(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "llm:\n  timeout: '30'\n  max_tokens: '512'\nagent:\n  command_timeout: '2.5'\n")
+    config = load_config(env={"AUTO_CODER_MAX_TOKENS": " 256 "}, home=home, cwd=cwd)
+    assert (config.llm.timeout, config.llm.max_tokens, config.agent.command_timeout) == (30.0, 256, 2.5)
+    assert load_config({"llm.timeout": "45"}, env={}, home=home, cwd=cwd).llm.timeout == 45.0
+    for text in ("1e3", "nan", "inf", "0x10", "1_000", "+5", "²"):
+        with pytest.raises(ConfigError, match=r"AUTO_CODER_MAX_TOKENS: llm.max_tokens: expected a positive whole"):
+            load_config(env={"AUTO_CODER_MAX_TOKENS": text}, home=home, cwd=cwd)
+        with pytest.raises(ConfigError, match=r"--timeout: llm.timeout: expected a positive number of seconds"):
+            load_config({"llm.timeout": text}, env={}, home=home, cwd=cwd)
+    for number in (float("nan"), float("inf"), 0, -1.0, 1e300):
+        with pytest.raises(ConfigError, match=r"--timeout: llm.timeout: expected a positive number of seconds"):
+            load_config({"llm.timeout": number}, env={}, home=home, cwd=cwd)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("{temperature: .nan}", "llm.extra_params.temperature: expected a finite number"),
+    ("{stop: [a, .inf]}", "llm.extra_params.stop: expected a finite number"),
+    ("{seed: 2024-01-01}", "llm.extra_params.seed: expected a JSON value"),
+    ("{options: {1: x}}", "llm.extra_params.options: keys must be strings"),
+])
+def test_extra_params_must_be_sendable_as_json(dirs: tuple[Path, Path], value: str, expected: str) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", f"llm:\n  extra_params: {value}\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(env={}, home=home, cwd=cwd)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("llm:\n  extra_params: [a, b]\n", "llm.extra_params: expected a mapping"),
+    ("mcp:\n  servers: [a, b]\n", "mcp.servers: expected a mapping"),
+    ("mcp:\n  servers:\n    files: [srv]\n", "mcp.servers.files: expected a mapping"),
+    ("mcp:\n  servers:\n    files:\n      command: srv\n      env: [A=1]\n",
+     "mcp.servers.files.env: expected a mapping"),
+    ("agent: [a]\n", "agent: expected a mapping of settings"),
+])
+def test_a_list_where_a_mapping_belongs_names_file_and_key(dirs: tuple[Path, Path], text: str, expected: str) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml", text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(env={}, home=home, cwd=cwd)
+    assert str(path) in str(info.value)
+
+
+def test_a_folder_or_a_fifo_given_as_config_file_is_refused(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    home, cwd = dirs
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder; give the path of a YAML file"):
+        load_config(None, tmp_path, env={}, home=home, cwd=cwd)
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):  # reading it would block for ever
+        load_config(None, fifo, env={}, home=home, cwd=cwd)
+    with pytest.raises(ConfigError, match="AUTO_CODER_SITE_CONFIG: site configuration file .* is a folder"):
+        load_config(env={"AUTO_CODER_SITE_CONFIG": str(tmp_path)}, home=home, cwd=cwd)
+
+
+@pytest.mark.parametrize(("args", "text", "expected"), [
+    (["--config", "."], None, "is a folder"),
+    ([], "llm:\n  timeout: .nan\n", "llm.timeout: expected a positive number of seconds"),
+    ([], "llm:\n  timeout: 0\n", "llm.timeout: expected a positive number of seconds"),
+    ([], "a: &a [1, 2]\nb: [" + ", ".join(["*a"] * 120) + "]\n", "more than 100 aliases"),
+    (["--max-tokens", "1e3"], None, "--max-tokens: llm.max_tokens: expected a positive whole number"),
+])
+def test_cli_refuses_bad_configuration_in_one_line_with_exit_2(dirs: tuple[Path, Path], clean_env: dict[str, str],
+                                                              args: list[str], text: str | None,
+                                                              expected: str) -> None:
+    home, cwd = dirs
+    if text is not None:
+        write(cwd / ".auto-coder.yaml", text)
+    result = run_cli(*args, "--show-config", cwd=cwd, env=clean_env | {"HOME": str(home)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert expected in result.stderr
