@@ -456,16 +456,21 @@ def _read_project_file(config: Config, path: Path, env: Mapping[str, str], store
     config.project = project
     data = _parse_yaml(path, content)
     if not project.trusted:
-        data = _leave_out_untrusted(data, project, config.site)
+        data, left_out = _leave_out_untrusted(data, project, config.site)
+        # Checked all the same (a broken file is an error, trusted or not), never applied nor expanded.
+        for key, value in _flatten(left_out, path, {}, set()).items():
+            if not key.startswith(f"{MCP_SERVERS}."):
+                _coerce(value, _field_type(key), key, str(path))
     return _flatten(data, path, env, config.from_variables)
 
 
-def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> Any:
-    """`data` without the settings that need trust (recorded in `project.ignored`). Unknown sections and keys stay,
-    to be refused as in any file; settings the site locks stay too, to be refused as locked (trust would not
-    change them)."""
+def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> tuple[Any, dict[str, Any]]:
+    """`data` without the settings that need trust (recorded in `project.ignored`), and those left out that take
+    nothing from the environment (to be checked). Unknown sections and keys stay, to be refused as in any file;
+    settings the site locks stay too, to be refused as locked (trust would not change them)."""
+    left_out: dict[str, Any] = {}
     if not isinstance(data, dict):
-        return data
+        return data, left_out
     kept: dict[Any, Any] = {}
     for section, values in data.items():
         if section not in _SECTIONS or not isinstance(values, dict):
@@ -481,6 +486,8 @@ def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> A
                 for name, raw in servers.items():
                     if name not in locked:
                         project.ignored[f"{MCP_SERVERS}.{name}"] = _shown_server(raw)
+                        if not _takes_variables(raw):
+                            left_out.setdefault("mcp", {}).setdefault("servers", {})[name] = raw
             elif servers is not None:
                 kept[section]["servers"] = servers  # not a mapping: the usual error
             continue
@@ -492,7 +499,9 @@ def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> A
                 kept[section][key] = value
             else:
                 project.ignored[dotted] = _shown_value(dotted, value)
-    return kept
+                if not _takes_variables(value):
+                    left_out.setdefault(section, {})[key] = value
+    return kept, left_out
 
 
 def _safe_in_project(key: str, value: Any) -> bool:

@@ -106,7 +106,7 @@ def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
 )
 def test_bad_files_give_one_line_naming_file_and_key(dirs: tuple[Path, Path], text: str, expected: str) -> None:
     home, cwd = dirs
-    path = write(cwd / ".auto-coder.yaml", text, trusted_in=home)
+    path = write(cwd / ".auto-coder.yaml", text)
     with pytest.raises(ConfigError) as info:
         load_config(env={}, home=home, cwd=cwd)
     message = str(info.value)
@@ -117,7 +117,7 @@ def test_bad_files_give_one_line_naming_file_and_key(dirs: tuple[Path, Path], te
 
 def test_a_wrong_secret_is_not_echoed(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
-    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: [sk-visible-secret]\n", trusted_in=home)
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: [sk-visible-secret]\n")
     with pytest.raises(ConfigError) as info:
         load_config(env={}, home=home, cwd=cwd)
     assert "sk-visible-secret" not in str(info.value)

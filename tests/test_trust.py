@@ -15,6 +15,7 @@ import pexpect
 import pytest
 
 from auto_coder_nb.config import load_config
+from auto_coder_nb.errors import ConfigError
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 TOOL_MODULE = '''
@@ -89,6 +90,19 @@ def test_an_untrusted_project_file_keeps_only_its_harmless_settings(dirs: tuple[
     assert "ignored mcp.servers.sneaky = command sh -c echo pwned > pwned.txt" in shown
     assert "header-secret-42" not in shown and "X-Project" in shown
     assert "auto-coder --trust-project" in shown and "%autocoder --trust-project" in shown
+
+
+def test_an_untrusted_file_is_still_checked_but_its_variables_are_never_read(dirs: tuple[Path, Path]) -> None:
+    home, project = dirs
+    path = project / ".auto-coder.yaml"
+    path.write_text("agent:\n  approval_mode: yolo\n")
+    with pytest.raises(ConfigError, match="agent.approval_mode: expected one of") as info:
+        load_config(env={}, home=home, cwd=project)
+    assert str(info.value).startswith(f"{path}: ")
+    path.write_text("llm:\n  api_key: ${NOT_SET_ANYWHERE}\n  auth_headers:\n    X-Env: ${USERS_SECRET}\n")
+    config = load_config(env={"USERS_SECRET": "users-secret-7"}, home=home, cwd=project)
+    assert config.project is not None and list(config.project.ignored) == ["llm.api_key", "llm.auth_headers"]
+    assert "users-secret-7" not in config.from_variables and "users-secret-7" not in config.show()
 
 
 @pytest.mark.parametrize(("text", "applied"), [
