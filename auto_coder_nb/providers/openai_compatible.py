@@ -50,6 +50,7 @@ from .base import (
 from .capabilities import ModelCapabilities, probe_capabilities
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
 from .prompted import prompted_chat
+from .repetition import REPETITION_NOTICE, RepetitionGuard
 from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 MAX_RETRIES = 4
@@ -304,6 +305,7 @@ class OpenAICompatibleProvider(LLMProvider):
             # Keep-alive comments and empty deltas reset httpx's read timeout; this one only counts progress.
             idle_limit = self.config.llm.timeout
             last_progress = time.monotonic()
+            runaway = _RunawayWatch()
             while not ended:
                 read = await anext(reads, None)
                 ended = read is None
@@ -362,6 +364,12 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
+                if runaway.tripped(assembler):
+                    # Stop reading (leaving the block closes the connection, so the server stops generating too).
+                    yield ProviderNotice(REPETITION_NOTICE)
+                    completion = assembler.completion()
+                    yield Completion(completion.content, completion.reasoning, [], "repetition", completion.usage)
+                    return
                 now = time.monotonic()
                 if finished or assembler.progress != progress:
                     last_progress = now
@@ -572,6 +580,22 @@ class _Assembler:
         if tool_calls and finish_reason != "length":
             finish_reason = "tool_calls"  # whatever the server said: tool-call deltas make it a tool turn
         return Completion("".join(self.content), "".join(self.reasoning), tool_calls, finish_reason, self.usage)
+
+
+class _RunawayWatch:
+    """Whether the answer or the reasoning streamed so far ends in the same text repeated over and over."""
+
+    def __init__(self) -> None:
+        self.guards = {"content": RepetitionGuard(), "reasoning": RepetitionGuard()}
+        self.seen = {"content": 0, "reasoning": 0}  # pieces of each already fed
+
+    def tripped(self, assembler: _Assembler) -> bool:
+        for name, guard in self.guards.items():
+            pieces: list[str] = getattr(assembler, name)
+            new, self.seen[name] = pieces[self.seen[name]:], len(pieces)
+            if new and guard.feed("".join(new)):
+                return True
+        return False
 
 
 def _refuses_tools(response: httpx.Response) -> bool:

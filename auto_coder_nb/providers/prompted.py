@@ -499,6 +499,9 @@ async def prompted_chat(
                 yield event
         if completion.usage is not None:
             usage = completion.usage if usage is None else usage + completion.usage
+        if completion.finish_reason == "repetition":  # cut by the provider's guard, which said so: keep the answer
+            yield Completion(stream.emitted, completion.reasoning, [], "repetition", usage)  # so far, run nothing
+            return
         if completion.finish_reason == "length":
             yield _cut_off(completion, stream, tools, usage, new_call_id)
             return
