@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,7 @@ class Session:
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
         project instructions ends; default the workspace root."""
+        config.require(session_keys(config))
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         def secrets() -> list[str]:
@@ -154,6 +155,7 @@ class Session:
         the endpoint, model or authentication changed; the MCP servers restarted when theirs did; the approval
         mode and the agent's limits. True if any did.
         (The workspace root and command timeout stay: the tools are bound to them.)"""
+        config.require(session_keys(config))
         changed = False
         if (config.llm, config.auth) != (self.config.llm, self.config.auth):
             from .providers.openai_compatible import OpenAICompatibleProvider
@@ -187,6 +189,7 @@ class Session:
             changed = True
         self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
+        self.config.unset = config.unset
         self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
 
@@ -264,6 +267,12 @@ def restrict_tools(config: Config, tools: ToolRegistry) -> list[str]:
     for warning in config.warnings:
         tools.notify(warning)
     return removed
+
+
+def session_keys(config: Config) -> list[str]:
+    """The settings a session uses from its start (agent.*, history.*): one with an unset ${VAR} is an error then.
+    (llm.* and auth.* are checked by each request, `auth.request_keys`; MCP servers by McpServers.)"""
+    return [f"{section}.{f.name}" for section in ("agent", "history") for f in fields(getattr(config, section))]
 
 
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
