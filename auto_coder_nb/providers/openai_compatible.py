@@ -367,8 +367,9 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
-                if runaway.tripped(assembler):
-                    # Stop reading (leaving the block closes the connection, so the server stops generating too).
+                if not finished and assembler.finish_reason is None and runaway.tripped(assembler):
+                    # Stop reading (leaving the block closes the connection, so the server stops generating too);
+                    # an answer that ended already is kept whole.
                     yield ProviderNotice(REPETITION_NOTICE)
                     completion = assembler.completion()
                     yield Completion(completion.content, completion.reasoning, [], "repetition", completion.usage)
