@@ -75,6 +75,7 @@ class TurnOptions:
 
     model: str | None = None
     approval_mode: str | None = None
+    tool_calling: str | None = None  # auto | native | prompted | none (llm.tool_calling) for this turn
 
 
 class TurnObserver(Protocol):
@@ -190,7 +191,7 @@ class Agent:
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
-                async for event in self._request(partial, options.model):
+                async for event in self._request(partial, options.model, options.tool_calling):
                     if isinstance(event, Completion):
                         completion = event
                     else:
@@ -251,7 +252,8 @@ class Agent:
         if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
-    async def _request(self, partial: list[str], model: str | None) -> AsyncIterator[Event | Completion]:
+    async def _request(self, partial: list[str], model: str | None,
+                       tool_calling: str | None = None) -> AsyncIterator[Event | Completion]:
         """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
         conversation = self.conversation
         definitions = self.tools.definitions()
@@ -270,7 +272,7 @@ class Agent:
                                  f"{changed} older messages were trimmed.")
             try:
                 async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers,
-                                                     model=model):
+                                                     model=model, tool_calling=tool_calling):
                     if isinstance(item, TextChunk):
                         partial.append(item.text)
                         yield TextDelta(item.text)

@@ -19,6 +19,9 @@ import asyncio
 import base64
 import inspect
 import json
+import os
+import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -40,7 +43,9 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
 SLOW_DOWN_STEP = 5.0  # RFC 8628 section 3.5
 EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the token's lifetime)
-TOKEN_COMMAND_TIMEOUT = 60.0
+TOKEN_OUTPUT_LIMIT = 64 * 1024  # a token, or JSON with one: more is not a token command's output
+TOKEN_ERRORS_KEPT = 4096  # the end of its standard error, for the message when it fails
+TOKEN_COMMAND_GRACE = 1.0  # seconds a background process may hold the output open after the shell exited
 
 
 # Every token fetched in this process (SSO, token endpoints, token_command): secrets like the configuration's,
@@ -439,14 +444,15 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
     def _run_token_command(self) -> Token:
         """Run auth.token_command; it prints a token, or JSON with access_token / accessToken and expires_in."""
         command = self.config.auth.token_command or ""
+        returncode, stdout, stderr = run_token_command(command, self.config.auth.token_command_timeout)
         try:
-            done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=TOKEN_COMMAND_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AuthenticationFailed(f"auth.token_command did not finish in {TOKEN_COMMAND_TIMEOUT:.0f} s") from None
-        output = done.stdout.strip()
-        if done.returncode != 0 or not output:
-            said = hide_secrets(done.stderr.strip()[-300:], [*self._secrets, output])
-            problem = f"exited with status {done.returncode}" if done.returncode else "printed no token"
+            output = stdout.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise AuthenticationFailed("auth.token_command printed bytes that are not UTF-8 text; it must print only "
+                                       "the token (or JSON with access_token)") from None
+        if returncode != 0 or not output:
+            said = hide_secrets(stderr.decode("utf-8", "replace").strip()[-300:], [*self._secrets, output])
+            problem = f"exited with status {returncode}" if returncode else "printed no token"
             raise AuthenticationFailed(f"auth.token_command {problem}" + (f": {said}" if said else ""))
         now = self._clock()
         lifetime: Any = self.config.auth.token_lifetime
@@ -466,6 +472,77 @@ class AuthenticationProviderWithClientSideTokenRefresh(FlowAuth):
                                        "characters (or JSON with access_token); it printed "
                                        f"{len(output.splitlines())} line(s), or control characters")
         return Token(output, _expiry(lifetime, now))
+
+
+def run_token_command(command: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run auth.token_command in a shell of its own process group: (exit status, output, the end of its errors).
+
+    Standard input is empty (a prompt would wait for ever). Past `timeout` seconds, or past TOKEN_OUTPUT_LIMIT bytes
+    of output, the whole group is killed (the shell and whatever it started) and AuthenticationFailed says so without
+    the output, which may hold a token. Once the shell has exited, a process it left in the background that still
+    holds the output open gets TOKEN_COMMAND_GRACE seconds, then is killed too."""
+    process = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None
+    output, errors = bytearray(), bytearray()
+    buffers = {process.stdout.fileno(): output, process.stderr.fileno(): errors}
+    deadline = time.monotonic() + timeout
+    exited_at: float | None = None
+    try:
+        with selectors.DefaultSelector() as selector:
+            for stream in (process.stdout, process.stderr):
+                selector.register(stream, selectors.EVENT_READ)
+            while selector.get_map():
+                now = time.monotonic()
+                if now >= deadline:
+                    raise AuthenticationFailed(f"auth.token_command did not finish in {timeout:g} s "
+                                               "(auth.token_command_timeout); it was stopped with every process it "
+                                               "started")
+                if exited_at is None and process.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and now - exited_at >= TOKEN_COMMAND_GRACE:
+                    break  # the shell is done; what it left running in the background holds the output open
+                for key, _ in selector.select(min(deadline - now, 0.1)):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    buffer = buffers[key.fd]
+                    buffer += chunk
+                    if buffer is output and len(output) > TOKEN_OUTPUT_LIMIT:
+                        raise AuthenticationFailed(f"auth.token_command printed more than {TOKEN_OUTPUT_LIMIT // 1024} "
+                                                   "KiB; it must print only the token (or JSON with access_token); "
+                                                   "it was stopped")
+                    if buffer is errors and len(errors) > TOKEN_ERRORS_KEPT:
+                        del errors[:-TOKEN_ERRORS_KEPT]
+            if selector.get_map():
+                _kill_group(process)  # left in the background holding the output: the command is done, so is it
+        try:
+            returncode = process.wait(max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:  # it closed its output but runs on
+            raise AuthenticationFailed(f"auth.token_command did not finish in {timeout:g} s "
+                                       "(auth.token_command_timeout); it was stopped with every process it "
+                                       "started") from None
+    except BaseException:
+        _kill_group(process)
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+    return returncode, bytes(output), bytes(errors)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group `process` leads (start_new_session made its pid the group id), if any is left."""
+    killpg = getattr(os, "killpg", None)
+    try:
+        if killpg is not None:
+            killpg(process.pid, signal.SIGKILL)
+        else:  # no process groups (Windows): the shell alone
+            process.kill()
+    except (ProcessLookupError, PermissionError):
+        pass  # all gone already
 
 
 def load_provider_class(spec: str, folder: Path | None = None) -> type:

@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.doctor:
         from .doctor import run_doctor
 
-        return EXIT_OK if run_doctor(config, lambda text: print(text, flush=True)) else EXIT_RUNTIME
+        if run_doctor(config, lambda text: print(text, flush=True)):
+            return EXIT_OK
+        from .auth import request_keys  # a ${VAR} the requests need is not set: a configuration error
+
+        return EXIT_USAGE if any(key in config.unset for key in request_keys(config)) else EXIT_RUNTIME
     store = ConversationStore(warn=lambda text: print(f"auto-coder: warning: {text}", file=sys.stderr))
     if args.sessions:
         print(store.listing())

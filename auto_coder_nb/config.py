@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,24 @@ DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
 # How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
 TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
+
+
+@dataclass(frozen=True)
+class UnsetVariable:
+    """A setting written with a ${VAR} that is not set (`api_key: ${MY_GATEWAY_KEY}`). Not an error by itself: a later
+    file, variable or flag may set the key; only where the value is used (a request, a session, an MCP server, the
+    doctor) is it one, naming the file, the key and the variable."""
+
+    file: Path
+    key: str  # where the variable is: the setting, or inside it ("llm.auth_headers.X-Key")
+    variable: str
+
+    def message(self) -> str:
+        return f"{self.file}: {self.key}: environment variable {self.variable} is not set"
+
+    def describe(self) -> str:
+        """For --show-config: unset, and why."""
+        return f"unset: ${{{self.variable}}} is not set"
 
 
 @dataclass
@@ -111,6 +129,8 @@ class McpServerConfig:
     disabled: bool = False
     # Values the config took from ${VAR}: hidden wherever this server's settings or errors are shown.
     secrets: list[str] = field(default_factory=list, repr=False)
+    # A ${VAR} of its settings that is not set: the server is not started, and says why.
+    unset: UnsetVariable | None = None
 
     def describe(self) -> str:
         """How this server is reached, for --show-config and the doctor; env and header values hidden."""
@@ -125,10 +145,12 @@ class McpServerConfig:
         marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
         if self.read_tools:
             marks.append(f"read_tools {', '.join(self.read_tools)}")
+        if self.unset is not None:
+            marks.append(self.unset.describe())
         return hide_secrets(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
 
 
-MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
+MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name not in ("secrets", "unset"))
 MCP_TRANSPORT_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
 _MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -159,6 +181,14 @@ class Config:
     project: ProjectFile | None = None
     # "agent.tools" -> the folder of the config file that set it: its modules are imported from there first.
     folders: dict[str, Path] = field(default_factory=dict)
+    # Settings whose ${VAR} is not set ("llm.api_key" -> where): at their default, an error where they are used.
+    unset: dict[str, UnsetVariable] = field(default_factory=dict)
+
+    def require(self, keys: Iterable[str]) -> None:
+        """ConfigError naming file, key and variable if one of `keys` (about to be used) has an unset ${VAR}."""
+        for key in keys:
+            if key in self.unset:
+                raise ConfigError(self.unset[key].message())
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
@@ -180,7 +210,8 @@ class Config:
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
                 source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
-                lines.append(f"{key} = {value!r}  ({self._marked(key, source)})")
+                shown = f"<{self.unset[key].describe()}>" if key in self.unset else repr(value)
+                lines.append(f"{key} = {shown}  ({self._marked(key, source)})")
         for name, server in self.mcp.servers.items():
             key = f"{MCP_SERVERS}.{name}"
             lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
@@ -380,7 +411,7 @@ def _check_site_allows(config: Config) -> None:
     site = config.site
     for key, refusal in (("llm.base_url", site.base_url_refusal(config.llm.base_url)),
                          ("llm.model", site.model_refusal(config.llm.model))):
-        if refusal is not None:
+        if refusal is not None and key not in config.unset:  # unset: an error where it is used
             raise ConfigError(f"{key} from {config.sources.get(key, 'default')}: {refusal}")
     mode = config.agent.approval_mode
     refusal = site.mode_refusal(mode)
@@ -709,12 +740,17 @@ def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], sit
             flat.update(_mcp_servers(values, path, env, taken))
             continue
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
+            missing: list[tuple[str, str]] = []
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken, missing)
+            if missing:  # an error only where the value is used, unless a later file, variable or flag sets it
+                flat[f"{section}.{key}"] = UnsetVariable(path, *missing[0])
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str],
+            missing: list[tuple[str, str]]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`. A
+    variable that is not set (and has no default) stays as written, and (key, variable) goes in `missing`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -723,12 +759,13 @@ def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
+            missing.append((key, name))
+            return m.group(0)
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken, missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env, taken) for v in value]
+        return [_expand(v, key, path, env, taken, missing) for v in value]
     return value
 
 
@@ -778,14 +815,18 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
     if transport == "stdio" and "headers" in settings:
         raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
     taken: set[str] = set()
-    settings = _expand(settings, key, path, env, taken)
-    server = McpServerConfig(secrets=sorted(taken))
+    missing: list[tuple[str, str]] = []
+    settings = _expand(settings, key, path, env, taken, missing)
+    server = McpServerConfig(secrets=sorted(taken), unset=UnsetVariable(path, *missing[0]) if missing else None)
     for field_name, value in settings.items():
         kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
         try:
             setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
         except ConfigError as exc:
-            raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+            if server.unset is None:  # else a ${VAR} left as written may be what is wrong: said when it starts
+                raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+    if server.unset is not None:
+        return server  # not started (McpServers says why); its ${VAR}s stay as written
     if server.command is not None and not server.command.strip():
         raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
     if server.url is not None and not server.url.startswith(("http://", "https://")):
@@ -826,6 +867,11 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
     except KeyError:
         known = ", ".join(f.name for f in fields(_SECTIONS[section]))
         raise ConfigError(f"{where}: unknown key {key!r}; known keys in {section}: {known}") from None
+    if isinstance(value, UnsetVariable):  # the default meanwhile, never an earlier file's value
+        setattr(getattr(config, section), name, getattr(_SECTIONS[section](), name))
+        config.sources[key] = source
+        config.unset[key] = value
+        return
     value = _coerce(value, kind, key, where)
     setattr(getattr(config, section), name, value)
     config.sources[key] = source
@@ -834,6 +880,7 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
             config.folders[key] = Path(where).absolute().parent
         else:
             config.folders.pop(key, None)
+    config.unset.pop(key, None)
 
 
 # Numbers given as text (always, from the environment and flags; quoted in a file) are read only when they are

@@ -433,6 +433,8 @@ class _Doctor:
 
 
 def _mcp_advice(server: Any) -> str:
+    if server.config.unset is not None:
+        return f"set {server.config.unset.variable} in the environment, or change {server.config.unset.key}"
     if server.state == "refused":
         return "the site configuration does not allow this server: ask your administrator"
     if "pip install" in server.detail:

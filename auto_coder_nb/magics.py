@@ -19,6 +19,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .approvals import APPROVAL_MODES
+from .config import TOOL_CALLING_MODES
 from .kernel import (
     KernelState,
     MainThreadCall,
@@ -187,6 +188,9 @@ class AutoCoderMagics(Magics):
     @magic_arguments()
     @argument("-m", "--model", help="model for this request (default: the configured one)")
     @argument("--approval-mode", choices=APPROVAL_MODES, help="what needs a yes, for this request")
+    @argument("--tool-calling", choices=TOOL_CALLING_MODES, metavar="MODE",
+              help="how the model uses tools for this request: " + ", ".join(TOOL_CALLING_MODES)
+              + " (default: llm.tool_calling)")
     @argument("--insert", action="store_true", help="put the answer's code blocks into a new cell below")
     @argument("--no-interpolate", action="store_true", help="send {name} as written, without the variable's value")
     @argument("--context", choices=CONTEXT_MODES, default="auto",
@@ -236,7 +240,8 @@ class AutoCoderMagics(Magics):
         return ChatPanel()
 
 
-_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--context", "--working-dir", "--attach", "--export"}
+_VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--tool-calling", "--context", "--working-dir", "--attach",
+                  "--export"}
 _TOKEN = re.compile(r"\s*(\S+)")
 
 
@@ -339,7 +344,7 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     from .agent import TurnOptions
     from .cell_output import CellRenderer
 
-    options = TurnOptions(model=args.model, approval_mode=args.approval_mode)
+    options = TurnOptions(model=args.model, approval_mode=args.approval_mode, tool_calling=args.tool_calling)
     metadata = {"model": args.model or session.provider.model,
                 "correlation_id": session.conversation.correlation_id}
     renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,

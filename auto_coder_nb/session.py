@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,7 @@ class Session:
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
         project instructions ends; default the workspace root."""
+        config.require(session_keys(config))
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         def secrets() -> list[str]:
@@ -158,6 +159,7 @@ class Session:
         mode and the agent's limits. True if any did.
         (The workspace root and command timeout stay: the tools are bound to them.) Raises ConfigError, before
         changing anything, when a tool named in agent.tools cannot be loaded."""
+        config.require(session_keys(config))
         changed = False
         module_folder = config.folders.get("agent.tools")
         if (config.agent.tools, module_folder) != (self.config.agent.tools, self.config.folders.get("agent.tools")):
@@ -202,6 +204,7 @@ class Session:
         self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
         self.config.project, self.config.folders = config.project, config.folders
+        self.config.unset = config.unset
         self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
 
@@ -279,6 +282,12 @@ def restrict_tools(config: Config, tools: ToolRegistry) -> list[str]:
     for warning in config.warnings:
         tools.notify(warning)
     return removed
+
+
+def session_keys(config: Config) -> list[str]:
+    """The settings a session uses from its start (agent.*, history.*): one with an unset ${VAR} is an error then.
+    (llm.* and auth.* are checked by each request, `auth.request_keys`; MCP servers by McpServers.)"""
+    return [f"{section}.{f.name}" for section in ("agent", "history") for f in fields(getattr(config, section))]
 
 
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:

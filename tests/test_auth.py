@@ -9,6 +9,7 @@ import base64
 import json
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -676,3 +677,79 @@ def test_secrets_never_appear_in_output_errors_or_show_config(tmp_path: Path, fa
     assert "invalid_client" in everything and "auth.client_secret = '<hidden>'" in everything
     for secret in secrets:
         assert secret not in everything
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie waiting for a parent that is not us counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_a_token_command_past_its_timeout_is_killed_with_its_children(tmp_path: Path,
+                                                                      fake_server: FakeLLMServer) -> None:
+    pid_file = tmp_path / "child.pid"
+    command = f"sleep 300 & echo $! > {shlex.quote(str(pid_file))}; echo partial-secret-42; sleep 300"
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url, "auth.token_command": command,
+                                    "auth.token_command_timeout": 1})
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as raised:
+        AuthenticationProviderWithClientSideTokenRefresh(config).get_bearer_token()
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert "did not finish in 1 s (auth.token_command_timeout)" in message and "partial-secret-42" not in message
+    assert wait_until(lambda: gone(int(pid_file.read_text())), 10), "the background child outlived the timeout"
+    assert fake_server.requests == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("printer", ["yes secret-line-7 | head -c 3000000; sleep 300",
+                                     "head -c 70000 /dev/zero | tr '\\0' x; sleep 300"])
+def test_a_token_command_printing_too_much_is_stopped_without_echo(tmp_path: Path, fake_server: FakeLLMServer,
+                                                                   printer: str) -> None:
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url, "auth.token_command": printer})
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as raised:
+        AuthenticationProviderWithClientSideTokenRefresh(config).get_bearer_token()
+    assert time.monotonic() - started < 10  # stopped at the cap, not at the 60 s timeout
+    message = str(raised.value)
+    assert "printed more than 64 KiB" in message
+    assert "secret-line" not in message and "xxxx" not in message
+
+
+@pytest.mark.timeout(60)
+def test_a_token_printed_by_a_command_that_leaves_a_child_holding_its_output(tmp_path: Path,
+                                                                              fake_server: FakeLLMServer) -> None:
+    pid_file = tmp_path / "child.pid"
+    command = f"sleep 300 & echo $! > {shlex.quote(str(pid_file))}; echo cmd-token-5"
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url, "auth.token_command": command,
+                                    "auth.token_command_timeout": 30})
+    started = time.monotonic()
+    assert AuthenticationProviderWithClientSideTokenRefresh(config).get_bearer_token() == "cmd-token-5"
+    assert time.monotonic() - started < 10  # not the 30 s timeout
+    assert wait_until(lambda: gone(int(pid_file.read_text())), 10)
+
+
+def test_a_token_command_gets_no_standard_input(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    command = "read answer; echo \"token-${answer:-none}\""  # a prompt gets end of input at once, never waits
+    config = make_config(tmp_path, {"llm.base_url": fake_server.base_url, "auth.token_command": command,
+                                    "auth.token_command_timeout": 20})
+    assert AuthenticationProviderWithClientSideTokenRefresh(config).get_bearer_token() == "token-none"
+
+
+@pytest.mark.parametrize("value", ["0", "nan", "inf", "-1"])
+def test_token_command_timeout_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="auth.token_command_timeout: expected a positive number of seconds"):
+        make_config(tmp_path, {"auth.token_command_timeout": value})

@@ -180,7 +180,7 @@ def test_prompt_ending_in_question_mark_reaches_the_magic(kernel: Kernel, server
     assert last_user_message(server) == "why is this?"
     helped = kernel.execute("%autocoder?")
     help_text = str(helped.payloads) + helped.shown_text
-    assert "--show-context" in help_text and "--approval-mode" in help_text
+    assert "--show-context" in help_text and "--approval-mode" in help_text and "--tool-calling" in help_text
 
 
 def test_show_context_is_exactly_what_is_sent(kernel: Kernel, server: FakeLLMServer) -> None:
@@ -538,6 +538,12 @@ def test_per_request_options_apply_to_that_request_only(kernel: Kernel, server: 
     assert state.stdout.split() == ["fake-model", "ask"]
     kernel.execute("%autocoder --context none and now?")
     assert server.chat_requests[-1].json["model"] == "fake-model"
+    server.enqueue(reply.prompted_answer("Prompted."))
+    run = kernel.execute("%autocoder --tool-calling prompted --context none and prompted?")
+    assert "Prompted." in run.shown_text
+    assert "response_format" in server.chat_requests[-1].json and "tools" not in server.chat_requests[-1].json
+    kernel.execute("%autocoder --context none and native?")
+    assert "tools" in server.chat_requests[-1].json
 
 
 def test_approval_preview_shows_control_characters_escaped(kernel: Kernel, server: FakeLLMServer) -> None:

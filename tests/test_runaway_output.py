@@ -131,3 +131,25 @@ def test_repeated_period_needs_a_long_tail_and_many_repeats() -> None:
     assert not any(guard.feed(piece) for piece in LONG_CODE.split("\n"))
     guard = RepetitionGuard()
     assert any(guard.feed("yes ") for _ in range(300)) and guard.tripped
+
+
+def brute_force_period(text: str) -> int | None:
+    for period in range(1, 201):
+        tail = max(1000, 10 * period)
+        if tail <= len(text) and all(text[i] == text[i - period] for i in range(len(text) - tail + period, len(text))):
+            return period
+    return None
+
+
+@pytest.mark.parametrize("text", [
+    "ab" * 600, "x" * 1000, "abcabd" * 300 + "abc" * 400, "q" + "0, " * 400, ("row 1\n" * 5 + "row 2\n") * 40,
+    "".join(f"{i % 7}," for i in range(1500)), "a" * 999 + "b", ("z" * 33 + "y") * 50, "ab" * 499 + "a",
+])
+def test_repeated_period_finds_what_a_brute_force_search_finds(text: str) -> None:
+    assert repeated_period(text) == brute_force_period(text)
+
+
+def test_a_repetitive_answer_that_already_ended_is_kept_whole(server: FakeLLMServer, tmp_path: Path) -> None:
+    server.enqueue(reply.text("=" * 3000))  # one write: the whole answer and its end arrive together
+    events = run_turn(make_session(server, tmp_path, "native"), "Draw a line.")
+    assert text_of(events) == "=" * 3000 and not any(isinstance(e, Notice) for e in events)

@@ -337,3 +337,31 @@ def test_the_answer_stream_decodes_escapes_split_anywhere() -> None:
         assert "".join(pieces) == 'caf\u00e9 "q" \U0001f600\n\tend'
     quiet = AnswerStream()
     assert "".join(quiet.feed(c) for c in '{"tool": "read_file", "arguments": {"path": "x"}}') == ""
+
+
+def test_a_turn_chooses_its_own_tool_calling_mode(fake_server: FakeLLMServer, project: Path) -> None:
+    """TurnOptions(tool_calling=...) (`%%autocoder --tool-calling MODE`) is for that turn only."""
+    from auto_coder_nb.agent import TurnOptions
+
+    session = make_session(fake_server, project, "native")
+
+    def turn(message: str, options: TurnOptions | None) -> list[Event]:
+        async def collect() -> list[Event]:
+            events = [event async for event in session.agent.run(message, options=options)]
+            await session.aclose()
+            return events
+
+        return asyncio.run(collect())
+
+    fake_server.enqueue(reply.prompted_call("read_file", {"path": "calc.py"}), reply.prompted_answer("Adds."))
+    events = turn("What does calc.py do?", TurnOptions(tool_calling="prompted"))
+    assert any("return a + b" in e.output for e in events if isinstance(e, ToolResult)) and answer(events) == "Adds."
+    for request in fake_server.chat_requests:
+        assert_no_tool_fields(request)
+        assert "response_format" in request.json
+    fake_server.enqueue(reply.text("Plain."))
+    events = turn("Hello", TurnOptions(tool_calling="none"))
+    assert "tools" not in fake_server.chat_requests[-1].json and "Tool calling is off" in " ".join(notices(events))
+    fake_server.enqueue(reply.text("Native again."))
+    turn("Hello again", None)
+    assert "tools" in fake_server.chat_requests[-1].json and session.provider.tool_calling == "native"

@@ -127,6 +127,7 @@ class LLMProvider(abc.ABC):
         *,
         headers: dict[str, str] | None = None,
         model: str | None = None,  # this request's model, when it is not `self.model`
+        tool_calling: str | None = None,  # this request's llm.tool_calling, when it is not the configured one
     ) -> AsyncIterator[ProviderEvent]: ...
 
     @abc.abstractmethod

@@ -148,10 +148,13 @@ class OpenAICompatibleProvider(LLMProvider):
         *,
         headers: dict[str, str] | None = None,
         model: str | None = None,
+        tool_calling: str | None = None,
     ) -> AsyncIterator[ProviderEvent]:
-        """One model request in the tool-calling mode of `llm.tool_calling` (auto decides once per model)."""
+        """One model request in the tool-calling mode of `llm.tool_calling`, or `tool_calling` for this request
+        only (auto decides once per model)."""
         model = model or self.model
-        mode = self.tool_calling if tools else "native"
+        setting = tool_calling or self.tool_calling
+        mode = setting if tools else "native"
         if mode == "auto":
             mode, notice = await self._auto_mode(model, headers)
             if notice:
@@ -172,7 +175,7 @@ class OpenAICompatibleProvider(LLMProvider):
             async for event in self._exchange(messages, tools, headers, model):
                 yield event
         except ToolsNotSupported as refusal:
-            if self.tool_calling != "auto":
+            if setting != "auto":
                 raise
             self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
             said = f" ({refusal.server_message})" if refusal.server_message else ""
@@ -364,8 +367,9 @@ class OpenAICompatibleProvider(LLMProvider):
                 if pending:
                     yield pending_kind("".join(pending))
                     pending = []
-                if runaway.tripped(assembler):
-                    # Stop reading (leaving the block closes the connection, so the server stops generating too).
+                if not finished and assembler.finish_reason is None and runaway.tripped(assembler):
+                    # Stop reading (leaving the block closes the connection, so the server stops generating too);
+                    # an answer that ended already is kept whole.
                     yield ProviderNotice(REPETITION_NOTICE)
                     completion = assembler.completion()
                     yield Completion(completion.content, completion.reasoning, [], "repetition", completion.usage)

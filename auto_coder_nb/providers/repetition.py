@@ -12,6 +12,7 @@ from __future__ import annotations
 MAX_PERIOD = 200
 MIN_TAIL = 1000
 MIN_REPEATS = 10
+KEY = 32  # the last characters looked for earlier in the text to find the candidate periods
 CHECK_EVERY = 64  # characters of new text between two checks (each check is cheap, but not free)
 
 REPETITION_NOTICE = ("The model repeated the same text over and over, so its answer was cut here (it would have "
@@ -45,11 +46,20 @@ def repeated_period(text: str, max_period: int = MAX_PERIOD, min_tail: int = MIN
                     min_repeats: int = MIN_REPEATS) -> int | None:
     """The shortest period p (1..max_period) such that the last max(min_tail, min_repeats * p) characters of
     `text` repeat with period p, or None."""
-    for period in range(1, max_period + 1):
+    size = len(text)
+    key_size = min(KEY, min_tail)
+    if size < min_tail or key_size == 0:
+        return None
+    key = text[size - key_size:]
+    lowest = max(0, size - key_size - max_period)
+    end = size - 1
+    # Only the shifts at which the last characters occur again can be periods: find them (nearest first) in C.
+    while True:
+        start = text.rfind(key, lowest, end)
+        if start < 0:
+            return None
+        period = size - key_size - start
         tail = max(min_tail, min_repeats * period)
-        if tail > len(text):
-            break
-        # The tail is periodic with period p exactly when it equals itself shifted by p (compared in C).
-        if text[len(text) - tail + period:] == text[len(text) - tail:len(text) - period]:
+        if tail <= size and text[size - tail + period:] == text[size - tail:size - period]:
             return period
-    return None
+        end = start + key_size - 1
