@@ -376,7 +376,7 @@ def test_an_unset_variable_is_overridden_silently_by_a_later_file_variable_or_fl
     config = load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd)
     assert config.llm.api_key is None and "llm.api_key" in config.unset
     # a later file's unset variable does not fall back to an earlier file's value either
-    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${OTHER_KEY}\n")
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${OTHER_KEY}\n", trusted_in=home)
     config = load_config(env={"MY_GATEWAY_KEY": "sk-home"}, home=home, cwd=cwd)
     assert config.llm.api_key is None
     with pytest.raises(ConfigError, match="llm.api_key: environment variable OTHER_KEY is not set"):
@@ -386,7 +386,7 @@ def test_an_unset_variable_is_overridden_silently_by_a_later_file_variable_or_fl
 def test_an_unset_variable_the_auth_mode_does_not_use_is_no_error(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     write(cwd / ".auto-coder.yaml", "auth:\n  client_secret: ${CLIENT_SECRET}\n"
-                                    "agent:\n  system_prompt: ${TEAM_PROMPT:-You help.}\n")
+                                    "agent:\n  system_prompt: ${TEAM_PROMPT:-You help.}\n", trusted_in=home)
     config = load_config(env={}, home=home, cwd=cwd)
     assert auth.http_client_kwargs(config)["headers"] == {}  # API-key mode: the client secret is not used
     with pytest.raises(ConfigError, match="auth.client_secret: environment variable CLIENT_SECRET is not set"):
@@ -406,7 +406,7 @@ def test_show_config_shows_an_unset_variable_instead_of_failing(dirs: tuple[Path
 
 def test_a_session_setting_with_an_unset_variable_stops_the_session(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
-    path = write(cwd / ".auto-coder.yaml", "agent:\n  working_dir: ${PROJECT_ROOT}/src\n")
+    path = write(cwd / ".auto-coder.yaml", "agent:\n  working_dir: ${PROJECT_ROOT}/src\n", trusted_in=home)
     config = load_config(env={}, home=home, cwd=cwd)
     assert config.agent.working_dir is None and "agent.working_dir" in config.show()
     with pytest.raises(ConfigError) as info:
@@ -420,7 +420,7 @@ def test_an_mcp_server_with_an_unset_variable_is_not_started_and_says_why(dirs: 
                  "mcp:\n  servers:\n"
                  "    gh:\n      command: gh-mcp\n      env:\n        TOKEN: ${GH_TOKEN}\n"
                  "        USER: ${GH_USER}-${GH_TOKEN}\n      timeout: ${GH_TIMEOUT}\n"
-                 "    later:\n      url: ${LATER_URL}\n      disabled: true\n")
+                 "    later:\n      url: ${LATER_URL}\n      disabled: true\n", trusted_in=home)
     config = load_config(env={"GH_USER": "octo-secret-user"}, home=home, cwd=cwd)
     gh = config.mcp.servers["gh"]
     assert gh.unset is not None and gh.unset.message() == \
