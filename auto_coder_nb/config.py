@@ -676,9 +676,17 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
 
 
 def _parse_env(key: str, raw: str) -> Any:
+    """An environment variable's text for `key`: true/false words for a switch (null too where it may be unset);
+    anything else as given, for _coerce to read or refuse like a flag's text (numbers only when plain)."""
     kind = _field_type(key)
     if kind.startswith("bool"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        if "None" in kind and word in ("null", "none"):
+            return None
     return raw
 
 

@@ -435,3 +435,14 @@ def test_an_mcp_server_with_an_unset_variable_is_not_started_and_says_why(dirs: 
     config = load_config(env={"GH_TOKEN": "t", "GH_USER": "u", "GH_TIMEOUT": "5", "LATER_URL": "http://x/mcp"},
                          home=home, cwd=cwd)
     assert config.mcp.servers["gh"].unset is None and config.mcp.servers["gh"].timeout == 5.0
+
+
+def test_switches_from_the_environment_are_true_false_or_refused(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={"USE_SSO": "Yes", "SERVER_SIDE_TOKEN_REFRESH": "0", "AUTO_CODER_VISION": "off"},
+                         home=home, cwd=cwd)
+    assert (config.auth.use_sso, config.auth.server_side_token_refresh, config.llm.vision) == (True, False, False)
+    assert load_config(env={"AUTO_CODER_VISION": "null"}, home=home, cwd=cwd).llm.vision is None
+    for var, key in (("USE_SSO", "auth.use_sso"), ("AUTO_CODER_VISION", "llm.vision")):
+        with pytest.raises(ConfigError, match=rf"^{var}: {key}: expected true or false, got 'enabled'$"):
+            load_config(env={var: "enabled"}, home=home, cwd=cwd)  # was read as false, silently
