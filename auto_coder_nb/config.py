@@ -835,9 +835,17 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
 
 
 def _parse_env(key: str, raw: str) -> Any:
+    """An environment variable's text for `key`: true/false words for a switch (null too where it may be unset);
+    anything else as given, for _coerce to read or refuse like a flag's text (numbers only when plain)."""
     kind = _field_type(key)
     if kind.startswith("bool"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        if "None" in kind and word in ("null", "none"):
+            return None
     return raw
 
 
@@ -910,7 +918,7 @@ NUMBER_LIMITS: dict[str, float] = {
 def _number_range(key: str) -> float:
     if key.startswith(f"{MCP_SERVERS}."):
         key = f"{MCP_SERVERS}.*.{key.rsplit('.', 1)[-1]}"
-    return NUMBER_LIMITS[key]
+    return NUMBER_LIMITS.get(key, 1e9)  # a new number setting belongs in the table (tests/test_config.py checks)
 
 
 def _check_json(value: Any, key: str, where: str) -> None:

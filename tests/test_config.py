@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from auto_coder_nb import auth, trust
+from auto_coder_nb import config as config_module
 from auto_coder_nb.config import DEFAULT_BASE_URL, DEFAULT_MODEL, load_config
 from auto_coder_nb.errors import ConfigError
 from auto_coder_nb.session import Session, start_mcp_servers
@@ -440,3 +442,23 @@ def test_an_mcp_server_with_an_unset_variable_is_not_started_and_says_why(dirs: 
     config = load_config(env={"GH_TOKEN": "t", "GH_USER": "u", "GH_TIMEOUT": "5", "LATER_URL": "http://x/mcp"},
                          home=home, cwd=cwd)
     assert config.mcp.servers["gh"].unset is None and config.mcp.servers["gh"].timeout == 5.0
+
+
+def test_switches_from_the_environment_are_true_false_or_refused(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={"USE_SSO": "Yes", "SERVER_SIDE_TOKEN_REFRESH": "0", "AUTO_CODER_VISION": "off"},
+                         home=home, cwd=cwd)
+    assert (config.auth.use_sso, config.auth.server_side_token_refresh, config.llm.vision) == (True, False, False)
+    assert load_config(env={"AUTO_CODER_VISION": "null"}, home=home, cwd=cwd).llm.vision is None
+    for var, key in (("USE_SSO", "auth.use_sso"), ("AUTO_CODER_VISION", "llm.vision")):
+        with pytest.raises(ConfigError, match=rf"^{var}: {key}: expected true or false, got 'enabled'$"):
+            load_config(env={var: "enabled"}, home=home, cwd=cwd)  # was read as false, silently
+
+
+def test_every_number_setting_has_a_limit() -> None:
+    numbers = [f"{section}.{f.name}" for section, cls in config_module._SECTIONS.items() for f in fields(cls)
+               if str(f.type).startswith(("int", "float"))]
+    numbers += [f"mcp.servers.*.{f.name}" for f in fields(config_module.McpServerConfig)
+                if str(f.type).startswith(("int", "float"))]
+    assert len(numbers) >= 13
+    assert sorted(numbers) == sorted(config_module.NUMBER_LIMITS)
