@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import fields
 from typing import Any
 
 import httpx
@@ -72,7 +73,8 @@ def authentication_provider(config: Config) -> Any:
     key = repr((config.auth, config.llm.ca_bundle, config.llm.extra_ca_certs, config.llm.verify, config.llm.proxy))
     if key not in _providers:
         if config.auth.provider:
-            provider = instantiate(load_provider_class(config.auth.provider), config)
+            cls = load_provider_class(config.auth.provider, config.folders.get("auth.provider"))
+            provider = instantiate(cls, config)
         else:
             provider = AuthenticationProvider(config)
         _providers[key] = provider
@@ -112,6 +114,8 @@ def auth_mode(config: Config) -> str:
         return f"bearer token from auth.token_url ({grant})"
     if config.llm.api_key:
         return f"API key ({config.sources.get('llm.api_key', 'llm.api_key')})"
+    if "llm.api_key" in config.unset:
+        return f"API key (${{{config.unset['llm.api_key'].variable}}} is not set)"
     return "none (no API key)"
 
 
@@ -131,7 +135,7 @@ def build_auth(config: Config) -> httpx.Auth:
                                   "auth.client_id and auth.client_secret (or AUTO_CODER_CLIENT_ID and "
                                   "AUTO_CODER_CLIENT_SECRET)")
     if config.auth.provider:
-        cls = load_provider_class(config.auth.provider)
+        cls = load_provider_class(config.auth.provider, config.folders.get("auth.provider"))
         if not issubclass(cls, httpx.Auth):
             raise ConfigError(f"auth.provider: {config.auth.provider} is not an httpx.Auth; with USE_SSO and "
                               "SERVER_SIDE_TOKEN_REFRESH off it must be one (client-side token refresh)")
@@ -139,8 +143,34 @@ def build_auth(config: Config) -> httpx.Auth:
     return AuthenticationProviderWithClientSideTokenRefresh(config)
 
 
+# What decides the authentication mode: used by every request.
+_MODE_KEYS = ("auth.provider", "auth.use_sso", "auth.server_side_token_refresh", "auth.token_command", "auth.token_url")
+
+
+def request_keys(config: Config) -> list[str]:
+    """The settings a request to the model uses: every llm.* one but the key, and the auth.* ones (and llm.api_key)
+    of the authentication mode in effect. One of them with an unset ${VAR} makes the request a configuration error
+    (an unset variable in a setting the mode does not use is no error)."""
+    auth = config.auth
+    if auth.use_sso:
+        used = ["auth.sso_token", "auth.device_authorization_url", "auth.client_id", "auth.client_secret", "auth.scope"]
+    elif auth.server_side_token_refresh:
+        used = ["auth.client_id", "auth.client_secret"]
+    elif auth.provider:  # the user's class may read any of them
+        used = [f"auth.{f.name}" for f in fields(auth)] + ["llm.api_key"]
+    elif auth.token_command:
+        used = ["auth.token_lifetime", "auth.token_command_timeout"]
+    elif auth.token_url:
+        used = ["auth.client_id", "auth.client_secret", "auth.scope", "auth.refresh_token"]
+    else:
+        used = ["llm.api_key"]
+    return [*(f"llm.{f.name}" for f in fields(config.llm) if f.name != "api_key"), *_MODE_KEYS, *used]
+
+
 def http_client_kwargs(config: Config) -> dict[str, Any]:
-    """Keyword arguments for httpx.Client / httpx.AsyncClient: auth, headers, TLS, proxy, timeout."""
+    """Keyword arguments for httpx.Client / httpx.AsyncClient: auth, headers, TLS, proxy, timeout. ConfigError if a
+    setting the requests use has an unset ${VAR}."""
+    config.require(request_keys(config))
     return {
         **transport_kwargs(config, config.llm.base_url),
         "auth": build_auth(config),

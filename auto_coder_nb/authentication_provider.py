@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -544,9 +545,9 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         pass  # all gone already
 
 
-def load_provider_class(spec: str) -> type:
-    """The class named by `auth.provider` ("package.module:Class")."""
-    cls = load_object(spec, "auth.provider")
+def load_provider_class(spec: str, folder: Path | None = None) -> type:
+    """The class named by `auth.provider` ("package.module:Class"); `folder`: that of the file that named it."""
+    cls = load_object(spec, "auth.provider", folder)
     if not isinstance(cls, type):
         raise ConfigError(f"auth.provider: {spec} is not a class")
     return cls

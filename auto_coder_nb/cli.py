@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .approvals import APPROVAL_MODES
-from .config import TOOL_CALLING_MODES, load_config
+from .config import TOOL_CALLING_MODES, Config, load_config
 from .errors import ConfigError
 from .history import ConversationStore, HistoryError, looks_like_id
 from .images import Image, ImageError
@@ -23,9 +24,11 @@ from .terminal import (
     EXIT_USAGE,
     TerminalView,
     ask_on_terminal,
+    ask_to_trust,
     drive_turn,
     is_terminal,
     refuse_without_terminal,
+    trust_and_reload,
 )
 from .text import scrub
 
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send a PNG/JPEG image with the prompt to a vision model (repeatable)")
     parser.add_argument("--show-context", action="store_true",
                         help="print what would be sent (prompt, project instructions, images) and exit")
+    parser.add_argument("--trust-project", action="store_true",
+                        help="trust ./.auto-coder.yaml as it is now, so its settings that run commands or send "
+                             "credentials elsewhere apply (remembered until the file changes)")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration and exit")
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
@@ -81,11 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         "llm.tool_calling": args.tool_calling,
         "llm.max_tokens": args.max_tokens,
     }
+
+    def load(trust_project: bool = False) -> Config:
+        return load_config(flags, args.config, trust_project=trust_project)
+
     try:
-        config = load_config(flags, args.config)
+        config = load(args.trust_project)
+        config = settle_trust(config, load, args)
     except ConfigError as exc:
         print(f"auto-coder: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.show_config:
         print(config.show())
         print("files read: " + (", ".join(map(str, [*config.site.files, *config.files])) or "none"))
@@ -93,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.doctor:
         from .doctor import run_doctor
 
-        return EXIT_OK if run_doctor(config, lambda text: print(text, flush=True)) else EXIT_RUNTIME
+        if run_doctor(config, lambda text: print(text, flush=True)):
+            return EXIT_OK
+        from .auth import request_keys  # a ${VAR} the requests need is not set: a configuration error
+
+        return EXIT_USAGE if any(key in config.unset for key in request_keys(config)) else EXIT_RUNTIME
     store = ConversationStore(warn=lambda text: print(f"auto-coder: warning: {text}", file=sys.stderr))
     if args.sessions:
         print(store.listing())
@@ -138,10 +156,32 @@ def main(argv: list[str] | None = None) -> int:
             return run_once(session, prompt, loop, images)
         from .repl import run_repl
 
-        return run_repl(session, loop, images)
+        return run_repl(session, loop, images, reload=load)
     finally:
         loop.run_until_complete(session.aclose())
         loop.close()
+
+
+def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.Namespace) -> Config:
+    """The project file's trust: --trust-project records it; at a terminal the user is asked once (before
+    anything runs); elsewhere its settings that need trust stay ignored, with one line saying which and how to
+    trust it. --show-config and --doctor ask nothing: they list what was ignored."""
+    project = config.project
+    if project is None or project.trusted and not args.trust_project:
+        return config
+    if args.trust_project:
+        try:
+            project.trust()
+        except OSError as exc:
+            print(f"auto-coder: warning: could not record trust in {project.store} ({exc.strerror or exc}); "
+                  "trusted for this run only", file=sys.stderr)
+        return config
+    if not project.needs_trust or args.show_config or args.doctor:
+        return config
+    if is_terminal(sys.stdin) and is_terminal(sys.stderr) and ask_to_trust(project, sys.stderr):
+        return trust_and_reload(project, load, sys.stderr)
+    print(f"auto-coder: {project.notice('cli')}", file=sys.stderr)
+    return config
 
 
 def show_context(session: Session, prompt: str, images: list[Image]) -> None:

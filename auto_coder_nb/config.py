@@ -7,7 +7,8 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,32 @@ import yaml
 from .approvals import APPROVAL_MODES
 from .errors import ConfigError
 from .site_policy import ALLOW_KEYS, ALLOW_LISTS, SITE_CONFIG, SITE_CONFIG_ENV, SitePolicy
-from .text import hide_secrets, hide_url_credentials, url_credentials
+from .text import hide_secrets, hide_url_credentials, show_controls, url_credentials
+from .trust import ProjectFile, digest, is_trusted, store_path
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
 DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
 # How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
 TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
+
+
+@dataclass(frozen=True)
+class UnsetVariable:
+    """A setting written with a ${VAR} that is not set (`api_key: ${MY_GATEWAY_KEY}`). Not an error by itself: a later
+    file, variable or flag may set the key; only where the value is used (a request, a session, an MCP server, the
+    doctor) is it one, naming the file, the key and the variable."""
+
+    file: Path
+    key: str  # where the variable is: the setting, or inside it ("llm.auth_headers.X-Key")
+    variable: str
+
+    def message(self) -> str:
+        return f"{self.file}: {self.key}: environment variable {self.variable} is not set"
+
+    def describe(self) -> str:
+        """For --show-config: unset, and why."""
+        return f"unset: ${{{self.variable}}} is not set"
 
 
 @dataclass
@@ -109,6 +129,8 @@ class McpServerConfig:
     disabled: bool = False
     # Values the config took from ${VAR}: hidden wherever this server's settings or errors are shown.
     secrets: list[str] = field(default_factory=list, repr=False)
+    # A ${VAR} of its settings that is not set: the server is not started, and says why.
+    unset: UnsetVariable | None = None
 
     def describe(self) -> str:
         """How this server is reached, for --show-config and the doctor; env and header values hidden."""
@@ -123,10 +145,12 @@ class McpServerConfig:
         marks = [name for name, on in (("read_only", self.read_only), ("disabled", self.disabled)) if on]
         if self.read_tools:
             marks.append(f"read_tools {', '.join(self.read_tools)}")
+        if self.unset is not None:
+            marks.append(self.unset.describe())
         return hide_secrets(where + (f" ({'; '.join(marks)})" if marks else ""), self.secrets)
 
 
-MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name != "secrets")
+MCP_SERVER_FIELDS = tuple(f.name for f in fields(McpServerConfig) if f.name not in ("secrets", "unset"))
 MCP_TRANSPORT_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
 _MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -153,6 +177,18 @@ class Config:
     site: SitePolicy = field(default_factory=SitePolicy)  # the administrator's locks and allow-lists
     # Settings refused because the site locks them: said once (a notice in the first turn, --show-config).
     warnings: list[str] = field(default_factory=list)
+    # The project's ./.auto-coder.yaml, when one was read: trusted or not, and what it wanted that was ignored.
+    project: ProjectFile | None = None
+    # "agent.tools" -> the folder of the config file that set it: its modules are imported from there first.
+    folders: dict[str, Path] = field(default_factory=dict)
+    # Settings whose ${VAR} is not set ("llm.api_key" -> where): at their default, an error where they are used.
+    unset: dict[str, UnsetVariable] = field(default_factory=dict)
+
+    def require(self, keys: Iterable[str]) -> None:
+        """ConfigError naming file, key and variable if one of `keys` (about to be used) has an unset ${VAR}."""
+        for key in keys:
+            if key in self.unset:
+                raise ConfigError(self.unset[key].message())
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, to hide wherever text leaves the process (saved files,
@@ -174,13 +210,15 @@ class Config:
                 key = f"{section}.{f.name}"
                 value = mask(key, getattr(getattr(self, section), f.name))
                 source = self.sources.get(key) or " ".join(("default", DEFAULT_NOTES.get(key, ""))).strip()
-                lines.append(f"{key} = {value!r}  ({self._marked(key, source)})")
+                shown = f"<{self.unset[key].describe()}>" if key in self.unset else repr(value)
+                lines.append(f"{key} = {shown}  ({self._marked(key, source)})")
         for name, server in self.mcp.servers.items():
             key = f"{MCP_SERVERS}.{name}"
             lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
         if not self.mcp.servers:
             lines.append(f"{MCP_SERVERS} = {{}}  ({self._marked(MCP_SERVERS, 'default')})")
-        return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings)])
+        ignored = self.project.describe() if self.project is not None else []
+        return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings), *ignored])
 
     def _marked(self, key: str, source: str) -> str:
         return f"{source}, locked" if self.site.locked_by(key) is not None else source
@@ -247,28 +285,38 @@ def load_config(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     home: Path | None = None,
+    trust_project: bool = False,
 ) -> Config:
     """Build the effective configuration. `flags` maps dotted keys ("llm.model") to values given on
-    the command line or to a magic; None values are ignored. Raises ConfigError with one readable line."""
+    the command line or to a magic; None values are ignored. `trust_project` trusts the project's file for this
+    load (--trust-project), else it is trusted only if recorded so (trust.py). Raises ConfigError with one
+    readable line."""
     env = os.environ if env is None else env
     home = Path.home() if home is None else home
     cwd = Path.cwd() if cwd is None else cwd
     config = Config()
     _read_site_files(config, env)
 
-    candidates = [home / CONFIG_FILENAME, cwd / CONFIG_FILENAME]
+    project = cwd / CONFIG_FILENAME
+    candidates = [home / CONFIG_FILENAME, project]
+    trusted = {(home / CONFIG_FILENAME).resolve()}  # the user's own file, and one named with --config
     if config_path is not None:
         explicit = Path(config_path).expanduser()
         if not explicit.is_file():
             raise ConfigError(_not_a_file(explicit, "config file"))
         candidates.append(explicit)
+        trusted.add(explicit.resolve())
     seen: set[Path] = set()
     for path in candidates:
         resolved = path.resolve()
         if resolved in seen or not path.is_file():
             continue
         seen.add(resolved)
-        for key, value in _read_file(path, env, config.from_variables).items():
+        if path is project and resolved not in trusted:
+            settings = _read_project_file(config, path, env, store_path(env, home), trust_project)
+        else:
+            settings = _read_file(path, env, config.from_variables)
+        for key, value in settings.items():
             _set(config, key, value, f"file {path}", where=str(path))
         config.files.append(path)
 
@@ -363,7 +411,7 @@ def _check_site_allows(config: Config) -> None:
     site = config.site
     for key, refusal in (("llm.base_url", site.base_url_refusal(config.llm.base_url)),
                          ("llm.model", site.model_refusal(config.llm.model))):
-        if refusal is not None:
+        if refusal is not None and key not in config.unset:  # unset: an error where it is used
             raise ConfigError(f"{key} from {config.sources.get(key, 'default')}: {refusal}")
     mode = config.agent.approval_mode
     refusal = site.mode_refusal(mode)
@@ -375,23 +423,165 @@ def _check_site_allows(config: Config) -> None:
         config.warnings.append(f"agent.approval_mode from {source}: {refusal}; using {config.agent.approval_mode!r}")
 
 
-def load_object(spec: str, key: str) -> Any:
-    """The object named by a "package.module:name" setting, or a ConfigError naming `key`."""
+def load_object(spec: str, key: str, folder: Path | None = None) -> Any:
+    """The object named by a "package.module:name" setting, or a ConfigError naming `key`. `folder` is that of the
+    config file that named it (`Config.folders`): a module there (team_tools.py beside .auto-coder.yaml) is found
+    without PYTHONPATH."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
         raise ConfigError(f"{key}: expected 'module:name', got {spec!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_beside(module_name, folder)
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the module itself fails (a syntax error, an exception at import)
+        raise ConfigError(f"{key}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     try:
         return getattr(module, name)
     except AttributeError:
         raise ConfigError(f"{key}: {module_name} has no {name}") from None
 
 
+def _import_beside(module_name: str, folder: Path | None) -> Any:
+    """Import `module_name`, from `folder` first when its top-level module or package is there. The folder stays
+    on sys.path (last) afterwards, so the module's own later imports of its neighbours work."""
+    top = module_name.partition(".")[0]
+    if folder is None or not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+        return importlib.import_module(module_name)
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(entry)
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
 def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str, Any]:
     return _flatten(_load_yaml(path), path, env, taken)
+
+
+# What a project file may set before the user trusts it: settings that neither run anything nor change where
+# requests (and the user's credentials) go. Everything else, including keys added later, needs trust.
+PROJECT_SAFE_KEYS = frozenset({
+    "llm.model", "llm.extra_params", "llm.timeout", "llm.vision", "llm.tool_calling", "llm.max_tokens",
+    "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
+    "agent.system_prompt", "agent.image_max_side", "agent.max_images", "agent.instructions_files",
+    "history.enabled",
+})
+# Approval modes an untrusted project file may choose: none allows more than asking.
+PROJECT_SAFE_APPROVAL_MODES = ("ask", "read-only")
+# Settings naming Python objects ("module:name"): imported from the folder of the file that set them first.
+MODULE_KEYS = ("agent.tools", "auth.provider")
+
+
+def _read_project_file(config: Config, path: Path, env: Mapping[str, str], store: Path,
+                       trusted: bool) -> dict[str, Any]:
+    """The project's file: read once (the content hashed is the content used); unless the user trusts it, the
+    settings it may not set untrusted are left out and listed in `config.project`."""
+    content = _read_config_bytes(path)
+    project = ProjectFile(path, digest(content), store)
+    project.trusted = trusted or is_trusted(path, project.digest, store)
+    config.project = project
+    data = _parse_yaml(path, content)
+    if not project.trusted:
+        data, left_out = _leave_out_untrusted(data, project, config.site)
+        # Checked all the same (a broken file is an error, trusted or not), never applied nor expanded.
+        for key, value in _flatten(left_out, path, {}, set()).items():
+            if not key.startswith(f"{MCP_SERVERS}."):
+                _coerce(value, _field_type(key), key, str(path))
+    return _flatten(data, path, env, config.from_variables)
+
+
+def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> tuple[Any, dict[str, Any]]:
+    """`data` without the settings that need trust (recorded in `project.ignored`), and those left out that take
+    nothing from the environment (to be checked). Unknown sections and keys stay, to be refused as in any file;
+    settings the site locks stay too, to be refused as locked (trust would not change them)."""
+    left_out: dict[str, Any] = {}
+    if not isinstance(data, dict):
+        return data, left_out
+    kept: dict[Any, Any] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS or not isinstance(values, dict):
+            kept[section] = values
+            continue
+        if section == "mcp":
+            servers = values.get("servers")
+            kept[section] = {key: value for key, value in values.items() if key != "servers"}
+            if isinstance(servers, dict):
+                locked = {name: raw for name, raw in servers.items() if site.locked_by(f"{MCP_SERVERS}.{name}")}
+                if locked:
+                    kept[section]["servers"] = locked
+                for name, raw in servers.items():
+                    if name not in locked:
+                        project.ignored[f"{MCP_SERVERS}.{name}"] = _shown_server(raw)
+                        if not _takes_variables(raw):
+                            left_out.setdefault("mcp", {}).setdefault("servers", {})[name] = raw
+            elif servers is not None:
+                kept[section]["servers"] = servers  # not a mapping: the usual error
+            continue
+        known = {f.name for f in fields(_SECTIONS[section])}
+        kept[section] = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in known or site.locked_by(dotted) is not None or _safe_in_project(dotted, value):
+                kept[section][key] = value
+            else:
+                project.ignored[dotted] = _shown_value(dotted, value)
+                if not _takes_variables(value):
+                    left_out.setdefault(section, {})[key] = value
+    return kept, left_out
+
+
+def _safe_in_project(key: str, value: Any) -> bool:
+    if _takes_variables(value):  # ${VAR}: the user's environment would go into requests
+        return False
+    if key == "agent.approval_mode":
+        return value in PROJECT_SAFE_APPROVAL_MODES
+    if key == "agent.instructions_files":  # plain file names, searched in the project's folders; not paths
+        names = [value] if isinstance(value, str) else value
+        return isinstance(names, list) and all(
+            isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            for name in names)
+    return key in PROJECT_SAFE_KEYS
+
+
+def _takes_variables(value: Any) -> bool:
+    if isinstance(value, str):
+        return _VAR.search(value) is not None
+    if isinstance(value, dict):
+        return any(_takes_variables(item) for item in [*value.keys(), *value.values()])
+    if isinstance(value, list):
+        return any(_takes_variables(item) for item in value)
+    return False
+
+
+def _shown_value(key: str, value: Any) -> str:
+    """A setting's value for the trust question and notices: secrets masked, control characters escaped."""
+    if key == "llm.auth_headers" and not isinstance(value, dict):
+        return "<hidden>"
+    if key in ("llm.proxy", "llm.base_url") and not isinstance(value, str):
+        return show_controls(repr(value))
+    return show_controls(repr(mask(key, value)))
+
+
+def _shown_server(raw: Any) -> str:
+    """An MCP server entry as written (not yet checked): what it runs or reaches; env and header values hidden."""
+    if not isinstance(raw, dict):
+        return show_controls(repr(raw))
+    if raw.get("url") is not None:
+        where = f"url {redact_url(str(raw['url']))}"
+        if isinstance(raw.get("headers"), dict):
+            where += f" headers {', '.join(map(str, raw['headers']))}"
+    else:
+        args = raw.get("args")
+        args = args if isinstance(args, list) else []
+        where = "command " + " ".join(map(str, [raw.get("command", ""), *args]))
+        if isinstance(raw.get("env"), dict):
+            where += f" env {', '.join(map(str, raw['env']))}"
+    return show_controls(where)
 
 
 # Limits on a configuration file (a few lines in practice): what a hostile file (a cloned project's) could use to
@@ -550,12 +740,17 @@ def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], sit
             flat.update(_mcp_servers(values, path, env, taken))
             continue
         for key, value in values.items():
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken)
+            missing: list[tuple[str, str]] = []
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken, missing)
+            if missing:  # an error only where the value is used, unless a later file, variable or flag sets it
+                flat[f"{section}.{key}"] = UnsetVariable(path, *missing[0])
     return flat
 
 
-def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str]) -> Any:
-    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`."""
+def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set[str],
+            missing: list[tuple[str, str]]) -> Any:
+    """Replace ${VAR} (or ${VAR:-default}) in strings from the environment; the values used go in `taken`. A
+    variable that is not set (and has no default) stays as written, and (key, variable) goes in `missing`."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -564,12 +759,13 @@ def _expand(value: Any, key: str, path: Path, env: Mapping[str, str], taken: set
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(f"{path}: {key}: environment variable {name} is not set")
+            missing.append((key, name))
+            return m.group(0)
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}", path, env, taken) for k, v in value.items()}
+        return {k: _expand(v, f"{key}.{k}", path, env, taken, missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, key, path, env, taken) for v in value]
+        return [_expand(v, key, path, env, taken, missing) for v in value]
     return value
 
 
@@ -619,14 +815,18 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
     if transport == "stdio" and "headers" in settings:
         raise ConfigError(f"{path}: {key}.headers: only for a streamable-HTTP server (with url)")
     taken: set[str] = set()
-    settings = _expand(settings, key, path, env, taken)
-    server = McpServerConfig(secrets=sorted(taken))
+    missing: list[tuple[str, str]] = []
+    settings = _expand(settings, key, path, env, taken, missing)
+    server = McpServerConfig(secrets=sorted(taken), unset=UnsetVariable(path, *missing[0]) if missing else None)
     for field_name, value in settings.items():
         kind_name = str(next(f.type for f in fields(McpServerConfig) if f.name == field_name))
         try:
             setattr(server, field_name, _coerce(value, kind_name, f"{key}.{field_name}", str(path)))
         except ConfigError as exc:
-            raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+            if server.unset is None:  # else a ${VAR} left as written may be what is wrong: said when it starts
+                raise ConfigError(hide_secrets(str(exc), server.secrets)) from None
+    if server.unset is not None:
+        return server  # not started (McpServers says why); its ${VAR}s stay as written
     if server.command is not None and not server.command.strip():
         raise ConfigError(f"{path}: {key}.command: expected a program to run, got an empty string")
     if server.url is not None and not server.url.startswith(("http://", "https://")):
@@ -635,9 +835,17 @@ def _mcp_server(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> McpS
 
 
 def _parse_env(key: str, raw: str) -> Any:
+    """An environment variable's text for `key`: true/false words for a switch (null too where it may be unset);
+    anything else as given, for _coerce to read or refuse like a flag's text (numbers only when plain)."""
     kind = _field_type(key)
     if kind.startswith("bool"):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        if "None" in kind and word in ("null", "none"):
+            return None
     return raw
 
 
@@ -667,9 +875,20 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
     except KeyError:
         known = ", ".join(f.name for f in fields(_SECTIONS[section]))
         raise ConfigError(f"{where}: unknown key {key!r}; known keys in {section}: {known}") from None
+    if isinstance(value, UnsetVariable):  # the default meanwhile, never an earlier file's value
+        setattr(getattr(config, section), name, getattr(_SECTIONS[section](), name))
+        config.sources[key] = source
+        config.unset[key] = value
+        return
     value = _coerce(value, kind, key, where)
     setattr(getattr(config, section), name, value)
     config.sources[key] = source
+    if key in MODULE_KEYS:
+        if source.startswith(("file ", "site ")):
+            config.folders[key] = Path(where).absolute().parent
+        else:
+            config.folders.pop(key, None)
+    config.unset.pop(key, None)
 
 
 # Numbers given as text (always, from the environment and flags; quoted in a file) are read only when they are
@@ -699,7 +918,7 @@ NUMBER_LIMITS: dict[str, float] = {
 def _number_range(key: str) -> float:
     if key.startswith(f"{MCP_SERVERS}."):
         key = f"{MCP_SERVERS}.*.{key.rsplit('.', 1)[-1]}"
-    return NUMBER_LIMITS[key]
+    return NUMBER_LIMITS.get(key, 1e9)  # a new number setting belongs in the table (tests/test_config.py checks)
 
 
 def _check_json(value: Any, key: str, where: str) -> None:

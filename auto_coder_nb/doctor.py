@@ -28,6 +28,7 @@ from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
 from .text import exception_chain, hide_secrets
+from .trust import HOW_TO_TRUST
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
@@ -98,6 +99,8 @@ class _Doctor:
         self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
         self.check_site()
+        self.check_project()
+        self.check_tools()
         self.check_endpoint()
         self.check_mcp_servers()
         return self.summary()
@@ -118,6 +121,33 @@ class _Doctor:
                          "remove the locked settings from your own files, environment and flags"))
         else:
             self.add(Row("site configuration", PASS, "; ".join(parts)))
+
+    def check_project(self) -> None:
+        """The project's config file, when it wanted settings that need the user's trust: which were ignored."""
+        project = self.config.project
+        if project is None or not project.needs_trust:
+            return
+        ignored = "; ".join(f"{key} = {value}" for key, value in project.ignored.items())
+        self.add(Row("project file", WARN, f"{project.path} is not trusted, so these settings were ignored (they "
+                                           f"could run commands or send your credentials elsewhere): {ignored}",
+                     f"to trust it: {HOW_TO_TRUST['any']}"))
+
+    def check_tools(self) -> None:
+        """The tools agent.tools names, imported as a session would (beside the config file that names them)."""
+        if not self.config.agent.tools:
+            return
+        from .session import configured_tools
+
+        source = self.config.sources.get("agent.tools", "default")
+        try:
+            tools = configured_tools(self.config)
+        except AutoCoderError as error:
+            folder = self.config.folders.get("agent.tools")
+            where = f"in {folder}, beside the config file that names it, " if folder else ""
+            self.add(Row("custom tools", FAIL, f"{error} (agent.tools from {source})",
+                         f"put the module {where}or on PYTHONPATH, and check each 'module:name'"))
+            return
+        self.add(Row("custom tools", PASS, f"{', '.join(tool.name for tool in tools)} (agent.tools from {source})"))
 
     def check_endpoint(self) -> None:
         later = ["base URL reachable", "TLS verified", "authentication", "model listed", "streamed answer",
@@ -403,6 +433,8 @@ class _Doctor:
 
 
 def _mcp_advice(server: Any) -> str:
+    if server.config.unset is not None:
+        return f"set {server.config.unset.variable} in the environment, or change {server.config.unset.key}"
     if server.state == "refused":
         return "the site configuration does not allow this server: ask your administrator"
     if "pip install" in server.detail:

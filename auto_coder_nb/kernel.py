@@ -49,6 +49,8 @@ class KernelState:
     config_flags: dict[str, Any] = field(default_factory=dict)
     config_dir: Path | None = None
     images: ImageOutputs = field(default_factory=lambda: ImageOutputs())
+    # (project file, ignored settings) already announced: the untrusted-file notice is shown once per kernel.
+    untrusted_announced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
 
 
 _state: KernelState | None = None
@@ -115,10 +117,56 @@ def refresh_config(shell: Any = None) -> str | None:
     if state.session is None or state.config_dir is None:
         return None
     config = load_config(state.config_flags, cwd=state.config_dir)
-    if not state.session.apply_config(config):
+    changed = state.session.apply_config(config)
+    _announce_untrusted(state, state.session)
+    if not changed:
         return None
     return (f"Configuration changed: now {config.llm.model} at {redact_url(config.llm.base_url)}, "
             f"approval mode {config.agent.approval_mode}.")
+
+
+def _announce_untrusted(state: KernelState, session: Session) -> None:
+    """Say (as a notice in the next turn) which settings of the untrusted project file were ignored: once per kernel
+    for each file and set of settings, not in every cell."""
+    project = session.config.project
+    if project is None or not project.needs_trust:
+        return
+    said = (str(project.path), tuple(project.ignored))
+    if said not in state.untrusted_announced:
+        state.untrusted_announced.add(said)
+        session.tools.notify(project.notice("kernel"))
+
+
+def trust_project(shell: Any = None) -> str:
+    """`%autocoder --trust-project` and the panel's Trust this folder button: trust the project's config file as
+    last read (a file changed since stays untrusted) and apply its settings from the next request on. Returns
+    the sentence to show. Raises ConfigError (also when trust cannot be recorded)."""
+    from .errors import ConfigError
+
+    state = kernel_state(shell)
+    session = get_session(shell)
+    refresh_config(shell)
+    project = session.config.project
+    if project is None:
+        return f"There is no project config file ({state.config_dir}/.auto-coder.yaml) to trust."
+    if project.trusted:
+        return f"{project.path} is already trusted."
+    try:
+        project.trust()
+    except OSError as exc:
+        raise ConfigError(f"could not record trust in {project.store}: {exc.strerror or exc}") from None
+    notice = project.notice("kernel")
+    for waiting in session.tools.take_notices():  # the "not trusted" notice not yet shown is out of date now
+        if waiting != notice:
+            session.tools.notify(waiting)
+    refresh_config(shell)
+    now = session.config.project
+    if now is not None and now.needs_trust:
+        return f"{project.path} changed since it was read, so it is still not trusted. {now.notice('kernel')}"
+    if not project.ignored:
+        return f"Trusted {project.path}."
+    applied = "; ".join(f"{key} = {value}" for key, value in project.ignored.items())
+    return f"Trusted {project.path} (kept in {project.store} until the file changes). Now applied: {applied}."
 
 
 def change_working_dir(state: KernelState, directory: str) -> str:
@@ -168,6 +216,7 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
                              notebook=open_notebook_path(shell))
     session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
+    _announce_untrusted(state, session)
     return session
 
 

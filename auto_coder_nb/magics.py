@@ -30,6 +30,7 @@ from .kernel import (
     insert_cells,
     kernel_state,
     refresh_config,
+    trust_project,
     worker,
 )
 from .notebook_context import (
@@ -205,6 +206,9 @@ class AutoCoderMagics(Magics):
     @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
                                                "(.md, .ipynb or .jsonl)")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
+    @argument("--trust-project", action="store_true",
+              help="trust this folder's .auto-coder.yaml as it is now, so its settings that run commands or send "
+                   "credentials elsewhere apply (remembered until the file changes)")
     @argument("--working-dir", metavar="DIR", help="workspace root for the tools (starts a new conversation)")
     @argument("--attach", metavar="NAME_OR_PATH", action="append", default=[],
               help="send an image to a vision model (repeatable): a PNG/JPEG file, a variable holding a matplotlib "
@@ -270,6 +274,8 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if changed:
         print(changed)
     session = get_session(shell)
+    if args.trust_project:
+        print(trust_project(shell))
     if args.doctor:
         from .doctor import run_doctor
 
@@ -299,7 +305,8 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
             return
         prompt = fix_prompt(error, prompt)
     elif not prompt.strip() and not args.show_context:
-        if not (args.reset or args.undo or args.id or args.working_dir or args.resume is not None):
+        if not (args.reset or args.undo or args.id or args.working_dir or args.trust_project
+                or args.resume is not None):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "
                   "shows the options.")
         return

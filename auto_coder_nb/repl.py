@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-from .config import redact_url
-from .errors import ProviderError
+from .config import CONFIG_FILENAME, Config, redact_url
+from .errors import ConfigError, ProviderError
 from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
 from .session import Session
-from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn
+from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, trust_and_reload
 from .text import scrub
 
 HELP = """\
@@ -33,6 +34,7 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /resume [ID]    continue a saved conversation (default: the newest for this folder)
   /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
   /attach PATH    send a PNG/JPEG image with the next message (vision models); /attach alone lists them
+  /trust          trust this folder's .auto-coder.yaml (as it is now) and apply its settings
   /quit, /exit    leave"""
 
 
@@ -57,9 +59,10 @@ def _prompt_session() -> PromptSession[str]:
     return PromptSession(history=history, key_bindings=bindings, multiline=False)
 
 
-def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: list[Image] | None = None) -> int:
+def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: list[Image] | None = None,
+             reload: Callable[[bool], Config] | None = None) -> int:
     """The chat loop; `attachments` (from --attach) go with the first message. The prompt shows how full the
-    context window is after each turn."""
+    context window is after each turn. `reload(trust_project)` reads the configuration again (for /trust)."""
     prompts = _prompt_session()
     attachments = attachments if attachments is not None else []
     context = ""
@@ -76,7 +79,7 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
         if not text:
             continue
         if text.startswith("/"):
-            if run_command(session, text, loop, attachments) == "quit":
+            if run_command(session, text, loop, attachments, reload) == "quit":
                 break
             continue
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
@@ -95,7 +98,7 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
 
 
 def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
-                attachments: list[Image] | None = None) -> str | None:
+                attachments: list[Image] | None = None, reload: Callable[[bool], Config] | None = None) -> str | None:
     """Run a slash command; returns "quit" to leave. `/attach` adds to `attachments`."""
     name, _, rest = line.partition(" ")
     if name in ("/quit", "/exit"):
@@ -134,11 +137,39 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
                 print(session.export(rest.strip(), None, store))
         except HistoryError as exc:
             print(f"error: {exc}", file=sys.stderr)
+    elif name == "/trust":
+        trust_project(session, reload)
     elif name == "/attach" and attachments is not None:
         attach(session, rest.strip(), loop, attachments)
     else:
         print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
     return None
+
+
+def trust_project(session: Session, reload: Callable[[bool], Config] | None) -> None:
+    """/trust: record trust for this folder's config file as it was read, and apply its settings now."""
+    project = session.config.project
+    if project is None:
+        print(f"There is no project config file ({CONFIG_FILENAME} in the working directory) to trust.")
+        return
+    if project.trusted:
+        print(f"{project.path} is already trusted.")
+        return
+    if reload is None:
+        print("error: /trust cannot read the configuration again here", file=sys.stderr)
+        return
+    try:
+        session.apply_config(trust_and_reload(project, reload, sys.stderr))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return
+    now = session.config.project
+    if now is not None and now.needs_trust:  # changed since it was read: what was shown is not what is there
+        print(f"{project.path} changed since it was read; it is not trusted. {now.notice('cli')}", file=sys.stderr)
+    elif project.ignored:
+        print(f"Trusted {project.path}; these settings apply now: {', '.join(project.ignored)}.")
+    else:
+        print(f"Trusted {project.path}.")
 
 
 def attach(session: Session, path: str, loop: asyncio.AbstractEventLoop, attachments: list[Image]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,7 @@ class Session:
     notebook: Path | None = None  # the notebook the kernel belongs to, where there is one
     recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
     mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
+    custom_tools: list[str] = field(default_factory=list)  # names of the tools agent.tools registered
 
     @classmethod
     def create(
@@ -72,6 +73,7 @@ class Session:
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
         project instructions ends; default the workspace root."""
+        config.require(session_keys(config))
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
         def secrets() -> list[str]:
@@ -79,7 +81,8 @@ class Session:
 
         tools = ToolRegistry(build_workspace_tools(workspace, command_timeout=config.agent.command_timeout,
                                                    secrets=secrets))
-        for tool in [*extra_tools, *configured_tools(config)]:
+        custom = configured_tools(config)
+        for tool in [*extra_tools, *custom]:
             tools.register(tool)
         removed = restrict_tools(config, tools)
         if provider is None:
@@ -101,6 +104,7 @@ class Session:
         session = cls(config, provider, tools, workspace, conversation, policy, agent, instructions,
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
+        session.custom_tools = [tool.name for tool in custom]
         session._keep_history(config.history.enabled)
         if config.history.enabled:
             _remove_old_conversations(ConversationStore(), config.history.retention_days)
@@ -153,8 +157,20 @@ class Session:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
         the endpoint, model or authentication changed; the MCP servers restarted when theirs did; the approval
         mode and the agent's limits. True if any did.
-        (The workspace root and command timeout stay: the tools are bound to them.)"""
+        (The workspace root and command timeout stay: the tools are bound to them.) Raises ConfigError, before
+        changing anything, when a tool named in agent.tools cannot be loaded."""
+        config.require(session_keys(config))
         changed = False
+        module_folder = config.folders.get("agent.tools")
+        if (config.agent.tools, module_folder) != (self.config.agent.tools, self.config.folders.get("agent.tools")):
+            found = configured_tools(config)  # e.g. the project file's tools, once the user trusts it
+            for name in self.custom_tools:
+                self.tools.unregister(name)
+            for tool in found:
+                self.tools.register(tool)
+            self.custom_tools = [tool.name for tool in found]
+            self.config.agent.tools = config.agent.tools
+            changed = True
         if (config.llm, config.auth) != (self.config.llm, self.config.auth):
             from .providers.openai_compatible import OpenAICompatibleProvider
 
@@ -187,6 +203,8 @@ class Session:
             changed = True
         self.config.history = config.history
         self.config.sources, self.config.files = config.sources, config.files
+        self.config.project, self.config.folders = config.project, config.folders
+        self.config.unset = config.unset
         self.config.from_variables |= config.from_variables  # an old value may still be in the history
         return changed
 
@@ -266,6 +284,12 @@ def restrict_tools(config: Config, tools: ToolRegistry) -> list[str]:
     return removed
 
 
+def session_keys(config: Config) -> list[str]:
+    """The settings a session uses from its start (agent.*, history.*): one with an unset ${VAR} is an error then.
+    (llm.* and auth.* are checked by each request, `auth.request_keys`; MCP servers by McpServers.)"""
+    return [f"{section}.{f.name}" for section in ("agent", "history") for f in fields(getattr(config, section))]
+
+
 def start_mcp_servers(config: Config, tools: ToolRegistry, root: Path) -> McpServers | None:
     """Start the servers of `mcp.servers` with their tools in `tools`; None when there are none."""
     if not config.mcp.servers:
@@ -300,7 +324,7 @@ def configured_tools(config: Config) -> list[ToolDefinition]:
     """The tools named in `agent.tools`: each "module:name" is a ToolDefinition or a list of them."""
     found: list[ToolDefinition] = []
     for spec in config.agent.tools:
-        value = load_object(spec, "agent.tools")
+        value = load_object(spec, "agent.tools", config.folders.get("agent.tools"))
         for tool in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(tool, ToolDefinition):
                 raise ConfigError(f"agent.tools: {spec} is not a ToolDefinition (or a list of them)")

@@ -32,8 +32,10 @@ from .events import (
 from .text import show_controls
 
 if TYPE_CHECKING:
+    from .config import Config
     from .images import Image
     from .session import Session
+    from .trust import ProjectFile
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_REFUSED = 3  # every change or command the model asked for was refused: nothing was done
@@ -98,6 +100,30 @@ def _read(prompt: str, err: TextIO) -> str | None:
     except EOFError:
         err.write("\n")
         return None
+
+
+def ask_to_trust(project: ProjectFile, err: TextIO) -> bool:
+    """Ask once whether to trust the project's config file, showing exactly the settings that need it. Only yes
+    is a yes (end of input too is a no); Ctrl-C raises KeyboardInterrupt."""
+    err.write(f"The project file {show_controls(str(project.path))} asks for settings that can run commands or "
+              "send your credentials elsewhere:\n")
+    for key, value in project.ignored.items():
+        err.write(f"  {key} = {value}\n")
+    err.flush()
+    answer = _read("Trust this file and apply them? (remembered until the file changes) [y/N]: ", err)
+    return (answer or "").strip().lower() in ("y", "yes")
+
+
+def trust_and_reload(project: ProjectFile, load: Callable[[bool], Config], err: TextIO) -> Config:
+    """Record trust for the project file as it was read, then read the configuration again (`load(trust)`; a
+    file changed since stays untrusted). If trust cannot be recorded, it holds for this run only."""
+    try:
+        project.trust()
+    except OSError as exc:
+        err.write(f"auto-coder: warning: could not record trust in {project.store} ({exc.strerror or exc}); "
+                  "trusted for this run only\n")
+        return load(True)
+    return load(False)
 
 
 def refuse_without_terminal(request: ApprovalRequest, err: TextIO) -> None:

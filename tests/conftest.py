@@ -43,6 +43,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     return folder
 
 
+@pytest.fixture(autouse=True)
+def config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's config folder (XDG_CONFIG_HOME, where trusted project files are recorded) is a fresh folder per
+    test, also for the processes and kernels a test starts: never the real one."""
+    folder = tmp_path_factory.mktemp("config-home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folder))
+    return folder
+
+
 @pytest.fixture
 def clean_env() -> dict[str, str]:
     """A copy of the (settings-free) environment, for a subprocess to get exactly what a test adds."""

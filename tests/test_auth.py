@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from auto_coder_nb import auth, authentication_provider
+from auto_coder_nb import auth, authentication_provider, trust
 from auto_coder_nb.authentication_provider import (
     AuthenticationProvider,
     AuthenticationProviderWithClientSideTokenRefresh,
@@ -46,8 +46,10 @@ def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_config(tmp_path: Path, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None,
                 yaml_text: str | None = None) -> Config:
-    if yaml_text is not None:
-        (tmp_path / ".auto-coder.yaml").write_text(yaml_text, encoding="utf-8")
+    if yaml_text is not None:  # a project file its user trusts (recorded as --trust-project would)
+        path = tmp_path / ".auto-coder.yaml"
+        path.write_text(yaml_text, encoding="utf-8")
+        trust.record(path, trust.digest(path.read_bytes()), trust.store_path({}, tmp_path / "home"))
     return load_config(flags, env=env or {}, cwd=tmp_path, home=tmp_path / "home")
 
 

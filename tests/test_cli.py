@@ -322,3 +322,37 @@ def test_repl_survives_a_turn_that_fails_and_keeps_its_session(server: FakeLLMSe
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+GATEWAY_KEY_FILE = "llm:\n  api_key: ${MY_GATEWAY_KEY}\n"  # the README's example, the variable unset
+
+
+@pytest.mark.parametrize(("override", "flags"), [({"AUTO_CODER_API_KEY": "sk-env-override"}, []),
+                                                 ({}, ["--api-key", "sk-flag-override"])])
+def test_a_key_given_elsewhere_overrides_an_unset_variable_in_a_file(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path, override: dict[str, str], flags: list[str]
+) -> None:
+    (Path(env["HOME"]) / ".auto-coder.yaml").write_text(GATEWAY_KEY_FILE)
+    server.enqueue(reply.text("Hello there."))
+    result = run([*flags, "say hello"], env | override, workspace)
+    assert result.returncode == 0, result.stderr
+    assert "Hello there." in result.stdout
+    key = override.get("AUTO_CODER_API_KEY") or flags[-1]
+    assert server.chat_requests[0].headers["authorization"] == f"Bearer {key}"
+
+
+def test_an_unset_variable_is_an_error_only_when_a_request_needs_it(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    path = Path(env["HOME"]) / ".auto-coder.yaml"
+    path.write_text(GATEWAY_KEY_FILE)
+    expected = f"{path}: llm.api_key: environment variable MY_GATEWAY_KEY is not set"
+    shown = run(["--show-context", "look"], env, workspace)  # no request: no error
+    assert shown.returncode == 0, shown.stderr
+    result = run(["say hello"], env, workspace)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert server.chat_requests == []
+    doctor = run(["--doctor"], env, workspace)
+    assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+    assert expected in doctor.stdout and "Traceback" not in doctor.stderr

@@ -6,16 +6,25 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from auto_coder_nb import auth, trust
+from auto_coder_nb import config as config_module
 from auto_coder_nb.config import DEFAULT_BASE_URL, DEFAULT_MODEL, load_config
 from auto_coder_nb.errors import ConfigError
+from auto_coder_nb.session import Session, start_mcp_servers
+from auto_coder_nb.tools.registry import ToolRegistry
 
 
-def write(path: Path, text: str) -> Path:
+def write(path: Path, text: str, trusted_in: Path | None = None) -> Path:
+    """Write a config file; `trusted_in`: the home of a user who trusts it (a project file that may set
+    anything, recorded as --trust-project would)."""
     path.write_text(text, encoding="utf-8")
+    if trusted_in is not None:
+        trust.record(path, trust.digest(path.read_bytes()), trust.store_path({}, trusted_in))
     return path
 
 
@@ -60,7 +69,7 @@ def test_openai_api_key_is_only_a_fallback(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     config = load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd)
     assert config.llm.api_key == "sk-openai"
-    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: sk-file\n")
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: sk-file\n", trusted_in=home)
     assert load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd).llm.api_key == "sk-file"
     env = {"OPENAI_API_KEY": "sk-openai", "AUTO_CODER_API_KEY": "sk-auto"}
     assert load_config(env=env, home=home, cwd=cwd).llm.api_key == "sk-auto"
@@ -69,18 +78,21 @@ def test_openai_api_key_is_only_a_fallback(dirs: tuple[Path, Path]) -> None:
 def test_variables_expand_from_the_environment(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     write(cwd / ".auto-coder.yaml",
-          "llm:\n  api_key: ${MY_KEY}\n  auth_headers:\n    X-Team: ${TEAM:-data}\n    X-Key: pre-${MY_KEY}\n")
+          "llm:\n  api_key: ${MY_KEY}\n  auth_headers:\n    X-Team: ${TEAM:-data}\n    X-Key: pre-${MY_KEY}\n",
+          trusted_in=home)
     config = load_config(env={"MY_KEY": "s3cret"}, home=home, cwd=cwd)
     assert config.llm.api_key == "s3cret"
     assert config.llm.auth_headers == {"X-Team": "data", "X-Key": "pre-s3cret"}
 
 
-def test_an_unset_variable_is_named(dirs: tuple[Path, Path]) -> None:
+def test_an_unset_variable_is_named_where_it_is_used(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
-    path = write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${NOT_SET_ANYWHERE}\n")
-    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set") as info:
-        load_config(env={}, home=home, cwd=cwd)
-    assert str(path) in str(info.value)
+    path = write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${NOT_SET_ANYWHERE}\n", trusted_in=home)
+    config = load_config(env={}, home=home, cwd=cwd)  # not an error yet: nothing used it
+    assert config.llm.api_key is None
+    with pytest.raises(ConfigError) as info:
+        auth.http_client_kwargs(config)  # what every request to the model is made with
+    assert str(info.value) == f"{path}: llm.api_key: environment variable NOT_SET_ANYWHERE is not set"
 
 
 @pytest.mark.parametrize(
@@ -346,3 +358,107 @@ def test_cli_refuses_bad_configuration_in_one_line_with_exit_2(dirs: tuple[Path,
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert expected in result.stderr
+
+
+GATEWAY_FILE = "llm:\n  base_url: http://gateway.example/v1\n  api_key: ${MY_GATEWAY_KEY}\n"
+
+
+def test_an_unset_variable_is_overridden_silently_by_a_later_file_variable_or_flag(dirs: tuple[Path, Path],
+                                                                                   tmp_path: Path) -> None:
+    home, cwd = dirs
+    write(home / ".auto-coder.yaml", GATEWAY_FILE)
+    by_env = load_config(env={"AUTO_CODER_API_KEY": "sk-env"}, home=home, cwd=cwd)
+    by_flag = load_config({"llm.api_key": "sk-flag"}, env={}, home=home, cwd=cwd)
+    by_file = load_config(None, write(tmp_path / "more.yaml", "llm:\n  api_key: sk-file\n"), env={}, home=home,
+                          cwd=cwd)
+    for config, key in ((by_env, "sk-env"), (by_flag, "sk-flag"), (by_file, "sk-file")):
+        assert config.llm.api_key == key and config.unset == {} and config.warnings == []
+        assert auth.http_client_kwargs(config)["auth"] is not None
+    # OPENAI_API_KEY is only a fallback when nothing names a key: it does not go to the gateway the file names.
+    config = load_config(env={"OPENAI_API_KEY": "sk-openai"}, home=home, cwd=cwd)
+    assert config.llm.api_key is None and "llm.api_key" in config.unset
+    # a later file's unset variable does not fall back to an earlier file's value either
+    write(cwd / ".auto-coder.yaml", "llm:\n  api_key: ${OTHER_KEY}\n", trusted_in=home)
+    config = load_config(env={"MY_GATEWAY_KEY": "sk-home"}, home=home, cwd=cwd)
+    assert config.llm.api_key is None
+    with pytest.raises(ConfigError, match="llm.api_key: environment variable OTHER_KEY is not set"):
+        auth.http_client_kwargs(config)
+
+
+def test_an_unset_variable_the_auth_mode_does_not_use_is_no_error(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(cwd / ".auto-coder.yaml", "auth:\n  client_secret: ${CLIENT_SECRET}\n"
+                                    "agent:\n  system_prompt: ${TEAM_PROMPT:-You help.}\n", trusted_in=home)
+    config = load_config(env={}, home=home, cwd=cwd)
+    assert auth.http_client_kwargs(config)["headers"] == {}  # API-key mode: the client secret is not used
+    with pytest.raises(ConfigError, match="auth.client_secret: environment variable CLIENT_SECRET is not set"):
+        auth.http_client_kwargs(load_config(env={"SERVER_SIDE_TOKEN_REFRESH": "true"}, home=home, cwd=cwd))
+
+
+def test_show_config_shows_an_unset_variable_instead_of_failing(dirs: tuple[Path, Path],
+                                                                clean_env: dict[str, str]) -> None:
+    home, cwd = dirs
+    path = write(home / ".auto-coder.yaml", GATEWAY_FILE)
+    result = run_cli("--show-config", cwd=cwd, env=clean_env | {"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert f"llm.api_key = <unset: ${{MY_GATEWAY_KEY}} is not set>  (file {path})" in result.stdout
+    result = run_cli("--show-config", cwd=cwd, env=clean_env | {"HOME": str(home), "AUTO_CODER_API_KEY": "sk-x1"})
+    assert result.returncode == 0 and "llm.api_key = '<hidden>'  (env AUTO_CODER_API_KEY)" in result.stdout
+
+
+def test_a_session_setting_with_an_unset_variable_stops_the_session(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml", "agent:\n  working_dir: ${PROJECT_ROOT}/src\n", trusted_in=home)
+    config = load_config(env={}, home=home, cwd=cwd)
+    assert config.agent.working_dir is None and "agent.working_dir" in config.show()
+    with pytest.raises(ConfigError) as info:
+        Session.create(config, working_dir=cwd)
+    assert str(info.value) == f"{path}: agent.working_dir: environment variable PROJECT_ROOT is not set"
+
+
+def test_an_mcp_server_with_an_unset_variable_is_not_started_and_says_why(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    path = write(cwd / ".auto-coder.yaml",
+                 "mcp:\n  servers:\n"
+                 "    gh:\n      command: gh-mcp\n      env:\n        TOKEN: ${GH_TOKEN}\n"
+                 "        USER: ${GH_USER}-${GH_TOKEN}\n      timeout: ${GH_TIMEOUT}\n"
+                 "    later:\n      url: ${LATER_URL}\n      disabled: true\n", trusted_in=home)
+    config = load_config(env={"GH_USER": "octo-secret-user"}, home=home, cwd=cwd)
+    gh = config.mcp.servers["gh"]
+    assert gh.unset is not None and gh.unset.message() == \
+        f"{path}: mcp.servers.gh.env.TOKEN: environment variable GH_TOKEN is not set"
+    assert "octo-secret-user" in gh.secrets and "octo-secret-user" in config.from_variables
+    shown = config.show()
+    assert "mcp.servers.gh = stdio gh-mcp env TOKEN, USER (unset: ${GH_TOKEN} is not set)" in shown
+    assert "octo-secret-user" not in shown
+    registry = ToolRegistry()
+    servers = start_mcp_servers(config, registry, cwd)
+    assert servers is not None
+    try:
+        assert (servers.servers["gh"].state, servers.servers["gh"].detail) == ("failed", gh.unset.message())
+        assert servers.servers["later"].state == "disabled"  # never started: its unset URL is no error
+    finally:
+        servers.close()
+    config = load_config(env={"GH_TOKEN": "t", "GH_USER": "u", "GH_TIMEOUT": "5", "LATER_URL": "http://x/mcp"},
+                         home=home, cwd=cwd)
+    assert config.mcp.servers["gh"].unset is None and config.mcp.servers["gh"].timeout == 5.0
+
+
+def test_switches_from_the_environment_are_true_false_or_refused(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={"USE_SSO": "Yes", "SERVER_SIDE_TOKEN_REFRESH": "0", "AUTO_CODER_VISION": "off"},
+                         home=home, cwd=cwd)
+    assert (config.auth.use_sso, config.auth.server_side_token_refresh, config.llm.vision) == (True, False, False)
+    assert load_config(env={"AUTO_CODER_VISION": "null"}, home=home, cwd=cwd).llm.vision is None
+    for var, key in (("USE_SSO", "auth.use_sso"), ("AUTO_CODER_VISION", "llm.vision")):
+        with pytest.raises(ConfigError, match=rf"^{var}: {key}: expected true or false, got 'enabled'$"):
+            load_config(env={var: "enabled"}, home=home, cwd=cwd)  # was read as false, silently
+
+
+def test_every_number_setting_has_a_limit() -> None:
+    numbers = [f"{section}.{f.name}" for section, cls in config_module._SECTIONS.items() for f in fields(cls)
+               if str(f.type).startswith(("int", "float"))]
+    numbers += [f"mcp.servers.*.{f.name}" for f in fields(config_module.McpServerConfig)
+                if str(f.type).startswith(("int", "float"))]
+    assert len(numbers) >= 13
+    assert sorted(numbers) == sorted(config_module.NUMBER_LIMITS)

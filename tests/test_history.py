@@ -205,7 +205,7 @@ def test_old_conversations_are_removed_at_start_up(fake_server: FakeLLMServer, r
 
 def test_show_config_lists_the_history_settings(tmp_path: Path) -> None:
     (tmp_path / ".auto-coder.yaml").write_text("history:\n  enabled: false\n  retention_days: 3\n")
-    shown = load_config(cwd=tmp_path, home=tmp_path / "nowhere", env={}).show()
+    shown = load_config(cwd=tmp_path, home=tmp_path / "nowhere", env={}, trust_project=True).show()
     assert "history.enabled = False  (file" in shown and "history.retention_days = 3  (file" in shown
 
 

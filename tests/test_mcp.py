@@ -144,7 +144,7 @@ mcp:
 def test_a_later_file_adds_servers_and_replaces_one_of_the_same_name(tmp_path: Path) -> None:
     (tmp_path / ".auto-coder.yaml").write_text("mcp:\n  servers:\n    a: {command: one}\n    b: {command: two}\n")
     path = write_config(tmp_path, "mcp:\n  servers:\n    b: {command: three}\n")
-    config = load_config(config_path=path, env={}, cwd=tmp_path, home=tmp_path / "nohome")
+    config = load_config(config_path=path, env={}, cwd=tmp_path, home=tmp_path / "nohome", trust_project=True)
     assert {name: server.command for name, server in config.mcp.servers.items()} == {"a": "one", "b": "three"}
     assert config.sources["mcp.servers.b"] == f"file {path}"
 

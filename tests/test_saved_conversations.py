@@ -202,7 +202,7 @@ def test_no_secret_in_any_file_with_every_kind_of_credential(
     (project / "creds.txt").write_text(f"all of them: {everything}\n")
     fake_server.enqueue(reply.tool_call("read_file", {"path": "creds.txt"}),
                         reply.text(f"You have {everything}.", chunks=60))
-    result = auto_coder([f"remember {everything}"], run_env, project)
+    result = auto_coder(["--trust-project", f"remember {everything}"], run_env, project)
     assert result.returncode == 0, result.stderr
     assert fake_server.chat_requests[0].headers["authorization"] == f"Bearer {secrets['sso']}"  # SSO was used
     assert fake_server.chat_requests[0].headers["x-gateway"] == secrets["variable"]

@@ -73,6 +73,10 @@ STYLE = """<style>
   font-style: italic; }
 .autocoder-error .widget-html-content { color: #991b1b; background: #fef2f2; border: 1px solid #fecaca;
   border-radius: 6px; padding: 4px 8px; }
+.autocoder-trust-bar { border: 1px solid #fcd34d; background: #fffbeb; border-radius: 6px; padding: 4px 8px;
+  margin: 4px 0; flex-wrap: wrap; }
+.autocoder-trust-note .widget-html-content { font-size: 12px; white-space: normal; line-height: 1.4; }
+.autocoder-trust-bar .auto-coder-trust { width: auto; }
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }

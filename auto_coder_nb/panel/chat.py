@@ -145,8 +145,16 @@ class ChatPanel:
         self._resume_button.on_click(self._handover(self._resume))
         buttons = _box([self._send_button, self._stop_button, self._reset_button, self._resume_button],
                        "autocoder-buttons", horizontal=True)
-        self.widget = _box([header, scroll, self._input, buttons, self._attachments.widget], "autocoder-panel")
+        # The project's .auto-coder.yaml, while untrusted: which of its settings were ignored, and a way to trust it.
+        self._trust_note = _html("", "autocoder-trust-note")
+        self._trust_button = _button("Trust this folder", "warning", "auto-coder-trust",
+                                     "Trust this folder's .auto-coder.yaml as it is now and apply all its settings")
+        self._trust_button.on_click(self._handover(self._trust))
+        self._trust_bar = _box([self._trust_note, self._trust_button], "autocoder-trust-bar")
+        self.widget = _box([header, scroll, self._trust_bar, self._input, buttons, self._attachments.widget],
+                           "autocoder-panel")
         self._show_status()
+        self._show_trust()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -310,7 +318,35 @@ class ChatPanel:
         if changed:
             self._notice(changed)
             self._show_status()
+        self._show_trust()
         return True
+
+    def _show_trust(self) -> None:
+        """The trust bar, shown while the kernel's project file has settings ignored for want of trust."""
+        project = self.session.config.project
+        if self._shares_kernel_session and project is not None and project.needs_trust:
+            self._trust_note.value = html.escape(project.notice("kernel"))
+            self._trust_bar.layout.display = None
+        else:
+            self._trust_bar.layout.display = "none"
+
+    def trust_project(self) -> None:
+        """Trust this folder's config file, like the Trust this folder button (safe from any thread)."""
+        self._loop.call_soon_threadsafe(self._guarded, self._trust)
+
+    def _trust(self) -> None:
+        from ..errors import ConfigError
+        from ..kernel import trust_project
+
+        if self.running:
+            self._notice("A turn is running: trust the folder when it has ended.")
+            return
+        try:
+            self._notice(trust_project())
+        except ConfigError as exc:
+            self._error(str(exc))
+        self._show_trust()
+        self._show_status()
 
     def _begin_turn(self, message: str, thumbnails: str = "") -> None:
         self._set_busy(True)

@@ -100,6 +100,8 @@ class McpServers:
             refusal = self._refuse(server.name, server.config) if self._refuse is not None else None
             if server.config.disabled:
                 server.state, server.detail = "disabled", f"{MCP_SERVERS}.{server.name}.disabled is true"
+            elif server.config.unset is not None:  # its ${VAR} is not set: only an error for a server that starts
+                self._fail(server, "failed", server.config.unset.message())
             elif refusal is not None:
                 self._fail(server, "refused", refusal)
             else:
