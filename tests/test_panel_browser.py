@@ -208,6 +208,8 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
     assert "fake-model" in p.inner_text(".autocoder-status")
     assert "turn —" in p.inner_text(".autocoder-status")
+    trust_bar = p.locator(".autocoder-trust-bar")
+    playwright_api.expect(trust_bar).to_be_hidden()  # no project config file yet
     # A disabled button is plain grey, not a faded colour that looks half-active.
     disabled, background, opacity = p.eval_on_selector(
         "button.autocoder-stop", "b => [b.disabled, getComputedStyle(b).backgroundColor, getComputedStyle(b).opacity]")
@@ -371,6 +373,26 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("08-reset")
+
+    # The notebook folder gets its own config file (a git pull, say): untrusted, its header is not sent and the
+    # bar says so; Trust this folder sends it with the next request, and the bar leaves.
+    (lab.root / ".auto-coder.yaml").write_text("llm:\n  auth_headers:\n    X-Team: team-header-1\n")
+    llm.enqueue(reply.text("Not trusted yet."))
+    send("Who is there?")
+    p.wait_for_selector(".autocoder-assistant:has-text('Not trusted yet.')")
+    playwright_api.expect(trust_bar).to_be_visible()
+    assert "llm.auth_headers" in trust_bar.inner_text() and "team-header-1" not in trust_bar.inner_text()
+    assert trust_bar.locator("button.auto-coder-trust").inner_text() == "Trust this folder"
+    assert all("x-team" not in request.headers for request in llm.chat_requests)
+    shot("09-untrusted")
+    trust_bar.locator("button.auto-coder-trust").click()
+    p.wait_for_selector(".autocoder-notice:has-text('Trusted')")
+    playwright_api.expect(trust_bar).to_be_hidden()
+    llm.enqueue(reply.text("Trusted and answering."))
+    send("And now?")
+    p.wait_for_selector(".autocoder-assistant:has-text('Trusted and answering.')")
+    assert llm.chat_requests[-1].headers["x-team"] == "team-header-1"
+    shot("10-trusted")
     assert p.locator(".autocoder-error").count() == 0
 
     # No click raised in the kernel: callback errors only show in JupyterLab's log console.

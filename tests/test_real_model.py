@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fresh(project: Path) -> Path:
     for path in project.iterdir():
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     (project / "calc.py").write_text(CALC)
     return project
 
 
-def make_session(server: LlamaServer, root: Path, mode: str = "prompted", **llm: Any) -> Session:
+def make_session(server: LlamaServer, root: Path, mode: str = "prompted", steps: int = 1, **llm: Any) -> Session:
+    """A session against the real model; `steps`: model requests per turn (1 when only the effect matters)."""
     config = Config()
     config.llm.base_url, config.llm.model = server.base_url, server.model
     config.llm.tool_calling = mode
@@ -75,7 +77,7 @@ def make_session(server: LlamaServer, root: Path, mode: str = "prompted", **llm:
     for key, value in llm.items():
         setattr(config.llm, key, value)
     config.agent.approval_mode = "full-auto"
-    config.agent.max_iterations = 2
+    config.agent.max_iterations = steps
     return Session.create(config, working_dir=root)
 
 
@@ -115,6 +117,18 @@ def test_a_plain_streamed_answer(llama: LlamaServer) -> None:
 def test_prompted_read(llama: LlamaServer, fresh: Path) -> None:
     events = run_turn(make_session(llama, fresh), "Read the file calc.py")
     assert any("return a + b" in result.output for result in results(events, "read_file"))
+
+
+def test_prompted_list(llama: LlamaServer, fresh: Path) -> None:
+    (fresh / "src").mkdir()
+    (fresh / "src" / "main.py").write_text("print('hi')\n")
+    session = make_session(llama, fresh, steps=2)
+    events = run_turn(session, "List the files in the folder src")
+    assert any("main.py" in result.output for result in results(events, "list_directory"))
+    # The listing reached the model: it was in the history sent with the second request, which was answered.
+    history = session.conversation.messages
+    listings = [i for i, m in enumerate(history) if m["role"] == "tool" and "main.py" in m["content"]]
+    assert listings and any(m["role"] == "assistant" for m in history[listings[0] + 1:])
 
 
 def test_prompted_write(llama: LlamaServer, fresh: Path) -> None:

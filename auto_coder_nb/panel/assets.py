@@ -82,7 +82,7 @@ STYLE = """<style>
 .autocoder-trust-bar { border: 1px solid #fcd34d; background: rgba(245, 158, 11, 0.08); border-radius: 6px;
   padding: 4px 8px; margin: 4px 0; flex-wrap: wrap; }
 .autocoder-trust-note .widget-html-content { font-size: 12px; white-space: normal; line-height: 1.4; }
-.autocoder-trust-bar .auto-coder-trust { width: auto; }
+.autocoder-trust-bar .auto-coder-trust { width: auto; align-self: flex-start; }
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }
