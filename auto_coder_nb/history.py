@@ -41,7 +41,7 @@ from .events import (
     UsageUpdate,
 )
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets, scrub
+from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -178,7 +178,7 @@ def summarize(path: Path) -> SavedConversation:
     except OSError as exc:
         raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
     start = _check_start(path, head[0] if head else None)
-    prompt = next((message_text(r["message"].get("content")) for r in head
+    prompt = next((prompt_of(message_text(r["message"].get("content"))) for r in head
                    if r["type"] == "message" and isinstance(r.get("message"), dict)
                    and r["message"].get("role") == "user"), "")
     return SavedConversation(

@@ -36,7 +36,6 @@ from .kernel import (
 from .notebook_context import (
     CONTEXT_MODES,
     build_context,
-    compose_message,
     error_before_load,
     fix_prompt,
     interpolate,
@@ -314,7 +313,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         prompt = interpolate(prompt, shell.user_ns)
     context = build_context(args.context, shell.user_ns, state.history,
                             hidden=getattr(shell, "user_ns_hidden", {}), include_error=not args.fix)
-    from .text import scrub
+    from .text import compose_message, scrub
 
     # A variable's repr in the kernel context, or an interpolated {name}, may hold a configured secret.
     message = scrub(compose_message(prompt, context), session.secret_values())

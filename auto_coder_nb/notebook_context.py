@@ -287,13 +287,6 @@ def _fit(blocks: list[str], budget: int, what: str) -> str:
     return "\n".join(kept)
 
 
-def compose_message(prompt: str, context: str) -> str:
-    """The user message as sent: the prompt, then the kernel context if there is any."""
-    if not context:
-        return prompt
-    return f"{prompt}\n\n<kernel-context>\n{context}\n</kernel-context>"
-
-
 def fix_prompt(error: ErrorRecord, extra: str = "") -> str:
     """The request `--fix` sends: the failing cell and its traceback."""
     from .text import truncate

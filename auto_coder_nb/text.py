@@ -128,3 +128,21 @@ def show_controls(text: str) -> str:
 def _escape(char: str) -> str:
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# -- the user message with the kernel context ---------------------------------------------------
+
+
+def compose_message(prompt: str, context: str) -> str:
+    """The user message as sent: the prompt, then the kernel context if there is any."""
+    if not context:
+        return prompt
+    return f"{prompt}\n\n<kernel-context>\n{context}\n</kernel-context>"
+
+
+_CONTEXT_BLOCK = re.compile(r"\n\n<kernel-context>\n.*\n</kernel-context>\Z", re.DOTALL)
+
+
+def prompt_of(message: str) -> str:
+    """What the user typed, from a message `compose_message` made (listings and transcripts show this)."""
+    return _CONTEXT_BLOCK.sub("", message)

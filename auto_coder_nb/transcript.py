@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .history import HistoryError, message_text, rebuild
-from .text import PYTHON_FENCE_LANGUAGES, truncate
+from .text import PYTHON_FENCE_LANGUAGES, prompt_of, truncate
 
 EXPORT_SUFFIXES = (".md", ".ipynb", ".jsonl")
 RESULT_LIMIT = 4000  # characters of a tool result shown in a fold
@@ -52,7 +52,7 @@ def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
     for message in rebuild(records):
         role, content = message["role"], message_text(message.get("content"))
         if role == "user":
-            found.append(Exchange(content))
+            found.append(Exchange(prompt_of(content)))
             continue
         if not found:
             found.append(Exchange(""))

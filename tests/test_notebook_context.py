@@ -12,11 +12,11 @@ from auto_coder_nb.magics import split_options
 from auto_coder_nb.notebook_context import (
     KernelHistory,
     build_context,
-    compose_message,
     error_before_load,
     fix_prompt,
     interpolate,
 )
+from auto_coder_nb.text import compose_message, prompt_of
 
 
 class FakeFrame:
@@ -131,6 +131,7 @@ def test_history_records_cells_and_the_last_error_from_post_run_cell(shell: Any)
 def test_compose_message_and_option_split() -> None:
     assert compose_message("hi", "") == "hi"
     assert compose_message("hi", "ctx") == "hi\n\n<kernel-context>\nctx\n</kernel-context>"
+    assert prompt_of(compose_message("a\n\nb", "x\n\ny")) == "a\n\nb" and prompt_of("hi") == "hi"
     assert split_options("-m big --insert what's {x}? -m stays") == (["-m", "big", "--insert"], "what's {x}? -m stays")
     assert split_options("--context=none -- -1 is odd") == (["--context=none"], "-1 is odd")
 

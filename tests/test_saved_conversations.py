@@ -237,7 +237,9 @@ def test_kernel_restart_then_resume_continues_the_notebooks_conversation(
     kernel = start_kernel(fake_server, tmp_path / "home", folder, notebook)
     try:
         fake_server.enqueue(reply.text("Use pandas."))
-        kernel.execute("%autocoder --context none how do I load a csv?")
+        kernel.execute("sales = [3, 4]")
+        kernel.execute("%autocoder how do I load a csv?")  # the kernel context goes with it, not in listings
+        assert "<kernel-context>" in fake_server.chat_requests[-1].json["messages"][-1]["content"]
         first_id = fake_server.chat_requests[-1].headers["x-correlation-id"]
         kernel.manager.restart_kernel(now=True)
         kernel.client.wait_for_ready(timeout=60)
@@ -252,14 +254,18 @@ def test_kernel_restart_then_resume_continues_the_notebooks_conversation(
         kernel.execute("%autocoder --context none which function?")
         request = fake_server.chat_requests[-1]
         assert request.headers["x-correlation-id"] == first_id
-        assert [m["content"] for m in request.json["messages"][1:]] == [
+        assert [m["content"].split("\n\n<kernel-context>")[0] for m in request.json["messages"][1:]] == [
             "how do I load a csv?", "Use pandas.", "which function?"]
+        assert "sales" in request.json["messages"][1]["content"]  # resumed as it was sent
         assert_strictly_valid(request.json["messages"])
         listed = kernel.execute("%autocoder --sessions")
         assert first_id[:8] in listed.stdout and str(notebook) in listed.stdout
+        assert "how do I load a csv?" in listed.stdout and "kernel-context" not in listed.stdout
         exported = kernel.execute("%autocoder --export chat.ipynb")
         assert "Exported 2 prompts" in exported.stdout
-        nbformat.validate(nbformat.read(folder / "chat.ipynb", as_version=4))
+        chat = nbformat.read(folder / "chat.ipynb", as_version=4)
+        nbformat.validate(chat)
+        assert "kernel-context" not in json.dumps(chat) and "how do I load a csv?" in json.dumps(chat)
         unknown = kernel.execute("%autocoder --resume 0000ffff")
         assert "No saved conversation '0000ffff'" in unknown.stdout and first_id[:8] in unknown.stdout
     finally:
