@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.Namespace) -> Config:
     """The project file's trust: --trust-project records it; at a terminal the user is asked once (before
     anything runs); elsewhere its settings that need trust stay ignored, with one line saying which and how to
-    trust it. --show-config and --doctor ask nothing: they list what was ignored."""
+    trust it. --show-config and --doctor ask nothing: they list what was ignored (--sessions needs no settings)."""
     project = config.project
     if project is None or project.trusted and not args.trust_project:
         return config
@@ -176,7 +176,7 @@ def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.
             print(f"auto-coder: warning: could not record trust in {project.store} ({exc.strerror or exc}); "
                   "trusted for this run only", file=sys.stderr)
         return config
-    if not project.needs_trust or args.show_config or args.doctor:
+    if not project.needs_trust or args.show_config or args.doctor or args.sessions:
         return config
     if is_terminal(sys.stdin) and is_terminal(sys.stderr) and ask_to_trust(project, sys.stderr):
         return trust_and_reload(project, load, sys.stderr)

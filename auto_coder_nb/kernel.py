@@ -166,7 +166,8 @@ def trust_project(shell: Any = None) -> str:
     if not project.ignored:
         return f"Trusted {project.path}."
     applied = "; ".join(f"{key} = {value}" for key, value in project.ignored.items())
-    return f"Trusted {project.path} (kept in {project.store} until the file changes). Now applied: {applied}."
+    return (f"Trusted {project.path} (kept in {project.store} until the file changes). Now applied: {applied}."
+            + project.not_applied_now())
 
 
 def change_working_dir(state: KernelState, directory: str) -> str:

@@ -167,7 +167,8 @@ def trust_project(session: Session, reload: Callable[[bool], Config] | None) -> 
     if now is not None and now.needs_trust:  # changed since it was read: what was shown is not what is there
         print(f"{project.path} changed since it was read; it is not trusted. {now.notice('cli')}", file=sys.stderr)
     elif project.ignored:
-        print(f"Trusted {project.path}; these settings apply now: {', '.join(project.ignored)}.")
+        print(f"Trusted {project.path}; these settings apply now: {', '.join(project.ignored)}."
+              + project.not_applied_now())
     else:
         print(f"Trusted {project.path}.")
 

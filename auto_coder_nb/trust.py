@@ -102,6 +102,11 @@ class ProjectFile:
                 f"credentials elsewhere): {', '.join(self.ignored)}. To trust this file, {HOW_TO_TRUST[face]}; "
                 f"trust is kept in {self.store} until the file changes.")
 
+    def not_applied_now(self) -> str:
+        """What trusting cannot change in a running session (the workspace root is set when it starts)."""
+        later = [key for key in ("agent.working_dir",) if key in self.ignored]
+        return f" ({', '.join(later)} applies from the next start.)" if later else ""
+
     def describe(self) -> list[str]:
         """For --show-config and the doctor: each ignored setting and why."""
         if not self.needs_trust:

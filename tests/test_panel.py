@@ -450,6 +450,53 @@ def test_reset_during_a_turn_stops_it_first(fake_server: FakeLLMServer, tmp_path
     run(scenario)
 
 
+# Re-running the `%autocoder_chat` cell while the panel waits for an approval replaces the panel on screen;
+# its turn goes on and keeps the shared session busy. The new panel must be able to end it.
+
+def test_stop_in_a_new_panel_ends_the_turn_an_earlier_panel_left_waiting(
+        fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        session = make_session(fake_server, tmp_path)
+        earlier = ChatPanel(session)
+        fake_server.enqueue(write_call())
+        earlier.send("create hello.txt")
+        await approval_card(earlier)
+        panel = ChatPanel(session)  # the cell run again
+        assert not panel._stop_button.disabled  # a turn of this session runs: Stop can end it
+        await panel.ask("hello?")
+        assert "Another request is still running" in panel.transcript[-1]["text"]
+        assert not panel._stop_button.disabled
+        panel._stop_button.click()
+        await until(lambda: not earlier.running, "the earlier panel's turn to stop")
+        assert panel._stop_button.disabled and earlier._stop_button.disabled
+        fake_server.enqueue(reply.text("Here now."))
+        assert await panel.ask("hello again") == "Here now."
+        assert not (tmp_path / "hello.txt").exists()
+
+    run(scenario)
+
+
+def test_reset_in_a_new_panel_ends_the_turn_an_earlier_panel_left_waiting(
+        fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        session = make_session(fake_server, tmp_path)
+        earlier = ChatPanel(session)
+        fake_server.enqueue(write_call())
+        earlier.send("create hello.txt")
+        await approval_card(earlier)
+        panel = ChatPanel(session)
+        old_id = panel.correlation_id
+        panel._reset_button.click()
+        await until(lambda: panel.correlation_id != old_id, "a new id")
+        assert not earlier.running and panel._stop_button.disabled
+        fake_server.enqueue(reply.text("Fresh start."))
+        assert await panel.ask("hello") == "Fresh start."
+        request = fake_server.requests[-1]
+        assert [m["content"] for m in request.json["messages"] if m["role"] == "user"] == ["hello"]
+
+    run(scenario)
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [

@@ -34,6 +34,37 @@ OUTPUT = Path(__file__).parent.parent / "test-output" / "panel_browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
+# Each visible text of the panel outside ipywidgets' own buttons, with its contrast ratio (WCAG) against the
+# background it is drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one.
+LOW_CONTRAST_JS = """(panel, minimum) => {
+  const parse = (c) => {
+    const m = c.match(/[\\d.]+/g).map(Number);
+    return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
+  };
+  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3]));
+  const background = (element) => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const color = parse(getComputedStyle(e).backgroundColor);
+      if (color[3] > 0) { layers.push(color); if (color[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((under, layer) => over(layer, under), [255, 255, 255]);
+  };
+  const luminance = (rgb) => {
+    const [r, g, b] = rgb.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const low = [];
+  for (const element of panel.querySelectorAll('*')) {
+    const text = [...element.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('').trim();
+    if (!text || !element.getClientRects().length || element.closest('.jupyter-button')) continue;
+    const back = background(element);
+    const [a, b] = [luminance(over(parse(getComputedStyle(element).color), back)), luminance(back)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < minimum) low.push(`${text.slice(0, 40)} (${element.className}): ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
 
 # CI (CI=true) installs chromium and must run this test; a developer machine without it skips, saying why.
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
@@ -177,6 +208,8 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
     assert "fake-model" in p.inner_text(".autocoder-status")
     assert "turn —" in p.inner_text(".autocoder-status")
+    trust_bar = p.locator(".autocoder-trust-bar")
+    playwright_api.expect(trust_bar).to_be_hidden()  # no project config file yet
     # A disabled button is plain grey, not a faded colour that looks half-active.
     disabled, background, opacity = p.eval_on_selector(
         "button.autocoder-stop", "b => [b.disabled, getComputedStyle(b).backgroundColor, getComputedStyle(b).opacity]")
@@ -235,6 +268,19 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     assert clipped and text in title and len(text) == 36
     assert "content=<1 line>" in p.locator(".autocoder-tool .autocoder-card-head").last.inner_text()
     shot("03-approval")
+    # Every text stays readable in the dark theme too: the status pill, badges, the user's bubble, the
+    # approval card and the diff (opaque pastel backgrounds under the theme's white text were not).
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        p.click(".lm-MenuBar-itemLabel:text-is('Settings')")
+        p.hover(".lm-Menu-itemLabel:text-is('Theme')")
+        p.click(f".lm-Menu-itemLabel:text-is('{theme}')")
+        p.wait_for_selector(f"body[data-jp-theme-name='{theme}']", state="attached")
+        # The theme's CSS loads after the attribute changes: wait until the panel's background follows.
+        p.wait_for_function("dark => (parseInt(getComputedStyle(document.querySelector('.autocoder-panel'))"
+                            ".backgroundColor.match(/\\d+/)[0]) < 128) === dark", arg="Dark" in theme)
+        assert p.eval_on_selector(".autocoder-panel", LOW_CONTRAST_JS, 3.0) == [], theme
+        if "Dark" in theme:
+            shot("03b-approval-dark")
     p.locator("button.autocoder-approve").click()
     p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
     assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
@@ -327,6 +373,26 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("08-reset")
+
+    # The notebook folder gets its own config file (a git pull, say): untrusted, its header is not sent and the
+    # bar says so; Trust this folder sends it with the next request, and the bar leaves.
+    (lab.root / ".auto-coder.yaml").write_text("llm:\n  auth_headers:\n    X-Team: team-header-1\n")
+    llm.enqueue(reply.text("Not trusted yet."))
+    send("Who is there?")
+    p.wait_for_selector(".autocoder-assistant:has-text('Not trusted yet.')")
+    playwright_api.expect(trust_bar).to_be_visible()
+    assert "llm.auth_headers" in trust_bar.inner_text() and "team-header-1" not in trust_bar.inner_text()
+    assert trust_bar.locator("button.auto-coder-trust").inner_text() == "Trust this folder"
+    assert all("x-team" not in request.headers for request in llm.chat_requests)
+    shot("09-untrusted")
+    trust_bar.locator("button.auto-coder-trust").click()
+    p.wait_for_selector(".autocoder-notice:has-text('Trusted')")
+    playwright_api.expect(trust_bar).to_be_hidden()
+    llm.enqueue(reply.text("Trusted and answering."))
+    send("And now?")
+    p.wait_for_selector(".autocoder-assistant:has-text('Trusted and answering.')")
+    assert llm.chat_requests[-1].headers["x-team"] == "team-header-1"
+    shot("10-trusted")
     assert p.locator(".autocoder-error").count() == 0
 
     # No click raised in the kernel: callback errors only show in JupyterLab's log console.

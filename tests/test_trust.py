@@ -424,3 +424,14 @@ def test_panel_trust_button_records_trust_and_refreshes_the_config(
     finally:
         kernel.close()
     assert os.environ.get("XDG_CONFIG_HOME")  # the trust went to the test's config folder, not the real one
+
+
+def test_trusting_says_what_applies_only_from_the_next_start(dirs: tuple[Path, Path]) -> None:
+    home, project = dirs
+    (project / ".auto-coder.yaml").write_text("agent:\n  working_dir: /\n  approval_mode: auto-edit\n")
+    config = load_config(env={}, home=home, cwd=project)
+    assert config.project is not None
+    assert config.project.not_applied_now() == " (agent.working_dir applies from the next start.)"
+    (project / ".auto-coder.yaml").write_text("agent:\n  approval_mode: auto-edit\n")
+    config = load_config(env={}, home=home, cwd=project)
+    assert config.project is not None and config.project.not_applied_now() == ""

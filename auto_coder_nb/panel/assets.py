@@ -19,9 +19,11 @@ STYLE = """<style>
   font-family: var(--jp-code-font-family, monospace); }
 .autocoder-model { display: inline-block; max-width: 180px; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; vertical-align: top; }
-.autocoder-state { display: inline-block; padding: 0 6px; border-radius: 8px; background: #eef; }
-.autocoder-state-idle { background: #e8f5e9; }
-.autocoder-state-waiting { background: #fff3cd; }
+/* Tinted backgrounds are translucent and the text keeps the theme's colour, so both stay readable in light
+   and dark themes (an opaque pastel under a dark theme's white text was unreadable). */
+.autocoder-state { display: inline-block; padding: 0 6px; border-radius: 8px; background: rgba(99, 102, 241, 0.14); }
+.autocoder-state-idle { background: rgba(22, 163, 74, 0.14); }
+.autocoder-state-waiting { background: rgba(234, 179, 8, 0.25); }
 .autocoder-scroll { max-height: 520px; overflow-y: auto; display: flex; flex-direction: column-reverse;
   border-top: 1px solid var(--jp-border-color2, #eee); border-bottom: 1px solid var(--jp-border-color2, #eee);
   margin: 6px 0; }
@@ -37,7 +39,7 @@ STYLE = """<style>
 .autocoder-attach-row { align-items: center; gap: 4px; flex-wrap: wrap; }
 .autocoder-attachments .autocoder-thumb { max-height: 48px; }
 .autocoder-transcript .autocoder-user { align-self: flex-end; width: auto; max-width: 80%; }
-.autocoder-user .widget-html-content { background: var(--jp-brand-color3, #dbeafe); padding: 6px 10px;
+.autocoder-user .widget-html-content { background: rgba(59, 130, 246, 0.18); padding: 6px 10px;
   border-radius: 12px 12px 2px 12px; white-space: pre-wrap; }
 .autocoder-assistant { width: 100%; }
 .autocoder-assistant p { margin: 4px 0; }
@@ -55,10 +57,11 @@ STYLE = """<style>
 .autocoder-card { border: 1px solid var(--jp-border-color2, #e1e4e8); border-left: 3px solid #6b7280;
   border-radius: 6px; padding: 4px 8px; margin: 4px 0; font-size: 12px; }
 .autocoder-card-ok { border-left-color: #16a34a; } .autocoder-card-error { border-left-color: #dc2626; }
-.autocoder-card-ask { border-left-color: #d97706; background: #fffbeb; }
+.autocoder-card-ask { border-left-color: #d97706; background: rgba(245, 158, 11, 0.08); }
 .autocoder-card-denied { border-left-color: #9ca3af; }
 .autocoder-card-head { font-family: var(--jp-code-font-family, monospace); }
-.autocoder-badge { font-size: 11px; padding: 0 6px; border-radius: 8px; background: #eee; margin-left: 6px; }
+.autocoder-badge { font-size: 11px; padding: 0 6px; border-radius: 8px; background: rgba(128, 128, 128, 0.18);
+  margin-left: 6px; }
 .autocoder-args summary { cursor: pointer; color: var(--jp-ui-font-color2, #666); font-size: 11px; }
 .autocoder-args pre { white-space: pre-wrap; margin: 2px 0 4px; }
 .autocoder-outcome { font-style: italic; color: var(--jp-ui-font-color2, #555); }
@@ -69,14 +72,17 @@ STYLE = """<style>
   var(--jp-code-font-family, monospace); font-size: 11px; }
 .autocoder-diff .add { color: #15803d; } .autocoder-diff .del { color: #b91c1c; }
 .autocoder-diff .hunk { color: #6d28d9; }
+[data-jp-theme-light="false"] .autocoder-diff .add { color: #4ade80; }
+[data-jp-theme-light="false"] .autocoder-diff .del { color: #f87171; }
+[data-jp-theme-light="false"] .autocoder-diff .hunk { color: #c4b5fd; }
 .autocoder-notice .widget-html-content { color: var(--jp-ui-font-color2, #666); font-size: 12px;
   font-style: italic; }
 .autocoder-error .widget-html-content { color: #991b1b; background: #fef2f2; border: 1px solid #fecaca;
   border-radius: 6px; padding: 4px 8px; }
-.autocoder-trust-bar { border: 1px solid #fcd34d; background: #fffbeb; border-radius: 6px; padding: 4px 8px;
-  margin: 4px 0; flex-wrap: wrap; }
+.autocoder-trust-bar { border: 1px solid #fcd34d; background: rgba(245, 158, 11, 0.08); border-radius: 6px;
+  padding: 4px 8px; margin: 4px 0; flex-wrap: wrap; }
 .autocoder-trust-note .widget-html-content { font-size: 12px; white-space: normal; line-height: 1.4; }
-.autocoder-trust-bar .auto-coder-trust { width: auto; }
+.autocoder-trust-bar .auto-coder-trust { width: auto; align-self: flex-start; }
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }

@@ -18,6 +18,7 @@ import asyncio
 import functools
 import html
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,10 @@ if TYPE_CHECKING:
     from ..session import Session
 
 UPDATES_PER_SECOND = 20
+# Every panel of this process. A turn belongs to the panel that started it, but re-running the
+# `%autocoder_chat` cell replaces the panel on screen while its turn (waiting for an approval, say) goes on
+# and keeps the shared session busy: the panels of one session can stop each other's turns.
+_PANELS: weakref.WeakSet[ChatPanel] = weakref.WeakSet()
 TURN_END_NOTES = {
     "max_iterations": "Stopped at the request limit for one turn.",
     "repeated_call": "Stopped: the same tool call was repeated.",
@@ -94,6 +99,7 @@ class ChatPanel:
         self._loop = loop or _main_loop()
         self._namespace = namespace
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # between the start and the end of this panel's turn
         self._state = IDLE
         self._turn_usage: Usage | None = None  # None until the turn's first UsageUpdate
         self._records: list[tuple[str, str | _TextPart]] = []  # (role, text or the streaming part)
@@ -112,6 +118,8 @@ class ChatPanel:
         self._context: ContextUsage | None = None  # how full the context window is, after each turn
         self._attachments = Attachments(self)
         self._build()
+        _PANELS.add(self)
+        self._show_busy()
         self._offer = SavedOffer.look(self)  # after a kernel restart: the notebook's latest conversation
         if self._offer is not None:
             self._offer.show()
@@ -243,6 +251,13 @@ class ChatPanel:
     def _stop(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+            return
+        for other in self._others_running():  # a turn of an earlier panel of this session (no longer shown)
+            other.stop()
+
+    def _others_running(self) -> list[ChatPanel]:
+        return [panel for panel in list(_PANELS) if panel is not self and panel.session is self.session
+                and panel.running]
 
     def _start_reset(self) -> None:
         self._loop.create_task(self._reset())
@@ -252,6 +267,13 @@ class ChatPanel:
             if self.running:
                 self._stop()
                 await self.wait()
+            others = self._others_running()
+            for other in others:
+                other.stop()
+            for _ in range(1000):  # their tasks may run on another loop: poll, at most 10 s
+                if not any(other.running for other in others):
+                    break
+                await asyncio.sleep(0.01)
             self._withdraw_offer()
             new_id = self.session.reset()
             self._records.clear()
@@ -449,10 +471,17 @@ class ChatPanel:
     # -- status, notices, errors -----------------------------------------------------------
 
     def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
         self._send_button.disabled = busy
-        self._stop_button.disabled = not busy
+        for panel in list(_PANELS):
+            if panel.session is self.session:
+                panel._show_busy()
         if not busy:
             self._set_state(IDLE)
+
+    def _show_busy(self) -> None:
+        """Stop is enabled while a turn of this panel, or of another panel on the same session, runs."""
+        self._stop_button.disabled = not any(panel._busy for panel in list(_PANELS) if panel.session is self.session)
 
     def _set_state(self, state: str, detail: str = "") -> None:
         self._state = state
