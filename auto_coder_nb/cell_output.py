@@ -39,6 +39,7 @@ class CellRenderer:
         self.last_update = 0.0
         self.tool_handles: dict[str, tuple[Any, ToolCallStarted]] = {}
         self.usage: UsageUpdate | None = None
+        self.failed = False  # an error was shown
 
     @property
     def text(self) -> str:
@@ -77,6 +78,7 @@ class CellRenderer:
             case ApprovalRequest():
                 self.approval(event)
             case ErrorEvent():
+                self.failed = True
                 self._end_segment()
                 self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
             case Notice():

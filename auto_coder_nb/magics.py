@@ -352,7 +352,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     if args.insert:
         blocks = code_blocks(renderer.text)
         if not blocks:
-            print("The answer has no Python code block to insert.")
+            if renderer.text.strip() or not renderer.failed:  # after an error without an answer, the error says it
+                print("The answer has no Python code block to insert.")
         elif can_ask:
             insert_cells(shell, blocks)
             print(f"Inserted {len(blocks)} code block(s) into a new cell below.")

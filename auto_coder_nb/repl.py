@@ -81,6 +81,8 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
         if text.startswith("/"):
             if run_command(session, text, loop, attachments, reload) == "quit":
                 break
+            if text.split()[0] in ("/clear", "/reset", "/resume"):
+                context = ""  # another conversation now: its share shows after its next turn
             continue
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
         try:

@@ -30,6 +30,7 @@ from .images import Image, ImageError, decode_output, fit_image, image_from_obje
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
+from .text import counted
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
 from .transport import proxy_for, tls_trust
@@ -151,7 +152,8 @@ class Session:
         else:
             self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
-        return f"Resumed conversation {saved.id} ({count} earlier prompts, {saved.notebook or saved.working_dir})."
+        where = saved.notebook or saved.working_dir
+        return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where})."
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when

@@ -29,7 +29,7 @@ from .events import (
     UsageUpdate,
     assert_never,
 )
-from .text import show_controls
+from .text import counted, show_controls
 
 if TYPE_CHECKING:
     from .config import Config
@@ -202,7 +202,8 @@ class TerminalView:
                 self.err.write(self._paint("36", f"> {show_controls(event.name)}") + f"({_brief_arguments(event)})\n")
             case ToolResult():
                 lines = event.output.splitlines() or [""]
-                first = show_controls(lines[0][:150]) + (f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+                more = f"  (+{counted(len(lines) - 1, 'line')})" if len(lines) > 1 else ""
+                first = show_controls(lines[0][:150]) + more
                 self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
                 for image in event.images:
                     self.err.write("  " + self._paint("2", f"[image: {image.describe()}]") + "\n")

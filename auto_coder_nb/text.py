@@ -48,6 +48,11 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else omit_middle(text, text, len(text), limit)
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 prompt`, `2 prompts`: a count with its noun (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def clause(text: str) -> str:
     """`text` (what a server or a library said) without its closing period, to go inside a sentence of
     ours that adds its own: "... provided. Check" rather than "... provided.. Check"."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .history import HistoryError, message_text, rebuild
-from .text import PYTHON_FENCE_LANGUAGES, prompt_of, truncate
+from .text import PYTHON_FENCE_LANGUAGES, counted, prompt_of, truncate
 
 EXPORT_SUFFIXES = (".md", ".ipynb", ".jsonl")
 RESULT_LIMIT = 4000  # characters of a tool result shown in a fold
@@ -88,7 +88,7 @@ def export(records: list[dict[str, Any]], target: Path) -> str:
         _write_atomically(target, data.encode("utf-8"))
     except OSError as exc:
         raise HistoryError(f"Cannot export to {target}: {exc.strerror or exc}") from None
-    return f"Exported {len(exchanges(records))} prompts to {target}"
+    return f"Exported {counted(len(exchanges(records)), 'prompt')} to {target}"
 
 
 def _write_atomically(target: Path, data: bytes) -> None:

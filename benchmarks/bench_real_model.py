@@ -6,21 +6,23 @@ changed, the tool result with the expected text reached the model, the answer na
 
     python benchmarks/bench_real_model.py [--modes native,prompted,auto,none] [--max-tokens 96]
 
-Prints one row per mode: tasks done, steps the model produced, steps valid and executed, runs that hit the
-token cap, runs over a minute, wall time.
+Prints one row per mode: tasks done; steps the model produced (model requests), how many were valid, how many
+were executed or answered the user, and how many the loop guard stopped (the same call a third time); parse
+failures that reached the user; runs that hit the token cap; runs over a minute; crashes; wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from auto_coder_nb.config import Config
-from auto_coder_nb.events import Event, Notice, TextDelta, ToolCallStarted, ToolResult, TurnDone
+from auto_coder_nb.events import Event, Notice, TextDelta, ToolCallStarted, ToolResult, TurnDone, UsageUpdate
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.llama_server import LlamaServer
 
@@ -47,10 +49,11 @@ TASKS: list[tuple[str, str, Check]] = [
 ]
 
 
-def run_task(server: LlamaServer, mode: str, prompt: str, max_tokens: int) -> tuple[Path, list[Event], float]:
-    root = Path(tempfile.mkdtemp(prefix="bench-real-"))
+def run_task(server: LlamaServer, root: Path, mode: str, prompt: str, max_tokens: int) -> tuple[list[Event], float]:
+    """One task in a fresh copy of the project (always at `root`, as a user's project stays in one place)."""
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "src").mkdir(parents=True)
     (root / "calc.py").write_text(CALC)
-    (root / "src").mkdir()
     (root / "src" / "main.py").write_text("print('hi')\n")
     config = Config()
     config.llm.base_url, config.llm.model, config.llm.tool_calling = server.base_url, server.model, mode
@@ -65,7 +68,11 @@ def run_task(server: LlamaServer, mode: str, prompt: str, max_tokens: int) -> tu
 
     started = time.perf_counter()
     events = asyncio.run(turn())
-    return root, events, time.perf_counter() - started
+    return events, time.perf_counter() - started
+
+
+COLUMNS = ("mode", "tasks done", "steps", "valid", "executed or answered", "stopped by the loop guard",
+           "parse failures shown", "hit the token cap", "over a minute", "crashes", "wall time")
 
 
 def main() -> None:
@@ -74,39 +81,46 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args()
     rows = []
+    root = Path(tempfile.mkdtemp(prefix="bench-real-")) / "project"
     with LlamaServer() as server:
         for mode in args.modes.split(","):
-            done, steps, valid, capped, slow, wall, crashed = 0, 0, 0, 0, 0, 0.0, 0
-            names = []
+            count = dict.fromkeys(COLUMNS[2:-1], 0)
+            wall, names = 0.0, []
             for name, prompt, check in TASKS:
                 try:
-                    root, events, seconds = run_task(server, mode, prompt, args.max_tokens)
+                    events, seconds = run_task(server, root, mode, prompt, args.max_tokens)
                 except Exception as exc:  # a crash is a result here, not the end of the benchmark
-                    crashed += 1
+                    count["crashes"] += 1
                     print(f"{mode:9} {name:8} CRASH {type(exc).__name__}: {exc}")
                     continue
                 answer = "".join(e.text for e in events if isinstance(e, TextDelta))
                 calls = [e for e in events if isinstance(e, ToolCallStarted)]
-                answered = any(isinstance(e, TurnDone) and e.reason == "stop" for e in events)
-                steps += len(calls) + (1 if answered else 0)
-                valid += sum(1 for e in events if isinstance(e, ToolResult)
-                             and not e.output.startswith(PARSE_PROBLEMS)) + (1 if answered else 0)
                 notices = [e.text for e in events if isinstance(e, Notice)]
-                capped += any("llm.max_tokens" in text or "cut off" in text for text in notices)
+                end = next((e.reason for e in events if isinstance(e, TurnDone)), "?")
+                # One usage report per model request; a prompted repair round is inside its request.
+                steps = sum(1 for e in events if isinstance(e, UsageUpdate))
+                failures = sum(1 for e in events if isinstance(e, ToolResult) and e.output.startswith(PARSE_PROBLEMS))
+                failures += sum("not a valid step" in text for text in notices)
+                count["steps"] += steps
+                count["valid"] += steps - failures
+                count["executed or answered"] += sum(1 for e in events if isinstance(e, ToolResult)
+                                                     and not e.output.startswith(PARSE_PROBLEMS)) + (end == "stop")
+                count["stopped by the loop guard"] += end == "repeated_call"
+                count["parse failures shown"] += failures
+                count["hit the token cap"] += any("llm.max_tokens" in text for text in notices)
+                count["over a minute"] += seconds > 60
                 ok = check(root, events, answer)
-                done += ok
                 names += [name] if ok else []
-                slow += seconds > 60
                 wall += seconds
-                print(f"{mode:9} {name:8} {'done' if ok else 'not done':9} {seconds:5.1f} s  "
-                      f"calls: {', '.join(c.name for c in calls) or '-'}", flush=True)
-            rows.append((mode, f"{done}/{len(TASKS)} ({', '.join(names) or 'none'})", steps, valid, capped, slow,
-                         crashed, wall))
-    print("\n| mode | tasks done | steps | valid and executed or answered | hit the token cap | over a minute "
-          "| crashes | wall time |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for mode, done_text, steps, valid, capped, slow, crashed, wall in rows:
-        print(f"| {mode} | {done_text} | {steps} | {valid} | {capped} | {slow} | {crashed} | {wall:.0f} s |")
+                print(f"{mode:9} {name:8} {'done' if ok else 'not done':9} {seconds:5.1f} s  {steps} steps, "
+                      f"end: {end}, calls: {', '.join(c.name for c in calls) or '-'}; answer: {answer[:60]!r}",
+                      flush=True)
+            rows.append([mode, f"{len(names)}/{len(TASKS)} ({', '.join(names) or 'none'})",
+                         *map(str, count.values()), f"{wall:.0f} s"])
+    print("\n| " + " | ".join(COLUMNS) + " |")
+    print("|" + " --- |" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_a_resumed_conversation_continues_with_the_same_history_and_id(
     second = make_session(fake_server, root)
     saved = ConversationStore().latest(working_dir=root.resolve())
     assert saved is not None and saved.id == first.conversation.correlation_id
-    assert "(1 earlier prompts" in second.resume(saved)
+    assert "(1 earlier prompt," in second.resume(saved)
     fake_server.enqueue(reply.text("Still empty."))
     turn(second, "and now?")
     request = fake_server.chat_requests[-1]

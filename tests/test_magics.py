@@ -231,6 +231,16 @@ def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, se
     assert [p for p in run.payloads if p["source"] == "set_next_input"] == []
 
 
+def test_insert_after_a_failed_request_shows_only_the_error(kernel: Kernel, server: FakeLLMServer) -> None:
+    server.enqueue(reply.error(401, "invalid api key"))
+    run = kernel.execute("%autocoder --insert --context none one step", answers=[])
+    assert "authentication failed" in run.shown_text
+    assert "no Python code block" not in run.stdout and "Inserted" not in run.stdout
+    server.enqueue(reply.text("Just words."))
+    answered = kernel.execute("%autocoder --insert --context none another step", answers=[])
+    assert "The answer has no Python code block to insert." in answered.stdout
+
+
 def test_run_code_approved_through_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.tool_call("run_code", {"code": "made_by_agent = 6 * 7\nprint('hello from agent')"}),
                    reply.text("Done."))

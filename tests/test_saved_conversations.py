@@ -125,6 +125,7 @@ def test_sessions_resume_by_prefix_unknown_ids_and_exports(
     fake_server.enqueue(reply.text("Alpha again."))
     again = auto_coder(["--resume", alpha_id, "and then?"], env, project)
     assert again.returncode == 0, again.stderr
+    assert f"Resumed conversation {alpha_id}" in again.stderr and "(1 earlier prompt, " in again.stderr
     assert [m["content"] for m in fake_server.chat_requests[-1].json["messages"][1:]] == [
         "alpha question", "Alpha answer.", "and then?"]
 
@@ -136,6 +137,7 @@ def test_sessions_resume_by_prefix_unknown_ids_and_exports(
 
     chosen = auto_coder(["--resume", lines[0].split()[0], "--export", str(tmp_path / "beta.md")], env, project)
     assert chosen.returncode == 0, chosen.stderr
+    assert f"Exported 1 prompt to {tmp_path / 'beta.md'}" in chosen.stdout + chosen.stderr
     markdown = (tmp_path / "beta.md").read_text()
     assert "beta question" in markdown and "x = 1" in markdown and "alpha" not in markdown
     bad = auto_coder(["--export", str(tmp_path / "out.txt")], env, project)

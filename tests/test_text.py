@@ -5,6 +5,7 @@ from __future__ import annotations
 from auto_coder_nb.text import (
     PYTHON_FENCE_LANGUAGES,
     caused_by,
+    counted,
     exception_chain,
     hide_credential_shapes,
     hide_secrets,
@@ -48,3 +49,7 @@ def test_exception_chain_follows_causes_and_stops_at_a_cycle() -> None:
 def test_python_fences_include_unlabelled_and_ipython() -> None:
     assert {"", "python", "py", "ipython3"} <= PYTHON_FENCE_LANGUAGES
     assert "bash" not in PYTHON_FENCE_LANGUAGES
+
+
+def test_counted_says_one_thing_and_two_things() -> None:
+    assert [counted(n, "line") for n in (0, 1, 2)] == ["0 lines", "1 line", "2 lines"]

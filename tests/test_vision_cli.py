@@ -84,5 +84,10 @@ def test_repl_attach_and_the_context_share_in_the_prompt(fake_server: FakeLLMSer
     child.sendline("and now?")
     child.expect(r"\[context ~?\d+% of 32k\] > ")
     assert not image_parts(fake_server.chat_requests[1].json["messages"][-1])  # sent once, with one message
+    for command, said in (("/clear", "Conversation cleared"), ("/reset", "session state reset")):
+        child.sendline(command)
+        child.expect(said)
+        child.expect(r"(\[context [^\]]*\] )?> ")
+        assert child.match.group(1) is None, f"the old conversation's share after {command}"
     child.sendline("/quit")
     child.expect(pexpect.EOF)

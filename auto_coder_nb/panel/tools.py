@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..events import ApprovalRequest, ToolResult
+from ..text import counted
 from .attachments import thumbnails_html
 from .parts import (
     RUNNING_TOOL,
@@ -137,7 +138,7 @@ class ToolCards:
         status = "error" if result.is_error else "done"
         card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
         head = [_short(line, 160) for line in result.output.strip().split("\n")[:SUMMARY_LINES]]
-        more = f"\n… +{lines - SUMMARY_LINES} lines" if lines > SUMMARY_LINES else ""
+        more = f"\n… +{counted(lines - SUMMARY_LINES, 'line')}" if lines > SUMMARY_LINES else ""
         card.summary.value = html.escape("\n".join(head) + more)
         if card.summary not in card.box.children:
             card.box.children = (*card.box.children, card.summary)
