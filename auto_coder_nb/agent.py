@@ -45,7 +45,7 @@ from .providers.base import (
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
 from .text import scrub
-from .tools.registry import ToolError, ToolOutput, ToolRegistry
+from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
 REPEAT_LIMIT = 3
@@ -335,6 +335,8 @@ class Agent:
                 result.output += "".join(f"\n{_image_note(image, sees)}" for image in result.images)
                 if sees:
                     images.extend(result.images)
+        except NothingToChange as unchanged:
+            result.output, result.is_error = str(unchanged), False
         except ToolError as exc:
             result.output = str(exc)
         result.output = scrub(result.output, self.secrets())  # `env`, a config file, an error: never shown or sent
@@ -365,7 +367,7 @@ def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:
         return json.dumps(arguments, indent=2)
     try:
         return tool.preview(**arguments)
-    except ToolError:
+    except (ToolError, NothingToChange):
         raise
     except TypeError as exc:
         raise ToolError(f"Invalid arguments for {tool.name}: {exc}") from exc

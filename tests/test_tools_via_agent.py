@@ -211,3 +211,20 @@ def test_stopping_a_turn_kills_the_running_command_and_the_next_turn_works(fake_
     messages = fake_server.chat_requests[-1].json["messages"]
     [tool_message] = [m for m in messages if m["role"] == "tool"]
     assert tool_message["tool_call_id"] == messages[messages.index(tool_message) - 1]["tool_calls"][0]["id"]
+
+
+@pytest.mark.parametrize("mode", ["ask", "full-auto"])
+def test_writing_a_file_with_the_content_it_has_asks_nothing_and_writes_nothing(
+    fake_server: FakeLLMServer, root: Path, mode: str
+) -> None:
+    (root / "notes.txt").write_bytes(b"one\r\ntwo\r\n")  # CRLF kept by write_file: LF content is the same file
+    before = (root / "notes.txt").stat().st_mtime_ns
+    fake_server.enqueue(reply.tool_call("write_file", {"path": "notes.txt", "content": "one\ntwo\n"}),
+                        reply.text("Already there."))
+    events = run_turn(make_session(fake_server, root, mode), "make sure notes.txt has one and two")
+    assert not [event for event in events if isinstance(event, ApprovalRequest)]
+    [result] = [event for event in events if isinstance(event, ToolResult)]
+    assert (result.output, result.is_error) == (
+        "No change to notes.txt: it already has this content (nothing was written).", False)
+    assert (root / "notes.txt").stat().st_mtime_ns == before
+    assert isinstance(events[-1], TurnDone) and events[-1].reason == "stop"

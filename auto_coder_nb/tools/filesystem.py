@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..providers.base import ToolDefinition
-from .registry import ToolError
+from .registry import NothingToChange, ToolError
 from .workspace import Workspace
 
 DEFAULT_READ_LIMIT = 2000
@@ -395,12 +395,24 @@ def _plan_write(workspace: Workspace, path: str, content: Any) -> _Plan:
 @_tool_errors
 def preview_write_file(workspace: Workspace, path: str, content: Any) -> str:
     plan = _plan_write(workspace, path, content)
+    if _unchanged(plan):
+        raise NothingToChange(_unchanged_message(plan))
     return _unified_diff(plan.shown, plan.before.text if plan.before else None, plan.after_text)
+
+
+def _unchanged(plan: _Plan) -> bool:
+    return plan.before is not None and plan.before.raw == plan.after
+
+
+def _unchanged_message(plan: _Plan) -> str:
+    return f"No change to {plan.shown}: it already has this content (nothing was written)."
 
 
 @_tool_errors
 def write_file(workspace: Workspace, path: str, content: Any) -> str:
     plan = _plan_write(workspace, path, content)
+    if _unchanged(plan):
+        return _unchanged_message(plan)
     try:
         created = workspace.make_parents(plan.path)
         workspace.atomic_write(plan.path, plan.after)

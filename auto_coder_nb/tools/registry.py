@@ -16,6 +16,11 @@ class ToolError(Exception):
     """A tool failed in a way the model can act on; the message becomes the tool result."""
 
 
+class NothingToChange(Exception):  # noqa: N818 (not an error: the call succeeds without doing anything)
+    """Raised by a preview when the call would change nothing (a file written with the content it has): the
+    message is the call's result, and the user is not asked to approve a no-op."""
+
+
 @dataclass
 class ToolOutput:
     """A tool's result with images (run_code's plots): PNG or JPEG bytes as produced. The agent checks and
