@@ -87,7 +87,8 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
         view = TerminalView(ask=ask_on_terminal, show_usage=True)
         try:
             if not drive_turn(session, text, loop, view, attachments):
-                print("(stopped)", file=sys.stderr)
+                # From the start of the line: over the "^C" the terminal echoed, not after it.
+                print("\r(stopped)" if sys.stderr.isatty() else "(stopped)", file=sys.stderr)
         except Exception as exc:  # a failing turn must not end the REPL and lose its session
             view.finish_text()
             failure = scrub(f"{type(exc).__name__}: {exc}", session.secret_values())
