@@ -267,7 +267,7 @@ class _Doctor:
                     "set HTTPS_PROXY or llm.proxy")
             if self.config.llm.base_url.rstrip("/") == DEFAULT_BASE_URL.rstrip("/"):
                 hint = ("this is the default URL: start Ollama (`ollama serve`), or point elsewhere with "
-                        "--base-url, AUTO_CODER_BASE_URL or llm.base_url")
+                        "AUTO_CODER_BASE_URL, llm.base_url in .auto-coder.yaml, or auto-coder --base-url")
             row = Row("base URL reachable", FAIL, f"{type(exc).__name__}: {exc or 'connection failed'} ({route})",
                       hint)
         reach = self.add(row)
