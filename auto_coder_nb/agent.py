@@ -166,6 +166,8 @@ class Agent:
         conversation = self.conversation
         turn_usage = Usage()
         recent_calls: list[tuple[str, str]] = []
+        last_step: list[tuple[str, str]] = []
+        answer_only = False  # the model repeated its last step: the next request lets it only answer
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
             refusal = self.site.model_refusal(options.model) if self.site and options.model else None
@@ -191,7 +193,7 @@ class Agent:
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
-                async for event in self._request(partial, options.model, options.tool_calling):
+                async for event in self._request(partial, options.model, options.tool_calling, answer_only):
                     if isinstance(event, Completion):
                         completion = event
                     else:
@@ -219,6 +221,10 @@ class Agent:
                 if len(calls) > cap:
                     yield Notice(f"The model asked for {len(calls)} tool calls in one answer; only the first {cap} "
                                  "run (agent.max_tool_calls_per_answer).")
+                step = [(call.name, _canonical(call.arguments)) for call in calls[:cap]]
+                # The same step twice in a row: the results are in, so the model answers next instead of asking
+                # again (small models repeat a call rather than answer). A server that ignores this meets the guard.
+                answer_only, last_step = step == last_step, step
                 for call in calls[:cap]:
                     recent_calls = [*recent_calls[-(REPEAT_LIMIT - 1):], (call.name, _canonical(call.arguments))]
                     if len(recent_calls) == REPEAT_LIMIT and len(set(recent_calls)) == 1:
@@ -252,8 +258,8 @@ class Agent:
         if text or (history and history[-1]["role"] == "user"):
             self.conversation.add_assistant(f"{text}\n{marker}" if text else marker)
 
-    async def _request(self, partial: list[str], model: str | None,
-                       tool_calling: str | None = None) -> AsyncIterator[Event | Completion]:
+    async def _request(self, partial: list[str], model: str | None, tool_calling: str | None = None,
+                       answer_only: bool = False) -> AsyncIterator[Event | Completion]:
         """Ask the model once, shortening the history first if needed; yields events, then a Completion."""
         conversation = self.conversation
         definitions = self.tools.definitions()
@@ -272,7 +278,8 @@ class Agent:
                                  f"{changed} older messages were trimmed.")
             try:
                 async for item in self.provider.chat(conversation.messages, definitions, headers=conversation.headers,
-                                                     model=model, tool_calling=tool_calling):
+                                                     model=model, tool_calling=tool_calling,
+                                                     answer_only=answer_only):
                     if isinstance(item, TextChunk):
                         partial.append(item.text)
                         yield TextDelta(item.text)

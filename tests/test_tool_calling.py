@@ -365,3 +365,33 @@ def test_a_turn_chooses_its_own_tool_calling_mode(fake_server: FakeLLMServer, pr
     fake_server.enqueue(reply.text("Native again."))
     turn("Hello again", None)
     assert "tools" in fake_server.chat_requests[-1].json and session.provider.tool_calling == "native"
+
+
+# -- a repeated step -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["native", "prompted"])
+def test_a_repeated_step_is_followed_by_a_request_that_lets_the_model_only_answer(
+        fake_server: FakeLLMServer, project: Path, mode: str) -> None:
+    """Small models call the same tool again instead of answering from its result: after the same step twice in
+    a row, the next request keeps the tools in view but allows only an answer, so the turn ends answered rather
+    than at the loop guard."""
+    call = reply.tool_call if mode == "native" else reply.prompted_call
+    say = reply.text if mode == "native" else reply.prompted_answer
+    fake_server.enqueue(call("read_file", {"path": "calc.py"}), call("list_directory", {}),
+                        call("read_file", {"path": "calc.py"}), call("read_file", {"path": "calc.py"}),
+                        say("calc.py adds two numbers."))
+    events = run_turn(make_session(fake_server, project, mode), "What does calc.py do?")
+    assert answer(events) == "calc.py adds two numbers."
+    assert isinstance(events[-1], TurnDone) and events[-1].reason == "stop"
+    assert [e.name for e in events if isinstance(e, ToolResult)] == [
+        "read_file", "list_directory", "read_file", "read_file"]
+    requests = [request.json for request in fake_server.chat_requests]
+    if mode == "native":
+        assert [body.get("tool_choice") for body in requests] == [None, None, None, None, "none"]
+        assert all(body["tools"] for body in requests)  # still offered: the history's calls stay valid
+    else:
+        branches = [body["response_format"]["json_schema"]["schema"]["anyOf"] for body in requests]
+        assert [len(choices) for choices in branches[:4]] == [len(branches[0])] * 4 and len(branches[0]) > 1
+        assert branches[4] == [{"type": "object", "properties": {"answer": {"type": "string"}},
+                                "required": ["answer"], "additionalProperties": False}]

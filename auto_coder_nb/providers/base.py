@@ -128,6 +128,7 @@ class LLMProvider(abc.ABC):
         headers: dict[str, str] | None = None,
         model: str | None = None,  # this request's model, when it is not `self.model`
         tool_calling: str | None = None,  # this request's llm.tool_calling, when it is not the configured one
+        answer_only: bool = False,  # the model must answer now, not call a tool (it repeated its last step)
     ) -> AsyncIterator[ProviderEvent]: ...
 
     @abc.abstractmethod

@@ -149,9 +149,11 @@ class OpenAICompatibleProvider(LLMProvider):
         headers: dict[str, str] | None = None,
         model: str | None = None,
         tool_calling: str | None = None,
+        answer_only: bool = False,
     ) -> AsyncIterator[ProviderEvent]:
         """One model request in the tool-calling mode of `llm.tool_calling`, or `tool_calling` for this request
-        only (auto decides once per model)."""
+        only (auto decides once per model). `answer_only` keeps the tools in view but lets the model only answer:
+        `tool_choice: none` natively, an answer-only step schema when prompted."""
         model = model or self.model
         setting = tool_calling or self.tool_calling
         mode = setting if tools else "native"
@@ -168,11 +170,12 @@ class OpenAICompatibleProvider(LLMProvider):
                 yield event
             return
         if mode == "prompted":
-            async for event in self._prompted(messages, tools, headers, model):
+            async for event in self._prompted(messages, tools, headers, model, answer_only):
                 yield event
             return
         try:
-            async for event in self._exchange(messages, tools, headers, model):
+            async for event in self._exchange(messages, tools, headers, model,
+                                              {"tool_choice": "none"} if answer_only else None):
                 yield event
         except ToolsNotSupported as refusal:
             if setting != "auto":
@@ -180,7 +183,7 @@ class OpenAICompatibleProvider(LLMProvider):
             self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
             said = f" ({refusal.server_message})" if refusal.server_message else ""
             yield ProviderNotice(self._switch_notice(model, f"the server refused native tool calls{said}"))
-            async for event in self._prompted(messages, tools, headers, model):
+            async for event in self._prompted(messages, tools, headers, model, answer_only):
                 yield event
 
     async def _auto_mode(self, model: str, headers: dict[str, str] | None) -> tuple[str, str]:
@@ -202,12 +205,13 @@ class OpenAICompatibleProvider(LLMProvider):
                 "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
 
     async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
-                        headers: dict[str, str] | None, model: str) -> AsyncIterator[ProviderEvent]:
+                        headers: dict[str, str] | None, model: str,
+                        answer_only: bool = False) -> AsyncIterator[ProviderEvent]:
         def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
             return self._exchange(prompt, None, headers, model, extra)
 
         async for event in prompted_chat(send, messages, tools, structured=self.structured_output,
-                                         new_call_id=mint_tool_call_id):
+                                         new_call_id=mint_tool_call_id, answer_only=answer_only):
             yield event
 
     async def _exchange(

@@ -198,7 +198,8 @@ class ServerErrors:
         """How to fix a connection failure: start Ollama or point elsewhere, or check the URL that was set."""
         if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
             return (". This is the default URL: Ollama does not seem to be running (start it with `ollama serve`), "
-                    "or point elsewhere with AUTO_CODER_BASE_URL, llm.base_url in .auto-coder.yaml, or auto-coder --base-url")
+                    "or point elsewhere with AUTO_CODER_BASE_URL, llm.base_url in .auto-coder.yaml, "
+                    "or auto-coder --base-url")
         source = self.config.sources.get("llm.base_url", "default")
         return (f". Check that the server is running and the URL is right (llm.base_url, from {source}); "
                 "the doctor (auto-coder --doctor, %autocoder --doctor) checks each step")

@@ -476,11 +476,13 @@ async def prompted_chat(
     *,
     structured: bool,
     new_call_id: Callable[[], str],
+    answer_only: bool = False,
 ) -> AsyncIterator[ProviderEvent]:
     """One step of the model: the answer streams as it is decoded, then one Completion. An invalid step is
-    answered to the model with its exact problem once (the repair is not kept in the history)."""
+    answered to the model with its exact problem once (the repair is not kept in the history). `answer_only`:
+    the schema allows only an answer (the tools stay described, their results stay in the history)."""
     prompt = to_prompted_messages(messages, tools)
-    extra = {"response_format": response_format(tools)} if structured else {}
+    extra = {"response_format": response_format([] if answer_only else tools)} if structured else {}
     usage: Usage | None = None
     step = Step()
     completion = Completion()
