@@ -395,3 +395,14 @@ def test_a_repeated_step_is_followed_by_a_request_that_lets_the_model_only_answe
         assert [len(choices) for choices in branches[:4]] == [len(branches[0])] * 4 and len(branches[0]) > 1
         assert branches[4] == [{"type": "object", "properties": {"answer": {"type": "string"}},
                                 "required": ["answer"], "additionalProperties": False}]
+
+
+def test_a_server_that_rejects_tool_choice_still_gets_the_answer_request(
+        fake_server: FakeLLMServer, project: Path) -> None:
+    read = reply.tool_call("read_file", {"path": "calc.py"})
+    fake_server.enqueue(read, read, reply.error(400, "Unrecognized request argument supplied: tool_choice"),
+                        reply.text("It adds."))
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    assert answer(events) == "It adds." and notices(events) == []
+    sent = [request.json.get("tool_choice") for request in fake_server.chat_requests]
+    assert sent == [None, None, "none", None]  # rejected once, then sent without it

@@ -112,6 +112,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.max_tokens = config.llm.max_tokens
         # What the server turned out not to accept; learnt from its errors, kept for the session.
         self.send_stream_options = True
+        self.send_tool_choice = True  # false once the server rejected `tool_choice` (an answer-only request)
         self.stream_with_tools = True
         self.structured_output = True
         self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
@@ -266,7 +267,7 @@ class OpenAICompatibleProvider(LLMProvider):
         if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
             body["max_tokens"] = self.max_tokens
         for key, value in (extra or {}).items():
-            if key != "response_format" or self.structured_output:
+            if (key != "response_format" or self.structured_output) and (key != "tool_choice" or self.send_tool_choice):
                 body[key] = value
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
@@ -283,6 +284,9 @@ class OpenAICompatibleProvider(LLMProvider):
         text = response.text
         if "stream_options" in body and ("stream_options" in text or "include_usage" in text):
             self.send_stream_options = False
+            return True
+        if "tool_choice" in body and "tool_choice" in text:
+            self.send_tool_choice = False  # the request is still answered; only the hint to answer is lost
             return True
         if body.get("stream") and body.get("tools") and _TOOLS_WITH_STREAM.search(text):
             self.stream_with_tools = False  # e.g. older llama-server: 500 "Cannot use tools with stream"
