@@ -475,6 +475,27 @@ def test_dropped_connection_before_any_answer_is_retried(fake_server: FakeLLMSer
     assert len(fake_server.requests) == 2
 
 
+def test_kept_alive_connection_closed_by_the_server_is_retried_silently(fake_server: FakeLLMServer) -> None:
+    # llama-server (cpp-httplib) closes a kept-alive connection after its keep-alive timeout or count; a
+    # request that reuses it just then gets no answer at all. The next request goes again on a fresh
+    # connection at once, without a "retrying" notice.
+    fake_server.enqueue(reply.tool_call("read_file", {"path": "a"}, close_idle=True), reply.text("after the tool"))
+    provider = make_provider(fake_server)
+
+    async def two_requests() -> tuple[list[Any], list[Any], Completion]:
+        try:
+            first_events, _ = await collect(provider, [READ_FILE], None)
+            streamed, completion = await collect(provider, [READ_FILE], None)  # on the same client
+            return first_events, streamed, completion
+        finally:
+            await provider.aclose()
+
+    first_events, streamed, completion = asyncio.run(two_requests())
+    assert completion.content == "after the tool"
+    assert not [event for event in first_events + streamed if isinstance(event, Retrying)]
+    assert len(fake_server.chat_requests) == 2
+
+
 def test_dropped_connection_mid_answer_is_a_stream_error(fake_server: FakeLLMServer) -> None:
     fake_server.enqueue(reply.text("abcdef", chunks=6, drop_after=3))
     received: list[str] = []

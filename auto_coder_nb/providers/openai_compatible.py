@@ -35,6 +35,7 @@ from ..errors import (
     StreamError,
     ToolsNotSupported,
 )
+from ..text import caused_by
 from .base import (
     Completion,
     LLMProvider,
@@ -227,6 +228,7 @@ class OpenAICompatibleProvider(LLMProvider):
         client = self._client()
         url = f"{self.base_url}/chat/completions"
         retries = 0
+        fresh_retry = False
         while True:
             body = self._request_body(messages, tools, model, extra)
             started = False
@@ -253,6 +255,12 @@ class OpenAICompatibleProvider(LLMProvider):
             except ProviderError as error:
                 failure = error
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                if not started and not fresh_retry and _server_gave_up_connection(exc):
+                    # A kept-alive connection the server closed just as we reused it (llama-server after
+                    # its keep-alive timeout or count): it never answered, so ask again at once on a new
+                    # connection without telling the user, as browsers and urllib3 do. Once only.
+                    fresh_retry = True
+                    continue
                 failure = self.errors.transport_error(exc, url, started)
             if started or not failure.retryable or retries >= self._retry_limit(failure):
                 raise failure from None
@@ -608,6 +616,15 @@ class _RunawayWatch:
             if new and guard.feed("".join(new)):
                 return True
         return False
+
+
+def _server_gave_up_connection(exc: Exception) -> bool:
+    """Whether a request failed before any answer byte because the server closed the connection under it."""
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "without sending a response" in str(exc)
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        return caused_by(exc, ConnectionResetError) or caused_by(exc, BrokenPipeError)
+    return False
 
 
 def _refuses_tools(response: httpx.Response) -> bool:

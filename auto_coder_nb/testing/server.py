@@ -16,7 +16,9 @@ started with `python -m auto_coder_nb.testing.server --port N` through `POST /_s
 
 Options every reply accepts: `delay` (seconds before each chunk after the first), `drop_after`
 (close the connection after that many chunks, without ending the body), `wait_for` + `wait_after`
-(send `wait_after` chunks, then block until `server.release(name)` or `POST /_release`), `headers`.
+(send `wait_after` chunks, then block until `server.release(name)` or `POST /_release`), `headers`,
+`close_idle` (after this reply keep the connection open, then close it without an answer when the next
+request arrives on it, as cpp-httplib does when its keep-alive timeout or count runs out).
 """
 
 from __future__ import annotations
@@ -367,6 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
             method=self.command, path=url.path, query=dict(parse_qsl(url.query)),
             headers={name.lower(): value for name, value in self.headers.items()}, body=self._read_body(),
         )
+        if getattr(self, "close_idle", False):  # a kept-alive connection the server had already given up
+            self._drop()
+            return
         try:
             if url.path.startswith("/_"):
                 self._control(request)
@@ -434,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_prepared(self, prepared: _Prepared, request: RecordedRequest) -> None:
         spec = prepared.spec
+        self.close_idle = bool(spec.get("close_idle"))
         request_json = request.json if isinstance(request.json, dict) else {}
         if prepared.stream is not None and not request_json.get("stream"):
             self._send_json(spec.get("status", 200), _completion_body(spec, request_json), spec.get("headers"))
