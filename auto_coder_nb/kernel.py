@@ -160,14 +160,7 @@ def trust_project(shell: Any = None) -> str:
         if waiting != notice:
             session.tools.notify(waiting)
     refresh_config(shell)
-    now = session.config.project
-    if now is not None and now.needs_trust:
-        return f"{project.path} changed since it was read, so it is still not trusted. {now.notice('kernel')}"
-    if not project.ignored:
-        return f"Trusted {project.path}."
-    applied = "; ".join(f"{key} = {value}" for key, value in project.ignored.items())
-    return (f"Trusted {project.path} (kept in {project.store} until the file changes). Now applied: {applied}."
-            + project.not_applied_now())
+    return project.after_trusting(session.config.project, "kernel")
 
 
 def change_working_dir(state: KernelState, directory: str) -> str:

@@ -167,13 +167,7 @@ def trust_project(session: Session, reload: Callable[[bool], Config] | None) -> 
         print(f"error: {exc}", file=sys.stderr)
         return
     now = session.config.project
-    if now is not None and now.needs_trust:  # changed since it was read: what was shown is not what is there
-        print(f"{project.path} changed since it was read; it is not trusted. {now.notice('cli')}", file=sys.stderr)
-    elif project.ignored:
-        print(f"Trusted {project.path}; these settings apply now: {', '.join(project.ignored)}."
-              + project.not_applied_now())
-    else:
-        print(f"Trusted {project.path}.")
+    print(project.after_trusting(now, "cli"), file=sys.stderr if now is not None and now.needs_trust else sys.stdout)
 
 
 def attach(session: Session, path: str, loop: asyncio.AbstractEventLoop, attachments: list[Image]) -> None:

@@ -107,6 +107,17 @@ class ProjectFile:
         later = [key for key in ("agent.working_dir",) if key in self.ignored]
         return f" ({', '.join(later)} applies from the next start.)" if later else ""
 
+    def after_trusting(self, now: ProjectFile | None, face: str) -> str:
+        """What to say once this file was trusted and the configuration read again (`now`: the project file as
+        read then). A file changed in between stays untrusted: what was shown is not what is there."""
+        if now is not None and now.needs_trust:
+            return f"{self.path} changed since it was read, so it is still not trusted. {now.notice(face)}"
+        if not self.ignored:
+            return f"Trusted {self.path}."
+        applied = "; ".join(f"{key} = {value}" for key, value in self.ignored.items())
+        return (f"Trusted {self.path} (kept in {self.store} until the file changes). Now applied: {applied}."
+                + self.not_applied_now())
+
     def describe(self) -> list[str]:
         """For --show-config and the doctor: each ignored setting and why."""
         if not self.needs_trust:

@@ -318,7 +318,8 @@ def test_a_no_at_the_terminal_then_slash_trust_in_the_repl(
     child.expect("> ")
     assert "x-project" not in fake_server.chat_requests[-1].headers
     child.sendline("/trust")
-    child.expect("Trusted .*these settings apply now: llm.auth_headers, agent.approval_mode, agent.tools")
+    child.expect("Trusted .*Now applied: llm.auth_headers = .*; agent.approval_mode = .*; agent.tools = .*\r\n")
+    assert "header-secret-42" not in child.after  # the values are shown masked
     child.expect("> ")
     fake_server.enqueue(reply.tool_call("team_tool", {"arg1": "y"}), reply.text("second answer"))
     child.sendline("use the team tool")
