@@ -32,6 +32,7 @@ from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
 from .text import counted
 from .tools import Workspace, build_workspace_tools
+from .tools.notebook_document import Notebooks
 from .tools.registry import ToolRegistry
 from .transport import proxy_for, tls_trust
 
@@ -61,6 +62,7 @@ class Session:
     recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
     mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
     custom_tools: list[str] = field(default_factory=list)  # names of the tools agent.tools registered
+    notebooks: Notebooks | None = None  # opens notebooks by path: live when open in a collaboration room, else files
 
     @classmethod
     def create(
@@ -71,9 +73,11 @@ class Session:
         provider: LLMProvider | None = None,
         instructions_from: str | os.PathLike[str] | None = None,
         notebook: str | os.PathLike[str] | None = None,
+        notebooks: Notebooks | None = None,
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
-        project instructions ends; default the workspace root."""
+        project instructions ends; default the workspace root. `notebooks` opens notebook documents (the kernel
+        gives one that reaches the live document of the open notebook); default: files in the workspace."""
         config.require(session_keys(config))
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
@@ -106,6 +110,7 @@ class Session:
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
         session.custom_tools = [tool.name for tool in custom]
+        session.notebooks = notebooks or Notebooks(lambda: session.workspace)
         session._keep_history(config.history.enabled)
         if config.history.enabled:
             _remove_old_conversations(ConversationStore(), config.history.retention_days)
@@ -117,7 +122,7 @@ class Session:
         hides in tool results, errors, summaries and outputs."""
         from .auth import secret_values  # auth imports httpx; importing session stays light
 
-        return secret_values(self.config)
+        return [*secret_values(self.config), *(self.notebooks.secret_values() if self.notebooks else [])]
 
     def describe(self) -> dict[str, str | None]:
         """Where and with what this session talks, as saved with its conversations (no credentials)."""
