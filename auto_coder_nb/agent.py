@@ -44,7 +44,7 @@ from .providers.base import (
 )
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
-from .text import scrub
+from .text import scrub, with_review
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
@@ -89,6 +89,18 @@ class TurnObserver(Protocol):
     def take_warnings(self) -> list[str]: ...
 
 
+class TurnHooks(Protocol):
+    """Checkpoints each turn for a rewind and hears the end of it (`rewind.Turns`); `take_feedback()` gives what
+    the user did to the agent's changes since the model last heard (a Revert), added to its next request."""
+
+    def begin(self, message: str, workspace_mark: int | None) -> None:
+        """The turn's message was just added to the conversation."""
+
+    def end(self) -> None: ...
+
+    def take_feedback(self) -> list[str]: ...
+
+
 class Agent:
     def __init__(
         self,
@@ -110,6 +122,7 @@ class Agent:
         self.busy = False  # the magics and the panel share one agent; one turn at a time
         self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
         self.observer: TurnObserver | None = None
+        self.turns: TurnHooks | None = None  # checkpoints for a rewind (the session sets it)
         self.site: SitePolicy | None = None  # the administrator's allow-lists, for what a turn chooses itself
         # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
         self.secrets: Callable[[], Iterable[str | None]] = tuple
@@ -169,6 +182,7 @@ class Agent:
         last_step: list[tuple[str, str]] = []
         answer_only = False  # the model repeated its last step: the next request lets it only answer
         partial: list[str] = []  # answer text streamed but not yet in the history
+        began = False  # the turn was checkpointed (self.turns): it is ended however it ends
         try:
             refusal = self.site.model_refusal(options.model) if self.site and options.model else None
             if refusal is not None:
@@ -183,13 +197,20 @@ class Agent:
                 yield self._done("error")
                 return
             conversation.repair()
-            conversation.add_user(message, images)
+            mark = self.workspace.begin_turn() if self.workspace is not None else None
+            feedback = self.turns.take_feedback() if self.turns is not None else []
+            conversation.add_user(with_review(message, feedback), images)
+            if self.turns is not None:
+                began = True
+                self.turns.begin(message, mark)
             self._last_usage = None  # the context share is of this turn's requests (else estimated)
-            if self.workspace is not None:
-                self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
                 for text in self.tools.take_notices():  # e.g. an MCP server that failed to start or stopped
                     yield Notice(text)
+                after_tools = self.turns is not None and conversation.messages[-1]["role"] == "tool"
+                feedback = self.turns.take_feedback() if self.turns is not None and after_tools else []
+                if feedback:  # e.g. a Revert clicked while the turn runs: after the tool results, before asking
+                    conversation.add_user(with_review("(The user did this while you worked.)", feedback))
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
@@ -249,6 +270,8 @@ class Agent:
             raise
         finally:
             self.busy = False
+            if began and self.turns is not None:
+                self.turns.end()
 
     def _close_answer(self, partial: list[str], marker: str) -> None:
         """Record the text the user saw of a cut-off answer, marked; after a bare user message, at least the

@@ -9,6 +9,9 @@ Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/
     message    a message of the history exactly as the model gets it ("message"), with "model" on user ones
     text       a piece of the answer as it streams (only needed when the process dies mid-answer)
     tool_call, tool_result, approval, notice, error, usage, shortened, turn_done
+    turn       a turn began (its number), after its user message: where a rewind goes back to
+    cell_change  a cell the agent changed (`cell_changes.CellChange.record()`: the cell before and after)
+    rewind     the conversation went back to before turn N: later messages and cell changes no longer count
 
 `Recorder` writes them: it observes the conversation (messages) and the agent (events), so every face is
 recorded without doing anything. Known secrets are replaced before anything is written. `rebuild()` turns
@@ -26,7 +29,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AutoCoderError
 from .events import (
@@ -43,11 +46,15 @@ from .events import (
 from .state.conversation import Conversation
 from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
 
+if TYPE_CHECKING:
+    from .cell_changes import CellChange
+
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
+MAX_CELL_RECORD = 256 * 1024  # a cell_change record bigger than this is saved without the cells' outputs
 
 
 class HistoryError(AutoCoderError):
@@ -288,25 +295,55 @@ def _is_message(record: dict[str, Any]) -> bool:
         "user", "assistant", "tool")
 
 
-def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history the records describe, ready to send: an answer cut off by a crash is kept with a marker,
-    tool calls left without a result get one, and the history ends with an assistant or tool message."""
+@dataclass
+class Replay:
+    """A saved conversation read back: `messages` (what `rebuild` returns), how many of them came from message
+    records (the rest close a turn a crash left open), where each turn began among them, and the cell changes
+    (records) of the turns that were not rewound."""
+
+    messages: list[dict[str, Any]]
+    saved: int
+    turn_starts: dict[int, int]
+    cell_changes: list[dict[str, Any]]
+
+
+def replay(records: Iterable[dict[str, Any]]) -> Replay:
+    """Read the records in order, applying rewinds: an answer cut off by a crash is kept with a marker, tool calls
+    left without a result get one, and the history ends with an assistant or tool message."""
     conversation = Conversation()
     partial: list[str] = []
+    starts: dict[int, int] = {}
+    changes: list[dict[str, Any]] = []
     for record in records:
+        kind, number = record["type"], record.get("turn")
         if _is_message(record):
             conversation.messages.append(record["message"])
             partial.clear()
-        elif record["type"] == "text" and isinstance(record.get("text"), str):
+        elif kind == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
-        elif record["type"] == "turn_done":
+        elif kind == "turn_done":
             partial.clear()
+        elif kind == "turn" and isinstance(number, int) and conversation.messages:
+            starts[number] = len(conversation.messages) - 1  # the user message just before
+        elif kind == "cell_change" and isinstance(number, int):
+            changes.append(record)
+        elif kind == "rewind" and isinstance(number, int) and number in starts:
+            del conversation.messages[starts[number]:]
+            partial.clear()
+            starts = {turn: start for turn, start in starts.items() if turn < number}
+            changes = [change for change in changes if change["turn"] < number]
+    saved = len(conversation.messages)
     if partial:  # the process died while the answer streamed
         conversation.add_assistant("".join(partial) + "\n" + INTERRUPTED)
     conversation.repair()
     if conversation.messages and conversation.messages[-1]["role"] == "user":
         conversation.add_assistant(INTERRUPTED)
-    return conversation.messages
+    return Replay(conversation.messages, saved, starts, changes)
+
+
+def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history the records describe, ready to send (see `replay`)."""
+    return replay(records).messages
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -379,18 +416,34 @@ class Recorder:
         return warnings
 
     # resuming
-    def resume(self, saved: SavedConversation) -> None:
+    def resume(self, saved: SavedConversation) -> Replay:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
-        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history."""
-        records = read_records(saved.path)
-        messages = rebuild(records)
-        closing = messages[sum(1 for record in records if _is_message(record)):]
-        self.conversation.restore(messages, saved.id)
+        What `replay` added to close a turn a crash left open is written too, so the file stays one history.
+        Returns the replay (turns and cell changes, for rewinding)."""
+        replayed = replay(read_records(saved.path))
+        self.conversation.restore(replayed.messages, saved.id)
         self.close()
         self.path, self._paused = saved.path, False
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
-        for message in closing:
+        for message in replayed.messages[replayed.saved:]:
             self._write({"type": "message", "message": message})
+        return replayed
+
+    # TurnsObserver (rewind.py)
+    def turn_began(self, number: int) -> None:
+        self._write({"type": "turn", "turn": number})
+
+    def cell_changed(self, change: CellChange) -> None:
+        record = {"type": "cell_change", **change.record()}
+        if len(json.dumps(record, ensure_ascii=False)) > MAX_CELL_RECORD:  # big outputs (images): the cells without
+            for side in ("before", "after"):
+                if isinstance(record.get(side), dict) and "outputs" in record[side]:
+                    record[side] = {**record[side], "outputs": [], "execution_count": None}
+            record["outputs_dropped"] = True
+        self._write(record)
+
+    def rewound(self, number: int) -> None:
+        self._write({"type": "rewind", "turn": number})
 
     def close(self) -> None:
         if self._fd is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import transcript
 from .agent import Agent
 from .approvals import ApprovalPolicy
+from .cell_changes import CellChange, CellChanges
 from .config import Config, McpServerConfig, load_object, redact_url
 from .errors import ConfigError
 from .history import (
@@ -23,16 +24,17 @@ from .history import (
     Recorder,
     SavedConversation,
     read_records,
-    rebuild,
     records_of,
+    replay,
 )
 from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
+from .rewind import RewindRefused, Rewound, Turns
 from .state.conversation import Conversation
 from .text import counted
 from .tools import Workspace, build_workspace_tools
-from .tools.notebook_document import Notebooks
+from .tools.notebook_document import NotebookDocument, Notebooks
 from .tools.registry import ToolRegistry
 from .transport import proxy_for, tls_trust
 
@@ -63,6 +65,8 @@ class Session:
     mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
     custom_tools: list[str] = field(default_factory=list)  # names of the tools agent.tools registered
     notebooks: Notebooks | None = None  # opens notebooks by path: live when open in a collaboration room, else files
+    cells: CellChanges | None = None  # the agent's changes to notebook cells (per-cell review, Revert, rewind)
+    turns: Turns | None = None  # each turn's checkpoint, for a rewind
 
     @classmethod
     def create(
@@ -111,6 +115,9 @@ class Session:
         agent.secrets = secrets
         session.custom_tools = [tool.name for tool in custom]
         session.notebooks = notebooks or Notebooks(lambda: session.workspace)
+        session.cells = CellChanges(session.open_for_undo)
+        session.notebooks.watch = session.cells.watch  # every change the tools make to a notebook is recorded
+        session.turns = agent.turns = Turns(conversation, workspace, session.cells)
         session._keep_history(config.history.enabled)
         if config.history.enabled:
             _remove_old_conversations(ConversationStore(), config.history.retention_days)
@@ -153,12 +160,29 @@ class Session:
         if self.agent.busy:
             raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
         if self.recorder is not None:
-            self.recorder.resume(saved)
+            replayed = self.recorder.resume(saved)
         else:
-            self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+            replayed = replay(read_records(saved.path))
+            self.conversation.restore(replayed.messages, saved.id)
+        if self.turns is not None:
+            changes = [CellChange.from_record(record) for record in replayed.cell_changes]
+            self.turns.load(replayed.turn_starts, [change for change in changes if change is not None])
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
         where = saved.notebook or saved.working_dir
         return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where})."
+
+    def rewind(self, number: int | None = None, force: bool = False) -> Rewound:
+        """Back to before turn `number` (default the last): conversation, files and notebook cells (`rewind.py`).
+        Raises RewindRefused, changing nothing, when it cannot or must not."""
+        if self.agent.busy:
+            raise RewindRefused("A request is still running in this session: stop it or wait, then rewind.")
+        assert self.turns is not None
+        return self.turns.rewind(number, force)
+
+    def open_for_undo(self, path: str) -> NotebookDocument:
+        """A notebook to undo the agent's cell changes in (the live document when it is open)."""
+        assert self.notebooks is not None
+        return self.notebooks.open(path, write=True)
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
@@ -226,6 +250,8 @@ class Session:
                                      paused=begun)
         self.agent.observer = self.recorder
         self.conversation.observer = self.recorder
+        if self.turns is not None:
+            self.turns.observer = self.recorder
 
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""

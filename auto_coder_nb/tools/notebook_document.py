@@ -464,6 +464,8 @@ class Notebooks:
         self._live = live
         self._open_notebook = open_notebook
         self._secrets = secrets
+        # What the documents opened for writing go through: the session records the agent's cell changes there.
+        self.watch: Callable[[NotebookDocument], NotebookDocument] = lambda document: document
 
     def resolve(self, path: str | Path, write: bool = False) -> Path:
         """The real path of a notebook the tools may use (ToolError outside the workspace or not a .ipynb)."""
@@ -477,6 +479,10 @@ class Notebooks:
         path outside the workspace, or NotLive when `path` is the open notebook and cannot be edited live
         (reading it still works with `write=False`: the file as last saved)."""
         target = self.resolve(path, write=write)
+        document = self._open(target, write)
+        return self.watch(document) if write else document
+
+    def _open(self, target: Path, write: bool) -> NotebookDocument:
         if self._live is not None:
             try:
                 document = self._live(target)

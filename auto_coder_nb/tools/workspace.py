@@ -380,10 +380,16 @@ class Workspace:
                 raise
             report.done(shown, removed=True)  # its folder is gone too: nothing left to remove
 
-    def _keep(self, folder: int, path: Path, data: bytes, mode: int) -> str:
+    def keep_beside(self, path: Path, data: bytes, suffix: str) -> str:
+        """Save `data` as a new file beside `path` (resolved), named `<name><suffix>` (then `-2`, `-3`, ... after
+        it), never replacing a file; returns its path as shown. Not a change of any turn: undo leaves it alone."""
+        with self._folder(path, []) as folder:
+            return self.relative(path.with_name(self._keep(folder, path, data, 0o600, suffix)))
+
+    def _keep(self, folder: int, path: Path, data: bytes, mode: int, suffix: str = KEPT_SUFFIX) -> str:
         """Save `data` as a new file beside `path` named `<name>.before-undo` (or -2, -3, ...); returns the name."""
         for number in itertools.count(1):
-            name = f"{path.name}{KEPT_SUFFIX}" + (f"-{number}" if number > 1 else "")
+            name = f"{path.name}{suffix}" + (f"-{number}" if number > 1 else "")
             try:
                 fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=folder)
             except FileExistsError:
