@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .approvals import ApprovalPolicy
+from .approvals import Allowance, ApprovalPolicy
 from .config import AgentConfig
 from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
@@ -337,19 +337,21 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
-            decision = self.policy.decide(tool.kind, mode)
+            allowance = Allowance.of(tool.name, tool.always_scope, arguments)
+            decision = self.policy.decide(tool.kind, mode, allowance)
             if decision == "deny":
                 self._actions["refused"] += 1
                 raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
             if decision == "ask":
-                request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
+                request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments),
+                                          always_covers=allowance.describe())
                 yield request
                 allowed, reason, always = await request.wait()
                 if self.observer is not None:
                     self.observer.approval(request, allowed, reason, always)
                 if always:
-                    self.policy.allow_always(tool.kind)
+                    self.policy.allow_always(allowance)
                 if not allowed:
                     self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .approvals import Answer
 from .images import Image
 from .providers.base import Usage
 
@@ -30,11 +31,13 @@ class ToolCallStarted:
 
 @dataclass
 class ApprovalRequest:
-    """The agent waits on this until a face calls `approve()` or `deny()`.
+    """The agent waits on this until a face calls `approve()` or `deny()` (or `reply()` with a parsed answer).
 
     `kind` is "write" or "command"; `preview` is a unified diff for file changes and the
-    command line for commands. Answering before the agent awaits is fine. Answer from the
-    event loop that runs the turn (a face on another thread uses `loop.call_soon_threadsafe`).
+    command line for commands. `always_covers` says what "always for this session" would allow from then on
+    ("this exact command", "every write_file call"): faces show it with the question. Answering before the agent
+    awaits is fine. Answer from the event loop that runs the turn (a face on another thread uses
+    `loop.call_soon_threadsafe`).
     """
 
     call_id: str
@@ -42,17 +45,25 @@ class ApprovalRequest:
     kind: str
     arguments: dict[str, Any]
     preview: str
+    always_covers: str = ""
     _decision: asyncio.Future[tuple[bool, str, bool]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._decision = asyncio.get_running_loop().create_future()
 
     def approve(self, *, always: bool = False) -> None:
-        """Allow this call; `always` allows this kind of action for the rest of the session."""
+        """Allow this call; `always` allows what `always_covers` says for the rest of the session."""
         self._answer(True, "", always)
 
     def deny(self, reason: str = "") -> None:
         self._answer(False, reason, False)
+
+    def reply(self, answer: Answer) -> None:
+        """Answer with what `approvals.parse_answer` read."""
+        if answer.allowed:
+            self.approve(always=answer.always)
+        else:
+            self.deny(answer.reason)
 
     @property
     def answered(self) -> bool:

@@ -217,9 +217,11 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
 # -- running code and adding cells --------------------------------------------------------------
 
 def _run_code(state: KernelState, code: str) -> CodeOutcome:
-    """run_code's executor, on the main thread: IPython syntax (magics, `!cmd`) is transformed first. The
-    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are
-    shown to the user as in a cell and collected for the model."""
+    """The one executor of run_code (the model's calls and the panel's Run button, which calls the tool), on the
+    main thread: IPython syntax (magics, `!cmd`) is transformed first; the code and the processes it starts do not
+    see the session's secrets in the environment, and what it prints shows (and returns) with them hidden. The
+    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are shown to
+    the user as in a cell and collected for the model."""
     from .tools.notebook import run_python
     from .tools.shell import secrets_hidden_from_environ
 
@@ -234,6 +236,7 @@ def _run_code(state: KernelState, code: str) -> CodeOutcome:
             display(outcome.value)
         _flush_figures()
     outcome.images = images
+    outcome.hide(secrets)
     return outcome
 
 

@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .approvals import APPROVAL_MODES
+from .approvals import ANSWER_HELP, APPROVAL_MODES, parse_answer, question
 from .config import TOOL_CALLING_MODES
 from .kernel import (
     KernelState,
@@ -124,16 +124,17 @@ def _ask(worker: Worker, request: ApprovalRequest, renderer: CellRenderer, can_a
         renderer.notice(reason)
         worker.loop.call_soon_threadsafe(request.deny, reason)
         return
-    try:
-        answer = input(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ").strip().lower()
-    except EOFError:  # Ctrl-D in terminal IPython: a refusal
-        answer = "n"
-    if answer in ("y", "yes"):
-        worker.loop.call_soon_threadsafe(request.approve)
-    elif answer in ("a", "always"):
-        worker.loop.call_soon_threadsafe(lambda: request.approve(always=True))
-    else:
-        worker.loop.call_soon_threadsafe(request.deny, "")
+    while True:
+        try:
+            typed = input(question(request.tool, request.always_covers))
+        except EOFError:  # Ctrl-D in terminal IPython: a refusal
+            worker.loop.call_soon_threadsafe(request.deny, "")
+            return
+        answer = parse_answer(typed)
+        if answer is not None:
+            worker.loop.call_soon_threadsafe(request.reply, answer)
+            return
+        print(ANSWER_HELP)
 
 
 def _drain(worker: Worker, channel: queue.Queue[Any]) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.output import create_output
 
+from .approvals import ANSWER_HELP, parse_answer, question
 from .errors import ConfigError
 from .events import (
     ApprovalRequest,
@@ -66,26 +67,21 @@ def is_terminal(stream: TextIO | None) -> bool:
 
 
 def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
-    """Show what would happen and ask: yes, no (with an optional reason), or always for this session.
-    End of input (Ctrl-D) is a no."""
+    """Show what would happen and ask the one approval question (`approvals.question`): yes, no with an optional
+    reason on the same line, or always for this session; anything else asks again. End of input (Ctrl-D) is a no."""
     # Escaped control characters: a preview must not be able to hide or rewrite what will run.
     err.write(f"\n{show_controls(request.preview)}\n" if request.preview else "\n")
     err.flush()
     while True:
-        answer = _read(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ", err)
-        if answer is None:
+        typed = _read(question(request.tool, request.always_covers), err)
+        if typed is None:
             request.deny("")
             return
-        answer = answer.strip().lower()
-        if answer in ("y", "yes"):
-            request.approve()
+        answer = parse_answer(typed)
+        if answer is not None:
+            request.reply(answer)
             return
-        if answer in ("a", "always"):
-            request.approve(always=True)
-            return
-        if answer in ("n", "no"):
-            request.deny((_read("Reason for the model (optional): ", err) or "").strip())
-            return
+        err.write(ANSWER_HELP + "\n")
 
 
 def _read(prompt: str, err: TextIO) -> str | None:

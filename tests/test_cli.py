@@ -282,10 +282,40 @@ def test_repl_approval_preview_shows_control_characters_escaped(
     assert "touch pwned\\r\\x1b[2Kecho safe" in child.before
     assert "\x1b[2K" not in child.before
     child.sendline("n")
-    child.expect("Reason")
-    child.sendline("")
     child.expect("> ")
     assert not (workspace / "pwned").exists()
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+
+
+def test_repl_asks_again_after_a_typo_takes_a_reason_inline_and_always_covers_one_command(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    """Issue 22 item 13 and 24 item 8 at the terminal: one question (a typo asks again, a no carries its reason on
+    the same line) and "always" to one command line is not a yes to another."""
+    server.enqueue(reply.tool_call("run_command", {"command": "echo one"}), reply.text("first"),
+                   reply.tool_call("run_command", {"command": "echo one"}),
+                   reply.tool_call("run_command", {"command": "touch two"}), reply.text("second"))
+    child = spawn_repl(env, workspace)
+    child.sendline("run it")
+    child.expect_exact("Allow run_command? [y]es / [n]o [reason] / [a]lways (this exact command, this session):")
+    child.sendline("yse")
+    child.expect_exact("Please answer y (yes)")
+    child.expect_exact("Allow run_command?")
+    child.sendline("a")
+    child.expect("first")
+    child.expect("> ")
+    child.sendline("again")
+    child.expect(r"touch two")  # echo one ran without asking; the other command asks
+    child.expect_exact("Allow run_command?")
+    child.sendline("no: keep the folder clean")
+    child.expect("second")
+    child.expect("> ")
+    assert not (workspace / "two").exists()
+    results = [m for m in server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+    assert [m["content"] for m in results][-3:] == [
+        "exit code: 0\nstdout:\none", "exit code: 0\nstdout:\none",
+        "The user denied this run_command call. Reason: keep the folder clean"]
     child.send("\x04")
     child.expect(pexpect.EOF)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 from nbclient import NotebookClient
 
+from auto_coder_nb.approvals import question
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 SECRET = "sk-test-secret-never-shown"
@@ -264,6 +266,18 @@ def test_run_code_denied_through_stdin(kernel: Kernel, server: FakeLLMServer) ->
     assert check.stdout == "False\n"
 
 
+def test_a_typo_asks_again_and_a_no_takes_a_reason(kernel: Kernel, server: FakeLLMServer) -> None:
+    """Issue 22 item 13: the input box counted a typo as no and took no reason."""
+    server.enqueue(reply.tool_call("run_code", {"code": "typo_variable = 1"}), reply.text("Understood."))
+    run = kernel.execute("%autocoder --context none try it", answers=["yse", "n use the other dataset"])
+    prompts = [m["content"]["prompt"] for m in run.messages if m["msg_type"] == "input_request"]
+    assert prompts == [question("run_code", "every run_code call")] * 2
+    assert "Please answer y (yes), n (no" in run.stdout
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["content"] == "The user denied this run_code call. Reason: use the other dataset"
+    assert kernel.execute("print('typo_variable' in globals())").stdout == "False\n"
+
+
 def test_approval_refused_without_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.tool_call("run_code", {"code": "refused_variable = 1"}), reply.text("I could not."))
     run = kernel.execute("%autocoder --context none try it")  # allow_stdin=False, like nbclient
@@ -506,6 +520,37 @@ def test_the_panel_also_follows_changed_settings(kernel: Kernel, server: FakeLLM
         assert len(other.chat_requests) == 1
     kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}\n%autocoder --context none back")
     assert last_user_message(server) == "back"
+
+
+def test_the_panels_run_button_uses_run_codes_executor(kernel: Kernel, server: FakeLLMServer) -> None:
+    """Issue 24 item 9: Run ran the block on its own path, where the code saw the API key in os.environ and its
+    output showed it. Now it runs through the run_code tool: no key in the environment, output scrubbed."""
+    code = ("import os\nprint('env:', os.environ.get('AUTO_CODER_API_KEY'))\n"
+            f"print('printed:', {SECRET[:8]!r} + {SECRET[8:]!r})\nran_from_panel = True")
+    server.enqueue(reply.text(f"Run this:\n\n```python\n{code}\n```\n"))
+    run = kernel.execute(
+        "import asyncio\nfrom auto_coder_nb import ChatPanel\n"
+        "def find(w, css):\n"
+        "    return ([w] if css in w._dom_classes else []) + [f for c in getattr(w, 'children', ()) "
+        "for f in find(c, css)]\n"
+        "panel = ChatPanel()\nawait panel.ask('show code')\n"
+        "[block] = find(panel.widget, 'autocoder-code')\n"
+        "find(block, 'autocoder-run')[0].click()\n"
+        "for _ in range(3000):\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    if find(block, 'autocoder-approve'):\n"
+        "        break\n"
+        "find(block, 'autocoder-approve')[0].click()\n"
+        "for _ in range(3000):\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    if 'printed' in find(block, 'autocoder-summary')[0].value:\n"
+        "        break\n"
+        "print(find(block, 'autocoder-summary')[0].value)\nprint(ran_from_panel)")
+    assert "env: None" in run.stdout and "printed: &lt;hidden&gt;" in run.stdout, run.stdout
+    assert SECRET not in json.dumps(run.messages, default=str)
+    assert run.stdout.rstrip().endswith("True")
+    assert kernel.execute("import os; print(os.environ['AUTO_CODER_API_KEY'] == " + repr(SECRET) + ")").stdout \
+        == "True\n"  # given back after the call
 
 
 def test_end_of_input_at_an_approval_is_a_refusal_and_the_session_stays_usable(kernel: Kernel,

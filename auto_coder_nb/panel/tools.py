@@ -68,7 +68,8 @@ class ToolCards:
         reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
         reason.add_class("autocoder-reason")
         card.buttons = self.approval_buttons(
-            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card, request.kind, reason
+            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card,
+            request.always_covers, reason
         )
         row = _box([*card.buttons[:2], reason, card.buttons[2]], "autocoder-approval", horizontal=True)
         card.box.children = (*card.box.children, card.question, preview, row)
@@ -81,11 +82,11 @@ class ToolCards:
         always: Callable[[], None],
         deny: Callable[[str], None],
         card: _ToolCard,
-        kind: str,
+        always_covers: str,
         reason: widgets.Text | None = None,
     ) -> list[widgets.Button]:
-        """Approve / Always for this session / Deny; each click is answered once, on the loop.
-        Deny passes the text of `reason` (if given) on, for the model to read."""
+        """Approve / Always for this session (saying what it covers: `ApprovalRequest.always_covers`) / Deny; each
+        click is answered once, on the loop. Deny passes the text of `reason` (if given) on, for the model to read."""
 
         def once(act: Callable[[], None]) -> Callable[[], None]:
             def on_loop() -> None:
@@ -118,12 +119,13 @@ class ToolCards:
 
         buttons = [
             _button("Approve", "success", "autocoder-approve"),
-            _button(f"Always for this session ({'commands' if kind == 'command' else 'edits'})", "info",
-                    "autocoder-always"),
+            _button(f"Always for this session ({always_covers})", "info", "autocoder-always",
+                    f"Allow {always_covers} without asking for the rest of this session"),
             _button("Deny", "danger", "autocoder-deny"),
         ]
         buttons[0].on_click(self.panel._handover(allow(approve, "Approved.")))
-        buttons[1].on_click(self.panel._handover(allow(always, "Approved for the rest of this session.")))
+        buttons[1].on_click(self.panel._handover(allow(always, f"Approved {always_covers} for the rest of this "
+                                                               "session.")))
         buttons[2].on_click(self.panel._handover(once(refuse)))
         return buttons
 

@@ -23,7 +23,9 @@ class ToolDefinition:
 
     `kind` decides approvals: "read" never asks, "write" and "command" follow the approval mode.
     `preview(arguments)` returns what an approval shows (a diff, a command line); it must not
-    change anything. `handler` may be a plain function or a coroutine function.
+    change anything. `handler` may be a plain function or a coroutine function. An "always for this
+    session" answer covers this tool only; with `always_scope` (an argument's name: run_command's
+    "command") only later calls with exactly the same value of that argument.
     """
 
     name: str
@@ -32,6 +34,7 @@ class ToolDefinition:
     handler: Callable[..., Any]
     kind: ToolKind = "read"
     preview: Callable[..., str] | None = None
+    always_scope: str | None = None
 
     def schema(self) -> dict[str, Any]:
         return {

@@ -145,6 +145,13 @@ class CodeOutcome:
     value: Any = field(default=None, repr=False)  # the last expression's value itself
     images: list[bytes] = field(default_factory=list)  # PNG/JPEG outputs the face captured (plots)
 
+    def hide(self, secrets: Iterable[str | None]) -> None:
+        """Hide `secrets` in every text of the outcome (`text.scrub`), wherever it is shown next."""
+        secrets = list(secrets)
+        self.stdout, self.stderr = scrub(self.stdout, secrets), scrub(self.stderr, secrets)
+        self.result = None if self.result is None else scrub(self.result, secrets)
+        self.error = None if self.error is None else scrub(self.error, secrets)
+
     def to_text(self, limit: int = OUTPUT_LIMIT) -> str:
         parts = []
         if self.stdout:
@@ -288,7 +295,7 @@ def build_notebook_tools(
         outcome = run_code(code)
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        return ToolOutput(outcome.to_text(), outcome.images)
+        return ToolOutput(outcome.to_text(), outcome.images, failed=outcome.error is not None)
 
     def read_notebook(path: str) -> str:
         target = workspace().resolve(path)

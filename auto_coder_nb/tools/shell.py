@@ -294,6 +294,7 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
             },
             handler=functools.partial(run_command, workspace, default_timeout=command_timeout, secrets=secrets),
             kind="command",
+            always_scope="command",  # "always" to one command line is not a yes to every command
             preview=functools.partial(preview_run_command, workspace),
         ),
     ]
