@@ -8,6 +8,7 @@ whatever happens, so the history is always one a strict server accepts.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
@@ -99,6 +100,12 @@ class TurnHooks(Protocol):
     def end(self) -> None: ...
 
     def take_feedback(self) -> list[str]: ...
+
+    def change_count(self) -> int:
+        """How many notebook cell changes were recorded so far (see `changes_since`)."""
+
+    def changes_since(self, count: int) -> list[Any]:
+        """The cell changes recorded after the first `count` (what one tool call changed)."""
 
 
 class Agent:
@@ -343,9 +350,12 @@ class Agent:
                 self._actions["refused"] += 1
                 raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
+            request: ApprovalRequest | None = None
             if decision == "ask":
+                cells = _review(tool, arguments)
                 request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments),
-                                          always_covers=allowance.describe())
+                                          always_covers=allowance.describe(), cells=cells,
+                                          can_run=tool.run_after is not None and any(c.runnable for c in cells))
                 yield request
                 allowed, reason, always = await request.wait()
                 if self.observer is not None:
@@ -355,10 +365,18 @@ class Agent:
                 if not allowed:
                     self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""
+                    if cells:  # the per-cell review: the model hears which cells were rejected
+                        named = "; ".join(change.describe() for change in cells)
+                        raise ToolError(f"The user rejected your change to {named}: it was not made.{because}")
                     raise ToolError(f"The user denied this {call.name} call.{because}")
             if tool.kind != "read":
                 self._actions["allowed"] += 1
+            known = self.turns.change_count() if self.turns is not None else 0
             output = await self.tools.run(call.name, arguments)
+            if self.turns is not None:
+                result.cells = self.turns.changes_since(known)
+            if request is not None and request.run_after and tool.run_after is not None:
+                output = await _run_after(tool, arguments, output)
             result.output, result.is_error = output.text, False
             if output.images:
                 result.images, notes = self._fit_images(output, call.name)
@@ -405,6 +423,32 @@ def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:
         raise ToolError(f"Invalid arguments for {tool.name}: {exc}") from exc
     except Exception as exc:  # a custom tool's preview must not crash the turn
         raise ToolError(f"{tool.name} failed before it ran: {type(exc).__name__}: {exc}") from exc
+
+
+def _review(tool: ToolDefinition, arguments: dict[str, Any]) -> list[Any]:
+    """The cells a notebook tool's call would change, for the per-cell review (none for other tools)."""
+    if tool.review is None:
+        return []
+    try:
+        return tool.review(**arguments)
+    except (ToolError, NothingToChange):
+        raise
+    except Exception as exc:  # like a preview: the turn goes on, the model reads why
+        raise ToolError(f"{tool.name} failed before it ran: {type(exc).__name__}: {exc}") from exc
+
+
+async def _run_after(tool: ToolDefinition, arguments: dict[str, Any], output: ToolOutput) -> ToolOutput:
+    """Accept & Run: the changed cell runs now; its output follows the change's result."""
+    assert tool.run_after is not None
+    try:
+        ran = tool.run_after(**arguments)
+        if inspect.isawaitable(ran):
+            ran = await ran
+    except ToolError as exc:
+        return ToolOutput(f"{output.text}\nThe user chose Accept & Run, but the cell did not run: {exc}", output.images)
+    ran = ran if isinstance(ran, ToolOutput) else ToolOutput(str(ran))
+    return ToolOutput(f"{output.text}\nThe user chose Accept & Run; the cell ran:\n{ran.text}",
+                      [*output.images, *ran.images])
 
 
 def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -91,22 +91,26 @@ class Answer:
     allowed: bool
     always: bool = False
     reason: str = ""  # with a no: what the model reads
+    run: bool = False  # accept a notebook change and run the cell (Accept & Run)
 
 
-_YES, _ALWAYS, _NO = {"y", "yes"}, {"a", "always"}, {"n", "no", "deny"}
+_YES, _ALWAYS, _NO, _RUN = {"y", "yes"}, {"a", "always"}, {"n", "no", "deny"}, {"r", "run"}
 _ANSWER = re.compile(r"(?P<word>[A-Za-z]+)[\s:,;.!-]*(?P<rest>.*)", re.DOTALL)
 ANSWER_HELP = "Please answer y (yes), n (no; a reason for the model may follow: n use the other file) or a (always)."
 
 
-def question(tool: str, always_covers: str) -> str:
-    """The one approval question of the text faces (terminal, REPL, magics)."""
+def question(tool: str, always_covers: str, can_run: bool = False) -> str:
+    """The one approval question of the text faces (terminal, REPL, magics); `can_run`: a notebook change that
+    leaves a code cell, which [r]un accepts and runs."""
     covers = f" ({always_covers}, this session)" if always_covers else " (this session)"
-    return f"Allow {tool}? [y]es / [n]o [reason] / [a]lways{covers}: "
+    run = " / [r]un it after" if can_run else ""
+    return f"Allow {tool}? [y]es / [n]o [reason] / [a]lways{covers}{run}: "
 
 
-def parse_answer(text: str) -> Answer | None:
+def parse_answer(text: str, can_run: bool = False) -> Answer | None:
     """An answer as typed in any face: y / yes, a / always, or n / no / deny with an optional reason after it
-    ("n use pytest", "no: not that file"). None for anything else, a typo or an empty line: ask again."""
+    ("n use pytest", "no: not that file"); with `can_run`, r / run too (accept and run the cell). None for anything
+    else, a typo or an empty line: ask again."""
     match = _ANSWER.fullmatch(text.strip())
     if match is None:
         return None
@@ -119,4 +123,6 @@ def parse_answer(text: str) -> Answer | None:
         return Answer(True)
     if word in _ALWAYS:
         return Answer(True, always=True)
+    if can_run and word in _RUN:
+        return Answer(True, run=True)
     return None

@@ -57,6 +57,10 @@ class CellChange:
         """`cell 3 (code, id 1a2b) of analysis.ipynb`: how messages name the cell."""
         return f"cell {self.index} ({self.cell_type}, id {self.cell_id}) of {Path(self.path).name}"
 
+    def card(self) -> str:
+        """The change as text faces show it: what happens to which cell, then its diff."""
+        return f"{self.action} {self.describe()}:\n{self.diff()}"
+
     def diff(self) -> str:
         """The change of the cell's source as a unified diff (a move or a run says so in one line)."""
         if self.action == "move":

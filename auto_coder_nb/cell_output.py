@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .text import scrub, show_controls
 
 if TYPE_CHECKING:  # events (and asyncio with them) are imported on first use, not at %load_ext
+    from .cell_changes import CellChange
     from .events import ApprovalRequest, ContextUsage, Event, ToolCallStarted, ToolResult, UsageUpdate
     from .images import Image
 
@@ -40,6 +41,7 @@ class CellRenderer:
         self.tool_handles: dict[str, tuple[Any, ToolCallStarted]] = {}
         self.usage: UsageUpdate | None = None
         self.failed = False  # an error was shown
+        self.asked: dict[str, bool] = {}  # calls whose approval showed their cells already
 
     @property
     def text(self) -> str:
@@ -75,6 +77,8 @@ class CellRenderer:
             case ToolResult():
                 self.images.extend(event.images)
                 self._tool_result(event)
+                if not self.asked.pop(event.call_id, False):
+                    self.changed_cells(event)
             case ApprovalRequest():
                 self.approval(event)
             case ErrorEvent():
@@ -134,12 +138,26 @@ class CellRenderer:
 
     def approval(self, request: ApprovalRequest) -> None:
         self._end_segment()
+        self.asked[request.call_id] = True
+        if request.cells:  # a notebook change: one card per cell, with the cell's diff
+            for change in request.cells:
+                self._show_cell(change, f"**{request.tool}** needs your approval to {change.action} "
+                                        f"{change.describe()}:")
+            return
         fence = "diff" if request.preview.startswith(("---", "diff")) else ("python" if request.tool == "run_code"
                                                                             else "")
-        preview = show_controls(request.preview)  # what is approved is exactly what runs: nothing hidden
-        ticks = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", preview)), default=0))
-        self._show_markdown(f"**{request.tool}** needs your approval:\n\n{ticks}{fence}\n{preview}\n{ticks}",
-                            f"{request.tool} needs your approval:\n{preview}")
+        self._show_markdown(_fenced(f"**{request.tool}** needs your approval:", request.preview, fence),
+                            f"{request.tool} needs your approval:\n{show_controls(request.preview)}")
+
+    def _show_cell(self, change: CellChange, title: str) -> None:
+        self._show_markdown(_fenced(title, change.diff(), "diff"), f"{title}\n{show_controls(change.diff())}")
+
+    def changed_cells(self, result: ToolResult) -> None:
+        """The cells a call changed without asking (auto-edit): each with its diff and how to revert it."""
+        for change in result.cells:
+            if change.action in ("insert", "replace", "delete", "move"):
+                self._show_cell(change, f"Changed {change.describe()} ({change.action}); undo it with "
+                                        f"`%autocoder --revert {change.number}` until the turn after next.")
 
     def notice(self, text: str) -> None:
         self._end_segment()
@@ -175,6 +193,14 @@ class CellRenderer:
     def _update(self, handle: Any, bundle: dict[str, str]) -> None:
         handle.update({kind: scrub(text, self.secrets) for kind, text in bundle.items()}, raw=True,
                       metadata=self.metadata)
+
+
+def _fenced(title: str, text: str, fence: str) -> str:
+    """`title`, then `text` in a fence longer than any run of backticks in it; control characters shown escaped
+    (what is approved is exactly what runs: nothing hidden)."""
+    shown = show_controls(text)
+    ticks = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", shown)), default=0))
+    return f"{title}\n\n{ticks}{fence}\n{shown}\n{ticks}"
 
 
 def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool = False) -> Any:

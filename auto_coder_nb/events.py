@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .approvals import Answer
 from .images import Image
 from .providers.base import Usage
+
+if TYPE_CHECKING:
+    from .cell_changes import CellChange
 
 
 @dataclass
@@ -38,6 +41,10 @@ class ApprovalRequest:
     ("this exact command", "every write_file call"): faces show it with the question. Answering before the agent
     awaits is fine. Answer from the event loop that runs the turn (a face on another thread uses
     `loop.call_soon_threadsafe`).
+
+    A change to a notebook carries `cells`: one `CellChange` per cell it would change (shown as a card per cell
+    with its diff: Accept / Reject / Accept & Run). When `can_run` (a code cell stays and the tool can run it),
+    `accept_and_run()` approves and has the agent run the cell right after the change (`run_after`).
     """
 
     call_id: str
@@ -46,6 +53,9 @@ class ApprovalRequest:
     arguments: dict[str, Any]
     preview: str
     always_covers: str = ""
+    cells: list[CellChange] = field(default_factory=list)
+    can_run: bool = False
+    run_after: bool = False
     _decision: asyncio.Future[tuple[bool, str, bool]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,10 +70,18 @@ class ApprovalRequest:
 
     def reply(self, answer: Answer) -> None:
         """Answer with what `approvals.parse_answer` read."""
-        if answer.allowed:
+        if answer.run:
+            self.accept_and_run()
+        elif answer.allowed:
             self.approve(always=answer.always)
         else:
             self.deny(answer.reason)
+
+    def accept_and_run(self) -> None:
+        """Allow this change, then run the cell it changed (Accept & Run; only when `can_run`)."""
+        if not self.answered:
+            self.run_after = self.can_run
+        self.approve()
 
     @property
     def answered(self) -> bool:
@@ -85,6 +103,7 @@ class ToolResult:
     output: str  # exactly what the model receives
     is_error: bool = False
     images: list[Image] = field(default_factory=list)  # images the tool produced, as fitted for the model
+    cells: list[CellChange] = field(default_factory=list)  # the notebook cells the call changed (Revert undoes one)
 
 
 @dataclass

@@ -126,11 +126,11 @@ def _ask(worker: Worker, request: ApprovalRequest, renderer: CellRenderer, can_a
         return
     while True:
         try:
-            typed = input(question(request.tool, request.always_covers))
+            typed = input(question(request.tool, request.always_covers, request.can_run))
         except EOFError:  # Ctrl-D in terminal IPython: a refusal
             worker.loop.call_soon_threadsafe(request.deny, "")
             return
-        answer = parse_answer(typed)
+        answer = parse_answer(typed, request.can_run)
         if answer is not None:
             worker.loop.call_soon_threadsafe(request.reply, answer)
             return

@@ -120,6 +120,12 @@ class Turns:
         """What the user did to the agent's changes since the model last heard (reverts), for its next request."""
         return self.cells.take_feedback()
 
+    def change_count(self) -> int:
+        return len(self.cells.changes)
+
+    def changes_since(self, count: int) -> list[CellChange]:
+        return self.cells.changes[count:]
+
     def note_code(self, code: str) -> None:
         """The agent ran `code` in the kernel (run_code, run_cell): the names it assigns may be stale after a rewind."""
         if self._turns:

@@ -70,14 +70,15 @@ def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
     """Show what would happen and ask the one approval question (`approvals.question`): yes, no with an optional
     reason on the same line, or always for this session; anything else asks again. End of input (Ctrl-D) is a no."""
     # Escaped control characters: a preview must not be able to hide or rewrite what will run.
-    err.write(f"\n{show_controls(request.preview)}\n" if request.preview else "\n")
+    shown = "\n".join(change.card() for change in request.cells) or request.preview  # a notebook: cell by cell
+    err.write(f"\n{show_controls(shown)}\n" if shown else "\n")
     err.flush()
     while True:
-        typed = _read(question(request.tool, request.always_covers), err)
+        typed = _read(question(request.tool, request.always_covers, request.can_run), err)
         if typed is None:
             request.deny("")
             return
-        answer = parse_answer(typed)
+        answer = parse_answer(typed, request.can_run)
         if answer is not None:
             request.reply(answer)
             return
