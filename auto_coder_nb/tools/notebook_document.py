@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .workspace import Workspace
 
 CELL_TYPES = ("code", "markdown", "raw")
+HOW_TO_GO_LIVE = ("To edit it live, install jupyter-collaboration where the Jupyter server runs and "
+                  "`pip install \"auto-coder-nb[live]\"` in this kernel's environment, then restart the server.")
 NBFORMAT_MINOR = 5  # the first minor version with cell ids
 T = TypeVar("T")
 
@@ -69,10 +71,24 @@ class Cell:
             cell_type=str(cell.get("cell_type", "code")),
             source="".join(source) if isinstance(source, list) else str(source),
             metadata=copy.deepcopy(dict(cell.get("metadata") or {})),
-            outputs=copy.deepcopy(list(cell.get("outputs") or [])),
+            outputs=[_joined(output) for output in cell.get("outputs") or []],
             execution_count=int(count) if isinstance(count, (int, float)) else None,
             attachments=copy.deepcopy(dict(cell["attachments"])) if cell.get("attachments") else None,
         )
+
+
+def _joined(output: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an output with the multi-line strings that .ipynb files store as lists joined (as nbformat reads
+    them); JSON data stays as it is."""
+    joined = copy.deepcopy(dict(output))
+    if isinstance(joined.get("text"), list):
+        joined["text"] = "".join(joined["text"])
+    data = joined.get("data")
+    if isinstance(data, dict):
+        for mime, value in data.items():
+            if isinstance(value, list) and not (mime == "application/json" or mime.endswith("+json")):
+                data[mime] = "".join(value)
+    return joined
 
 
 def new_cell_id(taken: Any = ()) -> str:
@@ -431,18 +447,23 @@ class FileNotebook(NotebookDocument):
 
 
 def read_notebook_json(workspace: Workspace, path: Path) -> dict[str, Any]:
-    """The notebook at a resolved path as nbformat 4 JSON, read like the other file tools (no link followed)."""
+    """The notebook at a resolved path as nbformat 4 JSON, read like the other file tools (no link followed).
+    Not validated (half a second for 2,000 cells): every write is."""
     import nbformat
 
     if not path.is_file():
         raise ToolError(f"{path.name} does not exist. list_directory shows the files.")
     try:
-        notebook = nbformat.reads(workspace.read_bytes(path).decode("utf-8"), as_version=4)
+        data = json.loads(workspace.read_bytes(path).decode("utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
+            raise ValueError("not a notebook's JSON")
+        if data.get("nbformat") != 4:
+            data = dict(nbformat.convert(nbformat.from_dict(data), 4))
     except UnicodeDecodeError:
         raise ToolError(f"{path.name} is not a valid notebook: it is not UTF-8 text.") from None
-    except (json.JSONDecodeError, nbformat.reader.NotJSONError) as exc:
+    except (ValueError, KeyError, TypeError, nbformat.ValidationError) as exc:
         raise ToolError(f"{path.name} is not a valid notebook: {exc}") from None
-    return dict(notebook)
+    return data
 
 
 # -- which home a path opens -------------------------------------------------------------------------
@@ -493,8 +514,8 @@ class Notebooks:
             if document is not None:
                 return document
         if write and self.is_open(target):
-            raise NotLive(target, "no live connection to it was found (the frontend is not a Jupyter server "
-                          "with real-time collaboration).")
+            raise NotLive(target, "no live connection to it was found (its frontend is not a Jupyter server "
+                          "with real-time collaboration).", HOW_TO_GO_LIVE)
         return FileNotebook(self._workspace(), target)
 
     def is_open(self, target: Path) -> bool:
