@@ -42,6 +42,7 @@ class CellChange:
     after: Cell | None  # None: the cell is gone (delete)
     index: int  # where the cell was before (an inserted one: where it went)
     above: str | None = None  # the id of the cell above it before the change (None: it was the first)
+    live: bool = False  # made in the live document of an open notebook (else the file, which undo restores too)
     reverted: bool = False
 
     @property
@@ -78,7 +79,7 @@ class CellChange:
     def record(self) -> dict[str, Any]:
         """As saved with the conversation (`history.py`), so that a rewind after a kernel restart can undo it."""
         return {"number": self.number, "turn": self.turn, "path": self.path, "action": self.action,
-                "cell_id": self.cell_id, "index": self.index, "above": self.above,
+                "cell_id": self.cell_id, "index": self.index, "above": self.above, "live": self.live,
                 "before": self.before.to_dict() if self.before is not None else None,
                 "after": self.after.to_dict() if self.after is not None else None}
 
@@ -90,7 +91,8 @@ class CellChange:
             return cls(int(record["number"]), int(record["turn"]), str(record["path"]), str(record["action"]),
                        str(record["cell_id"]), Cell.from_dict(before) if isinstance(before, dict) else None,
                        Cell.from_dict(after) if isinstance(after, dict) else None, int(record["index"]),
-                       record.get("above") if isinstance(record.get("above"), str) else None)
+                       record.get("above") if isinstance(record.get("above"), str) else None,
+                       record.get("live") is True)
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -156,7 +158,7 @@ class CellChanges:
                 "run", change.turn, change.path, change.cell_id) and change.action == "run":
             last.after = change.after  # a cell's outputs written as it runs: one change
             return
-        change.number = next(self._numbers)
+        change.number, change.live = next(self._numbers), document.live
         self.changes.append(change)
         self.recorded(change)
         if document.live and change.after is not None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .providers.base import LLMProvider
     from .session import Session
     from .tools.notebook import CodeOutcome
+    from .tools.notebook_document import NotebookDocument
 
 NOTEBOOK_PROMPT = """
 
@@ -204,14 +205,32 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
         open_notebook=lambda: open_notebook_path(shell),
         insert_cell=lambda source, kind: _insert_from_turn(state, f"%%markdown\n{source}" if kind == "markdown"
                                                             else source),
+        notebooks=lambda: holder[0].open_notebooks(),  # the session's: the agent's cell changes are recorded
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider, instructions_from=root,
                              notebook=open_notebook_path(shell))
     session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
+    _checkpoint_kernel(session, shell)
     _announce_untrusted(state, session)
     return session
+
+
+def _checkpoint_kernel(session: Session, shell: Any) -> None:
+    """What a rewind needs from the kernel: its user variables (by identity, to name the stale ones after a rewind)
+    and the notebook whose cells would rebuild them."""
+    from .tools.notebook import user_variables
+
+    def notebook() -> NotebookDocument | None:
+        path = open_notebook_path(shell)
+        if path is None or session.notebooks is None:
+            return None
+        return session.notebooks.open(path)
+
+    assert session.turns is not None
+    session.turns.variables = lambda: user_variables(shell.user_ns, getattr(shell, "user_ns_hidden", {}))
+    session.turns.notebook = notebook
 
 
 # -- running code and adding cells --------------------------------------------------------------
@@ -237,6 +256,8 @@ def _run_code(state: KernelState, code: str) -> CodeOutcome:
         _flush_figures()
     outcome.images = images
     outcome.hide(secrets)
+    if state.session is not None and state.session.turns is not None:
+        state.session.turns.note_code(code)  # a rewind names what it assigned as stale
     return outcome
 
 

@@ -200,6 +200,13 @@ class AutoCoderMagics(Magics):
     @argument("--reset", action="store_true", help="start a new conversation (new correlation id)")
     @argument("--id", action="store_true", help="show the conversation's correlation id")
     @argument("--undo", action="store_true", help="undo the file changes of the last turn that made any")
+    @argument("--rewind", nargs="?", const=0, type=int, metavar="N",
+              help="go back to before turn N (default: the last turn): the conversation, the files and the notebook "
+                   "cells the agent changed since; lists the kernel variables that keep later values")
+    @argument("--force", action="store_true",
+              help="with --rewind: rewind even what someone changed since (it is kept beside its file)")
+    @argument("--revert", type=int, metavar="CHANGE",
+              help="undo one notebook cell change of the agent (its number is on its card), until the turn after next")
     @argument("--sessions", action="store_true", help="list the saved conversations, newest first")
     @argument("--resume", nargs="?", const="", metavar="ID",
               help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
@@ -241,6 +248,7 @@ class AutoCoderMagics(Magics):
 
 
 _VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--tool-calling", "--context", "--working-dir", "--attach",
+                  "--revert",
                   "--export"}
 _TOKEN = re.compile(r"\s*(\S+)")
 
@@ -256,6 +264,7 @@ def split_options(line: str) -> tuple[list[str], str]:
     while match := _TOKEN.match(line, position):
         token = match.group(1)
         resume_id = options[-1:] == ["--resume"] and looks_like_id(token)  # its value is optional
+        resume_id = resume_id or (options[-1:] == ["--rewind"] and token.isdigit())  # so is --rewind's
         if not expect_value and not token.startswith("-") and not resume_id:
             break
         position = match.end()
@@ -285,6 +294,10 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         print(f"New conversation: correlation id {session.reset()}")
     if args.undo:
         print(session.undo())
+    if args.revert is not None:
+        _revert(session, args.revert)
+    if args.rewind is not None:
+        _rewind(session, args.rewind or None, args.force)
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
     from .history import ConversationStore
@@ -306,6 +319,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         prompt = fix_prompt(error, prompt)
     elif not prompt.strip() and not args.show_context:
         if not (args.reset or args.undo or args.id or args.working_dir or args.trust_project
+                or args.rewind is not None or args.revert is not None
                 or args.resume is not None):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "
                   "shows the options.")
@@ -324,6 +338,23 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         _show_also_sent(session, images)
         return
     _run_turn(state, session, message, args, images)
+
+
+def _revert(session: Session, number: int) -> None:
+    """`--revert CHANGE`: one cell change of the agent undone (the model hears it with the next request)."""
+    from .tools.registry import ToolError
+
+    assert session.cells is not None
+    try:
+        print(session.cells.revert(number))
+    except ToolError as exc:
+        print(f"autocoder: {exc}")
+
+
+def _rewind(session: Session, number: int | None, force: bool) -> None:
+    """`--rewind [N] [--force]`: RewindRefused (nothing changed) goes to the magic's one error line."""
+    outcome = session.rewind(number, force)
+    print(outcome.message)
 
 
 def _show_also_sent(session: Session, images: list[Image]) -> None:

@@ -16,6 +16,7 @@ from .config import CONFIG_FILENAME, Config, redact_url
 from .errors import ConfigError, ProviderError
 from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
+from .rewind import RewindRefused
 from .session import Session
 from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, trust_and_reload
 from .text import scrub
@@ -30,6 +31,8 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
+  /rewind [N]     back to before turn N (default: the last): conversation and files; --force rewinds even
+                  files changed since (kept beside them)
   /sessions       list the saved conversations, newest first
   /resume [ID]    continue a saved conversation (default: the newest for this folder)
   /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
@@ -127,6 +130,8 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
                 print(("* " if model == session.config.llm.model else "  ") + model)
     elif name == "/undo":
         print(session.undo())
+    elif name == "/rewind":
+        rewind(session, rest)
     elif name in ("/sessions", "/resume", "/export"):
         store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
         try:
@@ -147,6 +152,20 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
     else:
         print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
     return None
+
+
+def rewind(session: Session, rest: str) -> None:
+    """`/rewind [N] [--force]`: the conversation and the files back to before turn N (default: the last)."""
+    words = rest.split()
+    force = "--force" in words
+    numbers = [word for word in words if word != "--force"]
+    if len(numbers) > 1 or (numbers and not numbers[0].isdigit()):
+        print("/rewind takes a turn number and --force: /rewind [N] [--force]", file=sys.stderr)
+        return
+    try:
+        print(session.rewind(int(numbers[0]) if numbers else None, force).message)
+    except RewindRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def trust_project(session: Session, reload: Callable[[bool], Config] | None) -> None:

@@ -164,7 +164,9 @@ class Turns:
         target, later = turns[number - 1], turns[number - 1:]
         marks = [turn.workspace_mark for turn in later if turn.workspace_mark is not None]
         changed = self.workspace.changed_outside(min(marks)) if marks else []
-        changes = self.cells.of_turns(number)
+        # A file's cells come back with the file (its checkpoint), unless that turn ran in an earlier process.
+        unfiled = {turn.number for turn in later if turn.workspace_mark is None}
+        changes = [change for change in self.cells.of_turns(number) if change.live or change.turn in unfiled]
         conflicts = self.cells.check(changes).conflicts
         if (changed or conflicts) and not force:
             raise RewindRefused(

@@ -179,10 +179,13 @@ class Session:
         assert self.turns is not None
         return self.turns.rewind(number, force)
 
+    def open_notebooks(self) -> Notebooks:
+        assert self.notebooks is not None  # set by create()
+        return self.notebooks
+
     def open_for_undo(self, path: str) -> NotebookDocument:
         """A notebook to undo the agent's cell changes in (the live document when it is open)."""
-        assert self.notebooks is not None
-        return self.notebooks.open(path, write=True)
+        return self.open_notebooks().open(path, write=True)
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when

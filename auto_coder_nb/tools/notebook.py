@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
 from ..text import scrub, strip_ansi, truncate
-from .notebook_document import CELL_TYPES, Cell, NotebookDocument, Notebooks, NotLive
+from .notebook_document import CELL_TYPES, Cell, MemoryNotebook, NotebookDocument, Notebooks, NotLive
 from .registry import ToolError, ToolOutput
 
 if TYPE_CHECKING:
+    from ..cell_changes import CellChange
     from .workspace import Workspace
 
 OUTPUT_LIMIT = 10000  # like run_command: head and tail kept, the middle cut
@@ -375,6 +376,7 @@ def build_notebook_tools(
     notebook cannot be edited live. `run_cell(source)` runs a cell's source in the kernel.
     """
     seen = _Seen()
+    last_edited: list[str] = []  # the id of the cell the last edit_notebook left (Accept & Run runs it)
     told_how = [False]  # the how-to of live editing is said with the first refusal only
     default_notebooks = Notebooks(workspace, open_notebook=open_notebook)
     opener = notebooks or (lambda: default_notebooks)
@@ -471,6 +473,7 @@ def build_notebook_tools(
             position = len(ids) if index is None else seen.position(document.path, index, ids)
             cell = document.insert(position, source or "", cell_type or "code")
             seen.inserted(document.path, position, cell)
+            last_edited[:] = [cell.id]
             return f"{path}: inserted {cell.cell_type} cell [{position}] id={cell.id}; {len(ids) + 1} cells now."
         target = _cell_id(document, index, cell_id, action)
         expected = seen.source(document.path, target)
@@ -486,7 +489,44 @@ def build_notebook_tools(
             return f"{path}: moved cell id={moved.id} to [{to_index}]."
         cell = document.replace(target, source or "", cell_type=cell_type, expected_source=expected)
         seen.wrote(document.path, cell)
+        last_edited[:] = [cell.id]
         return f"{path}: replaced cell [{seen.index_shown(document.path, target, ids)}] id={target} ({cell.cell_type})."
+
+    def review_edit(path: str, action: str, index: int | None = None, cell_id: str | None = None,
+                    source: str | None = None, cell_type: str | None = None,
+                    to_index: int | None = None) -> list[CellChange]:
+        """The cell the edit would change, as a CellChange (before and after), from the edit applied to a copy."""
+        from ..cell_changes import CellChanges
+
+        _check(action, source, cell_type, to_index)
+        try:
+            document = opener().open(path, write=True)
+        except NotLive:
+            return []  # a cell added below through the frontend: the preview says so
+        exists = document.live or document.path.exists()
+        copy = MemoryNotebook(document.snapshot() if exists else None, document.path)
+        log = CellChanges(lambda _: copy)
+        proposed = log.watch(copy)
+        ids = copy.ids()
+        if action == "insert":
+            proposed.insert(len(ids) if index is None else seen.position(document.path, index, ids), source or "",
+                            cell_type or "code")
+        else:
+            target = _cell_id(document, index, cell_id, action)
+            if action == "delete":
+                proposed.delete(target)
+            elif action == "move":
+                assert to_index is not None
+                proposed.move(target, to_index)
+            else:
+                proposed.replace(target, source or "", cell_type=cell_type)
+        return log.changes
+
+    async def run_edited(path: str, **_: Any) -> ToolOutput:
+        """Accept & Run: run the code cell the last edit left."""
+        if run_cell is None or not last_edited:
+            raise ToolError("there is no kernel to run it in here.")
+        return await run_cell_tool(path, cell_id=last_edited[0])
 
     async def _insert_below(path: str, source: str, cell_type: str) -> str:
         assert insert_cell is not None
@@ -588,6 +628,8 @@ def build_notebook_tools(
             edit_notebook,
             kind="write",
             preview=preview_edit,
+            review=review_edit,
+            run_after=run_edited if run_cell is not None else None,
         ),
     ]
     if run_cell is not None:
