@@ -235,10 +235,9 @@ class CellChanges:
             mine = [change for change in changes if change.path == path]
             now = {cell.id: cell for cell in document.cells()}
             found = _conflicts(mine, now)
-            report.conflicts += found
+            report.conflicts += found.values()
             if found:
-                touched = {change.cell_id for change in mine}
-                report.overwritten[path] = [cell for cell in now.values() if cell.id in touched]
+                report.overwritten[path] = [cell for cell in now.values() if cell.id in found]
         return documents, report
 
     # -- marks: the cells the running turn changed ------------------------------------------------------
@@ -275,20 +274,22 @@ def _unmarked(cell: Cell) -> Cell:
     return replace(cell, metadata=metadata)
 
 
-def _conflicts(changes: list[CellChange], now: dict[str, Cell]) -> list[str]:
-    """The cells of `changes` whose source is not what the agent left: between two of the changes, or now."""
-    found: list[str] = []
+def _conflicts(changes: list[CellChange], now: dict[str, Cell]) -> dict[str, str]:
+    """The cells of `changes` whose source is not what the agent left, between two of the changes or now: by id,
+    what to say."""
+    found: dict[str, str] = {}
     last: dict[str, CellChange] = {}
     for change in changes:
         previous = last.get(change.cell_id)
         if previous is not None and previous.after is not None and change.before is not None \
                 and previous.after.source != change.before.source:
-            found.append(f"{change.describe()} was edited between turn {previous.turn} and turn {change.turn}")
+            found[change.cell_id] = (f"{change.describe()} was edited between turn {previous.turn} and turn "
+                                     f"{change.turn}")
         last[change.cell_id] = change
     for cell_id, change in last.items():
         current = now.get(cell_id)
         if change.after is not None and current is not None and current.source != change.after.source:
-            found.append(f"{change.describe()} was edited after the agent changed it in turn {change.turn}")
+            found[cell_id] = f"{change.describe()} was edited after the agent changed it in turn {change.turn}"
     return found
 
 
