@@ -229,3 +229,62 @@ def test_assigned_names_are_what_code_binds_or_changes() -> None:
     code = "%matplotlib inline\nimport numpy as np\nfrom os import path\ndf['x'] = 1\ndef f(): pass\nfor i in []: pass"
     assert assigned_names(code) == {"np", "path", "df", "f", "i"}
     assert assigned_names("this is not python") == set()
+
+
+# -- the panel, in process (real widgets clicked through their own click(); tests/test_panel.py's way) ---------
+
+def panel_session(server: FakeLLMServer, root: Path, mode: str) -> Session:
+    namespace: dict[str, Any] = {}
+    holder: list[Session] = []
+    tools = build_notebook_tools(namespace, lambda code: run_python(code, namespace), lambda: holder[0].workspace,
+                                 notebooks=lambda: holder[0].open_notebooks())
+    config = load_config({"llm.base_url": server.base_url, "llm.model": "fake-model", "agent.approval_mode": mode},
+                         env={}, cwd=root, home=root)
+    holder.append(Session.create(config, working_dir=root, extra_tools=tools))
+    return holder[0]
+
+
+def test_panel_cards_accept_reject_revert_and_rewind_to_here(fake_server: FakeLLMServer, root: Path) -> None:
+    from auto_coder_nb.panel import ChatPanel
+    from tests.test_panel import find, html_of, until
+
+    ids = write_notebook(root / "a.ipynb", "x = 1", "y = 2")
+
+    async def scenario() -> None:
+        panel = ChatPanel(panel_session(fake_server, root, "ask"))
+        fake_server.enqueue(edit("replace", cell_id=ids[0], source="x = 10"), reply.text("Asked."))
+        panel.send("change x")
+        await until(lambda: panel.state == "waiting for approval", "the cell card")
+        card = find(panel.widget, "autocoder-tool")[-1]
+        assert "-x = 1" in html_of(card) and "+x = 10" in html_of(card) and len(find(card, "autocoder-cell")) == 1
+        labels = [b.description for css in ("autocoder-accept", "autocoder-accept-run", "autocoder-reject")
+                  for b in find(card, css)]
+        assert labels == ["Accept", "Accept & Run", "Reject"]
+        assert find(card, "autocoder-accept-run")[0].layout.display == "none", "no kernel to run it in here"
+        find(card, "autocoder-reason")[0].value = "not now"
+        find(card, "autocoder-reject")[0].click()
+        await panel.wait()
+        assert sources(root / "a.ipynb") == ["x = 1", "y = 2"]
+        assert "Reason: not now" in fake_server.chat_requests[-1].json["messages"][-1]["content"]
+
+        panel.session.policy.mode = "auto-edit"
+        fake_server.enqueue(edit("replace", cell_id=ids[1], source="y = 20"), reply.text("Changed y."))
+        await panel.ask("change y")
+        assert sources(root / "a.ipynb") == ["x = 1", "y = 20"], panel.transcript
+        [revert] = find(panel.widget, "autocoder-revert")
+        revert.click()
+        await until(lambda: revert.disabled, "the revert")
+        assert sources(root / "a.ipynb") == ["x = 1", "y = 2"]
+
+        fake_server.enqueue(edit("insert", index=2, source="z = 3"), reply.text("Added z."))
+        await panel.ask("add z")
+        assert sources(root / "a.ipynb") == ["x = 1", "y = 2", "z = 3"]
+        rewinds = find(panel.widget, "autocoder-rewind")
+        assert [button.description for button in rewinds] == ["Rewind to here"] * 3
+        rewinds[-1].click()  # back to before "add z"
+        await until(lambda: panel._input.value == "add z", "the prompt back in the input")
+        assert sources(root / "a.ipynb") == ["x = 1", "y = 2"]
+        assert "add z" not in [record["text"] for record in panel.transcript if record["role"] == "user"]
+        assert "Rewound to before turn 3 (add z)" in panel.transcript[-1]["text"]
+
+    asyncio.run(scenario())

@@ -117,6 +117,8 @@ class ChatPanel:
         self._code_blocks = CodeBlocks(self)
         self._context: ContextUsage | None = None  # how full the context window is, after each turn
         self._attachments = Attachments(self)
+        self._turn_start: widgets.Widget | None = None  # the user's message of the current turn
+        self._records_before: dict[str, int] = {}  # a turn's first widget (model id) -> records before it
         self._build()
         _PANELS.add(self)
         self._show_busy()
@@ -373,8 +375,10 @@ class ChatPanel:
     def _begin_turn(self, message: str, thumbnails: str = "") -> None:
         self._set_busy(True)
         self._turn_usage = None
+        self._turn_start = _html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user")
+        self._records_before[self._turn_start.model_id] = len(self._records)
         self._records.append(("user", message))
-        self._transcript.append(_html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user"))
+        self._transcript.append(self._turn_start)
         self._turn = _box([], "autocoder-turn")
         self._transcript.append(self._turn)
         self._part, self._reasoning = None, None
@@ -429,6 +433,10 @@ class ChatPanel:
                 self._end_text()
                 self._context = event.context or self._context
                 self._show_status()
+                self._tools.review.expire()
+                turns = self.session.turns.current() if self.session.turns is not None else []
+                if event.reason != "busy" and turns and self._turn_start is not None:
+                    self._tools.review.offer_rewind(self._turn, turns[-1].number, self._turn_start)
                 if event.reason in TURN_END_NOTES:
                     self._notice(TURN_END_NOTES[event.reason])
             case _:
@@ -513,7 +521,12 @@ class ChatPanel:
         self._records.append(("error", text))
         self._show_line(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
 
-    def _show_line(self, widget: widgets.HTML) -> None:
+    def _cut_transcript(self, start: widgets.Widget) -> None:
+        """A rewind: the turn that begins with `start` and everything after it leave the transcript."""
+        self._transcript.cut(start)
+        del self._records[self._records_before.get(start.model_id, len(self._records)):]
+
+    def _show_line(self, widget: widgets.Widget) -> None:
         if self._in_turn:
             self._add_to_turn(widget)
         else:

@@ -137,6 +137,15 @@ class _Stack:
         self.box.children = ()
         self.page = None
 
+    def cut(self, widget: widgets.Widget) -> None:
+        """Remove `widget` and everything after it (a rewind)."""
+        shown = [child for page in self.box.children for child in page.children]
+        if widget not in shown:
+            return
+        self.clear()
+        for child in shown[:shown.index(widget)]:
+            self.append(child)
+
 
 class _TextPart:
     """One streamed Markdown answer: frozen segments and code blocks, plus the re-rendered open tail."""

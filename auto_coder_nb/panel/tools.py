@@ -25,6 +25,7 @@ from .parts import (
     _tool_card,
     _ToolCard,
 )
+from .review import CellReview
 
 if TYPE_CHECKING:
     from .chat import ChatPanel
@@ -35,6 +36,7 @@ class ToolCards:
         self.panel = panel
         self.cards: dict[str, _ToolCard] = {}
         self.open: list[_ToolCard] = []  # cards whose approval buttons are live
+        self.review = CellReview(panel, self)  # notebook changes: a card per cell, Revert, Rewind to here
 
     def started(self, call_id: str, name: str, arguments: dict[str, Any] | None, raw: str) -> None:
         card = _tool_card(call_id, name, arguments, raw)
@@ -59,6 +61,10 @@ class ToolCards:
     def ask(self, request: ApprovalRequest) -> None:
         self.panel._end_text()
         card = self.card_for(request.call_id, request.tool, request.arguments)
+        if request.cells:
+            self.panel._records.append(("tool", f"{request.tool}: waiting for approval"))
+            self.review.ask(request, card)
+            return
         what = "this command" if request.kind == "command" else "this change"
         self.panel._records.append(("tool", f"{request.tool}: waiting for approval"))
         card.status("waiting for approval", "autocoder-card-ask")
@@ -146,5 +152,6 @@ class ToolCards:
             card.box.children = (*card.box.children, card.summary)
         if result.images:
             card.box.children = (*card.box.children, _html(thumbnails_html(result.images), "autocoder-thumbs"))
+        self.review.applied(result, card, asked=card.question is not None)
         self.panel._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
         self.panel._set_state(THINKING)
