@@ -607,3 +607,27 @@ def test_approval_preview_shows_control_characters_escaped(kernel: Kernel, serve
     run = kernel.execute("%autocoder --context none clean up")  # no stdin: shown, then refused
     assert "echo safe\\r\\x1b[2Krm -rf data #\\u202e" in run.shown_text
     assert "\x1b" not in run.shown_text and "\u202e" not in run.shown_text and "\r" not in run.shown_text
+
+
+def test_rewind_names_the_variables_later_turns_changed(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder --reset")
+    kernel.execute("kept = 'from before'")
+    server.enqueue(reply.tool_call("run_code", {"code": "a = 1"}), reply.text("Set a."))
+    kernel.execute("%autocoder --approval-mode full-auto --context none set a")
+    kernel.execute("import os")  # the user's own cell between the turns
+    server.enqueue(reply.tool_call("run_code", {"code": "b = 2\na = 5\nkept.upper()"}), reply.text("Set b."))
+    kernel.execute("%autocoder --approval-mode full-auto --context none set b")
+    server.enqueue(reply.text("Nothing to do."))
+    kernel.execute("%autocoder --context none anything else?")
+
+    refused = kernel.execute("%autocoder --rewind 7")
+    assert "autocoder: There is no turn 7: this conversation has 3 turn(s) (1: set a; 2: set b; 3: anything else?)" \
+        in refused.stdout
+    rewound = kernel.execute("%autocoder --rewind 2")
+    assert "Rewound to before turn 2 (set b)." in rewound.stdout
+    assert "keep their current values: a, b." in rewound.stdout, rewound.stdout  # not `kept`, nor the module `os`
+    assert kernel.execute("print(a, b)").stdout == "5 2\n", "the kernel's memory is not rewound"
+    server.enqueue(reply.text("Again."))
+    kernel.execute("%autocoder --context none once more")
+    prompts = [m["content"] for m in server.chat_requests[-1].json["messages"] if m["role"] == "user"]
+    assert prompts == ["set a", "once more"]
