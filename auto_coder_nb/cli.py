@@ -26,6 +26,7 @@ from .terminal import (
     ask_on_terminal,
     ask_to_trust,
     drive_turn,
+    export_at_terminal,
     is_terminal,
     refuse_without_terminal,
     trust_and_reload,
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a saved conversation: ID or a unique prefix (default: the newest for this "
                              "working directory), with a prompt or in the REPL")
     parser.add_argument("--export", metavar="PATH",
-                        help="write the --resume'd (or newest) conversation to PATH (.md, .ipynb, .jsonl) and exit")
+                        help="write the --resume'd (or newest) conversation to PATH (.md, .ipynb, .jsonl) and exit; "
+                             "an existing file is replaced only with --force (or when you say so at a terminal)")
+    parser.add_argument("--force", action="store_true", help="with --export: replace PATH if it exists")
     parser.add_argument("--attach", metavar="PATH", action="append", default=[],
                         help="send a PNG/JPEG image with the prompt to a vision model (repeatable)")
     parser.add_argument("--show-context", action="store_true",
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = Session.create(config, working_dir=root)
         if args.export:
-            print(session.export(args.export, args.resume, store))
+            print(export_at_terminal(session, args.export, args.resume, store, force=args.force))
             return EXIT_OK
         if args.resume is not None:
             print(session.resume(session.saved_here(args.resume, store)), file=sys.stderr)

@@ -211,7 +211,8 @@ class AutoCoderMagics(Magics):
     @argument("--resume", nargs="?", const="", metavar="ID",
               help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
     @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
-                                               "(.md, .ipynb or .jsonl)")
+                                               "(.md, .ipynb or .jsonl); never the open notebook")
+    @argument("--force", action="store_true", help="with --export: replace PATH if it exists")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--trust-project", action="store_true",
               help="trust this folder's .auto-coder.yaml as it is now, so its settings that run commands or send "
@@ -307,7 +308,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         print(store.listing())
         return
     if args.export:
-        print(session.export(args.export, args.resume or None, store))
+        print(session.export(args.export, args.resume or None, store, overwrite=args.force))
         return
     if args.resume is not None:
         print(session.resume(session.saved_here(args.resume or None, store)))

@@ -18,7 +18,7 @@ from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
 from .rewind import RewindRefused
 from .session import Session
-from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, trust_and_reload
+from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, export_at_terminal, trust_and_reload
 from .text import scrub
 
 HELP = """\
@@ -142,7 +142,7 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
             elif not rest.strip():
                 print("/export needs a file name: /export PATH (.md, .ipynb or .jsonl)", file=sys.stderr)
             else:
-                print(session.export(rest.strip(), None, store))
+                print(export_at_terminal(session, rest.strip(), None, store))
         except HistoryError as exc:
             print(f"error: {exc}", file=sys.stderr)
     elif name == "/trust":

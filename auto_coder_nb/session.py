@@ -143,16 +143,19 @@ class Session:
             return store.choose(conversation_id, notebook=self.notebook)
         return store.choose(conversation_id, working_dir=self.workspace.root)
 
-    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
+    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore, *,
+               overwrite: bool = False) -> str:
         """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
-        session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        session's if it has begun, else the newest saved here. Never onto the open notebook; onto an existing file
+        only with `overwrite` (else transcript.ExportExists). Returns the sentence to show."""
         if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
             records = read_records(self.saved_here(conversation_id, store).path)
         elif self.recorder is not None and self.recorder.path is not None:
             records = read_records(self.recorder.path)
         else:  # not saved (history.enabled is false): the history in memory
             records = records_of(self.conversation, self.describe(), self.secret_values())
-        return transcript.export(records, Path(target))
+        open_notebooks = [path for path in (self.notebook, self.workspace.open_notebook()) if path is not None]
+        return transcript.export(records, Path(target), overwrite=overwrite, protected=open_notebooks)
 
     def resume(self, saved: SavedConversation) -> str:
         """Continue a saved conversation: its history and correlation id; what follows is saved with it.

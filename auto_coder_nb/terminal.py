@@ -34,6 +34,7 @@ from .text import counted, show_controls
 
 if TYPE_CHECKING:
     from .config import Config
+    from .history import ConversationStore
     from .images import Image
     from .session import Session
     from .trust import ProjectFile
@@ -107,8 +108,35 @@ def ask_to_trust(project: ProjectFile, err: TextIO) -> bool:
     for key, value in project.ignored.items():
         err.write(f"  {key} = {value}\n")
     err.flush()
-    answer = _read("Trust this file and apply them? (remembered until the file changes) [y/N]: ", err)
+    return confirm("Trust this file and apply them? (remembered until the file changes)", err)
+
+
+def confirm(question: str, err: TextIO) -> bool:
+    """A yes/no question whose default is no: only y or yes is a yes (end of input too is a no). Ctrl-C raises
+    KeyboardInterrupt."""
+    answer = _read(f"{question} [y/N]: ", err)
     return (answer or "").strip().lower() in ("y", "yes")
+
+
+def export_at_terminal(session: Session, target: str, conversation_id: str | None, store: ConversationStore,
+                       *, force: bool = False) -> str:
+    """`session.export`; a file that exists is replaced with `force`, or when the user says so at a terminal (else
+    a HistoryError saying it was kept and how to replace it)."""
+    from .history import HistoryError
+    from .transcript import ExportExists
+
+    try:
+        return session.export(target, conversation_id, store, overwrite=force)
+    except ExportExists:
+        if not (is_terminal(sys.stdin) and is_terminal(sys.stderr)):
+            raise
+    try:
+        replace = confirm(f"{show_controls(target)} exists. Replace it with the export?", sys.stderr)
+    except KeyboardInterrupt:
+        replace = False
+    if not replace:
+        raise HistoryError(f"Not exported: {target} exists and was kept.")
+    return session.export(target, conversation_id, store, overwrite=True)
 
 
 def trust_and_reload(project: ProjectFile, load: Callable[[bool], Config], err: TextIO) -> Config:

@@ -49,8 +49,9 @@ def stdout(cell: Any) -> str:
 
 
 def markdown(cell: Any) -> list[str]:
-    return [o.data["text/markdown"] for o in cell.outputs if o.output_type == "display_data"
-            and "text/markdown" in o.data]
+    """The answers' text (their Markdown, shown as escaped HTML: each output has both)."""
+    return [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"
+            and 'class="autocoder-answer"' in o.data.get("text/html", "")]
 
 
 def user_messages(request: Any) -> list[str]:

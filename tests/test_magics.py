@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hostile
 import nbformat
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
@@ -144,14 +145,33 @@ def test_answer_streams_as_display_updates_with_provenance_and_no_secret(kernel:
     display_id = first["content"]["transient"]["display_id"]
     updates = [m for m in run.of_type("update_display_data") if m["content"]["transient"]["display_id"] == display_id]
     assert updates, "the answer was not updated in place"
-    assert len(first["content"]["data"]["text/markdown"]) < len(answer)
-    assert updates[-1]["content"]["data"]["text/markdown"] == answer
+    assert len(first["content"]["data"]["text/plain"]) < len(answer)
+    assert updates[-1]["content"]["data"]["text/plain"] == answer
+    assert "<strong>works</strong>" in updates[-1]["content"]["data"]["text/html"]
+    assert all("text/markdown" not in m["content"]["data"] for m in run.of_type("display_data",
+                                                                               "update_display_data"))
     provenance = updates[-1]["content"]["metadata"]["auto_coder_nb"]
     assert provenance["model"] == "fake-model"
     assert provenance["correlation_id"] == server.chat_requests[-1].headers["x-correlation-id"]
     assert SECRET not in str(run.messages)
     # What was sent is shown (collapsed) with the answer.
     assert "say something" in run.of_type("display_data")[-1]["content"]["data"]["text/html"]
+
+
+def test_answers_errors_and_notices_from_the_model_or_server_show_as_text(kernel: Kernel,
+                                                                          server: FakeLLMServer) -> None:
+    """Issue 24 item 1: the answer went out as text/markdown, whose raw HTML JupyterLab renders (and runs: a
+    notebook's own outputs are trusted). Every HTML output of a turn is now built from escaped text; the browser
+    test (tests/test_hostile_output_browser.py) checks what the page does with it."""
+    server.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
+    outputs = [*kernel.execute("%autocoder --context none show me").messages,
+               *kernel.execute("%autocoder --context none again").messages]
+    shown = [m["content"]["data"] for m in outputs if m["msg_type"] in ("display_data", "update_display_data")]
+    assert all("text/markdown" not in data for data in shown)
+    html_shown = "".join(data.get("text/html", "") for data in shown)
+    assert "&lt;img src=x onerror=" in html_shown and "&lt;script&gt;" in html_shown  # the answer and the error
+    assert "Bad request: &lt;img" in html_shown
+    hostile.assert_inert_html(html_shown)
 
 
 def test_braces_in_code_stay_and_names_are_interpolated(kernel: Kernel, server: FakeLLMServer) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import hostile
 import ipywidgets as widgets
 import pytest
 
@@ -75,6 +76,20 @@ def test_markdown_escapes_html_from_the_model() -> None:
     rendered = markdown_html('Hi <script>alert(1)</script> <img src=x onerror="boom()">')
     assert "<script>" not in rendered and "<img" not in rendered
     assert "&lt;script&gt;" in rendered
+
+
+def test_hostile_answers_and_error_bodies_stay_text_in_the_panel(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        fake_server.enqueue(reply.text(hostile.ANSWER, chunks=9), reply.error(400, hostile.ERROR_BODY))
+        await panel.ask("show me")
+        await panel.ask("again")
+        [transcript] = find(panel.widget, "autocoder-transcript")
+        shown = html_of(transcript)
+        assert html.escape(hostile.SHOWN_AS_TEXT, quote=False) in shown and "Bad request: &lt;img" in shown
+        hostile.assert_inert_html(shown)
+
+    run(scenario)
 
 
 def test_markdown_links_only_for_http_urls() -> None:

@@ -13,7 +13,6 @@ import ipywidgets as widgets
 from ..approvals import Allowance
 from ..text import PYTHON_FENCE_LANGUAGES, scrub
 from ..tools.registry import ToolError
-from .markdown import code_html
 from .parts import _append, _box, _button, _clip, _html, _short, _ToolCard
 
 if TYPE_CHECKING:
@@ -22,6 +21,17 @@ if TYPE_CHECKING:
 RUN_TOOL = "run_code"
 NO_RUN_TOOL = ("This session has no run_code tool (the panel runs outside a kernel, or the site configuration "
                "does not allow run_code)")
+
+
+def code_html(code: str, language: str = "") -> str:
+    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else "<span></span>"
+    buttons = (
+        '<span><button class="autocoder-copy" title="Copy to the clipboard" '
+        'onclick="window.autocoder &amp;&amp; autocoder.copy(this)">Copy</button> '
+        '<button class="autocoder-insert" title="Insert as a new cell below the panel" '
+        'onclick="window.autocoder &amp;&amp; autocoder.insert(this)">Insert below</button></span>'
+    )
+    return f'<div class="autocoder-codehead">{label}{buttons}</div><pre><code>{html.escape(code)}</code></pre>'
 
 
 class CodeBlocks:

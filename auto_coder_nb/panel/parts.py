@@ -10,9 +10,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 from ..providers.base import Usage
 from ..text import show_controls, strip_ansi
-from .markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 
 IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"  # the panel's states
 RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
