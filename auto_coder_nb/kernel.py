@@ -192,6 +192,7 @@ def change_working_dir(state: KernelState, directory: str) -> str:
 def _create_session(config: Config, state: KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
     from .session import DEFAULT_SYSTEM_PROMPT, Session
     from .tools.notebook import build_notebook_tools
+    from .tools.notebook_document import Notebooks
 
     if config.agent.system_prompt is None:
         config.agent.system_prompt = DEFAULT_SYSTEM_PROMPT + NOTEBOOK_PROMPT
@@ -207,9 +208,10 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
                                                             else source),
         notebooks=lambda: holder[0].open_notebooks(),  # the session's: the agent's cell changes are recorded
     )
+    notebooks = Notebooks(lambda: holder[0].workspace, open_notebook=lambda: open_notebook_path(shell))
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider, instructions_from=root,
-                             notebook=open_notebook_path(shell))
+                             notebook=open_notebook_path(shell), notebooks=notebooks)
     session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
     _checkpoint_kernel(session, shell)

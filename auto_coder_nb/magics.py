@@ -203,8 +203,6 @@ class AutoCoderMagics(Magics):
     @argument("--rewind", nargs="?", const=0, type=int, metavar="N",
               help="go back to before turn N (default: the last turn): the conversation, the files and the notebook "
                    "cells the agent changed since; lists the kernel variables that keep later values")
-    @argument("--force", action="store_true",
-              help="with --rewind: rewind even what someone changed since (it is kept beside its file)")
     @argument("--revert", type=int, metavar="CHANGE",
               help="undo one notebook cell change of the agent (its number is on its card), until the turn after next")
     @argument("--sessions", action="store_true", help="list the saved conversations, newest first")
@@ -212,7 +210,8 @@ class AutoCoderMagics(Magics):
               help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
     @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
                                                "(.md, .ipynb or .jsonl); never the open notebook")
-    @argument("--force", action="store_true", help="with --export: replace PATH if it exists")
+    @argument("--force", action="store_true", help="with --export: replace PATH if it exists; with --rewind: rewind "
+                                                   "even what someone changed since (it is kept beside its file)")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--trust-project", action="store_true",
               help="trust this folder's .auto-coder.yaml as it is now, so its settings that run commands or send "
