@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,6 +29,9 @@ from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
 from .text import exception_chain, hide_secrets
 from .trust import HOW_TO_TRUST
+
+if TYPE_CHECKING:
+    from .live_notebook import LiveEditing
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
@@ -49,20 +52,23 @@ class Row:
 
 
 def run_doctor(config: Config, write: Callable[[str], None], *,
-               instructions: ProjectInstructions | None = None) -> bool:
+               instructions: ProjectInstructions | None = None, live: LiveEditing | None = None) -> bool:
     """Run every check and `write` the table, one line per call (no trailing newline; `print` fits).
     True only if every step passed (a warning passes). `instructions` are the project instructions a session
-    loaded; by default those of agent.working_dir (or the current folder)."""
+    loaded; by default those of agent.working_dir (or the current folder). `live`: the kernel's way to its open
+    notebook, whose server, collaboration room and round trip are checked too."""
     if instructions is None:
         folder = Path(config.agent.working_dir or ".").expanduser()
         instructions = load_instructions(folder, folder, config.agent.instructions_files)
-    doctor = _Doctor(config, write, instructions)
+    doctor = _Doctor(config, write, instructions, live)
     return doctor.run()
 
 
 class _Doctor:
-    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions) -> None:
+    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions,
+                 live: LiveEditing | None = None) -> None:
         self.config = config
+        self.live = live
         self.instructions = instructions
         self._write = write
         self.rows: list[Row] = []
@@ -80,7 +86,8 @@ class _Doctor:
 
     def _secrets(self) -> list[str]:
         proxy = self.client_kwargs.get("proxy") or self.config.llm.proxy
-        return [*auth.secret_values(self.config), *url_secrets(proxy)]  # the proxy may come from HTTPS_PROXY
+        live = self.live.secret_values() if self.live is not None else []  # the Jupyter server's token
+        return [*auth.secret_values(self.config), *url_secrets(proxy), *live]  # the proxy may come from HTTPS_PROXY
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -103,6 +110,7 @@ class _Doctor:
         self.check_tools()
         self.check_endpoint()
         self.check_mcp_servers()
+        self.check_live()
         return self.summary()
 
     def check_site(self) -> None:
@@ -430,6 +438,23 @@ class _Doctor:
                     self.add(Row(step, FAIL, f"{where}: {server.state}: {server.detail}", _mcp_advice(server)))
         finally:
             servers.close()
+
+
+    def check_live(self) -> None:
+        """Live editing of the open notebook: in a kernel, its server, notebook, collaboration room and round trip
+        (a row each); elsewhere, whether the [live] extra is there."""
+        from .live_notebook import missing_extra
+
+        if self.live is None:
+            missing = missing_extra()
+            extra = "the [live] extra is installed" if missing is None else f"the [live] extra is missing ({missing})"
+            self.info("live notebook", f"{extra}; %autocoder --doctor in a notebook checks its live editing")
+            return
+        for step, result, detail, advice in self.live.check().rows:
+            if result == INFO:
+                self.info(step, detail)
+            else:
+                self.add(Row(step, result, detail, advice))
 
 
 def _mcp_advice(server: Any) -> str:

@@ -24,17 +24,19 @@ from .notebook_context import KernelHistory
 if TYPE_CHECKING:
     from .config import Config
     from .images import Image
+    from .live_notebook import LiveEditing
     from .providers.base import LLMProvider
     from .session import Session
-    from .tools.notebook import CodeOutcome
+    from .tools.notebook import CellRun, CodeOutcome
     from .tools.notebook_document import NotebookDocument
 
 NOTEBOOK_PROMPT = """
 
 You run inside the user's Jupyter kernel. list_variables and inspect_variable show the user's
 variables; run_code runs Python in the kernel namespace (it asks the user first); read_notebook and
-edit_notebook work on .ipynb files. A summary of the kernel may follow the user's message between
-<kernel-context> tags."""
+edit_notebook work on .ipynb files, and run_cell runs one cell of a notebook in the kernel with its outputs
+written into it. The notebook the user has open is edited live when its Jupyter server allows it. A
+summary of the kernel may follow the user's message between <kernel-context> tags."""
 
 
 # -- one session per kernel ---------------------------------------------------------------------
@@ -52,6 +54,7 @@ class KernelState:
     images: ImageOutputs = field(default_factory=lambda: ImageOutputs())
     # (project file, ignored settings) already announced: the untrusted-file notice is shown once per kernel.
     untrusted_announced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    live: LiveEditing | None = None  # the way to the open notebook's live document (made with the first session)
 
 
 _state: KernelState | None = None
@@ -190,6 +193,7 @@ def change_working_dir(state: KernelState, directory: str) -> str:
 
 
 def _create_session(config: Config, state: KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
+    from .live_notebook import LiveEditing
     from .session import DEFAULT_SYSTEM_PROMPT, Session
     from .tools.notebook import build_notebook_tools
     from .tools.notebook_document import Notebooks
@@ -197,7 +201,11 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
     if config.agent.system_prompt is None:
         config.agent.system_prompt = DEFAULT_SYSTEM_PROMPT + NOTEBOOK_PROMPT
     shell = state.shell
+    if state.live is None:
+        state.live = LiveEditing(kernel_id(), open_notebook=lambda: open_notebook_path(shell))
     holder: list[Session] = []
+    notebooks = Notebooks(lambda: holder[0].workspace, live=state.live, open_notebook=lambda: open_notebook_path(shell),
+                          secrets=state.live.secret_values)
     tools = build_notebook_tools(
         shell.user_ns,
         lambda code: worker(state).call_in_main_thread(lambda: _run_code(state, code)),
@@ -206,9 +214,9 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
         open_notebook=lambda: open_notebook_path(shell),
         insert_cell=lambda source, kind: _insert_from_turn(state, f"%%markdown\n{source}" if kind == "markdown"
                                                             else source),
-        notebooks=lambda: holder[0].open_notebooks(),  # the session's: the agent's cell changes are recorded
+        notebooks=lambda: notebooks,  # the session's own (it records the agent's cell changes)
+        run_cell=lambda source: worker(state).call_in_main_thread(lambda: _run_cell(state, source)),
     )
-    notebooks = Notebooks(lambda: holder[0].workspace, open_notebook=lambda: open_notebook_path(shell))
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider, instructions_from=root,
                              notebook=open_notebook_path(shell), notebooks=notebooks)
@@ -261,6 +269,31 @@ def _run_code(state: KernelState, code: str) -> CodeOutcome:
     if state.session is not None and state.session.turns is not None:
         state.session.turns.note_code(code)  # a rewind names what it assigned as stale
     return outcome
+
+
+def _run_cell(state: KernelState, source: str) -> CellRun:
+    """run_cell's runner, on the main thread: the cell's source run as the user's run would, outputs caught for
+    the notebook document (see cell_runs)."""
+    from .cell_runs import run_cell_captured
+    from .tools.shell import secrets_hidden_from_environ
+
+    secrets = state.session.secret_values() if state.session is not None else []
+    if state.session is not None and state.session.turns is not None:
+        state.session.turns.note_code(source)  # a rewind names what it assigned as stale
+    with secrets_hidden_from_environ(secrets):
+        return run_cell_captured(state.shell, source, secrets)
+
+
+def kernel_id() -> str | None:
+    """This kernel's id (from its connection file, kernel-<id>.json), or None outside a Jupyter kernel."""
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return None
+    if not IPKernelApp.initialized():  # terminal IPython: asking for the instance would make one
+        return None
+    name = Path(IPKernelApp.instance().connection_file).name
+    return name[len("kernel-"):-len(".json")] if name.startswith("kernel-") and name.endswith(".json") else None
 
 
 def _is_image(value: Any) -> bool:

@@ -294,9 +294,12 @@ class LiveEditing:
     Asks the server which notebook the kernel has at every call (a rename is seen at once); keeps one room open
     for the kernel's life and joins it again when the server closed it."""
 
-    def __init__(self, kernel_id: str | None, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, kernel_id: str | None, environ: Mapping[str, str] | None = None,
+                 open_notebook: Callable[[], Path | None] = lambda: None) -> None:
+        """`open_notebook()`: the notebook the frontend says is open, for when the server cannot be asked."""
         self.kernel_id = kernel_id
         self.environ = environ
+        self.frontend_notebook = open_notebook
         self._server: JupyterServer | None = None
         self._room: Room | None = None
         self._open_path: Path | None = None  # the kernel's notebook when last asked, to recognise a rename
@@ -328,7 +331,8 @@ class LiveEditing:
             try:
                 found = self.open_notebook()
             except ServerError as exc:
-                if self._open_path is not None and _same(target, self._open_path):
+                known = self._open_path or self.frontend_notebook()
+                if known is not None and _same(target, known):
                     raise NotLive(target, f"cannot be reached live: {exc}.") from None
                 return None
             if found is None:

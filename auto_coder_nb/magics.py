@@ -288,7 +288,8 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.doctor:
         from .doctor import run_doctor
 
-        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions)
+        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions,
+                   live=state.live)
         return
     if args.reset:
         print(f"New conversation: correlation id {session.reset()}")
