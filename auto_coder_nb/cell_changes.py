@@ -55,7 +55,10 @@ class CellChange:
         return self.after is not None and self.after.cell_type == "code" and self.action in ("insert", "replace")
 
     def describe(self) -> str:
-        """`cell 3 (code, id 1a2b) of analysis.ipynb`: how messages name the cell."""
+        """`cell 3 (code, id 1a2b) of analysis.ipynb`: how messages name the cell (a proposed new cell has no id
+        yet: `new cell 3 (code) of ...`)."""
+        if not self.cell_id:
+            return f"new cell {self.index} ({self.cell_type}) of {Path(self.path).name}"
         return f"cell {self.index} ({self.cell_type}, id {self.cell_id}) of {Path(self.path).name}"
 
     def card(self) -> str:
@@ -70,7 +73,7 @@ class CellChange:
             return "(ran: its outputs changed)\n"
         before = self.before.source if self.before is not None else ""
         after = self.after.source if self.after is not None else ""
-        label = f"cell {self.cell_id}"
+        label = f"cell {self.cell_id or 'new'}"
         lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True),
                                      f"a/{label}" if self.before is not None else "/dev/null",
                                      f"b/{label}" if self.after is not None else "/dev/null")

@@ -83,6 +83,9 @@ STYLE = """<style>
   padding: 4px 8px; margin: 4px 0; flex-wrap: wrap; }
 .autocoder-trust-note .widget-html-content { font-size: 12px; white-space: normal; line-height: 1.4; }
 .autocoder-trust-bar .auto-coder-trust { width: auto; align-self: flex-start; }
+.autocoder-cell { border-top: 1px dashed var(--jp-border-color2, #ddd); padding-top: 2px; margin-top: 2px; }
+.autocoder-cell .autocoder-revert { align-self: flex-start; }
+.autocoder-turn > .autocoder-rewind { align-self: flex-end; font-size: 11px; height: 22px; line-height: 22px; }
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }

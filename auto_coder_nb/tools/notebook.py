@@ -520,6 +520,9 @@ def build_notebook_tools(
                 proposed.move(target, to_index)
             else:
                 proposed.replace(target, source or "", cell_type=cell_type)
+        for change in log.changes:
+            if change.before is None:
+                change.cell_id = ""  # the copy's id for a new cell is not the one it will get
         return log.changes
 
     async def run_edited(path: str, **_: Any) -> ToolOutput:
