@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import itertools
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .tools.notebook_document import Cell, CellList, NotebookDocument
+from .tools.notebook_document import Cell, CellList, NotebookDocument, legacy_cell_id
 from .tools.registry import ToolError
 
 T = TypeVar("T")
@@ -98,6 +99,35 @@ class CellChange:
                        record.get("live") is True)
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def notebook_diff(path: str, before: str, after: str) -> list[CellChange]:
+    """The cells a new text of a notebook file changes (write_file, edit_file on an .ipynb), matched by id: for the
+    per-cell review. Empty when `after` is not a notebook (then the text diff is what is shown)."""
+    old, new = _cells_of(before), _cells_of(after)
+    if new is None:
+        return []
+    old = old or []
+    where = {cell.id: (index, cell) for index, cell in enumerate(old)}
+    kept = {cell.id for cell in new}
+    changes = [CellChange(0, 0, path, "delete", cell.id, cell, None, index, old[index - 1].id if index else None)
+               for index, cell in enumerate(old) if cell.id not in kept]
+    for index, cell in enumerate(new):
+        if cell.id not in where:
+            changes.append(CellChange(0, 0, path, "insert", cell.id, None, cell, index))
+        elif (where[cell.id][1].source, where[cell.id][1].cell_type) != (cell.source, cell.cell_type):
+            changes.append(CellChange(0, 0, path, "replace", cell.id, where[cell.id][1], cell, where[cell.id][0]))
+    return changes
+
+
+def _cells_of(text: str) -> list[Cell] | None:
+    try:
+        cells = json.loads(text).get("cells") if text.strip() else []
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
+        return None
+    return [Cell.from_dict(cell, legacy_cell_id(index)) for index, cell in enumerate(cells)]
 
 
 @dataclass

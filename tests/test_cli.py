@@ -386,3 +386,38 @@ def test_an_unset_variable_is_an_error_only_when_a_request_needs_it(
     doctor = run(["--doctor"], env, workspace)
     assert doctor.returncode == 2, doctor.stdout + doctor.stderr
     assert expected in doctor.stdout and "Traceback" not in doctor.stderr
+
+
+def test_repl_reviews_a_notebook_cell_by_cell_and_rewinds(server: FakeLLMServer, env: dict[str, str],
+                                                          workspace: Path) -> None:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("y = 2")])
+    nbformat.write(notebook, workspace / "a.ipynb")
+    original = (workspace / "a.ipynb").read_text()
+    changed = original.replace('"x = 1"', '"x = 10"')
+    server.enqueue(reply.tool_call("write_file", {"path": "a.ipynb", "content": changed}), reply.text("Rejected."),
+                   reply.tool_call("write_file", {"path": "a.ipynb", "content": changed}), reply.text("Done."))
+    child = spawn_repl(env, workspace)
+    child.sendline("set x to 10")
+    child.expect(f"replace cell 0 \\(code, id {notebook.cells[0].id}\\) of a.ipynb:")  # the cell, not the JSON
+    child.expect(r"-x = 1\s+\+x = 10")
+    child.expect(r"Allow write_file\?")
+    child.sendline("n keep x")
+    child.expect("Rejected.")
+    child.expect("> ")
+    assert "The user rejected your change to cell 0" in server.chat_requests[-1].json["messages"][-1]["content"]
+    child.sendline("set x to 10, please")
+    child.expect(r"Allow write_file\?")
+    child.sendline("y")
+    child.expect("Done.")
+    child.expect("> ")
+    assert (workspace / "a.ipynb").read_text() == changed
+    child.sendline("/rewind 3")
+    child.expect(r"There is no turn 3: this conversation has 2 turn\(s\)")
+    child.sendline("/rewind")
+    child.expect(r"Rewound to before turn 2 \(set x to 10, please\)\. Restored 1 file\(s\): a.ipynb\.")
+    child.expect("> ")
+    assert (workspace / "a.ipynb").read_text() == original
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)

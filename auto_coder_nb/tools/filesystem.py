@@ -13,11 +13,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from ..providers.base import ToolDefinition
 from .registry import NothingToChange, ToolError
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from ..cell_changes import CellChange
+
+R = TypeVar("R")
 
 DEFAULT_READ_LIMIT = 2000
 MAX_LINE_CHARS = 2000
@@ -154,14 +159,14 @@ def _unified_diff(shown: str, before: str | None, after: str) -> str:
     return "\n".join(rows)
 
 
-def _tool_errors(function: Callable[..., str]) -> Callable[..., str]:
+def _tool_errors(function: Callable[..., R]) -> Callable[..., R]:
     """Bad arguments and OS failures (permissions, full disk) become ToolErrors the model can read,
     in previews too, which run before any approval is asked."""
     signature = inspect.signature(function)
-    name = function.__name__.removeprefix("preview_")
+    name = function.__name__.removeprefix("preview_").removeprefix("review_")
 
     @functools.wraps(function)
-    def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> str:
+    def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> R:
         try:
             signature.bind(workspace, *args, **kwargs)
         except TypeError as exc:
@@ -400,6 +405,20 @@ def preview_write_file(workspace: Workspace, path: str, content: Any) -> str:
     return _unified_diff(plan.shown, plan.before.text if plan.before else None, plan.after_text)
 
 
+def _cells(plan: _Plan) -> list[CellChange]:
+    """A notebook's change cell by cell, for the per-cell review (other files: none)."""
+    from ..cell_changes import notebook_diff
+
+    if not plan.path.name.endswith(".ipynb"):
+        return []
+    return notebook_diff(str(plan.path), plan.before.text if plan.before else "", plan.after_text)
+
+
+@_tool_errors
+def review_write_file(workspace: Workspace, path: str, content: Any) -> list[CellChange]:
+    return _cells(_plan_write(workspace, path, content))
+
+
 def _unchanged(plan: _Plan) -> bool:
     return plan.before is not None and plan.before.raw == plan.after
 
@@ -634,6 +653,12 @@ def preview_edit_file(workspace: Workspace, path: str, old_string: Any, new_stri
 
 
 @_tool_errors
+def review_edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any,
+                     replace_all: Any = False) -> list[CellChange]:
+    return _cells(_plan_edit(workspace, path, old_string, new_string, replace_all))
+
+
+@_tool_errors
 def edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any, replace_all: Any = False) -> str:
     plan = _plan_edit(workspace, path, old_string, new_string, replace_all)
     workspace.atomic_write(plan.path, plan.after)
@@ -752,6 +777,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             handler=bind(write_file),
             kind="write",
             preview=bind(preview_write_file),
+            review=bind(review_write_file),
         ),
         ToolDefinition(
             name="edit_file",
@@ -770,6 +796,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             handler=bind(edit_file),
             kind="write",
             preview=bind(preview_edit_file),
+            review=bind(review_edit_file),
         ),
         ToolDefinition(
             name="list_directory",
