@@ -243,6 +243,22 @@ def _checkpoint_kernel(session: Session, shell: Any) -> None:
     session.turns.notebook = notebook
 
 
+def rerun_cells(path: str, cell_ids: list[str], shell: Any = None) -> str:
+    """Run cells of a notebook again after a rewind (the kernel's memory is not rewound), on the main thread: each
+    runs as the user's run would and its outputs go into the cell. Returns what to show; raises ToolError."""
+    state = kernel_state(shell)
+    session = get_session(shell)
+    assert session.cells is not None
+    document = session.open_notebooks().open(path, write=True)
+    ran = []
+    with session.cells.paused():  # the user's runs, not the agent's changes
+        for cell_id in cell_ids:
+            run = _run_cell(state, document.cell(cell_id).source)
+            document.set_outputs(cell_id, run.outputs, run.execution_count)
+            ran.append(f"[{document.index_of(cell_id)}] as [{run.execution_count}]")
+    return f"Ran cell(s) {', '.join(ran)} again."
+
+
 # -- running code and adding cells --------------------------------------------------------------
 
 def _run_code(state: KernelState, code: str) -> CodeOutcome:

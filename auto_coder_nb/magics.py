@@ -298,7 +298,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.revert is not None:
         _revert(session, args.revert)
     if args.rewind is not None:
-        _rewind(session, args.rewind or None, args.force)
+        _rewind(state, session, args.rewind or None, args.force)
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
     from .history import ConversationStore
@@ -352,10 +352,23 @@ def _revert(session: Session, number: int) -> None:
         print(f"autocoder: {exc}")
 
 
-def _rewind(session: Session, number: int | None, force: bool) -> None:
-    """`--rewind [N] [--force]`: RewindRefused (nothing changed) goes to the magic's one error line."""
+def _rewind(state: KernelState, session: Session, number: int | None, force: bool) -> None:
+    """`--rewind [N] [--force]`: RewindRefused (nothing changed) goes to the magic's one error line. Offers to run
+    the cells that define the stale variables again, where the kernel can ask."""
+    from .kernel import rerun_cells
+    from .tools.registry import ToolError
+
     outcome = session.rewind(number, force)
     print(outcome.message)
+    kernel = getattr(state.shell, "kernel", None)
+    if not outcome.rerun or outcome.notebook is None or not getattr(kernel, "_allow_stdin", False):
+        return
+    cells = ", ".join(f"[{index}]" for index, _ in outcome.rerun)
+    if input(f"Run cell(s) {cells} again now? [y/N]: ").strip().lower() in ("y", "yes"):
+        try:
+            print(rerun_cells(outcome.notebook, [cell_id for _, cell_id in outcome.rerun], state.shell))
+        except ToolError as exc:
+            print(f"autocoder: {exc}")
 
 
 def _show_also_sent(session: Session, images: list[Image]) -> None:

@@ -67,6 +67,7 @@ class Rewound:
     prompt: str
     stale: list[str] = field(default_factory=list)
     rerun: list[tuple[int, str]] = field(default_factory=list)
+    notebook: str | None = None  # where the cells to re-run are
 
 
 class TurnsObserver(Protocol):
@@ -191,7 +192,7 @@ class Turns:
         self.cells.turn = number - 1
         if self.observer is not None:
             self.observer.rewound(number)
-        rerun = self._defining_cells(stale)
+        notebook, rerun = self._defining_cells(stale)
         if stale:
             lines.append(f"The kernel's memory cannot be rewound: these variables were created or changed since "
                          f"and keep their current values: {', '.join(stale)}.")
@@ -199,7 +200,7 @@ class Turns:
                 lines.append(f"Re-run the cell(s) that define them: {', '.join(f'[{i}]' for i, _ in rerun)}.")
         elif target.variables is None:
             lines.append("The kernel's variables are not known for that turn (it ran in another kernel).")
-        return Rewound(" ".join(lines), target.prompt, stale, rerun)
+        return Rewound(" ".join(lines), target.prompt, stale, rerun, notebook)
 
     def _keep_overwritten(self, path: str, cells: list[Cell]) -> str:
         """A forced rewind replaced these cells: keep them, as a notebook beside the one they were in."""
@@ -228,17 +229,17 @@ class Turns:
                 names |= assigned_names(code) & (set(now) | set(before or {}))
         return sorted(names)
 
-    def _defining_cells(self, stale: list[str]) -> list[tuple[int, str]]:
-        if not stale:
-            return []
+    def _defining_cells(self, stale: list[str]) -> tuple[str | None, list[tuple[int, str]]]:
+        """The kernel's notebook and its code cells that assign any of `stale`: (index, id)."""
         try:
-            document = self.notebook()
+            document = self.notebook() if stale else None
             cells = document.cells() if document is not None else []
         except AutoCoderError:
-            return []
+            return None, []
         wanted = set(stale)
-        return [(index, cell.id) for index, cell in enumerate(cells)
-                if cell.cell_type == "code" and assigned_names(cell.source) & wanted]
+        found = [(index, cell.id) for index, cell in enumerate(cells)
+                 if cell.cell_type == "code" and assigned_names(cell.source) & wanted]
+        return (str(document.path) if document is not None and found else None), found
 
 
 def assigned_names(code: str) -> set[str]:

@@ -139,4 +139,22 @@ class CellReview:
         panel._cut_transcript(start)
         panel._input.value = outcome.prompt  # to ask again, changed or not
         panel._notice(outcome.message)
+        if outcome.rerun and outcome.notebook and panel._shares_kernel_session:
+            rerun = _button(f"Re-run {len(outcome.rerun)} cell(s)", "info", "autocoder-rerun",
+                            "Run the cells that define the stale variables again")
+            rerun.on_click(panel._handover(functools.partial(self._rerun, outcome.notebook,
+                                                             [cell_id for _, cell_id in outcome.rerun], rerun)))
+            panel._show_line(rerun)
         panel._show_status()
+
+    def _rerun(self, notebook: str, cell_ids: list[str], button: widgets.Button) -> None:
+        from ..kernel import rerun_cells
+
+        if self.panel.running:
+            self.panel._notice("A turn is running: re-run the cells when it has ended.")
+            return
+        button.disabled = True
+        try:
+            self.panel._notice(rerun_cells(notebook, cell_ids))
+        except ToolError as exc:
+            self.panel._error(str(exc))
