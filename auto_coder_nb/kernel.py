@@ -306,9 +306,15 @@ def kernel_id() -> str | None:
         from ipykernel.kernelapp import IPKernelApp
     except ImportError:
         return None
-    if not IPKernelApp.initialized():  # terminal IPython: asking for the instance would make one
+    from traitlets.config import MultipleInstanceError
+
+    if not IPKernelApp.initialized():  # asking for the instance would make one
         return None
-    name = Path(IPKernelApp.instance().connection_file).name
+    try:
+        app = IPKernelApp.instance()
+    except MultipleInstanceError:  # terminal IPython: the singleton is its TerminalIPythonApp
+        return None
+    name = Path(app.connection_file).name
     return name[len("kernel-"):-len(".json")] if name.startswith("kernel-") and name.endswith(".json") else None
 
 
