@@ -170,7 +170,8 @@ class Agent:
         answer_only = False  # the model repeated its last step: the next request lets it only answer
         partial: list[str] = []  # answer text streamed but not yet in the history
         try:
-            refusal = self.site.model_refusal(options.model) if self.site and options.model else None
+            refusal = (self.site.request_model_refusal(options.model, self.provider.model)
+                       if self.site and options.model else None)
             if refusal is not None:
                 yield ErrorEvent(f"Not sent: {refusal}.")
                 yield self._done("error")
