@@ -191,7 +191,8 @@ class Agent:
         partial: list[str] = []  # answer text streamed but not yet in the history
         began = False  # the turn was checkpointed (self.turns): it is ended however it ends
         try:
-            refusal = self.site.model_refusal(options.model) if self.site and options.model else None
+            refusal = (self.site.request_model_refusal(options.model, self.provider.model)
+                       if self.site and options.model else None)
             if refusal is not None:
                 yield ErrorEvent(f"Not sent: {refusal}.")
                 yield self._done("error")

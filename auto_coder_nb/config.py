@@ -309,8 +309,10 @@ def load_config(
         resolved = path.resolve()
         if resolved in seen or not path.is_file():
             continue
+        if path is project and path.is_symlink() and resolved in trusted:
+            continue  # a link to the user's own (or --config) file: that file is read as itself, from its folder
         seen.add(resolved)
-        if path is project and resolved not in trusted:
+        if path is project and (resolved not in trusted or path.is_symlink()):
             settings = _read_project_file(config, path, env, store_path(env, home), trust_project)
         else:
             settings = _read_file(path, env, config.from_variables)
@@ -466,9 +468,18 @@ def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str,
 PROJECT_SAFE_KEYS = frozenset({
     "llm.model", "llm.extra_params", "llm.timeout", "llm.vision", "llm.tool_calling", "llm.max_tokens",
     "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
-    "agent.system_prompt", "agent.image_max_side", "agent.max_images", "agent.instructions_files",
-    "history.enabled",
+    "agent.image_max_side", "agent.max_images", "agent.instructions_files", "history.enabled",
 })
+# The llm.extra_params an untrusted project file may set: sampling, nothing that steers what is asked.
+PROJECT_SAFE_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "repeat_penalty", "seed", "stop", "max_tokens", "max_completion_tokens",
+})
+# What the product itself puts in every request: llm.extra_params never replaces it, from any file.
+PRODUCT_PARAMS = ("model", "messages", "tools", "tool_choice", "stream", "response_format")
+_PRODUCT_PARAM_HINTS = {"model": "set llm.model instead", "stream": "answers always stream where the server can"}
+# The instruction files an untrusted project file may choose among (agent.instructions_files): the documented ones.
+PROJECT_SAFE_INSTRUCTIONS = ("AGENTS.md", "CLAUDE.md")
 # Approval modes an untrusted project file may choose: none allows more than asking.
 PROJECT_SAFE_APPROVAL_MODES = ("ask", "read-only")
 # Settings naming Python objects ("module:name"): imported from the folder of the file that set them first.
@@ -524,6 +535,15 @@ def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> t
         kept[section] = {}
         for key, value in values.items():
             dotted = f"{section}.{key}"
+            if dotted == "llm.extra_params" and isinstance(value, dict) and site.locked_by(dotted) is None \
+                    and not _takes_variables(value):
+                allowed, untrusted = _safe_params(value)
+                if allowed or not untrusted:
+                    kept[section][key] = allowed
+                for name, item in untrusted.items():
+                    project.ignored[f"{dotted}.{name}"] = _shown_value(dotted, item)
+                    left_out.setdefault(section, {}).setdefault(key, {})[name] = item
+                continue
             if key not in known or site.locked_by(dotted) is not None or _safe_in_project(dotted, value):
                 kept[section][key] = value
             else:
@@ -538,12 +558,28 @@ def _safe_in_project(key: str, value: Any) -> bool:
         return False
     if key == "agent.approval_mode":
         return value in PROJECT_SAFE_APPROVAL_MODES
-    if key == "agent.instructions_files":  # plain file names, searched in the project's folders; not paths
+    if key == "agent.instructions_files":  # the documented names only: `.env` would go to the model
         names = [value] if isinstance(value, str) else value
-        return isinstance(names, list) and all(
-            isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            for name in names)
+        return isinstance(names, list) and all(name in PROJECT_SAFE_INSTRUCTIONS for name in names)
     return key in PROJECT_SAFE_KEYS
+
+
+def _without_product_params(config: Config, params: dict[str, Any], where: str) -> dict[str, Any]:
+    """`params` without the keys the product sets itself (`PRODUCT_PARAMS`), each refused with one line."""
+    for name in PRODUCT_PARAMS:
+        if name in params:
+            hint = _PRODUCT_PARAM_HINTS.get(name, "auto-coder sets it for each request")
+            config.warnings.append(f"{where}: llm.extra_params.{name} is refused: auto-coder sets {name} itself "
+                                   f"({hint})")
+    return {name: value for name, value in params.items() if name not in PRODUCT_PARAMS}
+
+
+def _safe_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An untrusted project file's llm.extra_params split into those it may set (sampling, and the product's own
+    keys, which `_set` refuses in any file) and those that need trust."""
+    allowed = PROJECT_SAFE_PARAMS.union(PRODUCT_PARAMS)
+    return ({name: value for name, value in params.items() if name in allowed},
+            {name: value for name, value in params.items() if name not in allowed})
 
 
 def _takes_variables(value: Any) -> bool:
@@ -746,11 +782,13 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
         config.unset[key] = value
         return
     value = _coerce(value, kind, key, where)
+    if key == "llm.extra_params":
+        value = _without_product_params(config, value, where)
     setattr(getattr(config, section), name, value)
     config.sources[key] = source
     if key in MODULE_KEYS:
         if source.startswith(("file ", "site ")):
-            config.folders[key] = Path(where).absolute().parent
+            config.folders[key] = Path(where).resolve().parent  # where the file lives, not where a link to it is
         else:
             config.folders.pop(key, None)
     config.unset.pop(key, None)

@@ -27,7 +27,7 @@ from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
 from .state.conversation import new_correlation_id
-from .text import exception_chain, hide_secrets
+from .text import exception_chain, scrub
 from .trust import HOW_TO_TRUST
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer 
 ANSWER_PROMPT = "Reply with one short sentence: are you ready?"
 MODELS_SHOWN = 8
 TOOL_STEPS = ["tool call", "prompted tool call", "tool calling"]
-PROXY_LOGIN_HINT = "put the proxy's user and password in its URL: http://user:password@host:port"
+PROXY_LOGIN_HINT = "put the proxy's user and password in its URL, before the host: user:password@host:port"
 
 
 @dataclass
@@ -74,15 +74,17 @@ class _Doctor:
         self.rows: list[Row] = []
         self.headers = {"x-correlation-id": f"doctor-{new_correlation_id()}"}
         self.base_url = config.llm.base_url.rstrip("/")
-        self.models_url = f"{self.base_url}/models"
+        # Chat never sends user information written in the base URL (its auth wins), so the doctor does not either.
+        self.models_url = str(httpx.URL(f"{self.base_url}/models").copy_with(username=None, password=None)) \
+            if _is_http_url(self.base_url) else f"{self.base_url}/models"
         self.client_kwargs: dict[str, Any] = {}
         self.capabilities: ModelCapabilities | None = None  # asked only when llm.vision is unset
 
     # -- output --------------------------------------------------------------------------------
 
     def write(self, line: str) -> None:
-        # Known values only: the URLs the doctor shows went through redact_url, and its hints show a URL shape.
-        self._write(hide_secrets(line, self._secrets()))
+        # Known secrets, and the user information of every URL whatever its length (`pw` is no ordinary word here).
+        self._write(scrub(line, self._secrets()))
 
     def _secrets(self) -> list[str]:
         proxy = self.client_kwargs.get("proxy") or self.config.llm.proxy
@@ -507,3 +509,11 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run a coroutine on a private loop in a worker thread: the caller may sit inside a running loop (IPython)."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auto-coder-doctor") as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)

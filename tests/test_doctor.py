@@ -210,7 +210,7 @@ def test_through_a_proxy_with_credentials(tmp_path: Path, fake_server: FakeLLMSe
     ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
     assert not ok
     assert results(lines)["base URL reachable"] == "FAIL" and "HTTP 407" in row(lines, "base URL reachable")
-    assert "http://user:password@host:port" in row(lines, "base URL reachable")
+    assert "user:password@host:port" in row(lines, "base URL reachable")
     assert fake_server.requests == []
 
     monkeypatch.setenv("HTTP_PROXY", proxy_with_login)
@@ -220,6 +220,20 @@ def test_through_a_proxy_with_credentials(tmp_path: Path, fake_server: FakeLLMSe
     assert "via proxy http://corp:<hidden>@127.0.0.1:" in row(lines, "base URL reachable")
     assert "proxy.py" in fake_server.requests[0].headers["via"]
     assert "proxy-pass-1234" not in "\n".join(lines) and "wrong-pass-99" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("userinfo", ["alice:pw", "al:p", "tok"])
+def test_url_credentials_are_hidden_whatever_their_length_and_never_sent(tmp_path: Path, fake_server: FakeLLMServer,
+                                                                         userinfo: str) -> None:
+    """Issue 24 item 10: the doctor printed `GET http://alice:pw@...` (passwords under 4 characters were not
+    hidden) and its check without credentials sent them as Basic, which chat never does."""
+    script_good_model(fake_server)
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url.replace("http://", f"http://{userinfo}@")))
+    assert ok, "\n".join(lines)
+    report = "\n".join(lines)
+    assert f"{userinfo}@" not in report and "<hidden>@127.0.0.1" in report
+    assert "GET http://127.0.0.1:" in row(lines, "base URL reachable")
+    assert all("authorization" not in request.headers for request in fake_server.requests)
 
 
 def test_runs_inside_a_running_event_loop(tmp_path: Path, fake_server: FakeLLMServer) -> None:

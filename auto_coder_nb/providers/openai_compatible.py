@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 
 from .. import auth
-from ..config import Config
+from ..config import PRODUCT_PARAMS, Config
 from ..errors import (
     BadRequest,
+    ConfigError,
     ConnectionFailed,
     ConnectionRefused,
     HostNotFound,
@@ -104,8 +105,9 @@ class OpenAICompatibleProvider(LLMProvider):
         self.config = config
         self.model = config.llm.model
         self.base_url = config.llm.base_url.rstrip("/")
-        self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k != "stream"}
-        self.stream = config.llm.extra_params.get("stream", True) is not False if stream is None else stream
+        # What the product sets itself never comes from extra_params (load_config refuses it; set in code, too).
+        self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k not in PRODUCT_PARAMS}
+        self.stream = True if stream is None else stream
         self.errors = ServerErrors(config)
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
@@ -271,7 +273,10 @@ class OpenAICompatibleProvider(LLMProvider):
 
     def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
                       model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": messages, **self.extra_params}
+        refusal = self.config.site.request_model_refusal(model, self.config.llm.model)
+        if refusal is not None:  # the site's lock and allow-list hold for what is sent, whatever chose the model
+            raise ConfigError(refusal)
+        body: dict[str, Any] = {**self.extra_params, "model": model, "messages": messages}
         if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
             body["max_tokens"] = self.max_tokens
         for key, value in (extra or {}).items():
