@@ -287,4 +287,12 @@ def test_panel_cards_accept_reject_revert_and_rewind_to_here(fake_server: FakeLL
         assert "add z" not in [record["text"] for record in panel.transcript if record["role"] == "user"]
         assert "Rewound to before turn 3 (add z)" in panel.transcript[-1]["text"]
 
+        panel.session.rewind(1)  # as a magic would: the panel's buttons of turns 1 and 2 are stale now
+        await panel.ask("change x again")  # turn 1 again
+        rewinds[0].click()
+        await until(lambda: panel.transcript[-1]["role"] == "error", "the refusal")
+        assert "no longer in the conversation" in panel.transcript[-1]["text"]
+        assert [m["content"] for m in panel.session.conversation.messages if m["role"] == "user"] == [
+            "change x again"]
+
     asyncio.run(scenario())

@@ -436,7 +436,7 @@ class ChatPanel:
                 self._tools.review.expire()
                 turns = self.session.turns.current() if self.session.turns is not None else []
                 if event.reason != "busy" and turns and self._turn_start is not None:
-                    self._tools.review.offer_rewind(self._turn, turns[-1].number, self._turn_start)
+                    self._tools.review.offer_rewind(self._turn, turns[-1], self._turn_start)
                 if event.reason in TURN_END_NOTES:
                     self._notice(TURN_END_NOTES[event.reason])
             case _:

@@ -18,6 +18,7 @@ from .parts import RUNNING_TOOL, THINKING, WAITING, _box, _button, _diff_html, _
 
 if TYPE_CHECKING:
     from ..cell_changes import CellChange
+    from ..rewind import Turn
     from .chat import ChatPanel
     from .tools import ToolCards
 
@@ -113,27 +114,31 @@ class CellReview:
 
     # -- Rewind to here ------------------------------------------------------------------------------
 
-    def offer_rewind(self, turn_box: widgets.Box, number: int, start: widgets.Widget) -> None:
+    def offer_rewind(self, turn_box: widgets.Box, turn: Turn, start: widgets.Widget) -> None:
         """A finished turn gets Rewind to here (back to before it); `start` is its first widget in the transcript."""
         button = _button("Rewind to here", "", "autocoder-rewind",
                          "Go back to before this turn: the conversation, the files and the notebook cells the agent "
                          "changed since")
-        button.on_click(self.panel._handover(lambda: self.rewind(number, start, False)))
+        button.on_click(self.panel._handover(lambda: self.rewind(turn, start, False)))
         turn_box.children = (*turn_box.children, button)
 
-    def rewind(self, number: int, start: widgets.Widget, force: bool) -> None:
+    def rewind(self, turn: Turn, start: widgets.Widget, force: bool) -> None:
         panel = self.panel
         if panel.running:
             panel._notice("A turn is running: rewind when it has ended.")
             return
+        turns = panel.session.turns
+        if turns is None or not any(kept is turn for kept in turns.current()):  # rewound already (a magic?)
+            panel._error("That turn is no longer in the conversation: it was rewound, or the conversation changed.")
+            return
         try:
-            outcome = panel.session.rewind(number, force)
+            outcome = panel.session.rewind(turn.number, force)
         except RewindRefused as exc:
             panel._error(str(exc))
             if "--force" in str(exc):
                 anyway = _button("Rewind anyway", "danger", "autocoder-rewind-force",
                                  "Rewind even what was changed since (it is kept beside its file)")
-                anyway.on_click(panel._handover(lambda: self.rewind(number, start, True)))
+                anyway.on_click(panel._handover(lambda: self.rewind(turn, start, True)))
                 panel._show_line(anyway)
             return
         panel._cut_transcript(start)
