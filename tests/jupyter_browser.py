@@ -106,3 +106,15 @@ def _wait_until_serving(url: str, token: str, process: subprocess.Popen[bytes], 
             pass
         time.sleep(0.1)
     raise AssertionError("JupyterLab did not answer within a minute")
+
+
+def wait_for_connected_kernel(lab: Lab, notebook: str) -> None:
+    """Until the server says the notebook's kernel is idle with a client connected (the page's websocket): before
+    that, Run All in the page does nothing, and the page's own indicators may already say idle."""
+    for _ in range(1200):
+        sessions = httpx.get(f"{lab.url}/api/sessions", headers={"Authorization": f"token {lab.token}"}).json()
+        kernels = [s["kernel"] for s in sessions if s.get("path") == notebook and s.get("kernel")]
+        if any(k.get("execution_state") == "idle" and k.get("connections", 0) >= 1 for k in kernels):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the kernel of {notebook} did not become ready within two minutes")

@@ -13,7 +13,15 @@ import hostile
 import jupyter_browser
 import nbformat
 import pytest
-from jupyter_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Lab, jupyter_server, needs_chromium
+from jupyter_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WAIT_MS,
+    Lab,
+    jupyter_server,
+    needs_chromium,
+    wait_for_connected_kernel,
+)
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -63,14 +71,17 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
 def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, face: str) -> None:
     llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY),
                 reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
-    url = (f"{lab.url}/lab/tree/hostile_lab.ipynb" if face == "lab" else f"{lab.url}/notebooks/hostile_nb7.ipynb")
+    name = "hostile_lab.ipynb" if face == "lab" else "hostile_nb7.ipynb"
+    url = f"{lab.url}/lab/tree/{name}" if face == "lab" else f"{lab.url}/notebooks/{name}"
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 2400})
             page.set_default_timeout(WAIT_MS)
             try:
-                seen = _run_all_and_inspect(page, f"{url}?token={lab.token}", face)
+                page.goto(f"{url}?token={lab.token}")
+                wait_for_connected_kernel(lab, name)
+                seen = _run_all_and_inspect(page, face)
             finally:
                 page.screenshot(path=str(OUTPUT / f"{face}.png"), full_page=True)
         finally:
@@ -84,11 +95,10 @@ def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, fac
     assert len(llm.chat_requests) == 4
 
 
-def _run_all_and_inspect(page: object, url: str, face: str) -> dict[str, object]:
+def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p = page  # Playwright's Page; typed loosely so the module imports without playwright
-    p.goto(url)  # type: ignore[attr-defined]
-    # Run All before the kernel is connected does nothing. JupyterLab's toolbar indicator says idle too early, its
-    # status bar does not; Notebook 7 has no status bar, and its indicator says connecting first.
+    # The page follows the server's kernel state: JupyterLab says so in its status bar, Notebook 7 (which has
+    # none) in its toolbar indicator.
     ready = (".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')" if face == "lab"
              else ".jp-Notebook-ExecutionIndicator[data-status='idle']")
     p.wait_for_selector(ready)  # type: ignore[attr-defined]
