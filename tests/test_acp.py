@@ -302,6 +302,11 @@ def test_load_in_a_new_process_replays_the_conversation_and_its_mode(start: Star
     listing = subprocess.run([sys.executable, "-m", "auto_coder_nb", "--sessions"], capture_output=True, text=True,
                              env=agent_env(fake_server, home), check=True).stdout
     assert f"{session[:8]}" in listing and str(root.resolve()) in listing
+    again = second.call("session/load", {"sessionId": session, "cwd": str(root), "mcpServers": []})  # reopened
+    shown = [m["params"]["update"]["sessionUpdate"] for m in second.seen[second.seen.index(response) + 1:
+                                                                          second.seen.index(again)]
+             if m.get("method") == "session/update"]
+    assert shown.count("user_message_chunk") == 2 and again["result"]["modes"]["currentModeId"] == "auto-edit"
     error = second.call("session/load", {"sessionId": "0000dead", "cwd": str(root), "mcpServers": []})["error"]
     assert error["code"] == -32602 and "unknown session 0000dead" in error["message"]
 
@@ -414,6 +419,7 @@ def test_stdout_carries_only_json_rpc_and_no_secret(start: Start, fake_server: F
     assert SECRET.encode() not in everything and SECRET[:half].encode() + b"\"" not in everything
     assert b"<hidden>" in everything and "the key is <hidden> indeed" in agent.text(session)
     noise = agent.stderr_text()
+    assert "Traceback" not in noise
     assert "print to stdout" in noise and "fd 1 write" in noise and "a child writing to its stdout" in noise
 
 
@@ -538,6 +544,7 @@ def test_stdin_closed_mid_turn_stops_it_saves_and_exits_0(start: Start, fake_ser
     agent.request("session/prompt", {"sessionId": session, "prompt": [{"type": "text", "text": "talk"}]})
     agent.wait_for(is_update("agent_message_chunk"))
     assert agent.close() == 0
+    assert "Traceback" not in agent.stderr_text()
     fake_server.release("never")
     saved = ConversationStore(data_dir / "sessions").find(session)
     history = rebuild(read_records(saved.path))
@@ -545,3 +552,57 @@ def test_stdin_closed_mid_turn_stops_it_saves_and_exits_0(start: Start, fake_ser
     assert history[-1]["role"] == "assistant" and history[-1]["content"].startswith("partial")
     assert "[interrupted]" in history[-1]["content"]
     assert stat.S_IMODE(saved.path.stat().st_mode) == 0o600
+
+
+def test_stop_reasons_and_thoughts(start: Start, fake_server: FakeLLMServer, root: Path, home: Path) -> None:
+    (home / ".auto-coder.yaml").write_text("agent:\n  max_iterations: 1\n")
+    agent = start()
+    agent.initialize()
+    session = agent.new_session(root)
+    fake_server.enqueue(reply.text("The answer is cut", reasoning="Let me think.", finish_reason="length"))
+    assert agent.prompt(session, "long answer")["result"] == {"stopReason": "max_tokens"}
+    thoughts = agent.updates(session, "agent_thought_chunk")
+    assert "".join(update["content"]["text"] for update in thoughts) == "Let me think."
+    assert agent.text(session).startswith("The answer is cut")
+    fake_server.enqueue(reply.tool_call("list_directory", {}))
+    assert agent.prompt(session, "look around")["result"] == {"stopReason": "max_turn_requests"}
+
+
+class Buffers:
+    """An editor holding `texts` (path -> text); `None` for a path it does not have."""
+
+    def __init__(self, texts: dict[Path, str | None]) -> None:
+        self.texts = texts
+        self.written: dict[Path, str] = {}
+
+    def read_text(self, path: Path) -> str | None:
+        return self.texts.get(path)
+
+    def write_text(self, path: Path, text: str) -> bool:
+        self.written[path] = text
+        return True
+
+
+def test_the_workspace_reads_and_writes_utf8_text_through_an_editor(root: Path) -> None:
+    from auto_coder_nb.tools import Workspace
+    from auto_coder_nb.tools.filesystem import edit_file, planned_change, read_file
+
+    (root / "a.txt").write_text("disk\n")
+    (root / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (root / "blob.bin").write_bytes(b"\x00\x01")
+    (root / "absent.txt").write_text("disk only\n")
+    workspace = Workspace(root)
+    a, latin = workspace.resolve("a.txt"), workspace.resolve("latin.txt")
+    editor = Buffers({a: "buffer\n", latin: "ignored\n"})
+    workspace.editor = editor
+    assert read_file(workspace, "a.txt") == "     1\tbuffer"
+    assert read_file(workspace, "latin.txt").startswith("     1\tcaf\xe9")  # not UTF-8: the disk
+    assert read_file(workspace, "absent.txt") == "     1\tdisk only"  # the editor has nothing: the disk
+    assert workspace.read_bytes(workspace.resolve("blob.bin")) == b"\x00\x01"
+    change = planned_change(workspace, "edit_file", {"path": "a.txt", "old_string": "buffer", "new_string": "new"})
+    assert change is not None and (change.path, change.before, change.after) == (a, "buffer\n", "new\n")
+    edit_file(workspace, "a.txt", "buffer", "new")
+    assert editor.written == {a: "new\n"} and (root / "a.txt").read_text() == "disk\n"
+    assert planned_change(workspace, "read_file", {"path": "a.txt"}) is None
+    assert planned_change(workspace, "edit_file", {"path": "a.txt", "old_string": "nowhere", "new_string": "x"}) \
+        is None

@@ -111,12 +111,15 @@ class AgentServer:
             live.cancel()
         await self.connection.finish(SHUTDOWN_SECONDS)
         for live in self.sessions.values():
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(live.thread.submit(live.close())), SHUTDOWN_SECONDS)
-            except Exception as exc:  # closing one session must not keep the others open
-                log.warning("closing session %s: %s", live.id, exc)
-            live.thread.stop()
+            await self._close(live)
         self.connection.stop_writing()
+
+    async def _close(self, live: AcpSession) -> None:
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(live.thread.submit(live.close())), SHUTDOWN_SECONDS)
+        except Exception as exc:  # closing one session must not keep the others open
+            log.warning("closing session %s: %s", live.id, exc)
+        live.thread.stop()
 
     async def handle(self, method: str, params: Any) -> Any:
         handler = self.methods.get(method)
@@ -165,8 +168,12 @@ class AgentServer:
         if not isinstance(session_id, str) or not session_id:
             raise invalid_params("sessionId must be a string")
         cwd, servers = _cwd(params), _mcp_servers(params)
-        if session_id in self.sessions:
-            raise invalid_params(f"session {session_id} is already open in this agent")
+        live = self.sessions.get(session_id)
+        if live is not None:  # open already (a host that reopened its thread): show it again
+            if live.running:
+                raise RpcError(INVALID_REQUEST, f"Session {session_id} is answering a prompt: cancel it first.")
+            await asyncio.wrap_future(live.thread.submit(live.show_history()))
+            return {"modes": live.modes()}
         try:
             saved = self.store.find(session_id)
         except HistoryError as exc:
@@ -175,6 +182,7 @@ class AgentServer:
         try:
             await asyncio.wrap_future(live.thread.submit(live.load(saved)))
         except HistoryError as exc:
+            await self._close(self.sessions.pop(session_id))
             raise invalid_params(str(exc)) from None
         return {"modes": live.modes()}
 

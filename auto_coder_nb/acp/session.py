@@ -110,6 +110,10 @@ class AcpSession:
             assert mode is not None
             self.session.policy.mode = self.session.config.site.capped_mode(mode)
         self.session.resume(saved)
+        await self.show_history()
+
+    async def show_history(self) -> None:
+        """The conversation so far as updates (session/load; again for a host that loads an open session)."""
         for update in replay(self.session.conversation.messages, self.session):
             self.updates.send(update)
 
