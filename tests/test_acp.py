@@ -606,3 +606,13 @@ def test_the_workspace_reads_and_writes_utf8_text_through_an_editor(root: Path) 
     assert planned_change(workspace, "read_file", {"path": "a.txt"}) is None
     assert planned_change(workspace, "edit_file", {"path": "a.txt", "old_string": "nowhere", "new_string": "x"}) \
         is None
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["hello"], "a prompt does not apply"), (["--working-dir", "."], "--working-dir does not apply"),
+    (["--approval-mode", "read-only", "--config", "/nowhere.yaml"], "config error")])
+def test_options_that_mean_nothing_to_an_agent_are_usage_errors(args: list[str], says: str, fake_server: FakeLLMServer,
+                                                                home: Path, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "auto_coder_nb", "--acp", *args], env=agent_env(fake_server, home),
+                         cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT)
+    assert run.returncode == 2 and says in run.stderr and run.stdout == ""
