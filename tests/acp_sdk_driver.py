@@ -49,12 +49,22 @@ class Client:
         self.updates: list[Any] = []
         self.permissions: list[Any] = []
         self.files: list[str] = []
-        self.first_chunk = asyncio.Event()
+        self.arrived = asyncio.Event()
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
         self.updates.append(update)
-        if update.session_update == "agent_message_chunk":
-            self.first_chunk.set()
+        self.arrived.set()
+
+    async def until(self, done: Any) -> None:
+        """Until `done(updates)`: the SDK hands notifications to a queue of their own while it resolves responses
+        at once, so an update sent before a response may reach this client after it."""
+        while not done(self.updates):
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), LIMIT)
+
+    def said(self, text: str) -> Any:
+        return lambda updates: "".join(update.content.text for update in updates
+                                       if update.session_update == "agent_message_chunk").endswith(text)
 
     async def request_permission(self, options: list[Any], session_id: str, tool_call: Any,
                                  **kwargs: Any) -> RequestPermissionResponse:
@@ -99,13 +109,16 @@ async def main(settings: dict[str, Any]) -> dict[str, Any]:
         def say(text: str) -> Any:
             return conn.prompt(session_id=session.session_id, prompt=[TextContentBlock(type="text", text=text)])
 
-        seen["read"] = (await say("read notes.txt")).stop_reason, client.kinds()
-        seen["write"] = (await say("write hello.txt")).stop_reason, client.kinds()
+        stop = (await say("read notes.txt")).stop_reason
+        await client.until(client.said("It says remember the milk."))
+        seen["read"] = stop, client.kinds()
+        stop = (await say("write hello.txt")).stop_reason
+        await client.until(client.said("Written."))
+        seen["write"] = stop, client.kinds()
         seen["permissions"] = client.permissions
         await conn.set_session_mode(session_id=session.session_id, mode_id="auto-edit")
-        client.first_chunk.clear()
         answer = asyncio.ensure_future(say("count slowly"))
-        await asyncio.wait_for(client.first_chunk.wait(), LIMIT)
+        await client.until(lambda updates: any(u.session_update == "agent_message_chunk" for u in updates))
         await conn.cancel(session_id=session.session_id)
         seen["cancel"] = (await asyncio.wait_for(answer, LIMIT)).stop_reason, client.kinds()
         release(settings["server"], "held")
@@ -114,6 +127,8 @@ async def main(settings: dict[str, Any]) -> dict[str, Any]:
     async with spawn_agent_process(loader, *settings["agent"], env=settings["env"]) as (conn, _process):
         await conn.initialize(protocol_version=PROTOCOL_VERSION, client_capabilities=ClientCapabilities())
         loaded = await conn.load_session(cwd=root, session_id=session.session_id, mcp_servers=[])
+        await loader.until(lambda updates: [u.session_update for u in updates].count("user_message_chunk") == 3
+                           and updates[-1].session_update == "agent_message_chunk")
         seen["load"] = loaded.modes.current_mode_id if loaded and loaded.modes else None, loader.kinds()
     return seen
 

@@ -14,7 +14,6 @@ import time
 import venv
 from importlib.metadata import entry_points, version
 from pathlib import Path
-from typing import Any
 
 import pytest
 from acp_clients import agent_env
@@ -136,19 +135,29 @@ def test_jupyter_ai_runs_the_agent_through_its_acp_client(fake_server: FakeLLMSe
         monkeypatch.setenv(name, value)
     fake_server.enqueue(reply.tool_call("read_file", {"path": "data.csv"}), reply.text("Two columns, a and b."))
 
-    async def talk() -> list[Any]:
+    ours = "jupyter-ai-personas::auto_coder_nb::AutoCoderAcpPersona"
+
+    async def talk() -> list[str]:
         chat = YChat()
+        changed = asyncio.Event()
+        chat.observe(lambda topic, event: changed.set())
+
+        def replies() -> list[str]:
+            return [message.body for message in chat.get_messages() if message.sender == ours]
+
         persona = AutoCoderAcpPersona(parent=ChatRoom(folder, chat, asyncio.get_running_loop()), chat=chat)
         try:
             await persona.on_message(Message(id="m1", body="@AutoCoder what is in data.csv?", sender="ada",
                                              time=time.time()))
+            # The SDK queues notifications apart from responses: the last chunks may land just after the answer.
+            while "Two columns, a and b." not in replies():
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), 60)
         finally:
             await persona.shutdown()
-        return chat.get_messages()
+        return replies()
 
-    messages = asyncio.run(talk())
-    replies = [message.body for message in messages if message.sender == "jupyter-ai-personas::auto_coder_nb::"
-               "AutoCoderAcpPersona"]
+    replies = asyncio.run(talk())
     assert "Two columns, a and b." in replies
     assert fake_server.chat_requests[0].json["messages"][-1]["content"].endswith("@AutoCoder what is in data.csv?")
     assert str(folder.resolve()) in fake_server.chat_requests[0].json["messages"][0]["content"]  # the chat's folder
