@@ -9,6 +9,7 @@ import io
 import json
 import os
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -535,14 +536,18 @@ def test_images_and_linked_files_reach_the_model(start: Start, fake_server: Fake
     assert [part["type"] for part in content[1:]] == ["image_url", "image_url"]
 
 
-def test_stdin_closed_mid_turn_stops_it_saves_and_exits_0(start: Start, fake_server: FakeLLMServer, root: Path,
-                                                          data_dir: Path) -> None:
+@pytest.mark.parametrize("ending", ["stdin closed", "SIGTERM"])
+def test_the_client_going_away_mid_turn_stops_it_saves_and_exits_0(start: Start, fake_server: FakeLLMServer,
+                                                                   root: Path, data_dir: Path, ending: str) -> None:
     agent = start()
     agent.initialize()
     session = agent.new_session(root)
     fake_server.enqueue(reply.text("partial answer", chunks=2, wait_for="never", wait_after=2))
     agent.request("session/prompt", {"sessionId": session, "prompt": [{"type": "text", "text": "talk"}]})
     agent.wait_for(is_update("agent_message_chunk"))
+    if ending == "SIGTERM":  # what jupyter-ai sends the agent's process group when the server stops
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(WAIT) == 0
     assert agent.close() == 0
     assert "Traceback" not in agent.stderr_text()
     fake_server.release("never")

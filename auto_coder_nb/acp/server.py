@@ -26,7 +26,7 @@ from ..history import ConversationStore, HistoryError
 from ..session import Session
 from .files import ClientFiles
 from .session import AcpSession, LoopThread
-from .wire import INVALID_REQUEST, METHOD_NOT_FOUND, Connection, RpcError, invalid_params
+from .wire import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, Connection, RpcError, invalid_params
 
 PROTOCOL_VERSION = 1
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -199,7 +199,7 @@ class AgentServer:
         if live.cancelling:
             return {"stopReason": "cancelled"}
         if error is not None:
-            raise RpcError(-32603, error)  # the model server failed: the client shows the message
+            raise RpcError(INTERNAL_ERROR, error)  # the model server failed: the client shows the message
         return {"stopReason": stop_reason}
 
     async def set_mode(self, params: Any) -> dict[str, Any]:
