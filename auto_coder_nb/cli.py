@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "credentials elsewhere apply (remembered until the file changes)")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration and exit")
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
+    parser.add_argument("--acp", action="store_true",
+                        help="serve the Agent Client Protocol on stdin/stdout (for Zed, JetBrains, jupyter-ai...)")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
     return parser
 
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         "llm.tool_calling": args.tool_calling,
         "llm.max_tokens": args.max_tokens,
     }
+    if args.acp:
+        from .acp import run_agent
+
+        return run_agent(args, flags)
 
     def load(trust_project: bool = False) -> Config:
         return load_config(flags, args.config, trust_project=trust_project)

@@ -4,8 +4,9 @@ Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/
 `sessions/` (folder 0700, files 0600). A conversation's id is its correlation id, and its file is
 `sessions/<id>.jsonl`. Every line is one record `{"v": SCHEMA_VERSION, "t": "<UTC time>", "type": ...}`:
 
-    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden)
+    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden), approval_mode
     resumed    the same fields, when a later session continues the conversation
+    approval_mode  the session's approval mode changed ("mode"; an ACP client's session/set_mode)
     message    a message of the history exactly as the model gets it ("message"), with "model" on user ones
     text       a piece of the answer as it streams (only needed when the process dies mid-answer)
     tool_call, tool_result, approval, notice, error, usage, shortened, turn_done
@@ -346,6 +347,21 @@ def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return replay(records).messages
 
 
+def saved_approval_mode(records: Iterable[dict[str, Any]]) -> str | None:
+    """The approval mode a saved conversation was last in (start, resumed and approval_mode records), if saved."""
+    mode = None
+    for record in records:
+        if record["type"] == "approval_mode":
+            value = record.get("mode")
+        elif record["type"] in ("start", "resumed"):
+            value = record.get("approval_mode")
+        else:
+            continue
+        if isinstance(value, str):
+            mode = value
+    return mode
+
+
 # -- writing ---------------------------------------------------------------------------------------
 
 class Recorder:
@@ -414,6 +430,12 @@ class Recorder:
     def take_warnings(self) -> list[str]:
         warnings, self._warnings = self._warnings, []
         return warnings
+
+    def approval_mode_changed(self, mode: str) -> None:
+        """A face changed the session's approval mode: saved once the conversation has begun (its start record
+        carries the mode of that moment), so loading the conversation restores it (`saved_approval_mode`)."""
+        if any(message["role"] == "user" for message in self.conversation.messages):
+            self._write({"type": "approval_mode", "mode": mode})
 
     # resuming
     def resume(self, saved: SavedConversation) -> Replay:

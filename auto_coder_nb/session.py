@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import transcript
 from .agent import Agent
-from .approvals import ApprovalPolicy
+from .approvals import APPROVAL_MODES, ApprovalPolicy
 from .cell_changes import CellChange, CellChanges
 from .config import Config, McpServerConfig, load_object, redact_url
 from .errors import ConfigError
@@ -134,7 +134,20 @@ class Session:
     def describe(self) -> dict[str, str | None]:
         """Where and with what this session talks, as saved with its conversations (no credentials)."""
         return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
-                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url),
+                "approval_mode": self.policy.mode}
+
+    def set_approval_mode(self, mode: str) -> None:
+        """The approval mode for the rest of the session, saved with its conversation (an ACP client's
+        session/set_mode). ValueError for an unknown mode or one above the site's maximum."""
+        if mode not in APPROVAL_MODES:
+            raise ValueError(f"unknown approval mode {mode!r}; expected one of {', '.join(APPROVAL_MODES)}")
+        refusal = self.config.site.mode_refusal(mode)
+        if refusal is not None:
+            raise ValueError(refusal)
+        self.policy.mode = mode
+        if self.recorder is not None:
+            self.recorder.approval_mode_changed(mode)
 
     def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
         """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or

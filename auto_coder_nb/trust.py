@@ -27,6 +27,7 @@ STORE_NAME = "trusted.json"
 HOW_TO_TRUST = {
     "cli": "run auto-coder --trust-project once (or /trust in the REPL)",
     "kernel": "run %autocoder --trust-project (or press Trust this folder in the chat panel)",
+    "acp": "run auto-coder --trust-project once in that folder, then start a new session",
     "any": "auto-coder --trust-project, /trust in the REPL, %autocoder --trust-project in a notebook, or the chat "
            "panel's Trust this folder button",
 }

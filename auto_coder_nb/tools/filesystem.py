@@ -222,7 +222,7 @@ def read_file(workspace: Workspace, path: str, offset: Any = None, limit: Any = 
                     "run_command (grep -n)."
                 )
             return _read_window_streaming(stream, shown, first, count)
-        raw = stream.read(MAX_FILE_BYTES)  # bounded even if the file grew since fstat
+        raw = workspace.edited(resolved, stream.read(MAX_FILE_BYTES))  # bounded even if the file grew since fstat
     text, encoding = decode(raw, shown)
     workspace.note_read(resolved, raw)
     del raw
@@ -674,6 +674,34 @@ def edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any,
     if plan.relaxed:
         head += " old_string matched only when ignoring trailing whitespace."
     return f"{head} The first change, lines {start}-{end}:\n{snippet}"
+
+
+# -- what a write would change, for faces that show it as a diff (ACP) ---------------------------------
+
+
+@dataclass
+class FileChange:
+    path: Path  # resolved
+    before: str | None  # None: the file does not exist yet
+    after: str
+
+
+def planned_change(workspace: Workspace, tool: str, arguments: dict[str, Any]) -> FileChange | None:
+    """What a write_file or edit_file call would change, planned as its preview and the call plan it; None for
+    another tool, or a call that would fail or change nothing (the call itself says why)."""
+    try:
+        if tool == "write_file":
+            plan = _plan_write(workspace, arguments["path"], arguments["content"])
+        elif tool == "edit_file":
+            plan = _plan_edit(workspace, arguments["path"], arguments["old_string"], arguments["new_string"],
+                              arguments.get("replace_all", False))
+        else:
+            return None
+    except (ToolError, KeyError, TypeError, OSError):
+        return None
+    if _unchanged(plan):
+        return None
+    return FileChange(plan.path, plan.before.text if plan.before is not None else None, plan.after_text)
 
 
 # -- list_directory ----------------------------------------------------------------------------

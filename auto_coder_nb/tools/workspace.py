@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..config import CONFIG_FILENAME
 from ..errors import ConfigError
@@ -33,6 +34,18 @@ PROTECTED_FILES = {CONFIG_FILENAME}
 KEPT_SUFFIX = ".before-undo"
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Editor(Protocol):
+    """An editor that holds the workspace's files (an ACP client offering fs/read_text_file and fs/write_text_file):
+    UTF-8 text files are read from it and written through it, after the workspace's own checks, so the model sees
+    unsaved changes and the editor tracks the agent's edits. Called from the thread running the tool."""
+
+    def read_text(self, path: Path) -> str | None:
+        """The text the editor has for `path`, or None to read the disk."""
+
+    def write_text(self, path: Path, text: str) -> bool:
+        """Write `text` to `path` through the editor; False to write the disk. Raises ToolError if it refused."""
 
 
 class PathChanged(ToolError):
@@ -71,6 +84,7 @@ class Workspace:
         self._read_hashes: dict[Path, str] = {}
         # The notebook open in the user's editor, when a face knows it (the kernel does): never rewritten on disk.
         self.open_notebook: Callable[[], Path | None] = lambda: None
+        self.editor: Editor | None = None  # set by a face whose client holds the files (ACP)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -188,7 +202,15 @@ class Workspace:
         with os.fdopen(fd, "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise ToolError(f"{self.relative(path)} is not a regular file.")
-            return stream.read()
+            return self.edited(path, stream.read())
+
+    def edited(self, path: Path, raw: bytes) -> bytes:
+        """`raw`, the file's bytes on disk, or what the editor holds for it (unsaved changes included) when one is
+        attached and the file is UTF-8 text."""
+        if self.editor is None or _utf8_text(raw) is None:
+            return raw
+        text = self.editor.read_text(path)
+        return raw if text is None else text.encode("utf-8")
 
     def _read_at(self, folder: int, path: Path) -> tuple[bytes, int] | None:
         """Bytes and permission bits of a file in `folder`, or None if it does not exist."""
@@ -277,7 +299,9 @@ class Workspace:
         self.checkpoint(target)
         turn = self._turn()
         with self._folder(target, turn.created_dirs) as folder:
-            self._replace_at(folder, target, data)
+            text = _utf8_text(data) if self.editor is not None else None
+            if text is None or self.editor is None or not self.editor.write_text(target, text):
+                self._replace_at(folder, target, data)
         self.note_read(target, data)
         turn.written[target] = _digest(data)
 
@@ -456,6 +480,16 @@ class _UndoReport:
         if self.failed:
             lines.append(f"Could not restore: {', '.join(self.failed)}.")
         return " ".join(lines) or "Nothing left to undo in that turn."
+
+
+def _utf8_text(data: bytes) -> str | None:
+    """`data` as text if it is UTF-8 without NUL bytes (what an editor's text buffer round-trips), else None."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _digest(data: bytes) -> str:
