@@ -346,11 +346,14 @@ class TestHub:
     __test__ = False  # not a pytest class
 
     def __init__(self, labels: Sequence[str], environment: Mapping[str, str] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, separate_users: bool | None = None) -> None:
         self.run = secrets.token_hex(3)
         self.environment = dict(environment or {})
         self.log = log
-        self.separate_users = is_root()
+        # Unix users of their own (root only), else everyone as the current user.
+        self.separate_users = is_root() if separate_users is None else separate_users
+        if self.separate_users and not is_root():
+            raise HubUnavailable("separate Unix users need root")
         self.proxy = proxy_command(log)
         # Readable by the users: the project's package, and whatever the test puts there (a site file).
         self.public = Path(tempfile.mkdtemp(prefix=f"acnb-hub-{self.run}-"))
@@ -441,6 +444,8 @@ class TestHub:
         }
         if not self.separate_users:
             settings["SimpleLocalProcessSpawner.home_dir_template"] = str(self.public / "homes" / "{username}")
+            if is_root():  # Jupyter refuses to run as root unless told
+                settings["Spawner.args"].append("--allow-root")
         return "c = get_config()  # noqa\n" + "".join(f"c.{key} = {value!r}\n" for key, value in settings.items())
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
