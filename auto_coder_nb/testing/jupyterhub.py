@@ -420,7 +420,10 @@ class TestHub:
         return HubUser(label, name, home, entry.pw_uid)
 
     def _config(self, python_bin: Path) -> str:
-        settings = {
+        arguments = ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        if not self.separate_users and is_root():
+            arguments.append("--allow-root")  # Jupyter refuses to run as root unless told
+        settings: dict[str, object] = {
             "JupyterHub.ip": "127.0.0.1", "JupyterHub.port": self.port,
             "JupyterHub.hub_ip": "127.0.0.1", "JupyterHub.hub_port": free_port(),
             "ConfigurableHTTPProxy.api_url": f"http://127.0.0.1:{free_port()}",
@@ -439,13 +442,10 @@ class TestHub:
             "Spawner.default_url": "/lab",
             "Spawner.start_timeout": int(START_TIMEOUT),
             "Spawner.http_timeout": int(START_TIMEOUT),
-            "Spawner.args": ["--LabApp.news_url=None",
-                             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            "Spawner.args": arguments,
         }
         if not self.separate_users:
             settings["SimpleLocalProcessSpawner.home_dir_template"] = str(self.public / "homes" / "{username}")
-            if is_root():  # Jupyter refuses to run as root unless told
-                settings["Spawner.args"].append("--allow-root")
         return "c = get_config()  # noqa\n" + "".join(f"c.{key} = {value!r}\n" for key, value in settings.items())
 
     def _wait(self, ready: Callable[[], bool], what: str) -> None:
