@@ -30,7 +30,7 @@ from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
 from .site_policy import SITE_CONFIG, SITE_CONFIG_ENV
 from .state.conversation import new_correlation_id
-from .text import exception_chain, hide_secrets
+from .text import MIN_SECRET_LENGTH, exception_chain, hide_secrets
 from .trust import HOW_TO_TRUST
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
@@ -104,6 +104,7 @@ class _Doctor:
         self.check_site()
         self.check_hub()
         self.check_private_folders()
+        self.check_command_lines()
         self.check_project()
         self.check_tools()
         self.check_endpoint()
@@ -140,6 +141,19 @@ class _Doctor:
             self.add(Row("JupyterHub", WARN, f"{detail}; no site configuration here ({SITE_CONFIG_ENV} is not set and "
                                              f"{SITE_CONFIG} does not exist on this node), so nothing is locked",
                          "if your administrator set one up, tell them it is missing on this node"))
+
+    def check_command_lines(self) -> None:
+        """A secret in a command line the product starts (an MCP server's args, auth.token_command) is readable by
+        every user of the machine in /proc/*/cmdline: warn, naming where, never the value."""
+        secrets = [value for value in auth.secret_values(self.config) if len(value) >= MIN_SECRET_LENGTH]
+        lines = {f"mcp.servers.{name}.args": " ".join([server.command or "", *server.args])
+                 for name, server in self.config.mcp.servers.items() if server.url is None}
+        lines["auth.token_command"] = self.config.auth.token_command or ""
+        exposed = [key for key, line in lines.items() if any(secret in line for secret in secrets)]
+        if exposed:
+            self.add(Row("command lines", WARN, f"a secret is on the command line of {', '.join(exposed)}: every user "
+                                                "of this machine can read it (/proc/*/cmdline)",
+                         "pass it in the server's env (or the token command's own environment) instead"))
 
     def check_private_folders(self) -> None:
         """Saved conversations and trust records are readable by this user only (homes are often 0755)."""

@@ -256,3 +256,17 @@ def test_a_missing_site_file_stops_the_cli_and_names_it(tmp_path: Path, clean_en
                           env=clean_env | {"AUTO_CODER_SITE_CONFIG": str(missing)}, timeout=60)
     assert done.returncode == 2
     assert f"AUTO_CODER_SITE_CONFIG: site configuration file {missing} does not exist" in done.stderr
+
+
+def test_the_doctor_warns_of_a_secret_on_a_command_line(tmp_path: Path, home: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEAM_GATEWAY_KEY", GATEWAY_KEY)
+    (home / ".auto-coder.yaml").write_text(
+        "mcp:\n  servers:\n    docs: {command: docs-server, args: [--key, '${TEAM_GATEWAY_KEY}']}\n"
+        "    safe: {command: docs-server, env: {KEY: '${TEAM_GATEWAY_KEY}'}}\n")
+    lines: list[str] = []
+    run_doctor(load_config(env={"TEAM_GATEWAY_KEY": GATEWAY_KEY, "AUTO_CODER_BASE_URL": "http://127.0.0.1:9/v1"},
+                           cwd=home, home=home), lines.append)
+    [row] = [line for line in lines if line.strip().startswith("command lines")]
+    assert "WARN" in row and "mcp.servers.docs.args" in row and "safe" not in row
+    assert GATEWAY_KEY not in "\n".join(lines)
