@@ -48,8 +48,7 @@ from typing import Any
 
 import httpx
 
-import auto_coder_nb
-
+PACKAGE = Path(__file__).resolve().parent.parent  # auto_coder_nb: the code under test, copied for the users
 PROXY_VERSION = "5.3.0"  # configurable-http-proxy, from npm
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 USERS_PYTHON_CACHE = Path("/var/cache/auto-coder-nb")  # readable by every user, unlike root's home
@@ -142,15 +141,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def marked_pids(run: str) -> list[int]:
-    """The processes whose environment holds MARKER=run (those of other users too, when this is root)."""
-    wanted = f"{MARKER}={run}".encode()
-    found = []
+def marked_pids(run: str | None = None) -> dict[int, str]:
+    """The processes whose environment holds MARKER (=run, if given), with the run each belongs to (those of other
+    users too, when this is root)."""
+    prefix = f"{MARKER}=".encode()
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
-                if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
+                for variable in (entry / "environ").read_bytes().split(b"\0"):
+                    if variable.startswith(prefix) and run in (None, variable[len(prefix):].decode()):
+                        found[int(entry.name)] = variable[len(prefix):].decode()
     return found
 
 
@@ -164,13 +165,20 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def remove_stale_users() -> None:
-    """Remove the throwaway users of test hubs whose process is gone (a run killed before it cleaned up)."""
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def remove_stale() -> None:
+    """Stop the processes and remove the throwaway users of test hubs whose test process is gone (a run killed
+    before it cleaned up). A run is `<pid of its test process>-<random>`."""
+    _stop_pids([pid for pid, run in marked_pids().items() if not _alive(run.partition("-")[0])])
+    if not is_root():
+        return
     for entry in pwd.getpwall():
         if not entry.pw_gecos.startswith(USER_COMMENT):
             continue
-        owner = entry.pw_gecos.removeprefix(USER_COMMENT)
-        if owner.isdigit() and Path(f"/proc/{owner}").exists():
+        if _alive(entry.pw_gecos.removeprefix(USER_COMMENT)):
             continue  # a hub still running
         _remove_user(entry.pw_name, entry.pw_uid)
 
@@ -178,7 +186,7 @@ def remove_stale_users() -> None:
 def _remove_user(name: str, uid: int) -> None:
     _stop_pids([int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
                 and _owner(entry) == uid])
-    subprocess.run(["userdel", "--remove", name], capture_output=True)
+    subprocess.run(["userdel", "--force", "--remove", name], capture_output=True)  # a zombie is no reason to stay
 
 
 def _owner(entry: Path) -> int | None:
@@ -347,7 +355,8 @@ class TestHub:
 
     def __init__(self, labels: Sequence[str], environment: Mapping[str, str] | None = None,
                  log: Callable[[str], None] = print, separate_users: bool | None = None) -> None:
-        self.run = secrets.token_hex(3)
+        self.tag = secrets.token_hex(3)
+        self.run = f"{os.getpid()}-{self.tag}"  # in MARKER: whose it is, so a later run can clean up after a crash
         self.environment = dict(environment or {})
         self.log = log
         # Unix users of their own (root only), else everyone as the current user.
@@ -356,7 +365,7 @@ class TestHub:
             raise HubUnavailable("separate Unix users need root")
         self.proxy = proxy_command(log)
         # Readable by the users: the project's package, and whatever the test puts there (a site file).
-        self.public = Path(tempfile.mkdtemp(prefix=f"acnb-hub-{self.run}-"))
+        self.public = Path(tempfile.mkdtemp(prefix=f"acnb-hub-{self.tag}-"))
         self.public.chmod(0o755)
         self.folder = self.public / "hub"  # the hub's own: config with tokens, database, logs; root only
         self.folder.mkdir(mode=0o700)
@@ -381,11 +390,11 @@ class TestHub:
         return self
 
     def _start(self) -> None:
+        remove_stale()
         if self.separate_users:
-            remove_stale_users()
             python_bin = users_python(self.log)
             site = self.public / "site-packages"
-            shutil.copytree(Path(auto_coder_nb.__file__).parent, site / "auto_coder_nb",
+            shutil.copytree(PACKAGE, site / "auto_coder_nb",
                             ignore=shutil.ignore_patterns("__pycache__"))
             for path in [site, *site.rglob("*")]:
                 path.chmod(0o755 if path.is_dir() else 0o644)
@@ -406,7 +415,7 @@ class TestHub:
         self._wait(lambda: self.api.get("/").status_code == 200, "the hub")
 
     def _make_user(self, label: str) -> HubUser:
-        name = f"acnb-{self.run}-{label}"
+        name = f"acnb-{self.tag}-{label}"
         if not self.separate_users:
             home = self.public / "homes" / name
             home.mkdir(parents=True)
@@ -475,7 +484,7 @@ class TestHub:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        _stop_pids(marked_pids(self.run))
+        _stop_pids(list(marked_pids(self.run)))
         for user in self.users.values():
             if user.uid is not None:
                 _remove_user(user.name, user.uid)
