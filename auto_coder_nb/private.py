@@ -16,6 +16,7 @@ from pathlib import Path
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
+POSIX = hasattr(os, "geteuid")  # elsewhere (Windows) a home is private by its ACLs, and modes mean little
 
 
 class NotPrivate(OSError):
@@ -42,7 +43,7 @@ def private_folder(path: Path) -> Path:
     info = path.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise NotPrivate(path, "is not a folder")
-    _own(path, info, "folder", FOLDER_MODE)
+    _own(path, info, FOLDER_MODE)
     return path
 
 
@@ -50,16 +51,18 @@ def open_private(path: Path, flags: int) -> int:
     """Open (or create, with O_CREAT in `flags`) `path` as a file only this user can read: created 0600, an existing
     one tightened to 0600. Its folder must already be private (`private_folder`). Raises NotPrivate for a file of
     another user or a link, else OSError as os.open."""
-    fd = os.open(path, flags | os.O_NOFOLLOW, FILE_MODE)
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
     try:
-        _own(path, os.fstat(fd), "file", FILE_MODE, fd)
+        _own(path, os.fstat(fd), FILE_MODE, fd)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _own(path: Path, info: os.stat_result, kind: str, mode: int, fd: int | None = None) -> None:
+def _own(path: Path, info: os.stat_result, mode: int, fd: int | None = None) -> None:
+    if not POSIX:
+        return
     if info.st_uid != os.geteuid():
         raise NotPrivate(path, f"belongs to another user (uid {info.st_uid}), who can read what is written there: "
                                f"remove it, or point AUTO_CODER_DATA_DIR / XDG_DATA_HOME elsewhere")
@@ -81,6 +84,8 @@ def privacy(path: Path) -> tuple[bool, str]:
     except OSError as exc:
         return False, f"cannot be read ({exc.strerror})"
     mode = stat.S_IMODE(info.st_mode)
+    if not POSIX:
+        return True, "kept in your home"
     if info.st_uid != os.geteuid():
         return False, f"belongs to another user (uid {info.st_uid}, mode {mode:04o})"
     if mode & 0o077:
