@@ -12,10 +12,10 @@ import inspect
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .approvals import Allowance, ApprovalPolicy
+from .approvals import APPROVAL_ORDER, Allowance, ApprovalPolicy
 from .config import AgentConfig
 from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
@@ -157,6 +157,29 @@ class Agent:
     def _done(self, reason: str) -> TurnDone:
         return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
 
+    def _site_refusal(self, options: TurnOptions) -> str | None:
+        """Why the site does not allow what this turn chose for itself (`-m`, `--tool-calling`): a locked setting
+        changed, as the CLI refuses the same flag, or a model outside allow.models. (A turn's approval mode is capped
+        instead: `_allowed_mode`.)"""
+        if self.site is None:
+            return None
+        locked_by = self.site.locked_by("llm.tool_calling")
+        if options.tool_calling not in (None, self.provider.tool_calling) and locked_by is not None:
+            return (f"llm.tool_calling is locked by the administrator ({locked_by}), so {options.tool_calling!r} is "
+                    "not used")
+        return self.site.request_model_refusal(options.model, self.provider.model) if options.model else None
+
+    def _allowed_mode(self, mode: str | None) -> str | None:
+        """A turn's own approval mode, capped by the site: at allow.max_approval_mode, and at the configured mode when
+        the site locks agent.approval_mode (a stricter one is always fine)."""
+        if mode is None:
+            return None
+        mode = self.policy.effective(mode)
+        if self.site is not None and self.site.locked_by("agent.approval_mode") is not None and \
+                APPROVAL_ORDER.index(mode) > APPROVAL_ORDER.index(self.policy.mode):
+            return self.policy.mode
+        return mode
+
     async def run(self, message: str, images: Sequence[Image] = (),
                   options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
@@ -191,15 +214,16 @@ class Agent:
         partial: list[str] = []  # answer text streamed but not yet in the history
         began = False  # the turn was checkpointed (self.turns): it is ended however it ends
         try:
-            refusal = (self.site.request_model_refusal(options.model, self.provider.model)
-                       if self.site and options.model else None)
+            refusal = self._site_refusal(options)
             if refusal is not None:
                 yield ErrorEvent(f"Not sent: {refusal}.")
                 yield self._done("error")
                 return
-            if options.approval_mode and self.policy.effective(options.approval_mode) != options.approval_mode:
-                yield Notice(f"Approval mode {self.policy.effective(options.approval_mode)!r} instead of "
-                             f"{options.approval_mode!r}: the site configuration allows no more.")
+            allowed_mode = self._allowed_mode(options.approval_mode)
+            if allowed_mode != options.approval_mode:
+                yield Notice(f"Approval mode {allowed_mode!r} instead of {options.approval_mode!r}: the site "
+                             "configuration allows no more.")
+                options = replace(options, approval_mode=allowed_mode)
             if images and not await self.sees_images():
                 yield ErrorEvent(self.no_vision_message(options.model))
                 yield self._done("error")

@@ -62,6 +62,11 @@ class LLMConfig:
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
     tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
     max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
+    # Who is asking, told to the gateway so a team's usage is attributed and limited per person; usually
+    # ${JUPYTERHUB_USER} in a hub's site file. Not a secret (a ${VAR} here is not hidden), at most 256 characters.
+    user: str | None = None
+    user_header: str | None = None  # the HTTP header that carries llm.user on every request (X-User, say)
+    user_field: bool = False  # also send llm.user as the OpenAI `user` field of every request body
 
 
 @dataclass
@@ -324,6 +329,7 @@ def load_config(
         _set(config, "llm.api_key", env["OPENAI_API_KEY"], "env OPENAI_API_KEY", where="OPENAI_API_KEY")
     for var, key in ENV_VARS.items():
         if env.get(var):
+            _check_expanded(var, env[var], env)
             _set(config, key, _parse_env(key, env[var]), f"env {var}", where=var)
 
     for key, value in (flags or {}).items():
@@ -338,12 +344,27 @@ def site_files(env: Mapping[str, str]) -> list[Path]:
     """The site configuration files: /etc/auto-coder/config.yaml if it exists, then each file named in
     $AUTO_CODER_SITE_CONFIG (colon-separated), which must exist."""
     found = [SITE_CONFIG] if SITE_CONFIG.is_file() else []
+    _check_expanded(SITE_CONFIG_ENV, env.get(SITE_CONFIG_ENV, ""), env)
     for name in filter(None, env.get(SITE_CONFIG_ENV, "").split(os.pathsep)):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ConfigError(f"{SITE_CONFIG_ENV}: {_not_a_file(path, 'site configuration file')}")
         found.append(path)
     return found
+
+
+def _check_expanded(var: str, value: str, env: Mapping[str, str]) -> None:
+    """An environment variable is used as it is, so a ${NAME} in its value is one nobody expanded (JupyterHub's
+    `c.Spawner.environment` passes values as written): a ConfigError naming both, never a literal ${NAME} sent."""
+    found = _VAR.search(value)
+    if found is None:
+        return
+    name = found.group(1)
+    state = "is not set either" if name not in env else "is set, but a variable's value is not expanded"
+    raise ConfigError(f"{var} is {show_controls(repr(value))}: ${{{name}}} was never expanded ({name} {state}). "
+                      f"Environment variables are used as they are (JupyterHub's c.Spawner.environment passes its "
+                      f"values as written): set the value itself, or write ${{{name}}} in a config file, where it is "
+                      f"expanded")
 
 
 def _not_a_file(path: Path, what: str) -> str:
@@ -642,7 +663,9 @@ def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], sit
             continue
         for key, value in values.items():
             missing: list[tuple[str, str]] = []
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken, missing)
+            # Who is asking is no secret: a user name hidden everywhere would garble paths and outputs.
+            used = set() if f"{section}.{key}" in IDENTITY_KEYS else taken
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, used, missing)
             if missing:  # an error only where the value is used, unless a later file, variable or flag sets it
                 flat[f"{section}.{key}"] = UnsetVariable(path, *missing[0])
     return flat
@@ -794,6 +817,25 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
     config.unset.pop(key, None)
 
 
+# Settings that say who is asking: not secrets, so a ${VAR} they take (${JUPYTERHUB_USER}) is not hidden.
+IDENTITY_KEYS = ("llm.user", "llm.user_header")
+MAX_USER_CHARS = 256
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
+# Headers the client sets itself: a user header may not replace them.
+RESERVED_HEADERS = {"authorization", "content-type", "content-length", "host", "x-correlation-id",
+                    "proxy-authorization", "transfer-encoding", "connection", "accept"}
+
+
+def _check_identity(key: str, value: str) -> str | None:
+    """What is wrong with llm.user or llm.user_header, as `expected ...`, else None."""
+    if key == "llm.user":
+        if not value.strip() or len(value) > MAX_USER_CHARS or not value.isprintable():
+            return f"a user name of 1 to {MAX_USER_CHARS} printable characters"
+    elif not _HEADER_NAME.fullmatch(value) or value.lower() in RESERVED_HEADERS:
+        return "an HTTP header name (letters, digits, -) other than " + ", ".join(sorted(RESERVED_HEADERS))
+    return None
+
+
 # Numbers given as text (always, from the environment and flags; quoted in a file) are read only when they are
 # written plainly: digits, and for seconds a decimal point. "1e3", "inf", "nan", "0x10", "1_000", "30s" are refused.
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
@@ -863,6 +905,9 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a model name")
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
+        problem = _check_identity(key, value) if key in IDENTITY_KEYS else None
+        if problem is not None:
+            raise wrong(problem)
         return value
     if kind.startswith("bool"):
         if isinstance(value, str) and value.lower() in ("true", "false"):

@@ -22,12 +22,15 @@ import httpx
 from . import auth, transport
 from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
 from .errors import AutoCoderError, ProviderError, ToolsNotSupported
+from .hub import hub_server
 from .instructions import ProjectInstructions, load_instructions
+from .private import privacy
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
+from .site_policy import SITE_CONFIG, SITE_CONFIG_ENV
 from .state.conversation import new_correlation_id
-from .text import exception_chain, scrub
+from .text import MIN_SECRET_LENGTH, exception_chain, scrub
 from .trust import HOW_TO_TRUST
 
 if TYPE_CHECKING:
@@ -108,6 +111,9 @@ class _Doctor:
         self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
         self.check_site()
+        self.check_hub()
+        self.check_private_folders()
+        self.check_command_lines()
         self.check_project()
         self.check_tools()
         self.check_endpoint()
@@ -131,6 +137,47 @@ class _Doctor:
                          "remove the locked settings from your own files, environment and flags"))
         else:
             self.add(Row("site configuration", PASS, "; ".join(parts)))
+
+    def check_hub(self) -> None:
+        """Under JupyterHub: whose server this is, and the site configuration every user there should have (a node
+        without the site file would leave its users unlocked)."""
+        server = hub_server()
+        if server is None:
+            return
+        detail = f"running in {server.describe()}; its API token is kept out of commands and hidden"
+        if self.config.site.files:
+            self.add(Row("JupyterHub", PASS, f"{detail}; site files: {', '.join(map(str, self.config.site.files))}"))
+        else:
+            self.add(Row("JupyterHub", WARN, f"{detail}; no site configuration here ({SITE_CONFIG_ENV} is not set and "
+                                             f"{SITE_CONFIG} does not exist on this node), so nothing is locked",
+                         "if your administrator set one up, tell them it is missing on this node"))
+
+    def check_command_lines(self) -> None:
+        """A secret in a command line the product starts (an MCP server's args, auth.token_command) is readable by
+        every user of the machine in /proc/*/cmdline: warn, naming where, never the value."""
+        secrets = [value for value in auth.secret_values(self.config) if len(value) >= MIN_SECRET_LENGTH]
+        lines = {f"mcp.servers.{name}.args": " ".join([server.command or "", *server.args])
+                 for name, server in self.config.mcp.servers.items() if server.url is None}
+        lines["auth.token_command"] = self.config.auth.token_command or ""
+        exposed = [key for key, line in lines.items() if any(secret in line for secret in secrets)]
+        if exposed:
+            self.add(Row("command lines", WARN, f"a secret is on the command line of {', '.join(exposed)}: every user "
+                                                "of this machine can read it (/proc/*/cmdline)",
+                         "pass it in the server's env (or the token command's own environment) instead"))
+
+    def check_private_folders(self) -> None:
+        """Saved conversations and trust records are readable by this user only (homes are often 0755)."""
+        from .history import data_dir
+        from .trust import store_path
+
+        folders = {"saved conversations": data_dir(), "trust records": store_path().parent}
+        found = {what: (folder, *privacy(folder)) for what, folder in folders.items()}
+        detail = "; ".join(f"{what} in {folder}: {state}" for what, (folder, _, state) in found.items())
+        if all(private for _, private, _ in found.values()):
+            self.info("private data", detail)
+        else:
+            self.add(Row("private data", WARN, detail, "run chmod 700 on the folders named, or remove those that "
+                                                       "belong to another user"))
 
     def check_project(self) -> None:
         """The project's config file, when it wanted settings that need the user's trust: which were ignored."""

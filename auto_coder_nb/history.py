@@ -1,7 +1,7 @@
 """Saved conversations: one append-only JSONL file per conversation, written as it happens.
 
 Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/share/auto-coder`, in
-`sessions/` (folder 0700, files 0600). A conversation's id is its correlation id, and its file is
+`sessions/` (both folders 0700, files 0600: `private.py`). A conversation's id is its correlation id, and its file is
 `sessions/<id>.jsonl`. Every line is one record `{"v": SCHEMA_VERSION, "t": "<UTC time>", "type": ...}`:
 
     start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden), approval_mode
@@ -26,7 +26,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +43,7 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
+from .private import open_private, private_folder
 from .state.conversation import Conversation
 from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
 
@@ -201,7 +201,14 @@ class ConversationStore:
 
     def __init__(self, folder: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.folder = folder or sessions_dir()
+        # Made private before the first write: the data folder too, where the store is the default one.
+        self._private = [self.folder] if folder else [data_dir(), self.folder]
         self.warn = warn or (lambda text: None)
+
+    def make_private(self) -> None:
+        """Create (or tighten) the store's folders 0700; NotPrivate (an OSError) when one belongs to someone else."""
+        for folder in self._private:
+            private_folder(folder)
 
     def path_for(self, conversation_id: str) -> Path:
         return self.folder / f"{conversation_id}{SUFFIX}"
@@ -498,15 +505,11 @@ class Recorder:
                                   f"({exc.strerror or exc}). This conversation goes on unsaved.")
 
     def _open(self) -> None:
-        folder = self.store.folder
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if folder.stat().st_mode & 0o077:
-            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
-                os.chmod(folder, 0o700)
+        self.store.make_private()
         path = self.path or self.store.path_for(self.conversation.correlation_id)
         if not path.exists():
             self._create(path)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = open_private(path, os.O_RDWR | os.O_APPEND)  # a file an older version left 0644 is tightened
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -520,7 +523,7 @@ class Recorder:
         """The file with its start record, appearing whole: a listing in another process never sees it empty."""
         start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, start)
         finally:

@@ -16,6 +16,7 @@ from .config import CONFIG_FILENAME, Config, redact_url
 from .errors import ConfigError, ProviderError
 from .history import ConversationStore, HistoryError
 from .images import Image, ImageError
+from .private import NotPrivate, open_private, private_folder
 from .rewind import RewindRefused
 from .session import Session
 from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, export_at_terminal, trust_and_reload
@@ -53,13 +54,22 @@ def _prompt_session() -> PromptSession[str]:
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 
+    return PromptSession(history=prompt_history(), key_bindings=bindings, multiline=False)
+
+
+def prompt_history() -> FileHistory | InMemoryHistory:
+    """The prompts typed before, kept in a file only the user can read (folder 0700, file 0600); in memory when
+    that cannot be."""
     try:
         path = history_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        history: FileHistory | InMemoryHistory = FileHistory(str(path))
+        private_folder(path.parent)
+        os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))  # 0600 before FileHistory appends
+        return FileHistory(str(path))
+    except NotPrivate as exc:  # never kept where other users can read it
+        print(f"auto-coder: warning: the prompt history is not kept on disk: {exc.strerror}", file=sys.stderr)
     except OSError:
-        history = InMemoryHistory()
-    return PromptSession(history=history, key_bindings=bindings, multiline=False)
+        pass
+    return InMemoryHistory()
 
 
 def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: list[Image] | None = None,

@@ -3,9 +3,9 @@
 A project's `./.auto-coder.yaml` (the working folder's, or the notebook's folder in Jupyter) comes with the code
 the user cloned, so until the user trusts it, `config.load_config` ignores its settings that could run commands or
 send the user's credentials elsewhere (see `config.PROJECT_SAFE_KEYS`). Trust is recorded in the user's config
-folder (`$XDG_CONFIG_HOME/auto-coder/trusted.json`, else `~/.config/auto-coder/trusted.json`, mode 0600), keyed by
-the file's path (its folder resolved, a link not followed) and the sha256 of its content: a changed file (a
-`git pull`) is untrusted again, and a link to a trusted file is not that file.
+folder (`$XDG_CONFIG_HOME/auto-coder/trusted.json`, else `~/.config/auto-coder/trusted.json`; folder 0700, file
+0600), keyed by the file's path (its folder resolved, a link not followed) and the sha256 of its content: a changed
+file (a `git pull`) is untrusted again, and a link to a trusted file is not that file.
 User (`~/.auto-coder.yaml`), site and explicit `--config` files are always trusted.
 """
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .private import private_folder
 
 STORE_NAME = "trusted.json"
 # How to trust a project file, in each face's words.
@@ -71,7 +73,7 @@ def record(path: Path, content_digest: str, store: Path) -> None:
     files = _read_store(store)
     files[_key(path)] = {"sha256": content_digest,
                                   "trusted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    store.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(store.parent)
     descriptor, temporary = tempfile.mkstemp(prefix=".trusted-", dir=store.parent)
     try:
         os.fchmod(descriptor, 0o600)

@@ -127,6 +127,7 @@ class LLMProvider(abc.ABC):
     """
 
     model: str
+    tool_calling: str = "auto"  # llm.tool_calling: how the model is asked to use tools, unless a request says
 
     @abc.abstractmethod
     def chat(

@@ -284,6 +284,8 @@ class OpenAICompatibleProvider(LLMProvider):
                 body[key] = value
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
+        if self.config.llm.user_field and self.config.llm.user:  # after extra_params: a locked identity wins
+            body["user"] = self.config.llm.user
         streaming = self.stream and (self.stream_with_tools or not tools)
         body["stream"] = streaming
         if streaming and self.send_stream_options:
