@@ -247,14 +247,12 @@ _TOKEN = re.compile(r"\s*(\S+)")
 def split_options(line: str) -> tuple[list[str], str]:
     """Leading options, then the prompt exactly as written. Not shlex: a prompt with an apostrophe or
     braces must not be re-quoted or rejected."""
-    from .history import looks_like_id
-
     options: list[str] = []
     position = 0
     expect_value = False
     while match := _TOKEN.match(line, position):
         token = match.group(1)
-        resume_id = options[-1:] == ["--resume"] and looks_like_id(token)  # its value is optional
+        resume_id = options[-1:] == ["--resume"]  # its value is optional; any word there is the id
         if not expect_value and not token.startswith("-") and not resume_id:
             break
         position = match.end()

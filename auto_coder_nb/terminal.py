@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .trust import ProjectFile
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_REFUSED = 3  # every change or command the model asked for was refused: nothing was done
+EXIT_REFUSED = 3  # the changes or commands the model asked for were refused and no answer came after them
 NO_TERMINAL = ("There is no terminal to ask the user for approval, so this action was refused. "
                "Tell the user it needs --approval-mode auto-edit (file changes) or full-auto (also commands).")
 
@@ -148,21 +148,25 @@ class TerminalView:
         self.failed = False
         self.error: BaseException | None = None  # what made the turn fail, when known
         self.all_actions_refused = False
+        self.actions_refused = 0
+        self.answered = False  # the turn ended with an answer after its last tool call
         self.color = self.err.isatty() and "NO_COLOR" not in os.environ
         # Flushing every chunk to a pipe costs a syscall per token; a terminal wants each one at once.
         self.flush_every = 0.0 if self.out.isatty() else 0.05
         self._last_flush = 0.0
         self._in_text = False
         self._in_reasoning = False
+        self._text_since_tools = False
         self._usage: UsageUpdate | None = None
         self.context: ContextUsage | None = None  # how full the context window is after the turn
 
     def exit_code(self) -> int:
         """Single-prompt mode's exit code for the turn shown: 2 for a configuration error met during the
-        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused."""
+        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused and
+        no answer came after the refusals (a question answered despite refused side trips is a success)."""
         if self.failed:
             return EXIT_USAGE if isinstance(self.error, ConfigError) else EXIT_RUNTIME
-        return EXIT_REFUSED if self.all_actions_refused else EXIT_OK
+        return EXIT_REFUSED if self.all_actions_refused and not self.answered else EXIT_OK
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -184,6 +188,7 @@ class TerminalView:
                     self._in_reasoning = False
                 self.out.write(event.text)
                 self._in_text = True
+                self._text_since_tools = self._text_since_tools or bool(event.text.strip())
                 now = time.monotonic()
                 if now - self._last_flush >= self.flush_every:
                     self.out.flush()
@@ -199,6 +204,7 @@ class TerminalView:
     def _handle_other(self, event: Event) -> None:
         match event:
             case ToolCallStarted():
+                self._text_since_tools = False
                 self.err.write(self._paint("36", f"> {show_controls(event.name)}") + f"({_brief_arguments(event)})\n")
             case ToolResult():
                 lines = event.output.splitlines() or [""]
@@ -221,6 +227,8 @@ class TerminalView:
             case TurnDone():
                 self.context = event.context
                 self.all_actions_refused = event.all_actions_refused
+                self.actions_refused = event.actions_refused
+                self.answered = event.reason == "stop" and self._text_since_tools
                 if self.show_usage and self._usage is not None:
                     turn, total = self._usage.turn, self._usage.session
                     self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "

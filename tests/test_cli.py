@@ -61,12 +61,13 @@ def test_prompt_from_standard_input(server: FakeLLMServer, env: dict[str, str], 
 def test_without_a_terminal_approvals_are_refused_and_the_model_told(
     server: FakeLLMServer, env: dict[str, str], workspace: Path
 ) -> None:
-    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text(""))
     result = run(["make new.txt"], env, workspace)
-    assert result.returncode == 3  # every action refused: nothing the user asked for was done
+    assert result.returncode == 3  # every action refused and no answer after it: nothing asked for was done
     assert not (workspace / "new.txt").exists()
     told = server.chat_requests[1].json["messages"][-1]["content"]
     assert "--approval-mode" in told
+    assert "1 change(s) or command(s) refused (nothing was changed or run" in result.stderr
     server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("done"))
     allowed = run(["make new.txt", "--approval-mode", "auto-edit"], env, workspace)
     assert allowed.returncode == 0 and (workspace / "new.txt").read_text() == "x"
@@ -236,15 +237,32 @@ def test_missing_sso_token_or_client_credentials_is_a_configuration_error(
     assert server.chat_requests == []
 
 
-def test_a_read_alongside_refused_actions_still_exits_3_but_an_allowed_action_exits_0(
+def test_refusals_exit_3_only_when_no_answer_came_after_them(
     server: FakeLLMServer, env: dict[str, str], workspace: Path
 ) -> None:
+    # A read beside a refused command, then the model gives up without an answer: nothing asked for was done.
     server.enqueue(reply.tool_calls([{"name": "read_file", "arguments": {"path": "notes.txt"}},
                                      {"name": "run_command", "arguments": {"command": "touch made"}}]),
-                   reply.text("could not"))
+                   reply.text(" \n"))
     assert run(["touch made"], env, workspace).returncode == 3
+    # Asked to read and explain, the model also tried two writes nobody asked for, then answered: a success,
+    # with the refusals said on stderr.
+    server.enqueue(reply.tool_call("read_file", {"path": "notes.txt"}),
+                   reply.tool_calls([{"name": "write_file", "arguments": {"path": "a.txt", "content": "a"}},
+                                     {"name": "write_file", "arguments": {"path": "b.txt", "content": "b"}}]),
+                   reply.text("notes.txt has two lines: first line and second line."))
+    explained = run(["read notes.txt and explain it"], env, workspace)
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout == "notes.txt has two lines: first line and second line.\n"
+    assert "2 change(s) or command(s) refused" in explained.stderr and "--approval-mode" in explained.stderr
+    assert not (workspace / "a.txt").exists() and not (workspace / "b.txt").exists()
+    # A refusal the model answers after ("could not") is said on stderr; the exit code is 0.
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
+    answered = run(["make new.txt"], env, workspace)
+    assert answered.returncode == 0 and "1 change(s) or command(s) refused" in answered.stderr
     server.enqueue(reply.tool_call("run_command", {"command": "touch made"}), reply.text("done"))
-    assert run(["touch made", "--approval-mode", "full-auto"], env, workspace).returncode == 0
+    allowed = run(["touch made", "--approval-mode", "full-auto"], env, workspace)
+    assert allowed.returncode == 0 and "refused" not in allowed.stderr
     assert (workspace / "made").exists()
 
 
