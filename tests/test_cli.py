@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
 import pytest
 
+from auto_coder_nb.terminal import STATUS_AFTER, STATUS_INTERVAL
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 
@@ -374,3 +376,57 @@ def test_an_unset_variable_is_an_error_only_when_a_request_needs_it(
     doctor = run(["--doctor"], env, workspace)
     assert doctor.returncode == 2, doctor.stdout + doctor.stderr
     assert expected in doctor.stdout and "Traceback" not in doctor.stderr
+
+
+def test_a_waiting_line_shows_on_a_terminal_until_the_first_token_and_never_on_a_pipe(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    # The server sends its headers, then holds the answer (a CPU model reading the prompt) until released.
+    server.enqueue(reply.text("The answer.", wait_for="first-token"))
+    child = pexpect.spawn("auto-coder", ["a question"], env=env, cwd=str(workspace), encoding="utf-8", timeout=30)
+    try:
+        child.expect(r"waiting for the model\.\.\. (\d+) s \(Ctrl-C stops\)")
+        child.expect(r"waiting for the model\.\.\. (\d+) s")  # updated in place as the time passes
+        server.release("first-token")
+        child.expect("The answer.")
+        shown = child.before
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert shown.endswith("\r\x1b[K")  # the waiting line was erased before the answer was written over it
+    assert child.exitstatus == 0
+    # The REPL shows it too, between the request and the answer.
+    server.enqueue(reply.text("Second answer.", wait_for="second"))
+    repl = spawn_repl(env, workspace)
+    try:
+        repl.sendline("another question")
+        repl.expect(r"waiting for the model\.\.\. \d+ s")
+        server.release("second")
+        repl.expect("Second answer.")
+        repl.expect("> ")
+        repl.sendline("/quit")
+        repl.expect(pexpect.EOF)
+    finally:
+        repl.close()
+    # On a pipe: the same wait, no line.
+    server.enqueue(reply.text("Piped answer.", wait_for="piped"))
+    process = subprocess.Popen(["auto-coder", "a question"], env=env, cwd=workspace, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_requests(server, 3)
+        time.sleep(STATUS_AFTER + 2 * STATUS_INTERVAL)  # long enough that a terminal would have shown the line
+        server.release("piped")
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert out == "Piped answer.\n" and "waiting" not in err and "\x1b" not in err
+
+
+def wait_for_requests(server: FakeLLMServer, count: int) -> None:
+    """Until the server has `count` chat requests (not a timing: the process is waiting on the server)."""
+    for _ in range(600):
+        if len(server.chat_requests) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server got {len(server.chat_requests)} of {count} chat requests")
