@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.show_config:
+        from .providers.known_servers import describe_context_window
+
         print(config.show())
+        print(describe_context_window(config))
         print("files read: " + (", ".join(map(str, [*config.site.files, *config.files])) or "none"))
         return EXIT_OK
     if args.doctor:
