@@ -61,7 +61,8 @@ class KnownServers:
         entries = self._read()
         entry = entries.get(_key(base_url, model))
         entry = entry if isinstance(entry, dict) else {}
-        told = entry.get("told") if isinstance(entry.get("told"), list) else []
+        said = entry.get("told")
+        told: list[Any] = said if isinstance(said, list) else []
         digest = hashlib.sha256(notice.encode()).hexdigest()[:16]
         if digest in told:
             return False
