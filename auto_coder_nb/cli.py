@@ -115,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.doctor:
         from .doctor import run_doctor
 
-        if run_doctor(config, lambda text: print(text, flush=True)):
+        try:
+            passed = run_doctor(config, lambda text: print(text, flush=True))
+        except KeyboardInterrupt:
+            print("\nauto-coder: --doctor interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if passed:
             return EXIT_OK
         from .auth import request_keys  # a ${VAR} the requests need is not set: a configuration error
 

@@ -21,6 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .approvals import APPROVAL_MODES
 from .config import TOOL_CALLING_MODES
 from .kernel import (
+    CellInterrupted,
     KernelState,
     MainThreadCall,
     Worker,
@@ -276,7 +277,10 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.doctor:
         from .doctor import run_doctor
 
-        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions)
+        try:
+            run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions)
+        except KeyboardInterrupt:
+            raise CellInterrupted("autocoder: --doctor interrupted") from None
         return
     if args.reset:
         print(f"New conversation: correlation id {session.reset()}")

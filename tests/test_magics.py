@@ -383,6 +383,23 @@ def test_doctor_runs_from_the_magic_without_secrets(kernel: Kernel, server: Fake
     assert SECRET not in run.stdout
 
 
+def test_a_kernel_interrupt_ends_the_doctor_at_once_with_one_line(kernel: Kernel, server: FakeLLMServer) -> None:
+    with FakeLLMServer() as held:
+        held.route("GET", "/props", lambda request: reply.json_body({}, wait_for="props"))
+        try:
+            run = kernel.execute(f"import os; os.environ['AUTO_CODER_BASE_URL'] = {held.base_url!r}\n"
+                                 "%autocoder --doctor", interrupt_when="waiting for the server's model details")
+        finally:
+            held.release("props")
+        kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}")
+    assert run.reply["content"]["status"] == "error"  # the cell failed: Run All stops here
+    [error] = run.of_type("error")
+    assert error["content"]["traceback"] == ["autocoder: --doctor interrupted"]
+    assert error["content"]["ename"] == "CellInterrupted"
+    assert "waiting for the server's model details" in run.stdout
+    assert kernel.execute("1 + 1").reply["content"]["status"] == "ok"  # the kernel is fine
+
+
 def test_bad_option_is_one_readable_line(kernel: Kernel) -> None:
     run = kernel.execute("%autocoder --context everything hi")
     assert run.reply["content"]["status"] == "ok"
