@@ -39,7 +39,10 @@ class CellRenderer:
         self.last_update = 0.0
         self.tool_handles: dict[str, tuple[Any, ToolCallStarted]] = {}
         self.usage: UsageUpdate | None = None
-        self.failed = False  # an error was shown
+        self.failed = False  # the turn ended with an error
+        # Why the turn could not reach the model or was refused by it: the magic fails the cell with this one line
+        # (so it is not shown here as well).
+        self.failure: str | None = None
 
     @property
     def text(self) -> str:
@@ -80,7 +83,10 @@ class CellRenderer:
             case ErrorEvent():
                 self.failed = True
                 self._end_segment()
-                self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
+                if stops_the_run(event.error):
+                    self.failure = scrub(event.message, self.secrets)
+                else:
+                    self._show_markdown(f"**Error:** {event.message}", f"Error: {event.message}")
             case Notice():
                 self.notice(event.text)
             case UsageUpdate():
@@ -175,6 +181,14 @@ class CellRenderer:
     def _update(self, handle: Any, bundle: dict[str, str]) -> None:
         handle.update({kind: scrub(text, self.secrets) for kind, text in bundle.items()}, raw=True,
                       metadata=self.metadata)
+
+
+def stops_the_run(error: BaseException | None) -> bool:
+    """Whether a turn's error means the model was not reached or refused the request (no connection, credentials
+    refused or missing, an HTTP error after the retries): then the cell fails, and Run All stops there."""
+    from .errors import ConfigError, ProviderError
+
+    return isinstance(error, (ProviderError, ConfigError))
 
 
 def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool = False) -> Any:

@@ -21,6 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .approvals import APPROVAL_MODES
 from .config import TOOL_CALLING_MODES
 from .kernel import (
+    CellFailed,
     CellInterrupted,
     KernelState,
     MainThreadCall,
@@ -351,6 +352,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,
                             secrets=session.secret_values())
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
+    if renderer.failure is not None:
+        raise CellFailed(f"autocoder: {renderer.failure}")
     if args.insert:
         blocks = code_blocks(renderer.text)
         if not blocks:

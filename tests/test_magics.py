@@ -234,7 +234,12 @@ def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, se
 def test_insert_after_a_failed_request_shows_only_the_error(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.error(401, "invalid api key"))
     run = kernel.execute("%autocoder --insert --context none one step", answers=[])
-    assert "authentication failed" in run.shown_text
+    # The cell fails with the one line (no traceback), so Run All stops here; the error is not shown twice.
+    assert run.reply["content"]["status"] == "error"
+    [error] = run.of_type("error")
+    [line] = error["content"]["traceback"]
+    assert line.startswith("autocoder: ") and "authentication failed" in line and SECRET not in line
+    assert "authentication failed" not in run.shown_text
     assert "no Python code block" not in run.stdout and "Inserted" not in run.stdout
     server.enqueue(reply.text("Just words."))
     answered = kernel.execute("%autocoder --insert --context none another step", answers=[])
