@@ -18,9 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,9 +35,19 @@ OUTPUT = Path(__file__).parent.parent / "test-output" / "panel_browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
-# Each visible text of the panel outside ipywidgets' own buttons, with its contrast ratio (WCAG) against the
-# background it is drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one.
-LOW_CONTRAST_JS = """(panel, minimum) => {
+CONTRAST = {"text": 3.0, "buttons": 4.5}
+
+
+def enabled_buttons(page: object) -> set[str]:
+    """The first words of the labels of the panel's visible enabled buttons (the ones the contrast check reads)."""
+    return set(page.eval_on_selector_all(  # type: ignore[attr-defined]
+        ".autocoder-panel button:not([disabled])",
+        "buttons => buttons.filter(b => b.getClientRects().length).map(b => b.innerText.trim().split(' ')[0])"))
+# Each visible text of the panel, buttons included, with its contrast ratio (WCAG) against the background it is
+# drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one. Buttons need
+# `minimums.buttons` (4.5:1, WCAG AA for their size), other text `minimums.text`; a disabled button is exempt (WCAG:
+# inactive components), and is checked to look grey instead.
+LOW_CONTRAST_JS = """(panel, minimums) => {
   const parse = (c) => {
     const m = c.match(/[\\d.]+/g).map(Number);
     return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
@@ -57,10 +68,13 @@ LOW_CONTRAST_JS = """(panel, minimum) => {
   const low = [];
   for (const element of panel.querySelectorAll('*')) {
     const text = [...element.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('').trim();
-    if (!text || !element.getClientRects().length || element.closest('.jupyter-button')) continue;
+    if (!text || !element.getClientRects().length) continue;
+    const button = element.closest('button');
+    if (button && button.disabled) continue;
     const back = background(element);
     const [a, b] = [luminance(over(parse(getComputedStyle(element).color), back)), luminance(back)];
     const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const minimum = button ? minimums.buttons : minimums.text;
     if (ratio < minimum) low.push(`${text.slice(0, 40)} (${element.className}): ${ratio.toFixed(2)}`);
   }
   return low;
@@ -176,6 +190,29 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
     assert "Traceback" not in lab.log.read_text(errors="replace")  # nothing went to the log console
 
 
+def use_theme(page: object, theme: str) -> None:
+    """Switch JupyterLab's (or Notebook 7's) theme from the Settings menu and wait until the panel follows."""
+    p: Any = page
+    p.click(".lm-MenuBar-itemLabel:text-is('Settings')")
+    p.hover(".lm-Menu-itemLabel:text-is('Theme')")
+    p.click(f".lm-Menu-itemLabel:text-is('{theme}')")
+    p.wait_for_selector(f"body[data-jp-theme-name='{theme}']", state="attached")
+    # The theme's CSS loads after the attribute changes: wait until the panel's background follows.
+    p.wait_for_function("dark => (parseInt(getComputedStyle(document.querySelector('.autocoder-panel'))"
+                        ".backgroundColor.match(/\\d+/)[0]) < 128) === dark", arg="Dark" in theme)
+
+
+def readable_in_both_themes(page: object, buttons: set[str], dark_shot: Callable[[], None] = lambda: None) -> None:
+    """Every text of the panel readable, buttons at 4.5:1, in the dark theme and the light one (left on); `buttons`
+    are among the enabled ones checked."""
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        use_theme(page, theme)
+        assert page.eval_on_selector(".autocoder-panel", LOW_CONTRAST_JS, CONTRAST) == [], theme  # type: ignore
+        assert enabled_buttons(page) >= buttons, theme
+        if "Dark" in theme:
+            dark_shot()
+
+
 def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     page.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]
     playwright_api.expect.set_options(timeout=WAIT_MS)
@@ -207,7 +244,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
     assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
     assert "fake-model" in p.inner_text(".autocoder-status")
-    assert "turn —" in p.inner_text(".autocoder-status")
+    assert "approval ask · 127.0.0.1:" in p.inner_text(".autocoder-status")  # before the first turn
     trust_bar = p.locator(".autocoder-trust-bar")
     playwright_api.expect(trust_bar).to_be_hidden()  # no project config file yet
     # A disabled button is plain grey, not a faded colour that looks half-active.
@@ -270,17 +307,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     shot("03-approval")
     # Every text stays readable in the dark theme too: the status pill, badges, the user's bubble, the
     # approval card and the diff (opaque pastel backgrounds under the theme's white text were not).
-    for theme in ("JupyterLab Dark", "JupyterLab Light"):
-        p.click(".lm-MenuBar-itemLabel:text-is('Settings')")
-        p.hover(".lm-Menu-itemLabel:text-is('Theme')")
-        p.click(f".lm-Menu-itemLabel:text-is('{theme}')")
-        p.wait_for_selector(f"body[data-jp-theme-name='{theme}']", state="attached")
-        # The theme's CSS loads after the attribute changes: wait until the panel's background follows.
-        p.wait_for_function("dark => (parseInt(getComputedStyle(document.querySelector('.autocoder-panel'))"
-                            ".backgroundColor.match(/\\d+/)[0]) < 128) === dark", arg="Dark" in theme)
-        assert p.eval_on_selector(".autocoder-panel", LOW_CONTRAST_JS, 3.0) == [], theme
-        if "Dark" in theme:
-            shot("03b-approval-dark")
+    readable_in_both_themes(p, {"Stop", "Approve", "Always", "Deny"}, lambda: shot("03b-approval-dark"))
     p.locator("button.autocoder-approve").click()
     p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
     assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
@@ -373,6 +400,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("08-reset")
+    readable_in_both_themes(p, {"Send", "Reset"})  # idle: Send enabled, Stop disabled (grey, exempt)
 
     # The notebook folder gets its own config file (a git pull, say): untrusted, its header is not sent and the
     # bar says so; Trust this folder sends it with the next request, and the bar leaves.
