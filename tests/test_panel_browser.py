@@ -109,6 +109,17 @@ def llm() -> Iterator[FakeLLMServer]:
 @pytest.fixture
 def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1 with its own home, settings and runtime folders; the kernel reaches the test server."""
+    yield from _jupyter("lab", tmp_path, llm)
+
+
+@pytest.fixture
+def notebook7(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+    """Notebook 7 (`jupyter notebook`), set up as `lab` is."""
+    yield from _jupyter("notebook", tmp_path, llm)
+
+
+def _jupyter(app: str, tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+    """`jupyter lab` or `jupyter notebook` on 127.0.0.1 with its own home, settings and runtime folders."""
     root, home, settings = tmp_path / "work", tmp_path / "home", tmp_path / "settings"
     root.mkdir()
     home.mkdir()
@@ -138,13 +149,15 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
     env.pop("AUTO_CODER_API_KEY", None)
     env.pop("OPENAI_API_KEY", None)
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = OUTPUT / "jupyterlab.log"
+    log = OUTPUT / ("jupyterlab.log" if app == "lab" else "notebook7.log")
+    options = "LabApp" if app == "lab" else "JupyterNotebookApp"
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        sys.executable, "-m", "jupyter", app, "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={root}", f"--{options}.user_settings_dir={settings}",
+        f"--{options}.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
     ]
+    if app == "lab":
+        command += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -427,3 +440,53 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".jp-LogConsolePanel:has-text('42')")  # the Run click's stdout: the log is recorded
     assert "Traceback" not in p.inner_text(".jp-LogConsolePanel")
     p.screenshot(path=str(OUTPUT / "09-notebook-and-log-console.png"))
+
+
+def test_chat_panel_in_notebook_7(notebook7: Lab, llm: FakeLLMServer) -> None:
+    """Notebook 7: the panel runs, fills its cell's width, and every text and button is readable in both themes."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
+            try:
+                _chat_in_notebook_7(page, notebook7, llm)
+            except BaseException:
+                page.screenshot(path=str(OUTPUT / "nb7-failure.png"))
+                raise
+        finally:
+            browser.close()
+    assert "Traceback" not in notebook7.log.read_text(errors="replace")
+
+
+def _chat_in_notebook_7(page: object, server: Lab, llm: FakeLLMServer) -> None:
+    p: Any = page
+    p.set_default_timeout(WAIT_MS)
+    playwright_api.expect.set_options(timeout=WAIT_MS)
+    p.goto(f"{server.url}/notebooks/{NOTEBOOK.name}?token={server.token}")
+    p.wait_for_selector(".jp-Notebook .jp-Cell")
+    # Run All before the kernel is connected would ask which kernel to start: wait until it is.
+    p.wait_for_function("() => document.querySelector('.jp-Toolbar-kernelName').innerText.includes('ipykernel') && "
+                        "!document.querySelector('.jp-NotebookKernelStatus').innerText.includes('Connecting')")
+    p.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    p.wait_for_selector(".autocoder-panel .autocoder-input")
+    p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
+    assert "approval ask · 127.0.0.1:" in p.inner_text(".autocoder-status")  # something useful before a turn
+    # As wide as its cell's output area (it stopped about 120 px short), and that area is wide here.
+    panel, area = p.eval_on_selector(".autocoder-panel", "e => [e.getBoundingClientRect().width, "
+                                     "e.closest('.jp-OutputArea-output').getBoundingClientRect().width]")
+    assert area > 1000 and abs(panel - area) <= 2, (panel, area)
+
+    llm.enqueue(reply.tool_call("write_file", {"path": "nb7.txt", "content": "from Notebook 7\n"}),
+                reply.text("Created `nb7.txt`."))
+    p.locator(".autocoder-input textarea").fill("Create nb7.txt")
+    p.locator("button.autocoder-send:not([disabled])").click()
+    p.wait_for_selector("button.autocoder-approve")
+    readable_in_both_themes(p, {"Stop", "Approve", "Always", "Deny"},
+                            lambda: p.locator(".autocoder-panel").screenshot(path=str(OUTPUT / "nb7-dark.png")))
+    p.locator("button.autocoder-approve").click()
+    p.wait_for_selector(".autocoder-assistant code:has-text('nb7.txt')")
+    assert (server.root / "nb7.txt").read_text() == "from Notebook 7\n"
+    p.wait_for_selector(".autocoder-state-idle")
+    readable_in_both_themes(p, {"Send", "Reset"})
+    p.locator(".autocoder-panel").screenshot(path=str(OUTPUT / "nb7-light.png"))
