@@ -186,7 +186,7 @@ class TerminalView:
         self.show_status = self.err.isatty()
         self._waiting_since: float | None = None
         self._waiting_for = ""
-        self._status_shown = False
+        self._status_shown = ""  # the waiting line on screen, if any
 
     def exit_code(self) -> int:
         """Single-prompt mode's exit code for the turn shown: 2 for a configuration error met during the
@@ -211,9 +211,11 @@ class TerminalView:
         if waited < STATUS_AFTER:
             return
         line = f"waiting for {self._waiting_for}... {waited:.0f} s (Ctrl-C stops)"
+        if self._status_shown == line:
+            return
         self.err.write("\r\x1b[K" + self._paint("2", line))
         self.err.flush()
-        self._status_shown = True
+        self._status_shown = line
 
     def clear_status(self) -> None:
         """Stop waiting, and erase the waiting line if it is on screen."""
@@ -225,7 +227,7 @@ class TerminalView:
         if self._status_shown:
             self.err.write("\r\x1b[K")
             self.err.flush()
-            self._status_shown = False
+            self._status_shown = ""
 
     def finish_text(self) -> None:
         if self._in_text:
