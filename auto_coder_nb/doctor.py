@@ -87,7 +87,7 @@ class _Doctor:
         self.base_url = config.llm.base_url.rstrip("/")
         self.models_url = f"{self.base_url}/models"
         self.client_kwargs: dict[str, Any] = {}
-        self.capabilities: ModelCapabilities | None = None  # asked only when llm.vision is unset
+        self.capabilities: ModelCapabilities | None = None  # what the server says of the model, once asked
         self.runner = _Runner()
 
     # -- output --------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ class _Doctor:
         """GET /models with these client settings; at most MAX_BODY bytes of the answer are read."""
         async with httpx.AsyncClient(**client_kwargs) as client:
             async with client.stream("GET", self.models_url, headers=self.headers) as response:
-                body = b""
+                body = bytearray()
                 async for part in response.aiter_bytes():
                     body += part
                     if len(body) > MAX_BODY:
@@ -333,7 +333,7 @@ class _Doctor:
         # Decoded already: the copy must not say it is compressed, nor give the full length.
         headers = [(k, v) for k, v in response.headers.multi_items()
                    if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-        return httpx.Response(response.status_code, headers=headers, content=body[:MAX_BODY],
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_BODY]),
                               request=response.request)
 
     def _auth_advice(self) -> str:
