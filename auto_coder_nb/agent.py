@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .approvals import APPROVAL_ORDER, Allowance, ApprovalPolicy
-from .config import AgentConfig
+from .config import DEFAULT_CONTEXT_WINDOW, AgentConfig
 from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
     ApprovalRequest,
@@ -134,6 +134,7 @@ class Agent:
         # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
         self.secrets: Callable[[], Iterable[str | None]] = tuple
         self._last_usage: Usage | None = None  # of the last request, for the context share
+        self._window: tuple[int, str] | None = None  # the context window of the last turn, and where it came from
 
     async def sees_images(self) -> bool:
         """Whether images are sent to the model: llm.vision when set, else what the server reports."""
@@ -146,9 +147,20 @@ class Agent:
         setting = "false" if self.vision is False else "not set and the server does not report vision"
         return NO_VISION.format(model=model or self.provider.model, setting=setting)
 
+    async def context_window(self, model: str | None = None) -> tuple[int, str]:
+        """The context window in tokens and where it came from: agent.context_window when set, else what the server
+        reports for the model (asked once per model), else DEFAULT_CONTEXT_WINDOW."""
+        if self.config.context_window:
+            return self.config.context_window, "agent.context_window"
+        found = await self.provider.capabilities(model, headers=self.conversation.headers)
+        if found.context_window:
+            return found.context_window, found.context_source
+        return DEFAULT_CONTEXT_WINDOW, "default"
+
     def context_usage(self) -> ContextUsage:
         """How full the context window is: the last request as the server counted it, else an estimate."""
-        usage, window = self._last_usage, self.config.context_window
+        usage = self._last_usage
+        window = self.config.context_window or (self._window[0] if self._window else DEFAULT_CONTEXT_WINDOW)
         if usage is not None and usage.prompt_tokens:
             return ContextUsage(usage.prompt_tokens + usage.completion_tokens, window)
         schema_size = len(json.dumps([tool.schema() for tool in self.tools.definitions()]))
@@ -228,6 +240,10 @@ class Agent:
                 yield ErrorEvent(self.no_vision_message(options.model))
                 yield self._done("error")
                 return
+            try:
+                self._window = await self.context_window(options.model)
+            except AutoCoderError:
+                self._window = None  # the request itself says what is wrong (e.g. credentials not configured)
             conversation.repair()
             mark = self.workspace.begin_turn() if self.workspace is not None else None
             feedback = self.turns.take_feedback() if self.turns is not None else []
@@ -319,7 +335,7 @@ class Agent:
         conversation = self.conversation
         definitions = self.tools.definitions()
         schema_size = len(json.dumps([tool.schema() for tool in definitions]))
-        window = self.config.context_window
+        window = self.config.context_window or (self._window[0] if self._window else DEFAULT_CONTEXT_WINDOW)
         for attempt in range(2):
             if conversation.images and not await self.sees_images():  # the model changed to one without vision
                 conversation.drop_images()

@@ -47,6 +47,9 @@ class CellRenderer:
         self.usage: UsageUpdate | None = None
         self.failed = False  # an error was shown
         self.asked: dict[str, bool] = {}  # calls whose approval showed their cells already
+        # Why the turn could not reach the model or was refused by it: the magic fails the cell with this one line
+        # (so it is not shown here as well).
+        self.failure: str | None = None
 
     @property
     def text(self) -> str:
@@ -90,7 +93,10 @@ class CellRenderer:
                 self.failed = True
                 self._end_segment()
                 message = self._hide(event.message)
-                self._show_html(f"<p><strong>Error:</strong> {_text_html(message)}</p>", f"Error: {message}")
+                if stops_the_run(event.error):
+                    self.failure = message
+                else:
+                    self._show_html(f"<p><strong>Error:</strong> {_text_html(message)}</p>", f"Error: {message}")
             case Notice():
                 self.notice(event.text)
             case UsageUpdate():
@@ -207,6 +213,14 @@ class CellRenderer:
 
     def _update(self, handle: Any, bundle: dict[str, str]) -> None:
         handle.update(bundle, raw=True, metadata=self.metadata)
+
+
+def stops_the_run(error: BaseException | None) -> bool:
+    """Whether a turn's error means the model was not reached or refused the request (no connection, credentials
+    refused or missing, an HTTP error after the retries): then the cell fails, and Run All stops there."""
+    from .errors import ConfigError, ProviderError
+
+    return isinstance(error, (ProviderError, ConfigError))
 
 
 def _display(bundle: dict[str, str], metadata: dict[str, Any], *, new_id: bool = False) -> Any:

@@ -69,6 +69,9 @@ class LLMConfig:
     user_field: bool = False  # also send llm.user as the OpenAI `user` field of every request body
 
 
+DEFAULT_CONTEXT_WINDOW = 32768  # tokens, when neither agent.context_window nor the server says
+
+
 @dataclass
 class AgentConfig:
     """How the agent works (`agent:` in the config file)."""
@@ -78,7 +81,8 @@ class AgentConfig:
     # Tool calls run from one answer; the rest are answered "not executed" (a runaway model can send thousands).
     max_tool_calls_per_answer: int = 64
     command_timeout: float = 120.0  # run_command's default timeout, in seconds
-    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    # Tokens the model holds; older history is shortened to fit. Unset: what the server reports, else 32768.
+    context_window: int | None = None
     system_prompt: str | None = None  # replaces the built-in system prompt
     working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
@@ -228,7 +232,8 @@ class Config:
 
 
 # What an unset value means, where None alone would not say.
-DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false"}
+DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false",
+                 "agent.context_window": f"= as the server reports, else {DEFAULT_CONTEXT_WINDOW}"}
 
 SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
 

@@ -21,9 +21,9 @@ the records back into a history a strict server accepts, even from a file cut of
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -45,7 +45,7 @@ from .events import (
 )
 from .private import open_private, private_folder
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
+from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
 
 if TYPE_CHECKING:
     from .cell_changes import CellChange
@@ -54,6 +54,7 @@ SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
+CLOSEST_SHOWN = 5  # saved conversations listed when an id matches none
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
 MAX_CELL_RECORD = 256 * 1024  # a cell_change record bigger than this is saved without the cells' outputs
 
@@ -170,12 +171,12 @@ class SavedConversation:
         return f"{self.short_id}  {self.when}  {where}  {prompt}"
 
 
-_ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
-
-
-def looks_like_id(word: str) -> bool:
-    """Whether a word after `--resume` is a conversation id (prefix) rather than the start of a prompt."""
-    return bool(_ID.fullmatch(word.lower()))
+def _likeness(typed: str, conversation_id: str) -> tuple[int, float]:
+    """How close a typed id is to a saved one: the length of their common start, then their similarity (a typo
+    in the middle); equal for every id when nothing matches, so the stable sort keeps the newest first."""
+    typed = typed.lower()
+    common = len(os.path.commonprefix([typed, conversation_id]))
+    return common, difflib.SequenceMatcher(None, typed, conversation_id[:max(len(typed), SHORT_ID)]).ratio()
 
 
 def summarize(path: Path) -> SavedConversation:
@@ -233,20 +234,24 @@ class ConversationStore:
         return sorted(found, key=lambda saved: saved.updated, reverse=True)
 
     def find(self, prefix: str) -> SavedConversation:
-        """The conversation whose id is or starts with `prefix`; HistoryError saying which exist if none or
-        several do."""
+        """The conversation whose id is or starts with `prefix`; HistoryError listing the closest ones (whatever
+        `prefix` holds: empty, not an id, control characters) when none or several do."""
         saved = self.list()
         prefix = prefix.strip()
         matches = [s for s in saved if s.id == prefix] or [s for s in saved if prefix and s.id.startswith(prefix)]
         if len(matches) == 1:
             return matches[0]
+        shown = repr(prefix)  # escaped: a control character in an id must not reach the terminal raw
         if not saved:
-            raise HistoryError(f"No saved conversation {prefix!r}: none are saved in {self.folder}.")
+            raise HistoryError(f"No saved conversation {shown}: none are saved in {self.folder}.")
         if matches:
-            raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
-                               f"({', '.join(s.short_id for s in matches[:10])}): give more of the id.")
-        shown = ", ".join(s.short_id for s in saved[:10]) + (", ..." if len(saved) > 10 else "")
-        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}.")
+            raise HistoryError(f"{shown} matches {len(matches)} saved conversations: give more of the id. They are:"
+                               + "".join(f"\n  {show_controls(s.line())}" for s in matches[:CLOSEST_SHOWN]))
+        closest = sorted(saved, key=lambda s: _likeness(prefix, s.id), reverse=True)[:CLOSEST_SHOWN]
+        more = f"\n  ... and {len(saved) - len(closest)} more (--sessions lists them)" if len(saved) > len(closest) \
+            else ""
+        raise HistoryError(f"No saved conversation {shown}. The closest:"
+                           + "".join(f"\n  {show_controls(s.line())}" for s in closest) + more)
 
     def listing(self) -> str:
         """What `--sessions` shows: one line per conversation, newest first."""
@@ -257,9 +262,9 @@ class ConversationStore:
 
     def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
-        """The conversation `conversation_id` names (an id or a unique prefix), else the newest for the notebook
-        (if given) or the working folder. HistoryError if there is none."""
-        if conversation_id:
+        """The conversation `conversation_id` names (an id or a unique prefix; "" names none), else (None) the newest
+        for the notebook (if given) or the working folder. HistoryError if there is none."""
+        if conversation_id is not None:
             return self.find(conversation_id)
         saved = self.latest(working_dir=working_dir, notebook=notebook)
         if saved is None:

@@ -39,6 +39,31 @@ written into it. The notebook the user has open is edited live when its Jupyter 
 summary of the kernel may follow the user's message between <kernel-context> tags."""
 
 
+# -- a cell that fails with one line -------------------------------------------------------------
+
+class CellFailed(Exception):
+    """Raised by a magic to fail its cell with one line and no traceback (IPython shows what
+    `_render_traceback_` returns), so that Run All, nbclient and papermill stop there."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """A kernel interrupt, shown as one line instead of a traceback; still a KeyboardInterrupt, so it stops a run."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]
+
+
 # -- one session per kernel ---------------------------------------------------------------------
 
 @dataclass

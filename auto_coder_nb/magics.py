@@ -21,6 +21,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .approvals import ANSWER_HELP, APPROVAL_MODES, parse_answer, question
 from .config import TOOL_CALLING_MODES
 from .kernel import (
+    CellFailed,
+    CellInterrupted,
     KernelState,
     MainThreadCall,
     Worker,
@@ -256,14 +258,12 @@ _TOKEN = re.compile(r"\s*(\S+)")
 def split_options(line: str) -> tuple[list[str], str]:
     """Leading options, then the prompt exactly as written. Not shlex: a prompt with an apostrophe or
     braces must not be re-quoted or rejected."""
-    from .history import looks_like_id
-
     options: list[str] = []
     position = 0
     expect_value = False
     while match := _TOKEN.match(line, position):
         token = match.group(1)
-        resume_id = options[-1:] == ["--resume"] and looks_like_id(token)  # its value is optional
+        resume_id = options[-1:] == ["--resume"]  # its value is optional; any word there is the id
         resume_id = resume_id or (options[-1:] == ["--rewind"] and token.isdigit())  # so is --rewind's
         if not expect_value and not token.startswith("-") and not resume_id:
             break
@@ -288,8 +288,11 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.doctor:
         from .doctor import run_doctor
 
-        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions,
-                   live=state.live)
+        try:
+            run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions,
+                       live=state.live)
+        except KeyboardInterrupt:
+            raise CellInterrupted("autocoder: --doctor interrupted") from None
         return
     if args.reset:
         print(f"New conversation: correlation id {session.reset()}")
@@ -395,6 +398,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,
                             secrets=session.secret_values())
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
+    if renderer.failure is not None:
+        raise CellFailed(f"autocoder: {renderer.failure}")
     if args.insert:
         blocks = code_blocks(renderer.text)
         if not blocks:

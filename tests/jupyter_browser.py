@@ -45,9 +45,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def jupyter_server(tmp_path: Path, llm_base_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[Lab]:
-    """`jupyter lab` on a free port, serving `tmp_path/work`; every cell rendered (no windowing), no news or update
-    checks, no kernel dialog. Notebook 7's pages (/notebooks/...) come from the same server when it is installed."""
+def jupyter_server(tmp_path: Path, llm_base_url: str, log: Path, env: dict[str, str] | None = None,
+                   app: str = "lab") -> Iterator[Lab]:
+    """`jupyter lab` (or `jupyter notebook`: `app`) on a free port, serving `tmp_path/work`; every cell rendered (no
+    windowing), no news or update checks, no kernel dialog. JupyterLab's server also serves Notebook 7's pages
+    (/notebooks/...) when it is installed."""
     root, home, settings = tmp_path / "work", tmp_path / "home", tmp_path / "settings"
     root.mkdir(exist_ok=True)
     home.mkdir(exist_ok=True)
@@ -74,12 +76,14 @@ def jupyter_server(tmp_path: Path, llm_base_url: str, log: Path, env: dict[str, 
     server_env.pop("AUTO_CODER_API_KEY", None)
     server_env.pop("OPENAI_API_KEY", None)
     log.parent.mkdir(parents=True, exist_ok=True)
+    options = "LabApp" if app == "lab" else "JupyterNotebookApp"
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        sys.executable, "-m", "jupyter", app, "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={root}", f"--{options}.user_settings_dir={settings}",
+        f"--{options}.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
     ]
+    if app == "lab":
+        command += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with log.open("w") as log_file:
         process = subprocess.Popen(command, env=server_env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -256,7 +256,12 @@ def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, se
 def test_insert_after_a_failed_request_shows_only_the_error(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.error(401, "invalid api key"))
     run = kernel.execute("%autocoder --insert --context none one step", answers=[])
-    assert "authentication failed" in run.shown_text
+    # The cell fails with the one line (no traceback), so Run All stops here; the error is not shown twice.
+    assert run.reply["content"]["status"] == "error"
+    [error] = run.of_type("error")
+    [line] = error["content"]["traceback"]
+    assert line.startswith("autocoder: ") and "authentication failed" in line and SECRET not in line
+    assert "authentication failed" not in run.shown_text
     assert "no Python code block" not in run.stdout and "Inserted" not in run.stdout
     server.enqueue(reply.text("Just words."))
     answered = kernel.execute("%autocoder --insert --context none another step", answers=[])
@@ -415,6 +420,23 @@ def test_doctor_runs_from_the_magic_without_secrets(kernel: Kernel, server: Fake
     run = kernel.execute("%autocoder --doctor")
     assert server.base_url in run.stdout
     assert SECRET not in run.stdout
+
+
+def test_a_kernel_interrupt_ends_the_doctor_at_once_with_one_line(kernel: Kernel, server: FakeLLMServer) -> None:
+    with FakeLLMServer() as held:
+        held.route("GET", "/props", lambda request: reply.json_body({}, wait_for="props"))
+        try:
+            run = kernel.execute(f"import os; os.environ['AUTO_CODER_BASE_URL'] = {held.base_url!r}\n"
+                                 "%autocoder --doctor", interrupt_when="waiting for the server's model details")
+        finally:
+            held.release("props")
+        kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}")
+    assert run.reply["content"]["status"] == "error"  # the cell failed: Run All stops here
+    [error] = run.of_type("error")
+    assert error["content"]["traceback"] == ["autocoder: --doctor interrupted"]
+    assert error["content"]["ename"] == "CellInterrupted"
+    assert "waiting for the server's model details" in run.stdout
+    assert kernel.execute("1 + 1").reply["content"]["status"] == "ok"  # the kernel is fine
 
 
 def test_bad_option_is_one_readable_line(kernel: Kernel) -> None:

@@ -155,7 +155,10 @@ def test_status_thinking_then_answering_and_turn_tokens_only_once_known(
 ) -> None:
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
-        assert "tokens turn — ·" in panel._status.value  # no turn yet
+        # Before the first turn, what is useful instead of empty counts: approvals, the server, what to do.
+        host = fake_server.base_url.split("//")[1].split("/")[0]
+        assert f"approval ask · {host} · ask below to start" in panel._status.value and "tokens" not in \
+            panel._status.value
         usage = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
         fake_server.enqueue(reply.text("The answer.", reasoning="Let me think.", chunks=2, usage=usage,
                                        wait_for="mid-reasoning", wait_after=2))

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 
@@ -506,12 +507,28 @@ class ChatPanel:
             f'<span class="autocoder-model" title="{model}">{model}</span> · '
             f'<span class="autocoder-state autocoder-state-{css}">{html.escape(state)}</span> · '
             f'id <code class="autocoder-id" title="Correlation id {full_id} (click to select)">{full_id}</code> · '
-            f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
+            + (self._before_first_turn() if self._fresh() else
+               f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}")
         )
         if self._context is not None:
             share = f"{'~' if self._context.estimated else ''}{self._context.share:.0%}"
             self._status.value += (f' · <span class="autocoder-context" title="{html.escape(str(self._context))}">'
                                    f"context {share}</span>")
+
+    def _fresh(self) -> bool:
+        """Nothing asked yet in this conversation: token counts would say nothing."""
+        conversation = self.session.conversation
+        return (self._state == IDLE and self._turn_usage is None and not conversation.usage.total_tokens
+                and not any(message["role"] == "user" for message in conversation.messages))
+
+    def _before_first_turn(self) -> str:
+        """What the status says before the first turn: how changes are approved, and which server is asked."""
+        where = urlsplit(self.session.config.llm.base_url)
+        try:
+            server = f"{where.hostname or '?'}{f':{where.port}' if where.port else ''}"  # never its credentials
+        except ValueError:  # a port that is not a number: the first request will say what is wrong
+            server = where.hostname or "?"
+        return html.escape(f"approval {self.session.policy.mode} · {server} · ask below to start")
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))

@@ -50,6 +50,7 @@ from .base import (
     Usage,
 )
 from .capabilities import ModelCapabilities, probe_capabilities
+from .known_servers import KnownServers
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
 from .prompted import prompted_chat
 from .repetition import REPETITION_NOTICE, RepetitionGuard
@@ -120,6 +121,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.structured_output = True
         self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
         self._capabilities: dict[str, ModelCapabilities] = {}  # what the server said, per model
+        self.known = KnownServers()  # what servers said, across runs: notices said once, --show-config
         self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -186,7 +188,9 @@ class OpenAICompatibleProvider(LLMProvider):
                 raise
             self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
             said = f" ({refusal.server_message})" if refusal.server_message else ""
-            yield ProviderNotice(self._switch_notice(model, f"the server refused native tool calls{said}"))
+            notice = self._switch_notice(model, f"the server refused native tool calls{said}")
+            if notice:
+                yield ProviderNotice(notice)
             async for event in self._prompted(messages, tools, headers, model, answer_only):
                 yield event
 
@@ -205,8 +209,9 @@ class OpenAICompatibleProvider(LLMProvider):
         return "native", ""
 
     def _switch_notice(self, model: str, why: str) -> str:
-        return (f"Model {model}: {why}, so the tools are described in the prompt for the rest of the session "
-                "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
+        """One line, said once per server and model (remembered across runs), else ""."""
+        notice = f"Model {model}: {why}; its tools are described in the prompt instead (llm.tool_calling: auto)."
+        return notice if self.known.first_time(self.base_url, model, notice) else ""
 
     async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
                         headers: dict[str, str] | None, model: str,
@@ -448,6 +453,7 @@ class OpenAICompatibleProvider(LLMProvider):
             if found is None:
                 return ModelCapabilities()
             self._capabilities[model] = found
+            self.known.remember(self.base_url, model, found)
         return self._capabilities[model]
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:
