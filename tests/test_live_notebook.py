@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from jupyter_helpers import Jupyter, free_port, jupyter
 
-from auto_coder_nb.jupyter_server import ServerInfo
+from auto_coder_nb.jupyter_server import ServerInfo, find_server
 from auto_coder_nb.live_notebook import CONNECT_TIMEOUT, LiveEditing, LiveNotebook, Room, RoomError, room_loop
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace
@@ -351,6 +351,28 @@ def test_a_server_without_collaboration(tmp_path: Path, llm: FakeLLMServer) -> N
         assert rows["jupyter server"][1] == "PASS" and rows["notebook"][1] == "PASS"
         assert rows["live editing"][1] == "WARN" and "jupyter-collaboration" in rows["live editing"][3]
         plain.api("DELETE", f"api/sessions/{session_id}")
+
+
+def test_the_server_is_found_by_settings_then_jupyterhub_then_the_runtime_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order the README gives: the AUTO_CODER_JUPYTER_* settings, JupyterHub's variables, the runtime file of
+    the kernel's parent server."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "jpserver-4242.json").write_text(json.dumps(
+        {"url": "http://127.0.0.1:1/base/", "token": "from-file", "root_dir": str(tmp_path), "pid": 4242}))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    parent = {"JPY_PARENT_PID": "4242"}
+    hub = {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:2/user/ann", "JUPYTERHUB_API_TOKEN": "from-hub"}
+    settings = {"AUTO_CODER_JUPYTER_URL": "http://127.0.0.1:3", "AUTO_CODER_JUPYTER_TOKEN": "from-settings",
+                "AUTO_CODER_JUPYTER_ROOT": str(tmp_path / "remote")}
+    found = [find_server(env) for env in ({**parent, **hub, **settings}, {**parent, **hub}, parent)]
+    assert [(info.url, info.token, info.root_dir, info.found_by) for info in found if info is not None] == [
+        ("http://127.0.0.1:3/", "from-settings", tmp_path / "remote", "AUTO_CODER_JUPYTER_URL"),
+        ("http://127.0.0.1:2/user/ann/", "from-hub", None, "JUPYTERHUB_SERVICE_URL"),
+        ("http://127.0.0.1:1/base/", "from-file", tmp_path, "runtime file jpserver-4242.json"),
+    ]
+    assert find_server({"JPY_PARENT_PID": "1"}) is None  # no server started this kernel: VS Code, nbclient...
 
 
 def test_a_room_that_never_syncs_times_out() -> None:

@@ -410,10 +410,14 @@ def build_notebook_tools(
         kernel = (metadata.get("kernelspec") or {}).get("name", "")
         return notebook_as_text(cells, path, kernel=kernel, live=document.live, start=start)
 
-    def _writable(path: str) -> NotebookDocument:
+    def _writable(path: str, falls_back: bool = False) -> NotebookDocument:
+        """The document to change; NotLive for an open notebook that cannot be edited live. `falls_back`: the
+        caller adds the cell through the frontend instead, so this is no refusal and keeps the how-to for one."""
         try:
             return opener().open(path, write=True)
         except NotLive as refused:
+            if falls_back:
+                raise
             if told_how[0] or not refused.how_to:
                 raise NotLive(refused.path, refused.reason) from None
             told_how[0] = True
@@ -462,10 +466,11 @@ def build_notebook_tools(
     def edit_notebook(path: str, action: str, index: int | None = None, cell_id: str | None = None,
                       source: str | None = None, cell_type: str | None = None, to_index: int | None = None) -> Any:
         _check(action, source, cell_type, to_index)
+        falls_back = action == "insert" and insert_cell is not None
         try:
-            document = _writable(path)
+            document = _writable(path, falls_back)
         except NotLive:
-            if action != "insert" or insert_cell is None:
+            if not falls_back:
                 raise
             return _insert_below(path, source or "", cell_type or "code")
         ids = document.ids() if document.path.exists() or document.live else []
