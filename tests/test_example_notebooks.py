@@ -105,7 +105,8 @@ def test_quickstart(server: FakeLLMServer, tmp_path: Path) -> None:
     assert "No frontend takes new cells" in inserted and "sum(is_palindrome(w) for w in words)" in inserted
     # No live server here (nbclient): the notebook is read as saved, its cells with their ids.
     read = requests[5].json["messages"][-1]
-    assert read["role"] == "tool" and read["content"].startswith("quickstart.ipynb: 19 cells (python3; as saved on disk)")
+    assert read["role"] == "tool"
+    assert read["content"].startswith("quickstart.ipynb: 19 cells (python3; as saved on disk)")
     assert "## This notebook" in read["content"] and "needs a live server" in read["content"]
     assert "This notebook" in markdown(cell_with(notebook, "%%autocoder\nRead this notebook"))[0]
     follow_up = requests[6]

@@ -10,31 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import hostile
-import jupyter_browser
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    WAIT_MS,
-    Lab,
-    jupyter_server,
-    needs_chromium,
-    wait_for_connected_kernel,
-)
+from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-OUTPUT = jupyter_browser.OUTPUT / "hostile_output"
+OUTPUT = jupyter_helpers.OUTPUT / "hostile_output"
 
+# The magic that meets the error comes last: a request the server refuses fails its cell, and Run All stops there.
 CELLS = [
     "%load_ext auto_coder_nb",
     "%%autocoder --context none\nshow me the plan",
-    "%%autocoder --context none\nand again",
     "from auto_coder_nb import ChatPanel\npanel = ChatPanel()\npanel",
     "await panel.ask('the plan, in the panel')\nawait panel.ask('and again')\nprint('panel turns done')",
+    "%%autocoder --context none\nand again",
 ]
 # What the page says about the payloads: elements they would create, what they would set.
 INSPECT_JS = """(live) => {
@@ -56,21 +49,21 @@ def llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     (tmp_path / "work").mkdir()
     for name in ("hostile_lab.ipynb", "hostile_nb7.ipynb"):
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                            "language": "python"}
         nbformat.write(notebook, tmp_path / "work" / name)
-    with jupyter_server(tmp_path, llm.base_url, OUTPUT / "jupyterlab.log") as server:
+    with jupyter(tmp_path, tmp_path / "work", OUTPUT / "jupyterlab.log", model_env(llm.base_url)) as server:
         yield server
 
 
 @pytest.mark.parametrize("face", ["lab", "notebook7"])
-def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, face: str) -> None:
-    llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY),
-                reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
+def test_answers_and_error_bodies_show_as_text(lab: Jupyter, llm: FakeLLMServer, face: str) -> None:
+    llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.text(hostile.ANSWER, chunks=7),
+                reply.error(400, hostile.ERROR_BODY), reply.error(400, hostile.ERROR_BODY))
     name = "hostile_lab.ipynb" if face == "lab" else "hostile_nb7.ipynb"
     url = f"{lab.url}/lab/tree/{name}" if face == "lab" else f"{lab.url}/notebooks/{name}"
     with playwright_api.sync_playwright() as playwright:
@@ -80,7 +73,7 @@ def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, fac
             page.set_default_timeout(WAIT_MS)
             try:
                 page.goto(f"{url}?token={lab.token}")
-                wait_for_connected_kernel(lab, name)
+                lab.wait_for_connected_kernel(name)
                 seen = _run_all_and_inspect(page, face)
             finally:
                 page.screenshot(path=str(OUTPUT / f"{face}.png"), full_page=True)
@@ -106,4 +99,6 @@ def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")  # type: ignore[attr-defined]
     p.wait_for_selector(".jp-OutputArea-output:has-text('panel turns done')")  # type: ignore[attr-defined]
     p.wait_for_function("document.querySelectorAll('.autocoder-transcript .autocoder-error').length === 1")  # type: ignore[attr-defined]
+    last = p.locator(".jp-Notebook .jp-Cell").last  # type: ignore[attr-defined]
+    last.locator(".jp-OutputArea-output:has-text('Bad request')").wait_for()  # the failed cell says why
     return p.evaluate(INSPECT_JS, list(hostile.LIVE))  # type: ignore[attr-defined,no-any-return]
