@@ -107,9 +107,11 @@ def _turn_in_the_browser(page: Any, lab: Jupyter, llm: FakeLLMServer, frontend: 
     page.goto(f"{lab.url}{path}?token={lab.token}")
     cells = page.locator(".jp-Notebook .jp-Cell")
     expect(cells).to_have_count(4)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                           ".jp-StatusBar-TextItem:has-text('Idle'), #jp-top-bar, .jp-NotebookKernelStatus",
-                           state="attached")
+    # A run sent before the page's kernel connection is up is dropped (the page may already say idle; #jp-top-bar
+    # was there at once): wait until the server says the kernel is idle with the page connected.
+    lab.wait_for_connected_kernel(name)
+    page.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')" if frontend == "lab"
+                           else ".jp-Notebook-ExecutionIndicator[data-status='idle']")  # and the page follows
     requests_before = len(llm.chat_requests)
     for index in (0, 3):  # load the extension, then the %%autocoder cell
         cells.nth(index).locator(".cm-content").click()
