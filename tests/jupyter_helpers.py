@@ -148,6 +148,7 @@ def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: 
         command += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as log_file:
+        # cwd outside the root, so nothing the server writes in its working folder shows in the listing.
         process = subprocess.Popen(command, env=full_env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -21,12 +21,12 @@ pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 OUTPUT = jupyter_helpers.OUTPUT / "hostile_output"
 
-# The magic that meets the error comes last: a request the server refuses fails its cell, and Run All stops there.
+# The magic whose request the server refuses fails its cell, which ends Run All: it comes last.
 CELLS = [
     "%load_ext auto_coder_nb",
-    "%%autocoder --context none\nshow me the plan",
     "from auto_coder_nb import ChatPanel\npanel = ChatPanel()\npanel",
     "await panel.ask('the plan, in the panel')\nawait panel.ask('and again')\nprint('panel turns done')",
+    "%%autocoder --context none\nshow me the plan",
     "%%autocoder --context none\nand again",
 ]
 # What the page says about the payloads: elements they would create, what they would set.
@@ -62,8 +62,8 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
 
 @pytest.mark.parametrize("face", ["lab", "notebook7"])
 def test_answers_and_error_bodies_show_as_text(lab: Jupyter, llm: FakeLLMServer, face: str) -> None:
-    llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.text(hostile.ANSWER, chunks=7),
-                reply.error(400, hostile.ERROR_BODY), reply.error(400, hostile.ERROR_BODY))
+    llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY),
+                reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
     name = "hostile_lab.ipynb" if face == "lab" else "hostile_nb7.ipynb"
     url = f"{lab.url}/lab/tree/{name}" if face == "lab" else f"{lab.url}/notebooks/{name}"
     with playwright_api.sync_playwright() as playwright:
@@ -98,7 +98,6 @@ def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")  # type: ignore[attr-defined]
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")  # type: ignore[attr-defined]
     p.wait_for_selector(".jp-OutputArea-output:has-text('panel turns done')")  # type: ignore[attr-defined]
+    p.wait_for_selector(".jp-OutputArea-output:has-text('Bad request: <img')")  # type: ignore[attr-defined]
     p.wait_for_function("document.querySelectorAll('.autocoder-transcript .autocoder-error').length === 1")  # type: ignore[attr-defined]
-    last = p.locator(".jp-Notebook .jp-Cell").last  # type: ignore[attr-defined]
-    last.locator(".jp-OutputArea-output:has-text('Bad request')").wait_for()  # the failed cell says why
     return p.evaluate(INSPECT_JS, list(hostile.LIVE))  # type: ignore[attr-defined,no-any-return]
