@@ -98,6 +98,8 @@ def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")  # type: ignore[attr-defined]
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")  # type: ignore[attr-defined]
     p.wait_for_selector(".jp-OutputArea-output:has-text('panel turns done')")  # type: ignore[attr-defined]
-    p.wait_for_selector(".jp-OutputArea-output:has-text('Bad request: <img')")  # type: ignore[attr-defined]
+    # The last cell's own error (the panel's output area shows the panel's error too, earlier): Run All has ended.
+    last = p.locator(".jp-Notebook .jp-Cell").last  # type: ignore[attr-defined]
+    last.locator(".jp-OutputArea-output:has-text('Bad request: <img')").wait_for()
     p.wait_for_function("document.querySelectorAll('.autocoder-transcript .autocoder-error').length === 1")  # type: ignore[attr-defined]
     return p.evaluate(INSPECT_JS, list(hostile.LIVE))  # type: ignore[attr-defined,no-any-return]
