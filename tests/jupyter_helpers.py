@@ -106,7 +106,10 @@ def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: 
         full_env.pop(key, None)
     command = [sys.executable, "-m", "jupyter", APPS[app], "--allow-root", "--no-browser", "--ip=127.0.0.1",
                f"--port={port}", f"--ServerApp.root_dir={root}",
-               f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}", *extra_args]
+               f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}",
+               # jupyter-collaboration's session records, which it would keep in <root>/.jupyter/ (where the
+               # agent's list_directory would see them); its store goes to the working folder (tmp_path).
+               f"--YDocExtension.session_store_path={tmp_path / 'collaboration_sessions.json'}", *extra_args]
     if app in ("lab", "notebook"):
         command += [f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
                     "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
@@ -114,7 +117,8 @@ def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: 
             command = [part.replace("--LabApp.", "--JupyterNotebookApp.") for part in command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=full_env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
+        # cwd outside the root: jupyter-collaboration keeps its store (.jupyter_ystore.db, .jupyter/) there.
+        process = subprocess.Popen(command, env=full_env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url, token, process, log)

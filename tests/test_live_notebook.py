@@ -122,14 +122,16 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
                 _wait_for(lambda: len(llm.chat_requests) >= 3, "the held request")
                 document = user(path)
                 assert document is not None and document.live
-                # The replace is already in the room while the magic's turn still runs.
-                assert [c.source for c in document.cells()] == ["x = 21", "# the user's cell", "y = x * 2",
-                                                                "print('last')"]
+                # The replace is already in the room while the magic's turn still runs (it reaches this client
+                # through the server a few milliseconds after the kernel sent it).
+                _wait_for(lambda: [c.source for c in document.cells()] == [
+                    "x = 21", "# the user's cell", "y = x * 2", "print('last')"], "the replaced cell")
                 document.change(lambda cells: cells.set_source(1, "# the user's cell, typed during the turn"))
             finally:
                 llm.release("typed")
                 turn.join(180)
             assert not turn.is_alive()
+            _wait_for(lambda: len(document.cells()) == 5 and document.cells()[3].outputs, "the run's outputs")
             cells = document.cells()
             assert [c.source for c in cells] == ["x = 21", "# the user's cell, typed during the turn", "y = x * 2",
                                                  "print('y is', y)", "print('last')"]

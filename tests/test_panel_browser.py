@@ -10,29 +10,19 @@ Debian's chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, Jupyter, jupyter
 from PIL import Image as PILImage
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = Path(__file__).parent / "notebooks" / "chat_panel.ipynb"
 OUTPUT = Path(__file__).parent.parent / "test-output" / "panel_browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
 # Each visible text of the panel outside ipywidgets' own buttons, with its contrast ratio (WCAG) against the
 # background it is drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one.
@@ -72,20 +62,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") !
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 
 
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def llm() -> Iterator[FakeLLMServer]:
     with FakeLLMServer() as server:
@@ -93,73 +69,19 @@ def llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     """JupyterLab on 127.0.0.1 with its own home, settings and runtime folders; the kernel reaches the test server."""
-    root, home, settings = tmp_path / "work", tmp_path / "home", tmp_path / "settings"
+    root = tmp_path / "work"
     root.mkdir()
-    home.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     PILImage.new("RGB", (120, 80), "teal").save(root / "chart.png")  # for the attach control
-    # Render every cell (no windowing), so widgets below the fold exist in the page; no kernel dialog.
-    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
-    tracker.parent.mkdir(parents=True)
-    tracker.write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
-    notifications = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notifications.parent.mkdir(parents=True)
-    notifications.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    token, port = secrets.token_hex(16), _free_port()
-    env = {
-        **os.environ,
-        "HOME": str(home),  # no ~/.auto-coder.yaml, no user Jupyter settings
-        "JUPYTER_TOKEN": token,  # not on the command line, so not in `ps`
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
-        "AUTO_CODER_BASE_URL": llm.base_url,
-        "AUTO_CODER_MODEL": "fake-model",
-        "AUTO_CODER_APPROVAL_MODE": "ask",
-        "AUTO_CODER_VISION": "true",
-    }
-    env.pop("AUTO_CODER_API_KEY", None)
-    env.pop("OPENAI_API_KEY", None)
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = OUTPUT / "jupyterlab.log"
-    command = [
-        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_serving(url, token, process)
-        yield Lab(url, token, root, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {"AUTO_CODER_BASE_URL": llm.base_url, "AUTO_CODER_MODEL": "fake-model", "AUTO_CODER_APPROVAL_MODE": "ask",
+           "AUTO_CODER_VISION": "true"}
+    with jupyter(tmp_path, root, OUTPUT / "jupyterlab.log", env, app="lab") as started:
+        yield started
 
 
-def _wait_until_serving(url: str, token: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise AssertionError(f"JupyterLab exited with {process.returncode}; see {OUTPUT / 'jupyterlab.log'}")
-        try:
-            if httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("JupyterLab did not answer within a minute")
-
-
-def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
+def test_chat_panel_in_jupyterlab(lab: Jupyter, llm: FakeLLMServer) -> None:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -176,7 +98,7 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
     assert "Traceback" not in lab.log.read_text(errors="replace")  # nothing went to the log console
 
 
-def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
+def _chat(page: object, lab: Jupyter, llm: FakeLLMServer) -> None:
     page.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]
     playwright_api.expect.set_options(timeout=WAIT_MS)
     p = page  # Playwright's Page; typed loosely so the module imports without playwright
