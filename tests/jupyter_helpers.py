@@ -1,6 +1,7 @@
-"""Real Jupyter servers for tests: JupyterLab, Notebook 7 or a bare Jupyter server on 127.0.0.1 with a random
-port, a generated token (passed through JUPYTER_TOKEN, so not in `ps`) and throw-away settings, runtime and data
-folders; kernels the server starts, and clients to them. Shared by the panel and live-notebook tests."""
+"""Real Jupyter servers for tests: JupyterLab (which serves Notebook 7's pages too) or a bare Jupyter server on
+127.0.0.1 with a random port, a generated token (passed through JUPYTER_TOKEN, so not in `ps`) and throw-away
+settings, runtime and data folders; kernels the server starts, and clients to them. Shared by the panel and
+live-notebook tests."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import httpx
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-APPS = {"lab": "lab", "notebook": "notebook", "server": "server"}
 
 
 def free_port() -> int:
@@ -85,8 +85,9 @@ def user_settings(folder: Path) -> Path:
 @contextmanager
 def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: str = "lab",
             extra_args: tuple[str, ...] = ()) -> Iterator[Jupyter]:
-    """Start `jupyter <app>` serving `root` and stop it afterwards. `env` is added to a settings-free copy of the
-    environment (HOME, Jupyter and IPython folders under tmp_path); the kernels it starts inherit it."""
+    """Start `jupyter <app>` ("lab" or "server") serving `root` and stop it afterwards. `env` is added to a
+    settings-free copy of the environment (HOME, Jupyter and IPython folders under tmp_path); the kernels it starts
+    inherit it."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     settings = user_settings(tmp_path / "settings")
@@ -104,17 +105,15 @@ def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: 
     }
     for key in ("AUTO_CODER_API_KEY", "OPENAI_API_KEY"):
         full_env.pop(key, None)
-    command = [sys.executable, "-m", "jupyter", APPS[app], "--allow-root", "--no-browser", "--ip=127.0.0.1",
+    command = [sys.executable, "-m", "jupyter", app, "--allow-root", "--no-browser", "--ip=127.0.0.1",
                f"--port={port}", f"--ServerApp.root_dir={root}",
                f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}",
                # jupyter-collaboration's session records, which it would keep in <root>/.jupyter/ (where the
                # agent's list_directory would see them); its store goes to the working folder (tmp_path).
                f"--YDocExtension.session_store_path={tmp_path / 'collaboration_sessions.json'}", *extra_args]
-    if app in ("lab", "notebook"):
+    if app == "lab":
         command += [f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
                     "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        if app == "notebook":
-            command = [part.replace("--LabApp.", "--JupyterNotebookApp.") for part in command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as log_file:
         # cwd outside the root: jupyter-collaboration keeps its store (.jupyter_ystore.db, .jupyter/) there.
