@@ -101,14 +101,16 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
                 wait_for(lambda: len(llm.chat_requests) >= 3, "the held request")
                 document = user(path)
                 assert document is not None and document.live
-                # The replace is already in the room while the magic's turn still runs.
-                assert [c.source for c in document.cells()] == ["x = 21", "# the user's cell", "y = x * 2",
-                                                                "print('last')"]
+                # The replace is already in the room while the magic's turn still runs (it reaches this client
+                # through the server a few milliseconds after the kernel sent it).
+                wait_for(lambda: [c.source for c in document.cells()] == [
+                    "x = 21", "# the user's cell", "y = x * 2", "print('last')"], "the replaced cell")
                 document.change(lambda cells: cells.set_source(1, "# the user's cell, typed during the turn"))
             finally:
                 llm.release("typed")
                 turn.join(180)
             assert not turn.is_alive()
+            wait_for(lambda: len(document.cells()) == 5 and document.cells()[3].outputs, "the run's outputs")
             cells = document.cells()
             assert [c.source for c in cells] == ["x = 21", "# the user's cell, typed during the turn", "y = x * 2",
                                                  "print('y is', y)", "print('last')"]
@@ -128,6 +130,42 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
             assert saved.cells[3].outputs[0]["text"] == "y is 42\n"
             everything = json.dumps([r.json for r in llm.requests if r.json]) + turn_output[0] + doctor
             assert server.token not in everything + path.read_text()  # the server's token never shows
+    finally:
+        user.close()
+        server.api("DELETE", f"api/sessions/{session_id}")
+
+
+def test_the_chat_panel_edits_and_runs_a_cell_of_the_open_notebook(server: Jupyter, llm: FakeLLMServer) -> None:
+    """The panel's turn runs on the kernel's own loop, outside any cell: the same tools work from there."""
+    path = server.root / "panel.ipynb"
+    write_notebook(path, ["n = 6"])
+    session_id, kernel_id = server.start_kernel_session(path.name)
+    user = user_of(server, kernel_id)
+    try:
+        with server.kernel_client(kernel_id) as kernel:
+            _execute(kernel, "n = 6")
+            llm.clear()
+            llm.enqueue(
+                reply.tool_call("read_notebook", {"path": "panel.ipynb"}),
+                reply.tool_call("edit_notebook", {"path": "panel.ipynb", "action": "insert",
+                                                  "source": "print('from the panel', n * 7)"}),
+                reply.tool_call("run_cell", {"path": "panel.ipynb", "index": 1}),
+                reply.text("Ran it."),
+            )
+            _execute(kernel, "from auto_coder_nb import ChatPanel\npanel = ChatPanel()\n"
+                             "panel.send('Add and run a cell')")
+            wait_for(lambda: len(llm.chat_requests) >= 4 and _execute(kernel, "print(panel.running)").strip()
+                      == "False", "the panel's turn to end")
+            transcript = _execute(kernel, "print([r['text'] for r in panel.transcript if r['role'] == 'assistant'])")
+            assert "Ran it." in transcript
+            document = user(path)
+            assert document is not None
+            wait_for(lambda: len(document.cells()) == 2 and document.cells()[1].outputs, "the run's outputs")
+            cell = document.cells()[1]
+            assert cell.outputs == [{"output_type": "stream", "name": "stdout", "text": "from the panel 42\n"}]
+            assert cell.execution_count is not None
+            results = [m["content"] for m in llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+            assert "from the panel 42" in results[2]
     finally:
         user.close()
         server.api("DELETE", f"api/sessions/{session_id}")
