@@ -163,6 +163,7 @@ def _chat(page: object, lab: Jupyter, llm: FakeLLMServer) -> None:
     p.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     # The execution indicator says idle before the kernel is even connected; the status bar names the kernel.
     p.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')")
+    lab.wait_for_connected_kernel(NOTEBOOK.name)  # the page's indicators can say idle before its websocket is up
     # The log console records what widget callbacks print or raise, from the level set when it happens.
     p.click(".lm-MenuBar-itemLabel:text-is('View')")
     p.click(".lm-Menu-itemLabel:text-is('Show Log Console')")
@@ -383,6 +384,7 @@ def _chat_in_notebook_7(page: object, server: Jupyter, llm: FakeLLMServer) -> No
     # Run All before the kernel is connected would ask which kernel to start: wait until it is.
     p.wait_for_function("() => document.querySelector('.jp-Toolbar-kernelName').innerText.includes('ipykernel') && "
                         "!document.querySelector('.jp-NotebookKernelStatus').innerText.includes('Connecting')")
+    server.wait_for_connected_kernel(NOTEBOOK.name)  # Notebook 7 ran nothing at times without this wait
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
     p.wait_for_selector(".autocoder-panel .autocoder-input")
