@@ -25,6 +25,9 @@ DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
 # How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
 TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
+# Sent with prompted steps when llm.extra_params sets no temperature: small models copy arguments badly when
+# sampling at a server's default (0.8 for llama.cpp).
+PROMPTED_TEMPERATURE = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class LLMConfig:
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
     tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
     max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
+    # Prompted steps that write no file content (answers, read-only calls) and the answer after a repeated step.
+    step_max_tokens: int = 512
 
 
 @dataclass
@@ -73,6 +78,7 @@ class AgentConfig:
     # Tool calls run from one answer; the rest are answered "not executed" (a runaway model can send thousands).
     max_tool_calls_per_answer: int = 64
     command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    turn_timeout: float = 1800.0  # seconds one turn may take in all (approvals not counted); then it stops
     context_window: int = 32768  # tokens the model holds; older history is shortened to fit
     system_prompt: str | None = None  # replaces the built-in system prompt
     working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
@@ -215,6 +221,9 @@ class Config:
             lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
         if not self.mcp.servers:
             lines.append(f"{MCP_SERVERS} = {{}}  ({self._marked(MCP_SERVERS, 'default')})")
+        if "temperature" not in self.llm.extra_params:
+            lines.append(f"llm.extra_params.temperature = <not set: prompted steps are sent {PROMPTED_TEMPERATURE}>"
+                         "  (default)")
         ignored = self.project.describe() if self.project is not None else []
         return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings), *ignored])
 
@@ -468,6 +477,7 @@ PROJECT_SAFE_KEYS = frozenset({
     "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
     "agent.system_prompt", "agent.image_max_side", "agent.max_images", "agent.instructions_files",
     "history.enabled",
+    "llm.step_max_tokens", "agent.turn_timeout",
 })
 # Approval modes an untrusted project file may choose: none allows more than asking.
 PROJECT_SAFE_APPROVAL_MODES = ("ask", "read-only")
@@ -766,9 +776,11 @@ DAY = 86400.0
 NUMBER_LIMITS: dict[str, float] = {
     "llm.timeout": DAY,
     "llm.max_tokens": 10_000_000,
+    "llm.step_max_tokens": 10_000_000,
     "agent.max_iterations": 100_000,
     "agent.max_tool_calls_per_answer": 100_000,
     "agent.command_timeout": DAY,
+    "agent.turn_timeout": DAY,
     "agent.context_window": 100_000_000,
     "agent.image_max_side": 16_384,
     "agent.max_images": 1_000,

@@ -24,6 +24,9 @@ class ToolDefinition:
     `kind` decides approvals: "read" never asks, "write" and "command" follow the approval mode.
     `preview(arguments)` returns what an approval shows (a diff, a command line); it must not
     change anything. `handler` may be a plain function or a coroutine function.
+    `rarely_needed` names optional arguments a model seldom needs (`replace_all`, a command's `timeout`):
+    prompted tool calling leaves them out of the prompt and the step schema, since a shorter grammar is a
+    faster one for small local models.
     """
 
     name: str
@@ -32,6 +35,7 @@ class ToolDefinition:
     handler: Callable[..., Any]
     kind: ToolKind = "read"
     preview: Callable[..., str] | None = None
+    rarely_needed: tuple[str, ...] = ()
 
     def schema(self) -> dict[str, Any]:
         return {

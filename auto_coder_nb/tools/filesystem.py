@@ -770,6 +770,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             handler=bind(edit_file),
             kind="write",
             preview=bind(preview_edit_file),
+            rarely_needed=("replace_all",),
         ),
         ToolDefinition(
             name="list_directory",

@@ -295,5 +295,6 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
             handler=functools.partial(run_command, workspace, default_timeout=command_timeout, secrets=secrets),
             kind="command",
             preview=functools.partial(preview_run_command, workspace),
+            rarely_needed=("timeout",),
         ),
     ]
