@@ -130,6 +130,18 @@ def test_a_step_writing_a_file_may_run_to_the_content_limit_and_is_not_run_when_
     next_message_works(fake_server, session, "prompted")
 
 
+def test_a_read_only_call_with_a_runaway_path_is_cut_early(fake_server: FakeLLMServer, project: Path) -> None:
+    """SmolLM2 wrote paths like "lisst_directory_a_rgument_a_..." until the limit: a read-only call is a path or
+    a name, so it stops at 128 tokens whatever llm.step_max_tokens allows an answer."""
+    fake_server.enqueue(reply.endless('{"tool": "list_directory", "arguments": {"path": "lisst'),
+                        reply.prompted_answer("Sorry."))
+    events = run_turn(make_session(fake_server, project), "List the files in the folder src")
+    [cut] = [text for text in notices(events) if "llm.step_max_tokens" in text]
+    assert "cut off at 129 tokens" in cut
+    [result] = [e for e in events if isinstance(e, ToolResult)]
+    assert result.is_error and "cut off" in result.output and ending(events) == "stop"
+
+
 def test_a_native_answer_that_never_ends_stops_at_the_turn_deadline(fake_server: FakeLLMServer, project: Path) -> None:
     """Natively only the server's max_tokens limits an answer; one that ignores it meets agent.turn_timeout."""
     fake_server.enqueue(reply.endless("Thinking"))
@@ -300,7 +312,7 @@ def test_rarely_needed_arguments_are_left_out_of_the_prompted_schema(
                for choice in choices if "tool" in choice["properties"]}
     assert set(schemas["edit_file"]["properties"]) == {"path", "old_string", "new_string"}
     assert set(schemas["run_command"]["properties"]) == {"command"}
-    assert set(schemas["read_file"]["properties"]) == {"path", "offset", "limit"}  # big files need paging
+    assert set(schemas["read_file"]["properties"]) == {"path"}
     section = body["messages"][0]["content"]
     assert "replace_all" not in section and "- command (string, required)" in section
     # A model writing free text may still use them: the step is checked against the whole schema.

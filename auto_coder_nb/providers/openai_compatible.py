@@ -50,7 +50,7 @@ from .base import (
 )
 from .capabilities import ModelCapabilities, probe_capabilities
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
-from .prompted import STEP_CUT, StepLimits, prompted_chat
+from .prompted import READ_CALL_TOKENS, STEP_CUT, StepLimits, prompted_chat
 from .repetition import REPETITION_NOTICE, RepetitionGuard
 from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
@@ -218,7 +218,7 @@ class OpenAICompatibleProvider(LLMProvider):
             extra["max_tokens"] = step
         async for event in self._exchange(messages, tools, headers, model, extra):
             if isinstance(event, Completion) and event.finish_reason == "length" and "max_tokens" in extra:
-                yield ProviderNotice(STEP_CUT.format(tokens=extra["max_tokens"]))
+                yield ProviderNotice(STEP_CUT.format(tokens=extra["max_tokens"], read_call=READ_CALL_TOKENS))
                 event = Completion(event.content, event.reasoning, event.tool_calls, "step_limit", event.usage)
             yield event
 

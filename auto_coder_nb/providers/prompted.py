@@ -506,8 +506,11 @@ class StepLimits:
 
 
 STEP_CUT = ("The model's reply was cut off at {tokens} tokens (llm.step_max_tokens, the limit of a prompted step "
-            "that writes no file content); a tool call in it was not run. Ask for the rest, or raise "
-            "llm.step_max_tokens.")
+            "that writes no file content; a read-only call gets at most {read_call}); a tool call in it was not run. "
+            "Ask for the rest, or raise llm.step_max_tokens.")
+# A call of a read-only tool is a path or a name: SmolLM2 wrote paths like "lisst_directory_a_rgument_a_..." until
+# the limit, so such a call gets at most this many tokens.
+READ_CALL_TOKENS = 128
 # The name of the tool a step calls, as soon as it has streamed (also in free text, after prose).
 _CALLED_TOOL = re.compile(r'"(?:tool|name|function)"\s*:\s*"([^"\\]+)"')
 
@@ -530,16 +533,23 @@ class _StepWatch:
         """After `text` streamed (the step so far: `buffer`): "step" or "content" when that limit is passed."""
         self.deltas += 1
         self.characters += len(text)
-        step, content = self.limits.step, self.limits.content
-        if step is not None and self.tokens > step:
-            if self.answer_only:
-                return "step"
-            called = _CALLED_TOOL.search(buffer)
-            if called is None or called.group(1) not in self.writers:
-                return "step"
-        if content is not None and self.tokens > content and not self.answer_only:
-            return "content"
-        return None
+        step = self.limits.step
+        if self.tokens <= (READ_CALL_TOKENS if step is None else min(step, READ_CALL_TOKENS)):
+            return None  # below every limit: no need to look at the step
+        kind, limit = self._limit(buffer)
+        return kind if limit is not None and self.tokens > limit else None
+
+    def _limit(self, buffer: str) -> tuple[str, int | None]:
+        """The kind of the step so far, and its limit."""
+        step = self.limits.step
+        if self.answer_only:
+            return "step", step
+        called = _CALLED_TOOL.search(buffer)
+        if called is None:  # an answer (or prose before a step)
+            return "step", step
+        if called.group(1) in self.writers:
+            return "content", self.limits.content
+        return "step", READ_CALL_TOKENS if step is None else min(step, READ_CALL_TOKENS)
 
 
 async def prompted_chat(
@@ -592,7 +602,8 @@ async def prompted_chat(
         if completion.finish_reason == "length":
             # Stopped by us at the step limit, or by the server at the step limit it was sent (answer-only).
             if passed == "step" or passed is None and answer_only and limits.step is not None:
-                yield ProviderNotice(STEP_CUT.format(tokens=limits.step if passed is None else watch.tokens))
+                yield ProviderNotice(STEP_CUT.format(tokens=limits.step if passed is None else watch.tokens,
+                                                     read_call=READ_CALL_TOKENS))
                 cut = _cut_off(completion, stream, tools, usage, new_call_id)
                 yield Completion(cut.content, cut.reasoning, cut.tool_calls, "step_limit", usage)
                 return

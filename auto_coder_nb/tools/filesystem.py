@@ -737,6 +737,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             },
             handler=bind(read_file),
             kind="read",
+            rarely_needed=("offset", "limit"),  # SmolLM2 added "limit": 1000000000000 to its reads
         ),
         ToolDefinition(
             name="write_file",
