@@ -65,7 +65,7 @@ class LLMConfig:
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
     tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
     max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
-    # Prompted steps that write no file content (answers, read-only calls) and the answer after a repeated step.
+    # Cap on a prompted answer; read-only calls and the answer after a repeated step get less (prompted.StepLimits).
     step_max_tokens: int = 512
 
 

@@ -195,13 +195,25 @@ def test_a_cycle_of_three_calls_gets_the_answer_only_request(fake_server: FakeLL
     assert [r.json.get("tool_choice") for r in fake_server.chat_requests] == [None] * 6 + ["none"]
 
 
-def test_the_answer_only_request_is_capped_at_the_step_limit(fake_server: FakeLLMServer, project: Path) -> None:
+def test_the_answer_only_request_is_capped_hard(fake_server: FakeLLMServer, project: Path) -> None:
+    """After a repeated step the model may only answer; SmolLM2 then wrote garbage to the limit: 128 tokens (or
+    llm.step_max_tokens, if lower), natively as max_tokens, in prompted mode also while it streams."""
     read = reply.tool_call("read_file", {"path": "calc.py"})
     fake_server.enqueue(read, read, reply.text("It adds", finish_reason="length"))
-    events = run_turn(make_session(fake_server, project, "native", step_max_tokens=64), "What does calc.py do?")
-    assert [r.json.get("max_tokens") for r in fake_server.chat_requests] == [4096, 4096, 64]
-    assert any("llm.step_max_tokens" in text for text in notices(events)) and ending(events) == "stop"
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    assert [r.json.get("max_tokens") for r in fake_server.chat_requests] == [4096, 4096, 128]
+    assert any("cut off at 128 tokens" in text for text in notices(events)) and ending(events) == "stop"
     assert not any("llm.max_tokens" in text for text in notices(events))
+    fake_server.clear()
+    fake_server.enqueue(read, read, reply.text("It adds"))
+    run_turn(make_session(fake_server, project, "native", step_max_tokens=64), "What does calc.py do?")
+    assert fake_server.chat_requests[-1].json["max_tokens"] == 64
+    fake_server.clear()
+    read = reply.prompted_call("read_file", {"path": "calc.py"})
+    fake_server.enqueue(read, read, reply.endless('{"answer": "1234'))
+    events = run_turn(make_session(fake_server, project), "What does calc.py do?")
+    assert fake_server.chat_requests[-1].json["max_tokens"] == 128
+    assert any("cut off at 129 tokens" in text for text in notices(events)) and ending(events) == "stop"
 
 
 # -- a model that answers "..." for every path ------------------------------------------------------------

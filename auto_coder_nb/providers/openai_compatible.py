@@ -50,7 +50,7 @@ from .base import (
 )
 from .capabilities import ModelCapabilities, probe_capabilities
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
-from .prompted import READ_CALL_TOKENS, STEP_CUT, StepLimits, prompted_chat
+from .prompted import STEP_CUT, StepLimits, prompted_chat
 from .repetition import REPETITION_NOTICE, RepetitionGuard
 from .sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
@@ -211,19 +211,18 @@ class OpenAICompatibleProvider(LLMProvider):
 
     async def _answer_only(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
                            headers: dict[str, str] | None, model: str) -> AsyncIterator[ProviderEvent]:
-        """The native request after a repeated step: `tool_choice: none`, capped at llm.step_max_tokens."""
+        """The native request after a repeated step: `tool_choice: none`, capped hard (StepLimits.answer_only)."""
         extra: dict[str, Any] = {"tool_choice": "none"}
-        step = self._limits().step
-        if step is not None and not self._user_caps_tokens():
-            extra["max_tokens"] = step
+        if not self._user_caps_tokens():
+            extra["max_tokens"] = self._limits().answer_only
         async for event in self._exchange(messages, tools, headers, model, extra):
             if isinstance(event, Completion) and event.finish_reason == "length" and "max_tokens" in extra:
-                yield ProviderNotice(STEP_CUT.format(tokens=extra["max_tokens"], read_call=READ_CALL_TOKENS))
+                yield ProviderNotice(STEP_CUT.format(tokens=extra["max_tokens"]))
                 event = Completion(event.content, event.reasoning, event.tool_calls, "step_limit", event.usage)
             yield event
 
     def _limits(self) -> StepLimits:
-        return StepLimits.of(self.config.llm.step_max_tokens, self.max_tokens)
+        return StepLimits(self.config.llm.step_max_tokens, self.max_tokens)
 
     def _user_caps_tokens(self) -> bool:
         """Whether llm.extra_params sets the token limit itself (it wins over ours)."""

@@ -485,32 +485,45 @@ def _escape_length(buffer: str, at: int) -> int | None:
 # -- one model request in prompted mode --------------------------------------------------------
 
 
+# A call of a read-only tool is a path or a name: SmolLM2 wrote paths like "lisst_directory_a_rgument_a_..." until
+# the limit, so such a call gets at most this many tokens.
+READ_CALL_TOKENS = 128
+# The answer after a repeated step: the model wanted another call and may only answer, and SmolLM2 then wrote
+# garbage ("1234567890123...") to the limit; its answer so far is kept, cut here.
+ANSWER_ONLY_TOKENS = 128
+
+
 @dataclass(frozen=True)
 class StepLimits:
-    """Tokens one prompted step may take. `step` (llm.step_max_tokens): an answer, a call of a read-only tool,
-    and every answer-only step; `content` (llm.max_tokens): a call of a tool that writes or runs something,
-    whose arguments may be a whole file. None: no limit of ours (`step` is None when it is not below `content`).
-    The request asks for `content` (the server cannot know the kind in advance); the kind's own limit is kept
-    while the step streams."""
+    """Tokens one step may take. `step` (llm.step_max_tokens): a prompted answer; `content` (llm.max_tokens): a
+    call of a tool that writes or runs something, whose arguments may be a whole file; a read-only call gets
+    READ_CALL_TOKENS and an answer-only step ANSWER_ONLY_TOKENS, never more than the others. None: no limit.
+    A prompted request asks for `content` (the server cannot know the kind in advance); the kind's own limit is
+    kept while the step streams."""
 
     step: int | None = None
     content: int | None = None
 
-    @classmethod
-    def of(cls, step: int, content: int | None) -> StepLimits:
-        return cls(step if content is None or step < content else None, content)
+    def _below(self, cap: int) -> int:
+        return min(limit for limit in (cap, self.step, self.content) if limit is not None)
+
+    @property
+    def read_call(self) -> int:
+        return self._below(READ_CALL_TOKENS)
+
+    @property
+    def answer_only(self) -> int:
+        return self._below(ANSWER_ONLY_TOKENS)
 
     def request(self, answer_only: bool) -> int | None:
         """The max_tokens to send."""
-        return self.step if answer_only and self.step is not None else self.content
+        return self.answer_only if answer_only else self.content
 
 
-STEP_CUT = ("The model's reply was cut off at {tokens} tokens (llm.step_max_tokens, the limit of a prompted step "
-            "that writes no file content; a read-only call gets at most {read_call}); a tool call in it was not run. "
-            "Ask for the rest, or raise llm.step_max_tokens.")
-# A call of a read-only tool is a path or a name: SmolLM2 wrote paths like "lisst_directory_a_rgument_a_..." until
-# the limit, so such a call gets at most this many tokens.
-READ_CALL_TOKENS = 128
+STEP_CUT = ("The model's reply was cut off at {tokens} tokens, the limit of a prompted step that writes no file "
+            f"content (an answer: llm.step_max_tokens; a read-only call: {READ_CALL_TOKENS}; the answer after a "
+            f"repeated step: {ANSWER_ONLY_TOKENS}); a tool call in it was not run. Ask for the rest, or raise "
+            "llm.step_max_tokens.")
 # The name of the tool a step calls, as soon as it has streamed (also in free text, after prose).
 _CALLED_TOOL = re.compile(r'"(?:tool|name|function)"\s*:\s*"([^"\\]+)"')
 
@@ -533,23 +546,21 @@ class _StepWatch:
         """After `text` streamed (the step so far: `buffer`): "step" or "content" when that limit is passed."""
         self.deltas += 1
         self.characters += len(text)
-        step = self.limits.step
-        if self.tokens <= (READ_CALL_TOKENS if step is None else min(step, READ_CALL_TOKENS)):
+        if self.tokens <= min(self.limits.read_call, self.limits.answer_only):
             return None  # below every limit: no need to look at the step
         kind, limit = self._limit(buffer)
         return kind if limit is not None and self.tokens > limit else None
 
     def _limit(self, buffer: str) -> tuple[str, int | None]:
         """The kind of the step so far, and its limit."""
-        step = self.limits.step
         if self.answer_only:
-            return "step", step
+            return "step", self.limits.answer_only
         called = _CALLED_TOOL.search(buffer)
         if called is None:  # an answer (or prose before a step)
-            return "step", step
+            return "step", self.limits.step
         if called.group(1) in self.writers:
             return "content", self.limits.content
-        return "step", READ_CALL_TOKENS if step is None else min(step, READ_CALL_TOKENS)
+        return "step", self.limits.read_call
 
 
 async def prompted_chat(
@@ -601,9 +612,8 @@ async def prompted_chat(
             return
         if completion.finish_reason == "length":
             # Stopped by us at the step limit, or by the server at the step limit it was sent (answer-only).
-            if passed == "step" or passed is None and answer_only and limits.step is not None:
-                yield ProviderNotice(STEP_CUT.format(tokens=limits.step if passed is None else watch.tokens,
-                                                     read_call=READ_CALL_TOKENS))
+            if passed == "step" or passed is None and answer_only:
+                yield ProviderNotice(STEP_CUT.format(tokens=limits.answer_only if passed is None else watch.tokens))
                 cut = _cut_off(completion, stream, tools, usage, new_call_id)
                 yield Completion(cut.content, cut.reasoning, cut.tool_calls, "step_limit", usage)
                 return
