@@ -44,7 +44,7 @@ from .providers.base import (
     Usage,
 )
 from .site_policy import SitePolicy
-from .state.conversation import Conversation
+from .state.conversation import INTERRUPTED, Conversation
 from .text import scrub
 from .tools.arguments import clamp_numbers, placeholder_problem
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
@@ -296,7 +296,7 @@ class Agent:
             # open calls.
             timed_out = self._deadline is not None and self._deadline.expired
             self._close_answer(partial, "[stopped at the turn's time limit]" if timed_out else "[interrupted]")
-            conversation.repair(STOPPED_AT_TIMEOUT) if timed_out else conversation.repair()
+            conversation.repair(STOPPED_AT_TIMEOUT if timed_out else INTERRUPTED)
             raise
         finally:
             self.busy = False

@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 
 from auto_coder_nb.config import Config
-from auto_coder_nb.events import ApprovalRequest, Event, Notice, TextDelta, ToolCallStarted, ToolResult, TurnDone
+from auto_coder_nb.events import (
+    ApprovalRequest,
+    ErrorEvent,
+    Event,
+    Notice,
+    TextDelta,
+    ToolCallStarted,
+    ToolResult,
+    TurnDone,
+)
 from auto_coder_nb.providers.prompted import ENVIRONMENT_HEADING, parse_step
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, RecordedRequest, reply
@@ -153,6 +162,15 @@ def test_a_native_answer_that_never_ends_stops_at_the_turn_deadline(fake_server:
     assert last["role"] == "assistant" and last["content"].startswith("Thinking w1")
     assert last["content"].endswith("[stopped at the turn's time limit]")
     next_message_works(fake_server, session, "native")
+
+
+def test_a_prompted_step_that_goes_silent_ends_after_llm_timeout(fake_server: FakeLLMServer, project: Path) -> None:
+    fake_server.enqueue(reply.prompted_answer("It adds two numbers.", chunks=6, wait_for="never", wait_after=3))
+    session = make_session(fake_server, project, timeout=0.5)
+    events = run_turn(session, "What does calc.py do?")
+    assert ending(events) == "error"
+    assert any("llm.timeout" in e.message for e in events if isinstance(e, ErrorEvent))
+    next_message_works(fake_server, session, "prompted")
 
 
 def test_the_deadline_does_not_count_the_time_the_user_takes_to_approve(
