@@ -1,14 +1,18 @@
 """Saved conversations: one append-only JSONL file per conversation, written as it happens.
 
 Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/share/auto-coder`, in
-`sessions/` (folder 0700, files 0600). A conversation's id is its correlation id, and its file is
+`sessions/` (both folders 0700, files 0600: `private.py`). A conversation's id is its correlation id, and its file is
 `sessions/<id>.jsonl`. Every line is one record `{"v": SCHEMA_VERSION, "t": "<UTC time>", "type": ...}`:
 
-    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden)
+    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden), approval_mode
     resumed    the same fields, when a later session continues the conversation
+    approval_mode  the session's approval mode changed ("mode"; an ACP client's session/set_mode)
     message    a message of the history exactly as the model gets it ("message"), with "model" on user ones
     text       a piece of the answer as it streams (only needed when the process dies mid-answer)
     tool_call, tool_result, approval, notice, error, usage, shortened, turn_done
+    turn       a turn began (its number), after its user message: where a rewind goes back to
+    cell_change  a cell the agent changed (`cell_changes.CellChange.record()`: the cell before and after)
+    rewind     the conversation went back to before turn N: later messages and cell changes no longer count
 
 `Recorder` writes them: it observes the conversation (messages) and the agent (events), so every face is
 recorded without doing anything. Known secrets are replaced before anything is written. `rebuild()` turns
@@ -17,16 +21,15 @@ the records back into a history a strict server accepts, even from a file cut of
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AutoCoderError
 from .events import (
@@ -40,14 +43,20 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
+from .private import open_private, private_folder
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
+from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
+
+if TYPE_CHECKING:
+    from .cell_changes import CellChange
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
+CLOSEST_SHOWN = 5  # saved conversations listed when an id matches none
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
+MAX_CELL_RECORD = 256 * 1024  # a cell_change record bigger than this is saved without the cells' outputs
 
 
 class HistoryError(AutoCoderError):
@@ -162,12 +171,12 @@ class SavedConversation:
         return f"{self.short_id}  {self.when}  {where}  {prompt}"
 
 
-_ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
-
-
-def looks_like_id(word: str) -> bool:
-    """Whether a word after `--resume` is a conversation id (prefix) rather than the start of a prompt."""
-    return bool(_ID.fullmatch(word.lower()))
+def _likeness(typed: str, conversation_id: str) -> tuple[int, float]:
+    """How close a typed id is to a saved one: the length of their common start, then their similarity (a typo
+    in the middle); equal for every id when nothing matches, so the stable sort keeps the newest first."""
+    typed = typed.lower()
+    common = len(os.path.commonprefix([typed, conversation_id]))
+    return common, difflib.SequenceMatcher(None, typed, conversation_id[:max(len(typed), SHORT_ID)]).ratio()
 
 
 def summarize(path: Path) -> SavedConversation:
@@ -193,7 +202,14 @@ class ConversationStore:
 
     def __init__(self, folder: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.folder = folder or sessions_dir()
+        # Made private before the first write: the data folder too, where the store is the default one.
+        self._private = [self.folder] if folder else [data_dir(), self.folder]
         self.warn = warn or (lambda text: None)
+
+    def make_private(self) -> None:
+        """Create (or tighten) the store's folders 0700; NotPrivate (an OSError) when one belongs to someone else."""
+        for folder in self._private:
+            private_folder(folder)
 
     def path_for(self, conversation_id: str) -> Path:
         return self.folder / f"{conversation_id}{SUFFIX}"
@@ -218,20 +234,24 @@ class ConversationStore:
         return sorted(found, key=lambda saved: saved.updated, reverse=True)
 
     def find(self, prefix: str) -> SavedConversation:
-        """The conversation whose id is or starts with `prefix`; HistoryError saying which exist if none or
-        several do."""
+        """The conversation whose id is or starts with `prefix`; HistoryError listing the closest ones (whatever
+        `prefix` holds: empty, not an id, control characters) when none or several do."""
         saved = self.list()
         prefix = prefix.strip()
         matches = [s for s in saved if s.id == prefix] or [s for s in saved if prefix and s.id.startswith(prefix)]
         if len(matches) == 1:
             return matches[0]
+        shown = repr(prefix)  # escaped: a control character in an id must not reach the terminal raw
         if not saved:
-            raise HistoryError(f"No saved conversation {prefix!r}: none are saved in {self.folder}.")
+            raise HistoryError(f"No saved conversation {shown}: none are saved in {self.folder}.")
         if matches:
-            raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
-                               f"({', '.join(s.short_id for s in matches[:10])}): give more of the id.")
-        shown = ", ".join(s.short_id for s in saved[:10]) + (", ..." if len(saved) > 10 else "")
-        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}.")
+            raise HistoryError(f"{shown} matches {len(matches)} saved conversations: give more of the id. They are:"
+                               + "".join(f"\n  {show_controls(s.line())}" for s in matches[:CLOSEST_SHOWN]))
+        closest = sorted(saved, key=lambda s: _likeness(prefix, s.id), reverse=True)[:CLOSEST_SHOWN]
+        more = f"\n  ... and {len(saved) - len(closest)} more (--sessions lists them)" if len(saved) > len(closest) \
+            else ""
+        raise HistoryError(f"No saved conversation {shown}. The closest:"
+                           + "".join(f"\n  {show_controls(s.line())}" for s in closest) + more)
 
     def listing(self) -> str:
         """What `--sessions` shows: one line per conversation, newest first."""
@@ -242,9 +262,9 @@ class ConversationStore:
 
     def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
-        """The conversation `conversation_id` names (an id or a unique prefix), else the newest for the notebook
-        (if given) or the working folder. HistoryError if there is none."""
-        if conversation_id:
+        """The conversation `conversation_id` names (an id or a unique prefix; "" names none), else (None) the newest
+        for the notebook (if given) or the working folder. HistoryError if there is none."""
+        if conversation_id is not None:
             return self.find(conversation_id)
         saved = self.latest(working_dir=working_dir, notebook=notebook)
         if saved is None:
@@ -288,25 +308,70 @@ def _is_message(record: dict[str, Any]) -> bool:
         "user", "assistant", "tool")
 
 
-def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history the records describe, ready to send: an answer cut off by a crash is kept with a marker,
-    tool calls left without a result get one, and the history ends with an assistant or tool message."""
+@dataclass
+class Replay:
+    """A saved conversation read back: `messages` (what `rebuild` returns), how many of them came from message
+    records (the rest close a turn a crash left open), where each turn began among them, and the cell changes
+    (records) of the turns that were not rewound."""
+
+    messages: list[dict[str, Any]]
+    saved: int
+    turn_starts: dict[int, int]
+    cell_changes: list[dict[str, Any]]
+
+
+def replay(records: Iterable[dict[str, Any]]) -> Replay:
+    """Read the records in order, applying rewinds: an answer cut off by a crash is kept with a marker, tool calls
+    left without a result get one, and the history ends with an assistant or tool message."""
     conversation = Conversation()
     partial: list[str] = []
+    starts: dict[int, int] = {}
+    changes: list[dict[str, Any]] = []
     for record in records:
+        kind, number = record["type"], record.get("turn")
         if _is_message(record):
             conversation.messages.append(record["message"])
             partial.clear()
-        elif record["type"] == "text" and isinstance(record.get("text"), str):
+        elif kind == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
-        elif record["type"] == "turn_done":
+        elif kind == "turn_done":
             partial.clear()
+        elif kind == "turn" and isinstance(number, int) and conversation.messages:
+            starts[number] = len(conversation.messages) - 1  # the user message just before
+        elif kind == "cell_change" and isinstance(number, int):
+            changes.append(record)
+        elif kind == "rewind" and isinstance(number, int) and number in starts:
+            del conversation.messages[starts[number]:]
+            partial.clear()
+            starts = {turn: start for turn, start in starts.items() if turn < number}
+            changes = [change for change in changes if change["turn"] < number]
+    saved = len(conversation.messages)
     if partial:  # the process died while the answer streamed
         conversation.add_assistant("".join(partial) + "\n" + INTERRUPTED)
     conversation.repair()
     if conversation.messages and conversation.messages[-1]["role"] == "user":
         conversation.add_assistant(INTERRUPTED)
-    return conversation.messages
+    return Replay(conversation.messages, saved, starts, changes)
+
+
+def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history the records describe, ready to send (see `replay`)."""
+    return replay(records).messages
+
+
+def saved_approval_mode(records: Iterable[dict[str, Any]]) -> str | None:
+    """The approval mode a saved conversation was last in (start, resumed and approval_mode records), if saved."""
+    mode = None
+    for record in records:
+        if record["type"] == "approval_mode":
+            value = record.get("mode")
+        elif record["type"] in ("start", "resumed"):
+            value = record.get("approval_mode")
+        else:
+            continue
+        if isinstance(value, str):
+            mode = value
+    return mode
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -378,19 +443,41 @@ class Recorder:
         warnings, self._warnings = self._warnings, []
         return warnings
 
+    def approval_mode_changed(self, mode: str) -> None:
+        """A face changed the session's approval mode: saved once the conversation has begun (its start record
+        carries the mode of that moment), so loading the conversation restores it (`saved_approval_mode`)."""
+        if any(message["role"] == "user" for message in self.conversation.messages):
+            self._write({"type": "approval_mode", "mode": mode})
+
     # resuming
-    def resume(self, saved: SavedConversation) -> None:
+    def resume(self, saved: SavedConversation) -> Replay:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
-        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history."""
-        records = read_records(saved.path)
-        messages = rebuild(records)
-        closing = messages[sum(1 for record in records if _is_message(record)):]
-        self.conversation.restore(messages, saved.id)
+        What `replay` added to close a turn a crash left open is written too, so the file stays one history.
+        Returns the replay (turns and cell changes, for rewinding)."""
+        replayed = replay(read_records(saved.path))
+        self.conversation.restore(replayed.messages, saved.id)
         self.close()
         self.path, self._paused = saved.path, False
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
-        for message in closing:
+        for message in replayed.messages[replayed.saved:]:
             self._write({"type": "message", "message": message})
+        return replayed
+
+    # TurnsObserver (rewind.py)
+    def turn_began(self, number: int) -> None:
+        self._write({"type": "turn", "turn": number})
+
+    def cell_changed(self, change: CellChange) -> None:
+        record = {"type": "cell_change", **change.record()}
+        if len(json.dumps(record, ensure_ascii=False)) > MAX_CELL_RECORD:  # big outputs (images): the cells without
+            for side in ("before", "after"):
+                if isinstance(record.get(side), dict) and "outputs" in record[side]:
+                    record[side] = {**record[side], "outputs": [], "execution_count": None}
+            record["outputs_dropped"] = True
+        self._write(record)
+
+    def rewound(self, number: int) -> None:
+        self._write({"type": "rewind", "turn": number})
 
     def close(self) -> None:
         if self._fd is not None:
@@ -423,15 +510,11 @@ class Recorder:
                                   f"({exc.strerror or exc}). This conversation goes on unsaved.")
 
     def _open(self) -> None:
-        folder = self.store.folder
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if folder.stat().st_mode & 0o077:
-            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
-                os.chmod(folder, 0o700)
+        self.store.make_private()
         path = self.path or self.store.path_for(self.conversation.correlation_id)
         if not path.exists():
             self._create(path)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = open_private(path, os.O_RDWR | os.O_APPEND)  # a file an older version left 0644 is tightened
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -445,7 +528,7 @@ class Recorder:
         """The file with its start record, appearing whole: a listing in another process never sees it empty."""
         start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, start)
         finally:

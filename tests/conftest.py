@@ -20,13 +20,13 @@ def fake_server() -> Iterator[FakeLLMServer]:
 
 
 # The machine's own settings that would change what the code under test does.
-USER_SETTINGS = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH", "JPY_")
+USER_SETTINGS = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH", "JPY_", "JUPYTERHUB_")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _without_the_users_settings() -> Iterator[None]:
     """Tests, and the processes and kernels they start, see none of the machine's auto-coder, OpenAI, SSO or
-    Jupyter-session settings: each test sets what it needs."""
+    Jupyter-session or JupyterHub settings: each test sets what it needs."""
     with pytest.MonkeyPatch.context() as patch:
         for key in list(os.environ):
             if key.startswith(USER_SETTINGS):
