@@ -151,17 +151,21 @@ def test_a_read_only_call_with_a_runaway_path_is_cut_early(fake_server: FakeLLMS
     assert result.is_error and "cut off" in result.output and ending(events) == "stop"
 
 
-def test_a_native_answer_that_never_ends_stops_at_the_turn_deadline(fake_server: FakeLLMServer, project: Path) -> None:
-    """Natively only the server's max_tokens limits an answer; one that ignores it meets agent.turn_timeout."""
-    fake_server.enqueue(reply.endless("Thinking"))
-    session = make_session(fake_server, project, "native", turn_timeout=1.0)
+@pytest.mark.parametrize("mode", ["native", "prompted"])
+def test_an_answer_that_never_ends_stops_at_the_turn_deadline(fake_server: FakeLLMServer, project: Path,
+                                                              mode: str) -> None:
+    """Natively only the server's max_tokens limits an answer, and a user may raise the prompted step limits:
+    a server that ignores them meets agent.turn_timeout."""
+    fake_server.enqueue(reply.endless("Thinking" if mode == "native" else '{"answer": "Thinking'))
+    session = make_session(fake_server, project, mode, turn_timeout=1.0, step_max_tokens=10_000_000,
+                           max_tokens=None)
     events = run_turn(session, "Explain calc.py")
     assert ending(events) == "turn_timeout"
     assert any("agent.turn_timeout" in text for text in notices(events))
     last = session.conversation.messages[-1]
     assert last["role"] == "assistant" and last["content"].startswith("Thinking w1")
     assert last["content"].endswith("[stopped at the turn's time limit]")
-    next_message_works(fake_server, session, "native")
+    next_message_works(fake_server, session, mode)
 
 
 def test_a_prompted_step_that_goes_silent_ends_after_llm_timeout(fake_server: FakeLLMServer, project: Path) -> None:
@@ -175,9 +179,11 @@ def test_a_prompted_step_that_goes_silent_ends_after_llm_timeout(fake_server: Fa
 
 def test_the_deadline_does_not_count_the_time_the_user_takes_to_approve(
         fake_server: FakeLLMServer, project: Path) -> None:
+    """The user answers after the turn's whole time limit; the turn's own part takes far less (the margin is
+    wide so that a loaded machine does not eat it)."""
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "hi\n"}), reply.text("Done."))
-    session = make_session(fake_server, project, "native", approval="ask", turn_timeout=1.0)
-    events = run_turn(session, "Write a.txt", approve_after=1.5)
+    session = make_session(fake_server, project, "native", approval="ask", turn_timeout=2.0)
+    events = run_turn(session, "Write a.txt", approve_after=2.5)
     assert ending(events) == "stop" and (project / "a.txt").read_text() == "hi\n"
     assert not any("agent.turn_timeout" in text for text in notices(events))
 
@@ -267,12 +273,18 @@ def test_placeholders_are_refused_and_real_values_are_not() -> None:
     assert problem is not None and "Call read_file again with the actual path" in problem
 
 
-def test_numbers_out_of_range_are_clamped_with_a_note(fake_server: FakeLLMServer, project: Path) -> None:
-    fake_server.enqueue(reply.tool_call("read_file", {"path": "calc.py", "offset": 0}), reply.text("Read."))
-    events = run_turn(make_session(fake_server, project, "native"), "Read calc.py")
-    [result] = [e for e in events if isinstance(e, ToolResult)]
-    assert not result.is_error and result.output.startswith("(offset 0 raised to the minimum, 1)\n")
-    assert "return a + b" in result.output
+@pytest.mark.parametrize("mode", ["native", "prompted"])
+def test_numbers_out_of_range_are_clamped_with_a_note(fake_server: FakeLLMServer, project: Path, mode: str) -> None:
+    call = reply.tool_call if mode == "native" else reply.prompted_call
+    fake_server.enqueue(call("read_file", {"path": "calc.py", "offset": 0}),
+                        call("run_command", {"command": "echo ran", "timeout": 5000}),
+                        reply.text("Read.") if mode == "native" else reply.prompted_answer("Read."))
+    events = run_turn(make_session(fake_server, project, mode), "Read calc.py")
+    read, command = [e for e in events if isinstance(e, ToolResult)]
+    assert not read.is_error and read.output.startswith("(offset 0 raised to the minimum, 1)\n")
+    assert "return a + b" in read.output
+    assert not command.is_error and command.output.startswith("(timeout 5000 lowered to the maximum, 600)\n")
+    assert "ran" in command.output and ending(events) == "stop"
     schema = {"properties": {"timeout": {"type": "number", "minimum": 1, "maximum": 600}, "flag": {"type": "integer"}}}
     assert clamp_numbers({"timeout": 5000, "flag": True}, schema) == (
         {"timeout": 600, "flag": True}, ["(timeout 5000 lowered to the maximum, 600)"])
@@ -292,6 +304,16 @@ def test_a_model_that_repeats_its_step_when_asked_to_answer(fake_server: FakeLLM
     assert ending(events) == "repeated_call" and any("3 times in a row" in text for text in notices(events))
     assert len(fake_server.chat_requests) == 3
     next_message_works(fake_server, session, mode)
+
+
+def test_a_new_call_from_the_answer_only_request_runs(fake_server: FakeLLMServer, project: Path) -> None:
+    """A server that ignores tool_choice: a call the turn already made is stopped, a new one is progress."""
+    read = reply.tool_call("read_file", {"path": "calc.py"})
+    fake_server.enqueue(read, read, reply.tool_call("list_directory", {}), reply.text("calc.py adds."))
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    assert [e.name for e in events if isinstance(e, ToolResult)] == ["read_file", "read_file", "list_directory"]
+    assert [r.json.get("tool_choice") for r in fake_server.chat_requests] == [None, None, "none", None]
+    assert ending(events) == "stop" and not notices(events)
 
 
 # -- temperature, prompt order, schema size ----------------------------------------------------------------
