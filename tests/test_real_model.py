@@ -135,7 +135,7 @@ def test_prompted_list(llama: LlamaServer, fresh: Path) -> None:
 
 
 def test_prompted_write(llama: LlamaServer, fresh: Path) -> None:
-    run_turn(make_session(llama, fresh), "Create a file named hello.txt containing the text: hello world")
+    run_turn(make_session(llama, fresh), "Call write_file with path hello.txt and content 'hello world'.")
     assert "hello" in (fresh / "hello.txt").read_text().lower()
 
 
