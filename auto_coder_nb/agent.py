@@ -31,6 +31,7 @@ from .events import (
     UsageUpdate,
 )
 from .images import Image, ImageError, fit_image
+from .interrupts import LoopRunner
 from .providers.base import (
     Completion,
     LLMProvider,
@@ -423,22 +424,17 @@ def _canonical(raw: str) -> str:
 
 
 def iterate_sync(events: AsyncGenerator[Event, None], loop: asyncio.AbstractEventLoop) -> Generator[Event, None, None]:
-    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates; a consumer
+    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates as KeyboardInterrupt
+    (while the loop waits, SIGINT cancels the step at its await point: see `interrupts.LoopRunner`); a consumer
     that stops early (Ctrl-C at an approval prompt) closes the turn, so its history is repaired at once."""
-    try:
-        while True:
-            step = asyncio.ensure_future(events.__anext__(), loop=loop)
-            try:
-                event = loop.run_until_complete(step)
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                if not step.done():  # interrupted while the loop waited: the step is still pending
-                    step.cancel()
-                    with suppress(BaseException):
-                        loop.run_until_complete(step)
-                raise
-            yield event
-    finally:
-        with suppress(BaseException):
-            loop.run_until_complete(events.aclose())
+    with LoopRunner(loop) as runner:
+        try:
+            while True:
+                try:
+                    event = runner.run(events.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            with suppress(BaseException):
+                runner.run(events.aclose())
