@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from .bounded_http import SyncClient
 from .config import AuthConfig, Config, load_config, load_object
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from .text import hide_secrets
@@ -103,7 +104,7 @@ def print_device_code(code: DeviceCode) -> None:
 device_code_display: Callable[[DeviceCode], None] = print_device_code
 
 
-def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:
+def post_form(client: SyncClient, url: str, form: dict[str, str | None]) -> httpx.Response:
     """POST to an OAuth token (or device authorization) endpoint; empty fields are left out."""
     data = {name: value for name, value in form.items() if value}
     return client.post(url, data=data, headers={"Accept": "application/json"})
@@ -153,12 +154,12 @@ def _expiry(expires_in: Any, now: float) -> float | None:
 
 
 @contextmanager
-def endpoint_client(config: Config, url: str, what: str) -> Iterator[httpx.Client]:
-    """A client for an OAuth endpoint, with the TLS and proxy settings for its own host; failing to reach
-    it is a ConnectionFailed that names the endpoint (not the model URL the request was for)."""
+def endpoint_client(config: Config, url: str, what: str) -> Iterator[SyncClient]:
+    """A client for an OAuth endpoint, with the TLS and proxy settings for its own host, each request within a
+    deadline and a size cap; failing to reach it is a ConnectionFailed that names the endpoint (not the model URL
+    the request was for)."""
     try:
-        with httpx.Client(**transport_kwargs(config, url)) as client:
-            yield client
+        yield SyncClient(transport_kwargs(config, url))
     except httpx.HTTPError as exc:
         problem = certificate_problem(exc)
         reason = f"its TLS certificate is not trusted ({problem}); set llm.ca_bundle, llm.extra_ca_certs or " \
@@ -221,7 +222,7 @@ class AuthenticationProvider:
         return [auth.client_secret, auth.sso_token, auth.refresh_token,
                 token.value if token else None, token.refresh_token if token else None]
 
-    def _refresh(self, client: httpx.Client) -> Token | None:
+    def _refresh(self, client: SyncClient) -> Token | None:
         """A new token from the expired one's refresh token, so the user need not sign in again."""
         refresh_token = self._token.refresh_token if self._token else None
         if not refresh_token:
@@ -238,7 +239,7 @@ class AuthenticationProvider:
         token.refresh_token = token.refresh_token or refresh_token
         return token
 
-    def _device_flow(self, client: httpx.Client) -> Token:
+    def _device_flow(self, client: SyncClient) -> Token:
         """RFC 8628: ask for a device code, show the user code, poll the token endpoint until sign-in ends."""
         auth = self.config.auth
         response = post_form(client, auth.device_authorization_url or "", {

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from ..bounded_http import ResponseTooLarge
+
 PROBE_TIMEOUT = 5.0
 
 
@@ -38,6 +40,8 @@ async def probe_capabilities(
     root = server_root(base_url)
     try:
         found = await _llama_cpp(client, root, headers) or await _ollama(client, root, model, headers)
+    except (httpx.TimeoutException, httpx.DecodingError, ResponseTooLarge):
+        return ModelCapabilities()  # it answered, endlessly or too much (see bounded_http): asking again would too
     except (httpx.HTTPError, httpx.InvalidURL):
         return None
     return found or ModelCapabilities()

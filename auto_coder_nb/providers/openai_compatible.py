@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from .. import auth
+from ..bounded_http import bounded_client
 from ..config import Config
 from ..errors import (
     BadRequest,
@@ -131,7 +132,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
+                client = self._clients[loop] = bounded_client(auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:
