@@ -33,6 +33,8 @@ from .events import (
 from .images import Image, ImageError, fit_image
 from .interrupts import LoopRunner
 from .providers.base import (
+    MAX_ARGUMENT_DEPTH,
+    TOO_DEEP,
     Completion,
     LLMProvider,
     ProviderNotice,
@@ -42,6 +44,7 @@ from .providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    nested_deeper_than,
 )
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
@@ -56,8 +59,6 @@ SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
 
 TOO_MANY_CALLS = ("Not executed: the answer asked for more than {cap} tool calls, and only the first {cap} run. "
                   "Make the calls still needed in your next answer, fewer at a time.")
-# Tool arguments nested deeper than this are refused (a deeper document would crash JSON handling later).
-MAX_ARGUMENT_DEPTH = 64
 
 TRUNCATED_ARGUMENTS = (
     "Not executed: the arguments of this call were cut off because the answer reached the output "
@@ -387,34 +388,18 @@ def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:
     """Arguments as a dict, or None and the error to send back. Never guess `{}` for bad JSON."""
     if not raw.strip():
         return {}, None
-    too_deep = (f"The tool arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep. Send the call again "
-                "with flat arguments.")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         return None, (f"Invalid JSON in the tool arguments ({exc.msg} at position {exc.pos}). "
                       "Send the call again with the arguments as one valid JSON object.")
     except RecursionError:
-        return None, too_deep
+        return None, TOO_DEEP
     if not isinstance(value, dict):
         return None, "The tool arguments must be a JSON object. Send the call again with an object."
-    if _depth_exceeds(value, MAX_ARGUMENT_DEPTH):
-        return None, too_deep
+    if nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
+        return None, TOO_DEEP
     return value, None
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest deeper than `limit`, checked without recursion."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 def _canonical(raw: str) -> str:
