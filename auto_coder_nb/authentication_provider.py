@@ -19,6 +19,7 @@ import asyncio
 import base64
 import inspect
 import json
+import math
 import os
 import selectors
 import signal
@@ -44,6 +45,8 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
 SLOW_DOWN_STEP = 5.0  # RFC 8628 section 3.5
 EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the token's lifetime)
+MAX_TOKEN_LIFETIME = 86400.0  # a longer stated lifetime is taken as a day: renewed daily, and on a 401 before that
+MAX_POLL_INTERVAL = 60.0  # a device flow's stated polling interval, at most
 TOKEN_OUTPUT_LIMIT = 64 * 1024  # a token, or JSON with one: more is not a token command's output
 TOKEN_ERRORS_KEPT = 4096  # the end of its standard error, for the message when it fails
 TOKEN_COMMAND_GRACE = 1.0  # seconds a background process may hold the output open after the shell exited
@@ -130,7 +133,9 @@ def parse_token_response(response: httpx.Response, *, now: float, what: str,
         except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("access_token"), str) and body["access_token"]:
-            return Token(body["access_token"], _expiry(body.get("expires_in"), now), body.get("refresh_token"))
+            refresh = body.get("refresh_token")
+            return Token(body["access_token"], _expiry(body.get("expires_in"), now),
+                         refresh if isinstance(refresh, str) and refresh else None)
         raise AuthenticationFailed(f"{what}: the token endpoint answered without an access_token",
                                    status=response.status_code)
     raise token_error(response, what=what, secrets=secrets)
@@ -146,11 +151,25 @@ def token_error(response: httpx.Response, *, what: str, secrets: Iterable[str | 
 
 
 def _expiry(expires_in: Any, now: float) -> float | None:
-    try:
-        lifetime = float(expires_in)
-    except (TypeError, ValueError):
+    """When a token stated to last `expires_in` seconds is renewed; None (unknown: used until the server rejects it,
+    then renewed) when `expires_in` is missing or no usable number."""
+    lifetime = seconds(expires_in)
+    if lifetime is None:
         return None
+    lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
     return now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
+
+
+def seconds(value: Any) -> float | None:
+    """A duration a server stated (a number, or a numeric string), or None when it is none: missing, not a number,
+    not finite, not positive."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 @contextmanager
@@ -257,10 +276,10 @@ class AuthenticationProvider:
                 f"SSO sign-in: the device authorization endpoint {auth.device_authorization_url} answered "
                 f"HTTP {response.status_code} without a device code{detail}", self._secrets),
                 status=response.status_code)
-        expires_in = float(body.get("expires_in") or 600)
+        expires_in = min(seconds(body.get("expires_in")) or 600.0, MAX_TOKEN_LIFETIME)
         show = self.show_device_code or device_code_display
         show(DeviceCode(body["user_code"], body["verification_uri"], body.get("verification_uri_complete"), expires_in))
-        interval = float(body.get("interval") or DEFAULT_POLL_INTERVAL)
+        interval = min(seconds(body.get("interval")) or DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL)
         deadline = self._clock() + expires_in
         poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": body["device_code"],
                 "client_id": auth.client_id, "client_secret": auth.client_secret}

@@ -6,9 +6,26 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
+from auto_coder_nb import auth
+from auto_coder_nb.authentication_provider import (
+    AuthenticationProvider,
+    AuthenticationProviderWithClientSideTokenRefresh,
+    DeviceCode,
+)
 from auto_coder_nb.testing.server import FakeLLMServer, reply
+from tests.test_auth import (
+    DEVICE_PATH,
+    DeviceEndpoints,
+    FakeClock,
+    TokenEndpoint,
+    make_config,
+    oauth_error,
+    token_body,
+    token_config,
+)
 
 
 @pytest.fixture
@@ -41,3 +58,52 @@ def test_a_prompted_step_nested_too_deep_is_refused_like_a_native_call(
     assert "nested more than 64 levels deep" in repair
     fake_server.enqueue(reply.prompted_answer("Fine now."))
     assert auto_coder(["--tool-calling", "prompted", "again"], env, tmp_path).stdout.strip() == "Fine now."
+
+
+# -- a token endpoint's nonsense expires_in (item 12) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("expires_in", "lasts"), [
+    (None, "unknown"), (-5, "unknown"), (0, "unknown"), ("soon", "unknown"), (float("nan"), "unknown"),
+    (float("inf"), "unknown"), (True, "unknown"), (10**400, "unknown"), (1e308, "a day"), ("7200", "two hours"),
+], ids=["missing", "negative", "zero", "string", "nan", "infinity", "boolean", "400-digits", "huge", "numeric-text"])
+def test_a_nonsense_expires_in_is_unknown_or_clamped(tmp_path: Path, fake_server: FakeLLMServer,
+                                                     expires_in: object, lasts: str) -> None:
+    endpoint = TokenEndpoint(fake_server, expires_in=expires_in)  # type: ignore[arg-type]
+    clock = FakeClock()
+    refresher = AuthenticationProviderWithClientSideTokenRefresh(token_config(tmp_path, fake_server, endpoint),
+                                                                 clock=clock)
+    url = fake_server.base_url + "/models"
+    with httpx.Client(**(auth.http_client_kwargs(refresher.config) | {"auth": refresher})) as client:
+        for _ in range(3):  # not fetched again for every request (an expiry in the past or NaN did that)
+            assert client.get(url).status_code == 200
+        assert endpoint.issued == ["tok-1"]
+        clock.now += 3 * 3600  # three hours on: a known lifetime of two hours has run out, a day's has not
+        assert client.get(url).status_code == 200
+        assert endpoint.issued == (["tok-1", "tok-2"] if lasts == "two hours" else ["tok-1"])
+        clock.now += 86400  # a day on: even a token that claimed to last for ever is renewed
+        assert client.get(url).status_code == 200
+        assert len(endpoint.issued) == (1 if lasts == "unknown" else 3 if lasts == "two hours" else 2)
+        fake_server.require_authorization("Bearer revoked-meanwhile")  # an unknown lifetime ends with a 401
+        assert client.get(url).status_code == 200
+        assert fake_server.requests[-1].headers["authorization"] == f"Bearer {endpoint.issued[-1]}"
+
+
+@pytest.mark.parametrize(("expires_in", "interval", "waits", "minutes"), [
+    ("soon", float("nan"), 5.0, 10), (-1, -3, 5.0, 10), (10**400, 10**400, 5.0, 10), (1e9, 1e9, 60.0, 1440)],
+    ids=["text-and-nan", "negative", "400-digits", "huge"])
+def test_a_device_sign_in_with_nonsense_timings_uses_the_defaults_or_a_cap(
+        tmp_path: Path, fake_server: FakeLLMServer, expires_in: object, interval: float, waits: float,
+        minutes: int) -> None:
+    endpoints = DeviceEndpoints(fake_server, [oauth_error("authorization_pending"), token_body("sso-token")],
+                                interval=interval)
+    fake_server.route("POST", DEVICE_PATH, lambda request: reply.json_body(
+        {"device_code": "dev", "user_code": "WDJB-MJHT", "verification_uri": f"{fake_server.url}/activate",
+         "expires_in": expires_in, "interval": interval}))
+    config = make_config(tmp_path, env={"USE_SSO": "true"}, yaml_text=endpoints.yaml())
+    shown: list[DeviceCode] = []
+    sleeps: list[float] = []
+    provider = AuthenticationProvider(config, show_device_code=shown.append, clock=FakeClock(), sleep=sleeps.append)
+    assert provider.generate_auth_token() == "sso-token"
+    assert sleeps == [waits, waits]  # the RFC's 5 s when the server's makes no sense, at most a minute
+    assert f"expires in {minutes} minutes" in shown[0].message()
