@@ -17,6 +17,7 @@ from .config import TOOL_CALLING_MODES, Config, load_config
 from .errors import ConfigError
 from .history import ConversationStore, HistoryError, looks_like_id
 from .images import Image, ImageError
+from .interrupts import close_loop
 from .terminal import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_repl(session, loop, images, reload=load)
     finally:
         loop.run_until_complete(session.aclose())
-        loop.close()
+        close_loop(loop)
 
 
 def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.Namespace) -> Config:

@@ -76,3 +76,14 @@ class LoopRunner:
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop the way `asyncio.run` ends: what is still pending (the closing of readers an answer left early,
+    scheduled when they were collected) is run out first, so that nothing is destroyed while pending."""
+    while pending := asyncio.all_tasks(loop):
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()

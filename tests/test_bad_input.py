@@ -107,3 +107,20 @@ def test_a_device_sign_in_with_nonsense_timings_uses_the_defaults_or_a_cap(
     assert provider.generate_auth_token() == "sso-token"
     assert sleeps == [waits, waits]  # the RFC's 5 s when the server's makes no sense, at most a minute
     assert f"expires in {minutes} minutes" in shown[0].message()
+
+
+# -- answers whose connection ends oddly (item 10) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["dropped-after-the-last-chunk", "runaway-stopped-early"])
+def test_an_answer_whose_stream_ends_early_or_oddly_leaves_nothing_pending(
+        fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, ending: str) -> None:
+    if ending == "dropped-after-the-last-chunk":  # whole, [DONE] included, then closed without ending the body
+        fake_server.enqueue(reply.text("All of it.", chunks=3, drop_after=10**6))
+    else:  # the provider stops reading a runaway answer and closes the stream itself
+        fake_server.enqueue(reply.text("la " * 2000, chunks=400))
+    done = auto_coder(["hello"], env | {"PYTHONASYNCIODEBUG": "1"}, tmp_path)
+    assert "Task was destroyed but it is pending" not in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("All of it." if ending.startswith("dropped") else "la la")
