@@ -48,7 +48,7 @@ from .providers.base import (
 )
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
-from .text import scrub
+from .text import escape_undecodable, scrub
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
@@ -348,7 +348,8 @@ class Agent:
             result.output, result.is_error = str(unchanged), False
         except ToolError as exc:
             result.output = str(exc)
-        result.output = scrub(result.output, self.secrets())  # `env`, a config file, an error: never shown or sent
+        # `env`, a config file, an error: never shown or sent; a file name that is not UTF-8, shown escaped.
+        result.output = escape_undecodable(scrub(result.output, self.secrets()))
         self.conversation.add_tool_result(call.id, result.output)
         yield result
 

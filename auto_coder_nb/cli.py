@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character no UTF-8 can hold is shown escaped, as on stderr
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     if args.resume and not looks_like_id(args.resume):  # `--resume fix the test`: a prompt, not an id
         args.prompt.insert(0, args.resume)

@@ -41,7 +41,7 @@ from .events import (
     UsageUpdate,
 )
 from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub
+from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -254,11 +254,11 @@ class ConversationStore:
     def latest(self, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation | None:
         """The most recently active conversation of this notebook (if given), else of this working folder."""
-        for saved in self.list():
+        for saved in self.list():  # names are saved escaped (escape_undecodable): compared the same way
             if notebook is not None:
-                if saved.notebook == str(notebook):
+                if saved.notebook == escape_undecodable(str(notebook)):
                     return saved
-            elif working_dir is None or saved.working_dir == str(working_dir):
+            elif working_dir is None or saved.working_dir == escape_undecodable(str(working_dir)):
                 return saved
         return None
 
@@ -475,7 +475,7 @@ def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, 
     """`record` as saved: with the schema version and the time, and every secret in it hidden."""
     known = list(secrets)
     return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
-                  lambda text: hide_credential_shapes(scrub(text, known)))
+                  lambda text: hide_credential_shapes(scrub(escape_undecodable(text), known)))
 
 
 def records_of(conversation: Conversation, description: dict[str, Any],

@@ -3,6 +3,7 @@ and nothing lost."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -124,3 +125,29 @@ def test_an_answer_whose_stream_ends_early_or_oddly_leaves_nothing_pending(
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("All of it." if ending.startswith("dropped") else "la la")
+
+
+# -- names that are not UTF-8 (item 6) -----------------------------------------------------------------------
+
+
+def test_a_workspace_and_a_file_named_in_no_utf8_are_shown_sent_and_saved_escaped(
+        fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, data_dir: Path) -> None:
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-project"))
+    root.mkdir()
+    (root / os.fsdecode(b"na\xefve.txt")).write_text("hi")
+    fake_server.enqueue(reply.tool_call("list_directory", {"path": "."}), reply.text("One file."))
+    done = auto_coder(["what is here?"], env, root)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == "One file.\n"
+    assert "caf\\xe9-project" in done.stderr  # the tool's line, escaped
+    system, *_, tool = fake_server.chat_requests[1].json["messages"]
+    assert "caf\\xe9-project" in system["content"] and "na\\xefve.txt" in tool["content"]
+    saved = next((data_dir / "sessions").glob("*.jsonl"))
+    text = saved.read_bytes().decode("utf-8")  # strict: the file is UTF-8
+    assert "caf\\\\xe9-project" in text and "na\\\\xefve.txt" in text  # as JSON writes a backslash
+    listed = auto_coder(["--sessions"], env, root)
+    assert "caf\\xe9-project" in listed.stdout and "what is here?" in listed.stdout
+    fake_server.enqueue(reply.text("Still here."))
+    resumed = auto_coder(["--resume", "and now?"], env, root)  # the newest of this folder, found by its name
+    assert resumed.returncode == 0 and "Resumed conversation" in resumed.stderr, resumed.stderr
+    assert len(fake_server.chat_requests[-1].json["messages"]) == 6
