@@ -41,7 +41,7 @@ from .events import (
     UsageUpdate,
 )
 from .state.conversation import Conversation
-from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub
+from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -72,26 +72,57 @@ def now() -> str:
 
 # -- reading -------------------------------------------------------------------------------------------
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+class Records(list[dict[str, Any]]):
+    """The records of a conversation file; `damaged`: how many of its lines were left out."""
+
+    damaged = 0
+
+
+def read_records(path: Path) -> Records:
     """The records of a conversation file. Lines that are not whole records (the last one torn by a crash,
-    or an earlier torn line a resumed session wrote after) are left out. Raises HistoryError for a file
-    that is not a saved conversation (unreadable, no start record, a newer schema)."""
+    or an earlier torn line a resumed session wrote after, a damaged line) are left out and counted. Raises
+    HistoryError for a file that is not a saved conversation (unreadable, no start record or a damaged one, a
+    newer schema)."""
     try:
         with open(path, "rb") as stream:
             lines = stream.read().split(b"\n")
     except OSError as exc:
-        raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
-    records = [record for record in map(_parse_line, lines) if record is not None]
+        raise HistoryError(f"{show_controls(path.name)}: cannot read: {exc.strerror}") from None
+    records = Records(record for record in map(_parse_line, lines) if record is not None)
+    records.damaged = sum(1 for line in lines if line.strip()) - len(records)
     _check_start(path, records[0] if records else None)
     return records
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
+    """A record, or None for a line that is none: torn by a crash, damaged, or a message no history can hold."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("type"), str) else None
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        return None
+    return record if record["type"] != "message" or well_formed(record.get("message")) else None
+
+
+def well_formed(message: Any) -> bool:
+    """Whether a saved message can go back into a history a strict server accepts: a known role, text (or text and
+    image parts) for content, tool calls with string ids, names and arguments, a tool result naming its call."""
+    if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool"):
+        return False
+    content = message.get("content")
+    if not (content is None or isinstance(content, str)
+            or isinstance(content, list) and all(isinstance(part, dict) for part in content)):
+        return False
+    if message["role"] == "tool":
+        return isinstance(message.get("tool_call_id"), str) and isinstance(content, str)
+    calls = message.get("tool_calls")
+    if calls is None:
+        return True
+    return isinstance(calls, list) and all(
+        isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("function"), dict)
+        and isinstance(call["function"].get("name"), str) and isinstance(call["function"].get("arguments"), str)
+        for call in calls)
 
 
 def message_text(content: Any) -> str:
@@ -114,10 +145,13 @@ def without_images(message: dict[str, Any]) -> dict[str, Any]:
 
 def _check_start(path: Path, record: dict[str, Any] | None) -> dict[str, Any]:
     if record is None or record.get("type") != "start" or not isinstance(record.get("correlation_id"), str):
-        raise HistoryError(f"{path.name} is not a saved conversation")
+        raise HistoryError(f"{show_controls(path.name)} is not a saved conversation")
+    if not _VALID_ID.fullmatch(record["correlation_id"]):  # it becomes a request header and is printed
+        raise HistoryError(f"{show_controls(path.name)} is damaged: its conversation id "
+                           f"{record['correlation_id'][:80]!r} is not one auto-coder writes")
     version = record.get("v")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise HistoryError(f"{path.name} was written by a newer auto-coder (schema {version})")
+        raise HistoryError(f"{show_controls(path.name)} was written by a newer auto-coder (schema {version})")
     return record
 
 
@@ -156,13 +190,16 @@ class SavedConversation:
 
     def line(self) -> str:
         """One line of a listing: short id, when, where, first prompt."""
-        where = self.notebook or self.working_dir
+        where = show_controls(self.notebook or self.working_dir)
         prompt = " ".join(self.first_prompt.split())
-        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        prompt = show_controls(prompt if len(prompt) <= 60 else prompt[:59] + "…")
         return f"{self.short_id}  {self.when}  {where}  {prompt}"
 
 
 _ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
+# A conversation id as auto-coder writes them (a UUID; kernels and tests may use other plain words): printable
+# ASCII with no spaces, since it is sent as the x-correlation-id header and printed in listings.
+_VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def looks_like_id(word: str) -> bool:
@@ -214,7 +251,7 @@ class ConversationStore:
                     raise HistoryError(f"{entry.name} is not a saved conversation")
                 found.append(summarize(entry))
             except HistoryError as exc:
-                self.warn(f"Skipped {self.folder / entry.name}: {exc}")
+                self.warn(f"Skipped {show_controls(str(self.folder / entry.name))}: {exc}")
         return sorted(found, key=lambda saved: saved.updated, reverse=True)
 
     def find(self, prefix: str) -> SavedConversation:
@@ -295,7 +332,13 @@ def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     partial: list[str] = []
     for record in records:
         if _is_message(record):
-            conversation.messages.append(record["message"])
+            message = record["message"]
+            if message["role"] == "tool":
+                if message["tool_call_id"] not in conversation.pending_tool_calls():
+                    continue  # no call waits for it (two writers, a damaged file): strict servers refuse it
+            else:
+                conversation.repair()  # calls left open before the next message (a process that died meanwhile)
+            conversation.messages.append(message)
             partial.clear()
         elif record["type"] == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
@@ -379,9 +422,10 @@ class Recorder:
         return warnings
 
     # resuming
-    def resume(self, saved: SavedConversation) -> None:
+    def resume(self, saved: SavedConversation) -> int:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
-        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history."""
+        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history.
+        Returns how many damaged lines were left out."""
         records = read_records(saved.path)
         messages = rebuild(records)
         closing = messages[sum(1 for record in records if _is_message(record)):]
@@ -391,6 +435,7 @@ class Recorder:
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
         for message in closing:
             self._write({"type": "message", "message": message})
+        return records.damaged
 
     def close(self) -> None:
         if self._fd is not None:

@@ -30,7 +30,7 @@ from .images import Image, ImageError, decode_output, fit_image, image_from_obje
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
 from .state.conversation import Conversation
-from .text import counted
+from .text import counted, show_controls
 from .tools import Workspace, build_workspace_tools
 from .tools.registry import ToolRegistry
 from .transport import proxy_for, tls_trust
@@ -134,6 +134,7 @@ class Session:
     def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
         """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
         session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        records: list[dict[str, Any]]
         if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
             records = read_records(self.saved_here(conversation_id, store).path)
         elif self.recorder is not None and self.recorder.path is not None:
@@ -148,12 +149,15 @@ class Session:
         if self.agent.busy:
             raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
         if self.recorder is not None:
-            self.recorder.resume(saved)
+            damaged = self.recorder.resume(saved)
         else:
-            self.conversation.restore(rebuild(read_records(saved.path)), saved.id)
+            records = read_records(saved.path)
+            self.conversation.restore(rebuild(records), saved.id)
+            damaged = records.damaged
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
-        where = saved.notebook or saved.working_dir
-        return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where})."
+        where = show_controls(saved.notebook or saved.working_dir)
+        left_out = f"; {counted(damaged, 'damaged line')} left out" if damaged else ""
+        return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where}{left_out})."
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when

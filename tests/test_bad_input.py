@@ -3,6 +3,7 @@ and nothing lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -151,3 +152,72 @@ def test_a_workspace_and_a_file_named_in_no_utf8_are_shown_sent_and_saved_escape
     resumed = auto_coder(["--resume", "and now?"], env, root)  # the newest of this folder, found by its name
     assert resumed.returncode == 0 and "Resumed conversation" in resumed.stderr, resumed.stderr
     assert len(fake_server.chat_requests[-1].json["messages"]) == 6
+
+
+# -- damaged saved conversations (item 7) --------------------------------------------------------------------
+
+
+def record(**fields: object) -> str:
+    return json.dumps({"v": 1, "t": "2026-01-01T00:00:00.000Z", **fields})
+
+
+def saved_file(data_dir: Path, conversation_id: str, *lines: str, name: str | None = None,
+               working_dir: str = "") -> Path:
+    folder = data_dir / "sessions"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name or conversation_id}.jsonl"
+    start = record(type="start", correlation_id=conversation_id, working_dir=working_dir, notebook=None,
+                   model="fake-model", base_url="http://x")
+    path.write_text("\n".join([start, *lines]) + "\n")
+    return path
+
+
+USER = record(type="message", message={"role": "user", "content": "the first question"})
+DAMAGED_MESSAGES = {
+    "tool-calls-a-string": record(type="message", message={"role": "assistant", "content": None,
+                                                           "tool_calls": "read_file"}),
+    "call-without-a-function": record(type="message", message={"role": "assistant", "content": None,
+                                                               "tool_calls": [{"id": 5, "function": "x"}]}),
+    "content-a-number": record(type="message", message={"role": "user", "content": 5}),
+    "parts-not-objects": record(type="message", message={"role": "assistant", "content": ["x", 3]}),
+    "message-a-list": record(type="message", message=["user", "hi"]),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_MESSAGES)
+def test_a_damaged_message_is_left_out_with_one_line_and_the_rest_resumes_and_exports(
+        fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, data_dir: Path, damage: str) -> None:
+    conversation_id = "0a1b2c3d-0000-4000-8000-000000000001"
+    answer = record(type="message", message={"role": "assistant", "content": "the first answer"})
+    saved_file(data_dir, conversation_id, USER, DAMAGED_MESSAGES[damage], answer, working_dir=str(tmp_path))
+    resumed = auto_coder(["--resume", conversation_id[:8], "and then?"], env, tmp_path)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert "1 damaged line left out" in resumed.stderr
+    sent = fake_server.chat_requests[-1].json["messages"]
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "the first question"), ("assistant", "the first answer"), ("user", "and then?")]
+    exported = auto_coder(["--export", str(tmp_path / "out.md"), "--resume", conversation_id[:8]], env, tmp_path)
+    assert exported.returncode == 0 and "the first answer" in (tmp_path / "out.md").read_text(), exported.stderr
+
+
+def test_a_tool_result_that_answers_no_call_is_left_out(
+        fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, data_dir: Path) -> None:
+    orphan = record(type="message", message={"role": "tool", "tool_call_id": "nowhere", "content": "late"})
+    saved_file(data_dir, "0a1b2c3d-0000-4000-8000-000000000002", USER, orphan, working_dir=str(tmp_path))
+    assert auto_coder(["--resume", "0a1b2c3d", "go on"], env, tmp_path).returncode == 0
+    roles = [m["role"] for m in fake_server.chat_requests[-1].json["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]  # the open question marked interrupted, no orphan
+
+
+@pytest.mark.parametrize("conversation_id", ["0a1b2c3d\n\x1b[31mRED", "0a1b2c3dé", "0a1b 2c3d", "-x", "a" * 200])
+def test_a_conversation_id_no_header_can_carry_is_refused_with_one_escaped_line(
+        fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, data_dir: Path,
+        conversation_id: str) -> None:
+    saved_file(data_dir, conversation_id, USER, name="0a1b2c3d-odd", working_dir=str(tmp_path))
+    for args in (["--sessions"], ["--resume", "0a1b2c3d", "go on"], ["--export", str(tmp_path / "x.md")]):
+        done = auto_coder(args, env, tmp_path)
+        shown = done.stdout + done.stderr
+        assert "Traceback" not in shown and "\x1b" not in shown and "\nRED" not in shown, shown
+        assert "0a1b2c3d-odd.jsonl is damaged: its conversation id" in done.stderr
+        assert done.returncode == (0 if args == ["--sessions"] else 2)
+    assert fake_server.chat_requests == []
