@@ -40,7 +40,7 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
-from .state.conversation import Conversation
+from .state.conversation import Conversation, new_correlation_id
 from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
 
 SCHEMA_VERSION = 1
@@ -377,6 +377,7 @@ class Recorder:
         self._paused = paused
         self._warnings: list[str] = []
         self._streamed = ""  # answer text seen but not yet written (it may end inside a secret)
+        self._forked_from: str | None = None  # the conversation this one copies (another session was writing it)
         conversation.observer = self
 
     # ConversationObserver
@@ -422,25 +423,37 @@ class Recorder:
         return warnings
 
     # resuming
-    def resume(self, saved: SavedConversation) -> int:
+    def resume(self, saved: SavedConversation) -> Resumed:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
         What `rebuild` added to close a turn a crash left open is written too, so the file stays one history.
-        Returns how many damaged lines were left out."""
+        A conversation another session writes (it resumed it first, or began it) has one writer: this session
+        continues a copy of it instead, under a new id, in a file of its own."""
         records = read_records(saved.path)
         messages = rebuild(records)
         closing = messages[sum(1 for record in records if _is_message(record)):]
-        self.conversation.restore(messages, saved.id)
         self.close()
-        self.path, self._paused = saved.path, False
+        self._paused = False
+        try:
+            self._open(saved.path)
+        except ConversationBusy:
+            self.conversation.restore(messages, new_correlation_id())
+            self._forked_from = saved.id
+            for message in self.conversation.messages:
+                if message["role"] != "system":
+                    self._write({"type": "message", "message": message})
+            return Resumed(records.damaged, forked_from=saved.id)
+        except OSError:
+            pass  # written unsaved, with the warning _write gives
+        self.conversation.restore(messages, saved.id)
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
         for message in closing:
             self._write({"type": "message", "message": message})
-        return records.damaged
+        return Resumed(records.damaged)
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self.path, self._streamed = None, None, ""
+            os.close(self._fd)  # and with it the lock: another session may now continue this conversation
+        self._fd, self.path, self._streamed, self._forked_from = None, None, "", None
 
     # the file
     def _stream_text(self, text: str) -> None:
@@ -467,17 +480,21 @@ class Recorder:
             self._warnings.append(f"Conversations are not being saved: cannot write to {self.store.folder} "
                                   f"({exc.strerror or exc}). This conversation goes on unsaved.")
 
-    def _open(self) -> None:
+    def _open(self, path: Path | None = None) -> None:
+        """Open the conversation's file for appending (made first if new), holding its writer's lock for as long
+        as it is open; ConversationBusy if another session holds it."""
         folder = self.store.folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         if folder.stat().st_mode & 0o077:
             with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
                 os.chmod(folder, 0o700)
-        path = self.path or self.store.path_for(self.conversation.correlation_id)
+        path = path or self.path or self.store.path_for(self.conversation.correlation_id)
         if not path.exists():
             self._create(path)
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
+            if not _lock(fd):
+                raise ConversationBusy(path.stem)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
@@ -488,7 +505,9 @@ class Recorder:
 
     def _create(self, path: Path) -> None:
         """The file with its start record, appearing whole: a listing in another process never sees it empty."""
-        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
+        forked = {"forked_from": self._forked_from} if self._forked_from else {}
+        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe(),
+                            **forked})
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -506,6 +525,35 @@ class Recorder:
 
     def _line(self, record: dict[str, Any]) -> bytes:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class ConversationBusy(HistoryError):
+    """Another session writes this conversation (it holds the lock on its file)."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What resuming did: `damaged` lines left out; `forked_from` when another session was writing the
+    conversation, so this one continues a copy under a new id."""
+
+    damaged: int = 0
+    forked_from: str | None = None
+
+
+def _lock(fd: int) -> bool:
+    """Take the writer's lock of a conversation file (released when `fd` closes, or the process ends); False when
+    another open file holds it, in this process or another. True where there are no such locks (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks: one writer cannot be made sure of there
+        return True
+    return True
 
 
 def _secret_start_at_end(text: str, secret: str) -> int:

@@ -21,6 +21,7 @@ from .history import (
     ConversationStore,
     HistoryError,
     Recorder,
+    Resumed,
     SavedConversation,
     read_records,
     rebuild,
@@ -149,14 +150,18 @@ class Session:
         if self.agent.busy:
             raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
         if self.recorder is not None:
-            damaged = self.recorder.resume(saved)
+            resumed = self.recorder.resume(saved)
         else:
             records = read_records(saved.path)
             self.conversation.restore(rebuild(records), saved.id)
-            damaged = records.damaged
+            resumed = Resumed(records.damaged)
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
         where = show_controls(saved.notebook or saved.working_dir)
-        left_out = f"; {counted(damaged, 'damaged line')} left out" if damaged else ""
+        left_out = f"; {counted(resumed.damaged, 'damaged line')} left out" if resumed.damaged else ""
+        if resumed.forked_from:
+            return (f"Conversation {saved.id} is open in another session, so it continues here as a copy: new "
+                    f"conversation {self.conversation.correlation_id} ({counted(count, 'earlier prompt')}, "
+                    f"{where}{left_out}).")
         return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where}{left_out})."
 
     def apply_config(self, config: Config) -> bool:
@@ -264,6 +269,9 @@ class Session:
                                self.agent.config.image_max_side, source=path)
 
     async def aclose(self) -> None:
+        """Close the connections, the MCP servers and the conversation's file (another session may then resume it)."""
+        if self.recorder is not None:
+            self.recorder.close()
         await self.provider.aclose()
         if self.mcp is not None:
             await self.mcp.aclose()

@@ -321,6 +321,7 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
         assert first._resume_button.layout.display == "none"  # nothing saved yet: no offer
         await first.ask("what is here?")
         old_id = first.correlation_id
+        await first.session.aclose()  # as a kernel restart ends the old session (it held the conversation)
 
         # A kernel restart: a new session. The panel shows the saved conversation and offers Resume.
         panel = ChatPanel(make_session(fake_server, tmp_path))
@@ -361,3 +362,46 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
 
     run(scenario)
 
+
+
+def test_a_conversation_resumed_while_another_session_writes_it_continues_as_a_copy(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path
+) -> None:
+    """One writer per conversation (issue 22 item 8): the second resume must not close the first one's pending
+    tool call in the shared file, or the real result lands after it as an orphan strict servers reject."""
+    fake_server.enqueue(reply.text("First answer."))
+    assert auto_coder(["first question"], env, project).returncode == 0
+    [path] = saved(data_dir)
+    first_id = path.stem
+    # The first session resumes it and runs a command that waits until the test lets it end.
+    fake_server.enqueue(reply.tool_call("run_command", {"command": "while [ ! -e go ]; do sleep 0.05; done; echo ran"}),
+                        reply.text("It ran."))
+    writer = subprocess.Popen(["auto-coder", "--approval-mode", "full-auto", "--resume", first_id, "run it"],
+                              env=env, cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(r["type"] == "tool_call" for r in read_records(path)), "the command to start")
+        fake_server.enqueue(reply.text("Second answer."))
+        second = auto_coder(["--resume", first_id, "meanwhile"], env, project)
+        (project / "go").touch()
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert f"Conversation {first_id} is open in another session" in second.stderr
+    [request] = [r for r in fake_server.chat_requests if r.json["messages"][-1]["content"] == "meanwhile"]
+    copy_id = request.headers["x-correlation-id"]
+    assert copy_id != first_id and f"new conversation {copy_id}" in second.stderr
+    sent = request.json["messages"]
+    assert_strictly_valid(sent)  # the copy closed the pending call for itself
+    # The first conversation's file is one valid history written by one session only.
+    history = rebuild(read_records(path))
+    assert_strictly_valid(history)
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert "ran" in history[4]["content"] and "meanwhile" not in json.dumps(history)
+    [copy] = [p for p in saved(data_dir) if p != path]
+    records = read_records(copy)
+    assert copy.stem == copy_id and records[0]["forked_from"] == first_id
+    assert "meanwhile" in json.dumps(rebuild(records))
