@@ -162,7 +162,7 @@ def test_a_decompression_bomb_plotted_or_attached_is_refused_in_one_line(kernel:
     assert not image_urls(messages)
     assert "run_code image 1: 13000x13000 is too large to decode (169 megapixels; the limit is 50)" in (
         messages[-1]["content"])
-    assert "DecompressionBomb" not in json.dumps(run.messages, default=str)  # stderr, displays, everything the cell showed
+    assert "DecompressionBomb" not in json.dumps(run.messages, default=str)  # stderr, displays: all the cell showed
     attached = ok(kernel.execute("%autocoder --attach bomb.png --context none look"))
     assert "autocoder: bomb.png: 13000x13000 is too large to decode" in attached.stdout
     assert "DecompressionBomb" not in json.dumps(attached.messages, default=str)
