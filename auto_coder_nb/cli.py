@@ -16,7 +16,7 @@ from . import __version__
 from .approvals import APPROVAL_MODES
 from .config import TOOL_CALLING_MODES, Config, load_config
 from .errors import ConfigError
-from .history import ConversationStore, HistoryError, looks_like_id
+from .history import LISTED, ConversationStore, HistoryError, looks_like_id
 from .images import Image, ImageError
 from .interrupts import close_loop
 from .terminal import (
@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(prompted), none, or auto (native, prompted when the model has no tool calling; default)")
     parser.add_argument("--max-tokens", metavar="N", help="cap on the tokens of each reply (default 4096; "
                         "'null' leaves it to the server)")
-    parser.add_argument("--sessions", action="store_true", help="list the saved conversations, newest first, and exit")
+    parser.add_argument("--sessions", nargs="?", type=_count, const=LISTED, metavar="N",
+                        help=f"list the newest N saved conversations (default {LISTED}) and how many more, and exit")
+    parser.add_argument("--all", action="store_true", help="with --sessions: list every saved conversation")
+    parser.add_argument("--here", action="store_true",
+                        help="with --sessions: only the conversations of this working directory")
     parser.add_argument("--resume", nargs="?", const="", metavar="ID",
                         help="continue a saved conversation: ID or a unique prefix (default: the newest for this "
                              "working directory), with a prompt or in the REPL")
@@ -73,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
     return parser
+
+
+def _count(text: str) -> int:
+    """A number of conversations to list: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a number of conversations: {text!r}")
+    return int(text)
+
+
+def _lists_sessions(args: argparse.Namespace) -> bool:
+    return args.sessions is not None or args.all or args.here
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return EXIT_USAGE if any(key in config.unset for key in request_keys(config)) else EXIT_RUNTIME
     store = ConversationStore(warn=lambda text: print(f"auto-coder: warning: {text}", file=sys.stderr))
-    if args.sessions:
-        print(store.listing())
+    if _lists_sessions(args):
+        here = Path(config.agent.working_dir or ".").expanduser().resolve() if args.here else None
+        print(store.listing(None if args.all else args.sessions or LISTED, working_dir=here))
         return EXIT_OK
     root = Path(config.agent.working_dir or ".").expanduser()
     if not root.is_dir():
@@ -180,7 +196,7 @@ def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.
             print(f"auto-coder: warning: could not record trust in {project.store} ({exc.strerror or exc}); "
                   "trusted for this run only", file=sys.stderr)
         return config
-    if not project.needs_trust or args.show_config or args.doctor or args.sessions:
+    if not project.needs_trust or args.show_config or args.doctor or _lists_sessions(args):
         return config
     if is_terminal(sys.stdin) and is_terminal(sys.stderr) and ask_to_trust(project, sys.stderr):
         return trust_and_reload(project, load, sys.stderr)

@@ -17,6 +17,7 @@ the records back into a history a strict server accepts, even from a file cut of
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -47,6 +48,8 @@ SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
+LISTED = 20  # conversations a listing shows unless asked for more
+MORE_HINT = "--sessions N shows N, --all every one"
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
 
 
@@ -235,8 +238,8 @@ class ConversationStore:
     def path_for(self, conversation_id: str) -> Path:
         return self.folder / f"{conversation_id}{SUFFIX}"
 
-    def list(self) -> list[SavedConversation]:
-        """Every saved conversation, the most recently active first. Other files are skipped with a warning."""
+    def files(self) -> list[Path]:
+        """The conversation files, the most recently active first: only their names and times are read."""
         try:
             entries = [entry for entry in self.folder.iterdir() if not entry.name.startswith(".")]
         except FileNotFoundError:
@@ -244,38 +247,78 @@ class ConversationStore:
         except OSError as exc:
             self.warn(f"Cannot read the saved conversations in {self.folder}: {exc.strerror}")
             return []
-        found = []
+        dated = []
         for entry in entries:
+            try:
+                dated.append((entry.stat().st_mtime, entry))
+            except OSError:
+                continue  # removed meanwhile
+        return [entry for _, entry in sorted(dated, key=lambda pair: pair[0], reverse=True)]
+
+    def saved(self, *, working_dir: str | os.PathLike[str] | None = None,
+              notebook: str | os.PathLike[str] | None = None) -> Iterator[SavedConversation]:
+        """The saved conversations, the most recently active first, each file read as the iteration reaches it;
+        only those of `notebook`, or else of `working_dir`, when one is given. Other files are skipped with a
+        warning."""
+        where = escape_undecodable(str(notebook if notebook is not None else working_dir or ""))
+        for entry in self.files():
             try:
                 if entry.suffix != SUFFIX or not entry.is_file():
                     raise HistoryError(f"{entry.name} is not a saved conversation")
-                found.append(summarize(entry))
+                saved = summarize(entry)
             except HistoryError as exc:
                 self.warn(f"Skipped {show_controls(str(self.folder / entry.name))}: {exc}")
-        return sorted(found, key=lambda saved: saved.updated, reverse=True)
+                continue
+            # names are saved escaped (escape_undecodable): compared the same way
+            if notebook is not None and saved.notebook != where:
+                continue
+            if notebook is None and working_dir is not None and saved.working_dir != where:
+                continue
+            yield saved
+
+    def list(self) -> list[SavedConversation]:
+        """Every saved conversation, the most recently active first (reads every file: see `saved`)."""
+        return list(self.saved())
 
     def find(self, prefix: str) -> SavedConversation:
         """The conversation whose id is or starts with `prefix`; HistoryError saying which exist if none or
-        several do."""
-        saved = self.list()
+        several do. Files are named by their ids, so only the matching ones are read."""
+        files = [entry for entry in self.files() if entry.suffix == SUFFIX]
         prefix = prefix.strip()
-        matches = [s for s in saved if s.id == prefix] or [s for s in saved if prefix and s.id.startswith(prefix)]
+        matches = ([entry for entry in files if entry.stem == prefix]
+                   or [entry for entry in files if prefix and entry.stem.startswith(prefix)])
         if len(matches) == 1:
-            return matches[0]
-        if not saved:
+            saved = summarize(matches[0])
+            if saved.id == matches[0].stem:
+                return saved
+        if not files:
             raise HistoryError(f"No saved conversation {prefix!r}: none are saved in {self.folder}.")
-        if matches:
+        if len(matches) > 1:
             raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
-                               f"({', '.join(s.short_id for s in matches[:10])}): give more of the id.")
-        shown = ", ".join(s.short_id for s in saved[:10]) + (", ..." if len(saved) > 10 else "")
-        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): {shown}.")
+                               f"({', '.join(show_controls(entry.stem[:SHORT_ID]) for entry in matches[:10])}): "
+                               "give more of the id.")
+        shown = ", ".join(show_controls(entry.stem[:SHORT_ID]) for entry in files[:10])
+        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): "
+                           f"{shown}{', ...' if len(files) > 10 else ''}.")
 
-    def listing(self) -> str:
-        """What `--sessions` shows: one line per conversation, newest first."""
-        saved = self.list()
-        if not saved:
-            return f"No saved conversations in {self.folder}."
-        return "\n".join(entry.line() for entry in saved)
+    def listing(self, count: int | None = LISTED, *, working_dir: str | os.PathLike[str] | None = None,
+                notebook: str | os.PathLike[str] | None = None, more: str = MORE_HINT) -> str:
+        """What `--sessions` shows: one line per conversation, newest first; the newest `count` (None: all), then
+        how many more there are and `more`, how to see them. With `working_dir` or `notebook`, only those of that
+        folder or notebook."""
+        found = self.saved(working_dir=working_dir, notebook=notebook)
+        shown = list(itertools.islice(found, count)) if count is not None else list(found)
+        place = f" for {show_controls(str(notebook or working_dir))}" if notebook or working_dir else ""
+        if not shown:
+            return f"No saved conversations{place} in {self.folder}."
+        lines = [entry.line() for entry in shown]
+        if count is not None and len(shown) == count:
+            if place:  # counting the rest would read every file
+                if next(found, None) is not None:
+                    lines.append(f"(older ones{place} not shown: {more})")
+            elif (rest := len(self.files()) - count) > 0:
+                lines.append(f"({rest:,} older not shown: {more})")
+        return "\n".join(lines)
 
     def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
@@ -290,14 +333,9 @@ class ConversationStore:
 
     def latest(self, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation | None:
-        """The most recently active conversation of this notebook (if given), else of this working folder."""
-        for saved in self.list():  # names are saved escaped (escape_undecodable): compared the same way
-            if notebook is not None:
-                if saved.notebook == escape_undecodable(str(notebook)):
-                    return saved
-            elif working_dir is None or saved.working_dir == escape_undecodable(str(working_dir)):
-                return saved
-        return None
+        """The most recently active conversation of this notebook (if given), else of this working folder: files
+        are read newest first until it is found."""
+        return next(self.saved(working_dir=working_dir, notebook=notebook), None)
 
     def remove_older_than(self, days: int) -> int:
         """Delete conversations untouched for more than `days` days; returns how many went."""

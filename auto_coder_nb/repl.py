@@ -15,7 +15,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from .config import CONFIG_FILENAME, Config, redact_url
 from .errors import ConfigError, ProviderError
-from .history import ConversationStore, HistoryError
+from .history import LISTED, ConversationStore, HistoryError
 from .images import Image, ImageError
 from .interrupts import LoopRunner
 from .session import Session
@@ -32,7 +32,7 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
-  /sessions       list the saved conversations, newest first
+  /sessions [N]   list the newest N saved conversations (default 20); `all`: every one, `here`: this folder's
   /resume [ID]    continue a saved conversation (default: the newest for this folder)
   /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
   /attach PATH    send a PNG/JPEG image with the next message (vision models); /attach alone lists them
@@ -144,7 +144,9 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
         store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
         try:
             if name == "/sessions":
-                print(store.listing())
+                words = rest.split()
+                count = None if "all" in words else next((int(w) for w in words if w.isdigit() and int(w)), LISTED)
+                print(session.listing(store, count, "here" in words, "/sessions N shows N, /sessions all every one"))
             elif name == "/resume":
                 print(session.resume(session.saved_here(rest.strip() or None, store)))
             elif not rest.strip():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,18 @@ class Session:
         """Where and with what this session talks, as saved with its conversations (no credentials)."""
         return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
                 "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+
+    def listing(self, store: ConversationStore, count: int | None, here: bool, more: str) -> str:
+        """The saved conversations (see `ConversationStore.listing`); `here`: only this notebook's, or else this
+        working folder's."""
+        return store.listing(count, more=more, **(self._here() if here else {}))
+
+    def saved_here_all(self, store: ConversationStore) -> Iterator[SavedConversation]:
+        """This notebook's (or else this working folder's) saved conversations, newest first, read as iterated."""
+        return store.saved(**self._here())
+
+    def _here(self) -> dict[str, Any]:
+        return {"notebook": self.notebook} if self.notebook is not None else {"working_dir": self.workspace.root}
 
     def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
         """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or
