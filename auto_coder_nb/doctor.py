@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from . import auth, transport
+from .bounded_http import SyncClient
 from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
 from .errors import AutoCoderError, ProviderError, ToolsNotSupported
 from .instructions import ProjectInstructions, load_instructions
@@ -225,8 +226,7 @@ class _Doctor:
         https = self.base_url.startswith("https:")
         route = f"via proxy {redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
         try:
-            with httpx.Client(**kwargs) as client:
-                response = client.get(self.models_url, headers=self.headers)
+            response = SyncClient(kwargs).get(self.models_url, headers=self.headers)  # within a deadline and a cap
         except httpx.HTTPError as exc:
             return self._connection_failure(exc, trust, https, route)
         if response.status_code == 407:
@@ -276,8 +276,7 @@ class _Doctor:
     def check_authentication(self) -> tuple[Row, httpx.Response | None]:
         mode = auth.auth_mode(self.config)
         try:
-            with httpx.Client(**self.client_kwargs) as client:
-                response = client.get(self.models_url, headers=self.headers)
+            response = SyncClient(self.client_kwargs).get(self.models_url, headers=self.headers)
         except AutoCoderError as error:
             return self.add(Row("authentication", FAIL, f"{mode}: {error}", self._auth_advice())), None
         except httpx.HTTPError as exc:
