@@ -8,14 +8,15 @@ whatever happens, so the history is always one a strict server accepts.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .approvals import ApprovalPolicy
-from .config import AgentConfig
+from .approvals import APPROVAL_ORDER, Allowance, ApprovalPolicy
+from .config import DEFAULT_CONTEXT_WINDOW, AgentConfig
 from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
     ApprovalRequest,
@@ -48,7 +49,7 @@ from .providers.base import (
 )
 from .site_policy import SitePolicy
 from .state.conversation import Conversation
-from .text import escape_undecodable, scrub
+from .text import escape_undecodable, scrub, with_review
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
@@ -91,6 +92,24 @@ class TurnObserver(Protocol):
     def take_warnings(self) -> list[str]: ...
 
 
+class TurnHooks(Protocol):
+    """Checkpoints each turn for a rewind and hears the end of it (`rewind.Turns`); `take_feedback()` gives what
+    the user did to the agent's changes since the model last heard (a Revert), added to its next request."""
+
+    def begin(self, message: str, workspace_mark: int | None) -> None:
+        """The turn's message was just added to the conversation."""
+
+    def end(self) -> None: ...
+
+    def take_feedback(self) -> list[str]: ...
+
+    def change_count(self) -> int:
+        """How many notebook cell changes were recorded so far (see `changes_since`)."""
+
+    def changes_since(self, count: int) -> list[Any]:
+        """The cell changes recorded after the first `count` (what one tool call changed)."""
+
+
 class Agent:
     def __init__(
         self,
@@ -112,10 +131,12 @@ class Agent:
         self.busy = False  # the magics and the panel share one agent; one turn at a time
         self._actions = {"refused": 0, "allowed": 0}  # of the running turn, reported in TurnDone
         self.observer: TurnObserver | None = None
+        self.turns: TurnHooks | None = None  # checkpoints for a rewind (the session sets it)
         self.site: SitePolicy | None = None  # the administrator's allow-lists, for what a turn chooses itself
         # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
         self.secrets: Callable[[], Iterable[str | None]] = tuple
         self._last_usage: Usage | None = None  # of the last request, for the context share
+        self._window: tuple[int, str] | None = None  # the context window of the last turn, and where it came from
 
     async def sees_images(self) -> bool:
         """Whether images are sent to the model: llm.vision when set, else what the server reports."""
@@ -128,9 +149,20 @@ class Agent:
         setting = "false" if self.vision is False else "not set and the server does not report vision"
         return NO_VISION.format(model=model or self.provider.model, setting=setting)
 
+    async def context_window(self, model: str | None = None) -> tuple[int, str]:
+        """The context window in tokens and where it came from: agent.context_window when set, else what the server
+        reports for the model (asked once per model), else DEFAULT_CONTEXT_WINDOW."""
+        if self.config.context_window:
+            return self.config.context_window, "agent.context_window"
+        found = await self.provider.capabilities(model, headers=self.conversation.headers)
+        if found.context_window:
+            return found.context_window, found.context_source
+        return DEFAULT_CONTEXT_WINDOW, "default"
+
     def context_usage(self) -> ContextUsage:
         """How full the context window is: the last request as the server counted it, else an estimate."""
-        usage, window = self._last_usage, self.config.context_window
+        usage = self._last_usage
+        window = self.config.context_window or (self._window[0] if self._window else DEFAULT_CONTEXT_WINDOW)
         if usage is not None and usage.prompt_tokens:
             return ContextUsage(usage.prompt_tokens + usage.completion_tokens, window)
         schema_size = len(json.dumps([tool.schema() for tool in self.tools.definitions()]))
@@ -138,6 +170,29 @@ class Agent:
 
     def _done(self, reason: str) -> TurnDone:
         return TurnDone(reason, self.context_usage(), self._actions["refused"], self._actions["allowed"])
+
+    def _site_refusal(self, options: TurnOptions) -> str | None:
+        """Why the site does not allow what this turn chose for itself (`-m`, `--tool-calling`): a locked setting
+        changed, as the CLI refuses the same flag, or a model outside allow.models. (A turn's approval mode is capped
+        instead: `_allowed_mode`.)"""
+        if self.site is None:
+            return None
+        locked_by = self.site.locked_by("llm.tool_calling")
+        if options.tool_calling not in (None, self.provider.tool_calling) and locked_by is not None:
+            return (f"llm.tool_calling is locked by the administrator ({locked_by}), so {options.tool_calling!r} is "
+                    "not used")
+        return self.site.request_model_refusal(options.model, self.provider.model) if options.model else None
+
+    def _allowed_mode(self, mode: str | None) -> str | None:
+        """A turn's own approval mode, capped by the site: at allow.max_approval_mode, and at the configured mode when
+        the site locks agent.approval_mode (a stricter one is always fine)."""
+        if mode is None:
+            return None
+        mode = self.policy.effective(mode)
+        if self.site is not None and self.site.locked_by("agent.approval_mode") is not None and \
+                APPROVAL_ORDER.index(mode) > APPROVAL_ORDER.index(self.policy.mode):
+            return self.policy.mode
+        return mode
 
     async def run(self, message: str, images: Sequence[Image] = (),
                   options: TurnOptions | None = None) -> AsyncGenerator[Event, None]:
@@ -171,27 +226,41 @@ class Agent:
         last_step: list[tuple[str, str]] = []
         answer_only = False  # the model repeated its last step: the next request lets it only answer
         partial: list[str] = []  # answer text streamed but not yet in the history
+        began = False  # the turn was checkpointed (self.turns): it is ended however it ends
         try:
-            refusal = self.site.model_refusal(options.model) if self.site and options.model else None
+            refusal = self._site_refusal(options)
             if refusal is not None:
                 yield ErrorEvent(f"Not sent: {refusal}.")
                 yield self._done("error")
                 return
-            if options.approval_mode and self.policy.effective(options.approval_mode) != options.approval_mode:
-                yield Notice(f"Approval mode {self.policy.effective(options.approval_mode)!r} instead of "
-                             f"{options.approval_mode!r}: the site configuration allows no more.")
+            allowed_mode = self._allowed_mode(options.approval_mode)
+            if allowed_mode != options.approval_mode:
+                yield Notice(f"Approval mode {allowed_mode!r} instead of {options.approval_mode!r}: the site "
+                             "configuration allows no more.")
+                options = replace(options, approval_mode=allowed_mode)
             if images and not await self.sees_images():
                 yield ErrorEvent(self.no_vision_message(options.model))
                 yield self._done("error")
                 return
+            try:
+                self._window = await self.context_window(options.model)
+            except AutoCoderError:
+                self._window = None  # the request itself says what is wrong (e.g. credentials not configured)
             conversation.repair()
-            conversation.add_user(message, images)
+            mark = self.workspace.begin_turn() if self.workspace is not None else None
+            feedback = self.turns.take_feedback() if self.turns is not None else []
+            conversation.add_user(with_review(message, feedback), images)
+            if self.turns is not None:
+                began = True
+                self.turns.begin(message, mark)
             self._last_usage = None  # the context share is of this turn's requests (else estimated)
-            if self.workspace is not None:
-                self.workspace.begin_turn()
             for _ in range(self.config.max_iterations):
                 for text in self.tools.take_notices():  # e.g. an MCP server that failed to start or stopped
                     yield Notice(text)
+                after_tools = self.turns is not None and conversation.messages[-1]["role"] == "tool"
+                feedback = self.turns.take_feedback() if self.turns is not None and after_tools else []
+                if feedback:  # e.g. a Revert clicked while the turn runs: after the tool results, before asking
+                    conversation.add_user(with_review("(The user did this while you worked.)", feedback))
                 partial.clear()
                 completion: Completion | None = None
                 cut_off = False
@@ -251,6 +320,8 @@ class Agent:
             raise
         finally:
             self.busy = False
+            if began and self.turns is not None:
+                self.turns.end()
 
     def _close_answer(self, partial: list[str], marker: str) -> None:
         """Record the text the user saw of a cut-off answer, marked; after a bare user message, at least the
@@ -266,7 +337,7 @@ class Agent:
         conversation = self.conversation
         definitions = self.tools.definitions()
         schema_size = len(json.dumps([tool.schema() for tool in definitions]))
-        window = self.config.context_window
+        window = self.config.context_window or (self._window[0] if self._window else DEFAULT_CONTEXT_WINDOW)
         for attempt in range(2):
             if conversation.images and not await self.sees_images():  # the model changed to one without vision
                 conversation.drop_images()
@@ -316,26 +387,39 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
-            decision = self.policy.decide(tool.kind, mode)
+            allowance = Allowance.of(tool.name, tool.always_scope, arguments)
+            decision = self.policy.decide(tool.kind, mode, allowance)
             if decision == "deny":
                 self._actions["refused"] += 1
                 raise ToolError(f"Refused: the approval mode is {mode or self.policy.mode!r}, which does not allow "
                                 f"{call.name}. Tell the user what you would change instead.")
+            request: ApprovalRequest | None = None
             if decision == "ask":
-                request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments))
+                cells = _review(tool, arguments)
+                request = ApprovalRequest(call.id, call.name, tool.kind, arguments, _preview(tool, arguments),
+                                          always_covers=allowance.describe(), cells=cells,
+                                          can_run=tool.run_after is not None and any(c.runnable for c in cells))
                 yield request
                 allowed, reason, always = await request.wait()
                 if self.observer is not None:
                     self.observer.approval(request, allowed, reason, always)
                 if always:
-                    self.policy.allow_always(tool.kind)
+                    self.policy.allow_always(allowance)
                 if not allowed:
                     self._actions["refused"] += 1
                     because = f" Reason: {reason}" if reason else ""
+                    if cells:  # the per-cell review: the model hears which cells were rejected
+                        named = "; ".join(change.describe() for change in cells)
+                        raise ToolError(f"The user rejected your change to {named}: it was not made.{because}")
                     raise ToolError(f"The user denied this {call.name} call.{because}")
             if tool.kind != "read":
                 self._actions["allowed"] += 1
+            known = self.turns.change_count() if self.turns is not None else 0
             output = await self.tools.run(call.name, arguments)
+            if self.turns is not None:
+                result.cells = self.turns.changes_since(known)
+            if request is not None and request.run_after and tool.run_after is not None:
+                output = await _run_after(tool, arguments, output)
             result.output, result.is_error = output.text, False
             if output.images:
                 result.images, notes = self._fit_images(output, call.name)
@@ -383,6 +467,32 @@ def _preview(tool: ToolDefinition, arguments: dict[str, Any]) -> str:
         raise ToolError(f"Invalid arguments for {tool.name}: {exc}") from exc
     except Exception as exc:  # a custom tool's preview must not crash the turn
         raise ToolError(f"{tool.name} failed before it ran: {type(exc).__name__}: {exc}") from exc
+
+
+def _review(tool: ToolDefinition, arguments: dict[str, Any]) -> list[Any]:
+    """The cells a notebook tool's call would change, for the per-cell review (none for other tools)."""
+    if tool.review is None:
+        return []
+    try:
+        return tool.review(**arguments)
+    except (ToolError, NothingToChange):
+        raise
+    except Exception as exc:  # like a preview: the turn goes on, the model reads why
+        raise ToolError(f"{tool.name} failed before it ran: {type(exc).__name__}: {exc}") from exc
+
+
+async def _run_after(tool: ToolDefinition, arguments: dict[str, Any], output: ToolOutput) -> ToolOutput:
+    """Accept & Run: the changed cell runs now; its output follows the change's result."""
+    assert tool.run_after is not None
+    try:
+        ran = tool.run_after(**arguments)
+        if inspect.isawaitable(ran):
+            ran = await ran
+    except ToolError as exc:
+        return ToolOutput(f"{output.text}\nThe user chose Accept & Run, but the cell did not run: {exc}", output.images)
+    ran = ran if isinstance(ran, ToolOutput) else ToolOutput(str(ran))
+    return ToolOutput(f"{output.text}\nThe user chose Accept & Run; the cell ran:\n{ran.text}",
+                      [*output.images, *ran.images])
 
 
 def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:

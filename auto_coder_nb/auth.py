@@ -5,7 +5,8 @@
 - auth: USE_SSO -> `Authorization: Bearer` from `AuthenticationProvider.generate_auth_token()`;
   SERVER_SIDE_TOKEN_REFRESH -> `Authorization: Basic` from `get_basic_credentials()`; otherwise
   `AuthenticationProviderWithClientSideTokenRefresh` (API key, token command or OAuth token endpoint).
-- headers: `llm.auth_headers`, sent as HTTP headers on every request.
+- headers: `llm.auth_headers`, sent as HTTP headers on every request, and `llm.user` in `llm.user_header` (who is
+  asking, for the gateway to attribute and limit usage per person).
 - verify, proxy, timeout: `transport.transport_kwargs()`.
 
 The TLS and proxy helpers that used to live here (`update_certifi`, `tls_trust`, `proxy_for`,
@@ -32,6 +33,7 @@ from .authentication_provider import (
 )
 from .config import Config, load_config, redact_url
 from .errors import ConfigError
+from .hub import hub_credentials
 
 # TLS and proxy helpers moved to transport.py; still importable from here.
 from .transport import (
@@ -91,9 +93,10 @@ async def get_sso_token(config: Config | None = None) -> str | None:
 
 def secret_values(config: Config) -> list[str]:
     """Every secret this process holds for `config`, for `text.scrub` wherever text leaves the process: the
-    configuration's (`Config.secret_values`), the basic credentials made of them, and fetched tokens."""
+    configuration's (`Config.secret_values`), the basic credentials made of them, fetched tokens, and the JupyterHub
+    tokens the environment holds."""
     basic = basic_credentials(config.auth)
-    return [*config.secret_values(), *([basic] if basic else []), *fetched_tokens()]
+    return [*config.secret_values(), *([basic] if basic else []), *fetched_tokens(), *hub_credentials()]
 
 
 def auth_mode(config: Config) -> str:
@@ -174,5 +177,21 @@ def http_client_kwargs(config: Config) -> dict[str, Any]:
     return {
         **transport_kwargs(config, config.llm.base_url),
         "auth": build_auth(config),
-        "headers": dict(config.llm.auth_headers),
+        "headers": request_headers(config),
     }
+
+
+def request_headers(config: Config) -> dict[str, str]:
+    """The headers of every request: `llm.auth_headers`, then `llm.user` in `llm.user_header` (replacing a custom
+    header of that name, whatever its case, so a locked identity wins). ConfigError when who is asking should be
+    sent and llm.user is not set."""
+    llm = config.llm
+    headers = dict(llm.auth_headers)
+    if (llm.user_header or llm.user_field) and not llm.user:
+        wanted = "llm.user_header" if llm.user_header else "llm.user_field"
+        raise ConfigError(f"{wanted} ({config.sources.get(wanted, 'default')}) sends who is asking, but llm.user is "
+                          "not set: set it too (in a JupyterHub site file, user: ${JUPYTERHUB_USER})")
+    if llm.user_header and llm.user:
+        headers = {name: value for name, value in headers.items() if name.lower() != llm.user_header.lower()}
+        headers[llm.user_header] = llm.user
+    return headers

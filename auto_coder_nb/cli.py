@@ -16,7 +16,7 @@ from . import __version__
 from .approvals import APPROVAL_MODES
 from .config import TOOL_CALLING_MODES, Config, load_config
 from .errors import ConfigError
-from .history import LISTED, ConversationStore, HistoryError, looks_like_id
+from .history import LISTED, ConversationStore, HistoryError
 from .images import Image, ImageError
 from .interrupts import close_loop
 from .terminal import (
@@ -28,6 +28,7 @@ from .terminal import (
     ask_on_terminal,
     ask_to_trust,
     drive_turn,
+    export_at_terminal,
     is_terminal,
     refuse_without_terminal,
     trust_and_reload,
@@ -36,6 +37,13 @@ from .text import scrub
 
 if TYPE_CHECKING:
     from .session import Session
+
+
+class _Newest(str):
+    """`--resume` without an ID (the newest conversation here), told apart from an empty ID (`--resume ""`)."""
+
+
+NEWEST = _Newest()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,11 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="with --sessions: list every saved conversation")
     parser.add_argument("--here", action="store_true",
                         help="with --sessions: only the conversations of this working directory")
-    parser.add_argument("--resume", nargs="?", const="", metavar="ID",
-                        help="continue a saved conversation: ID or a unique prefix (default: the newest for this "
-                             "working directory), with a prompt or in the REPL")
+    parser.add_argument("--resume", nargs="?", const=NEWEST, metavar="ID",
+                        help="continue a saved conversation: ID or a unique prefix (alone: the newest for this "
+                             "working directory), with a prompt after the ID or in the REPL")
     parser.add_argument("--export", metavar="PATH",
-                        help="write the --resume'd (or newest) conversation to PATH (.md, .ipynb, .jsonl) and exit")
+                        help="write the --resume'd (or newest) conversation to PATH (.md, .ipynb, .jsonl) and exit; "
+                             "an existing file is replaced only with --force (or when you say so at a terminal)")
+    parser.add_argument("--force", action="store_true", help="with --export: replace PATH if it exists")
     parser.add_argument("--attach", metavar="PATH", action="append", default=[],
                         help="send a PNG/JPEG image with the prompt to a vision model (repeatable)")
     parser.add_argument("--show-context", action="store_true",
@@ -75,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "credentials elsewhere apply (remembered until the file changes)")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration and exit")
     parser.add_argument("--doctor", action="store_true", help="check the endpoint, TLS, auth and model, then exit")
+    parser.add_argument("--acp", action="store_true",
+                        help="serve the Agent Client Protocol on stdin/stdout (for Zed, JetBrains, jupyter-ai...)")
     parser.add_argument("--version", action="version", version=f"auto-coder {__version__}")
     return parser
 
@@ -94,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a character no UTF-8 can hold is shown escaped, as on stderr
         sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    if args.resume and not looks_like_id(args.resume):  # `--resume fix the test`: a prompt, not an id
-        args.prompt.insert(0, args.resume)
-        args.resume = ""
+    resume_id = None if args.resume is NEWEST else args.resume  # an ID that matches nothing is an error, never a prompt
     flags = {
         "llm.base_url": args.base_url,
         "llm.model": args.model,
@@ -106,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         "llm.tool_calling": args.tool_calling,
         "llm.max_tokens": args.max_tokens,
     }
+    if args.acp:
+        from .acp import run_agent
+
+        return run_agent(args, flags)
 
     def load(trust_project: bool = False) -> Config:
         return load_config(flags, args.config, trust_project=trust_project)
@@ -120,13 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.show_config:
+        from .providers.known_servers import describe_context_window
+
         print(config.show())
+        print(describe_context_window(config))
         print("files read: " + (", ".join(map(str, [*config.site.files, *config.files])) or "none"))
         return EXIT_OK
     if args.doctor:
         from .doctor import run_doctor
 
-        if run_doctor(config, lambda text: print(text, flush=True)):
+        try:
+            passed = run_doctor(config, lambda text: print(text, flush=True))
+        except KeyboardInterrupt:
+            print("\nauto-coder: --doctor interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if passed:
             return EXIT_OK
         from .auth import request_keys  # a ${VAR} the requests need is not set: a configuration error
 
@@ -145,15 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = Session.create(config, working_dir=root)
         if args.export:
-            print(session.export(args.export, args.resume, store))
+            print(export_at_terminal(session, args.export, resume_id, store, force=args.force))
             return EXIT_OK
         if args.resume is not None:
-            print(session.resume(session.saved_here(args.resume, store)), file=sys.stderr)
+            print(session.resume(session.saved_here(resume_id, store)), file=sys.stderr)
     except ConfigError as exc:
         print(f"auto-coder: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except HistoryError as exc:
         print(f"auto-coder: error: {exc}", file=sys.stderr)
+        if resume_id is not None and args.prompt:
+            print('auto-coder: to continue the newest conversation with a prompt, put the prompt first: auto-coder '
+                  '"PROMPT" --resume', file=sys.stderr)
         return EXIT_USAGE
     prompt = " ".join(args.prompt)
     if not prompt and not args.show_context and not is_terminal(sys.stdin):
@@ -220,4 +245,8 @@ def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop, ima
     if not drive_turn(session, prompt, loop, view, images or []):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if view.actions_refused:
+        done = "nothing was changed or run" if view.all_actions_refused else "the rest was done"
+        print(f"auto-coder: {view.actions_refused} change(s) or command(s) refused ({done}; see --approval-mode)",
+              file=sys.stderr)
     return view.exit_code()

@@ -62,6 +62,14 @@ class LLMConfig:
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
     tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
     max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
+    # Who is asking, told to the gateway so a team's usage is attributed and limited per person; usually
+    # ${JUPYTERHUB_USER} in a hub's site file. Not a secret (a ${VAR} here is not hidden), at most 256 characters.
+    user: str | None = None
+    user_header: str | None = None  # the HTTP header that carries llm.user on every request (X-User, say)
+    user_field: bool = False  # also send llm.user as the OpenAI `user` field of every request body
+
+
+DEFAULT_CONTEXT_WINDOW = 32768  # tokens, when neither agent.context_window nor the server says
 
 
 @dataclass
@@ -73,7 +81,8 @@ class AgentConfig:
     # Tool calls run from one answer; the rest are answered "not executed" (a runaway model can send thousands).
     max_tool_calls_per_answer: int = 64
     command_timeout: float = 120.0  # run_command's default timeout, in seconds
-    context_window: int = 32768  # tokens the model holds; older history is shortened to fit
+    # Tokens the model holds; older history is shortened to fit. Unset: what the server reports, else 32768.
+    context_window: int | None = None
     system_prompt: str | None = None  # replaces the built-in system prompt
     working_dir: str | None = None  # the workspace root (default: the current or the notebook's folder)
     tools: list[str] = field(default_factory=list)  # "module:name" of your ToolDefinitions, for every face
@@ -223,7 +232,8 @@ class Config:
 
 
 # What an unset value means, where None alone would not say.
-DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false"}
+DEFAULT_NOTES = {"llm.vision": "= as the server reports, else false",
+                 "agent.context_window": f"= as the server reports, else {DEFAULT_CONTEXT_WINDOW}"}
 
 SECRET_KEYS = {"llm.api_key", "auth.client_secret", "auth.refresh_token", "auth.sso_token"}
 
@@ -309,8 +319,10 @@ def load_config(
         resolved = path.resolve()
         if resolved in seen or not path.is_file():
             continue
+        if path is project and path.is_symlink() and resolved in trusted:
+            continue  # a link to the user's own (or --config) file: that file is read as itself, from its folder
         seen.add(resolved)
-        if path is project and resolved not in trusted:
+        if path is project and (resolved not in trusted or path.is_symlink()):
             settings = _read_project_file(config, path, env, store_path(env, home), trust_project)
         else:
             settings = _read_file(path, env, config.from_variables)
@@ -322,6 +334,7 @@ def load_config(
         _set(config, "llm.api_key", env["OPENAI_API_KEY"], "env OPENAI_API_KEY", where="OPENAI_API_KEY")
     for var, key in ENV_VARS.items():
         if env.get(var):
+            _check_expanded(var, env[var], env)
             _set(config, key, _parse_env(key, env[var]), f"env {var}", where=var)
 
     for key, value in (flags or {}).items():
@@ -336,12 +349,27 @@ def site_files(env: Mapping[str, str]) -> list[Path]:
     """The site configuration files: /etc/auto-coder/config.yaml if it exists, then each file named in
     $AUTO_CODER_SITE_CONFIG (colon-separated), which must exist."""
     found = [SITE_CONFIG] if SITE_CONFIG.is_file() else []
+    _check_expanded(SITE_CONFIG_ENV, env.get(SITE_CONFIG_ENV, ""), env)
     for name in filter(None, env.get(SITE_CONFIG_ENV, "").split(os.pathsep)):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ConfigError(f"{SITE_CONFIG_ENV}: {_not_a_file(path, 'site configuration file')}")
         found.append(path)
     return found
+
+
+def _check_expanded(var: str, value: str, env: Mapping[str, str]) -> None:
+    """An environment variable is used as it is, so a ${NAME} in its value is one nobody expanded (JupyterHub's
+    `c.Spawner.environment` passes values as written): a ConfigError naming both, never a literal ${NAME} sent."""
+    found = _VAR.search(value)
+    if found is None:
+        return
+    name = found.group(1)
+    state = "is not set either" if name not in env else "is set, but a variable's value is not expanded"
+    raise ConfigError(f"{var} is {show_controls(repr(value))}: ${{{name}}} was never expanded ({name} {state}). "
+                      f"Environment variables are used as they are (JupyterHub's c.Spawner.environment passes its "
+                      f"values as written): set the value itself, or write ${{{name}}} in a config file, where it is "
+                      f"expanded")
 
 
 def _not_a_file(path: Path, what: str) -> str:
@@ -466,9 +494,18 @@ def _read_file(path: Path, env: Mapping[str, str], taken: set[str]) -> dict[str,
 PROJECT_SAFE_KEYS = frozenset({
     "llm.model", "llm.extra_params", "llm.timeout", "llm.vision", "llm.tool_calling", "llm.max_tokens",
     "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
-    "agent.system_prompt", "agent.image_max_side", "agent.max_images", "agent.instructions_files",
-    "history.enabled",
+    "agent.image_max_side", "agent.max_images", "agent.instructions_files", "history.enabled",
 })
+# The llm.extra_params an untrusted project file may set: sampling, nothing that steers what is asked.
+PROJECT_SAFE_PARAMS = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "repeat_penalty", "seed", "stop", "max_tokens", "max_completion_tokens",
+})
+# What the product itself puts in every request: llm.extra_params never replaces it, from any file.
+PRODUCT_PARAMS = ("model", "messages", "tools", "tool_choice", "stream", "response_format")
+_PRODUCT_PARAM_HINTS = {"model": "set llm.model instead", "stream": "answers always stream where the server can"}
+# The instruction files an untrusted project file may choose among (agent.instructions_files): the documented ones.
+PROJECT_SAFE_INSTRUCTIONS = ("AGENTS.md", "CLAUDE.md")
 # Approval modes an untrusted project file may choose: none allows more than asking.
 PROJECT_SAFE_APPROVAL_MODES = ("ask", "read-only")
 # Settings naming Python objects ("module:name"): imported from the folder of the file that set them first.
@@ -524,6 +561,15 @@ def _leave_out_untrusted(data: Any, project: ProjectFile, site: SitePolicy) -> t
         kept[section] = {}
         for key, value in values.items():
             dotted = f"{section}.{key}"
+            if dotted == "llm.extra_params" and isinstance(value, dict) and site.locked_by(dotted) is None \
+                    and not _takes_variables(value):
+                allowed, untrusted = _safe_params(value)
+                if allowed or not untrusted:
+                    kept[section][key] = allowed
+                for name, item in untrusted.items():
+                    project.ignored[f"{dotted}.{name}"] = _shown_value(dotted, item)
+                    left_out.setdefault(section, {}).setdefault(key, {})[name] = item
+                continue
             if key not in known or site.locked_by(dotted) is not None or _safe_in_project(dotted, value):
                 kept[section][key] = value
             else:
@@ -538,12 +584,28 @@ def _safe_in_project(key: str, value: Any) -> bool:
         return False
     if key == "agent.approval_mode":
         return value in PROJECT_SAFE_APPROVAL_MODES
-    if key == "agent.instructions_files":  # plain file names, searched in the project's folders; not paths
+    if key == "agent.instructions_files":  # the documented names only: `.env` would go to the model
         names = [value] if isinstance(value, str) else value
-        return isinstance(names, list) and all(
-            isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            for name in names)
+        return isinstance(names, list) and all(name in PROJECT_SAFE_INSTRUCTIONS for name in names)
     return key in PROJECT_SAFE_KEYS
+
+
+def _without_product_params(config: Config, params: dict[str, Any], where: str) -> dict[str, Any]:
+    """`params` without the keys the product sets itself (`PRODUCT_PARAMS`), each refused with one line."""
+    for name in PRODUCT_PARAMS:
+        if name in params:
+            hint = _PRODUCT_PARAM_HINTS.get(name, "auto-coder sets it for each request")
+            config.warnings.append(f"{where}: llm.extra_params.{name} is refused: auto-coder sets {name} itself "
+                                   f"({hint})")
+    return {name: value for name, value in params.items() if name not in PRODUCT_PARAMS}
+
+
+def _safe_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An untrusted project file's llm.extra_params split into those it may set (sampling, and the product's own
+    keys, which `_set` refuses in any file) and those that need trust."""
+    allowed = PROJECT_SAFE_PARAMS.union(PRODUCT_PARAMS)
+    return ({name: value for name, value in params.items() if name in allowed},
+            {name: value for name, value in params.items() if name not in allowed})
 
 
 def _takes_variables(value: Any) -> bool:
@@ -606,7 +668,9 @@ def _flatten(data: Any, path: Path, env: Mapping[str, str], taken: set[str], sit
             continue
         for key, value in values.items():
             missing: list[tuple[str, str]] = []
-            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, taken, missing)
+            # Who is asking is no secret: a user name hidden everywhere would garble paths and outputs.
+            used = set() if f"{section}.{key}" in IDENTITY_KEYS else taken
+            flat[f"{section}.{key}"] = _expand(value, f"{section}.{key}", path, env, used, missing)
             if missing:  # an error only where the value is used, unless a later file, variable or flag sets it
                 flat[f"{section}.{key}"] = UnsetVariable(path, *missing[0])
     return flat
@@ -746,14 +810,35 @@ def _set(config: Config, key: str, value: Any, source: str, *, where: str) -> No
         config.unset[key] = value
         return
     value = _coerce(value, kind, key, where)
+    if key == "llm.extra_params":
+        value = _without_product_params(config, value, where)
     setattr(getattr(config, section), name, value)
     config.sources[key] = source
     if key in MODULE_KEYS:
         if source.startswith(("file ", "site ")):
-            config.folders[key] = Path(where).absolute().parent
+            config.folders[key] = Path(where).resolve().parent  # where the file lives, not where a link to it is
         else:
             config.folders.pop(key, None)
     config.unset.pop(key, None)
+
+
+# Settings that say who is asking: not secrets, so a ${VAR} they take (${JUPYTERHUB_USER}) is not hidden.
+IDENTITY_KEYS = ("llm.user", "llm.user_header")
+MAX_USER_CHARS = 256
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
+# Headers the client sets itself: a user header may not replace them.
+RESERVED_HEADERS = {"authorization", "content-type", "content-length", "host", "x-correlation-id",
+                    "proxy-authorization", "transfer-encoding", "connection", "accept"}
+
+
+def _check_identity(key: str, value: str) -> str | None:
+    """What is wrong with llm.user or llm.user_header, as `expected ...`, else None."""
+    if key == "llm.user":
+        if not value.strip() or len(value) > MAX_USER_CHARS or not value.isprintable():
+            return f"a user name of 1 to {MAX_USER_CHARS} printable characters"
+    elif not _HEADER_NAME.fullmatch(value) or value.lower() in RESERVED_HEADERS:
+        return "an HTTP header name (letters, digits, -) other than " + ", ".join(sorted(RESERVED_HEADERS))
+    return None
 
 
 # Numbers given as text (always, from the environment and flags; quoted in a file) are read only when they are
@@ -825,6 +910,9 @@ def _coerce(value: Any, kind: str, key: str, where: str) -> Any:
             raise wrong("a model name")
         if key == "llm.base_url" and not value.startswith(("http://", "https://")):
             raise wrong("a URL starting with http:// or https://, like http://localhost:11434/v1")
+        problem = _check_identity(key, value) if key in IDENTITY_KEYS else None
+        if problem is not None:
+            raise wrong(problem)
         return value
     if kind.startswith("bool"):
         if isinstance(value, str) and value.lower() in ("true", "false"):

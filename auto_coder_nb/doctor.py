@@ -5,6 +5,11 @@ accepted, the model listed by /models, a short streamed answer, a native tool ca
 prompted one (the step format, with structured output where the server has it), and which
 llm.tool_calling mode to use. Each
 row says pass or fail and, when it fails, the next thing to try. Secrets never appear.
+
+Every request has a deadline (the whole request, not each read) and every model request a small token cap, so
+the doctor finishes whatever the server does; a step still waiting after a moment says what it waits for. Ctrl-C
+(or a kernel interrupt) stops the request under way at once and raises KeyboardInterrupt, which each face turns
+into one line.
 """
 
 from __future__ import annotations
@@ -12,24 +17,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ssl
+import threading
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from . import auth, transport
-from .bounded_http import SyncClient
-from .config import DEFAULT_BASE_URL, Config, redact_url, url_secrets
+from .config import DEFAULT_BASE_URL, DEFAULT_CONTEXT_WINDOW, Config, redact_url, url_secrets
 from .errors import AutoCoderError, ProviderError, ToolsNotSupported
+from .hub import hub_server
 from .instructions import ProjectInstructions, load_instructions
+from .private import privacy
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
 from .providers.openai_errors import ServerErrors, parse_model_list
+from .site_policy import SITE_CONFIG, SITE_CONFIG_ENV
 from .state.conversation import new_correlation_id
-from .text import exception_chain, hide_secrets
+from .text import MIN_SECRET_LENGTH, exception_chain, scrub
 from .trust import HOW_TO_TRUST
+
+if TYPE_CHECKING:
+    from .live_notebook import LiveEditing
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "info"
 STEP_WIDTH = 20
@@ -37,8 +49,15 @@ TOOL_NAME = "get_current_time"
 TOOL_PROMPT = f"Call the {TOOL_NAME} tool now, with timezone UTC. Do not answer with text."
 ANSWER_PROMPT = "Reply with one short sentence: are you ready?"
 MODELS_SHOWN = 8
+REQUEST_DEADLINE = 30.0  # seconds for GET /models and the capability probe
+AUTH_DEADLINE = 180.0  # fetching a token may include a sign-in in the browser
+CHAT_DEADLINE = 120.0  # seconds for each model request: a CPU model may read the prompt for a while
+ANSWER_TOKENS = 128  # the doctor's cap on each answer: one short sentence, or one tool call
+WAIT_NOTICE_AFTER = 1.0  # a step still waiting after this many seconds says what it waits for
+MAX_BODY = 1_048_576  # bytes of a /models answer read; the rest is left unread
+CLOSE_WITHIN = 3.0  # seconds for what is still running to end after Ctrl-C
 TOOL_STEPS = ["tool call", "prompted tool call", "tool calling"]
-PROXY_LOGIN_HINT = "put the proxy's user and password in its URL: http://user:password@host:port"
+PROXY_LOGIN_HINT = "put the proxy's user and password in its URL, before the host: user:password@host:port"
 
 
 @dataclass
@@ -50,38 +69,48 @@ class Row:
 
 
 def run_doctor(config: Config, write: Callable[[str], None], *,
-               instructions: ProjectInstructions | None = None) -> bool:
+               instructions: ProjectInstructions | None = None, live: LiveEditing | None = None) -> bool:
     """Run every check and `write` the table, one line per call (no trailing newline; `print` fits).
     True only if every step passed (a warning passes). `instructions` are the project instructions a session
-    loaded; by default those of agent.working_dir (or the current folder)."""
+    loaded; by default those of agent.working_dir (or the current folder). `live`: the kernel's way to its open
+    notebook, whose server, collaboration room and round trip are checked too."""
     if instructions is None:
         folder = Path(config.agent.working_dir or ".").expanduser()
         instructions = load_instructions(folder, folder, config.agent.instructions_files)
-    doctor = _Doctor(config, write, instructions)
-    return doctor.run()
+    doctor = _Doctor(config, write, instructions, live)
+    try:
+        return doctor.run()
+    finally:
+        doctor.runner.close()
 
 
 class _Doctor:
-    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions) -> None:
+    def __init__(self, config: Config, write: Callable[[str], None], instructions: ProjectInstructions,
+                 live: LiveEditing | None = None) -> None:
         self.config = config
+        self.live = live
         self.instructions = instructions
         self._write = write
         self.rows: list[Row] = []
         self.headers = {"x-correlation-id": f"doctor-{new_correlation_id()}"}
         self.base_url = config.llm.base_url.rstrip("/")
-        self.models_url = f"{self.base_url}/models"
+        # Chat never sends user information written in the base URL (its auth wins), so the doctor does not either.
+        self.models_url = str(httpx.URL(f"{self.base_url}/models").copy_with(username=None, password=None)) \
+            if _is_http_url(self.base_url) else f"{self.base_url}/models"
         self.client_kwargs: dict[str, Any] = {}
-        self.capabilities: ModelCapabilities | None = None  # asked only when llm.vision is unset
+        self.capabilities: ModelCapabilities | None = None  # what the server says of the model, once asked
+        self.runner = _Runner()
 
     # -- output --------------------------------------------------------------------------------
 
     def write(self, line: str) -> None:
-        # Known values only: the URLs the doctor shows went through redact_url, and its hints show a URL shape.
-        self._write(hide_secrets(line, self._secrets()))
+        # Known secrets, and the user information of every URL whatever its length (`pw` is no ordinary word here).
+        self._write(scrub(line, self._secrets()))
 
     def _secrets(self) -> list[str]:
         proxy = self.client_kwargs.get("proxy") or self.config.llm.proxy
-        return [*auth.secret_values(self.config), *url_secrets(proxy)]  # the proxy may come from HTTPS_PROXY
+        live = self.live.secret_values() if self.live is not None else []  # the Jupyter server's token
+        return [*auth.secret_values(self.config), *url_secrets(proxy), *live]  # the proxy may come from HTTPS_PROXY
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -89,6 +118,12 @@ class _Doctor:
         if row.next:
             self.write(f"  {'':<{STEP_WIDTH}}  {'':<6}  next: {row.next}")
         return row
+
+    def wait(self, step: str, what: str, work: Coroutine[Any, Any, Any], deadline: float) -> Any:
+        """Run `work` on the doctor's loop within `deadline` seconds and return its result; after a moment a line
+        says what the step waits for. TimeoutError when the deadline passes; Ctrl-C cancels it and propagates."""
+        return self.runner.run(work, deadline, lambda: self.write(
+            f"  {step:<{STEP_WIDTH}}  {'...':<6}  waiting for {what}; {deadline:g} s at most, Ctrl-C stops"))
 
     def skip(self, steps: list[str], because: str) -> None:
         for step in steps:
@@ -100,10 +135,14 @@ class _Doctor:
         self.write(f"auto-coder doctor: {redact_url(self.base_url)}, model {self.config.llm.model}")
         self.write(f"  {'step':<{STEP_WIDTH}}  {'result':<6}  detail")
         self.check_site()
+        self.check_hub()
+        self.check_private_folders()
+        self.check_command_lines()
         self.check_project()
         self.check_tools()
         self.check_endpoint()
         self.check_mcp_servers()
+        self.check_live()
         return self.summary()
 
     def check_site(self) -> None:
@@ -122,6 +161,47 @@ class _Doctor:
                          "remove the locked settings from your own files, environment and flags"))
         else:
             self.add(Row("site configuration", PASS, "; ".join(parts)))
+
+    def check_hub(self) -> None:
+        """Under JupyterHub: whose server this is, and the site configuration every user there should have (a node
+        without the site file would leave its users unlocked)."""
+        server = hub_server()
+        if server is None:
+            return
+        detail = f"running in {server.describe()}; its API token is kept out of commands and hidden"
+        if self.config.site.files:
+            self.add(Row("JupyterHub", PASS, f"{detail}; site files: {', '.join(map(str, self.config.site.files))}"))
+        else:
+            self.add(Row("JupyterHub", WARN, f"{detail}; no site configuration here ({SITE_CONFIG_ENV} is not set and "
+                                             f"{SITE_CONFIG} does not exist on this node), so nothing is locked",
+                         "if your administrator set one up, tell them it is missing on this node"))
+
+    def check_command_lines(self) -> None:
+        """A secret in a command line the product starts (an MCP server's args, auth.token_command) is readable by
+        every user of the machine in /proc/*/cmdline: warn, naming where, never the value."""
+        secrets = [value for value in auth.secret_values(self.config) if len(value) >= MIN_SECRET_LENGTH]
+        lines = {f"mcp.servers.{name}.args": " ".join([server.command or "", *server.args])
+                 for name, server in self.config.mcp.servers.items() if server.url is None}
+        lines["auth.token_command"] = self.config.auth.token_command or ""
+        exposed = [key for key, line in lines.items() if any(secret in line for secret in secrets)]
+        if exposed:
+            self.add(Row("command lines", WARN, f"a secret is on the command line of {', '.join(exposed)}: every user "
+                                                "of this machine can read it (/proc/*/cmdline)",
+                         "pass it in the server's env (or the token command's own environment) instead"))
+
+    def check_private_folders(self) -> None:
+        """Saved conversations and trust records are readable by this user only (homes are often 0755)."""
+        from .history import data_dir
+        from .trust import store_path
+
+        folders = {"saved conversations": data_dir(), "trust records": store_path().parent}
+        found = {what: (folder, *privacy(folder)) for what, folder in folders.items()}
+        detail = "; ".join(f"{what} in {folder}: {state}" for what, (folder, _, state) in found.items())
+        if all(private for _, private, _ in found.values()):
+            self.info("private data", detail)
+        else:
+            self.add(Row("private data", WARN, detail, "run chmod 700 on the folders named, or remove those that "
+                                                       "belong to another user"))
 
     def check_project(self) -> None:
         """The project's config file, when it wanted settings that need the user's trust: which were ignored."""
@@ -226,9 +306,15 @@ class _Doctor:
         https = self.base_url.startswith("https:")
         route = f"via proxy {redact_url(kwargs['proxy'])}" if kwargs.get("proxy") else "direct"
         try:
-            response = SyncClient(kwargs).get(self.models_url, headers=self.headers)  # within a deadline and a cap
+            response = self.wait("base URL reachable", f"an answer from GET {redact_url(self.models_url)}",
+                                 self._get(kwargs), REQUEST_DEADLINE)
         except httpx.HTTPError as exc:
             return self._connection_failure(exc, trust, https, route)
+        except TimeoutError:
+            reach = self.add(Row("base URL reachable", FAIL, f"GET {redact_url(self.models_url)} did not answer "
+                                 f"within {REQUEST_DEADLINE:g} s ({route})",
+                                 "check that the server at llm.base_url is up and not overloaded"))
+            return reach, self.add(Row("TLS verified", SKIP, "skipped: no answer"))
         if response.status_code == 407:
             reach = self.add(Row("base URL reachable", FAIL, f"the proxy wants credentials (HTTP 407, {route})",
                                  PROXY_LOGIN_HINT))
@@ -276,7 +362,11 @@ class _Doctor:
     def check_authentication(self) -> tuple[Row, httpx.Response | None]:
         mode = auth.auth_mode(self.config)
         try:
-            response = SyncClient(self.client_kwargs).get(self.models_url, headers=self.headers)
+            response = self.wait("authentication", f"GET {redact_url(self.models_url)} with the credentials ({mode})",
+                                 self._get(self.client_kwargs), AUTH_DEADLINE)
+        except TimeoutError:
+            return self.add(Row("authentication", FAIL, f"{mode}: no answer within {AUTH_DEADLINE:g} s",
+                                self._auth_advice())), None
         except AutoCoderError as error:
             return self.add(Row("authentication", FAIL, f"{mode}: {error}", self._auth_advice())), None
         except httpx.HTTPError as exc:
@@ -287,6 +377,21 @@ class _Doctor:
             return self.add(Row("authentication", FAIL, f"{mode}: HTTP {response.status_code}"
                                 + (f": {said}" if said else ""), self._auth_advice())), response
         return self.add(Row("authentication", PASS, f"{mode}: accepted (HTTP {response.status_code})")), response
+
+    async def _get(self, client_kwargs: dict[str, Any]) -> httpx.Response:
+        """GET /models with these client settings; at most MAX_BODY bytes of the answer are read."""
+        async with httpx.AsyncClient(**client_kwargs) as client:
+            async with client.stream("GET", self.models_url, headers=self.headers) as response:
+                body = bytearray()
+                async for part in response.aiter_bytes():
+                    body += part
+                    if len(body) > MAX_BODY:
+                        break
+        # Decoded already: the copy must not say it is compressed, nor give the full length.
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body[:MAX_BODY]),
+                              request=response.request)
 
     def _auth_advice(self) -> str:
         config = self.config
@@ -325,19 +430,43 @@ class _Doctor:
     def check_chat(self) -> None:
         from .providers.openai_compatible import OpenAICompatibleProvider
 
-        for row in _run(self._chat(OpenAICompatibleProvider(self.config, max_retries=0))):
-            self.add(row)
-
-    async def _chat(self, provider: Any) -> list[Row]:
+        provider = OpenAICompatibleProvider(self.config, max_retries=0)
+        _cap_tokens(provider, ANSWER_TOKENS)
         try:
-            if self.config.llm.vision is None:
-                self.capabilities = await provider.capabilities(headers=self.headers)
-            answer = await self._streamed_answer(provider)
+            self.check_capabilities(provider)
+            answer = self.add(self._model_step("streamed answer", "the model's answer (one short sentence, "
+                                               f"{ANSWER_TOKENS} tokens at most)", self._streamed_answer(provider)))
             if answer.result == FAIL:
-                return [answer, *(Row(step, SKIP, "skipped: no answer") for step in TOOL_STEPS)]
-            return [answer, *await self._tool_calling(provider)]
+                self.skip(TOOL_STEPS, "no answer")
+                return
+            self._tool_calling(provider)
         finally:
-            await provider.aclose()
+            self.runner.run(provider.aclose(), REQUEST_DEADLINE, lambda: None)
+
+    def check_capabilities(self, provider: Any) -> None:
+        """What the server says about the model (once; the tool-calling steps use it too): the context window."""
+        try:
+            self.capabilities = self.wait("context window", "the server's model details", provider.capabilities(
+                headers=self.headers), REQUEST_DEADLINE)
+        except TimeoutError:
+            self.capabilities = ModelCapabilities()
+        setting = self.config.agent.context_window
+        reported = self.capabilities.context_window
+        if setting:
+            source = self.config.sources.get("agent.context_window", "set in code")
+            said = f"; the server says {reported}" if reported and reported != setting else ""
+            self.info("context window", f"{setting} tokens (agent.context_window from {source}{said})")
+        elif reported:
+            self.info("context window", f"{reported} tokens ({self.capabilities.context_source})")
+        else:
+            self.info("context window", f"{DEFAULT_CONTEXT_WINDOW} tokens (the default: the server does not say; "
+                                        "set agent.context_window to the model's)")
+
+    def _model_step(self, step: str, what: str, work: Coroutine[Any, Any, Row]) -> Row:
+        try:
+            return self.wait(step, what, work, CHAT_DEADLINE)
+        except TimeoutError:
+            return _too_slow(step)
 
     async def _streamed_answer(self, provider: Any) -> Row:
         chunks, completion = 0, Completion()
@@ -350,6 +479,9 @@ class _Doctor:
         except (ProviderError, AutoCoderError) as error:
             return Row("streamed answer", FAIL, str(error), _chat_advice(error))
         text = " ".join(completion.content.split())
+        if not text and completion.reasoning and completion.finish_reason == "length":
+            return Row("streamed answer", WARN, f"{chunks} chunks of reasoning, then the doctor's cap of "
+                                                f"{ANSWER_TOKENS} tokens was reached before the answer")
         if not text:
             return Row("streamed answer", FAIL, "the model answered with no text"
                        + (" (only reasoning)" if completion.reasoning else ""),
@@ -357,17 +489,17 @@ class _Doctor:
         shown = text if len(text) <= 60 else text[:57] + "..."
         return Row("streamed answer", PASS, f"{chunks} chunk{'s' if chunks != 1 else ''}: {shown!r}")
 
-    async def _tool_calling(self, provider: Any) -> list[Row]:
+    def _tool_calling(self, provider: Any) -> None:
         """Native tool calling, then prompted (structured output, else free text), then which mode to use."""
         configured = self.config.llm.tool_calling
         provider.tool_calling = "native"
-        native, refused = await self._tool_call(provider, "tool call")
+        native, refused = self._tool_step(provider, "tool call")
         provider.tool_calling = "prompted"
-        prompted, _ = await self._tool_call(provider, "prompted tool call")
+        prompted, _ = self._tool_step(provider, "prompted tool call")
         if prompted.result == PASS:
             prompted.detail += (" (with structured output)" if provider.structured_output else
                                 " (read from free text: the server refused structured output)")
-        found = await provider.capabilities(headers=self.headers)
+        found = self.capabilities or ModelCapabilities()
         works = {"native": native.result == PASS, "prompted": prompted.result == PASS}
         effective = configured
         if configured == "auto":
@@ -375,7 +507,16 @@ class _Doctor:
         for mode, row in (("native", native), ("prompted", prompted)):
             if not works[mode] and effective != mode and works.get(effective):
                 row.result = WARN  # not needed: the mode in use works
-        return [native, prompted, _mode_row(configured, effective, works, found.source)]
+            self.add(row)
+        self.add(_mode_row(configured, effective, works, found.source))
+
+    def _tool_step(self, provider: Any, step: str) -> tuple[Row, bool]:
+        what = f"the model's {'tool call' if step == 'tool call' else 'step in the prompted format'} " \
+               f"({ANSWER_TOKENS} tokens at most)"
+        try:
+            return self.wait(step, what, self._tool_call(provider, step), CHAT_DEADLINE)
+        except TimeoutError:
+            return _too_slow(step), False
 
     async def _tool_call(self, provider: Any, step: str) -> tuple[Row, bool]:
         """The row of one tool-call check, and whether the server refused `tools` outright."""
@@ -431,6 +572,23 @@ class _Doctor:
             servers.close()
 
 
+    def check_live(self) -> None:
+        """Live editing of the open notebook: in a kernel, its server, notebook, collaboration room and round trip
+        (a row each); elsewhere, whether the [live] extra is there."""
+        from .live_notebook import missing_extra
+
+        if self.live is None:
+            missing = missing_extra()
+            extra = "the [live] extra is installed" if missing is None else f"the [live] extra is missing ({missing})"
+            self.info("live notebook", f"{extra}; %autocoder --doctor in a notebook checks its live editing")
+            return
+        for step, result, detail, advice in self.live.check().rows:
+            if result == INFO:
+                self.info(step, detail)
+            else:
+                self.add(Row(step, result, detail, advice))
+
+
 def _mcp_advice(server: Any) -> str:
     if server.config.unset is not None:
         return f"set {server.config.unset.variable} in the environment, or change {server.config.unset.key}"
@@ -477,7 +635,69 @@ def _is_ssl_error(exc: BaseException | None) -> bool:
     return any(isinstance(link, ssl.SSLError) or "SSL" in str(link) for link in exception_chain(exc))
 
 
-def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine on a private loop in a worker thread: the caller may sit inside a running loop (IPython)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auto-coder-doctor") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+def _is_http_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def _cap_tokens(provider: Any, tokens: int) -> None:
+    """At most `tokens` per answer, also where llm.extra_params sets its own cap (kept when smaller)."""
+    provider.max_tokens = tokens
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = provider.extra_params.get(key)
+        if key in provider.extra_params and not (isinstance(value, int) and 0 < value < tokens):
+            provider.extra_params[key] = tokens
+
+
+def _too_slow(step: str) -> Row:
+    return Row(step, FAIL, f"no complete answer within {CHAT_DEADLINE:g} s (the doctor caps each answer at "
+                           f"{ANSWER_TOKENS} tokens)",
+               "the model may still be loading, or the server be overloaded: try again, or read the server's log")
+
+
+class _Runner:
+    """The doctor's event loop, on a daemon thread of its own: the caller may sit inside a running loop (IPython),
+    and a request that will not end must not keep the process alive after Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-doctor", daemon=True)
+        self.thread.start()
+
+    def run(self, work: Coroutine[Any, Any, Any], deadline: float, waiting: Callable[[], None]) -> Any:
+        """`work`'s result, within `deadline` seconds (else TimeoutError). `waiting()` is called once if it takes
+        more than a moment. On KeyboardInterrupt the work is cancelled (its connection closed) before it
+        propagates."""
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(work, deadline), self.loop)
+        try:
+            try:
+                return future.result(timeout=WAIT_NOTICE_AFTER)
+            except concurrent.futures.TimeoutError:
+                if future.done():
+                    raise TimeoutError from None  # the deadline passed (a deadline shorter than the notice)
+            waiting()
+            return future.result()
+        except (concurrent.futures.TimeoutError, asyncio.TimeoutError):  # wait_for's deadline (3.10 has its own)
+            raise TimeoutError from None
+        except BaseException:
+            future.cancel()  # cancels the task on the loop; close() waits until it has ended
+            raise
+
+    def close(self) -> None:
+        """End what still runs (a cancelled request closes its connection), then the loop; a few seconds at most."""
+        async def finish() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+
+        with suppress(BaseException):
+            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=CLOSE_WITHIN)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=CLOSE_WITHIN)
+        if not self.thread.is_alive():
+            self.loop.close()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from .approvals import Answer
 from .images import Image
 from .providers.base import Usage
+
+if TYPE_CHECKING:
+    from .cell_changes import CellChange
 
 
 @dataclass
@@ -30,11 +34,17 @@ class ToolCallStarted:
 
 @dataclass
 class ApprovalRequest:
-    """The agent waits on this until a face calls `approve()` or `deny()`.
+    """The agent waits on this until a face calls `approve()` or `deny()` (or `reply()` with a parsed answer).
 
     `kind` is "write" or "command"; `preview` is a unified diff for file changes and the
-    command line for commands. Answering before the agent awaits is fine. Answer from the
-    event loop that runs the turn (a face on another thread uses `loop.call_soon_threadsafe`).
+    command line for commands. `always_covers` says what "always for this session" would allow from then on
+    ("this exact command", "every write_file call"): faces show it with the question. Answering before the agent
+    awaits is fine. Answer from the event loop that runs the turn (a face on another thread uses
+    `loop.call_soon_threadsafe`).
+
+    A change to a notebook carries `cells`: one `CellChange` per cell it would change (shown as a card per cell
+    with its diff: Accept / Reject / Accept & Run). When `can_run` (a code cell stays and the tool can run it),
+    `accept_and_run()` approves and has the agent run the cell right after the change (`run_after`).
     """
 
     call_id: str
@@ -42,17 +52,36 @@ class ApprovalRequest:
     kind: str
     arguments: dict[str, Any]
     preview: str
+    always_covers: str = ""
+    cells: list[CellChange] = field(default_factory=list)
+    can_run: bool = False
+    run_after: bool = False
     _decision: asyncio.Future[tuple[bool, str, bool]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._decision = asyncio.get_running_loop().create_future()
 
     def approve(self, *, always: bool = False) -> None:
-        """Allow this call; `always` allows this kind of action for the rest of the session."""
+        """Allow this call; `always` allows what `always_covers` says for the rest of the session."""
         self._answer(True, "", always)
 
     def deny(self, reason: str = "") -> None:
         self._answer(False, reason, False)
+
+    def reply(self, answer: Answer) -> None:
+        """Answer with what `approvals.parse_answer` read."""
+        if answer.run:
+            self.accept_and_run()
+        elif answer.allowed:
+            self.approve(always=answer.always)
+        else:
+            self.deny(answer.reason)
+
+    def accept_and_run(self) -> None:
+        """Allow this change, then run the cell it changed (Accept & Run; only when `can_run`)."""
+        if not self.answered:
+            self.run_after = self.can_run
+        self.approve()
 
     @property
     def answered(self) -> bool:
@@ -74,6 +103,7 @@ class ToolResult:
     output: str  # exactly what the model receives
     is_error: bool = False
     images: list[Image] = field(default_factory=list)  # images the tool produced, as fitted for the model
+    cells: list[CellChange] = field(default_factory=list)  # the notebook cells the call changed (Revert undoes one)
 
 
 @dataclass

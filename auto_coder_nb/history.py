@@ -1,14 +1,18 @@
 """Saved conversations: one append-only JSONL file per conversation, written as it happens.
 
 Where: `$AUTO_CODER_DATA_DIR`, else `$XDG_DATA_HOME/auto-coder`, else `~/.local/share/auto-coder`, in
-`sessions/` (folder 0700, files 0600). A conversation's id is its correlation id, and its file is
+`sessions/` (both folders 0700, files 0600: `private.py`). A conversation's id is its correlation id, and its file is
 `sessions/<id>.jsonl`. Every line is one record `{"v": SCHEMA_VERSION, "t": "<UTC time>", "type": ...}`:
 
-    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden)
+    start      first line: correlation_id, working_dir, notebook, model, base_url (password hidden), approval_mode
     resumed    the same fields, when a later session continues the conversation
+    approval_mode  the session's approval mode changed ("mode"; an ACP client's session/set_mode)
     message    a message of the history exactly as the model gets it ("message"), with "model" on user ones
     text       a piece of the answer as it streams (only needed when the process dies mid-answer)
     tool_call, tool_result, approval, notice, error, usage, shortened, turn_done
+    turn       a turn began (its number), after its user message: where a rewind goes back to
+    cell_change  a cell the agent changed (`cell_changes.CellChange.record()`: the cell before and after)
+    rewind     the conversation went back to before turn N: later messages and cell changes no longer count
 
 `Recorder` writes them: it observes the conversation (messages) and the agent (events), so every face is
 recorded without doing anything. Known secrets are replaced before anything is written. `rebuild()` turns
@@ -17,17 +21,17 @@ the records back into a history a strict server accepts, even from a file cut of
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AutoCoderError
 from .events import (
@@ -41,8 +45,12 @@ from .events import (
     TurnDone,
     UsageUpdate,
 )
+from .private import open_private, private_folder
 from .state.conversation import Conversation, new_correlation_id
 from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
+
+if TYPE_CHECKING:
+    from .cell_changes import CellChange
 
 SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
@@ -50,7 +58,9 @@ INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid
 SHORT_ID = 8
 LISTED = 20  # conversations a listing shows unless asked for more
 MORE_HINT = "--sessions N shows N, --all every one"
+CLOSEST_SHOWN = 5  # saved conversations listed when an id matches none
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
+MAX_CELL_RECORD = 256 * 1024  # a cell_change record bigger than this is saved without the cells' outputs
 
 
 class HistoryError(AutoCoderError):
@@ -199,15 +209,17 @@ class SavedConversation:
         return f"{self.short_id}  {self.when}  {where}  {prompt}"
 
 
-_ID = re.compile(r"[0-9a-f]{4,}(-[0-9a-f-]*)?")
 # A conversation id as auto-coder writes them (a UUID; kernels and tests may use other plain words): printable
 # ASCII with no spaces, since it is sent as the x-correlation-id header and printed in listings.
 _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-def looks_like_id(word: str) -> bool:
-    """Whether a word after `--resume` is a conversation id (prefix) rather than the start of a prompt."""
-    return bool(_ID.fullmatch(word.lower()))
+def _likeness(typed: str, conversation_id: str) -> tuple[int, float]:
+    """How close a typed id is to a saved one: the length of their common start, then their similarity (a typo
+    in the middle); equal for every id when nothing matches, so the stable sort keeps the newest first."""
+    typed = typed.lower()
+    common = len(os.path.commonprefix([typed, conversation_id]))
+    return common, difflib.SequenceMatcher(None, typed, conversation_id[:max(len(typed), SHORT_ID)]).ratio()
 
 
 def summarize(path: Path) -> SavedConversation:
@@ -228,12 +240,30 @@ def summarize(path: Path) -> SavedConversation:
     )
 
 
+def _listing_lines(entries: Iterable[Path]) -> list[str]:
+    """Listing lines of these conversation files, escaped (a damaged one by its name)."""
+    lines = []
+    for entry in entries:
+        try:
+            lines.append(show_controls(summarize(entry).line()))
+        except HistoryError:
+            lines.append(f"{show_controls(entry.name)} (damaged)")
+    return lines
+
+
 class ConversationStore:
     """The folder of saved conversations. `warn` hears about files it skips."""
 
     def __init__(self, folder: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.folder = folder or sessions_dir()
+        # Made private before the first write: the data folder too, where the store is the default one.
+        self._private = [self.folder] if folder else [data_dir(), self.folder]
         self.warn = warn or (lambda text: None)
+
+    def make_private(self) -> None:
+        """Create (or tighten) the store's folders 0700; NotPrivate (an OSError) when one belongs to someone else."""
+        for folder in self._private:
+            private_folder(folder)
 
     def path_for(self, conversation_id: str) -> Path:
         return self.folder / f"{conversation_id}{SUFFIX}"
@@ -281,8 +311,9 @@ class ConversationStore:
         return list(self.saved())
 
     def find(self, prefix: str) -> SavedConversation:
-        """The conversation whose id is or starts with `prefix`; HistoryError saying which exist if none or
-        several do. Files are named by their ids, so only the matching ones are read."""
+        """The conversation whose id is or starts with `prefix`; HistoryError listing the closest ones (whatever
+        `prefix` holds: empty, not an id, control characters) when none or several do. Files are named by their
+        ids, so only the matching ones (or the closest, for the error) are read."""
         files = [entry for entry in self.files() if entry.suffix == SUFFIX]
         prefix = prefix.strip()
         matches = ([entry for entry in files if entry.stem == prefix]
@@ -291,15 +322,18 @@ class ConversationStore:
             saved = summarize(matches[0])
             if saved.id == matches[0].stem:
                 return saved
+            matches = []
+        shown = repr(prefix)  # escaped: a control character in an id must not reach the terminal raw
         if not files:
-            raise HistoryError(f"No saved conversation {prefix!r}: none are saved in {self.folder}.")
-        if len(matches) > 1:
-            raise HistoryError(f"{prefix!r} matches {len(matches)} saved conversations "
-                               f"({', '.join(show_controls(entry.stem[:SHORT_ID]) for entry in matches[:10])}): "
-                               "give more of the id.")
-        shown = ", ".join(show_controls(entry.stem[:SHORT_ID]) for entry in files[:10])
-        raise HistoryError(f"No saved conversation {prefix!r}. Saved ones (newest first): "
-                           f"{shown}{', ...' if len(files) > 10 else ''}.")
+            raise HistoryError(f"No saved conversation {shown}: none are saved in {self.folder}.")
+        if matches:
+            raise HistoryError(f"{shown} matches {len(matches)} saved conversations: give more of the id. They are:"
+                               + "".join(f"\n  {line}" for line in _listing_lines(matches[:CLOSEST_SHOWN])))
+        closest = sorted(files, key=lambda entry: _likeness(prefix, entry.stem), reverse=True)[:CLOSEST_SHOWN]
+        more = f"\n  ... and {len(files) - len(closest)} more (--sessions lists them)" if len(files) > len(closest) \
+            else ""
+        raise HistoryError(f"No saved conversation {shown}. The closest:"
+                           + "".join(f"\n  {line}" for line in _listing_lines(closest)) + more)
 
     def listing(self, count: int | None = LISTED, *, working_dir: str | os.PathLike[str] | None = None,
                 notebook: str | os.PathLike[str] | None = None, more: str = MORE_HINT) -> str:
@@ -322,9 +356,9 @@ class ConversationStore:
 
     def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
-        """The conversation `conversation_id` names (an id or a unique prefix), else the newest for the notebook
-        (if given) or the working folder. HistoryError if there is none."""
-        if conversation_id:
+        """The conversation `conversation_id` names (an id or a unique prefix; "" names none), else (None) the newest
+        for the notebook (if given) or the working folder. HistoryError if there is none."""
+        if conversation_id is not None:
             return self.find(conversation_id)
         saved = self.latest(working_dir=working_dir, notebook=notebook)
         if saved is None:
@@ -363,12 +397,29 @@ def _is_message(record: dict[str, Any]) -> bool:
         "user", "assistant", "tool")
 
 
-def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history the records describe, ready to send: an answer cut off by a crash is kept with a marker,
-    tool calls left without a result get one, and the history ends with an assistant or tool message."""
+@dataclass
+class Replay:
+    """A saved conversation read back: `messages` (what `rebuild` returns), how many of them came from message
+    records (the rest close a turn a crash left open), where each turn began among them, and the cell changes
+    (records) of the turns that were not rewound."""
+
+    messages: list[dict[str, Any]]
+    saved: int
+    turn_starts: dict[int, int]
+    cell_changes: list[dict[str, Any]]
+    damaged: int = 0  # lines of the file left out (set by Recorder.resume)
+    forked_from: str | None = None  # resumed as a copy, another session writing the original (Recorder.resume)
+
+
+def replay(records: Iterable[dict[str, Any]]) -> Replay:
+    """Read the records in order, applying rewinds: an answer cut off by a crash is kept with a marker, tool calls
+    left without a result get one, and the history ends with an assistant or tool message."""
     conversation = Conversation()
     partial: list[str] = []
+    starts: dict[int, int] = {}
+    changes: list[dict[str, Any]] = []
     for record in records:
+        kind, number = record["type"], record.get("turn")
         if _is_message(record):
             message = record["message"]
             if message["role"] == "tool":
@@ -378,16 +429,46 @@ def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 conversation.repair()  # calls left open before the next message (a process that died meanwhile)
             conversation.messages.append(message)
             partial.clear()
-        elif record["type"] == "text" and isinstance(record.get("text"), str):
+        elif kind == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
-        elif record["type"] == "turn_done":
+        elif kind == "turn_done":
             partial.clear()
+        elif kind == "turn" and isinstance(number, int) and conversation.messages:
+            starts[number] = len(conversation.messages) - 1  # the user message just before
+        elif kind == "cell_change" and isinstance(number, int):
+            changes.append(record)
+        elif kind == "rewind" and isinstance(number, int) and number in starts:
+            del conversation.messages[starts[number]:]
+            partial.clear()
+            starts = {turn: start for turn, start in starts.items() if turn < number}
+            changes = [change for change in changes if change["turn"] < number]
+    saved = len(conversation.messages)
     if partial:  # the process died while the answer streamed
         conversation.add_assistant("".join(partial) + "\n" + INTERRUPTED)
     conversation.repair()
     if conversation.messages and conversation.messages[-1]["role"] == "user":
         conversation.add_assistant(INTERRUPTED)
-    return conversation.messages
+    return Replay(conversation.messages, saved, starts, changes)
+
+
+def rebuild(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history the records describe, ready to send (see `replay`)."""
+    return replay(records).messages
+
+
+def saved_approval_mode(records: Iterable[dict[str, Any]]) -> str | None:
+    """The approval mode a saved conversation was last in (start, resumed and approval_mode records), if saved."""
+    mode = None
+    for record in records:
+        if record["type"] == "approval_mode":
+            value = record.get("mode")
+        elif record["type"] in ("start", "resumed"):
+            value = record.get("approval_mode")
+        else:
+            continue
+        if isinstance(value, str):
+            mode = value
+    return mode
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -460,33 +541,56 @@ class Recorder:
         warnings, self._warnings = self._warnings, []
         return warnings
 
+    def approval_mode_changed(self, mode: str) -> None:
+        """A face changed the session's approval mode: saved once the conversation has begun (its start record
+        carries the mode of that moment), so loading the conversation restores it (`saved_approval_mode`)."""
+        if any(message["role"] == "user" for message in self.conversation.messages):
+            self._write({"type": "approval_mode", "mode": mode})
+
     # resuming
-    def resume(self, saved: SavedConversation) -> Resumed:
+    def resume(self, saved: SavedConversation) -> Replay:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
-        What `rebuild` added to close a turn a crash left open is written too, so the file stays one history.
+        What `replay` added to close a turn a crash left open is written too, so the file stays one history.
+        Returns the replay (turns and cell changes, for rewinding; `damaged`, `forked_from`).
         A conversation another session writes (it resumed it first, or began it) has one writer: this session
         continues a copy of it instead, under a new id, in a file of its own."""
         records = read_records(saved.path)
-        messages = rebuild(records)
-        closing = messages[sum(1 for record in records if _is_message(record)):]
+        replayed = replay(records)
+        replayed.damaged = records.damaged
         self.close()
         self._paused = False
         try:
             self._open(saved.path)
         except ConversationBusy:
-            self.conversation.restore(messages, new_correlation_id())
-            self._forked_from = saved.id
+            self.conversation.restore(replayed.messages, new_correlation_id())
+            self._forked_from = replayed.forked_from = saved.id
             for message in self.conversation.messages:
                 if message["role"] != "system":
                     self._write({"type": "message", "message": message})
-            return Resumed(records.damaged, forked_from=saved.id)
+            return replayed
         except OSError:
             pass  # written unsaved, with the warning _write gives
-        self.conversation.restore(messages, saved.id)
+        self.conversation.restore(replayed.messages, saved.id)
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
-        for message in closing:
+        for message in replayed.messages[replayed.saved:]:
             self._write({"type": "message", "message": message})
-        return Resumed(records.damaged)
+        return replayed
+
+    # TurnsObserver (rewind.py)
+    def turn_began(self, number: int) -> None:
+        self._write({"type": "turn", "turn": number})
+
+    def cell_changed(self, change: CellChange) -> None:
+        record = {"type": "cell_change", **change.record()}
+        if len(json.dumps(record, ensure_ascii=False)) > MAX_CELL_RECORD:  # big outputs (images): the cells without
+            for side in ("before", "after"):
+                if isinstance(record.get(side), dict) and "outputs" in record[side]:
+                    record[side] = {**record[side], "outputs": [], "execution_count": None}
+            record["outputs_dropped"] = True
+        self._write(record)
+
+    def rewound(self, number: int) -> None:
+        self._write({"type": "rewind", "turn": number})
 
     def close(self) -> None:
         if self._fd is not None:
@@ -521,15 +625,11 @@ class Recorder:
     def _open(self, path: Path | None = None) -> None:
         """Open the conversation's file for appending (made first if new), holding its writer's lock for as long
         as it is open; ConversationBusy if another session holds it."""
-        folder = self.store.folder
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if folder.stat().st_mode & 0o077:
-            with suppress(PermissionError):  # a folder someone else owns: still write, the files are 0600
-                os.chmod(folder, 0o700)
+        self.store.make_private()
         path = path or self.path or self.store.path_for(self.conversation.correlation_id)
         if not path.exists():
             self._create(path)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = open_private(path, os.O_RDWR | os.O_APPEND)  # a file an older version left 0644 is tightened
         try:
             if not _lock(fd):
                 raise ConversationBusy(path.stem)
@@ -547,7 +647,7 @@ class Recorder:
         start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe(),
                             **forked})
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, start)
         finally:
@@ -567,15 +667,6 @@ class Recorder:
 
 class ConversationBusy(HistoryError):
     """Another session writes this conversation (it holds the lock on its file)."""
-
-
-@dataclass(frozen=True)
-class Resumed:
-    """What resuming did: `damaged` lines left out; `forked_from` when another session was writing the
-    conversation, so this one continues a copy under a new id."""
-
-    damaged: int = 0
-    forked_from: str | None = None
 
 
 def _lock(fd: int) -> bool:

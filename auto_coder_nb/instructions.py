@@ -4,11 +4,16 @@ From the project's top folder down to the folder the user works in (the working 
 notebook's folder), the first file of `agent.instructions_files` found in each folder is read; outer
 files come first, so a nearer one can refine them. The top folder is the git repository root around the
 working folder, else the workspace root when the working folder is inside it, else the working folder.
+The search goes up only through folders the user owns that others cannot write to, and never above the home
+folder: a `.git` and an AGENTS.md planted in a shared folder above (/tmp) are not the user's project. A file that
+is a link leading outside the project is not read (a link to a private file, or to /proc/self/environ).
 The whole text is capped: a cut says so, where it happened.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,17 +38,33 @@ class ProjectInstructions:
         return lines + self.problems
 
 
-def instruction_folders(working: Path, workspace_root: Path) -> list[Path]:
+def instruction_folders(working: Path, workspace_root: Path, home: Path | None = None) -> list[Path]:
     """The folders searched, outermost first, ending with `working`."""
     working, workspace_root = working.resolve(), workspace_root.resolve()
-    top = next((folder for folder in (working, *working.parents) if (folder / ".git").exists()), None)
+    home = (Path.home() if home is None else home).resolve()
+    reachable = [working]
+    for folder in working.parents:
+        if (folder != home and home.is_relative_to(folder)) or not _users_own(folder):
+            break  # above the home folder, or a folder others can put files in
+        reachable.append(folder)
+    top = next((folder for folder in reachable if (folder / ".git").exists()), None)
     if top is None:
-        top = workspace_root if working.is_relative_to(workspace_root) else working
-    return [folder for folder in reversed((working, *working.parents)) if folder.is_relative_to(top)]
+        top = workspace_root if workspace_root in reachable else working
+    return [folder for folder in reversed(reachable) if folder.is_relative_to(top)]
+
+
+def _users_own(folder: Path) -> bool:
+    """Owned by the user running this and not writable by everyone: what is in it is the user's."""
+    try:
+        info = folder.stat()
+    except OSError:
+        return False
+    return info.st_uid == os.getuid() and not info.st_mode & stat.S_IWOTH
 
 
 def load_instructions(
-    working: Path, workspace_root: Path, names: list[str], limit: int = INSTRUCTIONS_LIMIT
+    working: Path, workspace_root: Path, names: list[str], limit: int = INSTRUCTIONS_LIMIT, *,
+    home: Path | None = None,
 ) -> ProjectInstructions:
     """Read the instruction files for `working` (see the module's docstring); never reads more than `limit`."""
     found = ProjectInstructions()
@@ -51,20 +72,23 @@ def load_instructions(
         return found
     blocks: list[str] = []
     left = limit
-    for folder in instruction_folders(working, workspace_root):
+    folders = instruction_folders(working, workspace_root, home)
+    for folder in folders:
         path = next((folder / name for name in names if (folder / name).is_file()), None)
         if path is None:
             continue
         if left <= 0:
             found.cut = True
             break
+        real = path.resolve()
+        if not real.is_relative_to(folders[0]):
+            found.problems.append(f"{path}: not read: it is a link to a file outside the project")
+            continue
         try:
-            with path.open("rb") as handle:
-                data = handle.read(left + 1)
+            data, size = _read_regular(real, left + 1)
         except OSError as exc:
             found.problems.append(f"{path}: not read: {exc.strerror or exc}")
             continue
-        size = path.stat().st_size
         if len(data) > left:
             data, found.cut = data[:left], True
         text = data.decode("utf-8", errors="replace")
@@ -88,3 +112,13 @@ def _shown(path: Path, relative_to: Path | None) -> str:
         except ValueError:
             pass
     return str(path)
+
+
+def _read_regular(path: Path, limit: int) -> tuple[bytes, int]:
+    """At most `limit` bytes of the regular file at the resolved `path` (no link followed), and its size."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        return handle.read(limit), info.st_size

@@ -24,16 +24,44 @@ from .notebook_context import KernelHistory
 if TYPE_CHECKING:
     from .config import Config
     from .images import Image
+    from .live_notebook import LiveEditing
     from .providers.base import LLMProvider
     from .session import Session
-    from .tools.notebook import CodeOutcome
+    from .tools.notebook import CellRun, CodeOutcome
+    from .tools.notebook_document import NotebookDocument
 
 NOTEBOOK_PROMPT = """
 
 You run inside the user's Jupyter kernel. list_variables and inspect_variable show the user's
 variables; run_code runs Python in the kernel namespace (it asks the user first); read_notebook and
-edit_notebook work on .ipynb files. A summary of the kernel may follow the user's message between
-<kernel-context> tags."""
+edit_notebook work on .ipynb files, and run_cell runs one cell of a notebook in the kernel with its outputs
+written into it. The notebook the user has open is edited live when its Jupyter server allows it. A
+summary of the kernel may follow the user's message between <kernel-context> tags."""
+
+
+# -- a cell that fails with one line -------------------------------------------------------------
+
+class CellFailed(Exception):
+    """Raised by a magic to fail its cell with one line and no traceback (IPython shows what
+    `_render_traceback_` returns), so that Run All, nbclient and papermill stop there."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """A kernel interrupt, shown as one line instead of a traceback; still a KeyboardInterrupt, so it stops a run."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.line]
 
 
 # -- one session per kernel ---------------------------------------------------------------------
@@ -51,6 +79,7 @@ class KernelState:
     images: ImageOutputs = field(default_factory=lambda: ImageOutputs())
     # (project file, ignored settings) already announced: the untrusted-file notice is shown once per kernel.
     untrusted_announced: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    live: LiveEditing | None = None  # the way to the open notebook's live document (made with the first session)
 
 
 _state: KernelState | None = None
@@ -189,13 +218,19 @@ def change_working_dir(state: KernelState, directory: str) -> str:
 
 
 def _create_session(config: Config, state: KernelState, root: Path, provider: LLMProvider | None = None) -> Session:
+    from .live_notebook import LiveEditing
     from .session import DEFAULT_SYSTEM_PROMPT, Session
     from .tools.notebook import build_notebook_tools
+    from .tools.notebook_document import Notebooks
 
     if config.agent.system_prompt is None:
         config.agent.system_prompt = DEFAULT_SYSTEM_PROMPT + NOTEBOOK_PROMPT
     shell = state.shell
+    if state.live is None:
+        state.live = LiveEditing(kernel_id(), open_notebook=lambda: open_notebook_path(shell))
     holder: list[Session] = []
+    notebooks = Notebooks(lambda: holder[0].workspace, live=state.live, open_notebook=lambda: open_notebook_path(shell),
+                          secrets=state.live.secret_values)
     tools = build_notebook_tools(
         shell.user_ns,
         lambda code: worker(state).call_in_main_thread(lambda: _run_code(state, code)),
@@ -204,22 +239,59 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
         open_notebook=lambda: open_notebook_path(shell),
         insert_cell=lambda source, kind: _insert_from_turn(state, f"%%markdown\n{source}" if kind == "markdown"
                                                             else source),
+        notebooks=lambda: notebooks,  # the session's own (it records the agent's cell changes)
+        run_cell=lambda source: worker(state).call_in_main_thread(lambda: _run_cell(state, source)),
     )
     session = Session.create(config, working_dir=config.agent.working_dir or root, extra_tools=tools,
                              provider=provider, instructions_from=root,
-                             notebook=open_notebook_path(shell))
+                             notebook=open_notebook_path(shell), notebooks=notebooks)
     session.workspace.open_notebook = lambda: open_notebook_path(shell)  # write_file/edit_file refuse it too
     holder.append(session)
+    _checkpoint_kernel(session, shell)
     _announce_untrusted(state, session)
     return session
+
+
+def _checkpoint_kernel(session: Session, shell: Any) -> None:
+    """What a rewind needs from the kernel: its user variables (by identity, to name the stale ones after a rewind)
+    and the notebook whose cells would rebuild them."""
+    from .tools.notebook import user_variables
+
+    def notebook() -> NotebookDocument | None:
+        path = open_notebook_path(shell)
+        if path is None or session.notebooks is None:
+            return None
+        return session.notebooks.open(path)
+
+    assert session.turns is not None
+    session.turns.variables = lambda: user_variables(shell.user_ns, getattr(shell, "user_ns_hidden", {}))
+    session.turns.notebook = notebook
+
+
+def rerun_cells(path: str, cell_ids: list[str], shell: Any = None) -> str:
+    """Run cells of a notebook again after a rewind (the kernel's memory is not rewound), on the main thread: each
+    runs as the user's run would and its outputs go into the cell. Returns what to show; raises ToolError."""
+    state = kernel_state(shell)
+    session = get_session(shell)
+    assert session.cells is not None
+    document = session.open_notebooks().open(path, write=True)
+    ran = []
+    with session.cells.paused():  # the user's runs, not the agent's changes
+        for cell_id in cell_ids:
+            run = _run_cell(state, document.cell(cell_id).source)
+            document.set_outputs(cell_id, run.outputs, run.execution_count)
+            ran.append(f"[{document.index_of(cell_id)}] as [{run.execution_count}]")
+    return f"Ran cell(s) {', '.join(ran)} again."
 
 
 # -- running code and adding cells --------------------------------------------------------------
 
 def _run_code(state: KernelState, code: str) -> CodeOutcome:
-    """run_code's executor, on the main thread: IPython syntax (magics, `!cmd`) is transformed first. The
-    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are
-    shown to the user as in a cell and collected for the model."""
+    """The one executor of run_code (the model's calls and the panel's Run button, which calls the tool), on the
+    main thread: IPython syntax (magics, `!cmd`) is transformed first; the code and the processes it starts do not
+    see the session's secrets in the environment, and what it prints shows (and returns) with them hidden. The
+    images it shows (display(), IPython Image, matplotlib figures, an image as the last expression) are shown to
+    the user as in a cell and collected for the model."""
     from .tools.notebook import run_python
     from .tools.shell import secrets_hidden_from_environ
 
@@ -234,7 +306,41 @@ def _run_code(state: KernelState, code: str) -> CodeOutcome:
             display(outcome.value)
         _flush_figures()
     outcome.images = images
+    outcome.hide(secrets)
+    if state.session is not None and state.session.turns is not None:
+        state.session.turns.note_code(code)  # a rewind names what it assigned as stale
     return outcome
+
+
+def _run_cell(state: KernelState, source: str) -> CellRun:
+    """run_cell's runner, on the main thread: the cell's source run as the user's run would, outputs caught for
+    the notebook document (see cell_runs)."""
+    from .cell_runs import run_cell_captured
+    from .tools.shell import secrets_hidden_from_environ
+
+    secrets = state.session.secret_values() if state.session is not None else []
+    if state.session is not None and state.session.turns is not None:
+        state.session.turns.note_code(source)  # a rewind names what it assigned as stale
+    with secrets_hidden_from_environ(secrets):
+        return run_cell_captured(state.shell, source, secrets)
+
+
+def kernel_id() -> str | None:
+    """This kernel's id (from its connection file, kernel-<id>.json), or None outside a Jupyter kernel."""
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return None
+    from traitlets.config import MultipleInstanceError
+
+    if not IPKernelApp.initialized():  # asking for the instance would make one
+        return None
+    try:
+        app = IPKernelApp.instance()
+    except MultipleInstanceError:  # terminal IPython: the singleton is its TerminalIPythonApp
+        return None
+    name = Path(app.connection_file).name
+    return name[len("kernel-"):-len(".json")] if name.startswith("kernel-") and name.endswith(".json") else None
 
 
 def _is_image(value: Any) -> bool:

@@ -18,9 +18,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .approvals import APPROVAL_MODES
+from .approvals import ANSWER_HELP, APPROVAL_MODES, parse_answer, question
 from .config import TOOL_CALLING_MODES
 from .kernel import (
+    CellFailed,
+    CellInterrupted,
     KernelState,
     MainThreadCall,
     Worker,
@@ -124,16 +126,17 @@ def _ask(worker: Worker, request: ApprovalRequest, renderer: CellRenderer, can_a
         renderer.notice(reason)
         worker.loop.call_soon_threadsafe(request.deny, reason)
         return
-    try:
-        answer = input(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ").strip().lower()
-    except EOFError:  # Ctrl-D in terminal IPython: a refusal
-        answer = "n"
-    if answer in ("y", "yes"):
-        worker.loop.call_soon_threadsafe(request.approve)
-    elif answer in ("a", "always"):
-        worker.loop.call_soon_threadsafe(lambda: request.approve(always=True))
-    else:
-        worker.loop.call_soon_threadsafe(request.deny, "")
+    while True:
+        try:
+            typed = input(question(request.tool, request.always_covers, request.can_run))
+        except EOFError:  # Ctrl-D in terminal IPython: a refusal
+            worker.loop.call_soon_threadsafe(request.deny, "")
+            return
+        answer = parse_answer(typed, request.can_run)
+        if answer is not None:
+            worker.loop.call_soon_threadsafe(request.reply, answer)
+            return
+        print(ANSWER_HELP)
 
 
 def _drain(worker: Worker, channel: queue.Queue[Any]) -> None:
@@ -199,6 +202,11 @@ class AutoCoderMagics(Magics):
     @argument("--reset", action="store_true", help="start a new conversation (new correlation id)")
     @argument("--id", action="store_true", help="show the conversation's correlation id")
     @argument("--undo", action="store_true", help="undo the file changes of the last turn that made any")
+    @argument("--rewind", nargs="?", const=0, type=int, metavar="N",
+              help="go back to before turn N (default: the last turn): the conversation, the files and the notebook "
+                   "cells the agent changed since; lists the kernel variables that keep later values")
+    @argument("--revert", type=int, metavar="CHANGE",
+              help="undo one notebook cell change of the agent (its number is on its card), until the turn after next")
     @argument("--sessions", nargs="?", type=int, const=0, metavar="N",  # 0: history.LISTED (imported when used)
               help="list the newest N saved conversations (default 20) and how many more")
     @argument("--all", action="store_true", help="with --sessions: list every saved conversation")
@@ -206,7 +214,9 @@ class AutoCoderMagics(Magics):
     @argument("--resume", nargs="?", const="", metavar="ID",
               help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
     @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
-                                               "(.md, .ipynb or .jsonl)")
+                                               "(.md, .ipynb or .jsonl); never the open notebook")
+    @argument("--force", action="store_true", help="with --export: replace PATH if it exists; with --rewind: rewind "
+                                                   "even what someone changed since (it is kept beside its file)")
     @argument("--doctor", action="store_true", help="check the endpoint, TLS, authentication and model")
     @argument("--trust-project", action="store_true",
               help="trust this folder's .auto-coder.yaml as it is now, so its settings that run commands or send "
@@ -243,6 +253,7 @@ class AutoCoderMagics(Magics):
 
 
 _VALUE_OPTIONS = {"-m", "--model", "--approval-mode", "--tool-calling", "--context", "--working-dir", "--attach",
+                  "--revert",
                   "--export"}
 _TOKEN = re.compile(r"\s*(\S+)")
 
@@ -250,14 +261,13 @@ _TOKEN = re.compile(r"\s*(\S+)")
 def split_options(line: str) -> tuple[list[str], str]:
     """Leading options, then the prompt exactly as written. Not shlex: a prompt with an apostrophe or
     braces must not be re-quoted or rejected."""
-    from .history import looks_like_id
-
     options: list[str] = []
     position = 0
     expect_value = False
     while match := _TOKEN.match(line, position):
         token = match.group(1)
-        resume_id = options[-1:] == ["--resume"] and looks_like_id(token)  # its value is optional
+        resume_id = options[-1:] == ["--resume"]  # its value is optional; any word there is the id
+        resume_id = resume_id or (options[-1:] == ["--rewind"] and token.isdigit())  # so is --rewind's
         if not expect_value and not token.startswith("-") and not resume_id:
             break
         position = match.end()
@@ -281,12 +291,20 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
     if args.doctor:
         from .doctor import run_doctor
 
-        run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions)
+        try:
+            run_doctor(session.config, lambda text: print(text, flush=True), instructions=session.instructions,
+                       live=state.live)
+        except KeyboardInterrupt:
+            raise CellInterrupted("autocoder: --doctor interrupted") from None
         return
     if args.reset:
         print(f"New conversation: correlation id {session.reset()}")
     if args.undo:
         print(session.undo())
+    if args.revert is not None:
+        _revert(session, args.revert)
+    if args.rewind is not None:
+        _rewind(state, session, args.rewind or None, args.force)
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
     from .history import LISTED, ConversationStore
@@ -297,7 +315,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         print(session.listing(store, count, args.here, "--sessions N shows N, --all every one"))
         return
     if args.export:
-        print(session.export(args.export, args.resume or None, store))
+        print(session.export(args.export, args.resume or None, store, overwrite=args.force))
         return
     if args.resume is not None:
         print(session.resume(session.saved_here(args.resume or None, store)))
@@ -309,6 +327,7 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         prompt = fix_prompt(error, prompt)
     elif not prompt.strip() and not args.show_context:
         if not (args.reset or args.undo or args.id or args.working_dir or args.trust_project
+                or args.rewind is not None or args.revert is not None
                 or args.resume is not None):
             print("Nothing to ask: give a prompt (`%autocoder PROMPT` or a `%%autocoder` cell). `%autocoder?` "
                   "shows the options.")
@@ -327,6 +346,36 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         _show_also_sent(session, images)
         return
     _run_turn(state, session, message, args, images)
+
+
+def _revert(session: Session, number: int) -> None:
+    """`--revert CHANGE`: one cell change of the agent undone (the model hears it with the next request)."""
+    from .tools.registry import ToolError
+
+    assert session.cells is not None
+    try:
+        print(session.cells.revert(number))
+    except ToolError as exc:
+        print(f"autocoder: {exc}")
+
+
+def _rewind(state: KernelState, session: Session, number: int | None, force: bool) -> None:
+    """`--rewind [N] [--force]`: RewindRefused (nothing changed) goes to the magic's one error line. Offers to run
+    the cells that define the stale variables again, where the kernel can ask."""
+    from .kernel import rerun_cells
+    from .tools.registry import ToolError
+
+    outcome = session.rewind(number, force)
+    print(outcome.message)
+    kernel = getattr(state.shell, "kernel", None)
+    if not outcome.rerun or outcome.notebook is None or not getattr(kernel, "_allow_stdin", False):
+        return
+    cells = ", ".join(f"[{index}]" for index, _ in outcome.rerun)
+    if input(f"Run cell(s) {cells} again now? [y/N]: ").strip().lower() in ("y", "yes"):
+        try:
+            print(rerun_cells(outcome.notebook, [cell_id for _, cell_id in outcome.rerun], state.shell))
+        except ToolError as exc:
+            print(f"autocoder: {exc}")
 
 
 def _show_also_sent(session: Session, images: list[Image]) -> None:
@@ -353,6 +402,8 @@ def _run_turn(state: KernelState, session: Session, message: str, args: Any, ima
     renderer = CellRenderer(rich=kernel is not None, metadata=metadata, sent=message, attached=images,
                             secrets=session.secret_values())
     pump_turn(worker(state), session, message, options, renderer, can_ask, images)
+    if renderer.failure is not None:
+        raise CellFailed(f"autocoder: {renderer.failure}")
     if args.insert:
         blocks = code_blocks(renderer.text)
         if not blocks:

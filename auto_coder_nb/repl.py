@@ -18,8 +18,10 @@ from .errors import ConfigError, ProviderError
 from .history import LISTED, ConversationStore, HistoryError
 from .images import Image, ImageError
 from .interrupts import LoopRunner
+from .private import NotPrivate, open_private, private_folder
+from .rewind import RewindRefused
 from .session import Session
-from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, trust_and_reload
+from .terminal import EXIT_OK, TerminalView, ask_on_terminal, drive_turn, export_at_terminal, trust_and_reload
 from .text import scrub
 
 HELP = """\
@@ -32,6 +34,8 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /id             show the correlation id and the tokens used this session
   /models         list the models the endpoint offers
   /undo           undo the file changes of the last turn
+  /rewind [N]     back to before turn N (default: the last): conversation and files; --force rewinds even
+                  files changed since (kept beside them)
   /sessions [N]   list the newest N saved conversations (default 20); `all`: every one, `here`: this folder's
   /resume [ID]    continue a saved conversation (default: the newest for this folder)
   /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
@@ -54,13 +58,22 @@ def _prompt_session() -> PromptSession[str]:
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 
+    return PromptSession(history=prompt_history(), key_bindings=bindings, multiline=False)
+
+
+def prompt_history() -> FileHistory | InMemoryHistory:
+    """The prompts typed before, kept in a file only the user can read (folder 0700, file 0600); in memory when
+    that cannot be."""
     try:
         path = history_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        history: FileHistory | InMemoryHistory = FileHistory(str(path))
+        private_folder(path.parent)
+        os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))  # 0600 before FileHistory appends
+        return FileHistory(str(path))
+    except NotPrivate as exc:  # never kept where other users can read it
+        print(f"auto-coder: warning: the prompt history is not kept on disk: {exc.strerror}", file=sys.stderr)
     except OSError:
-        history = InMemoryHistory()
-    return PromptSession(history=history, key_bindings=bindings, multiline=False)
+        pass
+    return InMemoryHistory()
 
 
 def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: list[Image] | None = None,
@@ -140,6 +153,8 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
                 print(("* " if model == session.config.llm.model else "  ") + model)
     elif name == "/undo":
         print(session.undo())
+    elif name == "/rewind":
+        rewind(session, rest)
     elif name in ("/sessions", "/resume", "/export"):
         store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
         try:
@@ -152,7 +167,7 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
             elif not rest.strip():
                 print("/export needs a file name: /export PATH (.md, .ipynb or .jsonl)", file=sys.stderr)
             else:
-                print(session.export(rest.strip(), None, store))
+                print(export_at_terminal(session, rest.strip(), None, store))
         except HistoryError as exc:
             print(f"error: {exc}", file=sys.stderr)
     elif name == "/trust":
@@ -162,6 +177,20 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
     else:
         print(f"Unknown command {name}. /help lists the commands.", file=sys.stderr)
     return None
+
+
+def rewind(session: Session, rest: str) -> None:
+    """`/rewind [N] [--force]`: the conversation and the files back to before turn N (default: the last)."""
+    words = rest.split()
+    force = "--force" in words
+    numbers = [word for word in words if word != "--force"]
+    if len(numbers) > 1 or (numbers and not numbers[0].isdigit()):
+        print("/rewind takes a turn number and --force: /rewind [N] [--force]", file=sys.stderr)
+        return
+    try:
+        print(session.rewind(int(numbers[0]) if numbers else None, force).message)
+    except RewindRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def trust_project(session: Session, reload: Callable[[bool], Config] | None) -> None:

@@ -14,25 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 from . import transcript
 from .agent import Agent
-from .approvals import ApprovalPolicy
+from .approvals import APPROVAL_MODES, ApprovalPolicy
+from .cell_changes import CellChange, CellChanges
 from .config import Config, McpServerConfig, load_object, redact_url
 from .errors import ConfigError
 from .history import (
     ConversationStore,
     HistoryError,
     Recorder,
-    Resumed,
     SavedConversation,
     read_records,
-    rebuild,
     records_of,
+    replay,
 )
 from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
+from .rewind import RewindRefused, Rewound, Turns
 from .state.conversation import Conversation
 from .text import counted, show_controls
 from .tools import Workspace, build_workspace_tools
+from .tools.notebook_document import NotebookDocument, Notebooks
 from .tools.registry import ToolRegistry
 from .transport import proxy_for, tls_trust
 
@@ -62,6 +64,9 @@ class Session:
     recorder: Recorder | None = None  # saves the conversation as it happens (None: history.enabled is false)
     mcp: McpServers | None = None  # the MCP servers of mcp.servers, whose tools are in `tools`
     custom_tools: list[str] = field(default_factory=list)  # names of the tools agent.tools registered
+    notebooks: Notebooks | None = None  # opens notebooks by path: live when open in a collaboration room, else files
+    cells: CellChanges | None = None  # the agent's changes to notebook cells (per-cell review, Revert, rewind)
+    turns: Turns | None = None  # each turn's checkpoint, for a rewind
 
     @classmethod
     def create(
@@ -72,9 +77,11 @@ class Session:
         provider: LLMProvider | None = None,
         instructions_from: str | os.PathLike[str] | None = None,
         notebook: str | os.PathLike[str] | None = None,
+        notebooks: Notebooks | None = None,
     ) -> Session:
         """`instructions_from` is the folder the user works in (a notebook's folder), where the search for
-        project instructions ends; default the workspace root."""
+        project instructions ends; default the workspace root. `notebooks` opens notebook documents (the kernel
+        gives one that reaches the live document of the open notebook); default: files in the workspace."""
         config.require(session_keys(config))
         root = Path(working_dir or config.agent.working_dir or os.getcwd()).expanduser()
         workspace = Workspace(root)
@@ -107,6 +114,10 @@ class Session:
                       Path(notebook).expanduser().resolve() if notebook else None)
         agent.secrets = secrets
         session.custom_tools = [tool.name for tool in custom]
+        session.notebooks = notebooks or Notebooks(lambda: session.workspace)
+        session.cells = CellChanges(session.open_for_undo)
+        session.notebooks.watch = session.cells.watch  # every change the tools make to a notebook is recorded
+        session.turns = agent.turns = Turns(conversation, workspace, session.cells)
         session._keep_history(config.history.enabled)
         if config.history.enabled:
             _remove_old_conversations(ConversationStore(), config.history.retention_days)
@@ -118,12 +129,25 @@ class Session:
         hides in tool results, errors, summaries and outputs."""
         from .auth import secret_values  # auth imports httpx; importing session stays light
 
-        return secret_values(self.config)
+        return [*secret_values(self.config), *(self.notebooks.secret_values() if self.notebooks else [])]
 
     def describe(self) -> dict[str, str | None]:
         """Where and with what this session talks, as saved with its conversations (no credentials)."""
         return {"working_dir": str(self.workspace.root), "notebook": str(self.notebook) if self.notebook else None,
-                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url)}
+                "model": self.provider.model, "base_url": redact_url(self.config.llm.base_url),
+                "approval_mode": self.policy.mode}
+
+    def set_approval_mode(self, mode: str) -> None:
+        """The approval mode for the rest of the session, saved with its conversation (an ACP client's
+        session/set_mode). ValueError for an unknown mode or one above the site's maximum."""
+        if mode not in APPROVAL_MODES:
+            raise ValueError(f"unknown approval mode {mode!r}; expected one of {', '.join(APPROVAL_MODES)}")
+        refusal = self.config.site.mode_refusal(mode)
+        if refusal is not None:
+            raise ValueError(refusal)
+        self.policy.mode = mode
+        if self.recorder is not None:
+            self.recorder.approval_mode_changed(mode)
 
     def listing(self, store: ConversationStore, count: int | None, here: bool, more: str) -> str:
         """The saved conversations (see `ConversationStore.listing`); `here`: only this notebook's, or else this
@@ -144,9 +168,11 @@ class Session:
             return store.choose(conversation_id, notebook=self.notebook)
         return store.choose(conversation_id, working_dir=self.workspace.root)
 
-    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore) -> str:
+    def export(self, target: str | os.PathLike[str], conversation_id: str | None, store: ConversationStore, *,
+               overwrite: bool = False) -> str:
         """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
-        session's if it has begun, else the newest saved here. Returns the sentence to show."""
+        session's if it has begun, else the newest saved here. Never onto the open notebook; onto an existing file
+        only with `overwrite` (else transcript.ExportExists). Returns the sentence to show."""
         records: list[dict[str, Any]]
         if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
             records = read_records(self.saved_here(conversation_id, store).path)
@@ -154,7 +180,8 @@ class Session:
             records = read_records(self.recorder.path)
         else:  # not saved (history.enabled is false): the history in memory
             records = records_of(self.conversation, self.describe(), self.secret_values())
-        return transcript.export(records, Path(target))
+        open_notebooks = [path for path in (self.notebook, self.workspace.open_notebook()) if path is not None]
+        return transcript.export(records, Path(target), overwrite=overwrite, protected=open_notebooks)
 
     def resume(self, saved: SavedConversation) -> str:
         """Continue a saved conversation: its history and correlation id; what follows is saved with it.
@@ -162,19 +189,39 @@ class Session:
         if self.agent.busy:
             raise HistoryError("A request is still running in this session: stop it or wait, then resume.")
         if self.recorder is not None:
-            resumed = self.recorder.resume(saved)
+            replayed = self.recorder.resume(saved)
         else:
             records = read_records(saved.path)
-            self.conversation.restore(rebuild(records), saved.id)
-            resumed = Resumed(records.damaged)
+            replayed = replay(records)
+            replayed.damaged = records.damaged
+            self.conversation.restore(replayed.messages, saved.id)
+        if self.turns is not None:
+            changes = [CellChange.from_record(record) for record in replayed.cell_changes]
+            self.turns.load(replayed.turn_starts, [change for change in changes if change is not None])
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
         where = show_controls(saved.notebook or saved.working_dir)
-        left_out = f"; {counted(resumed.damaged, 'damaged line')} left out" if resumed.damaged else ""
-        if resumed.forked_from:
+        left_out = f"; {counted(replayed.damaged, 'damaged line')} left out" if replayed.damaged else ""
+        if replayed.forked_from:
             return (f"Conversation {saved.id} is open in another session, so it continues here as a copy: new "
                     f"conversation {self.conversation.correlation_id} ({counted(count, 'earlier prompt')}, "
                     f"{where}{left_out}).")
         return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where}{left_out})."
+
+    def rewind(self, number: int | None = None, force: bool = False) -> Rewound:
+        """Back to before turn `number` (default the last): conversation, files and notebook cells (`rewind.py`).
+        Raises RewindRefused, changing nothing, when it cannot or must not."""
+        if self.agent.busy:
+            raise RewindRefused("A request is still running in this session: stop it or wait, then rewind.")
+        assert self.turns is not None
+        return self.turns.rewind(number, force)
+
+    def open_notebooks(self) -> Notebooks:
+        assert self.notebooks is not None  # set by create()
+        return self.notebooks
+
+    def open_for_undo(self, path: str) -> NotebookDocument:
+        """A notebook to undo the agent's cell changes in (the live document when it is open)."""
+        return self.open_notebooks().open(path, write=True)
 
     def apply_config(self, config: Config) -> bool:
         """Take settings changed since the session was made, keeping the conversation: a new provider when
@@ -242,6 +289,8 @@ class Session:
                                      paused=begun)
         self.agent.observer = self.recorder
         self.conversation.observer = self.recorder
+        if self.turns is not None:
+            self.turns.observer = self.recorder
 
     def clear(self) -> str:
         """Forget the history; a new correlation id. Returns the id."""

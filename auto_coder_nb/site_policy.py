@@ -54,6 +54,14 @@ class SitePolicy:
     def model_refusal(self, model: str) -> str | None:
         return self._refusal("models", model, "model")
 
+    def request_model_refusal(self, model: str, configured: str) -> str | None:
+        """Why a request may not go to `model` (a turn's own, or the configured one): the allow-list, or a lock on
+        llm.model, which leaves only `configured` (the locked value)."""
+        locked = self.locked_by("llm.model")
+        if locked is not None and model != configured:
+            return f"model {model!r}: llm.model is locked by the administrator ({locked}) to {configured!r}"
+        return self.model_refusal(model)
+
     def base_url_refusal(self, url: str) -> str | None:
         return self._refusal("base_urls", url.rstrip("/"), "base URL", url)
 

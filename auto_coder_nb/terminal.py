@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.output import create_output
 
+from .approvals import ANSWER_HELP, parse_answer, question
 from .errors import ConfigError
 from .events import (
     ApprovalRequest,
@@ -33,12 +34,15 @@ from .text import counted, show_controls
 
 if TYPE_CHECKING:
     from .config import Config
+    from .history import ConversationStore
     from .images import Image
     from .session import Session
     from .trust import ProjectFile
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_REFUSED = 3  # every change or command the model asked for was refused: nothing was done
+EXIT_REFUSED = 3  # the changes or commands the model asked for were refused and no answer came after them
+STATUS_INTERVAL = 0.5  # seconds between updates of the waiting line
+STATUS_AFTER = 1.0  # a wait shorter than this shows no line (no flicker before a fast answer)
 NO_TERMINAL = ("There is no terminal to ask the user for approval, so this action was refused. "
                "Tell the user it needs --approval-mode auto-edit (file changes) or full-auto (also commands).")
 
@@ -50,6 +54,8 @@ def drive_turn(session: Session, message: str, loop: asyncio.AbstractEventLoop, 
     words."""
     from .agent import iterate_sync
 
+    view.start_waiting()
+    ticker = _Ticker(loop, view.tick)
     try:
         with closing(iterate_sync(session.agent.run(message, images), loop)) as events:
             for event in events:
@@ -57,7 +63,25 @@ def drive_turn(session: Session, message: str, loop: asyncio.AbstractEventLoop, 
     except KeyboardInterrupt:
         view.finish_text()
         return False
+    finally:
+        ticker.stop()
+        view.clear_status()
     return True
+
+
+class _Ticker:
+    """Calls `tick` every STATUS_INTERVAL seconds on `loop` while the loop runs (while a turn waits on it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: Callable[[], None]) -> None:
+        self.loop, self.tick = loop, tick
+        self.handle = loop.call_later(STATUS_INTERVAL, self._run)
+
+    def _run(self) -> None:
+        self.tick()
+        self.handle = self.loop.call_later(STATUS_INTERVAL, self._run)
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 def is_terminal(stream: TextIO | None) -> bool:
@@ -66,26 +90,22 @@ def is_terminal(stream: TextIO | None) -> bool:
 
 
 def ask_on_terminal(request: ApprovalRequest, err: TextIO) -> None:
-    """Show what would happen and ask: yes, no (with an optional reason), or always for this session.
-    End of input (Ctrl-D) is a no."""
+    """Show what would happen and ask the one approval question (`approvals.question`): yes, no with an optional
+    reason on the same line, or always for this session; anything else asks again. End of input (Ctrl-D) is a no."""
     # Escaped control characters: a preview must not be able to hide or rewrite what will run.
-    err.write(f"\n{show_controls(request.preview)}\n" if request.preview else "\n")
+    shown = "\n".join(change.card() for change in request.cells) or request.preview  # a notebook: cell by cell
+    err.write(f"\n{show_controls(shown)}\n" if shown else "\n")
     err.flush()
     while True:
-        answer = _read(f"Allow {request.tool}? [y]es / [n]o / [a]lways for this session: ", err)
-        if answer is None:
+        typed = _read(question(request.tool, request.always_covers, request.can_run), err)
+        if typed is None:
             request.deny("")
             return
-        answer = answer.strip().lower()
-        if answer in ("y", "yes"):
-            request.approve()
+        answer = parse_answer(typed, request.can_run)
+        if answer is not None:
+            request.reply(answer)
             return
-        if answer in ("a", "always"):
-            request.approve(always=True)
-            return
-        if answer in ("n", "no"):
-            request.deny((_read("Reason for the model (optional): ", err) or "").strip())
-            return
+        err.write(ANSWER_HELP + "\n")
 
 
 def _read(prompt: str, err: TextIO) -> str | None:
@@ -110,8 +130,35 @@ def ask_to_trust(project: ProjectFile, err: TextIO) -> bool:
     for key, value in project.ignored.items():
         err.write(f"  {key} = {value}\n")
     err.flush()
-    answer = _read("Trust this file and apply them? (remembered until the file changes) [y/N]: ", err)
+    return confirm("Trust this file and apply them? (remembered until the file changes)", err)
+
+
+def confirm(question: str, err: TextIO) -> bool:
+    """A yes/no question whose default is no: only y or yes is a yes (end of input too is a no). Ctrl-C raises
+    KeyboardInterrupt."""
+    answer = _read(f"{question} [y/N]: ", err)
     return (answer or "").strip().lower() in ("y", "yes")
+
+
+def export_at_terminal(session: Session, target: str, conversation_id: str | None, store: ConversationStore,
+                       *, force: bool = False) -> str:
+    """`session.export`; a file that exists is replaced with `force`, or when the user says so at a terminal (else
+    a HistoryError saying it was kept and how to replace it)."""
+    from .history import HistoryError
+    from .transcript import ExportExists
+
+    try:
+        return session.export(target, conversation_id, store, overwrite=force)
+    except ExportExists:
+        if not (is_terminal(sys.stdin) and is_terminal(sys.stderr)):
+            raise
+    try:
+        replace = confirm(f"{show_controls(target)} exists. Replace it with the export?", sys.stderr)
+    except KeyboardInterrupt:
+        replace = False
+    if not replace:
+        raise HistoryError(f"Not exported: {target} exists and was kept.")
+    return session.export(target, conversation_id, store, overwrite=True)
 
 
 def trust_and_reload(project: ProjectFile, load: Callable[[bool], Config], err: TextIO) -> Config:
@@ -148,24 +195,64 @@ class TerminalView:
         self.failed = False
         self.error: BaseException | None = None  # what made the turn fail, when known
         self.all_actions_refused = False
+        self.actions_refused = 0
+        self.answered = False  # the turn ended with an answer after its last tool call
         self.color = self.err.isatty() and "NO_COLOR" not in os.environ
         # Flushing every chunk to a pipe costs a syscall per token; a terminal wants each one at once.
         self.flush_every = 0.0 if self.out.isatty() else 0.05
         self._last_flush = 0.0
         self._in_text = False
         self._in_reasoning = False
+        self._text_since_tools = False
         self._usage: UsageUpdate | None = None
         self.context: ContextUsage | None = None  # how full the context window is after the turn
+        # While the model has said nothing yet (a CPU model reads the prompt for seconds or minutes), a line on a
+        # terminal's stderr says so with the time waited; the answer replaces it. Never on a pipe.
+        self.show_status = self.err.isatty()
+        self._waiting_since: float | None = None
+        self._waiting_for = ""
+        self._status_shown = ""  # the waiting line on screen, if any
 
     def exit_code(self) -> int:
         """Single-prompt mode's exit code for the turn shown: 2 for a configuration error met during the
-        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused."""
+        request (missing SSO token or credentials), 1 for another failure, 3 when every action was refused and
+        no answer came after the refusals (a question answered despite refused side trips is a success)."""
         if self.failed:
             return EXIT_USAGE if isinstance(self.error, ConfigError) else EXIT_RUNTIME
-        return EXIT_REFUSED if self.all_actions_refused else EXIT_OK
+        return EXIT_REFUSED if self.all_actions_refused and not self.answered else EXIT_OK
 
     def _paint(self, code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def start_waiting(self, what: str = "the model") -> None:
+        """From now until the next output, the waiting line may show."""
+        self._waiting_since, self._waiting_for = time.monotonic(), what
+
+    def tick(self) -> None:
+        """Show (or update) the waiting line: what is awaited and for how long."""
+        if not self.show_status or self._waiting_since is None:
+            return
+        waited = time.monotonic() - self._waiting_since
+        if waited < STATUS_AFTER:
+            return
+        line = f"waiting for {self._waiting_for}... {waited:.0f} s (Ctrl-C stops)"
+        if self._status_shown == line:
+            return
+        self.err.write("\r\x1b[K" + self._paint("2", line))
+        self.err.flush()
+        self._status_shown = line
+
+    def clear_status(self) -> None:
+        """Stop waiting, and erase the waiting line if it is on screen."""
+        self._waiting_since = None
+        self._erase_status()
+
+    def _erase_status(self) -> None:
+        """The cursor back to the start of the waiting line, the line erased."""
+        if self._status_shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._status_shown = ""
 
     def finish_text(self) -> None:
         if self._in_text:
@@ -177,6 +264,9 @@ class TerminalView:
             self._in_reasoning = False
 
     def handle(self, event: Event) -> None:
+        self._erase_status()
+        if not isinstance(event, (Notice, UsageUpdate)):  # after a notice (retrying...) the model is still awaited
+            self._waiting_since = None
         match event:
             case TextDelta():
                 if self._in_reasoning:
@@ -184,6 +274,7 @@ class TerminalView:
                     self._in_reasoning = False
                 self.out.write(event.text)
                 self._in_text = True
+                self._text_since_tools = self._text_since_tools or bool(event.text.strip())
                 now = time.monotonic()
                 if now - self._last_flush >= self.flush_every:
                     self.out.flush()
@@ -199,6 +290,7 @@ class TerminalView:
     def _handle_other(self, event: Event) -> None:
         match event:
             case ToolCallStarted():
+                self._text_since_tools = False
                 self.err.write(self._paint("36", f"> {show_controls(event.name)}") + f"({_brief_arguments(event)})\n")
             case ToolResult():
                 lines = event.output.splitlines() or [""]
@@ -207,6 +299,7 @@ class TerminalView:
                 self.err.write("  " + self._paint("31" if event.is_error else "2", first) + "\n")
                 for image in event.images:
                     self.err.write("  " + self._paint("2", f"[image: {image.describe()}]") + "\n")
+                self.start_waiting()  # the model reads the result next
             case ApprovalRequest():
                 self.err.flush()
                 self.ask(event, self.err)
@@ -221,6 +314,8 @@ class TerminalView:
             case TurnDone():
                 self.context = event.context
                 self.all_actions_refused = event.all_actions_refused
+                self.actions_refused = event.actions_refused
+                self.answered = event.reason == "stop" and self._text_since_tools
                 if self.show_usage and self._usage is not None:
                     turn, total = self._usage.turn, self._usage.session
                     self.err.write(self._paint("2", f"[tokens: {turn.total_tokens} this turn, "

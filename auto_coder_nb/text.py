@@ -180,8 +180,17 @@ def compose_message(prompt: str, context: str) -> str:
 
 
 _CONTEXT_BLOCK = re.compile(r"\n\n<kernel-context>\n.*\n</kernel-context>\Z", re.DOTALL)
+_REVIEW_BLOCK = re.compile(r"\A<user-review>\n.*?\n</user-review>\n\n", re.DOTALL)
+
+
+def with_review(message: str, notes: list[str]) -> str:
+    """The user message with what the user did to the agent's changes since (a Revert) before it, for the model."""
+    if not notes:
+        return message
+    return "<user-review>\n" + "\n".join(notes) + "\n</user-review>\n\n" + message
 
 
 def prompt_of(message: str) -> str:
-    """What the user typed, from a message `compose_message` made (listings and transcripts show this)."""
-    return _CONTEXT_BLOCK.sub("", message)
+    """What the user typed, from a message `compose_message` (and `with_review`) made: listings and transcripts
+    show this."""
+    return _CONTEXT_BLOCK.sub("", _REVIEW_BLOCK.sub("", message, count=1))

@@ -5,22 +5,26 @@
   tool calls folded in Markdown;
 - `.jsonl`: the records themselves.
 
-The records were freed of secrets when they were written (`history.py`); nothing here adds any.
+The records were freed of secrets when they were written (`history.py`); nothing here adds any. Text from the model
+(and the prompts, and tool names) goes through `markdown.inert_markdown` or is escaped: an export is Markdown for
+nbconvert, editors and Jupyter, which render raw HTML in it live, so the model's `<script>` stays text.
 """
 
 from __future__ import annotations
 
 import ast
+import html
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .history import HistoryError, message_text, rebuild
+from .markdown import inert_markdown
 from .text import PYTHON_FENCE_LANGUAGES, counted, prompt_of, truncate
 
 EXPORT_SUFFIXES = (".md", ".ipynb", ".jsonl")
@@ -70,52 +74,77 @@ def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
     return found
 
 
-def export(records: list[dict[str, Any]], target: Path) -> str:
-    """Write the conversation to `target` in the format its suffix names; returns what was written."""
+class ExportExists(HistoryError):
+    """The export's file exists: a face replaces it only when told to (--force) or when the user says so."""
+
+
+def export(records: list[dict[str, Any]], target: Path, *, overwrite: bool = False,
+           protected: Iterable[Path] = ()) -> str:
+    """Write the conversation to `target` in the format its suffix names; returns what was written. Never onto a
+    `protected` file (the notebook open in the kernel); onto an existing file only with `overwrite` (else
+    ExportExists). Written whole or not at all: a reader never sees half an export."""
     suffix = target.suffix.lower()
     if suffix not in EXPORT_SUFFIXES:
         raise HistoryError(f"Cannot export to {target.name}: the file must end in {', '.join(EXPORT_SUFFIXES)}.")
+    target = target.expanduser()
+    if any(target.resolve() == Path(path).expanduser().resolve() for path in protected):
+        raise HistoryError(f"Cannot export to {target}: it is the notebook open in this kernel, and the export "
+                           "would replace it. Name another file.")
+    if not target.parent.is_dir():
+        raise HistoryError(f"Cannot export to {target}: the folder {target.parent} does not exist.")
+    if target.is_dir():
+        raise HistoryError(f"Cannot export to {target}: it is a folder.")
     if suffix == ".jsonl":
         data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     elif suffix == ".md":
         data = to_markdown(records)
     else:
         data = json.dumps(to_notebook(records), indent=1, ensure_ascii=False) + "\n"
-    target = target.expanduser()
-    if not target.parent.is_dir():
-        raise HistoryError(f"Cannot export to {target}: the folder {target.parent} does not exist.")
     try:
-        _write_atomically(target, data.encode("utf-8"))
+        _write_atomically(target, data.encode("utf-8"), overwrite)
+    except FileExistsError:
+        raise ExportExists(f"Cannot export to {target}: the file exists. Name another file, or add --force to "
+                           "replace it.") from None
     except OSError as exc:
         raise HistoryError(f"Cannot export to {target}: {exc.strerror or exc}") from None
     return f"Exported {counted(len(exchanges(records)), 'prompt')} to {target}"
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Through a temporary file beside `target`, renamed over it: a reader never sees half an export. (Not the
-    workspace's writer: an export may go anywhere the user names, and is not a change to undo.)"""
+def _write_atomically(target: Path, data: bytes, overwrite: bool) -> None:
+    """Through a temporary file beside `target`, renamed over it (`overwrite`) or linked to its name, which fails
+    with FileExistsError if the name is taken, even by a file made a moment ago. (Not the workspace's writer: an
+    export may go anywhere the user names, and is not a change to undo.)"""
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "xb") as stream:
             stream.write(data)
-        os.replace(temporary, target)
-    except BaseException:
+        if overwrite:
+            os.replace(temporary, target)
+        else:
+            try:
+                os.link(temporary, target, follow_symlinks=False)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: look, then rename
+                if os.path.lexists(target):
+                    raise FileExistsError(target) from None
+                os.replace(temporary, target)
+    finally:
         temporary.unlink(missing_ok=True)
-        raise
 
 
 def _heading(records: list[dict[str, Any]]) -> str:
     start = records[0]
     where = start.get("notebook") or start.get("working_dir") or ""
-    return (f"# auto-coder conversation {start.get('correlation_id', '')}\n\n"
-            f"Started {start.get('t', '')} in `{where}` with {start.get('model', '')}.")
+    return inert_markdown(f"# auto-coder conversation {start.get('correlation_id', '')}\n\n"
+                          f"Started {start.get('t', '')} in `{where}` with {start.get('model', '')}.")
 
 
 def _fold(tool: ToolExchange) -> str:
     status = " (failed)" if tool.is_error else ""
     arguments = truncate(tool.arguments, RESULT_LIMIT)
     result = truncate(tool.result, RESULT_LIMIT)
-    return (f"<details><summary>Tool call: {tool.name}{status}</summary>\n\n"
+    return (f"<details><summary>Tool call: {html.escape(tool.name)}{status}</summary>\n\n"
             f"{_fenced(arguments, 'json')}\n\n{_fenced(result)}\n\n</details>")
 
 
@@ -129,10 +158,10 @@ def _fenced(text: str, language: str = "") -> str:
 def to_markdown(records: list[dict[str, Any]]) -> str:
     parts = [_heading(records)]
     for exchange in exchanges(records):
-        parts.append(f"## You\n\n{exchange.prompt}")
+        parts.append(f"## You\n\n{inert_markdown(exchange.prompt)}")
         answer = ["## auto-coder"]
         for part in exchange.parts:
-            answer.append(_fold(part) if isinstance(part, ToolExchange) else part)
+            answer.append(_fold(part) if isinstance(part, ToolExchange) else inert_markdown(part))
         parts.append("\n\n".join(answer))
     return "\n\n".join(parts) + "\n"
 
@@ -144,14 +173,16 @@ def to_notebook(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     cells = [nbformat.v4.new_markdown_cell(_heading(records))]
     for exchange in exchanges(records):
-        cells.append(nbformat.v4.new_markdown_cell(f"**You:**\n\n{exchange.prompt}"))
+        cells.append(nbformat.v4.new_markdown_cell(f"**You:**\n\n{inert_markdown(exchange.prompt)}"))
         for part in exchange.parts:
             if isinstance(part, ToolExchange):
                 cells.append(nbformat.v4.new_markdown_cell(_fold(part)))
                 continue
             for kind, text in _split_code(part):
-                new_cell = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
-                cells.append(new_cell(text))
+                if kind == "code":
+                    cells.append(nbformat.v4.new_code_cell(text))
+                else:
+                    cells.append(nbformat.v4.new_markdown_cell(inert_markdown(text)))
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook.metadata["language_info"] = {"name": "python"}

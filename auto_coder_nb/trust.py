@@ -3,8 +3,9 @@
 A project's `./.auto-coder.yaml` (the working folder's, or the notebook's folder in Jupyter) comes with the code
 the user cloned, so until the user trusts it, `config.load_config` ignores its settings that could run commands or
 send the user's credentials elsewhere (see `config.PROJECT_SAFE_KEYS`). Trust is recorded in the user's config
-folder (`$XDG_CONFIG_HOME/auto-coder/trusted.json`, else `~/.config/auto-coder/trusted.json`, mode 0600), keyed by
-the file's resolved path and the sha256 of its content: a changed file (a `git pull`) is untrusted again.
+folder (`$XDG_CONFIG_HOME/auto-coder/trusted.json`, else `~/.config/auto-coder/trusted.json`; folder 0700, file
+0600), keyed by the file's path (its folder resolved, a link not followed) and the sha256 of its content: a changed
+file (a `git pull`) is untrusted again, and a link to a trusted file is not that file.
 User (`~/.auto-coder.yaml`), site and explicit `--config` files are always trusted.
 """
 
@@ -21,11 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .private import private_folder
+
 STORE_NAME = "trusted.json"
 # How to trust a project file, in each face's words.
 HOW_TO_TRUST = {
     "cli": "run auto-coder --trust-project once (or /trust in the REPL)",
     "kernel": "run %autocoder --trust-project (or press Trust this folder in the chat panel)",
+    "acp": "run auto-coder --trust-project once in that folder, then start a new session",
     "any": "auto-coder --trust-project, /trust in the REPL, %autocoder --trust-project in a notebook, or the chat "
            "panel's Trust this folder button",
 }
@@ -52,17 +56,24 @@ def _read_store(store: Path) -> dict[str, Any]:
     return files if isinstance(files, dict) else {}
 
 
+def _key(path: Path) -> str:
+    """The file as it is where it is: its folder resolved, but not the file itself. A repository's
+    `.auto-coder.yaml` that is a link to a file the user trusted elsewhere is another file, trusted only if the
+    user trusts it there (and its modules are imported from where the linked file lives)."""
+    return str(path.absolute().parent.resolve() / path.name)
+
+
 def is_trusted(path: Path, content_digest: str, store: Path) -> bool:
-    entry = _read_store(store).get(str(path.resolve()))
+    entry = _read_store(store).get(_key(path))
     return isinstance(entry, dict) and entry.get("sha256") == content_digest
 
 
 def record(path: Path, content_digest: str, store: Path) -> None:
     """Trust `path` with this content from now on (written atomically, readable by the user only). Raises OSError."""
     files = _read_store(store)
-    files[str(path.resolve())] = {"sha256": content_digest,
+    files[_key(path)] = {"sha256": content_digest,
                                   "trusted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    store.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(store.parent)
     descriptor, temporary = tempfile.mkstemp(prefix=".trusted-", dir=store.parent)
     try:
         os.fchmod(descriptor, 0o600)

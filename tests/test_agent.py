@@ -211,6 +211,21 @@ def test_approval_yes_no_and_always(server: FakeLLMServer) -> None:
     assert_strictly_valid(h.last_messages)
 
 
+def test_always_covers_that_tool_only_and_a_scoped_tool_only_that_value(server: FakeLLMServer) -> None:
+    h = Harness(server)
+    h.registry.register(ToolDefinition("say", "Say it.", {"type": "object", "properties": {}}, h.shout,
+                                       kind="command", always_scope="text"))
+    server.enqueue(reply.tool_call("shout", {"text": "a"}), reply.tool_call("shout", {"text": "b"}),
+                   reply.tool_call("say", {"text": "hi"}), reply.tool_call("say", {"text": "hi"}),
+                   reply.tool_call("say", {"text": "bye"}), reply.tool_call("store", {"key": "k", "value": "v"}),
+                   reply.text("done"))
+    asked: list[tuple[str, str]] = []
+    h.turn("go", lambda r: (asked.append((r.tool, r.always_covers)), r.approve(always=True)))
+    # shout b and the second say hi ran without asking; say bye and store (another tool, another kind) asked.
+    assert asked == [("shout", "every shout call"), ("say", "this exact text"), ("say", "this exact text"),
+                     ("store", "every store call")]
+
+
 def test_modes(server: FakeLLMServer) -> None:
     server.enqueue(reply.tool_call("store", {"key": "a", "value": "1"}), reply.text("refused"))
     h = Harness(server, mode="read-only")

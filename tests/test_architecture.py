@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 # Faces: the parts a user sees (terminal, IPython magics, the widget panel). Everything else is core; a new
 # module is core unless added here.
-FACES = ("__init__", "__main__", "cli", "repl", "terminal", "magics", "kernel", "cell_output",
-         "notebook_context", "panel")
+FACES = ("__init__", "__main__", "cli", "repl", "terminal", "magics", "kernel", "cell_output", "acp",
+         "notebook_context", "panel", "cell_runs")
 UI_LIBRARIES = ("IPython", "ipywidgets", "prompt_toolkit")
 HEAVY = ("httpx", "IPython", "ipywidgets", "nbformat", "prompt_toolkit")
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
 import pytest
 
+from auto_coder_nb.terminal import STATUS_AFTER, STATUS_INTERVAL
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 
@@ -62,12 +64,13 @@ def test_prompt_from_standard_input(server: FakeLLMServer, env: dict[str, str], 
 def test_without_a_terminal_approvals_are_refused_and_the_model_told(
     server: FakeLLMServer, env: dict[str, str], workspace: Path
 ) -> None:
-    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text(""))
     result = run(["make new.txt"], env, workspace)
-    assert result.returncode == 3  # every action refused: nothing the user asked for was done
+    assert result.returncode == 3  # every action refused and no answer after it: nothing asked for was done
     assert not (workspace / "new.txt").exists()
     told = server.chat_requests[1].json["messages"][-1]["content"]
     assert "--approval-mode" in told
+    assert "1 change(s) or command(s) refused (nothing was changed or run" in result.stderr
     server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("done"))
     allowed = run(["make new.txt", "--approval-mode", "auto-edit"], env, workspace)
     assert allowed.returncode == 0 and (workspace / "new.txt").read_text() == "x"
@@ -243,15 +246,32 @@ def test_missing_sso_token_or_client_credentials_is_a_configuration_error(
     assert server.chat_requests == []
 
 
-def test_a_read_alongside_refused_actions_still_exits_3_but_an_allowed_action_exits_0(
+def test_refusals_exit_3_only_when_no_answer_came_after_them(
     server: FakeLLMServer, env: dict[str, str], workspace: Path
 ) -> None:
+    # A read beside a refused command, then the model gives up without an answer: nothing asked for was done.
     server.enqueue(reply.tool_calls([{"name": "read_file", "arguments": {"path": "notes.txt"}},
                                      {"name": "run_command", "arguments": {"command": "touch made"}}]),
-                   reply.text("could not"))
+                   reply.text(" \n"))
     assert run(["touch made"], env, workspace).returncode == 3
+    # Asked to read and explain, the model also tried two writes nobody asked for, then answered: a success,
+    # with the refusals said on stderr.
+    server.enqueue(reply.tool_call("read_file", {"path": "notes.txt"}),
+                   reply.tool_calls([{"name": "write_file", "arguments": {"path": "a.txt", "content": "a"}},
+                                     {"name": "write_file", "arguments": {"path": "b.txt", "content": "b"}}]),
+                   reply.text("notes.txt has two lines: first line and second line."))
+    explained = run(["read notes.txt and explain it"], env, workspace)
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout == "notes.txt has two lines: first line and second line.\n"
+    assert "2 change(s) or command(s) refused" in explained.stderr and "--approval-mode" in explained.stderr
+    assert not (workspace / "a.txt").exists() and not (workspace / "b.txt").exists()
+    # A refusal the model answers after ("could not") is said on stderr; the exit code is 0.
+    server.enqueue(reply.tool_call("write_file", {"path": "new.txt", "content": "x"}), reply.text("could not"))
+    answered = run(["make new.txt"], env, workspace)
+    assert answered.returncode == 0 and "1 change(s) or command(s) refused" in answered.stderr
     server.enqueue(reply.tool_call("run_command", {"command": "touch made"}), reply.text("done"))
-    assert run(["touch made", "--approval-mode", "full-auto"], env, workspace).returncode == 0
+    allowed = run(["touch made", "--approval-mode", "full-auto"], env, workspace)
+    assert allowed.returncode == 0 and "refused" not in allowed.stderr
     assert (workspace / "made").exists()
 
 
@@ -289,10 +309,40 @@ def test_repl_approval_preview_shows_control_characters_escaped(
     assert "touch pwned\\r\\x1b[2Kecho safe" in child.before
     assert "\x1b[2K" not in child.before
     child.sendline("n")
-    child.expect("Reason")
-    child.sendline("")
     child.expect("> ")
     assert not (workspace / "pwned").exists()
+    child.send("\x04")
+    child.expect(pexpect.EOF)
+
+
+def test_repl_asks_again_after_a_typo_takes_a_reason_inline_and_always_covers_one_command(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    """Issue 22 item 13 and 24 item 8 at the terminal: one question (a typo asks again, a no carries its reason on
+    the same line) and "always" to one command line is not a yes to another."""
+    server.enqueue(reply.tool_call("run_command", {"command": "echo one"}), reply.text("first"),
+                   reply.tool_call("run_command", {"command": "echo one"}),
+                   reply.tool_call("run_command", {"command": "touch two"}), reply.text("second"))
+    child = spawn_repl(env, workspace)
+    child.sendline("run it")
+    child.expect_exact("Allow run_command? [y]es / [n]o [reason] / [a]lways (this exact command, this session):")
+    child.sendline("yse")
+    child.expect_exact("Please answer y (yes)")
+    child.expect_exact("Allow run_command?")
+    child.sendline("a")
+    child.expect("first")
+    child.expect("> ")
+    child.sendline("again")
+    child.expect(r"touch two")  # echo one ran without asking; the other command asks
+    child.expect_exact("Allow run_command?")
+    child.sendline("no: keep the folder clean")
+    child.expect("second")
+    child.expect("> ")
+    assert not (workspace / "two").exists()
+    results = [m for m in server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+    assert [m["content"] for m in results][-3:] == [
+        "exit code: 0\nstdout:\none", "exit code: 0\nstdout:\none",
+        "The user denied this run_command call. Reason: keep the folder clean"]
     child.send("\x04")
     child.expect(pexpect.EOF)
 
@@ -363,3 +413,92 @@ def test_an_unset_variable_is_an_error_only_when_a_request_needs_it(
     doctor = run(["--doctor"], env, workspace)
     assert doctor.returncode == 2, doctor.stdout + doctor.stderr
     assert expected in doctor.stdout and "Traceback" not in doctor.stderr
+
+
+def test_repl_reviews_a_notebook_cell_by_cell_and_rewinds(server: FakeLLMServer, env: dict[str, str],
+                                                          workspace: Path) -> None:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("y = 2")])
+    nbformat.write(notebook, workspace / "a.ipynb")
+    original = (workspace / "a.ipynb").read_text()
+    changed = original.replace('"x = 1"', '"x = 10"')
+    server.enqueue(reply.tool_call("write_file", {"path": "a.ipynb", "content": changed}), reply.text("Rejected."),
+                   reply.tool_call("write_file", {"path": "a.ipynb", "content": changed}), reply.text("Done."))
+    child = spawn_repl(env, workspace)
+    child.sendline("set x to 10")
+    child.expect(f"replace cell 0 \\(code, id {notebook.cells[0].id}\\) of a.ipynb:")  # the cell, not the JSON
+    child.expect(r"-x = 1\s+\+x = 10")
+    child.expect(r"Allow write_file\?")
+    child.sendline("n keep x")
+    child.expect("Rejected.")
+    child.expect("> ")
+    assert "The user rejected your change to cell 0" in server.chat_requests[-1].json["messages"][-1]["content"]
+    child.sendline("set x to 10, please")
+    child.expect(r"Allow write_file\?")
+    child.sendline("y")
+    child.expect("Done.")
+    child.expect("> ")
+    assert (workspace / "a.ipynb").read_text() == changed
+    child.sendline("/rewind 3")
+    child.expect(r"There is no turn 3: this conversation has 2 turn\(s\)")
+    child.sendline("/rewind")
+    child.expect(r"Rewound to before turn 2 \(set x to 10, please\)\. Restored 1 file\(s\): a.ipynb\.")
+    child.expect("> ")
+    assert (workspace / "a.ipynb").read_text() == original
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
+def test_a_waiting_line_shows_on_a_terminal_until_the_first_token_and_never_on_a_pipe(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    # The server sends its headers, then holds the answer (a CPU model reading the prompt) until released.
+    server.enqueue(reply.text("The answer.", wait_for="first-token"))
+    child = pexpect.spawn("auto-coder", ["a question"], env=env, cwd=str(workspace), encoding="utf-8", timeout=30)
+    try:
+        child.expect(r"waiting for the model\.\.\. (\d+) s \(Ctrl-C stops\)")
+        child.expect(r"waiting for the model\.\.\. (\d+) s")  # updated in place as the time passes
+        server.release("first-token")
+        child.expect("The answer.")
+        shown = child.before
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert shown.endswith("\r\x1b[K")  # the waiting line was erased before the answer was written over it
+    assert child.exitstatus == 0
+    # The REPL shows it too, between the request and the answer.
+    server.enqueue(reply.text("Second answer.", wait_for="second"))
+    repl = spawn_repl(env, workspace)
+    try:
+        repl.sendline("another question")
+        repl.expect(r"waiting for the model\.\.\. \d+ s")
+        server.release("second")
+        repl.expect("Second answer.")
+        repl.expect("> ")
+        repl.sendline("/quit")
+        repl.expect(pexpect.EOF)
+    finally:
+        repl.close()
+    # On a pipe: the same wait, no line.
+    server.enqueue(reply.text("Piped answer.", wait_for="piped"))
+    process = subprocess.Popen(["auto-coder", "a question"], env=env, cwd=workspace, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_requests(server, 3)
+        time.sleep(STATUS_AFTER + 2 * STATUS_INTERVAL)  # long enough that a terminal would have shown the line
+        server.release("piped")
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert out == "Piped answer.\n" and "waiting" not in err and "\x1b" not in err
+
+
+def wait_for_requests(server: FakeLLMServer, count: int) -> None:
+    """Until the server has `count` chat requests (not a timing: the process is waiting on the server)."""
+    for _ in range(600):
+        if len(server.chat_requests) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server got {len(server.chat_requests)} of {count} chat requests")

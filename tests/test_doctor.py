@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,14 +46,14 @@ def results(lines: list[str]) -> dict[str, str]:
     found = {}
     for line in lines:
         for step in STEPS:
-            if line.startswith(f"  {step}  "):
+            if line.startswith(f"  {step}  ") and "  ...  " not in line:  # not a "waiting for" line
                 found[step] = line[len("  ") + 20 + 2:].split()[0]
     return found
 
 
 def row(lines: list[str], step: str) -> str:
     """The row of `step` with its `next:` line, if any."""
-    index = next(i for i, line in enumerate(lines) if line.startswith(f"  {step}  "))
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"  {step}  ") and "  ...  " not in line)
     following = lines[index + 1] if index + 1 < len(lines) and "next:" in lines[index + 1] else ""
     return lines[index] + "\n" + following
 
@@ -210,7 +211,7 @@ def test_through_a_proxy_with_credentials(tmp_path: Path, fake_server: FakeLLMSe
     ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
     assert not ok
     assert results(lines)["base URL reachable"] == "FAIL" and "HTTP 407" in row(lines, "base URL reachable")
-    assert "http://user:password@host:port" in row(lines, "base URL reachable")
+    assert "user:password@host:port" in row(lines, "base URL reachable")
     assert fake_server.requests == []
 
     monkeypatch.setenv("HTTP_PROXY", proxy_with_login)
@@ -220,6 +221,20 @@ def test_through_a_proxy_with_credentials(tmp_path: Path, fake_server: FakeLLMSe
     assert "via proxy http://corp:<hidden>@127.0.0.1:" in row(lines, "base URL reachable")
     assert "proxy.py" in fake_server.requests[0].headers["via"]
     assert "proxy-pass-1234" not in "\n".join(lines) and "wrong-pass-99" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("userinfo", ["alice:pw", "al:p", "tok"])
+def test_url_credentials_are_hidden_whatever_their_length_and_never_sent(tmp_path: Path, fake_server: FakeLLMServer,
+                                                                         userinfo: str) -> None:
+    """Issue 24 item 10: the doctor printed `GET http://alice:pw@...` (passwords under 4 characters were not
+    hidden) and its check without credentials sent them as Basic, which chat never does."""
+    script_good_model(fake_server)
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url.replace("http://", f"http://{userinfo}@")))
+    assert ok, "\n".join(lines)
+    report = "\n".join(lines)
+    assert f"{userinfo}@" not in report and "<hidden>@127.0.0.1" in report
+    assert "GET http://127.0.0.1:" in row(lines, "base URL reachable")
+    assert all("authorization" not in request.headers for request in fake_server.requests)
 
 
 def test_runs_inside_a_running_event_loop(tmp_path: Path, fake_server: FakeLLMServer) -> None:
@@ -275,3 +290,126 @@ def test_every_step_passes_against_the_test_server_without_scripting(tmp_path: P
     ok, lines = doctor(make_config(tmp_path, fake_server.base_url))
     assert results(lines) == dict.fromkeys(STEPS, "PASS"), "\n".join(lines)
     assert ok and "the model called get_current_time" in row(lines, "tool call")
+
+
+# -- deadlines, token caps, Ctrl-C ------------------------------------------------------------------
+
+
+def endless_answer() -> dict[str, Any]:
+    """A stream that never ends and never repeats itself (the runaway guard cannot stop it): only a deadline can."""
+    return reply.text("".join(f"word{number} " for number in range(100_000)), chunks=100_000, delay=0.02)
+
+
+def test_a_server_streaming_forever_is_stopped_by_the_deadline_and_each_request_is_capped(
+        tmp_path: Path, fake_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from auto_coder_nb import doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "CHAT_DEADLINE", 2.0)  # the doctor's own limit, shortened for the test
+    fake_server.enqueue(endless_answer())
+    ok, lines = doctor(make_config(tmp_path, fake_server.base_url, {"AUTO_CODER_MAX_TOKENS": "null"},
+                                   **{"llm.extra_params": {"max_completion_tokens": 100_000}}))
+    assert not ok
+    assert results(lines)["streamed answer"] == "FAIL"
+    assert "no complete answer within 2 s" in row(lines, "streamed answer")
+    waiting = [line for line in lines if "waiting for the model's answer" in line]
+    assert len(waiting) == 1 and "2 s at most, Ctrl-C stops" in waiting[0]
+    assert lines.index(waiting[0]) < lines.index(row(lines, "streamed answer").splitlines()[0])
+    [asked] = fake_server.chat_requests
+    # The cap goes where llm.extra_params put the user's (OpenAI's newer models refuse max_tokens).
+    assert asked.json["max_completion_tokens"] == doctor_module.ANSWER_TOKENS and "max_tokens" not in asked.json
+
+
+def test_every_model_request_of_the_doctor_is_capped(tmp_path: Path, fake_server: FakeLLMServer) -> None:
+    from auto_coder_nb.doctor import ANSWER_TOKENS
+
+    script_good_model(fake_server)
+    ok, _ = doctor(make_config(tmp_path, fake_server.base_url))
+    assert ok and len(fake_server.chat_requests) == 3
+    assert {request.json["max_tokens"] for request in fake_server.chat_requests} == {ANSWER_TOKENS}
+
+
+def test_the_doctor_shows_the_context_window_and_where_it_comes_from(tmp_path: Path,
+                                                                     fake_server: FakeLLMServer) -> None:
+    fake_server.route("GET", "/props", lambda request: reply.json_body(
+        {"default_generation_settings": {"n_ctx": 8192}, "chat_template_caps": {"supports_tools": True}}))
+    script_good_model(fake_server)
+    _, lines = doctor(make_config(tmp_path, fake_server.base_url))
+    assert "  context window        info    8192 tokens (llama.cpp /props n_ctx)" in lines
+    script_good_model(fake_server)
+    _, lines = doctor(make_config(tmp_path, fake_server.base_url, **{"agent.context_window": 4000}))
+    assert any("4000 tokens (agent.context_window from" in line and "the server says 8192" in line for line in lines)
+
+
+HOLD = "doctor-step"
+
+
+def hold_step(server: FakeLLMServer, step: str) -> None:
+    """Make the server hold the request of `step` until released (the steps before it answer at once)."""
+    models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+    gets = iter(range(10))
+
+    def listing(request: Any) -> dict[str, Any]:
+        number = next(gets)  # the first GET checks the connection, the second the credentials
+        held = (step == "base URL reachable" and number == 0) or (step == "authentication" and number == 1)
+        return reply.json_body(models, wait_for=HOLD if held else None)
+
+    server.route("GET", "/v1/models", listing)
+    if step == "context window":
+        server.route("GET", "/props", lambda request: reply.json_body({}, wait_for=HOLD))
+    answers = {"streamed answer": [reply.text("Ready.", wait_for=HOLD)],
+               "tool call": [reply.text("Ready."), reply.text("held", wait_for=HOLD)],
+               "prompted tool call": [reply.text("Ready."), reply.tool_call("get_current_time", {}),
+                                      reply.text("held", wait_for=HOLD)]}
+    server.enqueue(*answers.get(step, []))
+
+
+@pytest.mark.parametrize("step", ["base URL reachable", "authentication", "context window", "streamed answer",
+                                  "tool call", "prompted tool call"])
+def test_ctrl_c_at_each_step_ends_the_doctor_at_once_with_one_line(
+        tmp_path: Path, fake_server: FakeLLMServer, step: str) -> None:
+    hold_step(fake_server, step)
+    env = {**os.environ, "HOME": str(tmp_path), "AUTO_CODER_BASE_URL": fake_server.base_url,
+           "AUTO_CODER_MODEL": "fake-model", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "auto_coder_nb", "--doctor"], env=env, cwd=tmp_path,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        shown = []
+        for line in process.stdout:  # until the doctor says what the held step waits for
+            shown.append(line)
+            if "waiting for" in line:
+                break
+        assert shown and shown[-1].startswith(f"  {step:<20}  ...     waiting for"), shown
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)  # at once: no second Ctrl-C, nothing waits for the server
+    finally:
+        fake_server.release(HOLD)
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert err.strip() == "auto-coder: --doctor interrupted", err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("when", ["before the network", "streamed answer"])
+def test_ctrl_c_in_the_cli_before_the_network_also_ends_with_one_line(
+        tmp_path: Path, fake_server: FakeLLMServer, when: str) -> None:
+    # A custom tool module that blocks while it is imported: the step before any request.
+    (tmp_path / "slow_tools.py").write_text("import sys, time\nprint('importing', file=sys.stderr, flush=True)\n"
+                                            "time.sleep(60)\nTOOLS = []\n")
+    (tmp_path / ".auto-coder.yaml").write_text("agent:\n  tools: ['slow_tools:TOOLS']\n")
+    env = {**os.environ, "HOME": str(tmp_path), "AUTO_CODER_BASE_URL": fake_server.base_url,
+           "AUTO_CODER_MODEL": "fake-model"}
+    process = subprocess.Popen([sys.executable, "-m", "auto_coder_nb", "--doctor", "--trust-project"], env=env,
+                               cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline() == "importing\n"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and err.strip() == "auto-coder: --doctor interrupted", err
+    assert "Traceback" not in out + err

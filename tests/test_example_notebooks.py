@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -49,8 +51,9 @@ def stdout(cell: Any) -> str:
 
 
 def markdown(cell: Any) -> list[str]:
-    return [o.data["text/markdown"] for o in cell.outputs if o.output_type == "display_data"
-            and "text/markdown" in o.data]
+    """The answers' text (their Markdown, shown as escaped HTML: each output has both)."""
+    return [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"
+            and 'class="autocoder-answer"' in o.data.get("text/html", "")]
 
 
 def user_messages(request: Any) -> list[str]:
@@ -142,7 +145,7 @@ def test_data_example(server: FakeLLMServer, tmp_path: Path) -> None:
     assert tool_card.startswith("[run_code from collections import defaultdict] result: {'Norway': 7.05")
     assert table in markdown(ask)
 
-    final = cell_with(notebook, "sorted(averages.items())")
+    final = cell_with(notebook, "import sys")
     assert final.outputs[0].data["text/plain"] == ("[('Denmark', 8.85), ('Finland', 5.4), ('Norway', 7.05), "
                                                    "('Sweden', 7.75)]")
 
@@ -155,6 +158,65 @@ def test_data_example_runs_to_the_end_when_no_code_was_run(
     server.enqueue(reply.tool_call("run_code", {"code": "averages = {}"}), reply.text("I could not run code."))
     notebook = run_notebook("data_example.ipynb", tmp_path / "work")  # raises on any cell's error
     assert "no stdin" in server.chat_requests[1].json["messages"][-1]["content"]
-    final = cell_with(notebook, "sorted(averages.items())")
+    final = cell_with(notebook, "import sys")
     assert "No `averages` in the kernel" in final.outputs[0].data["text/plain"]
     assert "What it needs" in notebook.cells[0].source
+
+
+# -- the shipped notebooks when the model cannot be reached or refuses ---------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+def break_endpoint(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, how: str) -> str:
+    """Make the notebooks' endpoint fail `how`; returns what the failing cell's line must say."""
+    if how == "no endpoint":
+        monkeypatch.setenv("AUTO_CODER_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")
+        return "connect"
+    if how == "401":
+        server.require_authorization("Bearer the-right-key")
+        monkeypatch.setenv("AUTO_CODER_API_KEY", "sk-a-wrong-key-424242")
+        return "401"
+    # A 500 on every try: the provider retries (at once: the server asks for no wait), then gives up.
+    server.route("POST", "/v1/chat/completions",
+                 lambda request: reply.error(500, "the model crashed", headers={"retry-after": "0"}))
+    return "500"
+
+
+def error_outputs(notebook: Any) -> list[tuple[int, Any]]:
+    return [(index, output) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if output.output_type == "error"]
+
+
+@pytest.mark.parametrize("how", ["no endpoint", "401", "500"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "data_example.ipynb"])
+def test_run_all_stops_at_the_first_request_that_cannot_reach_the_model(
+        server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, how: str) -> None:
+    says = break_endpoint(server, monkeypatch, how)
+    with pytest.raises(CellExecutionError) as failure:
+        run_notebook(name, tmp_path / "work")
+    assert failure.value.ename == "CellFailed"
+    assert failure.value.evalue.startswith("autocoder: ") and says in failure.value.evalue
+    assert "sk-a-wrong-key-424242" not in str(failure.value)
+    assert "Traceback" not in failure.value.evalue
+
+
+@pytest.mark.parametrize("how", ["no endpoint", "401", "500"])
+def test_data_example_run_past_the_failure_blames_the_request_not_run_code(
+        server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    says = break_endpoint(server, monkeypatch, how)
+    shutil.copytree(NOTEBOOKS, tmp_path / "work", dirs_exist_ok=True)
+    notebook = nbformat.read(tmp_path / "work" / "data_example.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3", allow_errors=True,  # as "run all, ignore errors"
+                   resources={"metadata": {"path": str(tmp_path / "work")}}).execute()
+    [(index, error)] = error_outputs(notebook)
+    assert notebook.cells[index].source.startswith("%%autocoder")
+    assert error.ename == "CellFailed" and len(error.traceback) == 1  # one line, no traceback
+    assert error.traceback[0].startswith("autocoder: ") and says in error.traceback[0]
+    final = cell_with(notebook, "import sys").outputs[0].data["text/plain"]
+    assert "the request above failed (autocoder: " in final and says in final
+    assert "run_code was refused" not in final

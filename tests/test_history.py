@@ -73,9 +73,9 @@ def test_every_step_is_written_as_it_happens(fake_server: FakeLLMServer, root: P
     assert start["base_url"] == fake_server.base_url.replace("http://", "http://alice:<hidden>@")
     assert start["correlation_id"] == session.conversation.correlation_id
     kinds = [r["type"] if r["type"] != "message" else r["message"]["role"] for r in records[1:]]
-    assert kinds == ["user", "usage", "assistant", "tool_call", "tool", "tool_result",
+    assert kinds == ["user", "turn", "usage", "assistant", "tool_call", "tool", "tool_result",
                      "text", "text", "text", "usage", "assistant", "turn_done"]
-    assert records[1]["model"] == "fake-model"
+    assert records[1]["model"] == "fake-model" and records[2]["turn"] == 1
 
 
 def test_a_resumed_conversation_continues_with_the_same_history_and_id(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -12,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hostile
 import nbformat
 import pytest
 from jupyter_client import BlockingKernelClient, KernelManager
 from nbclient import NotebookClient
 
+from auto_coder_nb.approvals import question
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 SECRET = "sk-test-secret-never-shown"
@@ -142,14 +145,33 @@ def test_answer_streams_as_display_updates_with_provenance_and_no_secret(kernel:
     display_id = first["content"]["transient"]["display_id"]
     updates = [m for m in run.of_type("update_display_data") if m["content"]["transient"]["display_id"] == display_id]
     assert updates, "the answer was not updated in place"
-    assert len(first["content"]["data"]["text/markdown"]) < len(answer)
-    assert updates[-1]["content"]["data"]["text/markdown"] == answer
+    assert len(first["content"]["data"]["text/plain"]) < len(answer)
+    assert updates[-1]["content"]["data"]["text/plain"] == answer
+    assert "<strong>works</strong>" in updates[-1]["content"]["data"]["text/html"]
+    assert all("text/markdown" not in m["content"]["data"] for m in run.of_type("display_data",
+                                                                               "update_display_data"))
     provenance = updates[-1]["content"]["metadata"]["auto_coder_nb"]
     assert provenance["model"] == "fake-model"
     assert provenance["correlation_id"] == server.chat_requests[-1].headers["x-correlation-id"]
     assert SECRET not in str(run.messages)
     # What was sent is shown (collapsed) with the answer.
     assert "say something" in run.of_type("display_data")[-1]["content"]["data"]["text/html"]
+
+
+def test_answers_errors_and_notices_from_the_model_or_server_show_as_text(kernel: Kernel,
+                                                                          server: FakeLLMServer) -> None:
+    """Issue 24 item 1: the answer went out as text/markdown, whose raw HTML JupyterLab renders (and runs: a
+    notebook's own outputs are trusted). Every HTML output of a turn is now built from escaped text; the browser
+    test (tests/test_hostile_output_browser.py) checks what the page does with it."""
+    server.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
+    outputs = [*kernel.execute("%autocoder --context none show me").messages,
+               *kernel.execute("%autocoder --context none again").messages]
+    shown = [m["content"]["data"] for m in outputs if m["msg_type"] in ("display_data", "update_display_data")]
+    assert all("text/markdown" not in data for data in shown)
+    html_shown = "".join(data.get("text/html", "") for data in shown)
+    assert "&lt;img src=x onerror=" in html_shown and "&lt;script&gt;" in html_shown  # the answer and the error
+    assert "Bad request: &lt;img" in html_shown
+    hostile.assert_inert_html(html_shown)
 
 
 def test_braces_in_code_stay_and_names_are_interpolated(kernel: Kernel, server: FakeLLMServer) -> None:
@@ -234,7 +256,12 @@ def test_insert_without_a_frontend_says_so_and_shows_the_code(kernel: Kernel, se
 def test_insert_after_a_failed_request_shows_only_the_error(kernel: Kernel, server: FakeLLMServer) -> None:
     server.enqueue(reply.error(401, "invalid api key"))
     run = kernel.execute("%autocoder --insert --context none one step", answers=[])
-    assert "authentication failed" in run.shown_text
+    # The cell fails with the one line (no traceback), so Run All stops here; the error is not shown twice.
+    assert run.reply["content"]["status"] == "error"
+    [error] = run.of_type("error")
+    [line] = error["content"]["traceback"]
+    assert line.startswith("autocoder: ") and "authentication failed" in line and SECRET not in line
+    assert "authentication failed" not in run.shown_text
     assert "no Python code block" not in run.stdout and "Inserted" not in run.stdout
     server.enqueue(reply.text("Just words."))
     answered = kernel.execute("%autocoder --insert --context none another step", answers=[])
@@ -262,6 +289,18 @@ def test_run_code_denied_through_stdin(kernel: Kernel, server: FakeLLMServer) ->
     assert tool_result["role"] == "tool" and "denied" in tool_result["content"]
     check = kernel.execute("print('denied_variable' in globals())")
     assert check.stdout == "False\n"
+
+
+def test_a_typo_asks_again_and_a_no_takes_a_reason(kernel: Kernel, server: FakeLLMServer) -> None:
+    """Issue 22 item 13: the input box counted a typo as no and took no reason."""
+    server.enqueue(reply.tool_call("run_code", {"code": "typo_variable = 1"}), reply.text("Understood."))
+    run = kernel.execute("%autocoder --context none try it", answers=["yse", "n use the other dataset"])
+    prompts = [m["content"]["prompt"] for m in run.messages if m["msg_type"] == "input_request"]
+    assert prompts == [question("run_code", "every run_code call")] * 2
+    assert "Please answer y (yes), n (no" in run.stdout
+    tool_result = server.chat_requests[-1].json["messages"][-1]
+    assert tool_result["content"] == "The user denied this run_code call. Reason: use the other dataset"
+    assert kernel.execute("print('typo_variable' in globals())").stdout == "False\n"
 
 
 def test_approval_refused_without_stdin(kernel: Kernel, server: FakeLLMServer) -> None:
@@ -381,6 +420,23 @@ def test_doctor_runs_from_the_magic_without_secrets(kernel: Kernel, server: Fake
     run = kernel.execute("%autocoder --doctor")
     assert server.base_url in run.stdout
     assert SECRET not in run.stdout
+
+
+def test_a_kernel_interrupt_ends_the_doctor_at_once_with_one_line(kernel: Kernel, server: FakeLLMServer) -> None:
+    with FakeLLMServer() as held:
+        held.route("GET", "/props", lambda request: reply.json_body({}, wait_for="props"))
+        try:
+            run = kernel.execute(f"import os; os.environ['AUTO_CODER_BASE_URL'] = {held.base_url!r}\n"
+                                 "%autocoder --doctor", interrupt_when="waiting for the server's model details")
+        finally:
+            held.release("props")
+        kernel.execute(f"os.environ['AUTO_CODER_BASE_URL'] = {server.base_url!r}")
+    assert run.reply["content"]["status"] == "error"  # the cell failed: Run All stops here
+    [error] = run.of_type("error")
+    assert error["content"]["traceback"] == ["autocoder: --doctor interrupted"]
+    assert error["content"]["ename"] == "CellInterrupted"
+    assert "waiting for the server's model details" in run.stdout
+    assert kernel.execute("1 + 1").reply["content"]["status"] == "ok"  # the kernel is fine
 
 
 def test_bad_option_is_one_readable_line(kernel: Kernel) -> None:
@@ -508,6 +564,37 @@ def test_the_panel_also_follows_changed_settings(kernel: Kernel, server: FakeLLM
     assert last_user_message(server) == "back"
 
 
+def test_the_panels_run_button_uses_run_codes_executor(kernel: Kernel, server: FakeLLMServer) -> None:
+    """Issue 24 item 9: Run ran the block on its own path, where the code saw the API key in os.environ and its
+    output showed it. Now it runs through the run_code tool: no key in the environment, output scrubbed."""
+    code = ("import os\nprint('env:', os.environ.get('AUTO_CODER_API_KEY'))\n"
+            f"print('printed:', {SECRET[:8]!r} + {SECRET[8:]!r})\nran_from_panel = True")
+    server.enqueue(reply.text(f"Run this:\n\n```python\n{code}\n```\n"))
+    run = kernel.execute(
+        "import asyncio\nfrom auto_coder_nb import ChatPanel\n"
+        "def find(w, css):\n"
+        "    return ([w] if css in w._dom_classes else []) + [f for c in getattr(w, 'children', ()) "
+        "for f in find(c, css)]\n"
+        "panel = ChatPanel()\nawait panel.ask('show code')\n"
+        "[block] = find(panel.widget, 'autocoder-code')\n"
+        "find(block, 'autocoder-run')[0].click()\n"
+        "for _ in range(3000):\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    if find(block, 'autocoder-approve'):\n"
+        "        break\n"
+        "find(block, 'autocoder-approve')[0].click()\n"
+        "for _ in range(3000):\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    if 'printed' in find(block, 'autocoder-summary')[0].value:\n"
+        "        break\n"
+        "print(find(block, 'autocoder-summary')[0].value)\nprint(ran_from_panel)")
+    assert "env: None" in run.stdout and "printed: &lt;hidden&gt;" in run.stdout, run.stdout
+    assert SECRET not in json.dumps(run.messages, default=str)
+    assert run.stdout.rstrip().endswith("True")
+    assert kernel.execute("import os; print(os.environ['AUTO_CODER_API_KEY'] == " + repr(SECRET) + ")").stdout \
+        == "True\n"  # given back after the call
+
+
 def test_end_of_input_at_an_approval_is_a_refusal_and_the_session_stays_usable(kernel: Kernel,
                                                                                server: FakeLLMServer) -> None:
     # Ctrl-D at input() in terminal IPython; ipykernel raises EOFError for the same "\x04" answer.
@@ -562,3 +649,27 @@ def test_approval_preview_shows_control_characters_escaped(kernel: Kernel, serve
     run = kernel.execute("%autocoder --context none clean up")  # no stdin: shown, then refused
     assert "echo safe\\r\\x1b[2Krm -rf data #\\u202e" in run.shown_text
     assert "\x1b" not in run.shown_text and "\u202e" not in run.shown_text and "\r" not in run.shown_text
+
+
+def test_rewind_names_the_variables_later_turns_changed(kernel: Kernel, server: FakeLLMServer) -> None:
+    kernel.execute("%autocoder --reset")
+    kernel.execute("kept = 'from before'")
+    server.enqueue(reply.tool_call("run_code", {"code": "a = 1"}), reply.text("Set a."))
+    kernel.execute("%autocoder --approval-mode full-auto --context none set a")
+    kernel.execute("import os")  # the user's own cell between the turns
+    server.enqueue(reply.tool_call("run_code", {"code": "b = 2\na = 5\nkept.upper()"}), reply.text("Set b."))
+    kernel.execute("%autocoder --approval-mode full-auto --context none set b")
+    server.enqueue(reply.text("Nothing to do."))
+    kernel.execute("%autocoder --context none anything else?")
+
+    refused = kernel.execute("%autocoder --rewind 7")
+    assert "autocoder: There is no turn 7: this conversation has 3 turn(s) (1: set a; 2: set b; 3: anything else?)" \
+        in refused.stdout
+    rewound = kernel.execute("%autocoder --rewind 2")
+    assert "Rewound to before turn 2 (set b)." in rewound.stdout
+    assert "keep their current values: a, b." in rewound.stdout, rewound.stdout  # not `kept`, nor the module `os`
+    assert kernel.execute("print(a, b)").stdout == "5 2\n", "the kernel's memory is not rewound"
+    server.enqueue(reply.text("Again."))
+    kernel.execute("%autocoder --context none once more")
+    prompts = [m["content"] for m in server.chat_requests[-1].json["messages"] if m["role"] == "user"]
+    assert prompts == ["set a", "once more"]

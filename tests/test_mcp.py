@@ -207,6 +207,29 @@ def test_prompted_mode_describes_mcp_tools_and_runs_them_with_approval(fake_serv
         ("notes__add_note", "noted (1 notes)", False), ("notes__list_notes", "buy milk", False)]
 
 
+def test_always_to_one_command_is_not_a_yes_to_mcp_tools_or_other_commands(fake_server: FakeLLMServer,
+                                                                           root: Path) -> None:
+    """Issue 24 item 8: "always" to `run_command ls` pre-approved every command-kind tool, MCP tools included."""
+    session = make_session(fake_server, root, "ask", {"notes": notes_server()})
+    fake_server.enqueue(reply.tool_call("run_command", {"command": "ls"}), reply.text("Listed."),
+                        reply.tool_call("run_command", {"command": "ls"}),
+                        reply.tool_call("notes__add_note", {"text": "delete everything"}),
+                        reply.tool_call("run_command", {"command": "ls -a"}), reply.text("Done."))
+    asked: list[ApprovalRequest] = []
+
+    def answer(request: ApprovalRequest) -> None:
+        asked.append(request)
+        request.approve(always=True) if request.tool == "run_command" else request.deny("not that")
+
+    first, second = run_turns(session, ["list the files", "again, then note it"], answer)
+    assert [(r.tool, r.always_covers) for r in asked] == [
+        ("run_command", "this exact command"), ("notes__add_note", "every notes__add_note call"),
+        ("run_command", "this exact command")]
+    assert asked[-1].arguments == {"command": "ls -a"}  # another command line asks again
+    assert [r.is_error for r in results(second)] == [False, True, False]
+    assert "denied" in results(second)[1].output
+
+
 def test_a_denied_call_never_reaches_the_server_and_read_only_mode_refuses_it(fake_server: FakeLLMServer,
                                                                               root: Path) -> None:
     session = make_session(fake_server, root, "ask", {"notes": notes_server(read_tools=["list_notes"])})

@@ -80,9 +80,10 @@ def test_run_code_returns_stdout_result_and_exception(tmp_path: Path) -> None:
 def test_read_notebook_is_compact_text_without_images(tmp_path: Path) -> None:
     make_notebook(tmp_path / "a.ipynb")
     text = Tools(tmp_path).call("read_notebook", path="a.ipynb")
-    assert text.startswith("a.ipynb: 3 cells")
-    assert "[0] markdown\n# Title" in text
-    assert "[1] code (executed as [1])\nx = 1\nx\n  -> 1\n  -> [image/png]" in text
+    ids = [cell.id for cell in nbformat.read(tmp_path / "a.ipynb", as_version=4).cells]
+    assert text.startswith("a.ipynb: 3 cells (unknown kernel; as saved on disk)")
+    assert f"[0] markdown id={ids[0]}\n# Title" in text
+    assert f"[1] code id={ids[1]} (executed as [1])\nx = 1\nx\n  -> 1\n  -> [image/png]" in text
     assert "stdout: hi" in text
     assert "iVBOR" not in text
 
@@ -110,10 +111,14 @@ def test_edit_notebook_insert_replace_delete_validated_and_undoable(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    ({"path": "a.ipynb", "action": "replace", "index": 9, "source": "x"}, "`index` between 0 and 2"),
+    ({"path": "a.ipynb", "action": "replace", "index": 9, "source": "x"}, "index 9 is out of range.*0-2"),
     ({"path": "a.ipynb", "action": "insert", "index": 7, "source": "x"}, "out of range"),
     ({"path": "a.ipynb", "action": "insert"}, "needs the cell.s .source."),
-    ({"path": "a.ipynb", "action": "move", "index": 0}, "Unknown action"),
+    ({"path": "a.ipynb", "action": "move", "index": 0}, "move needs .to_index."),
+    ({"path": "a.ipynb", "action": "move", "index": 0, "to_index": 3}, "to_index 3 is out of range"),
+    ({"path": "a.ipynb", "action": "replace", "cell_id": "nope", "source": "x"}, "no cell with id 'nope'"),
+    ({"path": "a.ipynb", "action": "delete"}, "needs .cell_id. or .index."),
+    ({"path": "a.ipynb", "action": "split", "index": 0}, "Unknown action"),
     ({"path": "notes.txt", "action": "insert", "source": "x"}, "not a notebook"),
     ({"path": "../outside.ipynb", "action": "insert", "source": "x"}, "outside the workspace"),
 ])
@@ -122,6 +127,64 @@ def test_edit_notebook_errors_say_what_to_do(tmp_path: Path, arguments: dict[str
     make_notebook(tmp_path / "ws" / "a.ipynb")
     with pytest.raises(ToolError, match=message):
         Tools(tmp_path / "ws").call("edit_notebook", **arguments)
+
+
+def test_cells_by_id_survive_cells_added_above(tmp_path: Path) -> None:
+    path = tmp_path / "a.ipynb"
+    make_notebook(path)
+    tools = Tools(tmp_path)
+    tools.call("read_notebook", path="a.ipynb")
+    ids = [cell.id for cell in nbformat.read(path, as_version=4).cells]
+    # Someone else adds a cell at the top after the model read the notebook.
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell("import os"))
+    nbformat.write(notebook, path)
+    # Index 2 still means the cell the model saw there; the id says the same.
+    tools.call("edit_notebook", path="a.ipynb", action="replace", index=2, source="print('bye')")
+    tools.call("edit_notebook", path="a.ipynb", action="replace", cell_id=ids[0], source="# Title 2",
+               cell_type="markdown")
+    assert [c.source for c in nbformat.read(path, as_version=4).cells] == [
+        "import os", "# Title 2", "x = 1\nx", "print('bye')"]
+    # A position for a new cell is ambiguous now: the model is told to read again.
+    with pytest.raises(ToolError, match="added, removed or moved cells"):
+        tools.call("edit_notebook", path="a.ipynb", action="insert", index=1, source="y = 2")
+    tools.call("read_notebook", path="a.ipynb")
+    result = tools.call("edit_notebook", path="a.ipynb", action="move", index=0, to_index=3)
+    assert "moved cell" in result
+    assert [c.source for c in nbformat.read(path, as_version=4).cells][-1] == "import os"
+
+
+def test_a_cell_the_user_edited_since_it_was_read_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "a.ipynb"
+    make_notebook(path)
+    tools = Tools(tmp_path)
+    tools.call("read_notebook", path="a.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[2].source = "print('the user typed this')"
+    nbformat.write(notebook, path)
+    with pytest.raises(ToolError, match="(?s)changed since you read it.*the user typed this"):
+        tools.call("edit_notebook", path="a.ipynb", action="replace", index=2, source="print('bye')")
+    with pytest.raises(ToolError, match="changed since you read it"):
+        tools.call("edit_notebook", path="a.ipynb", action="delete", index=2)
+    assert nbformat.read(path, as_version=4).cells[2].source == "print('the user typed this')"
+
+
+def test_a_long_notebook_is_read_in_pages(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"value_{i} = {i}\n" * 5)
+                                               for i in range(2000)])
+    notebook.cells[3].source = "x = 'a'\n" * 600_000  # a 5 MB cell
+    (tmp_path / "big.ipynb").write_text(json.dumps(notebook))
+    tools = Tools(tmp_path)
+    first = tools.call("read_notebook", path="big.ipynb")
+    assert len(first) < 31000 and "characters omitted" in first  # the big cell keeps head and tail
+    assert first.startswith("big.ipynb: 2000 cells")
+    start = int(first.rsplit("start=", 1)[1].split(" ")[0])
+    second = tools.call("read_notebook", path="big.ipynb", start=start)
+    assert f"[{start}] code" in second and f"[cells 0-{start - 1} not shown]" in second
+    last = tools.call("read_notebook", path="big.ipynb", start=1990)
+    assert "[1999] code" in last and "not shown: read_notebook" not in last
+    with pytest.raises(ToolError, match="start 2000 is out of range"):
+        tools.call("read_notebook", path="big.ipynb", start=2000)
 
 
 def test_new_notebook_is_created_by_insert(tmp_path: Path) -> None:

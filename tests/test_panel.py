@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import hostile
 import ipywidgets as widgets
 import pytest
 
@@ -23,13 +24,20 @@ from auto_coder_nb.panel import ChatPanel, block_html, inline_html, markdown_htm
 from auto_coder_nb.panel.parts import _arguments_title
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
+from auto_coder_nb.tools.notebook import build_notebook_tools, run_python
 
 WAIT = 30.0  # seconds before a wait gives up; never reached when things work
 
 
-def make_session(server: FakeLLMServer, root: Path, mode: str = "ask", base_url: str | None = None) -> Session:
+def make_session(server: FakeLLMServer, root: Path, mode: str = "ask", base_url: str | None = None,
+                 namespace: dict[str, Any] | None = None) -> Session:
+    """A session; with `namespace`, it has the notebook tools, run_code running plain Python there (the kernel's
+    executor needs a kernel: tests/test_magics.py runs the panel's Run button there)."""
     flags = {"llm.base_url": base_url or server.base_url, "llm.model": "fake-model", "agent.approval_mode": mode}
-    return Session.create(load_config(flags, env={}, cwd=root, home=root), working_dir=root)
+    tools = [] if namespace is None else build_notebook_tools(namespace, lambda code: run_python(code, namespace),
+                                                             lambda: session.workspace)
+    session = Session.create(load_config(flags, env={}, cwd=root, home=root), working_dir=root, extra_tools=tools)
+    return session
 
 
 async def until(condition: Callable[[], Any], what: str) -> None:
@@ -68,6 +76,20 @@ def test_markdown_escapes_html_from_the_model() -> None:
     rendered = markdown_html('Hi <script>alert(1)</script> <img src=x onerror="boom()">')
     assert "<script>" not in rendered and "<img" not in rendered
     assert "&lt;script&gt;" in rendered
+
+
+def test_hostile_answers_and_error_bodies_stay_text_in_the_panel(fake_server: FakeLLMServer, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        fake_server.enqueue(reply.text(hostile.ANSWER, chunks=9), reply.error(400, hostile.ERROR_BODY))
+        await panel.ask("show me")
+        await panel.ask("again")
+        [transcript] = find(panel.widget, "autocoder-transcript")
+        shown = html_of(transcript)
+        assert html.escape(hostile.SHOWN_AS_TEXT, quote=False) in shown and "Bad request: &lt;img" in shown
+        hostile.assert_inert_html(shown)
+
+    run(scenario)
 
 
 def test_markdown_links_only_for_http_urls() -> None:
@@ -133,7 +155,10 @@ def test_status_thinking_then_answering_and_turn_tokens_only_once_known(
 ) -> None:
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
-        assert "tokens turn — ·" in panel._status.value  # no turn yet
+        # Before the first turn, what is useful instead of empty counts: approvals, the server, what to do.
+        host = fake_server.base_url.split("//")[1].split("/")[0]
+        assert f"approval ask · {host} · ask below to start" in panel._status.value and "tokens" not in \
+            panel._status.value
         usage = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
         fake_server.enqueue(reply.text("The answer.", reasoning="Let me think.", chunks=2, usage=usage,
                                        wait_for="mid-reasoning", wait_after=2))
@@ -291,11 +316,14 @@ def test_always_for_this_session_stops_asking(fake_server: FakeLLMServer, tmp_pa
         panel = ChatPanel(make_session(fake_server, tmp_path))
         fake_server.enqueue(write_call("a.txt"), write_call("b.txt"), reply.text("Both written."))
         panel.send("write two files")
-        find(await approval_card(panel), "autocoder-always")[0].click()
+        [always] = find(await approval_card(panel), "autocoder-always")
+        assert always.description == "Always for this session (every write_file call)"  # what it covers
+        always.click()
         await panel.wait()
         assert (tmp_path / "a.txt").exists() and (tmp_path / "b.txt").exists()
         assert len(find(panel.widget, "autocoder-preview")) == 1  # the second write did not ask
-        assert [w.value for w in find(panel.widget, "autocoder-outcome")] == ["Approved for the rest of this session."]
+        assert [w.value for w in find(panel.widget, "autocoder-outcome")] == [
+            "Approved every write_file call for the rest of this session."]
 
     run(scenario)
 
@@ -543,7 +571,7 @@ CODE_ANSWER = "Try this:\n\n```python\nx = 6 * 7\nprint(x)\n```\n\nThat is all."
 def test_code_block_run_asks_then_runs_in_the_namespace(fake_server: FakeLLMServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         namespace: dict[str, Any] = {}
-        panel = ChatPanel(make_session(fake_server, tmp_path), namespace=namespace)
+        panel = ChatPanel(make_session(fake_server, tmp_path, namespace=namespace), namespace=namespace)
         fake_server.enqueue(reply.text(CODE_ANSWER, chunks=9))
         await panel.ask("show code")
         [code] = find(panel.widget, "autocoder-code")
@@ -564,7 +592,7 @@ def test_code_block_run_asks_then_runs_in_the_namespace(fake_server: FakeLLMServ
 def test_code_block_run_denied_or_without_asking(fake_server: FakeLLMServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         namespace: dict[str, Any] = {}
-        session = make_session(fake_server, tmp_path)
+        session = make_session(fake_server, tmp_path, namespace=namespace)
         panel = ChatPanel(session, namespace=namespace)
         fake_server.enqueue(reply.text(CODE_ANSWER))
         await panel.ask("show code")
@@ -585,7 +613,8 @@ def test_code_block_run_denied_or_without_asking(fake_server: FakeLLMServer, tmp
 def test_code_block_run_refused_in_read_only_mode(fake_server: FakeLLMServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         namespace: dict[str, Any] = {}
-        panel = ChatPanel(make_session(fake_server, tmp_path, mode="read-only"), namespace=namespace)
+        panel = ChatPanel(make_session(fake_server, tmp_path, mode="read-only", namespace=namespace),
+                          namespace=namespace)
         fake_server.enqueue(reply.text(CODE_ANSWER))
         await panel.ask("show code")
         [code] = find(panel.widget, "autocoder-code")

@@ -10,33 +10,33 @@ Debian's chromium at /usr/bin/chromium.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
+import jupyter_browser
 import pytest
+from jupyter_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Lab, jupyter_server, needs_chromium
 from PIL import Image as PILImage
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = Path(__file__).parent / "notebooks" / "chat_panel.ipynb"
-OUTPUT = Path(__file__).parent.parent / "test-output" / "panel_browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
-# Each visible text of the panel outside ipywidgets' own buttons, with its contrast ratio (WCAG) against the
-# background it is drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one.
-LOW_CONTRAST_JS = """(panel, minimum) => {
+OUTPUT = jupyter_browser.OUTPUT / "panel_browser"
+CONTRAST = {"text": 3.0, "buttons": 4.5}
+
+
+def enabled_buttons(page: object) -> set[str]:
+    """The first words of the labels of the panel's visible enabled buttons (the ones the contrast check reads)."""
+    return set(page.eval_on_selector_all(  # type: ignore[attr-defined]
+        ".autocoder-panel button:not([disabled])",
+        "buttons => buttons.filter(b => b.getClientRects().length).map(b => b.innerText.trim().split(' ')[0])"))
+# Each visible text of the panel, buttons included, with its contrast ratio (WCAG) against the background it is
+# drawn on: translucent backgrounds are composed over the ancestors' up to an opaque one. Buttons need
+# `minimums.buttons` (4.5:1, WCAG AA for their size), other text `minimums.text`; a disabled button is exempt (WCAG:
+# inactive components), and is checked to look grey instead.
+LOW_CONTRAST_JS = """(panel, minimums) => {
   const parse = (c) => {
     const m = c.match(/[\\d.]+/g).map(Number);
     return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
@@ -57,33 +57,20 @@ LOW_CONTRAST_JS = """(panel, minimum) => {
   const low = [];
   for (const element of panel.querySelectorAll('*')) {
     const text = [...element.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('').trim();
-    if (!text || !element.getClientRects().length || element.closest('.jupyter-button')) continue;
+    if (!text || !element.getClientRects().length) continue;
+    const button = element.closest('button');
+    if (button && button.disabled) continue;
     const back = background(element);
     const [a, b] = [luminance(over(parse(getComputedStyle(element).color), back)), luminance(back)];
     const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const minimum = button ? minimums.buttons : minimums.text;
     if (ratio < minimum) low.push(`${text.slice(0, 40)} (${element.className}): ${ratio.toFixed(2)}`);
   }
   return low;
 }"""
 
-# CI (CI=true) installs chromium and must run this test; a developer machine without it skips, saying why.
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
-                                reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-
-
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -95,68 +82,23 @@ def llm() -> Iterator[FakeLLMServer]:
 @pytest.fixture
 def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1 with its own home, settings and runtime folders; the kernel reaches the test server."""
-    root, home, settings = tmp_path / "work", tmp_path / "home", tmp_path / "settings"
-    root.mkdir()
-    home.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    PILImage.new("RGB", (120, 80), "teal").save(root / "chart.png")  # for the attach control
-    # Render every cell (no windowing), so widgets below the fold exist in the page; no kernel dialog.
-    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
-    tracker.parent.mkdir(parents=True)
-    tracker.write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
-    notifications = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notifications.parent.mkdir(parents=True)
-    notifications.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    token, port = secrets.token_hex(16), _free_port()
-    env = {
-        **os.environ,
-        "HOME": str(home),  # no ~/.auto-coder.yaml, no user Jupyter settings
-        "JUPYTER_TOKEN": token,  # not on the command line, so not in `ps`
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
-        "AUTO_CODER_BASE_URL": llm.base_url,
-        "AUTO_CODER_MODEL": "fake-model",
-        "AUTO_CODER_APPROVAL_MODE": "ask",
-        "AUTO_CODER_VISION": "true",
-    }
-    env.pop("AUTO_CODER_API_KEY", None)
-    env.pop("OPENAI_API_KEY", None)
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = OUTPUT / "jupyterlab.log"
-    command = [
-        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_serving(url, token, process)
-        yield Lab(url, token, root, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from _jupyter("lab", tmp_path, llm)
 
 
-def _wait_until_serving(url: str, token: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise AssertionError(f"JupyterLab exited with {process.returncode}; see {OUTPUT / 'jupyterlab.log'}")
-        try:
-            if httpx.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("JupyterLab did not answer within a minute")
+@pytest.fixture
+def notebook7(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+    """Notebook 7 (`jupyter notebook`), set up as `lab` is."""
+    yield from _jupyter("notebook", tmp_path, llm)
+
+
+def _jupyter(app: str, tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+    """`jupyter lab` or `jupyter notebook` serving the panel's notebook and a picture to attach."""
+    (tmp_path / "work").mkdir()
+    shutil.copy(NOTEBOOK, tmp_path / "work" / NOTEBOOK.name)
+    PILImage.new("RGB", (120, 80), "teal").save(tmp_path / "work" / "chart.png")  # for the attach control
+    log = OUTPUT / ("jupyterlab.log" if app == "lab" else "notebook7.log")
+    with jupyter_server(tmp_path, llm.base_url, log, {"AUTO_CODER_VISION": "true"}, app=app) as server:
+        yield server
 
 
 def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
@@ -174,6 +116,29 @@ def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
         finally:
             browser.close()
     assert "Traceback" not in lab.log.read_text(errors="replace")  # nothing went to the log console
+
+
+def use_theme(page: object, theme: str) -> None:
+    """Switch JupyterLab's (or Notebook 7's) theme from the Settings menu and wait until the panel follows."""
+    p: Any = page
+    p.click(".lm-MenuBar-itemLabel:text-is('Settings')")
+    p.hover(".lm-Menu-itemLabel:text-is('Theme')")
+    p.click(f".lm-Menu-itemLabel:text-is('{theme}')")
+    p.wait_for_selector(f"body[data-jp-theme-name='{theme}']", state="attached")
+    # The theme's CSS loads after the attribute changes: wait until the panel's background follows.
+    p.wait_for_function("dark => (parseInt(getComputedStyle(document.querySelector('.autocoder-panel'))"
+                        ".backgroundColor.match(/\\d+/)[0]) < 128) === dark", arg="Dark" in theme)
+
+
+def readable_in_both_themes(page: object, buttons: set[str], dark_shot: Callable[[], None] = lambda: None) -> None:
+    """Every text of the panel readable, buttons at 4.5:1, in the dark theme and the light one (left on); `buttons`
+    are among the enabled ones checked."""
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        use_theme(page, theme)
+        assert page.eval_on_selector(".autocoder-panel", LOW_CONTRAST_JS, CONTRAST) == [], theme  # type: ignore
+        assert enabled_buttons(page) >= buttons, theme
+        if "Dark" in theme:
+            dark_shot()
 
 
 def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
@@ -207,7 +172,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
     assert p.locator(".autocoder-input textarea").get_attribute("placeholder").startswith("Ask")
     assert "fake-model" in p.inner_text(".autocoder-status")
-    assert "turn —" in p.inner_text(".autocoder-status")
+    assert "approval ask · 127.0.0.1:" in p.inner_text(".autocoder-status")  # before the first turn
     trust_bar = p.locator(".autocoder-trust-bar")
     playwright_api.expect(trust_bar).to_be_hidden()  # no project config file yet
     # A disabled button is plain grey, not a faded colour that looks half-active.
@@ -270,17 +235,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     shot("03-approval")
     # Every text stays readable in the dark theme too: the status pill, badges, the user's bubble, the
     # approval card and the diff (opaque pastel backgrounds under the theme's white text were not).
-    for theme in ("JupyterLab Dark", "JupyterLab Light"):
-        p.click(".lm-MenuBar-itemLabel:text-is('Settings')")
-        p.hover(".lm-Menu-itemLabel:text-is('Theme')")
-        p.click(f".lm-Menu-itemLabel:text-is('{theme}')")
-        p.wait_for_selector(f"body[data-jp-theme-name='{theme}']", state="attached")
-        # The theme's CSS loads after the attribute changes: wait until the panel's background follows.
-        p.wait_for_function("dark => (parseInt(getComputedStyle(document.querySelector('.autocoder-panel'))"
-                            ".backgroundColor.match(/\\d+/)[0]) < 128) === dark", arg="Dark" in theme)
-        assert p.eval_on_selector(".autocoder-panel", LOW_CONTRAST_JS, 3.0) == [], theme
-        if "Dark" in theme:
-            shot("03b-approval-dark")
+    readable_in_both_themes(p, {"Stop", "Approve", "Always", "Deny"}, lambda: shot("03b-approval-dark"))
     p.locator("button.autocoder-approve").click()
     p.wait_for_selector(".autocoder-assistant code:has-text('hello.txt')")
     assert (lab.root / "hello.txt").read_text() == "Hello from the panel\n"
@@ -373,6 +328,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     new_id = p.inner_text(".autocoder-id")
     assert new_id != old_id and new_id in p.inner_text(".autocoder-transcript")
     shot("08-reset")
+    readable_in_both_themes(p, {"Send", "Reset"})  # idle: Send enabled, Stop disabled (grey, exempt)
 
     # The notebook folder gets its own config file (a git pull, say): untrusted, its header is not sent and the
     # bar says so; Trust this folder sends it with the next request, and the bar leaves.
@@ -399,3 +355,53 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.wait_for_selector(".jp-LogConsolePanel:has-text('42')")  # the Run click's stdout: the log is recorded
     assert "Traceback" not in p.inner_text(".jp-LogConsolePanel")
     p.screenshot(path=str(OUTPUT / "09-notebook-and-log-console.png"))
+
+
+def test_chat_panel_in_notebook_7(notebook7: Lab, llm: FakeLLMServer) -> None:
+    """Notebook 7: the panel runs, fills its cell's width, and every text and button is readable in both themes."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
+            try:
+                _chat_in_notebook_7(page, notebook7, llm)
+            except BaseException:
+                page.screenshot(path=str(OUTPUT / "nb7-failure.png"))
+                raise
+        finally:
+            browser.close()
+    assert "Traceback" not in notebook7.log.read_text(errors="replace")
+
+
+def _chat_in_notebook_7(page: object, server: Lab, llm: FakeLLMServer) -> None:
+    p: Any = page
+    p.set_default_timeout(WAIT_MS)
+    playwright_api.expect.set_options(timeout=WAIT_MS)
+    p.goto(f"{server.url}/notebooks/{NOTEBOOK.name}?token={server.token}")
+    p.wait_for_selector(".jp-Notebook .jp-Cell")
+    # Run All before the kernel is connected would ask which kernel to start: wait until it is.
+    p.wait_for_function("() => document.querySelector('.jp-Toolbar-kernelName').innerText.includes('ipykernel') && "
+                        "!document.querySelector('.jp-NotebookKernelStatus').innerText.includes('Connecting')")
+    p.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    p.wait_for_selector(".autocoder-panel .autocoder-input")
+    p.wait_for_selector(".jp-OutputArea-output:has-text('other cell run 1')")
+    assert "approval ask · 127.0.0.1:" in p.inner_text(".autocoder-status")  # something useful before a turn
+    # As wide as its cell's output area (it stopped about 120 px short), and that area is wide here.
+    panel, area = p.eval_on_selector(".autocoder-panel", "e => [e.getBoundingClientRect().width, "
+                                     "e.closest('.jp-OutputArea-output').getBoundingClientRect().width]")
+    assert area > 1000 and abs(panel - area) <= 2, (panel, area)
+
+    llm.enqueue(reply.tool_call("write_file", {"path": "nb7.txt", "content": "from Notebook 7\n"}),
+                reply.text("Created `nb7.txt`."))
+    p.locator(".autocoder-input textarea").fill("Create nb7.txt")
+    p.locator("button.autocoder-send:not([disabled])").click()
+    p.wait_for_selector("button.autocoder-approve")
+    readable_in_both_themes(p, {"Stop", "Approve", "Always", "Deny"},
+                            lambda: p.locator(".autocoder-panel").screenshot(path=str(OUTPUT / "nb7-dark.png")))
+    p.locator("button.autocoder-approve").click()
+    p.wait_for_selector(".autocoder-assistant code:has-text('nb7.txt')")
+    assert (server.root / "nb7.txt").read_text() == "from Notebook 7\n"
+    p.wait_for_selector(".autocoder-state-idle")
+    readable_in_both_themes(p, {"Send", "Reset"})
+    p.locator(".autocoder-panel").screenshot(path=str(OUTPUT / "nb7-light.png"))

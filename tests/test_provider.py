@@ -369,13 +369,16 @@ def test_non_streaming_path_gives_the_same_completion(fake_server: FakeLLMServer
     assert fake_server.requests[1].json["stream"] is False and "stream_options" not in fake_server.requests[1].json
 
 
-def test_stream_false_in_extra_params_selects_the_non_streaming_path(fake_server: FakeLLMServer) -> None:
-    provider = make_provider(fake_server)
-    config = provider.config
-    config.llm.extra_params = {"stream": False, "top_p": 0.5}
-    provider = OpenAICompatibleProvider(config)
-    assert chat(provider)[1].content == "You said: hi"
-    assert fake_server.requests[0].json["stream"] is False and fake_server.requests[0].json["top_p"] == 0.5
+def test_extra_params_never_replace_what_the_provider_sets(fake_server: FakeLLMServer) -> None:
+    """Set in code past load_config (which refuses them): model, messages, stream and tool_choice are still the
+    provider's own."""
+    config = make_provider(fake_server).config
+    config.llm.extra_params = {"stream": False, "top_p": 0.5, "model": "other", "tool_choice": "none",
+                               "messages": [{"role": "user", "content": "injected"}]}
+    assert chat(OpenAICompatibleProvider(config))[1].content == "You said: hi"
+    body = fake_server.requests[0].json
+    assert body["stream"] is True and body["top_p"] == 0.5 and body["model"] == config.llm.model
+    assert body["messages"][-1]["content"] == "hi" and "tool_choice" not in body
 
 
 # -- learning from rejections ---------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_a_killed_process_loses_nothing_and_resumes_to_a_valid_history(
     first_id = fake_server.chat_requests[0].headers["x-correlation-id"]
 
     fake_server.enqueue(reply.text("Carrying on."))
-    resumed = auto_coder(["--resume", "where were we?"], env, project)
+    resumed = auto_coder(["where were we?", "--resume"], env, project)  # the prompt first: the newest here
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resumed conversation {first_id}" in resumed.stderr and resumed.stdout == "Carrying on.\n"
     request = fake_server.chat_requests[-1]
@@ -143,6 +143,55 @@ def test_sessions_resume_by_prefix_unknown_ids_and_exports(
     assert "beta question" in markdown and "x = 1" in markdown and "alpha" not in markdown
     bad = auto_coder(["--export", str(tmp_path / "out.txt")], env, project)
     assert bad.returncode == 2 and ".md, .ipynb, .jsonl" in bad.stderr
+
+
+def _saved_by_hand(data_dir: Path, conversation_id: str, prompt: str, working_dir: Path) -> None:
+    folder = data_dir / "sessions"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [{"v": 1, "t": "2026-11-01T10:00:00.000Z", "type": "start", "correlation_id": conversation_id,
+                "working_dir": str(working_dir), "notebook": None, "model": "fake-model", "base_url": "http://x/v1"},
+               {"v": 1, "t": "2026-11-01T10:00:01.000Z", "type": "message",
+                "message": {"role": "user", "content": prompt}}]
+    (folder / f"{conversation_id}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.parametrize("typed", ["zzzz", "", "   ", "\x1b[31mred\x07", "abc"])
+def test_resume_with_an_id_that_matches_nothing_is_an_error_listing_the_closest(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path, typed: str
+) -> None:
+    for conversation_id, prompt in [("abc11111-1111-4111-8111-111111111111", "first topic"),
+                                    ("abc22222-2222-4222-8222-222222222222", "second topic"),
+                                    ("abd00000-0000-4000-8000-000000000001", "third topic")]:
+        _saved_by_hand(data_dir, conversation_id, prompt, project)
+    result = auto_coder(["--resume", typed, "hi"], env, project)
+    assert result.returncode == 2, result.stdout
+    assert fake_server.chat_requests == []  # neither resumed nor sent as a prompt
+    assert result.stdout == "" and "Traceback" not in result.stderr and "\x1b" not in result.stderr
+    assert "\x07" not in result.stderr
+    if typed == "abc":  # ambiguous: both that start so are listed, not the third
+        assert "matches 2 saved conversations" in result.stderr
+        assert "first topic" in result.stderr and "second topic" in result.stderr
+        assert "third topic" not in result.stderr
+    else:
+        assert f"No saved conversation {typed.strip()!r}. The closest:" in result.stderr
+        assert all(topic in result.stderr for topic in ("first topic", "second topic", "third topic"))
+        assert 'put the prompt first: auto-coder "PROMPT" --resume' in result.stderr
+
+
+def test_resume_lists_the_closest_ids_first(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path
+) -> None:
+    for number in range(8):
+        _saved_by_hand(data_dir, f"{number}0000000-0000-4000-8000-00000000000{number}", f"topic {number}", project)
+    _saved_by_hand(data_dir, "3fa85f64-5717-4562-b3fc-2c963f66afa6", "the one I meant", project)
+    result = auto_coder(["--resume", "3fa86f64"], env, project)  # one character mistyped
+    assert result.returncode == 2
+    listed = result.stderr.split("The closest:")[1].splitlines()
+    assert "the one I meant" in listed[1] and "... and 4 more (--sessions lists them)" in listed[-1]
+    fake_server.enqueue(reply.text("Resumed."))
+    resumed = auto_coder(["--resume", "3fa85f64", "go on"], env, project)
+    assert resumed.returncode == 0, resumed.stderr
+    assert fake_server.chat_requests[-1].json["messages"][-1]["content"] == "go on"
 
 
 def test_repl_sessions_resume_and_export(fake_server: FakeLLMServer, env: dict[str, str], project: Path,
@@ -461,7 +510,7 @@ def test_ten_thousand_saved_conversations_list_the_newest_and_resume_without_rea
     assert bad.returncode == 2 and "not a number of conversations: '0'" in bad.stderr
 
     fake_server.enqueue(reply.text("Carrying on."))
-    resumed = auto_coder(["--resume", "go on"], env, project)
+    resumed = auto_coder(["go on", "--resume"], env, project)  # the prompt first: the newest here
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.startswith("Resumed conversation 0000270f-")  # 9,999: the newest here
     assert "Skipped" not in resumed.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from auto_coder_nb.approvals import Allowance
 from auto_coder_nb.config import Config
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
@@ -31,17 +32,17 @@ def test_clear_keeps_the_token_count_and_reset_drops_session_state(fake_server: 
     used = session.conversation.usage.total_tokens
     assert used > 0
     first_id = session.conversation.correlation_id
-    session.policy.allow_always("write")
+    session.policy.allow_always(Allowance("write_file"))
 
     cleared_id = session.clear()
     assert cleared_id != first_id and session.conversation.usage.total_tokens == used
     assert [m["role"] for m in session.conversation.messages] == ["system"]
-    assert session.policy.decide("write") == "allow"
+    assert session.policy.decide("write", allowance=Allowance("write_file")) == "allow"
 
     reset_id = session.reset()
     assert reset_id not in (first_id, cleared_id)
     assert session.conversation.usage.total_tokens == 0
-    assert session.policy.decide("write") == "ask"
+    assert session.policy.decide("write", allowance=Allowance("write_file")) == "ask"
 
 
 def test_apply_config_switches_endpoint_and_mode_but_keeps_the_conversation(fake_server: FakeLLMServer,

@@ -66,6 +66,33 @@ def run_turn(session: Session, message: str, options: TurnOptions | None = None,
     return asyncio.run(turn())
 
 
+def test_locks_and_allow_lists_hold_for_the_model_finally_sent(tmp_path: Path, home: Path,
+                                                               fake_server: FakeLLMServer) -> None:
+    """Issue 24 item 3: extra_params.model (from any file) got past a lock on llm.model and the model allow-list."""
+    site = site_file(tmp_path, f"llm:\n  base_url: {fake_server.base_url}\n  model: team-large\n"
+                               "  extra_params: {model: site-typo}\nlocked: [llm.model]\n"
+                               "allow:\n  models: ['team-*']\n")
+    (home / ".auto-coder.yaml").write_text("llm:\n  extra_params: {model: forbidden-model, temperature: 0.1}\n")
+    config = load([site], home)
+    assert config.llm.model == "team-large" and config.llm.extra_params == {"temperature": 0.1}
+    assert sum("llm.extra_params.model is refused" in line for line in config.warnings) == 2  # site and user files
+    session = Session.create(config, working_dir=home)
+    run_turn(session, "hello")
+    assert [request.json["model"] for request in fake_server.chat_requests] == ["team-large"]
+
+    # A turn's own model: the lock leaves only the locked one, even where the allow-list would let it through.
+    events = run_turn(Session.create(config, working_dir=home), "hello", TurnOptions(model="team-small"))
+    assert [e.message for e in events if isinstance(e, ErrorEvent)] == [
+        f"Not sent: model 'team-small': llm.model is locked by the administrator ({site}) to 'team-large'."]
+    # Set in code, past load_config: the provider still refuses to send it.
+    config.llm.extra_params = {"model": "forbidden-model"}
+    session = Session.create(config, working_dir=home)
+    session.provider.model = "forbidden-model"
+    events = run_turn(session, "hello")
+    assert any(isinstance(e, ErrorEvent) and "'forbidden-model'" in e.message for e in events)
+    assert [request.json["model"] for request in fake_server.chat_requests] == ["team-large"]
+
+
 def test_locks_and_allow_lists_override_user_files_environment_and_flags(tmp_path: Path, home: Path) -> None:
     site = site_file(tmp_path, SITE.format(base_url="https://gateway.corp/v1"))
     (home / ".auto-coder.yaml").write_text(

@@ -320,3 +320,40 @@ def test_a_new_file_gets_the_usual_mode_and_leaves_no_temporary_file(workspace: 
     workspace.atomic_write(root / "new.txt", b"hello\n")
     assert (root / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in root.iterdir()) == ["new.txt"]
+
+
+def test_undo_since_goes_back_before_a_turn_and_every_later_one(root: Path, workspace: Workspace) -> None:
+    (root / "a.txt").write_text("a0")
+    first = workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"a1")
+    second = workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"a2")
+    workspace.atomic_write("made.txt", b"new")
+    third = workspace.begin_turn()
+    workspace.atomic_write("made.txt", b"newer")
+    assert first < second < third
+
+    message = workspace.undo_since(second)
+    assert (root / "a.txt").read_text() == "a1" and not (root / "made.txt").exists()
+    assert "Restored 1 file(s): a.txt." in message and "Removed 1 file(s) the turn created: made.txt." in message
+    assert workspace.undo_since(second) == "", "those turns are gone"
+    workspace.undo_since(first)
+    assert (root / "a.txt").read_text() == "a0"
+
+
+def test_changed_outside_names_files_edited_after_or_between_the_turns(root: Path, workspace: Workspace) -> None:
+    first = workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"agent 1")
+    workspace.atomic_write("b.txt", b"agent 1")
+    assert workspace.changed_outside(first) == []
+    (root / "a.txt").write_text("the user's edit")  # between the two turns
+    workspace.begin_turn()
+    workspace.atomic_write("a.txt", b"agent 2")
+    (root / "b.txt").write_text("the user's edit")  # after the last turn
+    assert workspace.changed_outside(first) == ["a.txt (changed between two turns)",
+                                                "b.txt (changed since the agent wrote it)"]
+
+    workspace.undo_since(first)  # forced anyway: what the user wrote is kept beside the file
+    assert not (root / "a.txt").exists() and not (root / "b.txt").exists()
+    assert (root / "a.txt.before-undo").read_text() == "the user's edit"
+    assert (root / "b.txt.before-undo").read_text() == "the user's edit"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 
 STYLE = """<style>
+/* As wide as the cell (JupyterLab and Notebook 7 alike); the answers keep their own line length. */
 .autocoder-panel { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 8px; padding: 8px;
-  background: var(--jp-layout-color1, #fff); max-width: 980px; font-family: var(--jp-ui-font-family, sans-serif); }
+  background: var(--jp-layout-color1, #fff); width: 100%; box-sizing: border-box;
+  font-family: var(--jp-ui-font-family, sans-serif); }
 .autocoder-header { justify-content: space-between; align-items: center; gap: 0 12px; flex-wrap: wrap; }
 .autocoder-header > .autocoder-titlebox { flex: 0 0 auto; width: auto; }
 .autocoder-title { font-weight: 600; font-size: 14px; white-space: nowrap; }
@@ -83,11 +85,26 @@ STYLE = """<style>
   padding: 4px 8px; margin: 4px 0; flex-wrap: wrap; }
 .autocoder-trust-note .widget-html-content { font-size: 12px; white-space: normal; line-height: 1.4; }
 .autocoder-trust-bar .auto-coder-trust { width: auto; align-self: flex-start; }
+.autocoder-cell { border-top: 1px dashed var(--jp-border-color2, #ddd); padding-top: 2px; margin-top: 2px; }
+.autocoder-cell .autocoder-revert { align-self: flex-start; }
+.autocoder-turn > .autocoder-rewind { align-self: flex-end; font-size: 11px; height: 22px; line-height: 22px; }
 .autocoder-reasoning { font-size: 12px; }
 .autocoder-reasoning pre { white-space: pre-wrap; color: var(--jp-ui-font-color2, #666); }
 .autocoder-input textarea { font-size: 13px; min-height: 56px; }
+/* The themes' button colours under white text read at 2.2-3.7:1 (Stop, Always, Approve...); these shades read at
+   5:1 or more in light and dark themes alike (WCAG asks 4.5:1). Pressed: a shade darker. */
+.autocoder-panel button.jupyter-button.mod-primary { background-color: #1565c0; color: #fff; }
+.autocoder-panel button.jupyter-button.mod-warning { background-color: #b45309; color: #fff; }
+.autocoder-panel button.jupyter-button.mod-success { background-color: #15803d; color: #fff; }
+.autocoder-panel button.jupyter-button.mod-info { background-color: #0e7490; color: #fff; }
+.autocoder-panel button.jupyter-button.mod-danger { background-color: #b91c1c; color: #fff; }
+.autocoder-panel button.jupyter-button.mod-primary:active { background-color: #0d47a1; }
+.autocoder-panel button.jupyter-button.mod-warning:active { background-color: #92400e; }
+.autocoder-panel button.jupyter-button.mod-success:active { background-color: #166534; }
+.autocoder-panel button.jupyter-button.mod-info:active { background-color: #155e75; }
+.autocoder-panel button.jupyter-button.mod-danger:active { background-color: #991b1b; }
 /* ipywidgets only fades a disabled button, so a disabled Stop still looks half-active: grey it out. */
-.autocoder-panel .jupyter-button:disabled { background: var(--jp-layout-color3, #e0e0e0);
+.autocoder-panel button.jupyter-button:disabled { background: var(--jp-layout-color3, #e0e0e0);
   color: var(--jp-ui-font-color3, #888); opacity: 1; box-shadow: none; cursor: not-allowed; }
 </style>"""
 

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 
@@ -118,6 +119,8 @@ class ChatPanel:
         self._code_blocks = CodeBlocks(self)
         self._context: ContextUsage | None = None  # how full the context window is, after each turn
         self._attachments = Attachments(self)
+        self._turn_start: widgets.Widget | None = None  # the user's message of the current turn
+        self._records_before: dict[str, int] = {}  # a turn's first widget (model id) -> records before it
         self._build()
         _PANELS.add(self)
         self._show_busy()
@@ -396,8 +399,10 @@ class ChatPanel:
     def _begin_turn(self, message: str, thumbnails: str = "") -> None:
         self._set_busy(True)
         self._turn_usage = None
+        self._turn_start = _html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user")
+        self._records_before[self._turn_start.model_id] = len(self._records)
         self._records.append(("user", message))
-        self._transcript.append(_html(html.escape(message) + thumbnails, "autocoder-msg", "autocoder-user"))
+        self._transcript.append(self._turn_start)
         self._turn = _box([], "autocoder-turn")
         self._transcript.append(self._turn)
         self._part, self._reasoning = None, None
@@ -452,6 +457,10 @@ class ChatPanel:
                 self._end_text()
                 self._context = event.context or self._context
                 self._show_status()
+                self._tools.review.expire()
+                turns = self.session.turns.current() if self.session.turns is not None else []
+                if event.reason != "busy" and turns and self._turn_start is not None:
+                    self._tools.review.offer_rewind(self._turn, turns[-1], self._turn_start)
                 if event.reason in TURN_END_NOTES:
                     self._notice(TURN_END_NOTES[event.reason])
             case _:
@@ -521,12 +530,28 @@ class ChatPanel:
             f'<span class="autocoder-model" title="{model}">{model}</span> · '
             f'<span class="autocoder-state autocoder-state-{css}">{html.escape(state)}</span> · '
             f'id <code class="autocoder-id" title="Correlation id {full_id} (click to select)">{full_id}</code> · '
-            f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}"
+            + (self._before_first_turn() if self._fresh() else
+               f"tokens turn {_usage_text(self._turn_usage)} · session {_usage_text(conversation.usage)}")
         )
         if self._context is not None:
             share = f"{'~' if self._context.estimated else ''}{self._context.share:.0%}"
             self._status.value += (f' · <span class="autocoder-context" title="{html.escape(str(self._context))}">'
                                    f"context {share}</span>")
+
+    def _fresh(self) -> bool:
+        """Nothing asked yet in this conversation: token counts would say nothing."""
+        conversation = self.session.conversation
+        return (self._state == IDLE and self._turn_usage is None and not conversation.usage.total_tokens
+                and not any(message["role"] == "user" for message in conversation.messages))
+
+    def _before_first_turn(self) -> str:
+        """What the status says before the first turn: how changes are approved, and which server is asked."""
+        where = urlsplit(self.session.config.llm.base_url)
+        try:
+            server = f"{where.hostname or '?'}{f':{where.port}' if where.port else ''}"  # never its credentials
+        except ValueError:  # a port that is not a number: the first request will say what is wrong
+            server = where.hostname or "?"
+        return html.escape(f"approval {self.session.policy.mode} · {server} · ask below to start")
 
     def _notice(self, text: str) -> None:
         self._records.append(("notice", text))
@@ -536,7 +561,12 @@ class ChatPanel:
         self._records.append(("error", text))
         self._show_line(_html("<b>Error:</b> " + html.escape(text), "autocoder-msg", "autocoder-error"))
 
-    def _show_line(self, widget: widgets.HTML) -> None:
+    def _cut_transcript(self, start: widgets.Widget) -> None:
+        """A rewind: the turn that begins with `start` and everything after it leave the transcript."""
+        self._transcript.cut(start)
+        del self._records[self._records_before.get(start.model_id, len(self._records)):]
+
+    def _show_line(self, widget: widgets.Widget) -> None:
         if self._in_turn:
             self._add_to_turn(widget)
         else:

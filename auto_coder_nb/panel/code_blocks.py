@@ -1,19 +1,37 @@
-"""The Run button under each Python block of an answer: runs the block in the kernel namespace like the
-run_code tool, asking first where the approval mode says so (no model waits on it)."""
+"""The Run button under each Python block of an answer: runs the block through the session's run_code tool, the
+same kernel executor the model uses (secrets out of the environment the code sees, its output scrubbed), asking
+first where the approval mode says so, as run_code does (no model waits on it)."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from ..text import PYTHON_FENCE_LANGUAGES
-from .markdown import code_html
+from ..approvals import Allowance
+from ..text import PYTHON_FENCE_LANGUAGES, scrub
+from ..tools.registry import ToolError
 from .parts import _append, _box, _button, _clip, _html, _short, _ToolCard
 
 if TYPE_CHECKING:
     from .chat import ChatPanel
+
+RUN_TOOL = "run_code"
+NO_RUN_TOOL = ("This session has no run_code tool (the panel runs outside a kernel, or the site configuration "
+               "does not allow run_code)")
+
+
+def code_html(code: str, language: str = "") -> str:
+    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else "<span></span>"
+    buttons = (
+        '<span><button class="autocoder-copy" title="Copy to the clipboard" '
+        'onclick="window.autocoder &amp;&amp; autocoder.copy(this)">Copy</button> '
+        '<button class="autocoder-insert" title="Insert as a new cell below the panel" '
+        'onclick="window.autocoder &amp;&amp; autocoder.insert(this)">Insert below</button></span>'
+    )
+    return f'<div class="autocoder-codehead">{label}{buttons}</div><pre><code>{html.escape(code)}</code></pre>'
 
 
 class CodeBlocks:
@@ -26,52 +44,58 @@ class CodeBlocks:
         result = _html("", "autocoder-summary")
         box = _box([_html(code_html(code, language)), _box([run], "autocoder-code-actions", horizontal=True)],
                    "autocoder-code")
-        if language in PYTHON_FENCE_LANGUAGES:
-            run.on_click(self.panel._handover(lambda: self._run(code, box, result)))
-        else:
+        if language not in PYTHON_FENCE_LANGUAGES:
             run.disabled, run.tooltip = True, f"Only Python runs in the kernel (this block is {language})"
+        elif RUN_TOOL not in self.panel.session.tools:
+            run.disabled, run.tooltip = True, NO_RUN_TOOL
+        else:
+            run.on_click(self.panel._handover(lambda: self._run(code, box, result)))
         return box
 
     def _run(self, code: str, box: widgets.Box, result: widgets.HTML) -> None:
-        policy = self.panel.session.policy
-        decision = policy.decide("command")
+        session = self.panel.session
+        tool = session.tools.get(RUN_TOOL)
+        if tool is None:  # the configuration changed since the answer
+            self._show(box, result, NO_RUN_TOOL + ".")
+            return
+        allowance = Allowance.of(tool.name, tool.always_scope, {"code": code})
+        decision = session.policy.decide(tool.kind, allowance=allowance)
         if decision == "deny":
-            result.value = html.escape(f"Not run: the approval mode is {policy.mode!r}.")
-            if result not in box.children:
-                _append(box, result)
+            self._show(box, result, f"Not run: the approval mode is {session.policy.mode!r}.")
             return
         if decision == "allow":
             self._execute(code, box, result)
             return
-        card = _ToolCard("", "run_code", _clip(code.strip().split("\n", 1)[0], 80))
+        card = _ToolCard("", RUN_TOOL, _clip(code.strip().split("\n", 1)[0], 80))
         card.status("waiting for approval", "autocoder-card-ask")
 
         def always() -> None:
-            policy.allow_always("command")
+            session.policy.allow_always(allowance)
             self._execute(code, box, result, card)
 
         # No model waits on this run, so a denial has no one to tell.
         card.buttons = self.panel._tools.approval_buttons(lambda: self._execute(code, box, result, card), always,
-                                                    lambda _reason: None, card, "command")
+                                                          lambda _reason: None, card, allowance.describe())
         card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
         _append(box, card.box)
 
     def _execute(self, code: str, box: widgets.Box, result: widgets.HTML, card: _ToolCard | None = None) -> None:
-        """Run like the run_code tool: in the user namespace, IPython syntax (magics, !cmd) transformed first."""
-        from IPython import get_ipython
+        asyncio.ensure_future(self._run_tool(code, box, result, card))
 
-        from ..tools.notebook import run_python
+    async def _run_tool(self, code: str, box: widgets.Box, result: widgets.HTML, card: _ToolCard | None) -> None:
+        """Through the run_code tool, exactly as when the model calls it."""
+        session = self.panel.session
+        try:
+            output = await session.tools.run(RUN_TOOL, {"code": code})
+            text, failed = output.text, output.failed
+        except ToolError as exc:
+            text, failed = str(exc), True
+        text = scrub(text, session.secret_values())  # as the agent does with every tool result
+        self._show(box, result, _short(text, 4000) or "(no output)", "<b>Output</b>\n")
+        if card is not None:
+            card.status("error" if failed else "done", "autocoder-card-error" if failed else "autocoder-card-ok")
 
-        shell = get_ipython()
-        panel = self.panel
-        if panel._namespace is None:
-            panel._namespace = shell.user_ns if shell is not None else {}
-        source = shell.transform_cell(code) if shell is not None else code
-        outcome = run_python(source, panel._namespace, filename="<chat panel>")
-        text = outcome.to_text() or "(no output)"
-        result.value = "<b>Output</b>\n" + html.escape(_short(text, 4000))
+    def _show(self, box: widgets.Box, result: widgets.HTML, text: str, head: str = "") -> None:
+        result.value = head + html.escape(text)
         if result not in box.children:
             _append(box, result)
-        if card is not None:
-            card.status("error" if outcome.error else "done",
-                        "autocoder-card-error" if outcome.error else "autocoder-card-ok")

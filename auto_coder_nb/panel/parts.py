@@ -10,9 +10,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 from ..providers.base import Usage
 from ..text import show_controls, strip_ansi
-from .markdown import _FENCE, Block, block_html, markdown_html, split_blocks, take_blocks
 
 IDLE, THINKING, ANSWERING = "idle", "thinking", "answering"  # the panel's states
 RUNNING_TOOL, WAITING = "running a tool", "waiting for approval"
@@ -136,6 +136,15 @@ class _Stack:
     def clear(self) -> None:
         self.box.children = ()
         self.page = None
+
+    def cut(self, widget: widgets.Widget) -> None:
+        """Remove `widget` and everything after it (a rewind)."""
+        shown = [child for page in self.box.children for child in page.children]
+        if widget not in shown:
+            return
+        self.clear()
+        for child in shown[:shown.index(widget)]:
+            self.append(child)
 
 
 class _TextPart:

@@ -25,6 +25,7 @@ from .parts import (
     _tool_card,
     _ToolCard,
 )
+from .review import CellReview
 
 if TYPE_CHECKING:
     from .chat import ChatPanel
@@ -35,6 +36,7 @@ class ToolCards:
         self.panel = panel
         self.cards: dict[str, _ToolCard] = {}
         self.open: list[_ToolCard] = []  # cards whose approval buttons are live
+        self.review = CellReview(panel, self)  # notebook changes: a card per cell, Revert, Rewind to here
 
     def started(self, call_id: str, name: str, arguments: dict[str, Any] | None, raw: str) -> None:
         card = _tool_card(call_id, name, arguments, raw)
@@ -59,6 +61,10 @@ class ToolCards:
     def ask(self, request: ApprovalRequest) -> None:
         self.panel._end_text()
         card = self.card_for(request.call_id, request.tool, request.arguments)
+        if request.cells:
+            self.panel._records.append(("tool", f"{request.tool}: waiting for approval"))
+            self.review.ask(request, card)
+            return
         what = "this command" if request.kind == "command" else "this change"
         self.panel._records.append(("tool", f"{request.tool}: waiting for approval"))
         card.status("waiting for approval", "autocoder-card-ask")
@@ -68,7 +74,8 @@ class ToolCards:
         reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
         reason.add_class("autocoder-reason")
         card.buttons = self.approval_buttons(
-            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card, request.kind, reason
+            lambda: request.approve(), lambda: request.approve(always=True), request.deny, card,
+            request.always_covers, reason
         )
         row = _box([*card.buttons[:2], reason, card.buttons[2]], "autocoder-approval", horizontal=True)
         card.box.children = (*card.box.children, card.question, preview, row)
@@ -81,11 +88,11 @@ class ToolCards:
         always: Callable[[], None],
         deny: Callable[[str], None],
         card: _ToolCard,
-        kind: str,
+        always_covers: str,
         reason: widgets.Text | None = None,
     ) -> list[widgets.Button]:
-        """Approve / Always for this session / Deny; each click is answered once, on the loop.
-        Deny passes the text of `reason` (if given) on, for the model to read."""
+        """Approve / Always for this session (saying what it covers: `ApprovalRequest.always_covers`) / Deny; each
+        click is answered once, on the loop. Deny passes the text of `reason` (if given) on, for the model to read."""
 
         def once(act: Callable[[], None]) -> Callable[[], None]:
             def on_loop() -> None:
@@ -118,12 +125,13 @@ class ToolCards:
 
         buttons = [
             _button("Approve", "success", "autocoder-approve"),
-            _button(f"Always for this session ({'commands' if kind == 'command' else 'edits'})", "info",
-                    "autocoder-always"),
+            _button(f"Always for this session ({always_covers})", "info", "autocoder-always",
+                    f"Allow {always_covers} without asking for the rest of this session"),
             _button("Deny", "danger", "autocoder-deny"),
         ]
         buttons[0].on_click(self.panel._handover(allow(approve, "Approved.")))
-        buttons[1].on_click(self.panel._handover(allow(always, "Approved for the rest of this session.")))
+        buttons[1].on_click(self.panel._handover(allow(always, f"Approved {always_covers} for the rest of this "
+                                                               "session.")))
         buttons[2].on_click(self.panel._handover(once(refuse)))
         return buttons
 
@@ -144,5 +152,6 @@ class ToolCards:
             card.box.children = (*card.box.children, card.summary)
         if result.images:
             card.box.children = (*card.box.children, _html(thumbnails_html(result.images), "autocoder-thumbs"))
+        self.review.applied(result, card, asked=card.question is not None)
         self.panel._records.append(("tool", f"{result.name}: {status}: {_short(result.output)}"))
         self.panel._set_state(THINKING)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from ..cell_changes import CellChange
     from .capabilities import ModelCapabilities
 
 ToolKind = Literal["read", "write", "command"]
@@ -42,7 +43,12 @@ class ToolDefinition:
 
     `kind` decides approvals: "read" never asks, "write" and "command" follow the approval mode.
     `preview(arguments)` returns what an approval shows (a diff, a command line); it must not
-    change anything. `handler` may be a plain function or a coroutine function.
+    change anything. `handler` may be a plain function or a coroutine function. An "always for this
+    session" answer covers this tool only; with `always_scope` (an argument's name: run_command's
+    "command") only later calls with exactly the same value of that argument.
+    A notebook tool gives `review(arguments) -> list[CellChange]`: the cells the call would change, shown one card
+    per cell (like `preview`, it changes nothing); and `run_after(arguments)`, which runs the code cell the call
+    just changed (the user chose Accept & Run) and returns its output like a handler.
     """
 
     name: str
@@ -51,6 +57,9 @@ class ToolDefinition:
     handler: Callable[..., Any]
     kind: ToolKind = "read"
     preview: Callable[..., str] | None = None
+    always_scope: str | None = None
+    review: Callable[..., list[CellChange]] | None = None
+    run_after: Callable[..., Any] | None = None
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -137,6 +146,7 @@ class LLMProvider(abc.ABC):
     """
 
     model: str
+    tool_calling: str = "auto"  # llm.tool_calling: how the model is asked to use tools, unless a request says
 
     @abc.abstractmethod
     def chat(

@@ -23,9 +23,10 @@ import httpx
 
 from .. import auth
 from ..bounded_http import bounded_client
-from ..config import Config
+from ..config import PRODUCT_PARAMS, Config
 from ..errors import (
     BadRequest,
+    ConfigError,
     ConnectionFailed,
     ConnectionRefused,
     HostNotFound,
@@ -50,6 +51,7 @@ from .base import (
     Usage,
 )
 from .capabilities import ModelCapabilities, probe_capabilities
+from .known_servers import KnownServers
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
 from .prompted import prompted_chat
 from .repetition import REPETITION_NOTICE, RepetitionGuard
@@ -105,8 +107,9 @@ class OpenAICompatibleProvider(LLMProvider):
         self.config = config
         self.model = config.llm.model
         self.base_url = config.llm.base_url.rstrip("/")
-        self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k != "stream"}
-        self.stream = config.llm.extra_params.get("stream", True) is not False if stream is None else stream
+        # What the product sets itself never comes from extra_params (load_config refuses it; set in code, too).
+        self.extra_params = {k: v for k, v in config.llm.extra_params.items() if k not in PRODUCT_PARAMS}
+        self.stream = True if stream is None else stream
         self.errors = ServerErrors(config)
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
@@ -119,6 +122,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.structured_output = True
         self._modes: dict[str, str] = {}  # auto's choice per model: native or prompted
         self._capabilities: dict[str, ModelCapabilities] = {}  # what the server said, per model
+        self.known = KnownServers()  # what servers said, across runs: notices said once, --show-config
         self._said_no_tools = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -185,7 +189,9 @@ class OpenAICompatibleProvider(LLMProvider):
                 raise
             self._modes[model] = "prompted"  # the refusal came before any answer: nothing was shown yet
             said = f" ({refusal.server_message})" if refusal.server_message else ""
-            yield ProviderNotice(self._switch_notice(model, f"the server refused native tool calls{said}"))
+            notice = self._switch_notice(model, f"the server refused native tool calls{said}")
+            if notice:
+                yield ProviderNotice(notice)
             async for event in self._prompted(messages, tools, headers, model, answer_only):
                 yield event
 
@@ -204,8 +210,9 @@ class OpenAICompatibleProvider(LLMProvider):
         return "native", ""
 
     def _switch_notice(self, model: str, why: str) -> str:
-        return (f"Model {model}: {why}, so the tools are described in the prompt for the rest of the session "
-                "(llm.tool_calling: auto). Set llm.tool_calling to native or prompted to choose yourself.")
+        """One line, said once per server and model (remembered across runs), else ""."""
+        notice = f"Model {model}: {why}; its tools are described in the prompt instead (llm.tool_calling: auto)."
+        return notice if self.known.first_time(self.base_url, model, notice) else ""
 
     async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
                         headers: dict[str, str] | None, model: str,
@@ -272,7 +279,10 @@ class OpenAICompatibleProvider(LLMProvider):
 
     def _request_body(self, messages: list[dict[str, Any]], tools: list[ToolDefinition] | None,
                       model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": messages, **self.extra_params}
+        refusal = self.config.site.request_model_refusal(model, self.config.llm.model)
+        if refusal is not None:  # the site's lock and allow-list hold for what is sent, whatever chose the model
+            raise ConfigError(refusal)
+        body: dict[str, Any] = {**self.extra_params, "model": model, "messages": messages}
         if self.max_tokens is not None and not {"max_tokens", "max_completion_tokens"} & body.keys():
             body["max_tokens"] = self.max_tokens
         for key, value in (extra or {}).items():
@@ -280,6 +290,8 @@ class OpenAICompatibleProvider(LLMProvider):
                 body[key] = value
         if tools:
             body["tools"] = [tool.schema() for tool in tools]
+        if self.config.llm.user_field and self.config.llm.user:  # after extra_params: a locked identity wins
+            body["user"] = self.config.llm.user
         streaming = self.stream and (self.stream_with_tools or not tools)
         body["stream"] = streaming
         if streaming and self.send_stream_options:
@@ -448,6 +460,7 @@ class OpenAICompatibleProvider(LLMProvider):
             if found is None:
                 return ModelCapabilities()
             self._capabilities[model] = found
+            self.known.remember(self.base_url, model, found)
         return self._capabilities[model]
 
     async def list_models(self, *, headers: dict[str, str] | None = None) -> list[str]:

@@ -43,6 +43,8 @@ class Conversation:
         self.observer: ConversationObserver | None = None
         self.max_images = max_images  # images kept in the history; older ones become a placeholder
         self._images: deque[tuple[dict[str, Any], Image]] = deque()  # the image parts in the history, oldest first
+        # Messages dropped from the front by shortening: `position + dropped` names a message for good (rewind).
+        self.dropped = 0
         self.clear()
 
     def clear(self) -> None:
@@ -50,6 +52,7 @@ class Conversation:
         self.messages = [{"role": "system", "content": escape_undecodable(self.system_prompt)}] \
             if self.system_prompt else []
         self._images.clear()
+        self.dropped = 0
         self.correlation_id = new_correlation_id()
         if self.observer is not None:
             self.observer.cleared()
@@ -59,7 +62,26 @@ class Conversation:
         system = [{"role": "system", "content": escape_undecodable(self.system_prompt)}] if self.system_prompt else []
         self.messages = system + [m for m in messages if m.get("role") != "system"]
         self.correlation_id = correlation_id
+        self.dropped = 0
         self._images.clear()  # saved conversations keep no images (history.py), so none is in `messages`
+
+    @property
+    def position(self) -> int:
+        """Where the next message goes, counted so that shortening does not move it (see `truncate`)."""
+        return len(self.messages) + self.dropped
+
+    def truncate(self, position: int) -> int:
+        """Forget the messages from `position` (a `position` seen earlier) on: a rewind. Returns how many went.
+        The observer is not told: the rewind records itself (`rewind.py`)."""
+        first = 1 if self.system_prompt else 0
+        keep = max(first, position - self.dropped)
+        dropped = self.messages[keep:]
+        del self.messages[keep:]
+        if dropped:
+            kept = {id(part) for message in self.messages if isinstance(message["content"], list)
+                    for part in message["content"]}
+            self._images = deque(entry for entry in self._images if id(entry[0]) in kept)
+        return len(dropped)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -184,6 +206,7 @@ class Conversation:
             kept += 1
         if kept:
             changed += users[kept] - users[0]
+            self.dropped += users[kept] - users[0]
             del self.messages[users[0]:users[kept]]
             remaining = {id(part) for message in self.messages if isinstance(message["content"], list)
                          for part in message["content"]}

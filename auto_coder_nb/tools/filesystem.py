@@ -13,11 +13,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from ..providers.base import ToolDefinition
 from .registry import NothingToChange, ToolError
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from ..cell_changes import CellChange
+
+R = TypeVar("R")
 
 DEFAULT_READ_LIMIT = 2000
 MAX_LINE_CHARS = 2000
@@ -155,14 +160,14 @@ def _unified_diff(shown: str, before: str | None, after: str) -> str:
     return "\n".join(rows)
 
 
-def _tool_errors(function: Callable[..., str]) -> Callable[..., str]:
+def _tool_errors(function: Callable[..., R]) -> Callable[..., R]:
     """Bad arguments and OS failures (permissions, full disk) become ToolErrors the model can read,
     in previews too, which run before any approval is asked."""
     signature = inspect.signature(function)
-    name = function.__name__.removeprefix("preview_")
+    name = function.__name__.removeprefix("preview_").removeprefix("review_")
 
     @functools.wraps(function)
-    def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> str:
+    def wrapper(workspace: Workspace, *args: Any, **kwargs: Any) -> R:
         try:
             signature.bind(workspace, *args, **kwargs)
         except TypeError as exc:
@@ -218,7 +223,7 @@ def read_file(workspace: Workspace, path: str, offset: Any = None, limit: Any = 
                     "run_command (grep -n)."
                 )
             return _read_window_streaming(stream, shown, first, count)
-        raw = stream.read(MAX_FILE_BYTES)  # bounded even if the file grew since fstat
+        raw = workspace.edited(resolved, stream.read(MAX_FILE_BYTES))  # bounded even if the file grew since fstat
     text, encoding = decode(raw, shown)
     workspace.note_read(resolved, raw)
     del raw
@@ -411,6 +416,20 @@ def preview_write_file(workspace: Workspace, path: str, content: Any) -> str:
     if _unchanged(plan):
         raise NothingToChange(_unchanged_message(plan))
     return _unified_diff(plan.shown, plan.before.text if plan.before else None, plan.after_text)
+
+
+def _cells(plan: _Plan) -> list[CellChange]:
+    """A notebook's change cell by cell, for the per-cell review (other files: none)."""
+    from ..cell_changes import notebook_diff
+
+    if not plan.path.name.endswith(".ipynb"):
+        return []
+    return notebook_diff(str(plan.path), plan.before.text if plan.before else "", plan.after_text)
+
+
+@_tool_errors
+def review_write_file(workspace: Workspace, path: str, content: Any) -> list[CellChange]:
+    return _cells(_plan_write(workspace, path, content))
 
 
 def _unchanged(plan: _Plan) -> bool:
@@ -647,6 +666,12 @@ def preview_edit_file(workspace: Workspace, path: str, old_string: Any, new_stri
 
 
 @_tool_errors
+def review_edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any,
+                     replace_all: Any = False) -> list[CellChange]:
+    return _cells(_plan_edit(workspace, path, old_string, new_string, replace_all))
+
+
+@_tool_errors
 def edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any, replace_all: Any = False) -> str:
     plan = _plan_edit(workspace, path, old_string, new_string, replace_all)
     workspace.atomic_write(plan.path, plan.after)
@@ -662,6 +687,34 @@ def edit_file(workspace: Workspace, path: str, old_string: Any, new_string: Any,
     if plan.relaxed:
         head += " old_string matched only when ignoring trailing whitespace."
     return f"{head} The first change, lines {start}-{end}:\n{snippet}"
+
+
+# -- what a write would change, for faces that show it as a diff (ACP) ---------------------------------
+
+
+@dataclass
+class FileChange:
+    path: Path  # resolved
+    before: str | None  # None: the file does not exist yet
+    after: str
+
+
+def planned_change(workspace: Workspace, tool: str, arguments: dict[str, Any]) -> FileChange | None:
+    """What a write_file or edit_file call would change, planned as its preview and the call plan it; None for
+    another tool, or a call that would fail or change nothing (the call itself says why)."""
+    try:
+        if tool == "write_file":
+            plan = _plan_write(workspace, arguments["path"], arguments["content"])
+        elif tool == "edit_file":
+            plan = _plan_edit(workspace, arguments["path"], arguments["old_string"], arguments["new_string"],
+                              arguments.get("replace_all", False))
+        else:
+            return None
+    except (ToolError, KeyError, TypeError, OSError):
+        return None
+    if _unchanged(plan):
+        return None
+    return FileChange(plan.path, plan.before.text if plan.before is not None else None, plan.after_text)
 
 
 # -- list_directory ----------------------------------------------------------------------------
@@ -765,6 +818,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             handler=bind(write_file),
             kind="write",
             preview=bind(preview_write_file),
+            review=bind(review_write_file),
         ),
         ToolDefinition(
             name="edit_file",
@@ -783,6 +837,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             handler=bind(edit_file),
             kind="write",
             preview=bind(preview_edit_file),
+            review=bind(review_edit_file),
         ),
         ToolDefinition(
             name="list_directory",

@@ -11,26 +11,28 @@ import ast
 import difflib
 import inspect
 import io
-import json
 import sys
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..providers.base import ToolDefinition
-from ..text import scrub, truncate
+from ..text import scrub, strip_ansi, truncate
+from .notebook_document import CELL_TYPES, Cell, MemoryNotebook, NotebookDocument, Notebooks, NotLive
 from .registry import ToolError, ToolOutput
 
 if TYPE_CHECKING:
+    from ..cell_changes import CellChange
     from .workspace import Workspace
 
 OUTPUT_LIMIT = 10000  # like run_command: head and tail kept, the middle cut
-NOTEBOOK_LIMIT = 30000
+NOTEBOOK_LIMIT = 30000  # one page of read_notebook
+CELL_SOURCE_LIMIT = 20000  # a longer cell shows its head and tail
 CELL_OUTPUT_LIMIT = 500
-EDIT_ACTIONS = ("insert", "replace", "delete")
+EDIT_ACTIONS = ("insert", "replace", "delete", "move")
 
 
 # -- describing values (also used by the face for its context summary) -------------------------
@@ -145,6 +147,13 @@ class CodeOutcome:
     value: Any = field(default=None, repr=False)  # the last expression's value itself
     images: list[bytes] = field(default_factory=list)  # PNG/JPEG outputs the face captured (plots)
 
+    def hide(self, secrets: Iterable[str | None]) -> None:
+        """Hide `secrets` in every text of the outcome (`text.scrub`), wherever it is shown next."""
+        secrets = list(secrets)
+        self.stdout, self.stderr = scrub(self.stdout, secrets), scrub(self.stderr, secrets)
+        self.result = None if self.result is None else scrub(self.result, secrets)
+        self.error = None if self.error is None else scrub(self.error, secrets)
+
     def to_text(self, limit: int = OUTPUT_LIMIT) -> str:
         parts = []
         if self.stdout:
@@ -218,37 +227,128 @@ def run_python(code: str, namespace: dict[str, Any], filename: str = "<run_code>
 
 # -- notebooks as text --------------------------------------------------------------------------
 
-def notebook_as_text(notebook: Any, name: str, limit: int = NOTEBOOK_LIMIT) -> str:
-    """index, type, source and short text outputs of each cell; images become a placeholder."""
-    cells = notebook.cells
-    kernel = notebook.metadata.get("kernelspec", {}).get("name", "unknown kernel")
-    lines = [f"{name}: {len(cells)} cells ({kernel})"]
-    for index, cell in enumerate(cells):
-        count = cell.get("execution_count")
-        lines.append(f"[{index}] {cell.cell_type}" + (f" (executed as [{count}])" if count else ""))
-        lines.append(cell.source.rstrip() or "(empty)")
-        for output in cell.get("outputs", []):
-            lines.append(_indent("-> " + truncate(_output_text(output).rstrip(), CELL_OUTPUT_LIMIT)))
-    return truncate("\n".join(lines), limit)
+def notebook_as_text(cells: Sequence[Cell], name: str, *, kernel: str = "", live: bool = False, start: int = 0,
+                     limit: int = NOTEBOOK_LIMIT) -> str:
+    """Each cell from `start` (index, id, type, source, short text outputs; images as placeholders) until `limit`
+    characters, then where to continue. A very long source keeps its head and tail."""
+    where = "the live document, unsaved edits included" if live else "as saved on disk"
+    lines = [f"{name}: {len(cells)} cells ({kernel or 'unknown kernel'}; {where})"]
+    if start:
+        lines.append(f"[cells 0-{start - 1} not shown]")
+    size = sum(len(line) for line in lines)
+    end = len(cells)
+    for index in range(start, len(cells)):
+        block = cell_as_text(index, cells[index])
+        if index > start and size + len(block) > limit:
+            end = index
+            break
+        lines.append(block)
+        size += len(block) + 1
+    if end < len(cells):
+        lines.append(f"[cells {end}-{len(cells) - 1} not shown: read_notebook with start={end} continues]")
+    return "\n".join(lines)
+
+
+def cell_as_text(index: int, cell: Cell) -> str:
+    count = f" (executed as [{cell.execution_count}])" if cell.execution_count else ""
+    lines = [f"[{index}] {cell.cell_type} id={cell.id}{count}", truncate(cell.source.rstrip(), CELL_SOURCE_LIMIT)
+             or "(empty)"]
+    for output in cell.outputs:
+        lines.append(_indent("-> " + truncate(_output_text(output).rstrip(), CELL_OUTPUT_LIMIT)))
+    return "\n".join(lines)
 
 
 def _output_text(output: Any) -> str:
     kind = output.get("output_type")
     if kind == "stream":
-        return f"{output.get('name', 'stdout')}: {output.get('text', '')}"
+        text = output.get("text", "")
+        return f"{output.get('name', 'stdout')}: {''.join(text) if isinstance(text, list) else text}"
     if kind == "error":
         return f"error: {output.get('ename')}: {output.get('evalue')}"
     data = output.get("data", {})
-    if "text/plain" in data:
-        return str(data["text/plain"])
-    if "text/markdown" in data:
-        return str(data["text/markdown"])
+    for mime in ("text/plain", "text/markdown"):
+        if mime in data:
+            value = data[mime]
+            return "".join(value) if isinstance(value, list) else str(value)
     return "[" + ", ".join(sorted(data)) + "]"
+
+
+@dataclass
+class CellRun:
+    """What running a cell produced: nbformat outputs (secrets hidden), the execution count it took, and the
+    images among the outputs (for a vision model)."""
+
+    outputs: list[dict[str, Any]]
+    execution_count: int | None
+    images: list[bytes] = field(default_factory=list)
+
+    def to_text(self, limit: int = OUTPUT_LIMIT) -> str:
+        parts = []
+        for output in self.outputs:
+            if output.get("output_type") == "error":  # the model needs the whole traceback, without colours
+                parts.append(strip_ansi("\n".join(output.get("traceback") or [])) or _output_text(output))
+            else:
+                parts.append(_output_text(output).rstrip())
+        return truncate("\n".join(parts) or "(no output)", limit)
+
+
+class _Seen:
+    """The notebooks as the model last read them (read_notebook) and changed them since. An index it gives means
+    the cell it saw there, even after the user inserted cells above; a cell it changes must still have the source
+    it saw, or the user's edit would be lost; a position for a new or moved cell needs the layout it saw."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[Path, list[str]] = {}
+        self._sources: dict[Path, dict[str, str]] = {}
+
+    def saw(self, path: Path, cells: Sequence[Cell]) -> None:
+        self._layouts[path] = [cell.id for cell in cells]
+        self._sources[path] = {cell.id: cell.source for cell in cells}
+
+    def cell_id(self, path: Path, index: int, current: list[str]) -> str:
+        layout = self._layouts.get(path, current)
+        if not 0 <= index < len(layout):
+            raise ToolError(f"index {index} is out of range: {path.name} has {len(layout)} cells (0-{len(layout) - 1})"
+                            " as you last read it; read_notebook shows them.")
+        return layout[index]
+
+    def position(self, path: Path, index: int, current: list[str]) -> int:
+        layout = self._layouts.get(path)
+        if layout is not None and layout != current:
+            raise ToolError(f"The user added, removed or moved cells of {path.name} since you read it, so index "
+                            f"{index} may mean another place now: read_notebook again, then retry.")
+        return index
+
+    def index_shown(self, path: Path, cell_id: str, current: list[str]) -> int:
+        layout = self._layouts.get(path, current)
+        return layout.index(cell_id) if cell_id in layout else current.index(cell_id)
+
+    def source(self, path: Path, cell_id: str) -> str | None:
+        return self._sources.get(path, {}).get(cell_id)
+
+    def inserted(self, path: Path, position: int, cell: Cell) -> None:
+        if path in self._layouts:
+            self._layouts[path].insert(position, cell.id)
+        self.wrote(path, cell)
+
+    def removed(self, path: Path, cell_id: str) -> None:
+        if cell_id in self._layouts.get(path, []):
+            self._layouts[path].remove(cell_id)
+
+    def moved(self, path: Path, cell_id: str, to_index: int) -> None:
+        self.removed(path, cell_id)
+        if path in self._layouts:
+            self._layouts[path].insert(to_index, cell_id)
+
+    def wrote(self, path: Path, cell: Cell) -> None:
+        self._sources.setdefault(path, {})[cell.id] = cell.source
 
 
 # -- the tools ----------------------------------------------------------------------------------
 
 RunCode = Callable[[str], "CodeOutcome | Awaitable[CodeOutcome]"]
+# Runs a cell's source in the kernel as the user's run would (history, execution count), outputs captured.
+RunCell = Callable[[str], "CellRun | Awaitable[CellRun]"]
 # Returns None once the cell is added, or a sentence saying when it will appear.
 InsertCell = Callable[[str, str], "str | None | Awaitable[str | None]"]
 
@@ -261,15 +361,25 @@ def build_notebook_tools(
     hidden: Callable[[], Iterable[str]] = tuple,
     open_notebook: Callable[[], Path | None] = lambda: None,
     insert_cell: InsertCell | None = None,
+    notebooks: Callable[[], Notebooks] | None = None,
+    run_cell: RunCell | None = None,
 ) -> list[ToolDefinition]:
-    """list_variables, inspect_variable, run_code, read_notebook, edit_notebook.
+    """list_variables, inspect_variable, run_code, read_notebook, edit_notebook, and run_cell when `run_cell` is
+    given.
 
     `namespace` is the user namespace (read live). `run_code(code)` executes code where the user's code
     runs and returns a CodeOutcome (with the images it displayed, which go to a vision model).
-    `workspace()` gives the session's workspace (created after the tools). `open_notebook()` is the
-    notebook the user has open, if known: it is never rewritten on disk; `insert_cell(source, cell_type)`
-    adds a cell to it through the frontend instead.
+    `workspace()` gives the session's workspace (created after the tools). `notebooks()` opens notebook
+    documents (the session's: live for the open notebook when the server has collaboration); by default files,
+    with `open_notebook()` (the notebook the user has open, if known) never rewritten on disk.
+    `insert_cell(source, cell_type)` adds a cell below the current one through the frontend when the open
+    notebook cannot be edited live. `run_cell(source)` runs a cell's source in the kernel.
     """
+    seen = _Seen()
+    last_edited: list[str] = []  # the id of the cell the last edit_notebook left (Accept & Run runs it)
+    told_how = [False]  # the how-to of live editing is said with the first refusal only
+    default_notebooks = Notebooks(workspace, open_notebook=open_notebook)
+    opener = notebooks or (lambda: default_notebooks)
 
     def list_variables() -> str:
         variables = user_variables(namespace, hidden())
@@ -288,84 +398,183 @@ def build_notebook_tools(
         outcome = run_code(code)
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        return ToolOutput(outcome.to_text(), outcome.images)
+        return ToolOutput(outcome.to_text(), outcome.images, failed=outcome.error is not None)
 
-    def read_notebook(path: str) -> str:
-        target = workspace().resolve(path)
-        return notebook_as_text(_read(workspace(), target), path)
+    def read_notebook(path: str, start: int = 0) -> str:
+        document = opener().open(path)
+        cells, metadata = document.read(lambda found: ([found.cell(i) for i in range(len(found))],
+                                                       found.notebook_metadata()))
+        if not 0 <= start <= max(len(cells) - 1, 0):
+            raise ToolError(f"start {start} is out of range: {path} has {len(cells)} cells.")
+        seen.saw(document.path, cells)
+        kernel = (metadata.get("kernelspec") or {}).get("name", "")
+        return notebook_as_text(cells, path, kernel=kernel, live=document.live, start=start)
 
-    def _is_open(target: Path) -> bool:
-        current = open_notebook()
-        return current is not None and current.resolve() == target.resolve()
+    def _writable(path: str) -> NotebookDocument:
+        try:
+            return opener().open(path, write=True)
+        except NotLive as refused:
+            if told_how[0] or not refused.how_to:
+                raise NotLive(refused.path, refused.reason) from None
+            told_how[0] = True
+            raise
 
-    def _plan(path: str, action: str, index: int | None, source: str | None, cell_type: str) -> tuple[Path, Any]:
-        """Check the arguments and build the changed notebook, without writing it."""
-        import nbformat
+    def _cell_id(document: NotebookDocument, index: int | None, cell_id: str | None, action: str) -> str:
+        if cell_id is not None:
+            return cell_id
+        if index is None:
+            raise ToolError(f"{action} needs `cell_id` or `index` (read_notebook shows both).")
+        return seen.cell_id(document.path, index, document.ids())
 
+    def _check(action: str, source: str | None, cell_type: str | None, to_index: int | None) -> None:
         if action not in EDIT_ACTIONS:
             raise ToolError(f"Unknown action {action!r}: use one of {', '.join(EDIT_ACTIONS)}.")
-        if cell_type not in ("code", "markdown", "raw"):
+        if cell_type is not None and cell_type not in CELL_TYPES:
             raise ToolError(f"Unknown cell_type {cell_type!r}: use code, markdown or raw.")
-        if action != "delete" and source is None:
+        if action in ("insert", "replace") and source is None:
             raise ToolError(f"{action} needs the cell's `source`.")
-        target = workspace().resolve(path, write=True)
-        if not target.name.endswith(".ipynb"):
-            raise ToolError(f"{path} is not a notebook (.ipynb). Use edit_file for other files.")
-        notebook = _read(workspace(), target) if target.exists() else nbformat.v4.new_notebook()
-        cells = notebook.cells
-        if action == "insert":
-            position = len(cells) if index is None else index
-            if not 0 <= position <= len(cells):
-                raise ToolError(f"index {index} is out of range: the notebook has {len(cells)} cells (0-{len(cells)}).")
-            make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell,
-                    "raw": nbformat.v4.new_raw_cell}[cell_type]
-            cells.insert(position, make(source))
-        else:
-            if index is None or not 0 <= index < len(cells):
-                raise ToolError(f"{action} needs an `index` between 0 and {len(cells) - 1} "
-                                f"(the notebook has {len(cells)} cells; read_notebook shows them).")
-            if action == "delete":
-                del cells[index]
-            else:
-                cells[index].source = source
-                if cells[index].cell_type == "code":
-                    cells[index].outputs, cells[index].execution_count = [], None
+        if action == "move" and to_index is None:
+            raise ToolError("move needs `to_index`, the index the cell should end at.")
+
+    def preview_edit(path: str, action: str, index: int | None = None, cell_id: str | None = None,
+                     source: str | None = None, cell_type: str | None = None, to_index: int | None = None) -> str:
+        _check(action, source, cell_type, to_index)
         try:
-            nbformat.validate(notebook)
-        except nbformat.ValidationError as exc:
-            raise ToolError(f"The edited notebook would not be valid: {exc.message}") from None
-        return target, notebook
+            document = opener().open(path, write=True)
+        except NotLive:
+            return f"Add a new cell below the current cell of the open notebook {path}:\n{source or ''}"
+        ids = document.ids() if document.path.exists() or document.live else []
+        if action == "insert":
+            position = len(ids) if index is None else seen.position(document.path, index, ids)
+            if not 0 <= position <= len(ids):
+                raise ToolError(f"index {index} is out of range: {path} has {len(ids)} cells (insert at 0-{len(ids)}).")
+            return _diff(path, f"new {cell_type or 'code'} cell at [{position}]", "", source or "")
+        target = _cell_id(document, index, cell_id, action)
+        cell = document.cell(target)
+        shown = f"[{seen.index_shown(document.path, target, ids)}] id={target}"
+        if action == "delete":
+            return _diff(path, f"delete cell {shown}", cell.source, "")
+        if action == "move":
+            return f"Move cell {shown} of {path} to [{to_index}]:\n{cell.source}"
+        kind = f" (now {cell_type})" if cell_type and cell_type != cell.cell_type else ""
+        return _diff(path, f"cell {shown}{kind}", cell.source, source or "")
 
-    def preview_edit(path: str, action: str, index: int | None = None, source: str | None = None,
-                     cell_type: str = "code") -> str:
-        target, notebook = _plan(path, action, index, source, cell_type)
-        before = notebook_as_text(_read(workspace(), target), path) if target.exists() else ""
-        after = notebook_as_text(notebook, path)
-        diff = difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}")
-        return "".join(diff) or "(no change)"
-
-    async def edit_notebook(path: str, action: str, index: int | None = None, source: str | None = None,
-                            cell_type: str = "code") -> str:
-        import nbformat
-
-        target, notebook = _plan(path, action, index, source, cell_type)
-        if _is_open(target):
+    def edit_notebook(path: str, action: str, index: int | None = None, cell_id: str | None = None,
+                      source: str | None = None, cell_type: str | None = None, to_index: int | None = None) -> Any:
+        _check(action, source, cell_type, to_index)
+        try:
+            document = _writable(path)
+        except NotLive:
             if action != "insert" or insert_cell is None:
-                raise ToolError(f"{path} is open in the user's editor: it is not rewritten on disk. Use action "
-                                "insert to add a new cell below the current one, and tell the user what to change.")
-            assert source is not None
-            inserted = insert_cell(source, cell_type)
-            if inspect.isawaitable(inserted):
-                inserted = await inserted
-            return inserted or f"Added a new {cell_type} cell below the current cell of the open notebook {path}."
-        workspace().atomic_write(target, (nbformat.writes(notebook) + "\n").encode("utf-8"))  # checkpoints first
-        where = f"cell {index}" if index is not None else f"cell {len(notebook.cells) - 1}"
-        return f"{path}: {action} {where} done; the notebook now has {len(notebook.cells)} cells."
+                raise
+            return _insert_below(path, source or "", cell_type or "code")
+        ids = document.ids() if document.path.exists() or document.live else []
+        if action == "insert":
+            position = len(ids) if index is None else seen.position(document.path, index, ids)
+            cell = document.insert(position, source or "", cell_type or "code")
+            seen.inserted(document.path, position, cell)
+            last_edited[:] = [cell.id]
+            return f"{path}: inserted {cell.cell_type} cell [{position}] id={cell.id}; {len(ids) + 1} cells now."
+        target = _cell_id(document, index, cell_id, action)
+        expected = seen.source(document.path, target)
+        if action == "delete":
+            document.delete(target, expected_source=expected)
+            seen.removed(document.path, target)
+            return f"{path}: deleted cell id={target}; {len(ids) - 1} cells now."
+        if action == "move":
+            assert to_index is not None
+            seen.position(document.path, to_index, ids)
+            moved = document.move(target, to_index)
+            seen.moved(document.path, target, to_index)
+            return f"{path}: moved cell id={moved.id} to [{to_index}]."
+        cell = document.replace(target, source or "", cell_type=cell_type, expected_source=expected)
+        seen.wrote(document.path, cell)
+        last_edited[:] = [cell.id]
+        return f"{path}: replaced cell [{seen.index_shown(document.path, target, ids)}] id={target} ({cell.cell_type})."
+
+    def review_edit(path: str, action: str, index: int | None = None, cell_id: str | None = None,
+                    source: str | None = None, cell_type: str | None = None,
+                    to_index: int | None = None) -> list[CellChange]:
+        """The cell the edit would change, as a CellChange (before and after), from the edit applied to a copy."""
+        from ..cell_changes import CellChanges
+
+        _check(action, source, cell_type, to_index)
+        try:
+            document = opener().open(path, write=True)
+        except NotLive:
+            return []  # a cell added below through the frontend: the preview says so
+        exists = document.live or document.path.exists()
+        copy = MemoryNotebook(document.snapshot() if exists else None, document.path)
+        log = CellChanges(lambda _: copy)
+        proposed = log.watch(copy)
+        ids = copy.ids()
+        if action == "insert":
+            proposed.insert(len(ids) if index is None else seen.position(document.path, index, ids), source or "",
+                            cell_type or "code")
+        else:
+            target = _cell_id(document, index, cell_id, action)
+            if action == "delete":
+                proposed.delete(target)
+            elif action == "move":
+                assert to_index is not None
+                proposed.move(target, to_index)
+            else:
+                proposed.replace(target, source or "", cell_type=cell_type)
+        for change in log.changes:
+            if change.before is None:
+                change.cell_id = ""  # the copy's id for a new cell is not the one it will get
+        return log.changes
+
+    async def run_edited(path: str, **_: Any) -> ToolOutput:
+        """Accept & Run: run the code cell the last edit left."""
+        if run_cell is None or not last_edited:
+            raise ToolError("there is no kernel to run it in here.")
+        return await run_cell_tool(path, cell_id=last_edited[0])
+
+    async def _insert_below(path: str, source: str, cell_type: str) -> str:
+        assert insert_cell is not None
+        inserted = insert_cell(source, cell_type)
+        if inspect.isawaitable(inserted):
+            inserted = await inserted
+        return inserted or f"Added a new {cell_type} cell below the current cell of the open notebook {path}."
+
+    def preview_run(path: str, index: int | None = None, cell_id: str | None = None) -> str:
+        document = _writable(path)
+        target = _cell_id(document, index, cell_id, "run_cell")
+        cell = document.cell(target)
+        if cell.cell_type != "code":
+            raise ToolError(f"cell id={target} of {path} is a {cell.cell_type} cell: there is nothing to run.")
+        shown = seen.index_shown(document.path, target, document.ids())
+        return f"Run cell [{shown}] id={target} of {path} in the kernel:\n{cell.source}"
+
+    async def run_cell_tool(path: str, index: int | None = None, cell_id: str | None = None) -> ToolOutput:
+        assert run_cell is not None
+        document = _writable(path)
+        target = _cell_id(document, index, cell_id, "run_cell")
+        cell = document.cell(target)
+        if cell.cell_type != "code":
+            raise ToolError(f"cell id={target} of {path} is a {cell.cell_type} cell: there is nothing to run.")
+        document.set_outputs(target, [], None, running=True)
+        try:
+            outcome = run_cell(cell.source)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except BaseException:
+            document.set_outputs(target, [], None)  # no [*] left behind by a run that was stopped
+            raise
+        header = f"Ran cell id={target} of {path} as [{outcome.execution_count}]"
+        if seen.source(document.path, target) not in (None, cell.source):
+            header += f" (the user had changed it since you read it; it ran as:\n{cell.source}\n)"
+        try:
+            document.set_outputs(target, outcome.outputs, outcome.execution_count)
+        except ToolError as exc:
+            header += f"; its outputs could not be written into the notebook: {exc}"
+        return ToolOutput(f"{header}:\n{outcome.to_text()}", outcome.images)
 
     def preview_code(code: str) -> str:
         return code
 
-    return [
+    tools = [
         ToolDefinition(
             "list_variables",
             "List the variables in the user's Python kernel: name, type, size; tables with columns and dtypes.",
@@ -391,44 +600,60 @@ def build_notebook_tools(
         ),
         ToolDefinition(
             "read_notebook",
-            "Read a Jupyter notebook (.ipynb) as compact text: index, type and source of each cell, short text "
-            "outputs (images as placeholders).",
-            {"type": "object", "properties": {"path": {"type": "string", "description": "path of the .ipynb"}},
+            "Read a Jupyter notebook (.ipynb) as compact text: index, id, type and source of each cell, short text "
+            "outputs (images as placeholders). The notebook the user has open is read live, unsaved edits "
+            "included. Long notebooks come in pages: `start` is the first cell index shown.",
+            {"type": "object", "properties": {
+                "path": {"type": "string", "description": "path of the .ipynb"},
+                "start": {"type": "integer", "description": "first cell index to show (default 0)"}},
              "required": ["path"]},
             read_notebook,
         ),
         ToolDefinition(
             "edit_notebook",
-            "Change one cell of a notebook: action insert (at `index`, default the end), replace (the cell at "
-            "`index`) or delete. Indexes are 0-based as read_notebook shows them. The notebook the user has "
-            "open only accepts insert, which adds a cell below the current one.",
+            "Change one cell of a notebook: action insert (at `index`, default the end), replace (new `source`, "
+            "and a new `cell_type` if given), delete, or move (to `to_index`). Address the cell by `cell_id` "
+            "(surest: ids stay when cells are added above) or by its 0-based `index` as read_notebook showed it. "
+            "The notebook the user has open is changed live when its server allows it.",
             {
                 "type": "object",
                 "properties": {
                     "path": {"type": "string", "description": "path of the .ipynb"},
                     "action": {"type": "string", "enum": list(EDIT_ACTIONS)},
                     "index": {"type": "integer", "description": "0-based cell index"},
+                    "cell_id": {"type": "string", "description": "the cell's id (read_notebook shows it)"},
                     "source": {"type": "string", "description": "the cell's new source (insert, replace)"},
-                    "cell_type": {"type": "string", "enum": ["code", "markdown", "raw"], "default": "code"},
+                    "cell_type": {"type": "string", "enum": list(CELL_TYPES), "default": "code"},
+                    "to_index": {"type": "integer", "description": "move: the index the cell ends at"},
                 },
                 "required": ["path", "action"],
             },
             edit_notebook,
             kind="write",
             preview=preview_edit,
+            review=review_edit,
+            run_after=run_edited if run_cell is not None else None,
         ),
     ]
+    if run_cell is not None:
+        tools.append(ToolDefinition(
+            "run_cell",
+            "Run one code cell of a notebook in the user's kernel, as if the user ran it: its outputs and execution "
+            "count are written into that cell, and returned here (images as placeholders). Address it by `cell_id` "
+            "or `index`.",
+            {"type": "object", "properties": {
+                "path": {"type": "string", "description": "path of the .ipynb"},
+                "index": {"type": "integer", "description": "0-based cell index"},
+                "cell_id": {"type": "string", "description": "the cell's id (read_notebook shows it)"}},
+             "required": ["path"]},
+            run_cell_tool,
+            kind="command",
+            preview=preview_run,
+        ))
+    return tools
 
 
-def _read(workspace: Workspace, path: Path) -> Any:
-    """The notebook at a resolved path, read like the other file tools (no link followed on the way)."""
-    import nbformat
-
-    if not path.is_file():
-        raise ToolError(f"{path.name} does not exist. list_directory shows the files.")
-    try:
-        return nbformat.reads(workspace.read_bytes(path).decode("utf-8"), as_version=4)
-    except UnicodeDecodeError:
-        raise ToolError(f"{path.name} is not a valid notebook: it is not UTF-8 text.") from None
-    except (json.JSONDecodeError, nbformat.reader.NotJSONError) as exc:
-        raise ToolError(f"{path.name} is not a valid notebook: {exc}") from None
+def _diff(path: str, what: str, before: str, after: str) -> str:
+    lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path} {what}",
+                                 f"b/{path} {what}", n=3)
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines).rstrip("\n") or "(no change)"

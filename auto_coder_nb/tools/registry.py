@@ -28,6 +28,7 @@ class ToolOutput:
 
     text: str
     images: list[bytes] = field(default_factory=list)
+    failed: bool = False  # the work itself failed (run_code's code raised); still a result for the model to read
 
 
 class ToolRegistry:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..config import ENV_VARS, SECRET_KEYS
+from ..hub import is_hub_credential
 from ..providers.base import ToolDefinition
 from ..text import MIN_SECRET_LENGTH, omit_middle, strip_ansi
 from .registry import ToolError
@@ -130,12 +131,13 @@ def _budgets(stdout: _Capture, stderr: _Capture) -> tuple[int, int]:
 
 
 def environment_without_secrets(environ: Mapping[str, str], secrets: Iterable[str | None]) -> dict[str, str]:
-    """`environ` without the variables that hold a secret: the endpoint's own variables by name, and any
-    variable whose value contains a secret the configuration holds (`${MY_GATEWAY_KEY}`, a proxy URL with a
-    password, a fetched token)."""
+    """`environ` without the variables that hold a secret: the endpoint's own variables and JupyterHub's tokens by
+    name, and any variable whose value contains a secret the configuration holds (`${MY_GATEWAY_KEY}`, a proxy URL
+    with a password, a fetched token)."""
     values = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH]
     return {name: value for name, value in environ.items()
-            if name not in SECRET_ENV_VARS and not any(secret in value for secret in values)}
+            if name not in SECRET_ENV_VARS and not is_hub_credential(name)
+            and not any(secret in value for secret in values)}
 
 
 @contextlib.contextmanager
@@ -294,6 +296,7 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
             },
             handler=functools.partial(run_command, workspace, default_timeout=command_timeout, secrets=secrets),
             kind="command",
+            always_scope="command",  # "always" to one command line is not a yes to every command
             preview=functools.partial(preview_run_command, workspace),
         ),
     ]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..config import CONFIG_FILENAME
 from ..errors import ConfigError
@@ -35,6 +36,18 @@ _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class Editor(Protocol):
+    """An editor that holds the workspace's files (an ACP client offering fs/read_text_file and fs/write_text_file):
+    UTF-8 text files are read from it and written through it, after the workspace's own checks, so the model sees
+    unsaved changes and the editor tracks the agent's edits. Called from the thread running the tool."""
+
+    def read_text(self, path: Path) -> str | None:
+        """The text the editor has for `path`, or None to read the disk."""
+
+    def write_text(self, path: Path, text: str) -> bool:
+        """Write `text` to `path` through the editor; False to write the disk. Raises ToolError if it refused."""
+
+
 class PathChanged(ToolError):
     """A folder or file on a checked path became a symbolic link before the change: nothing went through it."""
 
@@ -47,6 +60,7 @@ class _Snapshot:
 
 @dataclass
 class _Turn:
+    mark: int  # numbers the turns of this workspace in order: `undo_since(mark)` goes back to before it
     files: dict[Path, _Snapshot] = field(default_factory=dict)
     written: dict[Path, str] = field(default_factory=dict)  # hash of what the tools last wrote, per file
     created_dirs: list[Path] = field(default_factory=list)
@@ -66,9 +80,11 @@ class Workspace:
             raise ConfigError(f"working directory {resolved} does not exist or is not a folder")
         self.root = resolved
         self._turns: list[_Turn] = []
+        self._marks = itertools.count(1)
         self._read_hashes: dict[Path, str] = {}
         # The notebook open in the user's editor, when a face knows it (the kernel does): never rewritten on disk.
         self.open_notebook: Callable[[], Path | None] = lambda: None
+        self.editor: Editor | None = None  # set by a face whose client holds the files (ACP)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -186,7 +202,15 @@ class Workspace:
         with os.fdopen(fd, "rb") as stream:
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise ToolError(f"{self.relative(path)} is not a regular file.")
-            return stream.read()
+            return self.edited(path, stream.read())
+
+    def edited(self, path: Path, raw: bytes) -> bytes:
+        """`raw`, the file's bytes on disk, or what the editor holds for it (unsaved changes included) when one is
+        attached and the file is UTF-8 text."""
+        if self.editor is None or _utf8_text(raw) is None:
+            return raw
+        text = self.editor.read_text(path)
+        return raw if text is None else text.encode("utf-8")
 
     def _read_at(self, folder: int, path: Path) -> tuple[bytes, int] | None:
         """Bytes and permission bits of a file in `folder`, or None if it does not exist."""
@@ -227,15 +251,17 @@ class Workspace:
 
     # -- turns, checkpoints and undo -----------------------------------------------------------
 
-    def begin_turn(self) -> None:
-        """Start a user turn: the changes from here on are undone together."""
+    def begin_turn(self) -> int:
+        """Start a user turn: the changes from here on are undone together. Returns the turn's mark, for
+        `undo_since` (a rewind)."""
         if not self._turns or not self._turns[-1].empty:
-            self._turns.append(_Turn())
+            self._turns.append(_Turn(next(self._marks)))
         del self._turns[:-MAX_UNDO_TURNS]
+        return self._turns[-1].mark
 
     def _turn(self) -> _Turn:
         if not self._turns:
-            self._turns.append(_Turn())
+            self._turns.append(_Turn(next(self._marks)))
         return self._turns[-1]
 
     def checkpoint(self, path: Path) -> None:
@@ -273,7 +299,9 @@ class Workspace:
         self.checkpoint(target)
         turn = self._turn()
         with self._folder(target, turn.created_dirs) as folder:
-            self._replace_at(folder, target, data)
+            text = _utf8_text(data) if self.editor is not None else None
+            if text is None or self.editor is None or not self.editor.write_text(target, text):
+                self._replace_at(folder, target, data)
         self.note_read(target, data)
         turn.written[target] = _digest(data)
 
@@ -290,8 +318,44 @@ class Workspace:
             message = "Nothing to undo: no file was changed by a tool."
             return message + _commands_note(commands)
         turn = self._turns.pop()
-        commands += turn.commands
         report = _UndoReport()
+        self._undo_turn(turn, report)
+        return report.message() + _commands_note(commands + turn.commands)
+
+    def undo_since(self, mark: int) -> str:
+        """Undo the turn `mark` (from `begin_turn`) and every later one, newest first, as `undo` does each: files
+        changed since are kept as `<name>.before-undo`. Returns what was done ("" when no file was changed)."""
+        turns = [turn for turn in self._turns if turn.mark >= mark]
+        del self._turns[len(self._turns) - len(turns):]
+        report = _UndoReport()
+        for turn in reversed(turns):
+            self._undo_turn(turn, report)
+        commands = sum(turn.commands for turn in turns)
+        if not report.any and not commands:
+            return ""
+        return (report.message() if report.any else "No file was changed.") + _commands_note(commands)
+
+    def changed_outside(self, mark: int) -> list[str]:
+        """The files the turns since `mark` changed that were changed by someone else afterwards (the user, a
+        command): between two of those turns, or after the last. Undoing them would replace that work."""
+        left: dict[Path, str | None] = {}  # the digest of what the turns left in each file (None: no file)
+        found: list[str] = []
+        for turn in (turn for turn in self._turns if turn.mark >= mark):
+            for path, snapshot in turn.files.items():
+                before = None if snapshot.data is None else _digest(snapshot.data)
+                if path in left and left[path] != before:
+                    found.append(f"{self.relative(path)} (changed between two turns)")
+                left[path] = turn.written.get(path, before)
+        for path, digest in left.items():
+            try:
+                now = None if self._moved(path) else self.read_bytes(path)
+            except (OSError, ToolError):
+                now = None
+            if (None if now is None else _digest(now)) != digest:
+                found.append(f"{self.relative(path)} (changed since the agent wrote it)")
+        return list(dict.fromkeys(found))
+
+    def _undo_turn(self, turn: _Turn, report: _UndoReport) -> None:
         for path, snapshot in reversed(turn.files.items()):
             shown = self.relative(path)
             moved = self._moved(path)
@@ -309,7 +373,6 @@ class Workspace:
             with suppress(OSError, ToolError):  # not empty any more (something else put files there): keep it
                 with self._folder(folder) as parent:
                     os.rmdir(folder.name, dir_fd=parent)
-        return report.message() + _commands_note(commands)
 
     def _moved(self, path: Path) -> str | None:
         """Why a checkpointed path must not be touched now, or None: it resolves elsewhere than it did."""
@@ -332,19 +395,25 @@ class Workspace:
                 if snapshot.data is None:
                     if current is not None:
                         os.unlink(path.name, dir_fd=folder)
-                    report.removed.append(shown)
+                    report.done(shown, removed=True)
                 else:
                     self._replace_at(folder, path, snapshot.data, snapshot.mode)
-                    report.restored.append(shown)
+                    report.done(shown, removed=False)
         except FileNotFoundError:
             if snapshot.data is not None:
                 raise
-            report.removed.append(shown)  # its folder is gone too: nothing left to remove
+            report.done(shown, removed=True)  # its folder is gone too: nothing left to remove
 
-    def _keep(self, folder: int, path: Path, data: bytes, mode: int) -> str:
+    def keep_beside(self, path: Path, data: bytes, suffix: str) -> str:
+        """Save `data` as a new file beside `path` (resolved), named `<name><suffix>` (then `-2`, `-3`, ... after
+        it), never replacing a file; returns its path as shown. Not a change of any turn: undo leaves it alone."""
+        with self._folder(path, []) as folder:
+            return self.relative(path.with_name(self._keep(folder, path, data, 0o600, suffix)))
+
+    def _keep(self, folder: int, path: Path, data: bytes, mode: int, suffix: str = KEPT_SUFFIX) -> str:
         """Save `data` as a new file beside `path` named `<name>.before-undo` (or -2, -3, ...); returns the name."""
         for number in itertools.count(1):
-            name = f"{path.name}{KEPT_SUFFIX}" + (f"-{number}" if number > 1 else "")
+            name = f"{path.name}{suffix}" + (f"-{number}" if number > 1 else "")
             try:
                 fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=folder)
             except FileExistsError:
@@ -386,6 +455,17 @@ class _UndoReport:
     refused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
+    def done(self, path: str, *, removed: bool) -> None:
+        """`path` was restored or removed; undoing several turns (newest first), the oldest turn's outcome stands."""
+        for outcome in (self.restored, self.removed):
+            if path in outcome:
+                outcome.remove(path)
+        (self.removed if removed else self.restored).append(path)
+
+    @property
+    def any(self) -> bool:
+        return any((self.restored, self.removed, self.kept, self.refused, self.failed))
+
     def message(self) -> str:
         lines = []
         if self.restored:
@@ -400,6 +480,16 @@ class _UndoReport:
         if self.failed:
             lines.append(f"Could not restore: {', '.join(self.failed)}.")
         return " ".join(lines) or "Nothing left to undo in that turn."
+
+
+def _utf8_text(data: bytes) -> str | None:
+    """`data` as text if it is UTF-8 without NUL bytes (what an editor's text buffer round-trips), else None."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _digest(data: bytes) -> str:

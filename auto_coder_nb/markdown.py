@@ -1,7 +1,9 @@
-"""Markdown to HTML for the chat panel: small and safe (everything from the model is escaped).
+"""Markdown to HTML, small and safe: everything from the model (or a server) is escaped, links only go to http(s)
+URLs. The one renderer of model text as HTML, for every face that shows HTML: the chat panel and the magics' cell
+output. `inert_markdown` keeps Markdown as Markdown for exports, with its raw HTML and unsafe links made text.
 
-Answers stream, so the text is split into finished blocks (`take_blocks`), rendered once, and an open rest
-that is re-rendered on each update."""
+Answers stream, so the panel splits the text into finished blocks (`take_blocks`), renders them once, and
+re-renders an open rest on each update."""
 
 from __future__ import annotations
 
@@ -39,17 +41,6 @@ def inline_html(text: str) -> str:
     text = _EMPHASIS.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", text)
     text = _STRIKE.sub(r"<del>\1</del>", text)
     return re.sub("\x00(\\d+)\x00", lambda m: spans[int(m.group(1))], text)
-
-
-def code_html(code: str, language: str = "") -> str:
-    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else "<span></span>"
-    buttons = (
-        '<span><button class="autocoder-copy" title="Copy to the clipboard" '
-        'onclick="window.autocoder &amp;&amp; autocoder.copy(this)">Copy</button> '
-        '<button class="autocoder-insert" title="Insert as a new cell below the panel" '
-        'onclick="window.autocoder &amp;&amp; autocoder.insert(this)">Insert below</button></span>'
-    )
-    return f'<div class="autocoder-codehead">{label}{buttons}</div><pre><code>{html.escape(code)}</code></pre>'
 
 
 def markdown_html(text: str) -> str:
@@ -183,3 +174,54 @@ def _table_html(lines: list[str]) -> str:
     rows = ["".join(f"<td>{cell}</td>" for cell in cells(line)) for line in lines[2:] if line.strip()]
     body = "".join(f"<tr>{row}</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# -- Markdown kept as Markdown, for exports ----------------------------------------------------------
+
+_ANY_FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
+_CODE_SPANS = re.compile(r"(`+)(.+?)\1")
+_INLINE_LINK = re.compile(r"\]\(\s*(\S*)")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(\S*)")
+# Where a link may go: the web, mail, a place in the page, a relative path. Not `javascript:`, `data:`, or a scheme
+# hidden by an entity (`java&#115;cript:`).
+_SAFE_DESTINATION = re.compile(r"(?i)<?(https?://|mailto:|#|/|\.{1,2}/|[^\s:&%/?#<]+([/?#)]|$))")
+
+
+def inert_markdown(text: str) -> str:
+    """`text` as Markdown still (headings, emphasis, code, http links read as before), but its raw HTML shown as text
+    and its links to other schemes made plain text: for exports, which nbconvert, editors and Jupyter render with
+    HTML live. Fenced code blocks and code spans are left exactly as written (they are shown as code anyway)."""
+    lines, fence = [], ""
+    for line in text.split("\n"):
+        opened = _ANY_FENCE.match(line)
+        if fence:
+            if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence) \
+                    and not line.strip().strip(fence[0]):
+                fence = ""
+            lines.append(line)
+        elif opened:
+            fence = opened.group(1)
+            lines.append(line)
+        else:
+            lines.append(_inert_line(line))
+    return "\n".join(lines)
+
+
+def _inert_line(line: str) -> str:
+    reference = _REFERENCE.match(line)
+    if reference and not _SAFE_DESTINATION.match(reference.group(1)):
+        line = "\\" + line
+    pieces = []
+    position = 0
+    for span in _CODE_SPANS.finditer(line):
+        pieces.append(_inert_text(line[position:span.start()]))
+        pieces.append(span.group(0))
+        position = span.end()
+    pieces.append(_inert_text(line[position:]))
+    return "".join(pieces)
+
+
+def _inert_text(text: str) -> str:
+    text = _INLINE_LINK.sub(lambda m: m.group(0) if _SAFE_DESTINATION.match(m.group(1)) else "]\\(" + m.group(1),
+                            text)
+    return text.replace("<", "&lt;")
