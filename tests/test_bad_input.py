@@ -149,7 +149,7 @@ def test_a_workspace_and_a_file_named_in_no_utf8_are_shown_sent_and_saved_escape
     listed = auto_coder(["--sessions"], env, root)
     assert "caf\\xe9-project" in listed.stdout and "what is here?" in listed.stdout
     fake_server.enqueue(reply.text("Still here."))
-    resumed = auto_coder(["--resume", "and now?"], env, root)  # the newest of this folder, found by its name
+    resumed = auto_coder(["and now?", "--resume"], env, root)  # the newest of this folder, found by its name
     assert resumed.returncode == 0 and "Resumed conversation" in resumed.stderr, resumed.stderr
     assert len(fake_server.chat_requests[-1].json["messages"]) == 6
 
