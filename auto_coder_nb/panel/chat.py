@@ -59,10 +59,11 @@ from .parts import (
     _TextPart,
     _usage_text,
 )
-from .saved import SavedOffer
+from .saved import SavedList, SavedOffer
 from .tools import ToolCards
 
 if TYPE_CHECKING:
+    from ..history import SavedConversation
     from ..session import Session
 
 UPDATES_PER_SECOND = 20
@@ -154,16 +155,20 @@ class ChatPanel:
                                       "Continue the saved conversation shown above (same history and id)")
         self._resume_button.layout.display = "none"  # shown only with a saved conversation to offer
         self._resume_button.on_click(self._handover(self._resume))
-        buttons = _box([self._send_button, self._stop_button, self._reset_button, self._resume_button],
-                       "autocoder-buttons", horizontal=True)
+        self._saved = SavedList(self, self._show_saved)
+        self._saved_button = _button("Saved", "", "autocoder-saved",
+                                     "The saved conversations of this notebook, newest first: show one to resume it")
+        self._saved_button.on_click(self._handover(self._saved.toggle))
+        buttons = _box([self._send_button, self._stop_button, self._reset_button, self._resume_button,
+                        self._saved_button], "autocoder-buttons", horizontal=True)
         # The project's .auto-coder.yaml, while untrusted: which of its settings were ignored, and a way to trust it.
         self._trust_note = _html("", "autocoder-trust-note")
         self._trust_button = _button("Trust this folder", "warning", "auto-coder-trust",
                                      "Trust this folder's .auto-coder.yaml as it is now and apply all its settings")
         self._trust_button.on_click(self._handover(self._trust))
         self._trust_bar = _box([self._trust_note, self._trust_button], "autocoder-trust-bar")
-        self.widget = _box([header, scroll, self._trust_bar, self._input, buttons, self._attachments.widget],
-                           "autocoder-panel")
+        self.widget = _box([header, scroll, self._trust_bar, self._input, buttons, self._saved.box,
+                            self._attachments.widget], "autocoder-panel")
         self._show_status()
         self._show_trust()
 
@@ -303,6 +308,24 @@ class ChatPanel:
         self._withdraw_offer()
         self._notice(message)
         self._show_status()
+
+    def _show_saved(self, saved: SavedConversation) -> None:
+        """Show a conversation chosen in the Saved list in place of the transcript, with Resume to continue it."""
+        from ..history import HistoryError
+
+        if self.running:
+            self._notice("A turn is running: Stop it first, then choose a saved conversation.")
+            return
+        try:
+            offer = SavedOffer(self, saved, SavedList.read(saved))
+        except HistoryError as exc:
+            self._error(str(exc))
+            return
+        self._transcript.clear()
+        self._records.clear()
+        self._offer = offer
+        offer.show()
+        self._resume_button.layout.display = None
 
     def _withdraw_offer(self) -> None:
         self._offer = None

@@ -5,19 +5,23 @@ Resume continues it (same history, same correlation id); Send or Reset without i
 from __future__ import annotations
 
 import html
+import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
 from ..history import ConversationStore, HistoryError, SavedConversation, read_records
 from ..transcript import ToolExchange, exchanges
-from .parts import SUMMARY_LINES, _box, _html, _short, _TextPart, _ToolCard
+from .parts import SUMMARY_LINES, _box, _button, _html, _short, _TextPart, _ToolCard
 
 if TYPE_CHECKING:
     from .chat import ChatPanel
 
 
 class SavedOffer:
+    """One saved conversation shown read-only in the panel, with Resume to continue it."""
+
     def __init__(self, panel: ChatPanel, saved: SavedConversation, records: list[dict[str, Any]]) -> None:
         self.panel = panel
         self.saved = saved
@@ -69,3 +73,58 @@ class SavedOffer:
     def resume(self) -> str:
         """Continue the saved conversation in the panel's session; the sentence to show. Raises HistoryError."""
         return self.panel.session.resume(self.saved)
+
+
+class SavedList:
+    """The panel's Saved list: this notebook's saved conversations (else this folder's), PAGE at a time, newest
+    first; only the files of the pages shown are read. Choosing one calls `choose` (the panel shows it with
+    Resume)."""
+
+    PAGE = 10
+
+    def __init__(self, panel: ChatPanel, choose: Callable[[SavedConversation], None]) -> None:
+        self.panel = panel
+        self.choose = choose
+        self.page = 0
+        self.box = _box([], "autocoder-saved-list")
+        self.box.layout.display = "none"
+
+    def toggle(self) -> None:
+        if self.box.layout.display == "none":
+            self.show(0)
+        else:
+            self.hide()
+
+    def hide(self) -> None:
+        self.box.layout.display = "none"
+        self.box.children = ()
+
+    def show(self, page: int) -> None:
+        self.page = page
+        found = self.panel.session.saved_here_all(ConversationStore())
+        entries = list(itertools.islice(found, page * self.PAGE, (page + 1) * self.PAGE + 1))
+        rows: list[Any] = []
+        for saved in entries[:self.PAGE]:
+            entry = _button(saved.line(), "", "autocoder-saved-entry", f"Show conversation {saved.id}")
+            entry.on_click(lambda _, chosen=saved: self._chosen(chosen))
+            rows.append(entry)
+        if not rows:
+            rows.append(_html("No saved conversations for this notebook yet.", "autocoder-saved-none"))
+        newer = _button("Newer", "", "autocoder-saved-newer", "The newer saved conversations")
+        older = _button("Older", "", "autocoder-saved-older", "The older saved conversations")
+        newer.disabled, older.disabled = page == 0, len(entries) <= self.PAGE
+        newer.on_click(lambda _: self.show(self.page - 1))
+        older.on_click(lambda _: self.show(self.page + 1))
+        first = page * self.PAGE + 1
+        shown = _html(f"{first}–{first + len(entries[:self.PAGE]) - 1}" if entries else "", "autocoder-saved-page")
+        self.box.children = (*rows, _box([newer, shown, older], "autocoder-saved-nav", horizontal=True))
+        self.box.layout.display = None
+
+    def _chosen(self, saved: SavedConversation) -> None:
+        self.hide()
+        self.choose(saved)
+
+    @staticmethod
+    def read(saved: SavedConversation) -> list[dict[str, Any]]:
+        """The records of a chosen conversation; HistoryError if it cannot be read."""
+        return read_records(saved.path)

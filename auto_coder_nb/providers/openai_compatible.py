@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from .. import auth
+from ..bounded_http import bounded_client
 from ..config import PRODUCT_PARAMS, PROMPTED_TEMPERATURE, Config
 from ..errors import (
     BadRequest,
@@ -135,7 +136,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
+                client = self._clients[loop] = bounded_client(auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:
@@ -367,7 +368,12 @@ class OpenAICompatibleProvider(LLMProvider):
             last_progress = time.monotonic()
             runaway = _RunawayWatch()
             while not ended:
-                read = await anext(reads, None)
+                try:
+                    read = await anext(reads, None)
+                except httpx.HTTPError:
+                    if not finished and assembler.finish_reason is None:
+                        raise
+                    read = None  # the answer is whole: a server that then drops the connection only stops its reuse
                 ended = read is None
                 try:
                     datas = parser.close() if read is None else parser.feed(read)
@@ -427,6 +433,7 @@ class OpenAICompatibleProvider(LLMProvider):
                 if not finished and assembler.finish_reason is None and runaway.tripped(assembler):
                     # Stop reading (leaving the block closes the connection, so the server stops generating too);
                     # an answer that ended already is kept whole.
+                    await reads.aclose()  # type: ignore[attr-defined]  # now, not when collected (as the loop closes)
                     yield ProviderNotice(REPETITION_NOTICE)
                     completion = assembler.completion()
                     yield Completion(completion.content, completion.reasoning, [], "repetition", completion.usage)
