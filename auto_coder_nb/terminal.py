@@ -198,6 +198,9 @@ class TerminalView:
         self.actions_refused = 0
         self.answered = False  # the turn ended with an answer after its last tool call
         self.color = self.err.isatty() and "NO_COLOR" not in os.environ
+        # What the model or a server wrote reaches a terminal with its control characters shown, not obeyed (an
+        # escape sequence could retitle the window, clear the screen or hide text); a pipe gets the answer as is.
+        self.answer_text: Callable[[str], str] = show_controls if self.out.isatty() else str
         # Flushing every chunk to a pipe costs a syscall per token; a terminal wants each one at once.
         self.flush_every = 0.0 if self.out.isatty() else 0.05
         self._last_flush = 0.0
@@ -272,7 +275,7 @@ class TerminalView:
                 if self._in_reasoning:
                     self.err.write("\n")
                     self._in_reasoning = False
-                self.out.write(event.text)
+                self.out.write(self.answer_text(event.text))
                 self._in_text = True
                 self._text_since_tools = self._text_since_tools or bool(event.text.strip())
                 now = time.monotonic()
@@ -280,7 +283,7 @@ class TerminalView:
                     self.out.flush()
                     self._last_flush = now
             case ReasoningDelta():
-                self.err.write(self._paint("2", event.text))
+                self.err.write(self._paint("2", show_controls(event.text)))
                 self._in_reasoning = True
             case _:
                 self.finish_text()
@@ -306,11 +309,11 @@ class TerminalView:
             case UsageUpdate():
                 self._usage = event
             case Notice():
-                self.err.write(self._paint("33", event.text) + "\n")
+                self.err.write(self._paint("33", show_controls(event.text)) + "\n")
             case ErrorEvent():
                 self.failed = True
                 self.error = event.error
-                self.err.write(self._paint("31", f"error: {event.message}") + "\n")
+                self.err.write(self._paint("31", f"error: {show_controls(event.message)}") + "\n")
             case TurnDone():
                 self.context = event.context
                 self.all_actions_refused = event.all_actions_refused

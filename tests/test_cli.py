@@ -502,3 +502,32 @@ def wait_for_requests(server: FakeLLMServer, count: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"the server got {len(server.chat_requests)} of {count} chat requests")
+
+
+def test_escape_sequences_from_the_model_are_shown_not_obeyed_on_a_terminal(
+    server: FakeLLMServer, env: dict[str, str], workspace: Path
+) -> None:
+    """Security round 3: an answer (or a server's error) with terminal escapes must not retitle the window, clear the
+    screen or hide text; on a pipe the answer stays exactly as the model wrote it."""
+    answer = "Done.\x1b]0;pwned\x07\x1b[2J hidden\x1b[8m secret\x1b[0m end"
+    server.enqueue(reply.text(answer))
+    child = pexpect.spawn("auto-coder", ["a question"], env=env, cwd=str(workspace), encoding="utf-8", timeout=30)
+    try:
+        child.expect(pexpect.EOF)
+        shown = child.before
+    finally:
+        child.close()
+    assert "Done.\\x1b]0;pwned\\x07\\x1b[2J hidden\\x1b[8m secret\\x1b[0m end" in shown
+    assert "\x1b]0;" not in shown and "\x1b[2J" not in shown and "\x1b[8m" not in shown
+    server.enqueue(reply.error(400, "bad \x1b]0;pwned\x07 request"))
+    child = pexpect.spawn("auto-coder", ["again"], env=env, cwd=str(workspace), encoding="utf-8", timeout=30)
+    try:
+        child.expect(pexpect.EOF)
+        shown = child.before
+    finally:
+        child.close()
+    assert "\\x1b]0;pwned\\x07" in shown and "\x1b]0;" not in shown
+    server.enqueue(reply.text(answer))
+    piped = subprocess.run(["auto-coder", "a question"], env=env, cwd=workspace, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+    assert piped.stdout == answer + "\n"
