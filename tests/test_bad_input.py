@@ -48,12 +48,15 @@ def auto_coder(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Co
 
 @pytest.mark.parametrize("step", [
     '{"a":' * 5000 + "1" + "}" * 5000,  # a runaway object: deeper than Python's JSON reader goes
-    '{"tool": "read_file", "arguments": ' + '{"a":' * 100 + "1" + "}" * 100 + "}",  # readable, but over 64
+    '{"tool": "write_file", "arguments": ' + '{"a":' * 100 + "1" + "}" * 100 + "}",  # over 64 (a write)
 ], ids=["5000-deep-step", "100-deep-arguments"])
 def test_a_prompted_step_nested_too_deep_is_refused_like_a_native_call(
         fake_server: FakeLLMServer, env: dict[str, str], tmp_path: Path, step: str) -> None:
     fake_server.enqueue(reply.text(step), reply.text(step))
-    done = auto_coder(["--tool-calling", "prompted", "read it"], env, tmp_path)
+    # A step this long is cut at the prompted step cap first (issue 23); the depth rule is for what gets through.
+    (tmp_path / "long-steps.yaml").write_text("llm:\n  step_max_tokens: 1000000\n")
+    done = auto_coder(["--config", str(tmp_path / "long-steps.yaml"), "--tool-calling", "prompted", "read it"], env,
+                      tmp_path)
     assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
     assert "not a valid step, twice" in done.stderr
     repair = fake_server.chat_requests[1].json["messages"][-1]["content"]
