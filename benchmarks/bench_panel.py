@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from auto_coder_nb.config import load_config
 from auto_coder_nb.events import TextDelta
 from auto_coder_nb.panel import ChatPanel
 from auto_coder_nb.session import Session
+from auto_coder_nb.testing.ports import free_port
 from auto_coder_nb.testing.server import reply
 
 MODEL_ID_CHARS = 45  # "IPY_MODEL_" + a 32-digit hex id + quotes and comma, as sent in a children list
@@ -52,12 +52,6 @@ def sse_chunk(text: str) -> str:
     body = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "fake-model",
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
     return f"data: {json.dumps(body)}\n\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Meter:

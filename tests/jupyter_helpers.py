@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import httpx
 import nbformat
 import pytest
 
+from auto_coder_nb.testing.ports import free_port
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -33,12 +34,6 @@ APPS = ("lab", "notebook", "server")
 # CI (CI=true) installs chromium and must run these tests; a developer machine without it skips, saying why.
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
                                     reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def model_env(llm_base_url: str, approval_mode: str = "ask") -> dict[str, str]:

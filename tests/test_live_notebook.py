@@ -17,10 +17,11 @@ from typing import Any
 import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import Jupyter, free_port, jupyter, model_env, saved_notebook, wait_for, write_notebook
+from jupyter_helpers import Jupyter, jupyter, model_env, saved_notebook, wait_for, write_notebook
 
 from auto_coder_nb.jupyter_server import ServerInfo, find_server
 from auto_coder_nb.live_notebook import CONNECT_TIMEOUT, LiveEditing, LiveNotebook, Room, RoomError, room_loop
+from auto_coder_nb.testing.ports import free_port
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace
 from auto_coder_nb.tools.notebook import build_notebook_tools, run_python

@@ -34,6 +34,7 @@ from auto_coder_nb.errors import (
 )
 from auto_coder_nb.providers.base import Completion, ReasoningChunk, Retrying, TextChunk, ToolDefinition
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
+from auto_coder_nb.testing.ports import free_port
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -514,12 +515,6 @@ def test_dropped_connection_mid_answer_is_a_stream_error(fake_server: FakeLLMSer
 
 
 # -- errors --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def retry_notices_until_failure(config: Config, notices: list[str]) -> None:

