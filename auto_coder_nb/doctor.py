@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ssl
-import threading
 from collections.abc import Callable, Coroutine
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from .config import DEFAULT_BASE_URL, DEFAULT_CONTEXT_WINDOW, Config, redact_url
 from .errors import AutoCoderError, ProviderError, ToolsNotSupported
 from .hub import hub_server
 from .instructions import ProjectInstructions, load_instructions
+from .loop_thread import LoopThread
 from .private import privacy
 from .providers.base import Completion, TextChunk, ToolDefinition
 from .providers.capabilities import ModelCapabilities
@@ -81,7 +80,7 @@ def run_doctor(config: Config, write: Callable[[str], None], *,
     try:
         return doctor.run()
     finally:
-        doctor.runner.close()
+        doctor.runner.stop(CLOSE_WITHIN)
 
 
 class _Doctor:
@@ -658,20 +657,17 @@ def _too_slow(step: str) -> Row:
                "the model may still be loading, or the server be overloaded: try again, or read the server's log")
 
 
-class _Runner:
-    """The doctor's event loop, on a daemon thread of its own: the caller may sit inside a running loop (IPython),
-    and a request that will not end must not keep the process alive after Ctrl-C."""
+class _Runner(LoopThread):
+    """The doctor's loop: the caller may sit inside a running loop (IPython), and Ctrl-C must end a check at once."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-doctor", daemon=True)
-        self.thread.start()
+        super().__init__("auto-coder-doctor")
 
     def run(self, work: Coroutine[Any, Any, Any], deadline: float, waiting: Callable[[], None]) -> Any:
         """`work`'s result, within `deadline` seconds (else TimeoutError). `waiting()` is called once if it takes
         more than a moment. On KeyboardInterrupt the work is cancelled (its connection closed) before it
         propagates."""
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(work, deadline), self.loop)
+        future = self.submit(asyncio.wait_for(work, deadline))
         try:
             try:
                 return future.result(timeout=WAIT_NOTICE_AFTER)
@@ -683,21 +679,5 @@ class _Runner:
         except (concurrent.futures.TimeoutError, asyncio.TimeoutError):  # wait_for's deadline (3.10 has its own)
             raise TimeoutError from None
         except BaseException:
-            future.cancel()  # cancels the task on the loop; close() waits until it has ended
+            future.cancel()  # cancels the task on the loop; stop() waits until it has ended
             raise
-
-    def close(self) -> None:
-        """End what still runs (a cancelled request closes its connection), then the loop; a few seconds at most."""
-        async def finish() -> None:
-            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.loop.shutdown_asyncgens()
-
-        with suppress(BaseException):
-            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=CLOSE_WITHIN)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=CLOSE_WITHIN)
-        if not self.thread.is_alive():
-            self.loop.close()

@@ -442,11 +442,9 @@ class Worker:
     None between magics."""
 
     def __init__(self) -> None:
-        import asyncio
+        from .loop_thread import LoopThread
 
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-turns", daemon=True)
-        self.thread.start()
+        self.loop = LoopThread("auto-coder-turns").loop
         self.channel: queue.Queue[Any] | None = None
 
     async def call_in_main_thread(self, function: Callable[[], Any]) -> Any:

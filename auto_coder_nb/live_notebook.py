@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .jupyter_server import JupyterServer, NoCollaboration, ServerError, find_server
+from .loop_thread import LoopThread
 from .tools.notebook_document import HOW_TO_GO_LIVE, Cell, CellList, NotebookDocument, NotLive
 from .tools.registry import ToolError
 
@@ -42,19 +43,17 @@ def missing_extra() -> str | None:
     return next((name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None), None)
 
 
-class RoomLoop:
+class RoomLoop(LoopThread):
     """One thread with its own event loop for every room of the process."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="auto-coder-room", daemon=True)
-        self.thread.start()
+        super().__init__("auto-coder-room")
 
     def run(self, coroutine: Any, timeout: float, what: str) -> Any:
         """Run `coroutine` on the room loop and wait for it, `timeout` seconds at most (RoomError then)."""
         if threading.current_thread() is self.thread:
             raise RuntimeError("RoomLoop.run called from the room thread itself")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        future = self.submit(coroutine)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

@@ -23,9 +23,10 @@ from .. import __version__
 from ..config import Config, McpServerConfig, load_config
 from ..errors import ConfigError
 from ..history import ConversationStore, HistoryError
+from ..loop_thread import LoopThread
 from ..session import Session
 from .files import ClientFiles
-from .session import AcpSession, LoopThread
+from .session import STOP_SECONDS, AcpSession
 from .wire import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, Connection, RpcError, invalid_params
 
 PROTOCOL_VERSION = 1
@@ -119,7 +120,7 @@ class AgentServer:
             await asyncio.wait_for(asyncio.wrap_future(live.thread.submit(live.close())), SHUTDOWN_SECONDS)
         except Exception as exc:  # closing one session must not keep the others open
             log.warning("closing session %s: %s", live.id, exc)
-        live.thread.stop()
+        live.thread.stop(STOP_SECONDS)
 
     async def handle(self, method: str, params: Any) -> Any:
         handler = self.methods.get(method)
@@ -233,7 +234,7 @@ class AgentServer:
         try:
             session = await asyncio.wrap_future(thread.submit(_call(self._create, cwd, servers)))
         except BaseException:
-            thread.stop()
+            thread.stop(STOP_SECONDS)
             raise
         session_id = session_id or session.conversation.correlation_id
         files = None

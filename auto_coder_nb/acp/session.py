@@ -8,21 +8,18 @@ the other sessions' prompts).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Coroutine
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 from ..approvals import APPROVAL_MODES, APPROVAL_ORDER
 from ..history import SavedConversation, read_records, saved_approval_mode
+from ..loop_thread import LoopThread
 from ..session import Session
 from .content import compose
 from .files import ClientFiles
 from .updates import TurnView, Updates, replay
 from .wire import Connection
 
-T = TypeVar("T")
 STOP_SECONDS = 10.0
 MODE_NAMES = {
     "ask": ("Ask", "File changes and commands ask first."),
@@ -30,24 +27,6 @@ MODE_NAMES = {
     "full-auto": ("Full auto", "File changes and commands run without asking."),
     "read-only": ("Read-only", "File changes and commands are refused."),
 }
-
-
-class LoopThread:
-    """An event loop running on a thread of its own."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(work, self.loop)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(STOP_SECONDS)
-        if not self.loop.is_running():
-            self.loop.close()
 
 
 class AcpSession:
