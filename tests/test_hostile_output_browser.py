@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hostile
 import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
+from jupyter_helpers import WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 pytestmark = needs_chromium
-playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 OUTPUT = jupyter_helpers.OUTPUT / "hostile_output"
 
 # The magic whose request the server refuses fails its cell, which ends Run All: it comes last.
@@ -61,24 +61,20 @@ def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
 
 
 @pytest.mark.parametrize("face", ["lab", "notebook7"])
-def test_answers_and_error_bodies_show_as_text(lab: Jupyter, llm: FakeLLMServer, face: str) -> None:
+def test_answers_and_error_bodies_show_as_text(lab: Jupyter, llm: FakeLLMServer, browser: Any, face: str) -> None:
     llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY),
                 reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
     name = "hostile_lab.ipynb" if face == "lab" else "hostile_nb7.ipynb"
     url = f"{lab.url}/lab/tree/{name}" if face == "lab" else f"{lab.url}/notebooks/{name}"
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 2400})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(f"{url}?token={lab.token}")
-                lab.wait_for_connected_kernel(name)
-                seen = _run_all_and_inspect(page, face)
-            finally:
-                page.screenshot(path=str(OUTPUT / f"{face}.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 2400})
+    page.set_default_timeout(WAIT_MS)
+    try:
+        page.goto(f"{url}?token={lab.token}")
+        lab.wait_for_connected_kernel(name)
+        seen = _run_all_and_inspect(page, face)
+    finally:
+        page.screenshot(path=str(OUTPUT / f"{face}.png"), full_page=True)
+        page.close()
     assert seen["found"] == [], seen["found"]
     assert seen["pwned"] is None and seen["dataset"] is None
     assert seen["background"] != "rgb(255, 0, 0)"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from jupyter_helpers import needs_chromium
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -49,7 +50,6 @@ locked: [llm.base_url, llm.model, llm.api_key, llm.user, llm.user_header, llm.us
 """
 SEPARATE_USERS = pytest.mark.skipif(not is_root(), reason="the hub runs every user as the current user when the "
                                                           "tests are not root: the OS cannot keep them apart")
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 90_000  # generous: waits end as soon as the page shows what they wait for
 OUTPUT = Path(__file__).parent.parent / "test-output" / "hub"
 
@@ -246,11 +246,10 @@ PANEL_NOTEBOOK = {
 }
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
-                    reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+@needs_chromium
 def test_the_panel_through_the_hubs_proxy_in_a_browser(team: Team) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-    from test_panel_browser import CHROMIUM_ARGS
+    from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS
 
     hub, llm, name = team.hub, team.llm, team.name("ana")
     settings = ".jupyter/lab/user-settings/@jupyterlab"

@@ -12,8 +12,6 @@ import jupyter_helpers
 import nbformat
 import pytest
 from jupyter_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     WAIT_MS,
     Jupyter,
     jupyter,
@@ -45,16 +43,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iterato
     root.mkdir()
     with jupyter(tmp, root, OUTPUT / "jupyterlab.log", model_env(llm.base_url, "full-auto"), app="lab") as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.mark.parametrize("frontend", ["lab", "notebook"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import jupyter_helpers
 import pytest
-from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
+from jupyter_helpers import WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
 from PIL import Image as PILImage
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
@@ -102,20 +102,17 @@ def _jupyter(app: str, tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
         yield server
 
 
-def test_chat_panel_in_jupyterlab(lab: Jupyter, llm: FakeLLMServer) -> None:
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1200},
-                                          permissions=["clipboard-read", "clipboard-write"])
-            page = context.new_page()
-            try:
-                _chat(page, lab, llm)
-            except BaseException:
-                page.screenshot(path=str(OUTPUT / "failure.png"))
-                raise
-        finally:
-            browser.close()
+def test_chat_panel_in_jupyterlab(lab: Jupyter, llm: FakeLLMServer, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 1200},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    try:
+        _chat(page, lab, llm)
+    except BaseException:
+        page.screenshot(path=str(OUTPUT / "failure.png"))
+        raise
+    finally:
+        context.close()
     assert "Traceback" not in lab.log.read_text(errors="replace")  # nothing went to the log console
 
 
@@ -359,19 +356,17 @@ def _chat(page: object, lab: Jupyter, llm: FakeLLMServer) -> None:
     p.screenshot(path=str(OUTPUT / "09-notebook-and-log-console.png"))
 
 
-def test_chat_panel_in_notebook_7(notebook7: Jupyter, llm: FakeLLMServer) -> None:
+def test_chat_panel_in_notebook_7(notebook7: Jupyter, llm: FakeLLMServer, browser: Any) -> None:
     """Notebook 7: the panel runs, fills its cell's width, and every text and button is readable in both themes."""
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 1200}).new_page()
-            try:
-                _chat_in_notebook_7(page, notebook7, llm)
-            except BaseException:
-                page.screenshot(path=str(OUTPUT / "nb7-failure.png"))
-                raise
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 1200})
+    page = context.new_page()
+    try:
+        _chat_in_notebook_7(page, notebook7, llm)
+    except BaseException:
+        page.screenshot(path=str(OUTPUT / "nb7-failure.png"))
+        raise
+    finally:
+        context.close()
     assert "Traceback" not in notebook7.log.read_text(errors="replace")
 
 
