@@ -361,7 +361,7 @@ def test_write_file_and_edit_file_refuse_the_open_notebook_before_asking(root: P
                             ("edit_file", {"path": "analysis.ipynb", "old_string": "x = 1", "new_string": "x = 2"})):
         with pytest.raises(ToolError, match="open in the user's editor"):
             preview(registry, name, **arguments)
-        assert "edit_notebook with action insert" in error(registry, name, **arguments)
+        assert "Use edit_notebook (a cell at a time" in error(registry, name, **arguments)
     assert notebook.read_text() == '{"cells": ["x = 1"]}'
 
 
