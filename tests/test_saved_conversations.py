@@ -381,6 +381,9 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
         assert resume is panel._resume_button and resume.layout.display is None and resume.description == "Resume"
         assert "Two files." in html_of(find(panel.widget, "autocoder-assistant")[0])
         assert "print" in html_of(find(panel.widget, "autocoder-code")[0])  # with its Run / Copy buttons
+        # One rendering path: the saved card is drawn as the live one was (title, status, summary).
+        for css in ("autocoder-user", "autocoder-card-head", "autocoder-summary", "autocoder-assistant"):
+            assert html_of(find(panel.widget, css)[0]) == html_of(find(first.widget, css)[0]), css
         resume.click()
         await until(lambda: panel.correlation_id == old_id, "the resumed id")
         assert resume.layout.display == "none" and "Resumed conversation" in panel.transcript[-1]["text"]
