@@ -4,14 +4,16 @@ are read before anyone trusts them, so nothing in one may exhaust memory or time
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # PyYAML loads when a file is read, not when the package is imported (start-up time)
+    import yaml
 
 # Limits on a configuration file (a few lines in practice): what a hostile file (a cloned project's) could use to
 # exhaust memory or time. Aliases are counted, and the size of the document with every alias expanded is too
@@ -26,36 +28,45 @@ class _YamlLimit(Exception):
     """A configuration file beyond one of the limits above."""
 
 
-class _LimitedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing more than MAX_YAML_ALIASES aliases or MAX_YAML_NODES values, and nesting deeper
-    than MAX_YAML_DEPTH, while it reads (the pure-Python parser takes seconds for a hundred thousand values)."""
+@functools.cache
+def _limited_loader() -> type[yaml.SafeLoader]:
+    import yaml
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.aliases = 0
-        self.depth = 0
-        self.nodes = 0
+    class LimitedLoader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing more than MAX_YAML_ALIASES aliases or MAX_YAML_NODES values, and nesting
+        deeper than MAX_YAML_DEPTH, while it reads (the pure-Python parser takes seconds for a hundred thousand
+        values)."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_YAML_ALIASES:
-                raise _YamlLimit(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
-        self.nodes += 1
-        if self.nodes > MAX_YAML_NODES:
-            raise _YamlLimit(f"more than {MAX_YAML_NODES} values")
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise _YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.aliases = 0
+            self.depth = 0
+            self.nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise _YamlLimit(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
+            self.nodes += 1
+            if self.nodes > MAX_YAML_NODES:
+                raise _YamlLimit(f"more than {MAX_YAML_NODES} values")
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise _YamlLimit(f"nested more than {MAX_YAML_DEPTH} levels deep")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return LimitedLoader
 
 
 def _expanded_size(node: yaml.Node) -> int:
     """How many nodes `node` stands for with every alias expanded; _YamlLimit past MAX_YAML_NODES, or when an
     alias refers to a node that contains it (a structure that never ends)."""
+    import yaml
+
     sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, height)
     open_nodes: set[int] = set()
 
@@ -117,9 +128,11 @@ def parse_yaml(path: Path, content: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1} cannot be decoded); save it as UTF-8") \
             from None
-    loader: _LimitedLoader | None = None
+    import yaml
+
+    loader: yaml.SafeLoader | None = None
     try:
-        loader = _LimitedLoader(text)
+        loader = _limited_loader()(text)
         node = loader.get_single_node()
         if node is None:
             return None
