@@ -44,13 +44,12 @@ print("MODULES " + json.dumps(sorted(set(sys.modules) - before)))
 BARE = "import json, sys; print('MODULES ' + json.dumps(sorted(sys.modules)))"
 
 # The modules of this package each entry point loads, exactly.
-VERSION_MODULES = {
-    "", "cli", "approvals", "config", "config_files", "errors", "private", "site_policy", "text", "trust",
+CONFIG_MODULES = {
+    "config", "config.schema", "config.coercion", "config.files", "config.site", "config.project", "config.loading",
+    "plugins", "approvals", "errors", "private", "site_policy", "text", "trust",
 }
-LOAD_EXT_MODULES = {
-    "", "magics", "kernel", "notebook_context", "approvals", "config", "config_files", "errors", "private",
-    "site_policy", "text", "trust",
-}
+VERSION_MODULES = {"", "cli"} | CONFIG_MODULES
+LOAD_EXT_MODULES = {"", "magics", "kernel", "notebook_context"} | CONFIG_MODULES
 SINGLE_PROMPT_MODULES = VERSION_MODULES | {
     "agent", "auth", "authentication_provider", "cell_changes", "events", "history", "hub", "images",
     "instructions", "markdown", "rewind", "session", "terminal", "transcript", "transport",
