@@ -81,11 +81,14 @@ def jupyter_server(tmp_path: Path, llm_base_url: str, log: Path, env: dict[str, 
         sys.executable, "-m", "jupyter", app, "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         f"--ServerApp.root_dir={root}", f"--{options}.user_settings_dir={settings}",
         f"--{options}.workspaces_dir={tmp_path / 'workspaces'}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'cp'}",
+        # jupyter-collaboration (the test extra has it) keeps its session ids out of the listing the model reads.
+        f"--YDocExtension.session_store_path={tmp_path / 'collaboration_sessions.json'}",
     ]
     if app == "lab":
         command += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=server_env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
+        # cwd outside the root: jupyter-collaboration keeps its store (.jupyter_ystore.db, .jupyter/) there.
+        process = subprocess.Popen(command, env=server_env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_serving(url, token, process, log)

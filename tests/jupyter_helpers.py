@@ -114,7 +114,8 @@ def jupyter(tmp_path: Path, root: Path, log: Path, env: Mapping[str, str], app: 
             command = [part.replace("--LabApp.", "--JupyterNotebookApp.") for part in command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=full_env, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
+        # cwd outside the root: jupyter-collaboration keeps its store (.jupyter_ystore.db, .jupyter/) there.
+        process = subprocess.Popen(command, env=full_env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url, token, process, log)

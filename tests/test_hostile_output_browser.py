@@ -29,12 +29,13 @@ pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 OUTPUT = jupyter_browser.OUTPUT / "hostile_output"
 
+# The magic whose request the server refuses fails its cell, which ends Run All: it comes last.
 CELLS = [
     "%load_ext auto_coder_nb",
-    "%%autocoder --context none\nshow me the plan",
-    "%%autocoder --context none\nand again",
     "from auto_coder_nb import ChatPanel\npanel = ChatPanel()\npanel",
     "await panel.ask('the plan, in the panel')\nawait panel.ask('and again')\nprint('panel turns done')",
+    "%%autocoder --context none\nshow me the plan",
+    "%%autocoder --context none\nand again",
 ]
 # What the page says about the payloads: elements they would create, what they would set.
 INSPECT_JS = """(live) => {
@@ -105,5 +106,6 @@ def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")  # type: ignore[attr-defined]
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")  # type: ignore[attr-defined]
     p.wait_for_selector(".jp-OutputArea-output:has-text('panel turns done')")  # type: ignore[attr-defined]
+    p.wait_for_selector(".jp-OutputArea-output:has-text('Bad request: <img')")  # type: ignore[attr-defined]
     p.wait_for_function("document.querySelectorAll('.autocoder-transcript .autocoder-error').length === 1")  # type: ignore[attr-defined]
     return p.evaluate(INSPECT_JS, list(hostile.LIVE))  # type: ignore[attr-defined,no-any-return]

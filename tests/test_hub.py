@@ -135,7 +135,7 @@ def test_each_users_magic_gets_the_site_settings_and_cannot_override_the_locked_
         assert request.headers["x-user"] == team.name("ana") and request.json["user"] == team.name("ana")
 
         refused = turn(ana, "%autocoder -m other-model hello again")
-        assert f"llm.model is locked by the administrator ({team.site}), so 'other-model' is not used" in refused
+        assert f"model 'other-model': llm.model is locked by the administrator ({team.site}) to 'team-model'" in refused
         assert len(llm.chat_requests) == before + 1  # nothing sent (it used to be, with other-model)
 
         llm.enqueue(reply.text("Hello Ben."))
