@@ -270,6 +270,7 @@ MCP_SERVERS = "mcp.servers"
 
 
 def field_type(key: str) -> str:
+    """The type of `key`'s field as its dataclass writes it ("int | None"); KeyError for a key no section has."""
     section, name = key.split(".", 1)
     for f in fields(SECTIONS[section]):
         if f.name == name:
