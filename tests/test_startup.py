@@ -55,8 +55,8 @@ SINGLE_PROMPT_MODULES = VERSION_MODULES | {
     "instructions", "markdown", "rewind", "session", "terminal", "transcript", "transport",
     "providers", "providers.base", "providers.capabilities", "providers.known_servers",
     "providers.openai_compatible", "providers.openai_errors", "providers.prompted", "providers.repetition",
-    "providers.sse", "state", "state.conversation", "tools", "tools.filesystem", "tools.notebook_document",
-    "tools.registry", "tools.shell", "tools.workspace",
+    "providers.sse", "providers.answers", "providers.quirks", "providers.retry", "state", "state.conversation",
+    "tools", "tools.filesystem", "tools.notebook_document", "tools.registry", "tools.shell", "tools.workspace",
 }
 
 
