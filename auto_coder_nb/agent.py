@@ -11,12 +11,13 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .approvals import APPROVAL_ORDER, Allowance, ApprovalPolicy
 from .config import DEFAULT_CONTEXT_WINDOW, AgentConfig
+from .deadline import TurnDeadline
 from .errors import AutoCoderError, ContextOverflow, StreamCutOff
 from .events import (
     ApprovalRequest,
@@ -44,12 +45,14 @@ from .providers.base import (
     Usage,
 )
 from .site_policy import SitePolicy
-from .state.conversation import Conversation
+from .state.conversation import INTERRUPTED, Conversation
 from .text import scrub, with_review
+from .tools.arguments import clamp_numbers, placeholder_problem
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
 
 REPEAT_LIMIT = 3
+LOOP_PERIODS = (1, 2, 3)  # the loop guard catches the same call, or cycles of two or three calls, repeated
 CUT_OFF_MARKER = "[the answer was cut off here: the stream ended before the server said it was complete]"
 # Shorten the history when a request would pass this share of the window, down to the second.
 SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
@@ -65,6 +68,11 @@ TRUNCATED_ARGUMENTS = (
 )
 CUT_OFF = ("The answer was cut off: it reached the output token limit (llm.max_tokens). Ask for the rest, "
            "or raise llm.max_tokens.")
+TURN_TIMEOUT = ("Stopped: this turn ran for {seconds:g} s (agent.turn_timeout; time spent on approvals is not "
+                "counted). Send a message to let it continue.")
+STOPPED_AT_TIMEOUT = "stopped: the turn reached its time limit (agent.turn_timeout) before this call ran"
+NOT_ANSWERED = ("Not executed: you repeated your steps and were asked to answer from the results you have; "
+                "answer the user now.")
 NO_VISION = ("Not sent: {model} does not accept images (llm.vision is {setting}). Set llm.vision: true "
              "(AUTO_CODER_VISION=1) if it is a vision model, or ask without the image.")
 
@@ -134,6 +142,7 @@ class Agent:
         # The secret values to hide in tool results and error messages (the session sets it: auth.secret_values).
         self.secrets: Callable[[], Iterable[str | None]] = tuple
         self._last_usage: Usage | None = None  # of the last request, for the context share
+        self._deadline: TurnDeadline | None = None  # of the running turn: approvals pause it
         self._window: tuple[int, str] | None = None  # the context window of the last turn, and where it came from
 
     async def sees_images(self) -> bool:
@@ -197,9 +206,11 @@ class Agent:
         """Run one user turn; `images` (attachments, already fitted) go with the message to a vision model.
         Errors arrive as ErrorEvent; cancellation leaves a consistent history.
         Every face goes through here, so the observer sees each turn whatever the face."""
-        turn = self._turn(message, images, options or TurnOptions())
+        deadline = TurnDeadline(self.config.turn_timeout)
+        turn = self._turn(message, images, options or TurnOptions(), deadline)
+        events = self._within_deadline(turn, deadline)
         try:
-            async for event in turn:
+            async for event in events:
                 if isinstance(event, ErrorEvent):  # a server or a library may have echoed a credential
                     event.message = scrub(event.message, self.secrets())
                 if self.observer is not None:
@@ -208,21 +219,51 @@ class Agent:
                         yield Notice(warning)
                 yield event
         finally:
+            await events.aclose()
             await turn.aclose()
 
-    async def _turn(self, message: str, images: Sequence[Image], options: TurnOptions) -> AsyncGenerator[Event, None]:
+    async def _within_deadline(self, turn: AsyncGenerator[Event, None],
+                               deadline: TurnDeadline) -> AsyncGenerator[Event, None]:
+        """The events of `turn`, ended with a notice once it has run for agent.turn_timeout (approvals paused)."""
+        deadline.start()
+        ended = False  # TurnDone was yielded: the turn only has to finish
+        try:
+            while ended or not deadline.expired:
+                try:
+                    with deadline.running():
+                        event = await turn.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not deadline.fired:
+                        raise  # the user stopped the turn
+                    deadline.swallow()
+                    break
+                ended = ended or isinstance(event, TurnDone)
+                if isinstance(event, ApprovalRequest):
+                    deadline.stop()  # the user's time, until the decision (the face may ask before resuming)
+                yield event
+            await turn.aclose()  # the history is repaired: open calls answered, the answer so far kept
+            yield Notice(TURN_TIMEOUT.format(seconds=self.config.turn_timeout))
+            yield self._done("turn_timeout")
+        finally:
+            deadline.stop()
+
+    async def _turn(self, message: str, images: Sequence[Image], options: TurnOptions,
+                    deadline: TurnDeadline) -> AsyncGenerator[Event, None]:
         if self.busy:
             yield ErrorEvent("Another request is still running in this session (in the chat panel or another "
                              "cell). Stop it or wait for it to finish, then ask again.")
             yield TurnDone("busy")
             return
         self.busy = True
+        self._deadline = deadline
         self._actions = {"refused": 0, "allowed": 0}
         conversation = self.conversation
         turn_usage = Usage()
-        recent_calls: list[tuple[str, str]] = []
+        calls_made: list[tuple[str, str]] = []  # (name, canonical arguments) of this turn's calls, for the loop guard
         last_step: list[tuple[str, str]] = []
-        answer_only = False  # the model repeated its last step: the next request lets it only answer
+        answer_only = False  # the model repeated itself: the next request lets it only answer
         partial: list[str] = []  # answer text streamed but not yet in the history
         began = False  # the turn was checkpointed (self.turns): it is ended however it ends
         try:
@@ -285,26 +326,38 @@ class Agent:
                         yield Notice(CUT_OFF)
                     yield self._done("stop")
                     return
+                # Asked to answer, it made a call of this turn again (a server that ignores tool_choice): stop here.
+                # A new call runs: the model moved on.
+                again = next((call for call in calls if (call.name, _canonical(call.arguments)) in calls_made),
+                             None) if answer_only else None
+                if again is not None:
+                    conversation.repair(NOT_ANSWERED)
+                    yield Notice(_loop_notice(calls_made, (again.name, _canonical(again.arguments))) or
+                                 f"Stopped: the model repeated its steps, then called {again.name} again when "
+                                 "it was asked to answer from the results it had.")
+                    yield self._done("repeated_call")
+                    return
                 step_images: list[Image] = []
                 cap = max(1, self.config.max_tool_calls_per_answer)
                 if len(calls) > cap:
                     yield Notice(f"The model asked for {len(calls)} tool calls in one answer; only the first {cap} "
                                  "run (agent.max_tool_calls_per_answer).")
                 step = [(call.name, _canonical(call.arguments)) for call in calls[:cap]]
-                # The same step twice in a row: the results are in, so the model answers next instead of asking
-                # again (small models repeat a call rather than answer). A server that ignores this meets the guard.
-                answer_only, last_step = step == last_step, step
-                for call in calls[:cap]:
-                    recent_calls = [*recent_calls[-(REPEAT_LIMIT - 1):], (call.name, _canonical(call.arguments))]
-                    if len(recent_calls) == REPEAT_LIMIT and len(set(recent_calls)) == 1:
-                        conversation.repair(f"Not executed: the same call was made {REPEAT_LIMIT} times in a row.")
-                        yield Notice(f"Stopped: the model called {call.name} with the same arguments "
-                                     f"{REPEAT_LIMIT} times in a row.")
+                for call, key in zip(calls[:cap], step, strict=True):
+                    stop = _loop_notice(calls_made, key)
+                    if stop is not None:
+                        conversation.repair(f"Not executed: the same calls were made {REPEAT_LIMIT} times in a row.")
+                        yield Notice(stop)
                         yield self._done("repeated_call")
                         return
+                    calls_made.append(key)
                     async for event in self._execute(call, step_images, options.approval_mode,
-                                                     truncated=completion.finish_reason == "length"):
+                                                     truncated=completion.finish_reason in ("length", "step_limit")):
                         yield event
+                # The same step again, or the same two or three calls twice over: the results are in, so the model
+                # answers next instead of asking again (small models repeat or alternate calls rather than answer).
+                answer_only = step == last_step or _looping(calls_made, 2) is not None
+                last_step = step
                 conversation.repair(TOO_MANY_CALLS.format(cap=cap))
                 conversation.add_images(step_images, "The images the tool calls above produced (the user saw them "
                                                      "too):")
@@ -312,12 +365,15 @@ class Agent:
                          "(agent.max_iterations). Send a message to let it continue.")
             yield self._done("max_iterations")
         except BaseException:
-            # Cancelled (Stop, Ctrl-C, kernel interrupt) or closed: keep what was said, answer open calls.
-            self._close_answer(partial, "[interrupted]")
-            conversation.repair()
+            # Cancelled (Stop, Ctrl-C, kernel interrupt, the time limit) or closed: keep what was said, answer
+            # open calls.
+            timed_out = self._deadline is not None and self._deadline.expired
+            self._close_answer(partial, "[stopped at the turn's time limit]" if timed_out else "[interrupted]")
+            conversation.repair(STOPPED_AT_TIMEOUT if timed_out else INTERRUPTED)
             raise
         finally:
             self.busy = False
+            self._deadline = None
             if began and self.turns is not None:
                 self.turns.end()
 
@@ -385,6 +441,10 @@ class Agent:
             tool = self.tools.get(call.name)
             if tool is None:
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {', '.join(self.tools.names())}.")
+            placeholder = placeholder_problem(call.name, arguments, tool.parameters)
+            if placeholder is not None:
+                raise ToolError(placeholder)
+            arguments, clamped = clamp_numbers(arguments, tool.parameters)
             allowance = Allowance.of(tool.name, tool.always_scope, arguments)
             decision = self.policy.decide(tool.kind, mode, allowance)
             if decision == "deny":
@@ -398,7 +458,10 @@ class Agent:
                                           always_covers=allowance.describe(), cells=cells,
                                           can_run=tool.run_after is not None and any(c.runnable for c in cells))
                 yield request
-                allowed, reason, always = await request.wait()
+                # The user's time is not the turn's: the clock stopped when the request went out (a face may ask
+                # before it resumes the turn) and goes on once the user has decided.
+                with self._deadline.paused() if self._deadline is not None else nullcontext():
+                    allowed, reason, always = await request.wait()
                 if self.observer is not None:
                     self.observer.approval(request, allowed, reason, always)
                 if always:
@@ -418,7 +481,7 @@ class Agent:
                 result.cells = self.turns.changes_since(known)
             if request is not None and request.run_after and tool.run_after is not None:
                 output = await _run_after(tool, arguments, output)
-            result.output, result.is_error = output.text, False
+            result.output, result.is_error = "".join(f"{note}\n" for note in clamped) + output.text, False
             if output.images:
                 result.images, notes = self._fit_images(output, call.name)
                 sees = bool(result.images) and await self.sees_images()
@@ -524,6 +587,33 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
                     return True
                 stack.append((child, depth + 1))
     return False
+
+
+def _looping(calls: Sequence[tuple[str, str]], repeats: int) -> int | None:
+    """The length of the cycle (one call, or two or three different ones) that `calls` end with, repeated
+    `repeats` times over; None when they do not."""
+    for period in LOOP_PERIODS:
+        span = period * repeats
+        if len(calls) < span:
+            break
+        block = calls[-period:]
+        if period > 1 and len(set(block)) == 1:
+            continue  # the same call repeated: period 1 says so
+        if all(calls[-span + index] == block[index % period] for index in range(span)):
+            return period
+    return None
+
+
+def _loop_notice(calls_made: list[tuple[str, str]], call: tuple[str, str]) -> str | None:
+    """What stops the turn when `call` would make the same call, or cycle of calls, REPEAT_LIMIT times over;
+    None when it would not."""
+    period = _looping([*calls_made, call], REPEAT_LIMIT)
+    if period is None:
+        return None
+    if period == 1:
+        return f"Stopped: the model called {call[0]} with the same arguments {REPEAT_LIMIT} times in a row."
+    names = ", ".join(name for name, _ in [*calls_made, call][-period:])
+    return f"Stopped: the model called {names} in a cycle, with the same arguments, {REPEAT_LIMIT} times over."
 
 
 def _canonical(raw: str) -> str:

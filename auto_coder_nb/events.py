@@ -145,7 +145,8 @@ def _thousands(tokens: int) -> str:
 
 @dataclass
 class TurnDone:
-    reason: str = "stop"  # "stop", "max_iterations", "repeated_call", "cancelled", "error", "cut_off", "busy"
+    # "stop", "max_iterations", "repeated_call", "turn_timeout", "cancelled", "error", "cut_off", "busy"
+    reason: str = "stop"
     context: ContextUsage | None = field(default=None, compare=False)  # how full the window is after the turn
     # Calls of write/command tools this turn: refused (by the approval mode or the user) and allowed.
     actions_refused: int = field(default=0, compare=False)

@@ -227,7 +227,7 @@ def _create_session(config: Config, state: KernelState, root: Path, provider: LL
         config.agent.system_prompt = DEFAULT_SYSTEM_PROMPT + NOTEBOOK_PROMPT
     shell = state.shell
     if state.live is None:
-        state.live = LiveEditing(kernel_id(), open_notebook=lambda: open_notebook_path(shell))
+        state.live = LiveEditing(kernel_id(shell), open_notebook=lambda: open_notebook_path(shell))
     holder: list[Session] = []
     notebooks = Notebooks(lambda: holder[0].workspace, live=state.live, open_notebook=lambda: open_notebook_path(shell),
                           secrets=state.live.secret_values)
@@ -325,21 +325,11 @@ def _run_cell(state: KernelState, source: str) -> CellRun:
         return run_cell_captured(state.shell, source, secrets)
 
 
-def kernel_id() -> str | None:
-    """This kernel's id (from its connection file, kernel-<id>.json), or None outside a Jupyter kernel."""
-    try:
-        from ipykernel.kernelapp import IPKernelApp
-    except ImportError:
-        return None
-    from traitlets.config import MultipleInstanceError
-
-    if not IPKernelApp.initialized():  # asking for the instance would make one
-        return None
-    try:
-        app = IPKernelApp.instance()
-    except MultipleInstanceError:  # terminal IPython: the singleton is its TerminalIPythonApp
-        return None
-    name = Path(app.connection_file).name
+def kernel_id(shell: Any) -> str | None:
+    """This kernel's id, from its connection file `kernel-<id>.json` (the kernel app that started the shell's
+    kernel knows it); None outside a Jupyter kernel (terminal IPython)."""
+    app = getattr(getattr(shell, "kernel", None), "parent", None)
+    name = Path(str(getattr(app, "connection_file", "") or "")).name
     return name[len("kernel-"):-len(".json")] if name.startswith("kernel-") and name.endswith(".json") else None
 
 

@@ -301,18 +301,22 @@ class LiveEditing:
         self.environ = environ
         self.frontend_notebook = open_notebook
         self._server: JupyterServer | None = None
+        self._searched = False  # looked for the server (found or not): the search is not repeated
         self._room: Room | None = None
         self._open_path: Path | None = None  # the kernel's notebook when last asked, to recognise a rename
         self._lock = threading.Lock()
 
     def server(self) -> JupyterServer | None:
-        if self._server is None:
+        if not self._searched:
             info = find_server(self.environ, self.kernel_id)
             self._server = JupyterServer(info) if info is not None else None
+            self._searched = True
         return self._server
 
     def secret_values(self) -> list[str]:
-        server = self._server
+        """The server's token, hidden wherever the session's secrets are (found now if need be, so that a
+        JupyterHub token in the kernel's environment is hidden from run_code before live editing was used)."""
+        server = self.server()
         return [server.info.token] if server is not None and server.info.token else []
 
     def open_notebook(self) -> tuple[JupyterServer, str, Path] | None:

@@ -5,6 +5,7 @@ Every face builds one; in a kernel the magics and the chat panel share one.
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from .history import (
 from .images import Image, ImageError, decode_output, fit_image, image_from_object, read_image_file
 from .instructions import ProjectInstructions, load_instructions
 from .providers.base import LLMProvider, ToolDefinition, Usage
+from .providers.prompted import ENVIRONMENT_HEADING
 from .rewind import RewindRefused, Rewound, Turns
 from .state.conversation import Conversation
 from .text import counted
@@ -41,13 +43,22 @@ from .transport import proxy_for, tls_trust
 if TYPE_CHECKING:  # the MCP client (and its SDK) is imported only when servers are configured
     from .tools.mcp_client import McpServers
 
+# What never changes comes first and what does (the folder, the date, the project's instructions) last, in the
+# environment part: a server with a prompt cache (llama.cpp) then reuses the prefix in any folder, any day.
 DEFAULT_SYSTEM_PROMPT = """\
-You are auto-coder, a coding assistant working in the user's project at {root} ({os}).
+You are auto-coder, a coding assistant working in the user's project (see Environment below).
 Use the tools to look before you change anything: list_directory and read_file to explore,
 edit_file for targeted changes (read the file first), write_file for new files, run_command to
 run tests or scripts. Paths are relative to the project root; you cannot leave it. Keep answers
 short and concrete; use Markdown with fenced code blocks. When a tool fails, read the error and
 correct the call instead of repeating it."""
+
+
+def environment_section(root: Path) -> str:
+    """The part of the system prompt that changes with the folder and the day; it goes last (prompted tool
+    calling puts its tool section before this heading)."""
+    return (f"{ENVIRONMENT_HEADING}\nProject root: {root}\nOperating system: {platform.system()}\n"
+            f"Date: {datetime.date.today().isoformat()}")
 
 
 @dataclass
@@ -102,6 +113,7 @@ class Session:
         instructions = load_instructions(Path(instructions_from or workspace.root).expanduser(), workspace.root,
                                          config.agent.instructions_files)
         prompt = template.replace("{root}", str(workspace.root)).replace("{os}", platform.system())
+        prompt += "\n\n" + environment_section(workspace.root)
         if removed:  # the prompt above may name them: say they are gone, or small models call them anyway
             prompt += f"\n\nNot available here (the site configuration removed them): {', '.join(removed)}."
         if instructions.text:
@@ -242,7 +254,7 @@ class Session:
             self.conversation.max_images = config.agent.max_images
             changed = True
         for name in ("approval_mode", "max_iterations", "max_tool_calls_per_answer", "context_window",
-                     "image_max_side"):
+                     "image_max_side", "turn_timeout"):
             if getattr(config.agent, name) != getattr(self.agent.config, name):
                 setattr(self.agent.config, name, getattr(config.agent, name))
                 changed = True

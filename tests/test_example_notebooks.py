@@ -70,11 +70,13 @@ def test_quickstart(server: FakeLLMServer, tmp_path: Path) -> None:
         reply.text('{"level": true, "python": false, "noon": true, "Step on no pets": true}', chunks=4),
         reply.text(fixed, chunks=6),
         reply.text("```python\nsum(is_palindrome(w) for w in words)\n```\n"),
+        reply.tool_call("read_notebook", {"path": "quickstart.ipynb"}),
+        reply.text("Ask, Use your variables, Fix an error, Insert code, This notebook, The conversation."),
         reply.text("An empty string reads the same both ways, so `is_palindrome(\"\")` is `True`."),
     )
     notebook = run_notebook("quickstart.ipynb", tmp_path / "work")
     requests = server.chat_requests
-    assert len(requests) == 5
+    assert len(requests) == 7
 
     assert cell_with(notebook, "%load_ext").outputs == []
     ask = cell_with(notebook, "%%autocoder\nWrite a Python function")
@@ -101,8 +103,14 @@ def test_quickstart(server: FakeLLMServer, tmp_path: Path) -> None:
 
     inserted = stdout(cell_with(notebook, "%autocoder --insert Write a one-line"))
     assert "No frontend takes new cells" in inserted and "sum(is_palindrome(w) for w in words)" in inserted
-    follow_up = requests[4]
-    assert len(user_messages(follow_up)) == 5  # the whole conversation went along
+    # No live server here (nbclient): the notebook is read as saved, its cells with their ids.
+    read = requests[5].json["messages"][-1]
+    assert read["role"] == "tool"
+    assert read["content"].startswith("quickstart.ipynb: 19 cells (python3; as saved on disk)")
+    assert "## This notebook" in read["content"] and "needs a live server" in read["content"]
+    assert "This notebook" in markdown(cell_with(notebook, "%%autocoder\nRead this notebook"))[0]
+    follow_up = requests[6]
+    assert len(user_messages(follow_up)) == 6  # the whole conversation went along
     assert "is_palindrome(\"\")" in markdown(cell_with(notebook, "%autocoder And what"))[0]
 
     correlation_id = follow_up.headers["x-correlation-id"]

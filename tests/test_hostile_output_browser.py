@@ -10,24 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import hostile
-import jupyter_browser
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    WAIT_MS,
-    Lab,
-    jupyter_server,
-    needs_chromium,
-    wait_for_connected_kernel,
-)
+from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-OUTPUT = jupyter_browser.OUTPUT / "hostile_output"
+OUTPUT = jupyter_helpers.OUTPUT / "hostile_output"
 
 # The magic whose request the server refuses fails its cell, which ends Run All: it comes last.
 CELLS = [
@@ -57,19 +49,19 @@ def llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     (tmp_path / "work").mkdir()
     for name in ("hostile_lab.ipynb", "hostile_nb7.ipynb"):
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                            "language": "python"}
         nbformat.write(notebook, tmp_path / "work" / name)
-    with jupyter_server(tmp_path, llm.base_url, OUTPUT / "jupyterlab.log") as server:
+    with jupyter(tmp_path, tmp_path / "work", OUTPUT / "jupyterlab.log", model_env(llm.base_url)) as server:
         yield server
 
 
 @pytest.mark.parametrize("face", ["lab", "notebook7"])
-def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, face: str) -> None:
+def test_answers_and_error_bodies_show_as_text(lab: Jupyter, llm: FakeLLMServer, face: str) -> None:
     llm.enqueue(reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY),
                 reply.text(hostile.ANSWER, chunks=7), reply.error(400, hostile.ERROR_BODY))
     name = "hostile_lab.ipynb" if face == "lab" else "hostile_nb7.ipynb"
@@ -81,7 +73,7 @@ def test_answers_and_error_bodies_show_as_text(lab: Lab, llm: FakeLLMServer, fac
             page.set_default_timeout(WAIT_MS)
             try:
                 page.goto(f"{url}?token={lab.token}")
-                wait_for_connected_kernel(lab, name)
+                lab.wait_for_connected_kernel(name)
                 seen = _run_all_and_inspect(page, face)
             finally:
                 page.screenshot(path=str(OUTPUT / f"{face}.png"), full_page=True)
@@ -106,6 +98,8 @@ def _run_all_and_inspect(page: object, face: str) -> dict[str, object]:
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")  # type: ignore[attr-defined]
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")  # type: ignore[attr-defined]
     p.wait_for_selector(".jp-OutputArea-output:has-text('panel turns done')")  # type: ignore[attr-defined]
-    p.wait_for_selector(".jp-OutputArea-output:has-text('Bad request: <img')")  # type: ignore[attr-defined]
+    # The last cell's own error (the panel's output area shows the panel's error too, earlier): Run All has ended.
+    last = p.locator(".jp-Notebook .jp-Cell").last  # type: ignore[attr-defined]
+    last.locator(".jp-OutputArea-output:has-text('Bad request: <img')").wait_for()
     p.wait_for_function("document.querySelectorAll('.autocoder-transcript .autocoder-error').length === 1")  # type: ignore[attr-defined]
     return p.evaluate(INSPECT_JS, list(hostile.LIVE))  # type: ignore[attr-defined,no-any-return]

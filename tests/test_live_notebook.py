@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import Jupyter, free_port, jupyter
+from jupyter_helpers import Jupyter, free_port, jupyter, model_env, saved_notebook, wait_for, write_notebook
 
-from auto_coder_nb.jupyter_server import ServerInfo
+from auto_coder_nb.jupyter_server import ServerInfo, find_server
 from auto_coder_nb.live_notebook import CONNECT_TIMEOUT, LiveEditing, LiveNotebook, Room, RoomError, room_loop
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace
@@ -27,13 +28,7 @@ from auto_coder_nb.tools.notebook_document import CellChanged, CellNotFound, Not
 
 pytest.importorskip("jupyter_server_ydoc", reason="needs jupyter-collaboration (the test extra)")
 pytest.importorskip("pycrdt", reason="needs the live extra (in the test extra)")
-OUTPUT = Path(__file__).parent.parent / "test-output" / "live_notebook"
-
-
-def _write_notebook(path: Path, sources: list[str]) -> None:
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, path)
+OUTPUT = jupyter_helpers.OUTPUT / "live_notebook"
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iter
     tmp = tmp_path_factory.mktemp("live")
     root = tmp / "work"
     root.mkdir()
-    env = {"AUTO_CODER_BASE_URL": llm.base_url, "AUTO_CODER_MODEL": "fake-model",
-           "AUTO_CODER_APPROVAL_MODE": "full-auto"}
-    with jupyter(tmp, root, OUTPUT / "server.log", env, app="server") as started:
+    with jupyter(tmp, root, OUTPUT / "server.log", model_env(llm.base_url, "full-auto"), app="server") as started:
         yield started
 
 
@@ -78,24 +71,10 @@ def _execute(client: Any, code: str) -> str:
     return "".join(shown)
 
 
-def _saved(path: Path, condition: Any) -> nbformat.NotebookNode:
-    """The notebook file once the server has saved a state meeting `condition` (it saves about a second after a
-    change, by itself)."""
-    for _ in range(300):
-        try:
-            notebook = nbformat.read(path, as_version=4)
-            if condition(notebook):
-                return notebook
-        except (ValueError, OSError):
-            pass  # caught while being written
-        threading.Event().wait(0.1)
-    raise AssertionError(f"{path.name} was never saved with the expected state: {path.read_text()[:2000]}")
-
-
 def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_types(
         server: Jupyter, llm: FakeLLMServer) -> None:
     path = server.root / "analysis.ipynb"
-    _write_notebook(path, ["x = 21", "# the user's cell", "y = 0", "print('last')"])
+    write_notebook(path, ["x = 21", "# the user's cell", "y = 0", "print('last')"])
     session_id, kernel_id = server.start_kernel_session(path.name)
     user = user_of(server, kernel_id)
     try:
@@ -119,17 +98,19 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
                 _execute(kernel, "%%autocoder\nDouble x into y and print it")))
             turn.start()
             try:
-                _wait_for(lambda: len(llm.chat_requests) >= 3, "the held request")
+                wait_for(lambda: len(llm.chat_requests) >= 3, "the held request")
                 document = user(path)
                 assert document is not None and document.live
-                # The replace is already in the room while the magic's turn still runs.
-                assert [c.source for c in document.cells()] == ["x = 21", "# the user's cell", "y = x * 2",
-                                                                "print('last')"]
+                # The replace is already in the room while the magic's turn still runs (it reaches this client
+                # through the server a few milliseconds after the kernel sent it).
+                wait_for(lambda: [c.source for c in document.cells()] == [
+                    "x = 21", "# the user's cell", "y = x * 2", "print('last')"], "the replaced cell")
                 document.change(lambda cells: cells.set_source(1, "# the user's cell, typed during the turn"))
             finally:
                 llm.release("typed")
                 turn.join(180)
             assert not turn.is_alive()
+            wait_for(lambda: len(document.cells()) == 5 and document.cells()[3].outputs, "the run's outputs")
             cells = document.cells()
             assert [c.source for c in cells] == ["x = 21", "# the user's cell, typed during the turn", "y = x * 2",
                                                  "print('y is', y)", "print('last')"]
@@ -144,7 +125,7 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
             assert _execute(kernel, "print(y)").strip() == "42"  # the run happened in the kernel
             doctor = _execute(kernel, "%autocoder --doctor")
             assert "collaboration room" in doctor and "round trip" in doctor and "analysis.ipynb" in doctor
-            saved = _saved(path, lambda nb: len(nb.cells) == 5 and nb.cells[3].outputs)
+            saved = saved_notebook(path, lambda nb: len(nb.cells) == 5 and nb.cells[3].outputs)
             assert saved.cells[1].source == "# the user's cell, typed during the turn"
             assert saved.cells[3].outputs[0]["text"] == "y is 42\n"
             everything = json.dumps([r.json for r in llm.requests if r.json]) + turn_output[0] + doctor
@@ -154,19 +135,47 @@ def test_the_agent_edits_and_runs_cells_of_the_open_notebook_while_the_user_type
         server.api("DELETE", f"api/sessions/{session_id}")
 
 
-def _wait_for(condition: Any, what: str) -> None:
-    for _ in range(1800):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"waited three minutes for {what}")
+def test_the_chat_panel_edits_and_runs_a_cell_of_the_open_notebook(server: Jupyter, llm: FakeLLMServer) -> None:
+    """The panel's turn runs on the kernel's own loop, outside any cell: the same tools work from there."""
+    path = server.root / "panel.ipynb"
+    write_notebook(path, ["n = 6"])
+    session_id, kernel_id = server.start_kernel_session(path.name)
+    user = user_of(server, kernel_id)
+    try:
+        with server.kernel_client(kernel_id) as kernel:
+            _execute(kernel, "n = 6")
+            llm.clear()
+            llm.enqueue(
+                reply.tool_call("read_notebook", {"path": "panel.ipynb"}),
+                reply.tool_call("edit_notebook", {"path": "panel.ipynb", "action": "insert",
+                                                  "source": "print('from the panel', n * 7)"}),
+                reply.tool_call("run_cell", {"path": "panel.ipynb", "index": 1}),
+                reply.text("Ran it."),
+            )
+            _execute(kernel, "from auto_coder_nb import ChatPanel\npanel = ChatPanel()\n"
+                             "panel.send('Add and run a cell')")
+            wait_for(lambda: len(llm.chat_requests) >= 4 and _execute(kernel, "print(panel.running)").strip()
+                      == "False", "the panel's turn to end")
+            transcript = _execute(kernel, "print([r['text'] for r in panel.transcript if r['role'] == 'assistant'])")
+            assert "Ran it." in transcript
+            document = user(path)
+            assert document is not None
+            wait_for(lambda: len(document.cells()) == 2 and document.cells()[1].outputs, "the run's outputs")
+            cell = document.cells()[1]
+            assert cell.outputs == [{"output_type": "stream", "name": "stdout", "text": "from the panel 42\n"}]
+            assert cell.execution_count is not None
+            results = [m["content"] for m in llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+            assert "from the panel 42" in results[2]
+    finally:
+        user.close()
+        server.api("DELETE", f"api/sessions/{session_id}")
 
 
 @pytest.fixture
 def open_notebook(server: Jupyter) -> Iterator[tuple[Path, str]]:
     """A notebook with a kernel session (the kernel itself is not used): (path, kernel id)."""
     path = server.root / f"nb-{free_port()}.ipynb"
-    _write_notebook(path, ["a = 1", "b = 2", "c = 3"])
+    write_notebook(path, ["a = 1", "b = 2", "c = 3"])
     session_id, kernel_id = server.start_kernel_session(path.name)
     yield path, kernel_id
     server.api("DELETE", f"api/sessions/{session_id}")
@@ -196,7 +205,7 @@ def test_a_change_lands_on_the_right_cell_or_fails_cleanly(server: Jupyter, open
         def in_both(sources: list[str]) -> None:
             """Each client has the other's last change (a few milliseconds through the server)."""
             for doc in (document, seen_by_agent):
-                _wait_for(lambda d=doc: [cell.source for cell in d.cells()] == sources, f"{sources} in both rooms")
+                wait_for(lambda d=doc: [cell.source for cell in d.cells()] == sources, f"{sources} in both rooms")
 
         a, b, c = document.ids()
         # The user inserts a cell above: index 1 still means the cell the agent saw there.
@@ -250,7 +259,7 @@ def test_a_renamed_notebook_is_named_to_the_agent(server: Jupyter, open_notebook
             _call(tools, "edit_notebook", path=path.name, action="insert", source="x = 1")
         result = _call(tools, "edit_notebook", path=renamed.name, action="insert", source="x = 1")
         assert "inserted code cell [3]" in result
-        _saved(renamed, lambda nb: len(nb.cells) == 4)
+        saved_notebook(renamed, lambda nb: len(nb.cells) == 4)
     finally:
         agent.close()
 
@@ -279,12 +288,12 @@ def test_two_agents_in_one_room_each_change_lands_once(server: Jupyter, open_not
         wanted = sorted(f"{name} = {i}" for name in "pq" for i in range(10))
         reader = user_of(server, kernel_id)
         try:
-            _wait_for(lambda: len(reader(path).ids()) == 23, "both agents' cells in a third client")  # type: ignore[union-attr]
+            wait_for(lambda: len(reader(path).ids()) == 23, "both agents' cells in a third client")  # type: ignore[union-attr]
             sources = [cell.source for cell in reader(path).cells()]  # type: ignore[union-attr]
         finally:
             reader.close()
         assert sorted(sources[3:]) == wanted and len(set(reader_ids := [s for s in sources])) == len(reader_ids)
-        saved = _saved(path, lambda nb: len(nb.cells) == 23)
+        saved = saved_notebook(path, lambda nb: len(nb.cells) == 23)
         assert sorted(cell.source for cell in saved.cells[3:]) == wanted
     finally:
         for agent in agents:
@@ -334,7 +343,7 @@ def test_a_server_without_collaboration(tmp_path: Path, llm: FakeLLMServer) -> N
     root = tmp_path / "work"
     root.mkdir()
     path = root / "plain.ipynb"
-    _write_notebook(path, ["a = 1"])
+    write_notebook(path, ["a = 1"])
     with jupyter(tmp_path, root, OUTPUT / "plain-server.log", {}, app="server",
                  extra_args=('--ServerApp.jpserver_extensions={"jupyter_server_ydoc": False}',)) as plain:
         session_id, kernel_id = plain.start_kernel_session(path.name)
@@ -351,6 +360,28 @@ def test_a_server_without_collaboration(tmp_path: Path, llm: FakeLLMServer) -> N
         assert rows["jupyter server"][1] == "PASS" and rows["notebook"][1] == "PASS"
         assert rows["live editing"][1] == "WARN" and "jupyter-collaboration" in rows["live editing"][3]
         plain.api("DELETE", f"api/sessions/{session_id}")
+
+
+def test_the_server_is_found_by_settings_then_jupyterhub_then_the_runtime_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order the README gives: the AUTO_CODER_JUPYTER_* settings, JupyterHub's variables, the runtime file of
+    the kernel's parent server."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "jpserver-4242.json").write_text(json.dumps(
+        {"url": "http://127.0.0.1:1/base/", "token": "from-file", "root_dir": str(tmp_path), "pid": 4242}))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    parent = {"JPY_PARENT_PID": "4242"}
+    hub = {"JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:2/user/ann", "JUPYTERHUB_API_TOKEN": "from-hub"}
+    settings = {"AUTO_CODER_JUPYTER_URL": "http://127.0.0.1:3", "AUTO_CODER_JUPYTER_TOKEN": "from-settings",
+                "AUTO_CODER_JUPYTER_ROOT": str(tmp_path / "remote")}
+    found = [find_server(env) for env in ({**parent, **hub, **settings}, {**parent, **hub}, parent)]
+    assert [(info.url, info.token, info.root_dir, info.found_by) for info in found if info is not None] == [
+        ("http://127.0.0.1:3/", "from-settings", tmp_path / "remote", "AUTO_CODER_JUPYTER_URL"),
+        ("http://127.0.0.1:2/user/ann/", "from-hub", None, "JUPYTERHUB_SERVICE_URL"),
+        ("http://127.0.0.1:1/base/", "from-file", tmp_path, "runtime file jpserver-4242.json"),
+    ]
+    assert find_server({"JPY_PARENT_PID": "1"}) is None  # no server started this kernel: VS Code, nbclient...
 
 
 def test_a_room_that_never_syncs_times_out() -> None:

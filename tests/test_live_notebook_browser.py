@@ -5,25 +5,29 @@ during the turn survives, and the server saves the state. Screenshots go to test
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, Jupyter, jupyter
+from jupyter_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WAIT_MS,
+    Jupyter,
+    jupyter,
+    model_env,
+    needs_chromium,
+    saved_notebook,
+)
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
-OUTPUT = Path(__file__).parent.parent / "test-output" / "live_browser"
-WAIT_MS = 60_000  # generous: waits end as soon as the page shows what they wait for
+OUTPUT = jupyter_helpers.OUTPUT / "live_browser"
 TYPED = "  # typed by the user during the turn"
 
-# CI (CI=true) installs chromium and must run this test; a developer machine without it skips, saying why.
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
-                                reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 pytest.importorskip("jupyter_server_ydoc", reason="needs jupyter-collaboration (the test extra)")
 
@@ -39,9 +43,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iterato
     tmp = tmp_path_factory.mktemp("live-browser")
     root = tmp / "work"
     root.mkdir()
-    env = {"AUTO_CODER_BASE_URL": llm.base_url, "AUTO_CODER_MODEL": "fake-model",
-           "AUTO_CODER_APPROVAL_MODE": "full-auto"}
-    with jupyter(tmp, root, OUTPUT / "jupyterlab.log", env, app="lab") as started:
+    with jupyter(tmp, root, OUTPUT / "jupyterlab.log", model_env(llm.base_url, "full-auto"), app="lab") as started:
         yield started
 
 
@@ -91,7 +93,7 @@ def test_the_agent_edits_and_runs_cells_the_browser_shows(frontend: str, lab: Ju
     finally:
         llm.release(f"typed-{frontend}")  # never leave the model server holding a reply
         context.close()
-    saved = _saved(lab.root / name, lambda nb: len(nb.cells) == 5 and nb.cells[3].outputs)
+    saved = saved_notebook(lab.root / name, lambda nb: len(nb.cells) == 5 and nb.cells[3].outputs)
     assert [cell.source for cell in saved.cells[:4]] == [
         "%load_ext auto_coder_nb\nx = 21", "# notes" + TYPED, "y = x * 2", "print('y is', y)"]
     assert saved.cells[3].outputs[0]["text"] == "y is 42\n" and saved.cells[3].execution_count
@@ -105,9 +107,11 @@ def _turn_in_the_browser(page: Any, lab: Jupyter, llm: FakeLLMServer, frontend: 
     page.goto(f"{lab.url}{path}?token={lab.token}")
     cells = page.locator(".jp-Notebook .jp-Cell")
     expect(cells).to_have_count(4)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                           ".jp-StatusBar-TextItem:has-text('Idle'), #jp-top-bar, .jp-NotebookKernelStatus",
-                           state="attached")
+    # A run sent before the page's kernel connection is up is dropped (the page may already say idle; #jp-top-bar
+    # was there at once): wait until the server says the kernel is idle with the page connected.
+    lab.wait_for_connected_kernel(name)
+    page.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')" if frontend == "lab"
+                           else ".jp-Notebook-ExecutionIndicator[data-status='idle']")  # and the page follows
     requests_before = len(llm.chat_requests)
     for index in (0, 3):  # load the extension, then the %%autocoder cell
         cells.nth(index).locator(".cm-content").click()
@@ -134,15 +138,3 @@ def _turn_in_the_browser(page: Any, lab: Jupyter, llm: FakeLLMServer, frontend: 
     expect(cells.nth(4).locator(".jp-OutputArea")).to_contain_text("Done.")
     expect(cells.nth(1).locator(".cm-content")).to_have_text("# notes" + TYPED)
     page.screenshot(path=str(OUTPUT / f"{frontend}-after-turn.png"))
-
-
-def _saved(path: Path, condition: Any) -> nbformat.NotebookNode:
-    for _ in range(300):
-        try:
-            notebook = nbformat.read(path, as_version=4)
-            if condition(notebook):
-                return notebook
-        except (ValueError, OSError):
-            pass  # caught while being written
-        threading.Event().wait(0.1)
-    raise AssertionError(f"{path.name} was never saved with the expected state")

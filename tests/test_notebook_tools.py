@@ -206,6 +206,20 @@ def test_the_open_notebook_changes_only_through_new_cells(tmp_path: Path) -> Non
     assert path.read_bytes() == original
 
 
+def test_the_first_refused_change_says_how_to_go_live_even_after_an_insert(tmp_path: Path) -> None:
+    """An insert that falls back to a cell below the current one is not a refusal: the how-to of live editing is
+    kept for the first change that is refused, and said once."""
+    path = tmp_path / "open.ipynb"
+    make_notebook(path)
+    tools = Tools(tmp_path, open_notebook=path)
+    assert "below the current cell" in tools.call("edit_notebook", path="open.ipynb", action="insert", source="x = 2")
+    with pytest.raises(ToolError, match="install jupyter-collaboration"):
+        tools.call("edit_notebook", path="open.ipynb", action="replace", index=1, source="x = 3")
+    with pytest.raises(ToolError) as again:
+        tools.call("edit_notebook", path="open.ipynb", action="delete", index=1)
+    assert "open in the user's editor" in str(again.value) and "install" not in str(again.value)
+
+
 def test_agent_edits_a_notebook_and_session_undo_restores_it(tmp_path: Path) -> None:
     path = tmp_path / "a.ipynb"
     make_notebook(path)

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jupyter_browser
+import jupyter_helpers
 import pytest
-from jupyter_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Lab, jupyter_server, needs_chromium
+from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Jupyter, jupyter, model_env, needs_chromium
 from PIL import Image as PILImage
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "chat_panel.ipynb"
-OUTPUT = jupyter_browser.OUTPUT / "panel_browser"
+OUTPUT = jupyter_helpers.OUTPUT / "panel_browser"
 CONTRAST = {"text": 3.0, "buttons": 4.5}
 
 
@@ -80,28 +80,29 @@ def llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def lab(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     """JupyterLab on 127.0.0.1 with its own home, settings and runtime folders; the kernel reaches the test server."""
     yield from _jupyter("lab", tmp_path, llm)
 
 
 @pytest.fixture
-def notebook7(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def notebook7(tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     """Notebook 7 (`jupyter notebook`), set up as `lab` is."""
     yield from _jupyter("notebook", tmp_path, llm)
 
 
-def _jupyter(app: str, tmp_path: Path, llm: FakeLLMServer) -> Iterator[Lab]:
+def _jupyter(app: str, tmp_path: Path, llm: FakeLLMServer) -> Iterator[Jupyter]:
     """`jupyter lab` or `jupyter notebook` serving the panel's notebook and a picture to attach."""
     (tmp_path / "work").mkdir()
     shutil.copy(NOTEBOOK, tmp_path / "work" / NOTEBOOK.name)
     PILImage.new("RGB", (120, 80), "teal").save(tmp_path / "work" / "chart.png")  # for the attach control
     log = OUTPUT / ("jupyterlab.log" if app == "lab" else "notebook7.log")
-    with jupyter_server(tmp_path, llm.base_url, log, {"AUTO_CODER_VISION": "true"}, app=app) as server:
+    env = {**model_env(llm.base_url), "AUTO_CODER_VISION": "true"}
+    with jupyter(tmp_path, tmp_path / "work", log, env, app=app) as server:
         yield server
 
 
-def test_chat_panel_in_jupyterlab(lab: Lab, llm: FakeLLMServer) -> None:
+def test_chat_panel_in_jupyterlab(lab: Jupyter, llm: FakeLLMServer) -> None:
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -141,7 +142,7 @@ def readable_in_both_themes(page: object, buttons: set[str], dark_shot: Callable
             dark_shot()
 
 
-def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
+def _chat(page: object, lab: Jupyter, llm: FakeLLMServer) -> None:
     page.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]
     playwright_api.expect.set_options(timeout=WAIT_MS)
     p = page  # Playwright's Page; typed loosely so the module imports without playwright
@@ -162,6 +163,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     # The execution indicator says idle before the kernel is even connected; the status bar names the kernel.
     p.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')")
+    lab.wait_for_connected_kernel(NOTEBOOK.name)  # the page's indicators can say idle before its websocket is up
     # The log console records what widget callbacks print or raise, from the level set when it happens.
     p.click(".lm-MenuBar-itemLabel:text-is('View')")
     p.click(".lm-Menu-itemLabel:text-is('Show Log Console')")
@@ -357,7 +359,7 @@ def _chat(page: object, lab: Lab, llm: FakeLLMServer) -> None:
     p.screenshot(path=str(OUTPUT / "09-notebook-and-log-console.png"))
 
 
-def test_chat_panel_in_notebook_7(notebook7: Lab, llm: FakeLLMServer) -> None:
+def test_chat_panel_in_notebook_7(notebook7: Jupyter, llm: FakeLLMServer) -> None:
     """Notebook 7: the panel runs, fills its cell's width, and every text and button is readable in both themes."""
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -373,7 +375,7 @@ def test_chat_panel_in_notebook_7(notebook7: Lab, llm: FakeLLMServer) -> None:
     assert "Traceback" not in notebook7.log.read_text(errors="replace")
 
 
-def _chat_in_notebook_7(page: object, server: Lab, llm: FakeLLMServer) -> None:
+def _chat_in_notebook_7(page: object, server: Jupyter, llm: FakeLLMServer) -> None:
     p: Any = page
     p.set_default_timeout(WAIT_MS)
     playwright_api.expect.set_options(timeout=WAIT_MS)
@@ -382,6 +384,7 @@ def _chat_in_notebook_7(page: object, server: Lab, llm: FakeLLMServer) -> None:
     # Run All before the kernel is connected would ask which kernel to start: wait until it is.
     p.wait_for_function("() => document.querySelector('.jp-Toolbar-kernelName').innerText.includes('ipykernel') && "
                         "!document.querySelector('.jp-NotebookKernelStatus').innerText.includes('Connecting')")
+    server.wait_for_connected_kernel(NOTEBOOK.name)  # Notebook 7 ran nothing at times without this wait
     p.click(".lm-MenuBar-itemLabel:text-is('Run')")
     p.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
     p.wait_for_selector(".autocoder-panel .autocoder-input")

@@ -5,24 +5,29 @@ turns ago and names the stale variables. Screenshots go to test-output/review_br
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, Jupyter, jupyter
-from test_live_notebook import _saved
+from jupyter_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WAIT_MS,
+    Jupyter,
+    jupyter,
+    model_env,
+    needs_chromium,
+    saved_notebook,
+)
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") != "true",
-                                reason="needs Debian's chromium: apt-get install chromium (.ci/run does)")
+pytestmark = needs_chromium
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 pytest.importorskip("jupyter_server_ydoc", reason="needs jupyter-collaboration (the test extra)")
-OUTPUT = Path(__file__).parent.parent / "test-output" / "review_browser"
-WAIT_MS = 60_000
+OUTPUT = jupyter_helpers.OUTPUT / "review_browser"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iterato
     tmp = tmp_path_factory.mktemp("review-browser")
     root = tmp / "work"
     root.mkdir()
-    env = {"AUTO_CODER_BASE_URL": llm.base_url, "AUTO_CODER_MODEL": "fake-model", "AUTO_CODER_APPROVAL_MODE": "ask"}
-    with jupyter(tmp, root, OUTPUT / "jupyterlab.log", env, app="lab") as started:
+    with jupyter(tmp, root, OUTPUT / "jupyterlab.log", model_env(llm.base_url), app="lab") as started:
         yield started
 
 
@@ -135,7 +139,7 @@ def _scenario(page: Any, lab: Jupyter, name: str, llm: FakeLLMServer, ids: list[
     page.wait_for_selector(".autocoder-assistant:has-text('Changed and ran it.')")
     source(1).to_contain_text("b = a + 10")
     expect(cells.nth(1).locator(".jp-OutputArea-output")).to_have_text("11")
-    _saved(lab.root / name, lambda nb: nb.cells[1].source == "b = a + 10\nb" and nb.cells[1].outputs)
+    saved_notebook(lab.root / name, lambda nb: nb.cells[1].source == "b = a + 10\nb" and nb.cells[1].outputs)
 
     # Turn 3: a new cell, accepted, then run (run_cell asks like run_code).
     llm.enqueue(reply.tool_call("edit_notebook", {"path": name, "action": "insert", "index": 2,
@@ -165,4 +169,4 @@ def _scenario(page: Any, lab: Jupyter, name: str, llm: FakeLLMServer, ids: list[
     page.locator("button.autocoder-rerun").click()  # b is 11 in the kernel: its cell runs again
     expect(page.locator(".autocoder-notice").last).to_contain_text("Ran cell(s) [1] as [")
     expect(cells.nth(1).locator(".jp-OutputArea-output")).to_have_text("2")
-    _saved(lab.root / name, lambda nb: len(nb.cells) == 3 and nb.cells[1].source == "b = a + 1\nb")
+    saved_notebook(lab.root / name, lambda nb: len(nb.cells) == 3 and nb.cells[1].source == "b = a + 1\nb")

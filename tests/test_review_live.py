@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import jupyter_helpers
 import nbformat
 import pytest
-from jupyter_helpers import Jupyter, jupyter
-from test_live_notebook import _saved, _wait_for, _write_notebook, user_of
+from jupyter_helpers import Jupyter, jupyter, model_env, saved_notebook, wait_for, write_notebook
+from test_live_notebook import user_of
 
 from auto_coder_nb.cell_changes import MARK_TAG
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 pytest.importorskip("jupyter_server_ydoc", reason="needs jupyter-collaboration (the test extra)")
 pytest.importorskip("pycrdt", reason="needs the live extra (in the test extra)")
-OUTPUT = Path(__file__).parent.parent / "test-output" / "review_live"
+OUTPUT = jupyter_helpers.OUTPUT / "review_live"
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLMServer) -> Iter
     tmp = tmp_path_factory.mktemp("review")
     root = tmp / "work"
     root.mkdir()
-    env = {"AUTO_CODER_BASE_URL": llm.base_url, "AUTO_CODER_MODEL": "fake-model", "AUTO_CODER_APPROVAL_MODE": "ask"}
-    with jupyter(tmp, root, OUTPUT / "server.log", env, app="server") as started:
+    with jupyter(tmp, root, OUTPUT / "server.log", model_env(llm.base_url), app="server") as started:
         yield started
 
 
@@ -65,7 +64,7 @@ def edit(**arguments: Any) -> dict[str, Any]:
 
 def test_reject_accept_and_run_marks_and_rewind_through_the_live_document(server: Jupyter, llm: FakeLLMServer) -> None:
     path = server.root / "review.ipynb"
-    _write_notebook(path, ["a = 1", "# the user's notes", "b = a + 1"])
+    write_notebook(path, ["a = 1", "# the user's notes", "b = a + 1"])
     session_id, kernel_id = server.start_kernel_session(path.name)
     user = user_of(server, kernel_id)
     try:
@@ -84,13 +83,13 @@ def test_reject_accept_and_run_marks_and_rewind_through_the_live_document(server
             tools = [m["content"] for m in llm.chat_requests[-1].json["messages"] if m["role"] == "tool"]
             assert tools[0].startswith("The user rejected your change to cell 2") and "Reason: too big" in tools[0]
             assert "The user chose Accept & Run; the cell ran" in tools[1]
-            _wait_for(lambda: document.cell(ids[2]).source == "b = a + 10"
+            wait_for(lambda: document.cell(ids[2]).source == "b = a + 10"
                       and document.cell(ids[2]).execution_count is not None, "the cell accepted, then run")
             assert run(kernel, "print(b)").strip() == "11"
             # The server saves on its own, so the file may hold the mark for a moment: wait for the final state.
-            _saved(path, lambda nb: nb.cells[2].source == "b = a + 10"
+            saved_notebook(path, lambda nb: nb.cells[2].source == "b = a + 10"
                    and MARK_TAG not in nb.cells[2].metadata.get("tags", []))
-            _wait_for(lambda: MARK_TAG not in document.cell(ids[2]).metadata.get("tags", []), "the marks end")
+            wait_for(lambda: MARK_TAG not in document.cell(ids[2]).metadata.get("tags", []), "the marks end")
 
             # Auto-edit: turn 2 inserts a cell (marked while the turn runs), turn 3 deletes the user's notes.
             llm.enqueue(edit(action="insert", index=3, source="c = b * 2"),
@@ -99,17 +98,17 @@ def test_reject_accept_and_run_marks_and_rewind_through_the_live_document(server
                                                               "add c"))
             turn.start()
             try:
-                _wait_for(lambda: len(document.cells()) == 4, "the inserted cell")
-                _wait_for(lambda: MARK_TAG in document.cells()[3].metadata.get("tags", []), "its mark")
+                wait_for(lambda: len(document.cells()) == 4, "the inserted cell")
+                wait_for(lambda: MARK_TAG in document.cells()[3].metadata.get("tags", []), "its mark")
             finally:
                 llm.release("looked")
                 turn.join(180)
             # The unmark reaches this other client of the room a few milliseconds after the turn ends.
-            _wait_for(lambda: MARK_TAG not in document.cells()[3].metadata.get("tags", []), "the mark removed")
+            wait_for(lambda: MARK_TAG not in document.cells()[3].metadata.get("tags", []), "the mark removed")
             run(kernel, "c = 22")  # the user runs the new cell
             llm.enqueue(edit(action="delete", cell_id=ids[1]), reply.text("Deleted."))
             run(kernel, "%autocoder --approval-mode auto-edit --context none drop the notes")
-            _wait_for(lambda: [c.source for c in document.cells()] == ["a = 1", "b = a + 10", "c = b * 2"],
+            wait_for(lambda: [c.source for c in document.cells()] == ["a = 1", "b = a + 10", "c = b * 2"],
                       "the deletion in the user's copy of the room")
 
             # The user edits the inserted cell: rewinding two turns would lose it, so it is refused, then forced.
@@ -124,11 +123,11 @@ def test_reject_accept_and_run_marks_and_rewind_through_the_live_document(server
             assert len(document.cells()) == 3
             rewound = run(kernel, "%autocoder --rewind 2 --force")
             restored = [(ids[0], "a = 1"), (ids[1], "# the user's notes"), (ids[2], "b = a + 10")]
-            _wait_for(lambda: [(c.id, c.source) for c in document.cells()] == restored, "the rewound cells")
+            wait_for(lambda: [(c.id, c.source) for c in document.cells()] == restored, "the rewound cells")
             assert "review.ipynb.before-rewind.ipynb" in rewound and "keep their current values: c." in rewound
             kept = nbformat.read(server.root / "review.ipynb.before-rewind.ipynb", as_version=4)
             assert [c.source for c in kept.cells] == ["c = b * 3  # mine"]
-            saved = _saved(path, lambda nb: len(nb.cells) == 3 and nb.cells[1].source == "# the user's notes")
+            saved = saved_notebook(path, lambda nb: len(nb.cells) == 3 and nb.cells[1].source == "# the user's notes")
             assert saved.cells[2].source == "b = a + 10"
     finally:
         user.close()

@@ -325,8 +325,10 @@ def test_free_text_steps_tolerate_prose_and_prose_alone_is_an_answer(project: Pa
     assert (step.prose, step.tool, step.arguments, step.problem) == ("Let me look.", "list_directory", {}, None)
     assert parse_step("Just an answer, {not json} here.", tools).answer == "Just an answer, {not json} here."
     assert parse_step('{"name": "read_file", "parameters": {"path": "a"}}', tools).tool == "read_file"
-    assert "offset must be at least 1" in str(parse_step(
-        '{"tool": "read_file", "arguments": {"path": "a", "offset": 0}}', tools).problem)
+    # A number out of range is a valid step (the agent clamps it, with a note); a wrong type is not.
+    assert parse_step('{"tool": "read_file", "arguments": {"path": "a", "offset": 0}}', tools).problem is None
+    assert "offset must be an integer" in str(parse_step(
+        '{"tool": "read_file", "arguments": {"path": "a", "offset": "x"}}', tools).problem)
 
 
 def test_the_answer_stream_decodes_escapes_split_anywhere() -> None:

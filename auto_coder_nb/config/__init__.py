@@ -29,6 +29,7 @@ from .schema import (
     MCP_SERVERS,
     MCP_TRANSPORT_TYPES,
     MODULE_KEYS,
+    PROMPTED_TEMPERATURE,
     SECRET_KEYS,
     SECTIONS,
     TOOL_CALLING_MODES,
@@ -51,7 +52,8 @@ __all__ = [
     "ENV_VARS", "IDENTITY_KEYS", "MAX_CONFIG_BYTES", "MAX_USER_CHARS", "MAX_YAML_ALIASES", "MAX_YAML_DEPTH",
     "MAX_YAML_NODES", "MCP_SERVERS", "MCP_SERVER_FIELDS", "MCP_TRANSPORT_TYPES", "MODULE_KEYS", "NUMBER_LIMITS",
     "PRODUCT_PARAMS", "PROJECT_SAFE_APPROVAL_MODES", "PROJECT_SAFE_INSTRUCTIONS", "PROJECT_SAFE_KEYS",
-    "PROJECT_SAFE_PARAMS", "RESERVED_HEADERS", "SECRET_KEYS", "SECTIONS", "TOOL_CALLING_MODES", "AgentConfig",
-    "AuthConfig", "Config", "HistoryConfig", "LLMConfig", "McpConfig", "McpServerConfig", "UnsetVariable",
+    "PROJECT_SAFE_PARAMS", "PROMPTED_TEMPERATURE", "RESERVED_HEADERS", "SECRET_KEYS", "SECTIONS",
+    "TOOL_CALLING_MODES", "AgentConfig", "AuthConfig", "Config", "HistoryConfig", "LLMConfig", "McpConfig",
+    "McpServerConfig", "UnsetVariable",
     "load_config", "load_object", "load_yaml", "mask", "parse_yaml", "redact_url", "site_files", "url_secrets",
 ]

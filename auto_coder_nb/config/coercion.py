@@ -53,9 +53,11 @@ DAY = 86400.0
 NUMBER_LIMITS: dict[str, float] = {
     "llm.timeout": DAY,
     "llm.max_tokens": 10_000_000,
+    "llm.step_max_tokens": 10_000_000,
     "agent.max_iterations": 100_000,
     "agent.max_tool_calls_per_answer": 100_000,
     "agent.command_timeout": DAY,
+    "agent.turn_timeout": DAY,
     "agent.context_window": 100_000_000,
     "agent.image_max_side": 16_384,
     "agent.max_images": 1_000,

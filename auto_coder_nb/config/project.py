@@ -22,6 +22,7 @@ PROJECT_SAFE_KEYS = frozenset({
     "llm.model", "llm.extra_params", "llm.timeout", "llm.vision", "llm.tool_calling", "llm.max_tokens",
     "agent.max_iterations", "agent.max_tool_calls_per_answer", "agent.command_timeout", "agent.context_window",
     "agent.image_max_side", "agent.max_images", "agent.instructions_files", "history.enabled",
+    "llm.step_max_tokens", "agent.turn_timeout",
 })
 # The llm.extra_params an untrusted project file may set: sampling, nothing that steers what is asked.
 PROJECT_SAFE_PARAMS = frozenset({

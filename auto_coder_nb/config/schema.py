@@ -20,6 +20,9 @@ DEFAULT_MODEL = "llama3.2"
 CONFIG_FILENAME = ".auto-coder.yaml"
 # How the model is asked to act: the server's own tool calling, steps described in the prompt, or plain chat.
 TOOL_CALLING_MODES = ("auto", "native", "prompted", "none")
+# Sent with prompted steps when llm.extra_params sets no temperature: small models copy arguments badly when
+# sampling at a server's default (0.8 for llama.cpp).
+PROMPTED_TEMPERATURE = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class LLMConfig:
     vision: bool | None = None  # whether the model sees images; unset: what the server reports, else no
     tool_calling: str = "auto"  # auto | native | prompted | none: how the model is asked to use tools
     max_tokens: int | None = 4096  # sent on every request, so a model that repeats itself stops; null: the server's
+    # Cap on a prompted answer; read-only calls and the answer after a repeated step get less (prompted.StepLimits).
+    step_max_tokens: int = 512
     # Who is asking, told to the gateway so a team's usage is attributed and limited per person; usually
     # ${JUPYTERHUB_USER} in a hub's site file. Not a secret (a ${VAR} here is not hidden), at most 256 characters.
     user: str | None = None
@@ -76,6 +81,7 @@ class AgentConfig:
     # Tool calls run from one answer; the rest are answered "not executed" (a runaway model can send thousands).
     max_tool_calls_per_answer: int = 64
     command_timeout: float = 120.0  # run_command's default timeout, in seconds
+    turn_timeout: float = 1800.0  # seconds one turn may take in all (approvals not counted); then it stops
     # Tokens the model holds; older history is shortened to fit. Unset: what the server reports, else 32768.
     context_window: int | None = None
     system_prompt: str | None = None  # replaces the built-in system prompt
@@ -219,6 +225,9 @@ class Config:
             lines.append(f"{key} = {server.describe()}  ({self._marked(key, self.sources.get(key, 'default'))})")
         if not self.mcp.servers:
             lines.append(f"{MCP_SERVERS} = {{}}  ({self._marked(MCP_SERVERS, 'default')})")
+        if "temperature" not in self.llm.extra_params:
+            lines.append(f"llm.extra_params.temperature = <not set: prompted steps are sent {PROMPTED_TEMPERATURE}>"
+                         "  (default)")
         ignored = self.project.describe() if self.project is not None else []
         return "\n".join([*lines, *self.site.describe(), *(f"warning: {text}" for text in self.warnings), *ignored])
 

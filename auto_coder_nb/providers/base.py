@@ -30,6 +30,9 @@ class ToolDefinition:
     A notebook tool gives `review(arguments) -> list[CellChange]`: the cells the call would change, shown one card
     per cell (like `preview`, it changes nothing); and `run_after(arguments)`, which runs the code cell the call
     just changed (the user chose Accept & Run) and returns its output like a handler.
+    `rarely_needed` names optional arguments a model seldom needs (`replace_all`, a command's `timeout`):
+    prompted tool calling leaves them out of the prompt and the step schema, since a shorter grammar is a
+    faster one for small local models.
     """
 
     name: str
@@ -41,6 +44,7 @@ class ToolDefinition:
     always_scope: str | None = None
     review: Callable[..., list[CellChange]] | None = None
     run_after: Callable[..., Any] | None = None
+    rarely_needed: tuple[str, ...] = ()
 
     def schema(self) -> dict[str, Any]:
         return {

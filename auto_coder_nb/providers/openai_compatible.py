@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
 
 from .. import auth
-from ..config import PRODUCT_PARAMS, Config
+from ..config import PRODUCT_PARAMS, PROMPTED_TEMPERATURE, Config
 from ..errors import BadRequest, ConfigError, ProviderError, ToolsNotSupported
 from .answers import AnswerReader, mint_tool_call_id
 from .base import (
+    Completion,
     LLMProvider,
     ProviderEvent,
     ProviderNotice,
@@ -29,7 +30,7 @@ from .base import (
 from .capabilities import ModelCapabilities, probe_capabilities
 from .known_servers import KnownServers
 from .openai_errors import ServerErrors, parse_model_list, retry_after_seconds, safe_url
-from .prompted import prompted_chat
+from .prompted import STEP_CUT, StepLimits, prompted_chat
 from .quirks import ServerQuirks
 from .retry import MAX_RETRIES, RETRY_BASE_DELAY, RetryPolicy, server_gave_up_connection
 
@@ -131,8 +132,11 @@ class OpenAICompatibleProvider(LLMProvider):
                 yield event
             return
         try:
-            async for event in self._exchange(messages, tools, headers, model,
-                                              {"tool_choice": "none"} if answer_only else None):
+            if answer_only:
+                async for event in self._answer_only(messages, tools, headers, model):
+                    yield event
+                return
+            async for event in self._exchange(messages, tools, headers, model):
                 yield event
         except ToolsNotSupported as refusal:
             if setting != "auto":
@@ -164,14 +168,40 @@ class OpenAICompatibleProvider(LLMProvider):
         notice = f"Model {model}: {why}; its tools are described in the prompt instead (llm.tool_calling: auto)."
         return notice if self.known.first_time(self.base_url, model, notice) else ""
 
+    async def _answer_only(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
+                           headers: dict[str, str] | None, model: str) -> AsyncIterator[ProviderEvent]:
+        """The native request after a repeated step: `tool_choice: none`, capped hard (StepLimits.answer_only)."""
+        extra: dict[str, Any] = {"tool_choice": "none"}
+        if not self._user_caps_tokens():
+            extra["max_tokens"] = self._limits().answer_only
+        async for event in self._exchange(messages, tools, headers, model, extra):
+            if isinstance(event, Completion) and event.finish_reason == "length" and "max_tokens" in extra:
+                yield ProviderNotice(STEP_CUT.format(tokens=extra["max_tokens"]))
+                event = Completion(event.content, event.reasoning, event.tool_calls, "step_limit", event.usage)
+            yield event
+
+    def _limits(self) -> StepLimits:
+        return StepLimits(self.config.llm.step_max_tokens, self.max_tokens)
+
+    def _user_caps_tokens(self) -> bool:
+        """Whether llm.extra_params sets the token limit itself (it wins over ours)."""
+        return bool({"max_tokens", "max_completion_tokens"} & self.extra_params.keys())
+
     async def _prompted(self, messages: list[dict[str, Any]], tools: list[ToolDefinition],
                         headers: dict[str, str] | None, model: str,
                         answer_only: bool = False) -> AsyncIterator[ProviderEvent]:
-        def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncIterator[ProviderEvent]:
-            return self._exchange(prompt, None, headers, model, extra)
+        # Small models copy arguments badly at a server's default temperature: a low one unless the user set one.
+        own = {} if "temperature" in self.extra_params else {"temperature": PROMPTED_TEMPERATURE}
+        user_caps = self._user_caps_tokens()
+
+        def send(prompt: list[dict[str, Any]], extra: dict[str, Any]) -> AsyncGenerator[ProviderEvent, None]:
+            if user_caps:
+                extra = {key: value for key, value in extra.items() if key != "max_tokens"}
+            return self._exchange(prompt, None, headers, model, {**own, **extra})
 
         async for event in prompted_chat(send, messages, tools, structured=self.quirks.structured_output,
-                                         new_call_id=mint_tool_call_id, answer_only=answer_only):
+                                         new_call_id=mint_tool_call_id, answer_only=answer_only,
+                                         limits=self._limits()):
             yield event
 
     async def _exchange(
@@ -181,7 +211,7 @@ class OpenAICompatibleProvider(LLMProvider):
         headers: dict[str, str] | None,
         model: str,
         extra: dict[str, Any] | None = None,
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncGenerator[ProviderEvent, None]:
         """One request (retried when worth it) as it goes on the wire: streamed events, then one Completion."""
         client = self._client()
         url = f"{self.base_url}/chat/completions"

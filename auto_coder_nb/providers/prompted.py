@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ from .base import (
 
 STEP_SCHEMA_NAME = "agent_step"
 RESULT_PREFIX = "Result of {name}:"
+# The heading of the system prompt's part that changes between projects and days (root, date, instructions):
+# the tool section goes before it, so that a server's prompt cache keeps the whole unchanging prefix.
+ENVIRONMENT_HEADING = "# Environment"
 _FENCED = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 _ANSWER_START = re.compile(r'\{\s*"answer"\s*:\s*"')
 _STEP_START = re.compile(r"```|^[ \t]*\{", re.MULTILINE)
@@ -44,13 +48,13 @@ _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 # Sends the prompted messages (with `extra` merged into the request body) and yields provider events.
-Send = Callable[[list[dict[str, Any]], dict[str, Any]], AsyncIterator[ProviderEvent]]
+Send = Callable[[list[dict[str, Any]], dict[str, Any]], AsyncGenerator[ProviderEvent, None]]
 
 
 def step_schema(tools: list[ToolDefinition]) -> dict[str, Any]:
     """The JSON schema of one step: one object per tool, or an answer."""
     choices: list[dict[str, Any]] = [
-        {"type": "object", "properties": {"tool": {"const": tool.name}, "arguments": _closed(tool.parameters)},
+        {"type": "object", "properties": {"tool": {"const": tool.name}, "arguments": _closed(_prompted(tool))},
          "required": ["tool", "arguments"], "additionalProperties": False}
         for tool in tools
     ]
@@ -61,6 +65,16 @@ def step_schema(tools: list[ToolDefinition]) -> dict[str, Any]:
 
 def response_format(tools: list[ToolDefinition]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": STEP_SCHEMA_NAME, "schema": step_schema(tools)}}
+
+
+def _prompted(tool: ToolDefinition) -> dict[str, Any]:
+    """The parameters a prompted step offers: without the optional ones the tool marks `rarely_needed`."""
+    found = tool.parameters.get("properties")
+    if not tool.rarely_needed or not isinstance(found, dict):
+        return tool.parameters
+    required = set(tool.parameters.get("required") or ())
+    left_out = set(tool.rarely_needed) - required
+    return {**tool.parameters, "properties": {name: schema for name, schema in found.items() if name not in left_out}}
 
 
 def _closed(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +98,7 @@ def system_section(tools: list[ToolDefinition]) -> str:
         "# Tools",
     ]
     for tool in tools:
-        lines += [f"## {tool.name}", _summary(tool.description), *_argument_lines(tool.parameters),
+        lines += [f"## {tool.name}", _summary(tool.description), *_argument_lines(_prompted(tool)),
                   f"Example: {_example(tool)}", ""]
     return "\n".join(lines).rstrip()
 
@@ -141,9 +155,7 @@ def to_prompted_messages(messages: list[dict[str, Any]], tools: list[ToolDefinit
     for index, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role == "system":
-            text = content or ""
-            if index == 0:
-                text = f"{text}\n\n{section}" if text else section
+            text = _with_section(content or "", section) if index == 0 else content or ""
             _append(out, "system", text)
         elif role == "assistant":
             calls = message.get("tool_calls") or []
@@ -160,6 +172,14 @@ def to_prompted_messages(messages: list[dict[str, Any]], tools: list[ToolDefinit
         else:
             _append(out, str(role), content)
     return out
+
+
+def _with_section(system: str, section: str) -> str:
+    """The system prompt with the tool section before its environment part (else at its end)."""
+    at = system.find(f"\n\n{ENVIRONMENT_HEADING}\n")
+    if at < 0:
+        return f"{system}\n\n{section}" if system else section
+    return f"{system[:at]}\n\n{section}{system[at:]}"
 
 
 def _append(out: list[dict[str, Any]], role: str, content: Any) -> None:
@@ -285,7 +305,8 @@ def _check(value: Any, prose: str, tools: dict[str, ToolDefinition]) -> Step:
 
 
 def schema_problem(schema: Any, value: Any, where: str) -> str | None:
-    """The first way `value` breaks `schema` (the JSON Schema subset tool parameters use), or None."""
+    """The first way `value` breaks `schema` (the JSON Schema subset tool parameters use), or None. Numbers out
+    of range are not a problem here: the agent brings them within range, with a note."""
     if not isinstance(schema, dict):
         return None
     for combinator in ("anyOf", "oneOf"):
@@ -301,11 +322,6 @@ def schema_problem(schema: Any, value: Any, where: str) -> str | None:
         return f"{where} must be {_dumps(schema['const'])}"
     if isinstance(schema.get("enum"), list) and value not in schema["enum"]:
         return f"{where} must be one of {', '.join(_dumps(v) for v in schema['enum'])}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            return f"{where} must be at least {schema['minimum']}"
-        if "maximum" in schema and value > schema["maximum"]:
-            return f"{where} must be at most {schema['maximum']}"
     if isinstance(value, dict):
         properties: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
         missing = [key for key in schema.get("required") or [] if key not in value]
@@ -469,6 +485,84 @@ def _escape_length(buffer: str, at: int) -> int | None:
 # -- one model request in prompted mode --------------------------------------------------------
 
 
+# A call of a read-only tool is a path or a name: SmolLM2 wrote paths like "lisst_directory_a_rgument_a_..." until
+# the limit, so such a call gets at most this many tokens.
+READ_CALL_TOKENS = 128
+# The answer after a repeated step: the model wanted another call and may only answer, and SmolLM2 then wrote
+# garbage ("1234567890123...") to the limit; its answer so far is kept, cut here.
+ANSWER_ONLY_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """Tokens one step may take. `step` (llm.step_max_tokens): a prompted answer; `content` (llm.max_tokens): a
+    call of a tool that writes or runs something, whose arguments may be a whole file; a read-only call gets
+    READ_CALL_TOKENS and an answer-only step ANSWER_ONLY_TOKENS, never more than the others. None: no limit.
+    A prompted request asks for `content` (the server cannot know the kind in advance); the kind's own limit is
+    kept while the step streams."""
+
+    step: int | None = None
+    content: int | None = None
+
+    def _below(self, cap: int) -> int:
+        return min(limit for limit in (cap, self.step, self.content) if limit is not None)
+
+    @property
+    def read_call(self) -> int:
+        return self._below(READ_CALL_TOKENS)
+
+    @property
+    def answer_only(self) -> int:
+        return self._below(ANSWER_ONLY_TOKENS)
+
+    def request(self, answer_only: bool) -> int | None:
+        """The max_tokens to send."""
+        return self.answer_only if answer_only else self.content
+
+
+STEP_CUT = ("The model's reply was cut off at {tokens} tokens, the limit of a prompted step that writes no file "
+            f"content (an answer: llm.step_max_tokens; a read-only call: {READ_CALL_TOKENS}; the answer after a "
+            f"repeated step: {ANSWER_ONLY_TOKENS}); a tool call in it was not run. Ask for the rest, or raise "
+            "llm.step_max_tokens.")
+# The name of the tool a step calls, as soon as it has streamed (also in free text, after prose).
+_CALLED_TOOL = re.compile(r'"(?:tool|name|function)"\s*:\s*"([^"\\]+)"')
+
+
+class _StepWatch:
+    """Counts a streaming step's tokens (one per delta, or four characters each when a server sends several in
+    one delta) and says when it passes the limit of its kind."""
+
+    def __init__(self, limits: StepLimits, tools: list[ToolDefinition], answer_only: bool) -> None:
+        self.limits, self.answer_only = limits, answer_only
+        self.writers = {tool.name for tool in tools if tool.kind != "read"}
+        self.deltas = 0
+        self.characters = 0
+
+    @property
+    def tokens(self) -> int:
+        return max(self.deltas, self.characters // 4)
+
+    def passed(self, text: str, buffer: str) -> str | None:
+        """After `text` streamed (the step so far: `buffer`): "step" or "content" when that limit is passed."""
+        self.deltas += 1
+        self.characters += len(text)
+        if self.tokens <= min(self.limits.read_call, self.limits.answer_only):
+            return None  # below every limit: no need to look at the step
+        kind, limit = self._limit(buffer)
+        return kind if limit is not None and self.tokens > limit else None
+
+    def _limit(self, buffer: str) -> tuple[str, int | None]:
+        """The kind of the step so far, and its limit."""
+        if self.answer_only:
+            return "step", self.limits.answer_only
+        called = _CALLED_TOOL.search(buffer)
+        if called is None:  # an answer (or prose before a step)
+            return "step", self.limits.step
+        if called.group(1) in self.writers:
+            return "content", self.limits.content
+        return "step", self.limits.read_call
+
+
 async def prompted_chat(
     send: Send,
     messages: list[dict[str, Any]],
@@ -477,12 +571,17 @@ async def prompted_chat(
     structured: bool,
     new_call_id: Callable[[], str],
     answer_only: bool = False,
+    limits: StepLimits = StepLimits(),
 ) -> AsyncIterator[ProviderEvent]:
     """One step of the model: the answer streams as it is decoded, then one Completion. An invalid step is
     answered to the model with its exact problem once (the repair is not kept in the history). `answer_only`:
-    the schema allows only an answer (the tools stay described, their results stay in the history)."""
+    the schema allows only an answer (the tools stay described, their results stay in the history). A step
+    past its limit (`limits`) is stopped there: its text is kept, a call in it is not run."""
     prompt = to_prompted_messages(messages, tools)
-    extra = {"response_format": response_format([] if answer_only else tools)} if structured else {}
+    extra: dict[str, Any] = {"response_format": response_format([] if answer_only else tools)} if structured else {}
+    cap = limits.request(answer_only)
+    if cap is not None:
+        extra["max_tokens"] = cap
     usage: Usage | None = None
     step = Step()
     completion = Completion()
@@ -490,21 +589,34 @@ async def prompted_chat(
     for repair in range(2):
         stream = AnswerStream()
         completion = Completion()
-        async for event in send(prompt, extra):
-            if isinstance(event, TextChunk):
-                text = stream.feed(event.text)
-                if text:
-                    yield TextChunk(text)
-            elif isinstance(event, Completion):
-                completion = event
-            else:
-                yield event
+        watch = _StepWatch(limits, tools, answer_only)
+        passed: str | None = None
+        async with aclosing(send(prompt, extra)) as events:  # leaving early closes the stream: the server stops
+            async for event in events:
+                if isinstance(event, TextChunk):
+                    text = stream.feed(event.text)
+                    if text:
+                        yield TextChunk(text)
+                    passed = watch.passed(event.text, stream.buffer)
+                    if passed is not None:
+                        completion = Completion(stream.buffer, finish_reason="length")
+                        break
+                elif isinstance(event, Completion):
+                    completion = event
+                else:
+                    yield event
         if completion.usage is not None:
             usage = completion.usage if usage is None else usage + completion.usage
         if completion.finish_reason == "repetition":  # cut by the provider's guard, which said so: keep the answer
             yield Completion(stream.emitted, completion.reasoning, [], "repetition", usage)  # so far, run nothing
             return
         if completion.finish_reason == "length":
+            # Stopped by us at the step limit, or by the server at the step limit it was sent (answer-only).
+            if passed == "step" or passed is None and answer_only:
+                yield ProviderNotice(STEP_CUT.format(tokens=limits.answer_only if passed is None else watch.tokens))
+                cut = _cut_off(completion, stream, tools, usage, new_call_id)
+                yield Completion(cut.content, cut.reasoning, cut.tool_calls, "step_limit", usage)
+                return
             yield _cut_off(completion, stream, tools, usage, new_call_id)
             return
         step = parse_step(completion.content, tools)

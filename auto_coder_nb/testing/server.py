@@ -14,6 +14,7 @@ that tool: then the answer is that tool call (so `auto-coder --doctor` passes wi
 Replies are JSON-able dicts, so another process can script a server
 started with `python -m auto_coder_nb.testing.server --port N` through `POST /_script`.
 
+`reply.endless(...)` streams until the client goes away (a model that never stops).
 Options every reply accepts: `delay` (seconds before each chunk after the first), `drop_after`
 (close the connection after that many chunks, without ending the body), `wait_for` + `wait_after`
 (send `wait_after` chunks, then block until `server.release(name)` or `POST /_release`), `headers`,
@@ -166,6 +167,13 @@ class Replies:
 
 
     @staticmethod
+    def endless(prefix: str = "", *, delay: float = 0.005, **options: Any) -> Spec:
+        """A text answer that never ends: `prefix`, then words that never repeat ("w1 w2 w3 ..."), one chunk every
+        `delay` seconds, ignoring `max_tokens`, until the client closes the connection (or RELEASE_TIMEOUT
+        passes). A model that runs away inside a step, which no repetition check can see."""
+        return {"type": "endless", "prefix": prefix, "delay": delay, **options}
+
+    @staticmethod
     def prompted_call(name: str, arguments: dict[str, Any] | None = None, **options: Any) -> Spec:
         """A prompted-mode tool step, `{"tool": name, "arguments": {...}}`, as the text of the answer."""
         return Replies.text(_dumps({"tool": name, "arguments": arguments or {}}), **options)
@@ -283,7 +291,7 @@ class _Prepared:
 
     def __init__(self, spec: Spec) -> None:
         kind = spec.get("type")
-        if kind not in ("text", "tool_calls", "chunks", "raw_sse", "json"):
+        if kind not in ("text", "tool_calls", "chunks", "raw_sse", "json", "endless"):
             raise ValueError(f"unknown reply type {kind!r}")
         self.spec = spec
         self.stream: _Stream | None = _Stream(spec) if kind in ("text", "tool_calls") else None
@@ -448,6 +456,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait(spec, 0)
             self._send_json(spec.get("status", 200), spec.get("body"), spec.get("headers"))
             return
+        if spec["type"] == "endless":
+            self._stream_endless(spec)
+            return
         pieces = prepared.stream.pieces(spec, request_json) if prepared.stream else prepared.fixed_pieces or []
         self._stream(spec, pieces)
 
@@ -482,6 +493,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         self.wfile.write(b"0\r\n\r\n")
+
+    def _stream_endless(self, spec: Spec) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        pieces = [spec.get("prefix", "")] if spec.get("prefix") else []
+        count = 0
+        while time.monotonic() < deadline:
+            if not pieces:
+                count += 1
+                pieces.append(f" w{count}")
+            event = _event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
+                            "model": DEFAULT_MODEL, "choices": [{"index": 0, "delta": {"content": pieces.pop()},
+                                                                 "finish_reason": None}]})
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))  # raises once the client has gone
+            self.wfile.flush()
+            time.sleep(spec.get("delay", 0.005))
+        self._drop()
 
     def _drop(self) -> None:
         self.close_connection = True

@@ -790,6 +790,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             },
             handler=bind(read_file),
             kind="read",
+            rarely_needed=("offset", "limit"),  # SmolLM2 added "limit": 1000000000000 to its reads
         ),
         ToolDefinition(
             name="write_file",
@@ -825,6 +826,7 @@ def filesystem_tools(workspace: Workspace) -> list[ToolDefinition]:
             kind="write",
             preview=bind(preview_edit_file),
             review=bind(review_edit_file),
+            rarely_needed=("replace_all",),
         ),
         ToolDefinition(
             name="list_directory",

@@ -410,10 +410,14 @@ def build_notebook_tools(
         kernel = (metadata.get("kernelspec") or {}).get("name", "")
         return notebook_as_text(cells, path, kernel=kernel, live=document.live, start=start)
 
-    def _writable(path: str) -> NotebookDocument:
+    def _writable(path: str, falls_back: bool = False) -> NotebookDocument:
+        """The document to change; NotLive for an open notebook that cannot be edited live. `falls_back`: the
+        caller adds the cell through the frontend instead, so this is no refusal and keeps the how-to for one."""
         try:
             return opener().open(path, write=True)
         except NotLive as refused:
+            if falls_back:
+                raise
             if told_how[0] or not refused.how_to:
                 raise NotLive(refused.path, refused.reason) from None
             told_how[0] = True
@@ -442,6 +446,8 @@ def build_notebook_tools(
         try:
             document = opener().open(path, write=True)
         except NotLive:
+            if action != "insert" or insert_cell is None:
+                _writable(path)  # raises, saying why (and the first time how to turn live editing on)
             return f"Add a new cell below the current cell of the open notebook {path}:\n{source or ''}"
         ids = document.ids() if document.path.exists() or document.live else []
         if action == "insert":
@@ -459,15 +465,17 @@ def build_notebook_tools(
         kind = f" (now {cell_type})" if cell_type and cell_type != cell.cell_type else ""
         return _diff(path, f"cell {shown}{kind}", cell.source, source or "")
 
-    def edit_notebook(path: str, action: str, index: int | None = None, cell_id: str | None = None,
-                      source: str | None = None, cell_type: str | None = None, to_index: int | None = None) -> Any:
+    async def edit_notebook(path: str, action: str, index: int | None = None, cell_id: str | None = None,
+                            source: str | None = None, cell_type: str | None = None,
+                            to_index: int | None = None) -> str:
         _check(action, source, cell_type, to_index)
+        falls_back = action == "insert" and insert_cell is not None
         try:
-            document = _writable(path)
+            document = _writable(path, falls_back)
         except NotLive:
-            if action != "insert" or insert_cell is None:
+            if not falls_back:
                 raise
-            return _insert_below(path, source or "", cell_type or "code")
+            return await _insert_below(path, source or "", cell_type or "code")
         ids = document.ids() if document.path.exists() or document.live else []
         if action == "insert":
             position = len(ids) if index is None else seen.position(document.path, index, ids)

@@ -298,5 +298,6 @@ def shell_tools(workspace: Workspace, command_timeout: float = 120.0,
             kind="command",
             always_scope="command",  # "always" to one command line is not a yes to every command
             preview=functools.partial(preview_run_command, workspace),
+            rarely_needed=("timeout",),
         ),
     ]
