@@ -33,7 +33,10 @@ from .events import (
     UsageUpdate,
 )
 from .images import Image, ImageError, fit_image
+from .interrupts import LoopRunner
 from .providers.base import (
+    MAX_ARGUMENT_DEPTH,
+    TOO_DEEP,
     Completion,
     LLMProvider,
     ProviderNotice,
@@ -43,10 +46,11 @@ from .providers.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    nested_deeper_than,
 )
 from .site_policy import SitePolicy
 from .state.conversation import INTERRUPTED, Conversation
-from .text import scrub, with_review
+from .text import escape_undecodable, scrub, with_review
 from .tools.arguments import clamp_numbers, placeholder_problem
 from .tools.registry import NothingToChange, ToolError, ToolOutput, ToolRegistry
 from .tools.workspace import Workspace
@@ -59,8 +63,6 @@ SHORTEN_AT, SHORTEN_TO = 0.9, 0.7
 
 TOO_MANY_CALLS = ("Not executed: the answer asked for more than {cap} tool calls, and only the first {cap} run. "
                   "Make the calls still needed in your next answer, fewer at a time.")
-# Tool arguments nested deeper than this are refused (a deeper document would crash JSON handling later).
-MAX_ARGUMENT_DEPTH = 64
 
 TRUNCATED_ARGUMENTS = (
     "Not executed: the arguments of this call were cut off because the answer reached the output "
@@ -493,7 +495,8 @@ class Agent:
             result.output, result.is_error = str(unchanged), False
         except ToolError as exc:
             result.output = str(exc)
-        result.output = scrub(result.output, self.secrets())  # `env`, a config file, an error: never shown or sent
+        # `env`, a config file, an error: never shown or sent; a file name that is not UTF-8, shown escaped.
+        result.output = escape_undecodable(scrub(result.output, self.secrets()))
         self.conversation.add_tool_result(call.id, result.output)
         yield result
 
@@ -559,34 +562,18 @@ def _parse_arguments(raw: str) -> tuple[dict[str, Any] | None, str | None]:
     """Arguments as a dict, or None and the error to send back. Never guess `{}` for bad JSON."""
     if not raw.strip():
         return {}, None
-    too_deep = (f"The tool arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep. Send the call again "
-                "with flat arguments.")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         return None, (f"Invalid JSON in the tool arguments ({exc.msg} at position {exc.pos}). "
                       "Send the call again with the arguments as one valid JSON object.")
     except RecursionError:
-        return None, too_deep
+        return None, TOO_DEEP
     if not isinstance(value, dict):
         return None, "The tool arguments must be a JSON object. Send the call again with an object."
-    if _depth_exceeds(value, MAX_ARGUMENT_DEPTH):
-        return None, too_deep
+    if nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
+        return None, TOO_DEEP
     return value, None
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest deeper than `limit`, checked without recursion."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 def _looping(calls: Sequence[tuple[str, str]], repeats: int) -> int | None:
@@ -623,22 +610,17 @@ def _canonical(raw: str) -> str:
 
 
 def iterate_sync(events: AsyncGenerator[Event, None], loop: asyncio.AbstractEventLoop) -> Generator[Event, None, None]:
-    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates; a consumer
+    """Drive a turn from synchronous code on `loop`. Ctrl-C cancels the turn and propagates as KeyboardInterrupt
+    (while the loop waits, SIGINT cancels the step at its await point: see `interrupts.LoopRunner`); a consumer
     that stops early (Ctrl-C at an approval prompt) closes the turn, so its history is repaired at once."""
-    try:
-        while True:
-            step = asyncio.ensure_future(events.__anext__(), loop=loop)
-            try:
-                event = loop.run_until_complete(step)
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                if not step.done():  # interrupted while the loop waited: the step is still pending
-                    step.cancel()
-                    with suppress(BaseException):
-                        loop.run_until_complete(step)
-                raise
-            yield event
-    finally:
-        with suppress(BaseException):
-            loop.run_until_complete(events.aclose())
+    with LoopRunner(loop) as runner:
+        try:
+            while True:
+                try:
+                    event = runner.run(events.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            with suppress(BaseException):
+                runner.run(events.aclose())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import selectors
 import signal
@@ -32,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from .bounded_http import SyncClient
 from .config import AuthConfig, Config, load_config
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from .text import hide_secrets
@@ -41,6 +43,8 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL = 5.0  # RFC 8628 section 3.2
 SLOW_DOWN_STEP = 5.0  # RFC 8628 section 3.5
 EXPIRY_MARGIN = 60.0  # renew this long before expiry (at most a tenth of the token's lifetime)
+MAX_TOKEN_LIFETIME = 86400.0  # a longer stated lifetime is taken as a day: renewed daily, and on a 401 before that
+MAX_POLL_INTERVAL = 60.0  # a device flow's stated polling interval, at most
 TOKEN_OUTPUT_LIMIT = 64 * 1024  # a token, or JSON with one: more is not a token command's output
 TOKEN_ERRORS_KEPT = 4096  # the end of its standard error, for the message when it fails
 TOKEN_COMMAND_GRACE = 1.0  # seconds a background process may hold the output open after the shell exited
@@ -101,7 +105,7 @@ def print_device_code(code: DeviceCode) -> None:
 device_code_display: Callable[[DeviceCode], None] = print_device_code
 
 
-def post_form(client: httpx.Client, url: str, form: dict[str, str | None]) -> httpx.Response:
+def post_form(client: SyncClient, url: str, form: dict[str, str | None]) -> httpx.Response:
     """POST to an OAuth token (or device authorization) endpoint; empty fields are left out."""
     data = {name: value for name, value in form.items() if value}
     return client.post(url, data=data, headers={"Accept": "application/json"})
@@ -127,7 +131,9 @@ def parse_token_response(response: httpx.Response, *, now: float, what: str,
         except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("access_token"), str) and body["access_token"]:
-            return Token(body["access_token"], _expiry(body.get("expires_in"), now), body.get("refresh_token"))
+            refresh = body.get("refresh_token")
+            return Token(body["access_token"], _expiry(body.get("expires_in"), now),
+                         refresh if isinstance(refresh, str) and refresh else None)
         raise AuthenticationFailed(f"{what}: the token endpoint answered without an access_token",
                                    status=response.status_code)
     raise token_error(response, what=what, secrets=secrets)
@@ -143,20 +149,34 @@ def token_error(response: httpx.Response, *, what: str, secrets: Iterable[str | 
 
 
 def _expiry(expires_in: Any, now: float) -> float | None:
-    try:
-        lifetime = float(expires_in)
-    except (TypeError, ValueError):
+    """When a token stated to last `expires_in` seconds is renewed; None (unknown: used until the server rejects it,
+    then renewed) when `expires_in` is missing or no usable number."""
+    lifetime = seconds(expires_in)
+    if lifetime is None:
         return None
+    lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
     return now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
 
 
-@contextmanager
-def endpoint_client(config: Config, url: str, what: str) -> Iterator[httpx.Client]:
-    """A client for an OAuth endpoint, with the TLS and proxy settings for its own host; failing to reach
-    it is a ConnectionFailed that names the endpoint (not the model URL the request was for)."""
+def seconds(value: Any) -> float | None:
+    """A duration a server stated (a number, or a numeric string), or None when it is none: missing, not a number,
+    not finite, not positive."""
+    if isinstance(value, bool):
+        return None
     try:
-        with httpx.Client(**transport_kwargs(config, url)) as client:
-            yield client
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+@contextmanager
+def endpoint_client(config: Config, url: str, what: str) -> Iterator[SyncClient]:
+    """A client for an OAuth endpoint, with the TLS and proxy settings for its own host, each request within a
+    deadline and a size cap; failing to reach it is a ConnectionFailed that names the endpoint (not the model URL
+    the request was for)."""
+    try:
+        yield SyncClient(transport_kwargs(config, url))
     except httpx.HTTPError as exc:
         problem = certificate_problem(exc)
         reason = f"its TLS certificate is not trusted ({problem}); set llm.ca_bundle, llm.extra_ca_certs or " \
@@ -219,7 +239,7 @@ class AuthenticationProvider:
         return [auth.client_secret, auth.sso_token, auth.refresh_token,
                 token.value if token else None, token.refresh_token if token else None]
 
-    def _refresh(self, client: httpx.Client) -> Token | None:
+    def _refresh(self, client: SyncClient) -> Token | None:
         """A new token from the expired one's refresh token, so the user need not sign in again."""
         refresh_token = self._token.refresh_token if self._token else None
         if not refresh_token:
@@ -236,7 +256,7 @@ class AuthenticationProvider:
         token.refresh_token = token.refresh_token or refresh_token
         return token
 
-    def _device_flow(self, client: httpx.Client) -> Token:
+    def _device_flow(self, client: SyncClient) -> Token:
         """RFC 8628: ask for a device code, show the user code, poll the token endpoint until sign-in ends."""
         auth = self.config.auth
         response = post_form(client, auth.device_authorization_url or "", {
@@ -254,10 +274,10 @@ class AuthenticationProvider:
                 f"SSO sign-in: the device authorization endpoint {auth.device_authorization_url} answered "
                 f"HTTP {response.status_code} without a device code{detail}", self._secrets),
                 status=response.status_code)
-        expires_in = float(body.get("expires_in") or 600)
+        expires_in = min(seconds(body.get("expires_in")) or 600.0, MAX_TOKEN_LIFETIME)
         show = self.show_device_code or device_code_display
         show(DeviceCode(body["user_code"], body["verification_uri"], body.get("verification_uri_complete"), expires_in))
-        interval = float(body.get("interval") or DEFAULT_POLL_INTERVAL)
+        interval = min(seconds(body.get("interval")) or DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL)
         deadline = self._clock() + expires_in
         poll = {"grant_type": DEVICE_CODE_GRANT, "device_code": body["device_code"],
                 "client_id": auth.client_id, "client_secret": auth.client_secret}

@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(prompted), none, or auto (native, prompted when the model has no tool calling; default)")
     parser.add_argument("--max-tokens", metavar="N", help="cap on the tokens of each reply (default 4096; "
                         "'null' leaves it to the server)")
-    parser.add_argument("--sessions", action="store_true", help="list the saved conversations, newest first, and exit")
+    # const 0: the listing's own default (history.LISTED, said in the help; history is not imported to parse)
+    parser.add_argument("--sessions", nargs="?", type=_count, const=0, metavar="N",
+                        help="list the newest N saved conversations (default 20) and how many more, and exit")
+    parser.add_argument("--all", action="store_true", help="with --sessions: list every saved conversation")
+    parser.add_argument("--here", action="store_true",
+                        help="with --sessions: only the conversations of this working directory")
     parser.add_argument("--resume", nargs="?", const=NEWEST, metavar="ID",
                         help="continue a saved conversation: ID or a unique prefix (alone: the newest for this "
                              "working directory), with a prompt after the ID or in the REPL")
@@ -71,15 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    """A number of conversations to list: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a number of conversations: {text!r}")
+    return int(text)
+
+
+def _lists_sessions(args: argparse.Namespace) -> bool:
+    return args.sessions is not None or args.all or args.here
+
+
 def main(argv: list[str] | None = None) -> int:
+    import io
+
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character no UTF-8 can hold is shown escaped, as on stderr
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)  # --version and --help end here
     import asyncio
     from pathlib import Path
 
     from .config import load_config
     from .errors import ConfigError
-    from .history import ConversationStore, HistoryError
+    from .history import LISTED, ConversationStore, HistoryError
     from .images import ImageError
+    from .interrupts import close_loop
     from .terminal import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, export_at_terminal, is_terminal
     from .text import scrub
 
@@ -131,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return EXIT_USAGE if any(key in config.unset for key in request_keys(config)) else EXIT_RUNTIME
     store = ConversationStore(warn=lambda text: print(f"auto-coder: warning: {text}", file=sys.stderr))
-    if args.sessions:
-        print(store.listing())
+    if _lists_sessions(args):
+        here = Path(config.agent.working_dir or ".").expanduser().resolve() if args.here else None
+        print(store.listing(None if args.all else args.sessions or LISTED, working_dir=here))
         return EXIT_OK
     root = Path(config.agent.working_dir or ".").expanduser()
     if not root.is_dir():
@@ -180,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_repl(session, loop, images, reload=load)
     finally:
         loop.run_until_complete(session.aclose())
-        loop.close()
+        close_loop(loop)
 
 
 def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.Namespace) -> Config:
@@ -199,7 +221,7 @@ def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.
             print(f"auto-coder: warning: could not record trust in {project.store} ({exc.strerror or exc}); "
                   "trusted for this run only", file=sys.stderr)
         return config
-    if not project.needs_trust or args.show_config or args.doctor or args.sessions:
+    if not project.needs_trust or args.show_config or args.doctor or _lists_sessions(args):
         return config
     if is_terminal(sys.stdin) and is_terminal(sys.stderr) and ask_to_trust(project, sys.stderr):
         return trust_and_reload(project, load, sys.stderr)

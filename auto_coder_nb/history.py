@@ -22,8 +22,10 @@ the records back into a history a strict server accepts, even from a file cut of
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -44,8 +46,8 @@ from .events import (
     UsageUpdate,
 )
 from .private import open_private, private_folder
-from .state.conversation import Conversation
-from .text import hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
+from .state.conversation import Conversation, new_correlation_id
+from .text import escape_undecodable, hide_credential_shapes, hide_secrets, prompt_of, scrub, show_controls
 
 if TYPE_CHECKING:
     from .cell_changes import CellChange
@@ -54,6 +56,8 @@ SCHEMA_VERSION = 1
 SUFFIX = ".jsonl"
 INTERRUPTED = "[interrupted]"  # what the agent appends to an answer cut off mid-stream
 SHORT_ID = 8
+LISTED = 20  # conversations a listing shows unless asked for more
+MORE_HINT = "--sessions N shows N, --all every one"
 CLOSEST_SHOWN = 5  # saved conversations listed when an id matches none
 IMAGE_NOT_SAVED = "[an image was here: saved conversations keep no images]"
 MAX_CELL_RECORD = 256 * 1024  # a cell_change record bigger than this is saved without the cells' outputs
@@ -81,26 +85,57 @@ def now() -> str:
 
 # -- reading -------------------------------------------------------------------------------------------
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+class Records(list[dict[str, Any]]):
+    """The records of a conversation file; `damaged`: how many of its lines were left out."""
+
+    damaged = 0
+
+
+def read_records(path: Path) -> Records:
     """The records of a conversation file. Lines that are not whole records (the last one torn by a crash,
-    or an earlier torn line a resumed session wrote after) are left out. Raises HistoryError for a file
-    that is not a saved conversation (unreadable, no start record, a newer schema)."""
+    or an earlier torn line a resumed session wrote after, a damaged line) are left out and counted. Raises
+    HistoryError for a file that is not a saved conversation (unreadable, no start record or a damaged one, a
+    newer schema)."""
     try:
         with open(path, "rb") as stream:
             lines = stream.read().split(b"\n")
     except OSError as exc:
-        raise HistoryError(f"{path.name}: cannot read: {exc.strerror}") from None
-    records = [record for record in map(_parse_line, lines) if record is not None]
+        raise HistoryError(f"{show_controls(path.name)}: cannot read: {exc.strerror}") from None
+    records = Records(record for record in map(_parse_line, lines) if record is not None)
+    records.damaged = sum(1 for line in lines if line.strip()) - len(records)
     _check_start(path, records[0] if records else None)
     return records
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
+    """A record, or None for a line that is none: torn by a crash, damaged, or a message no history can hold."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("type"), str) else None
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        return None
+    return record if record["type"] != "message" or well_formed(record.get("message")) else None
+
+
+def well_formed(message: Any) -> bool:
+    """Whether a saved message can go back into a history a strict server accepts: a known role, text (or text and
+    image parts) for content, tool calls with string ids, names and arguments, a tool result naming its call."""
+    if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool"):
+        return False
+    content = message.get("content")
+    if not (content is None or isinstance(content, str)
+            or isinstance(content, list) and all(isinstance(part, dict) for part in content)):
+        return False
+    if message["role"] == "tool":
+        return isinstance(message.get("tool_call_id"), str) and isinstance(content, str)
+    calls = message.get("tool_calls")
+    if calls is None:
+        return True
+    return isinstance(calls, list) and all(
+        isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("function"), dict)
+        and isinstance(call["function"].get("name"), str) and isinstance(call["function"].get("arguments"), str)
+        for call in calls)
 
 
 def message_text(content: Any) -> str:
@@ -123,10 +158,13 @@ def without_images(message: dict[str, Any]) -> dict[str, Any]:
 
 def _check_start(path: Path, record: dict[str, Any] | None) -> dict[str, Any]:
     if record is None or record.get("type") != "start" or not isinstance(record.get("correlation_id"), str):
-        raise HistoryError(f"{path.name} is not a saved conversation")
+        raise HistoryError(f"{show_controls(path.name)} is not a saved conversation")
+    if not _VALID_ID.fullmatch(record["correlation_id"]):  # it becomes a request header and is printed
+        raise HistoryError(f"{show_controls(path.name)} is damaged: its conversation id "
+                           f"{record['correlation_id'][:80]!r} is not one auto-coder writes")
     version = record.get("v")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise HistoryError(f"{path.name} was written by a newer auto-coder (schema {version})")
+        raise HistoryError(f"{show_controls(path.name)} was written by a newer auto-coder (schema {version})")
     return record
 
 
@@ -165,10 +203,15 @@ class SavedConversation:
 
     def line(self) -> str:
         """One line of a listing: short id, when, where, first prompt."""
-        where = self.notebook or self.working_dir
+        where = show_controls(self.notebook or self.working_dir)
         prompt = " ".join(self.first_prompt.split())
-        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        prompt = show_controls(prompt if len(prompt) <= 60 else prompt[:59] + "…")
         return f"{self.short_id}  {self.when}  {where}  {prompt}"
+
+
+# A conversation id as auto-coder writes them (a UUID; kernels and tests may use other plain words): printable
+# ASCII with no spaces, since it is sent as the x-correlation-id header and printed in listings.
+_VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def _likeness(typed: str, conversation_id: str) -> tuple[int, float]:
@@ -197,6 +240,17 @@ def summarize(path: Path) -> SavedConversation:
     )
 
 
+def _listing_lines(entries: Iterable[Path]) -> list[str]:
+    """Listing lines of these conversation files, escaped (a damaged one by its name)."""
+    lines = []
+    for entry in entries:
+        try:
+            lines.append(show_controls(summarize(entry).line()))
+        except HistoryError:
+            lines.append(f"{show_controls(entry.name)} (damaged)")
+    return lines
+
+
 class ConversationStore:
     """The folder of saved conversations. `warn` hears about files it skips."""
 
@@ -214,8 +268,8 @@ class ConversationStore:
     def path_for(self, conversation_id: str) -> Path:
         return self.folder / f"{conversation_id}{SUFFIX}"
 
-    def list(self) -> list[SavedConversation]:
-        """Every saved conversation, the most recently active first. Other files are skipped with a warning."""
+    def files(self) -> list[Path]:
+        """The conversation files, the most recently active first: only their names and times are read."""
         try:
             entries = [entry for entry in self.folder.iterdir() if not entry.name.startswith(".")]
         except FileNotFoundError:
@@ -223,42 +277,82 @@ class ConversationStore:
         except OSError as exc:
             self.warn(f"Cannot read the saved conversations in {self.folder}: {exc.strerror}")
             return []
-        found = []
+        dated = []
         for entry in entries:
+            try:
+                dated.append((entry.stat().st_mtime, entry))
+            except OSError:
+                continue  # removed meanwhile
+        return [entry for _, entry in sorted(dated, key=lambda pair: pair[0], reverse=True)]
+
+    def saved(self, *, working_dir: str | os.PathLike[str] | None = None,
+              notebook: str | os.PathLike[str] | None = None) -> Iterator[SavedConversation]:
+        """The saved conversations, the most recently active first, each file read as the iteration reaches it;
+        only those of `notebook`, or else of `working_dir`, when one is given. Other files are skipped with a
+        warning."""
+        where = escape_undecodable(str(notebook if notebook is not None else working_dir or ""))
+        for entry in self.files():
             try:
                 if entry.suffix != SUFFIX or not entry.is_file():
                     raise HistoryError(f"{entry.name} is not a saved conversation")
-                found.append(summarize(entry))
+                saved = summarize(entry)
             except HistoryError as exc:
-                self.warn(f"Skipped {self.folder / entry.name}: {exc}")
-        return sorted(found, key=lambda saved: saved.updated, reverse=True)
+                self.warn(f"Skipped {show_controls(str(self.folder / entry.name))}: {exc}")
+                continue
+            # names are saved escaped (escape_undecodable): compared the same way
+            if notebook is not None and saved.notebook != where:
+                continue
+            if notebook is None and working_dir is not None and saved.working_dir != where:
+                continue
+            yield saved
+
+    def list(self) -> list[SavedConversation]:
+        """Every saved conversation, the most recently active first (reads every file: see `saved`)."""
+        return list(self.saved())
 
     def find(self, prefix: str) -> SavedConversation:
         """The conversation whose id is or starts with `prefix`; HistoryError listing the closest ones (whatever
-        `prefix` holds: empty, not an id, control characters) when none or several do."""
-        saved = self.list()
+        `prefix` holds: empty, not an id, control characters) when none or several do. Files are named by their
+        ids, so only the matching ones (or the closest, for the error) are read."""
+        files = [entry for entry in self.files() if entry.suffix == SUFFIX]
         prefix = prefix.strip()
-        matches = [s for s in saved if s.id == prefix] or [s for s in saved if prefix and s.id.startswith(prefix)]
+        matches = ([entry for entry in files if entry.stem == prefix]
+                   or [entry for entry in files if prefix and entry.stem.startswith(prefix)])
         if len(matches) == 1:
-            return matches[0]
+            saved = summarize(matches[0])
+            if saved.id == matches[0].stem:
+                return saved
+            matches = []
         shown = repr(prefix)  # escaped: a control character in an id must not reach the terminal raw
-        if not saved:
+        if not files:
             raise HistoryError(f"No saved conversation {shown}: none are saved in {self.folder}.")
         if matches:
             raise HistoryError(f"{shown} matches {len(matches)} saved conversations: give more of the id. They are:"
-                               + "".join(f"\n  {show_controls(s.line())}" for s in matches[:CLOSEST_SHOWN]))
-        closest = sorted(saved, key=lambda s: _likeness(prefix, s.id), reverse=True)[:CLOSEST_SHOWN]
-        more = f"\n  ... and {len(saved) - len(closest)} more (--sessions lists them)" if len(saved) > len(closest) \
+                               + "".join(f"\n  {line}" for line in _listing_lines(matches[:CLOSEST_SHOWN])))
+        closest = sorted(files, key=lambda entry: _likeness(prefix, entry.stem), reverse=True)[:CLOSEST_SHOWN]
+        more = f"\n  ... and {len(files) - len(closest)} more (--sessions lists them)" if len(files) > len(closest) \
             else ""
         raise HistoryError(f"No saved conversation {shown}. The closest:"
-                           + "".join(f"\n  {show_controls(s.line())}" for s in closest) + more)
+                           + "".join(f"\n  {line}" for line in _listing_lines(closest)) + more)
 
-    def listing(self) -> str:
-        """What `--sessions` shows: one line per conversation, newest first."""
-        saved = self.list()
-        if not saved:
-            return f"No saved conversations in {self.folder}."
-        return "\n".join(entry.line() for entry in saved)
+    def listing(self, count: int | None = LISTED, *, working_dir: str | os.PathLike[str] | None = None,
+                notebook: str | os.PathLike[str] | None = None, more: str = MORE_HINT) -> str:
+        """What `--sessions` shows: one line per conversation, newest first; the newest `count` (None: all), then
+        how many more there are and `more`, how to see them. With `working_dir` or `notebook`, only those of that
+        folder or notebook."""
+        found = self.saved(working_dir=working_dir, notebook=notebook)
+        shown = list(itertools.islice(found, count)) if count is not None else list(found)
+        place = f" for {show_controls(str(notebook or working_dir))}" if notebook or working_dir else ""
+        if not shown:
+            return f"No saved conversations{place} in {self.folder}."
+        lines = [entry.line() for entry in shown]
+        if count is not None and len(shown) == count:
+            if place:  # counting the rest would read every file
+                if next(found, None) is not None:
+                    lines.append(f"(older ones{place} not shown: {more})")
+            elif (rest := len(self.files()) - count) > 0:
+                lines.append(f"({rest:,} older not shown: {more})")
+        return "\n".join(lines)
 
     def choose(self, conversation_id: str | None, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation:
@@ -273,14 +367,9 @@ class ConversationStore:
 
     def latest(self, *, working_dir: str | os.PathLike[str] | None = None,
                notebook: str | os.PathLike[str] | None = None) -> SavedConversation | None:
-        """The most recently active conversation of this notebook (if given), else of this working folder."""
-        for saved in self.list():
-            if notebook is not None:
-                if saved.notebook == str(notebook):
-                    return saved
-            elif working_dir is None or saved.working_dir == str(working_dir):
-                return saved
-        return None
+        """The most recently active conversation of this notebook (if given), else of this working folder: files
+        are read newest first until it is found."""
+        return next(self.saved(working_dir=working_dir, notebook=notebook), None)
 
     def remove_older_than(self, days: int) -> int:
         """Delete conversations untouched for more than `days` days; returns how many went."""
@@ -318,6 +407,8 @@ class Replay:
     saved: int
     turn_starts: dict[int, int]
     cell_changes: list[dict[str, Any]]
+    damaged: int = 0  # lines of the file left out (set by Recorder.resume)
+    forked_from: str | None = None  # resumed as a copy, another session writing the original (Recorder.resume)
 
 
 def replay(records: Iterable[dict[str, Any]]) -> Replay:
@@ -330,7 +421,13 @@ def replay(records: Iterable[dict[str, Any]]) -> Replay:
     for record in records:
         kind, number = record["type"], record.get("turn")
         if _is_message(record):
-            conversation.messages.append(record["message"])
+            message = record["message"]
+            if message["role"] == "tool":
+                if message["tool_call_id"] not in conversation.pending_tool_calls():
+                    continue  # no call waits for it (two writers, a damaged file): strict servers refuse it
+            else:
+                conversation.repair()  # calls left open before the next message (a process that died meanwhile)
+            conversation.messages.append(message)
             partial.clear()
         elif kind == "text" and isinstance(record.get("text"), str):
             partial.append(record["text"])
@@ -399,6 +496,7 @@ class Recorder:
         self._paused = paused
         self._warnings: list[str] = []
         self._streamed = ""  # answer text seen but not yet written (it may end inside a secret)
+        self._forked_from: str | None = None  # the conversation this one copies (another session was writing it)
         conversation.observer = self
 
     # ConversationObserver
@@ -453,11 +551,26 @@ class Recorder:
     def resume(self, saved: SavedConversation) -> Replay:
         """Continue `saved` in this session: its history and correlation id, further records in its file.
         What `replay` added to close a turn a crash left open is written too, so the file stays one history.
-        Returns the replay (turns and cell changes, for rewinding)."""
-        replayed = replay(read_records(saved.path))
-        self.conversation.restore(replayed.messages, saved.id)
+        Returns the replay (turns and cell changes, for rewinding; `damaged`, `forked_from`).
+        A conversation another session writes (it resumed it first, or began it) has one writer: this session
+        continues a copy of it instead, under a new id, in a file of its own."""
+        records = read_records(saved.path)
+        replayed = replay(records)
+        replayed.damaged = records.damaged
         self.close()
-        self.path, self._paused = saved.path, False
+        self._paused = False
+        try:
+            self._open(saved.path)
+        except ConversationBusy:
+            self.conversation.restore(replayed.messages, new_correlation_id())
+            self._forked_from = replayed.forked_from = saved.id
+            for message in self.conversation.messages:
+                if message["role"] != "system":
+                    self._write({"type": "message", "message": message})
+            return replayed
+        except OSError:
+            pass  # written unsaved, with the warning _write gives
+        self.conversation.restore(replayed.messages, saved.id)
         self._write({"type": "resumed", "correlation_id": saved.id, **self.describe()})
         for message in replayed.messages[replayed.saved:]:
             self._write({"type": "message", "message": message})
@@ -481,8 +594,8 @@ class Recorder:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self.path, self._streamed = None, None, ""
+            os.close(self._fd)  # and with it the lock: another session may now continue this conversation
+        self._fd, self.path, self._streamed, self._forked_from = None, None, "", None
 
     # the file
     def _stream_text(self, text: str) -> None:
@@ -509,13 +622,17 @@ class Recorder:
             self._warnings.append(f"Conversations are not being saved: cannot write to {self.store.folder} "
                                   f"({exc.strerror or exc}). This conversation goes on unsaved.")
 
-    def _open(self) -> None:
+    def _open(self, path: Path | None = None) -> None:
+        """Open the conversation's file for appending (made first if new), holding its writer's lock for as long
+        as it is open; ConversationBusy if another session holds it."""
         self.store.make_private()
-        path = self.path or self.store.path_for(self.conversation.correlation_id)
+        path = path or self.path or self.store.path_for(self.conversation.correlation_id)
         if not path.exists():
             self._create(path)
         fd = open_private(path, os.O_RDWR | os.O_APPEND)  # a file an older version left 0644 is tightened
         try:
+            if not _lock(fd):
+                raise ConversationBusy(path.stem)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 os.write(fd, b"\n")  # a line torn by a crash stays apart from what follows
@@ -526,7 +643,9 @@ class Recorder:
 
     def _create(self, path: Path) -> None:
         """The file with its start record, appearing whole: a listing in another process never sees it empty."""
-        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe()})
+        forked = {"forked_from": self._forked_from} if self._forked_from else {}
+        start = self._line({"type": "start", "correlation_id": self.conversation.correlation_id, **self.describe(),
+                            **forked})
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: listings skip it
         fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
@@ -546,6 +665,26 @@ class Recorder:
         return (json.dumps(stamped(record, self.secrets()), ensure_ascii=False) + "\n").encode("utf-8")
 
 
+class ConversationBusy(HistoryError):
+    """Another session writes this conversation (it holds the lock on its file)."""
+
+
+def _lock(fd: int) -> bool:
+    """Take the writer's lock of a conversation file (released when `fd` closes, or the process ends); False when
+    another open file holds it, in this process or another. True where there are no such locks (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks: one writer cannot be made sure of there
+        return True
+    return True
+
+
 def _secret_start_at_end(text: str, secret: str) -> int:
     """How many characters at the end of `text` are the beginning of `secret` (0 if none)."""
     for size in range(min(len(secret) - 1, len(text)), 0, -1):
@@ -558,7 +697,7 @@ def stamped(record: dict[str, Any], secrets: Iterable[str | None]) -> dict[str, 
     """`record` as saved: with the schema version and the time, and every secret in it hidden."""
     known = list(secrets)
     return _scrub({"v": SCHEMA_VERSION, "t": now(), **record},
-                  lambda text: hide_credential_shapes(scrub(text, known)))
+                  lambda text: hide_credential_shapes(scrub(escape_undecodable(text), known)))
 
 
 def records_of(conversation: Conversation, description: dict[str, Any],

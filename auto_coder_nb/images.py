@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from .errors import AutoCoderError
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # larger files are refused before they are read
+# Larger images are refused before they are decoded: a 20 KB PNG can decode to 169 megapixels (1.6 GB with Pillow).
+MAX_IMAGE_PIXELS = 50_000_000
 IMAGE_MIME_TYPES = ("image/png", "image/jpeg")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the size; C4 (Huffman tables), C8 and CC are not frames.
@@ -104,6 +107,9 @@ def fit_image(data: bytes, source: str, max_side: int) -> Image:
         raise ImageError(f"{source}: {exc}") from None
     if width <= 0 or height <= 0:
         raise ImageError(f"{source}: corrupt image: size {width}x{height}")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{source}: {width}x{height} is too large to decode ({width * height / 1e6:.0f} megapixels; "
+                         f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f})")
     pillow = _pillow()
     if pillow is None:
         if max(width, height) > max_side:
@@ -115,22 +121,25 @@ def fit_image(data: bytes, source: str, max_side: int) -> Image:
 
 def _fit_with_pillow(pillow: Any, data: bytes, mime: str, source: str, max_side: int) -> Image:
     try:
-        with pillow.open(io.BytesIO(data)) as picture:
-            picture.load()  # decodes everything: a truncated or corrupt image fails here
-            width, height = picture.size
-            if max(width, height) <= max_side:
-                return Image(data, mime, width, height, source)
-            if picture.mode not in ("RGB", "RGBA", "L", "LA"):  # palette and 16-bit images scale badly
-                picture = picture.convert("RGBA")
-            scale = max_side / max(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            smaller = picture.resize(size, pillow.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            if mime == "image/jpeg":
-                smaller.convert("RGB").save(buffer, "JPEG", quality=85)
-            else:
-                smaller.save(buffer, "PNG", optimize=True)
-    except (OSError, ValueError, SyntaxError, pillow.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check (should the header read by sniff() mislead) warns, printed raw: an error here.
+            warnings.simplefilter("error", pillow.DecompressionBombWarning)
+            with pillow.open(io.BytesIO(data)) as picture:
+                picture.load()  # decodes everything: a truncated or corrupt image fails here
+                width, height = picture.size
+                if max(width, height) <= max_side:
+                    return Image(data, mime, width, height, source)
+                if picture.mode not in ("RGB", "RGBA", "L", "LA"):  # palette and 16-bit images scale badly
+                    picture = picture.convert("RGBA")
+                scale = max_side / max(width, height)
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                smaller = picture.resize(size, pillow.Resampling.LANCZOS)
+                buffer = io.BytesIO()
+                if mime == "image/jpeg":
+                    smaller.convert("RGB").save(buffer, "JPEG", quality=85)
+                else:
+                    smaller.save(buffer, "PNG", optimize=True)
+    except (OSError, ValueError, SyntaxError, pillow.DecompressionBombError, pillow.DecompressionBombWarning) as exc:
         raise ImageError(f"{source}: corrupt image: {exc}") from None
     return Image(buffer.getvalue(), mime, size[0], size[1], source, original=(width, height))
 

@@ -207,7 +207,10 @@ class AutoCoderMagics(Magics):
                    "cells the agent changed since; lists the kernel variables that keep later values")
     @argument("--revert", type=int, metavar="CHANGE",
               help="undo one notebook cell change of the agent (its number is on its card), until the turn after next")
-    @argument("--sessions", action="store_true", help="list the saved conversations, newest first")
+    @argument("--sessions", nargs="?", type=int, const=0, metavar="N",  # 0: history.LISTED (imported when used)
+              help="list the newest N saved conversations (default 20) and how many more")
+    @argument("--all", action="store_true", help="with --sessions: list every saved conversation")
+    @argument("--here", action="store_true", help="with --sessions: only this notebook's conversations")
     @argument("--resume", nargs="?", const="", metavar="ID",
               help="continue a saved conversation: ID or a unique prefix (default: the newest for this notebook)")
     @argument("--export", metavar="PATH", help="write this (or the --resume'd) conversation to PATH "
@@ -304,11 +307,12 @@ def _run_magic(state: KernelState, args: Any, prompt: str) -> None:
         _rewind(state, session, args.rewind or None, args.force)
     if args.id:
         print(f"Correlation id: {session.conversation.correlation_id}")
-    from .history import ConversationStore
+    from .history import LISTED, ConversationStore
 
     store = ConversationStore(warn=lambda text: print(f"autocoder: warning: {text}"))
-    if args.sessions:
-        print(store.listing())
+    if args.sessions is not None or args.all or args.here:
+        count = None if args.all else max(1, args.sessions or LISTED)
+        print(session.listing(store, count, args.here, "--sessions N shows N, --all every one"))
         return
     if args.export:
         print(session.export(args.export, args.resume or None, store, overwrite=args.force))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -14,8 +15,9 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from .config import CONFIG_FILENAME, Config, redact_url
 from .errors import ConfigError, ProviderError
-from .history import ConversationStore, HistoryError
+from .history import LISTED, ConversationStore, HistoryError
 from .images import Image, ImageError
+from .interrupts import LoopRunner
 from .private import NotPrivate, open_private, private_folder
 from .rewind import RewindRefused
 from .session import Session
@@ -34,12 +36,14 @@ Ctrl-C stops the running answer; Ctrl-D quits.
   /undo           undo the file changes of the last turn
   /rewind [N]     back to before turn N (default: the last): conversation and files; --force rewinds even
                   files changed since (kept beside them)
-  /sessions       list the saved conversations, newest first
+  /sessions [N]   list the newest N saved conversations (default 20); `all`: every one, `here`: this folder's
   /resume [ID]    continue a saved conversation (default: the newest for this folder)
   /export PATH    write this conversation to PATH (.md, .ipynb or .jsonl)
   /attach PATH    send a PNG/JPEG image with the next message (vision models); /attach alone lists them
   /trust          trust this folder's .auto-coder.yaml (as it is now) and apply its settings
   /quit, /exit    leave"""
+
+T = TypeVar("T")
 
 
 def history_path() -> Path:
@@ -92,8 +96,11 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
         if not text:
             continue
         if text.startswith("/"):
-            if run_command(session, text, loop, attachments, reload) == "quit":
-                break
+            try:
+                if run_command(session, text, loop, attachments, reload) == "quit":
+                    break
+            except KeyboardInterrupt:  # e.g. /models waiting on a slow server
+                print("(stopped)", file=sys.stderr)
             if text.split()[0] in ("/clear", "/reset", "/resume"):
                 context = ""  # another conversation now: its share shows after its next turn
             continue
@@ -111,6 +118,12 @@ def run_repl(session: Session, loop: asyncio.AbstractEventLoop, attachments: lis
     total = session.conversation.usage.total_tokens
     print(f"bye ({total} tokens this session)", file=sys.stderr)
     return EXIT_OK
+
+
+def wait(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T]) -> T:
+    """The result of `awaitable` run on `loop`; Ctrl-C stops it cleanly (KeyboardInterrupt)."""
+    with LoopRunner(loop) as runner:
+        return runner.run(awaitable)
 
 
 def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
@@ -132,7 +145,7 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
               f"(prompt {usage.prompt_tokens}, completion {usage.completion_tokens})")
     elif name == "/models":
         try:
-            models = loop.run_until_complete(session.provider.list_models(headers=session.conversation.headers))
+            models = wait(loop, session.provider.list_models(headers=session.conversation.headers))
         except ProviderError as exc:
             print(f"error: {exc}", file=sys.stderr)
         else:
@@ -146,7 +159,9 @@ def run_command(session: Session, line: str, loop: asyncio.AbstractEventLoop,
         store = ConversationStore(warn=lambda text: print(f"warning: {text}", file=sys.stderr))
         try:
             if name == "/sessions":
-                print(store.listing())
+                words = rest.split()
+                count = None if "all" in words else next((int(w) for w in words if w.isdigit() and int(w)), LISTED)
+                print(session.listing(store, count, "here" in words, "/sessions N shows N, /sessions all every one"))
             elif name == "/resume":
                 print(session.resume(session.saved_here(rest.strip() or None, store)))
             elif not rest.strip():
@@ -207,7 +222,7 @@ def attach(session: Session, path: str, loop: asyncio.AbstractEventLoop, attachm
         if not attachments:
             print("Nothing attached. /attach PATH sends a PNG or JPEG with your next message.")
         return
-    if not loop.run_until_complete(session.agent.sees_images()):
+    if not wait(loop, session.agent.sees_images()):
         print(f"error: {session.agent.no_vision_message()}", file=sys.stderr)
         return
     try:

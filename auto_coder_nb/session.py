@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from .providers.base import LLMProvider, ToolDefinition, Usage
 from .providers.prompted import ENVIRONMENT_HEADING
 from .rewind import RewindRefused, Rewound, Turns
 from .state.conversation import Conversation
-from .text import counted
+from .text import counted, show_controls
 from .tools import Workspace, build_workspace_tools
 from .tools.notebook_document import NotebookDocument, Notebooks
 from .tools.registry import ToolRegistry
@@ -161,6 +161,18 @@ class Session:
         if self.recorder is not None:
             self.recorder.approval_mode_changed(mode)
 
+    def listing(self, store: ConversationStore, count: int | None, here: bool, more: str) -> str:
+        """The saved conversations (see `ConversationStore.listing`); `here`: only this notebook's, or else this
+        working folder's."""
+        return store.listing(count, more=more, **(self._here() if here else {}))
+
+    def saved_here_all(self, store: ConversationStore) -> Iterator[SavedConversation]:
+        """This notebook's (or else this working folder's) saved conversations, newest first, read as iterated."""
+        return store.saved(**self._here())
+
+    def _here(self) -> dict[str, Any]:
+        return {"notebook": self.notebook} if self.notebook is not None else {"working_dir": self.workspace.root}
+
     def saved_here(self, conversation_id: str | None, store: ConversationStore) -> SavedConversation:
         """The saved conversation `conversation_id` names, else the newest of this notebook (in a kernel) or
         of this working folder. Raises HistoryError."""
@@ -173,6 +185,7 @@ class Session:
         """Write a conversation to `target` (.md, .ipynb or .jsonl): the one `conversation_id` names, else this
         session's if it has begun, else the newest saved here. Never onto the open notebook; onto an existing file
         only with `overwrite` (else transcript.ExportExists). Returns the sentence to show."""
+        records: list[dict[str, Any]]
         if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
             records = read_records(self.saved_here(conversation_id, store).path)
         elif self.recorder is not None and self.recorder.path is not None:
@@ -190,14 +203,21 @@ class Session:
         if self.recorder is not None:
             replayed = self.recorder.resume(saved)
         else:
-            replayed = replay(read_records(saved.path))
+            records = read_records(saved.path)
+            replayed = replay(records)
+            replayed.damaged = records.damaged
             self.conversation.restore(replayed.messages, saved.id)
         if self.turns is not None:
             changes = [CellChange.from_record(record) for record in replayed.cell_changes]
             self.turns.load(replayed.turn_starts, [change for change in changes if change is not None])
         count = sum(1 for m in self.conversation.messages if m["role"] == "user")
-        where = saved.notebook or saved.working_dir
-        return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where})."
+        where = show_controls(saved.notebook or saved.working_dir)
+        left_out = f"; {counted(replayed.damaged, 'damaged line')} left out" if replayed.damaged else ""
+        if replayed.forked_from:
+            return (f"Conversation {saved.id} is open in another session, so it continues here as a copy: new "
+                    f"conversation {self.conversation.correlation_id} ({counted(count, 'earlier prompt')}, "
+                    f"{where}{left_out}).")
+        return f"Resumed conversation {saved.id} ({counted(count, 'earlier prompt')}, {where}{left_out})."
 
     def rewind(self, number: int | None = None, force: bool = False) -> Rewound:
         """Back to before turn `number` (default the last): conversation, files and notebook cells (`rewind.py`).
@@ -322,6 +342,9 @@ class Session:
                                self.agent.config.image_max_side, source=path)
 
     async def aclose(self) -> None:
+        """Close the connections, the MCP servers and the conversation's file (another session may then resume it)."""
+        if self.recorder is not None:
+            self.recorder.close()
         await self.provider.aclose()
         if self.mcp is not None:
             await self.mcp.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 HIDDEN = "<hidden>"
 # Shorter values are too likely to be ordinary words or digits to be replaced everywhere.
@@ -136,6 +137,39 @@ def _escape(char: str) -> str:
 
 
 # -- the user message with the kernel context ---------------------------------------------------
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_undecodable(text: str) -> str:
+    """`text` as it can be written as UTF-8 (to a file, to a server, to a terminal): the bytes of a file or folder
+    name that is not valid UTF-8, which Python keeps as lone surrogates, as `\\xNN`; any other lone surrogate as
+    `\\udNNN`. Text without them is returned as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(_escape_surrogate, text)
+    return text
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def escaped_everywhere(value: Any) -> Any:
+    """`value` (a message, a record) with `escape_undecodable` applied to every string in it; the very same object
+    when nothing needed it (an image part keeps its identity)."""
+    if isinstance(value, str):
+        return escape_undecodable(value)
+    if isinstance(value, dict):
+        items = {key: escaped_everywhere(item) for key, item in value.items()}
+        return value if all(items[key] is item for key, item in value.items()) else items
+    if isinstance(value, list):
+        elements = [escaped_everywhere(item) for item in value]
+        return value if all(new is old for new, old in zip(elements, value, strict=True)) else elements
+    return value
 
 
 def compose_message(prompt: str, context: str) -> str:

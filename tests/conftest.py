@@ -21,15 +21,19 @@ def fake_server() -> Iterator[FakeLLMServer]:
 
 # The machine's own settings that would change what the code under test does.
 USER_SETTINGS = ("AUTO_CODER_", "OPENAI_", "USE_SSO", "SSO_TOKEN", "SERVER_SIDE_TOKEN_REFRESH", "JPY_", "JUPYTERHUB_")
+# The machine's network settings (a CI runner behind a proxy would send the tests' requests to 127.0.0.1 through it)
+# and its REPL-history folder (the REPL tests would write into the user's own). Matched in any case.
+MACHINE_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                    "XDG_STATE_HOME")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _without_the_users_settings() -> Iterator[None]:
-    """Tests, and the processes and kernels they start, see none of the machine's auto-coder, OpenAI, SSO or
-    Jupyter-session or JupyterHub settings: each test sets what it needs."""
+    """Tests, and the processes and kernels they start, see none of the machine's auto-coder, OpenAI, SSO,
+    Jupyter-session, JupyterHub, proxy or CA-bundle settings: each test sets what it needs."""
     with pytest.MonkeyPatch.context() as patch:
         for key in list(os.environ):
-            if key.startswith(USER_SETTINGS):
+            if key.startswith(USER_SETTINGS) or key.upper() in MACHINE_SETTINGS:
                 patch.delenv(key)
         yield
 

@@ -3,6 +3,7 @@ pseudo-terminal, both against the project's test server."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -110,9 +111,15 @@ def test_api_key_never_printed_on_auth_failure(server: FakeLLMServer, env: dict[
     assert server.chat_requests[0].headers["authorization"] == "Bearer sk-cli-secret-key"
 
 
+def as_from_an_interactive_shell() -> None:
+    """In the child before it starts: Ctrl-C interrupts, as when a user starts it at a terminal. A suite started in
+    the background (`nohup ... &`, a CI job) has SIGINT ignored, and an ignored signal is inherited across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn_repl(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, ["-m", "auto_coder_nb", *args], env=env, cwd=str(cwd), encoding="utf-8",
-                          timeout=30, dimensions=(40, 200))
+                          timeout=30, dimensions=(40, 200), preexec_fn=as_from_an_interactive_shell)
     child.expect("/help for commands")
     child.expect("> ")
     return child

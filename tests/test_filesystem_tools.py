@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from auto_coder_nb.tools import ToolError, ToolRegistry, Workspace
+from auto_coder_nb.tools.filesystem import MAX_FILE_BYTES
 
 
 def call(registry: ToolRegistry, name: str, **arguments: Any) -> str:
@@ -380,9 +381,32 @@ def test_reading_a_window_of_a_huge_single_line_file_keeps_memory_bounded(root: 
         stream.write(b"a" * 10_000)
         stream.truncate(size)
     result, peak = _peak_bytes_of_read(registry, path="huge.log", offset=1, limit=5)
-    assert result.startswith("     1\t" + "a" * 2000 + f"… [line cut: {size:,} bytes in all]")
-    assert "showing lines 1-1" in result
+    assert result.startswith("     1\t" + "a" * 2000 + "… [line cut: more than 10,485,760 bytes]")
+    assert "showing lines 1-1; line 1 is longer than 10 MB" in result
     assert peak < 8 * 1024 * 1024, f"read_file held {peak:,} bytes for one line"
+    (root / "long.log").write_bytes(b"b" * (MAX_FILE_BYTES + 5000) + b"\nsecond\n")  # a line found whole
+    result = call(registry, "read_file", path="long.log", offset=1, limit=2)
+    assert f"… [line cut: {MAX_FILE_BYTES + 5000:,} bytes in all]\n     2\tsecond\n" in result
+
+
+def bytes_read_by_this_process() -> int:
+    with open("/proc/self/io") as stream:
+        return next(int(line.split()[1]) for line in stream if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts the bytes read with Linux's /proc/self/io")
+def test_a_window_of_a_one_gigabyte_first_line_reads_a_bounded_part_of_it(root: Path,
+                                                                         registry: ToolRegistry) -> None:
+    """Bounded time, not only memory (issue 22 item 4): the line's end is not looked for past 10 MB. Measured as
+    bytes read (no timed assertion); reading the whole line took 9.5 s."""
+    with open(root / "huge.log", "wb") as stream:  # sparse: text at the start, then 1 GB of hole
+        stream.write(b"a" * 10_000)
+        stream.truncate(1024 * 1024 * 1024)
+    before = bytes_read_by_this_process()
+    result = call(registry, "read_file", path="huge.log", offset=1, limit=1)
+    read = bytes_read_by_this_process() - before
+    assert read < 32 * 1024 * 1024, f"read_file read {read:,} bytes to show one line"
+    assert result.startswith("     1\t" + "a" * 2000 + "… [line cut: more than 10,485,760 bytes]")
 
 
 def test_reading_deep_into_ten_million_lines_keeps_memory_bounded(root: Path, registry: ToolRegistry) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,29 @@ def jpeg(width: int, height: int) -> bytes:
 
 
 # -- checking and fitting -------------------------------------------------------------------------
+
+def decompression_bomb(side: int = 13_000) -> bytes:
+    """A PNG of about 20 KB (1-bit, all black) that decodes to side x side pixels: 169 megapixels by default,
+    1.6 GB and 4 s to fit with Pillow, which also printed its DecompressionBombWarning raw."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    rows = (b"\x00" + b"\x00" * ((side + 7) // 8)) * side
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(recwarn: pytest.WarningsRecorder) -> None:
+    bomb = decompression_bomb()
+    assert len(bomb) < 40_000
+    with pytest.raises(ImageError) as refused:
+        fit_image(bomb, "bomb.png", 1024)
+    assert str(refused.value) == "bomb.png: 13000x13000 is too large to decode (169 megapixels; the limit is 50)"
+    assert not recwarn.list
+    # Within the limit it is decoded and fitted as before.
+    assert fit_image(decompression_bomb(3000), "fine.png", 1024).original == (3000, 3000)
+
 
 def test_sizes_are_read_from_png_and_jpeg_headers() -> None:
     assert sniff(png(300, 200)) == ("image/png", 300, 200)

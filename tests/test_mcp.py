@@ -487,3 +487,95 @@ def test_stopping_a_turn_cancels_the_call_on_the_server_thread(fake_server: Fake
     events = asyncio.run(stop_then_go_on())
     assert [(r.name, r.output) for r in results(events)] == [("notes__list_notes", "no notes")]
     assert time.monotonic() - started < 300  # neither the stop nor the next call waited for the slow one
+
+
+# -- hostile servers (issue 22 item 3) --------------------------------------------------------------------------
+
+HOSTILE_SERVER = Path(__file__).parent / "mcp_servers" / "hostile_server.py"
+
+
+def hostile_server(*options: str, **settings: object) -> McpServerConfig:
+    values: dict[str, object] = {"command": sys.executable, "args": [str(HOSTILE_SERVER), *options],
+                                 "startup_timeout": STARTUP, **settings}
+    return McpServerConfig(**values)  # type: ignore[arg-type]
+
+
+def test_a_result_of_hundreds_of_megabytes_is_read_as_far_as_it_is_kept(fake_server: FakeLLMServer,
+                                                                         root: Path) -> None:
+    """Before: 40 MB took 14 s, 300 MB ran into the call's timeout at 934 MB of memory."""
+    session = make_session(fake_server, root, "full-auto", {"big": hostile_server("--huge", "300", timeout=60)})
+    fake_server.enqueue(reply.tool_call("big__dump", {}), reply.tool_call("big__tool_0", {"x": "1"}),
+                        reply.text("ok"))
+    [events] = run_turns(session, ["dump it"])
+    dump, after = results(events)
+    assert not dump.is_error, dump.output
+    assert dump.output.startswith("HEAD\nxxx") and "TAIL" not in dump.output
+    assert dump.output.endswith("xxx\n[the rest of this result was not read: the answer was larger than 4 MB]")
+    assert len(dump.output) < MAX_OUTPUT_CHARS + 200
+    assert (after.output, after.is_error) == ("tool_0 ran", False)  # the server serves on
+
+
+def test_a_server_with_twenty_thousand_tools_gives_the_first_ones_with_a_notice(fake_server: FakeLLMServer,
+                                                                                  root: Path) -> None:
+    session = make_session(fake_server, root, "full-auto", {"many": hostile_server("--tools", "20000")})
+    fake_server.enqueue(reply.text("hello"))
+    [events] = run_turns(session, ["hi"])
+    assert "MCP server many offers 20,001 tools; only the first 128 are used (each tool's schema goes with every " \
+           "request)." in notices(events)
+    offered = [name for name in offered_tools(fake_server, 0) if name.startswith("many__")]
+    assert offered == [f"many__tool_{n}" for n in range(128)]
+
+
+def test_a_deeply_nested_tool_schema_is_refused_at_once(fake_server: FakeLLMServer, root: Path) -> None:
+    """Before: a listing nested thousands deep was never answered, so the start-up waited its whole timeout."""
+    session = make_session(fake_server, root, "full-auto", {
+        "abyss": hostile_server("--deep", "5000"),
+        "deep": hostile_server("--deep", "40"),  # readable (80 levels of JSON), but deeper than a call may be
+    })
+    fake_server.enqueue(reply.text("hello"))
+    [events] = run_turns(session, ["hi"])
+    said = notices(events)
+    assert "MCP server abyss failed to start: its answer could not be read (nested too deep)." in said
+    assert "MCP server deep: tool deep is left out, its schema is nested more than 64 levels deep." in said
+    offered = set(offered_tools(fake_server, 0))
+    assert {"deep__tool_0", "deep__dump"} <= offered and "deep__deep" not in offered
+    assert not any(name.startswith("abyss__") for name in offered)
+
+
+def test_the_processes_a_stdio_server_started_end_with_the_session(fake_server: FakeLLMServer, root: Path,
+                                                                   tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    session = make_session(fake_server, root, "full-auto", {"parent": hostile_server("--child", str(pidfile))})
+    child = int(pidfile.read_text())
+    assert _alive(child)
+    run_turns(session, [])  # closes the session
+    assert not _alive(child), "a process the MCP server started outlived the session"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_junk_on_a_servers_stdout_is_one_line_and_no_traceback(fake_server: FakeLLMServer, tmp_path: Path,
+                                                               root: Path, clean_env: dict[str, str]) -> None:
+    home = tmp_path / "home"
+    (home / ".auto-coder.yaml").parent.mkdir(parents=True)
+    (home / ".auto-coder.yaml").write_text(
+        f"mcp:\n  servers:\n    noisy:\n      command: {sys.executable}\n      args: [{HOSTILE_SERVER}, --junk]\n"
+        f"      startup_timeout: {STARTUP}\n")
+    fake_server.enqueue(reply.tool_call("noisy__tool_0", {"x": "1"}), reply.text("Done."))
+    env = clean_env | {"HOME": str(home), "AUTO_CODER_BASE_URL": fake_server.base_url,
+                       "AUTO_CODER_MODEL": "fake-model", "NO_COLOR": "1"}
+    done = subprocess.run(["auto-coder", "--approval-mode", "full-auto", "run it"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Done.\n"
+    assert "Traceback" not in done.stderr and "JSONRPC" not in done.stderr
+    said = [line for line in done.stderr.splitlines() if "not MCP" in line]
+    assert said == ["MCP server noisy wrote something that is not MCP on its stdout ('Starting the hostile "
+                    "server... ready!'); it is ignored (a server's logs belong on stderr)."], done.stderr
+    assert fake_server.chat_requests[1].json["messages"][-1]["content"] == "tool_0 ran"

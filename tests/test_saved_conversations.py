@@ -5,6 +5,7 @@ with nbformat, and no secret in any saved or exported file."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -204,6 +205,9 @@ def test_repl_sessions_resume_and_export(fake_server: FakeLLMServer, env: dict[s
     child.sendline("/sessions")
     child.expect(f"{earlier_id[:8]} .*earlier question")
     child.expect("> ")
+    child.sendline("/sessions 1 here")
+    child.expect(f"{earlier_id[:8]} .*earlier question")
+    child.expect("> ")
     child.sendline("/resume zzzz1234")
     child.expect("No saved conversation 'zzzz1234'")
     child.expect("> ")
@@ -312,6 +316,8 @@ def test_kernel_restart_then_resume_continues_the_notebooks_conversation(
         listed = kernel.execute("%autocoder --sessions")
         assert first_id[:8] in listed.stdout and str(notebook) in listed.stdout
         assert "how do I load a csv?" in listed.stdout and "kernel-context" not in listed.stdout
+        mine = kernel.execute("%autocoder --sessions 1 --here").stdout.splitlines()
+        assert len(mine) == 1 and mine[0].startswith(first_id[:8]) and str(notebook) in mine[0]
         exported = kernel.execute("%autocoder --export chat.ipynb")
         assert "Exported 2 prompts" in exported.stdout
         chat = nbformat.read(folder / "chat.ipynb", as_version=4)
@@ -370,6 +376,7 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
         assert first._resume_button.layout.display == "none"  # nothing saved yet: no offer
         await first.ask("what is here?")
         old_id = first.correlation_id
+        await first.session.aclose()  # as a kernel restart ends the old session (it held the conversation)
 
         # A kernel restart: a new session. The panel shows the saved conversation and offers Resume.
         panel = ChatPanel(make_session(fake_server, tmp_path))
@@ -413,3 +420,141 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
 
     run(scenario)
 
+
+
+def test_a_conversation_resumed_while_another_session_writes_it_continues_as_a_copy(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path
+) -> None:
+    """One writer per conversation (issue 22 item 8): the second resume must not close the first one's pending
+    tool call in the shared file, or the real result lands after it as an orphan strict servers reject."""
+    fake_server.enqueue(reply.text("First answer."))
+    assert auto_coder(["first question"], env, project).returncode == 0
+    [path] = saved(data_dir)
+    first_id = path.stem
+    # The first session resumes it and runs a command that waits until the test lets it end.
+    fake_server.enqueue(reply.tool_call("run_command", {"command": "while [ ! -e go ]; do sleep 0.05; done; echo ran"}),
+                        reply.text("It ran."))
+    writer = subprocess.Popen(["auto-coder", "--approval-mode", "full-auto", "--resume", first_id, "run it"],
+                              env=env, cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(r["type"] == "tool_call" for r in read_records(path)), "the command to start")
+        fake_server.enqueue(reply.text("Second answer."))
+        second = auto_coder(["--resume", first_id, "meanwhile"], env, project)
+        (project / "go").touch()
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert f"Conversation {first_id} is open in another session" in second.stderr
+    [request] = [r for r in fake_server.chat_requests if r.json["messages"][-1]["content"] == "meanwhile"]
+    copy_id = request.headers["x-correlation-id"]
+    assert copy_id != first_id and f"new conversation {copy_id}" in second.stderr
+    sent = request.json["messages"]
+    assert_strictly_valid(sent)  # the copy closed the pending call for itself
+    # The first conversation's file is one valid history written by one session only.
+    history = rebuild(read_records(path))
+    assert_strictly_valid(history)
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert "ran" in history[4]["content"] and "meanwhile" not in json.dumps(history)
+    [copy] = [p for p in saved(data_dir) if p != path]
+    records = read_records(copy)
+    assert copy.stem == copy_id and records[0]["forked_from"] == first_id
+    assert "meanwhile" in json.dumps(rebuild(records))
+
+
+# -- many saved conversations (issue 22 item 11) ----------------------------------------------------------------
+
+EPOCH = time.time() - 8 * 86400  # 10,000 minutes later is still within the 30 days conversations are kept
+
+
+def write_saved(folder: Path, number: int, working_dir: Path, notebook: Path | None = None) -> Path:
+    """A saved conversation as the recorder writes one (its start record and first prompt), active `number`
+    minutes after EPOCH: higher numbers are newer."""
+    conversation_id = f"{number:08x}-0000-4000-8000-000000000000"
+    path = folder / f"{conversation_id}.jsonl"
+    start = {"v": 1, "t": "2026-01-01T00:00:00.000Z", "type": "start", "correlation_id": conversation_id,
+             "working_dir": str(working_dir), "notebook": str(notebook) if notebook else None, "model": "fake-model"}
+    prompt = {"v": 1, "t": "2026-01-01T00:00:00.000Z", "type": "message",
+              "message": {"role": "user", "content": f"question {number}"}}
+    path.write_text(json.dumps(start) + "\n" + json.dumps(prompt) + "\n")
+    os.utime(path, (EPOCH + 60 * number, EPOCH + 60 * number))
+    return path
+
+
+def test_ten_thousand_saved_conversations_list_the_newest_and_resume_without_reading_them_all(
+    fake_server: FakeLLMServer, env: dict[str, str], project: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    folder = data_dir / "sessions"
+    folder.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    for number in range(10_000):
+        if number < 9_000:  # the oldest: damaged, so that reading any of them shows as a warning
+            path = folder / f"{number:08x}-0000-4000-8000-000000000000.jsonl"
+            path.write_text("damaged\n")
+            os.utime(path, (EPOCH + 60 * number, EPOCH + 60 * number))
+        else:
+            write_saved(folder, number, project if number % 2 else elsewhere)
+
+    listed = auto_coder(["--sessions"], env, project)
+    assert listed.returncode == 0 and listed.stderr == ""  # no older file was read
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:20]] == [f"{n:08x}" for n in range(9_999, 9_979, -1)]
+    assert lines[20:] == ["(9,980 older not shown: --sessions N shows N, --all every one)"]
+    assert len(auto_coder(["--sessions", "50"], env, project).stdout.splitlines()) == 51
+    here = auto_coder(["--sessions", "3", "--here"], env, project).stdout.splitlines()
+    assert [line.split()[0] for line in here[:3]] == [f"{n:08x}" for n in (9_999, 9_997, 9_995)]
+    assert here[3] == f"(older ones for {project.resolve()} not shown: --sessions N shows N, --all every one)"
+    everything = auto_coder(["--sessions", "--all"], env, project)
+    assert len(everything.stdout.splitlines()) == 1_000 and everything.stderr.count("Skipped") == 9_000
+    bad = auto_coder(["--sessions", "0"], env, project)
+    assert bad.returncode == 2 and "not a number of conversations: '0'" in bad.stderr
+
+    fake_server.enqueue(reply.text("Carrying on."))
+    resumed = auto_coder(["go on", "--resume"], env, project)  # the prompt first: the newest here
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.startswith("Resumed conversation 0000270f-")  # 9,999: the newest here
+    assert "Skipped" not in resumed.stderr
+    by_prefix = auto_coder(["--resume", "00002328", "--export", str(tmp_path / "one.md")], env, project)  # 9,000
+    assert by_prefix.returncode == 0 and "Skipped" not in by_prefix.stderr, by_prefix.stderr
+    assert "question 9000" in (tmp_path / "one.md").read_text()
+
+
+def test_the_panel_pages_through_the_saved_conversations_of_its_notebook(
+    fake_server: FakeLLMServer, tmp_path: Path, data_dir: Path
+) -> None:
+    from tests.test_panel import ChatPanel, find, make_session, roles, run, until
+
+    folder = data_dir / "sessions"
+    folder.mkdir()
+    notebook = tmp_path / "analysis.ipynb"
+    for number in range(25):
+        write_saved(folder, number, tmp_path, notebook if number % 5 else None)  # 20 of this notebook
+
+    async def scenario() -> None:
+        session = make_session(fake_server, tmp_path)
+        session.notebook = notebook
+        panel = ChatPanel(session)
+        [saved] = find(panel.widget, "autocoder-saved")
+        saved.click()
+        await until(lambda: find(panel.widget, "autocoder-saved-entry"), "the first page")
+        entries = find(panel.widget, "autocoder-saved-entry")
+        assert [e.description.split()[0] for e in entries] == [
+            f"{n:08x}" for n in (24, 23, 22, 21, 19, 18, 17, 16, 14, 13)]
+        [newer], [older] = find(panel.widget, "autocoder-saved-newer"), find(panel.widget, "autocoder-saved-older")
+        assert newer.disabled and not older.disabled
+        older.click()
+        await until(lambda: find(panel.widget, "autocoder-saved-entry")[0].description.startswith("0000000c"),
+                    "the second page")
+        entries = find(panel.widget, "autocoder-saved-entry")
+        assert len(entries) == 10 and find(panel.widget, "autocoder-saved-older")[0].disabled
+        entries[-1].click()  # the oldest of this notebook: 1 (the click is handed over to the loop, like every click)
+        await until(lambda: len(panel.transcript) > 1 and panel.transcript[1]["text"] == "question 1",
+                    "the chosen conversation")
+        assert roles(panel)[:2] == ["notice", "user"] and panel._resume_button.layout.display is None
+        panel._resume_button.click()
+        await until(lambda: panel.correlation_id.startswith("00000001-"), "the resumed conversation")
+
+    run(scenario)

@@ -57,7 +57,7 @@ SINGLE_PROMPT_MODULES = VERSION_MODULES | {
     "providers.openai_compatible", "providers.openai_errors", "providers.prompted", "providers.repetition",
     "providers.sse", "providers.answers", "providers.quirks", "providers.retry", "state", "state.conversation",
     "tools", "tools.filesystem", "tools.notebook_document", "tools.registry", "tools.shell", "tools.workspace",
-    "deadline", "tools.arguments",
+    "deadline", "tools.arguments", "bounded_http", "interrupts",
 }
 
 

@@ -10,6 +10,7 @@ import pexpect
 import pytest
 from PIL import Image as PILImage
 from test_cli import run, spawn_repl
+from test_images import decompression_bomb
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -63,6 +64,11 @@ def test_bad_attachments_and_models_without_vision_are_refused(fake_server: Fake
                                                                workspace: Path) -> None:
     bad = run(["--attach", "notes.txt", "look"], env, workspace)
     assert bad.returncode == 2 and "notes.txt: not a PNG or JPEG image" in bad.stderr
+    (workspace / "bomb.png").write_bytes(decompression_bomb())
+    bomb = run(["--attach", "bomb.png", "look"], env, workspace)
+    assert bomb.returncode == 2, bomb.stderr
+    assert bomb.stderr.splitlines() == [
+        "auto-coder: error: --attach bomb.png: 13000x13000 is too large to decode (169 megapixels; the limit is 50)"]
     blind = run(["--attach", "photo.jpg", "look"], env | {"AUTO_CODER_VISION": "false"}, workspace)
     assert blind.returncode == 1 and "does not accept images" in blind.stderr
     assert not fake_server.chat_requests

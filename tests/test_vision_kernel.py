@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from PIL import Image as PILImage
+from test_images import decompression_bomb
 from test_magics import Execution, Kernel, kernel_env
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
@@ -149,3 +150,19 @@ def test_instructions_from_the_nested_notebook_folder(kernel: Kernel, server: Fa
     system = server.chat_requests[-1].json["messages"][0]["content"]
     assert system.index("Top rule") < system.index("Notebook rule")
     assert json.dumps(system).count("# Project instructions") == 1
+
+
+def test_a_decompression_bomb_plotted_or_attached_is_refused_in_one_line(kernel: Kernel, server: FakeLLMServer,
+                                                                          project: Path) -> None:
+    (project / "analysis" / "notebooks" / "bomb.png").write_bytes(decompression_bomb())
+    shown = "from IPython.display import Image, display\ndisplay(Image(filename='bomb.png'))"
+    server.enqueue(reply.tool_call("run_code", {"code": shown}), reply.text("ok"))
+    run = ok(kernel.execute("%autocoder --approval-mode full-auto --context none show it"))
+    messages = server.chat_requests[1].json["messages"]
+    assert not image_urls(messages)
+    assert "run_code image 1: 13000x13000 is too large to decode (169 megapixels; the limit is 50)" in (
+        messages[-1]["content"])
+    assert "DecompressionBomb" not in json.dumps(run.messages, default=str)  # stderr, displays: all the cell showed
+    attached = ok(kernel.execute("%autocoder --attach bomb.png --context none look"))
+    assert "autocoder: bomb.png: 13000x13000 is too large to decode" in attached.stdout
+    assert "DecompressionBomb" not in json.dumps(attached.messages, default=str)

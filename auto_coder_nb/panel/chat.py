@@ -37,11 +37,12 @@ from .attachments import Attachments, thumbnails_html
 from .code_blocks import CodeBlocks
 from .parts import ANSWERING, IDLE, RUNNING_TOOL, THINKING, make_box, make_button, make_html
 from .review import CellReview
-from .saved import SavedOffer
+from .saved import SavedList, SavedOffer
 from .tools import ToolCards
 from .view import PanelView
 
 if TYPE_CHECKING:
+    from ..history import SavedConversation
     from ..session import Session
 
 # Every panel of this process. A turn belongs to the panel that started it, but re-running the
@@ -119,8 +120,13 @@ class ChatPanel:
                                           "Continue the saved conversation shown above (same history and id)")
         self._resume_button.layout.display = "none"  # shown only with a saved conversation to offer
         self._resume_button.on_click(self.view.handover(self._resume))
-        buttons = make_box([self._send_button, self._stop_button, self._reset_button, self._resume_button],
-                           "autocoder-buttons", horizontal=True)
+        self._saved = SavedList(self.view, self._show_saved)
+        self._saved_button = make_button("Saved", "", "autocoder-saved",
+                                         "The saved conversations of this notebook, newest first: show one to resume "
+                                         "it")
+        self._saved_button.on_click(self.view.handover(self._saved.toggle))
+        buttons = make_box([self._send_button, self._stop_button, self._reset_button, self._resume_button,
+                            self._saved_button], "autocoder-buttons", horizontal=True)
         # The project's .auto-coder.yaml, while untrusted: which of its settings were ignored, and a way to trust it.
         self._trust_note = make_html("", "autocoder-trust-note")
         self._trust_button = make_button("Trust this folder", "warning", "auto-coder-trust",
@@ -128,8 +134,8 @@ class ChatPanel:
                                          "settings")
         self._trust_button.on_click(self.view.handover(self._trust))
         self._trust_bar = make_box([self._trust_note, self._trust_button], "autocoder-trust-bar")
-        self.widget = make_box([header, scroll, self._trust_bar, self._input, buttons, self._attachments.widget],
-                               "autocoder-panel")
+        self.widget = make_box([header, scroll, self._trust_bar, self._input, buttons, self._saved.box,
+                                self._attachments.widget], "autocoder-panel")
         self.view.status.show()
         self._show_trust()
 
@@ -256,6 +262,23 @@ class ChatPanel:
         self._withdraw_offer()
         self.view.notice(message)
         self.view.status.show()
+
+    def _show_saved(self, saved: SavedConversation) -> None:
+        """Show a conversation chosen in the Saved list in place of the transcript, with Resume to continue it."""
+        from ..history import HistoryError
+
+        if self.running:
+            self.view.notice("A turn is running: Stop it first, then choose a saved conversation.")
+            return
+        try:
+            offer = SavedOffer(self.session, saved, SavedList.read(saved))
+        except HistoryError as exc:
+            self.view.error(str(exc))
+            return
+        self.view.clear()
+        self._offer = offer
+        offer.show(self.view, self._tools)
+        self._resume_button.layout.display = None
 
     def _withdraw_offer(self) -> None:
         self._offer = None

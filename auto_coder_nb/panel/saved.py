@@ -4,12 +4,16 @@ Resume continues it (same history, same correlation id); Send or Reset without i
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..events import ToolResult
 from ..history import ConversationStore, HistoryError, SavedConversation, read_records
 from ..transcript import ToolExchange, exchanges
+from .parts import make_box, make_button, make_html
 from .tools import ToolCards
 from .view import PanelView
 
@@ -18,6 +22,8 @@ if TYPE_CHECKING:
 
 
 class SavedOffer:
+    """One saved conversation shown read-only in the panel, with Resume to continue it."""
+
     def __init__(self, session: Session, saved: SavedConversation, records: list[dict[str, Any]]) -> None:
         self.session = session
         self.saved = saved
@@ -64,3 +70,58 @@ def _arguments(raw: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return arguments if isinstance(arguments, dict) else None
+
+
+class SavedList:
+    """The panel's Saved list: this notebook's saved conversations (else this folder's), PAGE at a time, newest
+    first; only the files of the pages shown are read. Choosing one calls `choose` (the panel shows it with
+    Resume)."""
+
+    PAGE = 10
+
+    def __init__(self, view: PanelView, choose: Callable[[SavedConversation], None]) -> None:
+        self.view = view
+        self.choose = choose
+        self.page = 0
+        self.box = make_box([], "autocoder-saved-list")
+        self.box.layout.display = "none"
+
+    def toggle(self) -> None:
+        if self.box.layout.display == "none":
+            self.show(0)
+        else:
+            self.hide()
+
+    def hide(self) -> None:
+        self.box.layout.display = "none"
+        self.box.children = ()
+
+    def show(self, page: int) -> None:
+        self.page = page
+        found = self.view.session.saved_here_all(ConversationStore())
+        entries = list(itertools.islice(found, page * self.PAGE, (page + 1) * self.PAGE + 1))
+        rows: list[Any] = []
+        for saved in entries[:self.PAGE]:
+            entry = make_button(saved.line(), "", "autocoder-saved-entry", f"Show conversation {saved.id}")
+            entry.on_click(self.view.handover(functools.partial(self._chosen, saved)))
+            rows.append(entry)
+        if not rows:
+            rows.append(make_html("No saved conversations for this notebook yet.", "autocoder-saved-none"))
+        newer = make_button("Newer", "", "autocoder-saved-newer", "The newer saved conversations")
+        older = make_button("Older", "", "autocoder-saved-older", "The older saved conversations")
+        newer.disabled, older.disabled = page == 0, len(entries) <= self.PAGE
+        newer.on_click(self.view.handover(lambda: self.show(self.page - 1)))
+        older.on_click(self.view.handover(lambda: self.show(self.page + 1)))
+        first = page * self.PAGE + 1
+        shown = make_html(f"{first}–{first + len(entries[:self.PAGE]) - 1}" if entries else "", "autocoder-saved-page")
+        self.box.children = (*rows, make_box([newer, shown, older], "autocoder-saved-nav", horizontal=True))
+        self.box.layout.display = None
+
+    def _chosen(self, saved: SavedConversation) -> None:
+        self.hide()
+        self.choose(saved)
+
+    @staticmethod
+    def read(saved: SavedConversation) -> list[dict[str, Any]]:
+        """The records of a chosen conversation; HistoryError if it cannot be read."""
+        return read_records(saved.path)

@@ -65,7 +65,12 @@ class AnswerReader:
             last_progress = time.monotonic()
             runaway = _RunawayWatch()
             while not ended:
-                read = await anext(reads, None)
+                try:
+                    read = await anext(reads, None)
+                except httpx.HTTPError:
+                    if not finished and assembler.finish_reason is None:
+                        raise
+                    read = None  # the answer is whole: a server that then drops the connection only stops its reuse
                 ended = read is None
                 try:
                     datas = parser.close() if read is None else parser.feed(read)
@@ -125,6 +130,7 @@ class AnswerReader:
                 if not finished and assembler.finish_reason is None and runaway.tripped(assembler):
                     # Stop reading (leaving the block closes the connection, so the server stops generating too);
                     # an answer that ended already is kept whole.
+                    await reads.aclose()  # type: ignore[attr-defined]  # now, not when collected (as the loop closes)
                     yield ProviderNotice(REPETITION_NOTICE)
                     completion = assembler.completion()
                     yield Completion(completion.content, completion.reasoning, [], "repetition", completion.usage)

@@ -16,6 +16,25 @@ if TYPE_CHECKING:
     from .capabilities import ModelCapabilities
 
 ToolKind = Literal["read", "write", "command"]
+# Tool arguments (native or a prompted step) nested deeper than this are refused: a deeper document would crash
+# JSON handling later (a small model's runaway `{"a":{"a":...`).
+MAX_ARGUMENT_DEPTH = 64
+TOO_DEEP = (f"The tool arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep. Send the call again with "
+            "flat arguments.")
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in `value` nest deeper than `limit`, checked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 @dataclass

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import httpx
 
+from ..bounded_http import ResponseTooLarge
+
 PROBE_TIMEOUT = 5.0
 MIN_CONTEXT_WINDOW = 256  # tokens: a server reporting less is not describing a usable window
 MAX_CONTEXT_WINDOW = 100_000_000  # as agent.context_window's own limit
@@ -50,6 +52,8 @@ async def probe_capabilities(
     root = server_root(base_url)
     try:
         found = await _llama_cpp(client, root, headers) or await _ollama(client, root, model, headers)
+    except (httpx.TimeoutException, httpx.DecodingError, ResponseTooLarge):
+        return ModelCapabilities()  # it answered, endlessly or too much (see bounded_http): asking again would too
     except (httpx.HTTPError, httpx.InvalidURL):
         return None
     if found is None:  # neither llama.cpp nor Ollama: the model lists of LM Studio and vLLM may give the window

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from .. import auth
+from ..bounded_http import bounded_client
 from ..config import PRODUCT_PARAMS, PROMPTED_TEMPERATURE, Config
 from ..errors import BadRequest, ConfigError, ProviderError, ToolsNotSupported
 from .answers import AnswerReader, mint_tool_call_id
@@ -87,7 +88,7 @@ class OpenAICompatibleProvider(LLMProvider):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                client = self._clients[loop] = httpx.AsyncClient(**auth.http_client_kwargs(self.config))
+                client = self._clients[loop] = bounded_client(auth.http_client_kwargs(self.config))
         return client
 
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from .. import auth, transport
+from ..bounded_http import ResponseTooLarge
 from ..config import DEFAULT_BASE_URL, Config
 from ..errors import (
     AuthenticationFailed,
@@ -188,6 +189,8 @@ class ServerErrors:
                                     f"{self.where_hint()}")
             reason = self.redact(text) or "connection failed"
             return ConnectionFailed(f"could not connect to {where}: {reason}{self.where_hint()}")
+        if isinstance(exc, ResponseTooLarge):
+            return StreamError(f"the server at {where} sent an answer that cannot be read: {self.redact(text)}")
         if started:
             return StreamError(f"the connection to {where} broke mid-answer: {self.redact(text)}")
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import (
+    MAX_ARGUMENT_DEPTH,
+    TOO_DEEP,
     Completion,
     ProviderEvent,
     ProviderNotice,
@@ -30,6 +32,7 @@ from .base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    nested_deeper_than,
 )
 
 STEP_SCHEMA_NAME = "agent_step"
@@ -208,7 +211,7 @@ def _loads_object(raw: Any) -> Any:
         return raw
     try:
         value = json.loads(raw or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw  # shown to the model as it wrote it
     return value
 
@@ -237,12 +240,15 @@ def parse_step(text: str, tools: list[ToolDefinition]) -> Step:
     text = text.strip()
     if not text:
         return Step(problem="The reply was empty.")
-    value, prose, error = _find_json(text)
-    if value is None:
-        if error is not None:
-            return Step(prose=prose, problem=f"The reply is not valid JSON ({error}).")
-        return Step(answer=text)
-    return _check(value, prose, {tool.name: tool for tool in tools})
+    try:
+        value, prose, error = _find_json(text)
+        if value is None:
+            if error is not None:
+                return Step(prose=prose, problem=f"The reply is not valid JSON ({error}).")
+            return Step(answer=text)
+        return _check(value, prose, {tool.name: tool for tool in tools})
+    except RecursionError:  # thousands of levels: the same rule as native calls
+        return Step(problem=TOO_DEEP)
 
 
 def _find_json(text: str) -> tuple[Any, str, str | None]:
@@ -298,6 +304,8 @@ def _check(value: Any, prose: str, tools: dict[str, ToolDefinition]) -> Step:
             return Step(prose=prose, problem='"arguments" must be a JSON object.')
     if not isinstance(arguments, dict):
         return Step(prose=prose, problem=f'"arguments" must be a JSON object, not {_json_type(arguments)}.')
+    if nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH):
+        return Step(prose=prose, problem=TOO_DEEP)
     problem = schema_problem(_closed(tool.parameters), arguments, "arguments")
     if problem is not None:
         return Step(prose=prose, problem=f"Invalid arguments for {name}: {problem}.")

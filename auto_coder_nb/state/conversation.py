@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from ..images import Image
 from ..providers.base import ToolCall, Usage
+from ..text import escape_undecodable, escaped_everywhere
 
 INTERRUPTED = "interrupted: the user stopped this turn before the tool ran"
 # Rough but stable: about four characters a token for English and code.
@@ -48,7 +49,8 @@ class Conversation:
 
     def clear(self) -> None:
         """Forget the history and start a new correlation id. The tokens used so far stay counted."""
-        self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        self.messages = [{"role": "system", "content": escape_undecodable(self.system_prompt)}] \
+            if self.system_prompt else []
         self._images.clear()
         self.dropped = 0
         self.correlation_id = new_correlation_id()
@@ -57,7 +59,7 @@ class Conversation:
 
     def restore(self, messages: list[dict[str, Any]], correlation_id: str) -> None:
         """Continue a saved conversation: its messages after this conversation's own system prompt, its id."""
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        system = [{"role": "system", "content": escape_undecodable(self.system_prompt)}] if self.system_prompt else []
         self.messages = system + [m for m in messages if m.get("role") != "system"]
         self.correlation_id = correlation_id
         self.dropped = 0
@@ -86,6 +88,7 @@ class Conversation:
         return {"x-correlation-id": self.correlation_id}
 
     def _append(self, message: dict[str, Any]) -> None:
+        message = escaped_everywhere(message)  # a file name that is not UTF-8 must not stop a request or a save
         self.messages.append(message)
         if self.observer is not None:
             self.observer.message_added(message)

@@ -20,6 +20,7 @@ Options every reply accepts: `delay` (seconds before each chunk after the first)
 (send `wait_after` chunks, then block until `server.release(name)` or `POST /_release`), `headers`,
 `close_idle` (after this reply keep the connection open, then close it without an answer when the next
 request arrives on it, as cpp-httplib does when its keep-alive timeout or count runs out).
+`server.every_request = reply.dribble()` (or `reply.flood()`) answers every request on every path that way.
 """
 
 from __future__ import annotations
@@ -165,13 +166,25 @@ class Replies:
             body["usage"] = usage
         return body
 
-
     @staticmethod
     def endless(prefix: str = "", *, delay: float = 0.005, **options: Any) -> Spec:
         """A text answer that never ends: `prefix`, then words that never repeat ("w1 w2 w3 ..."), one chunk every
         `delay` seconds, ignoring `max_tokens`, until the client closes the connection (or RELEASE_TIMEOUT
         passes). A model that runs away inside a step, which no repetition check can see."""
         return {"type": "endless", "prefix": prefix, "delay": delay, **options}
+
+    @staticmethod
+    def dribble(*, interval: float = 2.0, status: int = 200, content_type: str = "application/json",
+                head: bool = True, **options: Any) -> Spec:
+        """A hostile server: the status line and headers at once (`head=False`: those too one byte at a time), then
+        a body of one byte every `interval` seconds, for ever (until the client gives up or the server stops)."""
+        return {"type": "dribble", "interval": interval, "status": status, "content_type": content_type,
+                "head": head, **options}
+
+    @staticmethod
+    def flood(*, status: int = 200, content_type: str = "application/json", **options: Any) -> Spec:
+        """A hostile server: a body without end, as fast as the client reads it (JSON that never closes)."""
+        return {"type": "flood", "status": status, "content_type": content_type, **options}
 
     @staticmethod
     def prompted_call(name: str, arguments: dict[str, Any] | None = None, **options: Any) -> Spec:
@@ -291,7 +304,7 @@ class _Prepared:
 
     def __init__(self, spec: Spec) -> None:
         kind = spec.get("type")
-        if kind not in ("text", "tool_calls", "chunks", "raw_sse", "json", "endless"):
+        if kind not in ("text", "tool_calls", "chunks", "raw_sse", "json", "endless", "dribble", "flood"):
             raise ValueError(f"unknown reply type {kind!r}")
         self.spec = spec
         self.stream: _Stream | None = _Stream(spec) if kind in ("text", "tool_calls") else None
@@ -386,7 +399,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             fake._record(request)
             handler = fake._routes.get((request.method, url.path))
-            if handler is not None:
+            if fake.every_request is not None:
+                self._send_spec(fake.every_request, request)
+            elif handler is not None:
                 try:
                     spec = handler(request)
                 except Exception as exc:  # a broken test route should read as a 500, not a hung client
@@ -452,6 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
         if prepared.stream is not None and not request_json.get("stream"):
             self._send_json(spec.get("status", 200), _completion_body(spec, request_json), spec.get("headers"))
             return
+        if spec["type"] in ("dribble", "flood"):
+            self._hostile(spec)
+            return
         if spec["type"] == "json":
             self._wait(spec, 0)
             self._send_json(spec.get("status", 200), spec.get("body"), spec.get("headers"))
@@ -514,6 +532,31 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(spec.get("delay", 0.005))
         self._drop()
 
+    def _hostile(self, spec: Spec) -> None:
+        """Endless: a dribble of one byte per interval, or a flood; ends when the client leaves or the server stops."""
+        self.close_connection = True
+        head = (f"HTTP/1.1 {spec['status']} Hostile\r\nContent-Type: {spec['content_type']}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        stopping = self.server.fake._stopping
+        try:
+            if spec["type"] == "flood":
+                self.wfile.write(head + b'{"a": "')
+                block = b"x" * 65536
+                while not stopping.is_set():
+                    self.wfile.write(block)
+                return
+            if spec.get("head", True):
+                self.wfile.write(head)
+                head = b""
+            while True:
+                byte, head = head[:1] or b" ", head[1:]
+                self.wfile.write(byte)
+                self.wfile.flush()
+                if stopping.wait(spec["interval"]):
+                    return
+        except OSError:  # the client gave up: what a hostile server is for
+            return
+
     def _drop(self) -> None:
         self.close_connection = True
         try:
@@ -538,17 +581,21 @@ class FakeLLMServer:
         self.refuse_tools: str | None = None
         # False: refuse `response_format` (a server without structured output).
         self.structured_output = True
+        # When set, every request on every path (but the /_ control routes) gets this reply: a hostile server.
+        self.every_request: Spec | None = None
         self.requests: list[RecordedRequest] = []
         self._queue: list[_Prepared] = []
         self._routes: dict[tuple[str, str], RouteHandler] = {}
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # ends hostile replies
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeLLMServer:
+        self._stopping.clear()
         self._httpd = _HTTPServer((self.host, self.port), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]
@@ -563,6 +610,7 @@ class FakeLLMServer:
         with self._lock:
             for event in self._events.values():
                 event.set()
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd = None

@@ -31,6 +31,7 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 # What read_file keeps of one line of a big file: enough bytes for MAX_LINE_CHARS characters in any UTF-8.
 MAX_LINE_BYTES = 4 * (MAX_LINE_CHARS + 1)
 READ_CHUNK_BYTES = 1024 * 1024
+MAX_LINE_SCAN_BYTES = 10 * 1024 * 1024  # how far one line of a window is followed to find its end
 MAX_LIST_ENTRIES = 200
 MAX_PREVIEW_LINES = 1000
 SNIPPET_CONTEXT = 4
@@ -281,13 +282,18 @@ def _read_window_streaming(stream: BinaryIO, shown: str, first: int, count: int)
     lines_before = _skip_lines(stream, first - 1)
     rows: list[str] = []
     used = 0
-    while len(rows) < count:
+    endless = False  # a line longer than MAX_LINE_SCAN_BYTES: its end (and what follows) was not looked for
+    while len(rows) < count and not endless:
         line = _capped_line(stream)
         if line is None:
             break
         prefix, length = line
         text = prefix.decode("utf-8", errors="replace")
-        row = _cut_line(text) if length == len(prefix) else _cut_line(text, length, unit="bytes")
+        endless = length is None
+        if endless:
+            row = f"{text[:MAX_LINE_CHARS]}… [line cut: more than {MAX_LINE_SCAN_BYTES:,} bytes]"
+        else:
+            row = _cut_line(text) if length == len(prefix) else _cut_line(text, length, unit="bytes")
         used += len(row) + 8
         if used > MAX_READ_OUTPUT_CHARS and rows:
             break
@@ -295,6 +301,10 @@ def _read_window_streaming(stream: BinaryIO, shown: str, first: int, count: int)
     if not rows:
         raise ToolError(f"offset {first} is past the end of {shown}, which has {lines_before} line(s).")
     last = first + len(rows) - 1
+    if endless:
+        return (_number_rows(rows, first) + f"\n(showing lines {first}-{last}; line {last} is longer than "
+                f"{MAX_LINE_SCAN_BYTES // 1024 // 1024} MB, so its end and the lines after it were not read: search "
+                "the file with run_command (grep -n, or head -c / tail -c for bytes))")
     return (_number_rows(rows, first) + f"\n(showing lines {first}-{last}; the file is larger than 10 MB, so its "
             f"total line count was not computed; continue with offset={last + 1})")
 
@@ -319,14 +329,17 @@ def _skip_lines(stream: BinaryIO, lines: int) -> int:
     return passed
 
 
-def _capped_line(stream: BinaryIO) -> tuple[bytes, int] | None:
+def _capped_line(stream: BinaryIO) -> tuple[bytes, int | None] | None:
     """The next line's first MAX_LINE_BYTES bytes (without its line ending) and its whole length in bytes; the
-    rest of a longer line is read in chunks and dropped. None at the end of the file."""
+    rest of a longer line is read in chunks and dropped, up to MAX_LINE_SCAN_BYTES in all (the length is None
+    beyond: a 1 GB line costs the time of 10 MB). None at the end of the file."""
     data = stream.readline(MAX_LINE_BYTES)
     if not data:
         return None
     length, tail = len(data), data
     while not tail.endswith(b"\n"):  # a longer line (or the last one): count the rest without keeping it
+        if length >= MAX_LINE_SCAN_BYTES:
+            return data, None
         tail = stream.readline(READ_CHUNK_BYTES)
         if not tail:
             break

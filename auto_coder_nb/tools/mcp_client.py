@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..config import MCP_SERVERS, McpServerConfig
-from ..providers.base import ToolDefinition, ToolKind
+from ..providers.base import MAX_ARGUMENT_DEPTH, ToolDefinition, ToolKind, nested_deeper_than
 from ..text import hide_secrets, truncate
 from .registry import ToolError, ToolRegistry
 from .shell import MAX_OUTPUT_CHARS
@@ -36,6 +36,7 @@ INSTALL_HINT = 'MCP servers need the optional extra: pip install "auto-coder-nb[
 STOP_SECONDS = 10.0  # to close every client (a stdio server gets its stdin closed, then a kill)
 STDERR_TAIL = 2000  # bytes of a stdio server's stderr kept to say why it stopped
 LISTING_PAGES = 100
+MAX_TOOLS_PER_SERVER = 128  # more make every request heavy (20,000 tools: 3.4 MB of schemas, 17 s a prompt)
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 # Why a server is refused before it starts (the site allow-list), or None to let it run.
@@ -59,6 +60,7 @@ class McpServerStatus:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     errlog: BinaryIO | None = field(default=None, repr=False)
     http_error: str = ""  # the last HTTP error status a streamable-HTTP server answered
+    junk_said: bool = False  # that it writes what is not MCP on its stdout (said once)
 
     @property
     def transport(self) -> str:
@@ -178,9 +180,9 @@ class McpServers:
         try:
             async with AsyncExitStack() as stack:
                 client = await self._connect(server, stack)
-                tools = await _list_tools(client)
+                tools, more = await _list_tools(client)
                 server.client = client
-                self._register(server, tools)
+                self._register(server, tools, more)
                 server.state = "running"
                 ready.set()
                 assert server.stop is not None
@@ -196,8 +198,7 @@ class McpServers:
             ready.set()
 
     async def _connect(self, server: McpServerStatus, stack: AsyncExitStack) -> Any:
-        from mcp import Client, StdioServerParameters
-        from mcp.client.stdio import stdio_client
+        from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
         from mcp.types import Implementation
 
@@ -217,19 +218,28 @@ class McpServers:
                 event_hooks={"response": [note_refusal]}, **options))
             transport = streamable_http_client(config.url, http_client=http)
         else:
+            from .mcp_stdio import bounded_stdio
+
             assert config.command is not None
             server.errlog = tempfile.TemporaryFile("w+b")  # closed by _hold, once it has said why a server ended
             cwd = Path(config.cwd).expanduser() if config.cwd else self.cwd
-            parameters = StdioServerParameters(command=config.command, args=config.args, env=config.env or None,
-                                               cwd=cwd)
-            transport = stdio_client(parameters, errlog=server.errlog)  # type: ignore[arg-type]
+            transport = bounded_stdio(config.command, config.args, config.env or None, cwd, server.errlog,
+                                      on_junk=lambda junk: self._junk(server, junk))
         info = Implementation(name="auto-coder-nb", version=_version())
         return await stack.enter_async_context(Client(transport, client_info=info))
 
-    def _register(self, server: McpServerStatus, tools: list[Any]) -> None:
+    def _register(self, server: McpServerStatus, tools: list[Any], more: bool = False) -> None:
         config = server.config
-        for tool in tools:
+        if len(tools) > MAX_TOOLS_PER_SERVER:
+            self.registry.notify(f"MCP server {server.name} offers {'more than ' if more else ''}{len(tools):,} "
+                                 f"tools; only the first "
+                                 f"{MAX_TOOLS_PER_SERVER} are used (each tool's schema goes with every request).")
+        for tool in tools[:MAX_TOOLS_PER_SERVER]:
             name = tool_name(server.name, tool.name)
+            if nested_deeper_than(tool.input_schema, MAX_ARGUMENT_DEPTH):
+                self.registry.notify(f"MCP server {server.name}: tool {tool.name} is left out, its schema is nested "
+                                     f"more than {MAX_ARGUMENT_DEPTH} levels deep.")
+                continue
             if name in self.registry:
                 self.registry.notify(f"MCP server {server.name}: tool {tool.name} is left out, its name {name} "
                                      "is taken.")
@@ -325,6 +335,12 @@ class McpServers:
         else:
             self.registry.notify(f"MCP server {server.name} failed to start: {detail}.")
 
+    def _junk(self, server: McpServerStatus, junk: str) -> None:
+        if not server.junk_said:
+            server.junk_said = True
+            self.registry.notify(f"MCP server {server.name} wrote something that is not MCP on its stdout "
+                                 f"({self._hide(server, junk)}); it is ignored (a server's logs belong on stderr).")
+
     def _unregister(self, server: McpServerStatus) -> None:
         for name in server.tools:
             self.registry.unregister(name)
@@ -356,16 +372,18 @@ class McpServers:
         return hide_secrets(text, [*config.secrets, *config.env.values(), *config.headers.values()])
 
 
-async def _list_tools(client: Any) -> list[Any]:
+async def _list_tools(client: Any) -> tuple[list[Any], bool]:
+    """The server's tools, page after page until there are more than MAX_TOOLS_PER_SERVER; and whether pages
+    were left unread."""
     tools: list[Any] = []
     cursor = None
     for _ in range(LISTING_PAGES):
         page = await client.list_tools(cursor=cursor)
         tools.extend(page.tools)
         cursor = page.next_cursor
-        if not cursor:
+        if not cursor or len(tools) > MAX_TOOLS_PER_SERVER:
             break
-    return tools
+    return tools, bool(cursor)
 
 
 def _render(result: Any) -> str:

@@ -133,7 +133,8 @@ class Workspace:
             raise ToolError(
                 f"{self.relative(real)} is the notebook open in the user's editor: it is not rewritten on disk (the "
                 "editor would overwrite the change, or the user's unsaved work would be lost). Use edit_notebook "
-                "with action insert to add a cell below the current one, and tell the user what to change."
+                "(a cell at a time: with live editing any cell of it, else a new cell below the current one), and "
+                "tell the user what to change."
             )
 
     def relative(self, path: Path) -> str:
