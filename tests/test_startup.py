@@ -121,3 +121,11 @@ def test_load_ext_loads_no_http_notebook_or_widget_library(clean_env: dict[str, 
                                               f"gone: {sorted(LOAD_EXT_MODULES - ours(loaded))}")
     heavy = roots(loaded) & {"httpx", "nbformat", "ipywidgets", "yaml", "prompt_toolkit", "PIL", "mcp"}
     assert not heavy, f"%load_ext imports {sorted(heavy)}"
+
+
+def test_the_sessions_help_says_the_listings_default() -> None:
+    """--sessions' default lives in history (not imported to parse the arguments): the help must say the same."""
+    from auto_coder_nb.cli import build_parser
+    from auto_coder_nb.history import LISTED
+
+    assert f"(default {LISTED})" in " ".join(build_parser().format_help().split())
