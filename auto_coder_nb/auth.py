@@ -28,12 +28,11 @@ from .authentication_provider import (
     ProviderHeaderAuth,
     basic_credentials,
     fetched_tokens,
-    instantiate,
-    load_provider_class,
 )
 from .config import Config, load_config, redact_url
 from .errors import ConfigError
 from .hub import hub_credentials
+from .plugins import instantiate, load_provider_class
 
 # TLS and proxy helpers moved to transport.py; still importable from here.
 from .transport import (

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import math
 import os
@@ -30,13 +29,12 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from .bounded_http import SyncClient
-from .config import AuthConfig, Config, load_config, load_object
+from .config import AuthConfig, Config, load_config
 from .errors import AuthenticationFailed, ConfigError, ConnectionFailed
 from .text import hide_secrets
 from .transport import certificate_problem, transport_kwargs
@@ -563,20 +561,3 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             process.kill()
     except (ProcessLookupError, PermissionError):
         pass  # all gone already
-
-
-def load_provider_class(spec: str, folder: Path | None = None) -> type:
-    """The class named by `auth.provider` ("package.module:Class"); `folder`: that of the file that named it."""
-    cls = load_object(spec, "auth.provider", folder)
-    if not isinstance(cls, type):
-        raise ConfigError(f"auth.provider: {spec} is not a class")
-    return cls
-
-
-def instantiate(cls: type, config: Config) -> Any:
-    """An instance of a user's provider class, given the Config if its constructor takes `config`."""
-    try:
-        takes_config = "config" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        takes_config = False
-    return cls(config=config) if takes_config else cls()

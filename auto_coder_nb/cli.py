@@ -1,41 +1,25 @@
 """`auto-coder`: argparse and dispatch to single-prompt mode, the REPL, --show-config and --doctor.
 
-Rendering and approvals at the terminal live in `terminal.py`."""
+Rendering and approvals at the terminal live in `terminal.py`. Only what the parser needs is imported before the
+arguments are read, so `--version` and `--help` start at once; each mode imports what it uses (the REPL alone
+loads prompt_toolkit)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .approvals import APPROVAL_MODES
-from .config import TOOL_CALLING_MODES, Config, load_config
-from .errors import ConfigError
-from .history import LISTED, ConversationStore, HistoryError
-from .images import Image, ImageError
-from .interrupts import close_loop
-from .terminal import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_RUNTIME,
-    EXIT_USAGE,
-    TerminalView,
-    ask_on_terminal,
-    ask_to_trust,
-    drive_turn,
-    export_at_terminal,
-    is_terminal,
-    refuse_without_terminal,
-    trust_and_reload,
-)
-from .text import scrub
+from .config import TOOL_CALLING_MODES
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from .config import Config
+    from .images import Image
     from .session import Session
 
 
@@ -64,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(prompted), none, or auto (native, prompted when the model has no tool calling; default)")
     parser.add_argument("--max-tokens", metavar="N", help="cap on the tokens of each reply (default 4096; "
                         "'null' leaves it to the server)")
-    parser.add_argument("--sessions", nargs="?", type=_count, const=LISTED, metavar="N",
-                        help=f"list the newest N saved conversations (default {LISTED}) and how many more, and exit")
+    # const 0: the listing's own default (history.LISTED, said in the help; history is not imported to parse)
+    parser.add_argument("--sessions", nargs="?", type=_count, const=0, metavar="N",
+                        help="list the newest N saved conversations (default 20) and how many more, and exit")
     parser.add_argument("--all", action="store_true", help="with --sessions: list every saved conversation")
     parser.add_argument("--here", action="store_true",
                         help="with --sessions: only the conversations of this working directory")
@@ -103,9 +88,22 @@ def _lists_sessions(args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import io
+
     if isinstance(sys.stdout, io.TextIOWrapper):  # a character no UTF-8 can hold is shown escaped, as on stderr
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --version and --help end here
+    import asyncio
+    from pathlib import Path
+
+    from .config import load_config
+    from .errors import ConfigError
+    from .history import LISTED, ConversationStore, HistoryError
+    from .images import ImageError
+    from .interrupts import close_loop
+    from .terminal import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, export_at_terminal, is_terminal
+    from .text import scrub
+
     resume_id = None if args.resume is NEWEST else args.resume  # an ID that matches nothing is an error, never a prompt
     flags = {
         "llm.base_url": args.base_url,
@@ -211,6 +209,8 @@ def settle_trust(config: Config, load: Callable[[bool], Config], args: argparse.
     """The project file's trust: --trust-project records it; at a terminal the user is asked once (before
     anything runs); elsewhere its settings that need trust stay ignored, with one line saying which and how to
     trust it. --show-config and --doctor ask nothing: they list what was ignored (--sessions needs no settings)."""
+    from .terminal import ask_to_trust, is_terminal, trust_and_reload
+
     project = config.project
     if project is None or project.trusted and not args.trust_project:
         return config
@@ -240,6 +240,15 @@ def show_context(session: Session, prompt: str, images: list[Image]) -> None:
 
 def run_once(session: Session, prompt: str, loop: asyncio.AbstractEventLoop, images: list[Image] | None = None) -> int:
     """Single-prompt mode: the answer streams to stdout, tool activity goes to stderr."""
+    from .terminal import (
+        EXIT_INTERRUPTED,
+        TerminalView,
+        ask_on_terminal,
+        drive_turn,
+        is_terminal,
+        refuse_without_terminal,
+    )
+
     interactive = is_terminal(sys.stdin) and is_terminal(sys.stderr)
     view = TerminalView(ask=ask_on_terminal if interactive else refuse_without_terminal)
     if not drive_turn(session, prompt, loop, view, images or []):

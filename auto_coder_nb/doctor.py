@@ -496,7 +496,7 @@ class _Doctor:
         provider.tool_calling = "prompted"
         prompted, _ = self._tool_step(provider, "prompted tool call")
         if prompted.result == PASS:
-            prompted.detail += (" (with structured output)" if provider.structured_output else
+            prompted.detail += (" (with structured output)" if provider.quirks.structured_output else
                                 " (read from free text: the server refused structured output)")
         found = self.capabilities or ModelCapabilities()
         works = {"native": native.result == PASS, "prompted": prompted.result == PASS}

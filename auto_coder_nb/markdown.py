@@ -60,6 +60,11 @@ class Block:
     language: str | None = None  # not None for a fenced code block (then `text` is the code)
 
 
+def opens_fence(text: str) -> bool:
+    """Whether `text` begins with a code fence (its block ends only at the closing fence)."""
+    return _FENCE.match(text) is not None
+
+
 def split_blocks(text: str) -> list[Block]:
     blocks, rest = take_blocks(text)
     if rest.strip():

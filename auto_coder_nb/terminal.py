@@ -11,9 +11,6 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, TextIO
 
-from prompt_toolkit import PromptSession
-from prompt_toolkit.output import create_output
-
 from .approvals import ANSWER_HELP, parse_answer, question
 from .errors import ConfigError
 from .events import (
@@ -114,7 +111,11 @@ def _read(prompt: str, err: TextIO) -> str | None:
     try:
         if is_terminal(sys.stdin) and is_terminal(err):
             # Not input(): its prompt is on screen before it starts reading, and a SIGINT in between only sets
-            # a flag, so that Ctrl-C is lost until Enter. prompt_toolkit reads Ctrl-C as a key in raw mode.
+            # a flag, so that Ctrl-C is lost until Enter. prompt_toolkit reads Ctrl-C as a key in raw mode. Imported
+            # here: a single prompt that asks nothing at a terminal never loads it (start-up time).
+            from prompt_toolkit import PromptSession
+            from prompt_toolkit.output import create_output
+
             return PromptSession[str](output=create_output(stdout=err)).prompt(prompt)
         return input(prompt)
     except EOFError:

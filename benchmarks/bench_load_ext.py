@@ -4,13 +4,15 @@ Every measurement starts a new process with an IPython shell already created (as
 times only the `%load_ext` call. The two extensions alternate so that load from other processes hits
 them alike. jupyter-ai-magics must not go into the test environment: install it in a separate one,
 e.g. `python -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install jupyter-ai-magics -e .`, then
-`/tmp/bench-venv/bin/python benchmarks/bench_load_ext.py [--repeat 15]`. Target: ≤ 0.10×.
+`/tmp/bench-venv/bin/python benchmarks/bench_load_ext.py [--repeat 15]`. Target: ≤ 0.05×. Bytecode caches are
+allowed (PYTHONDONTWRITEBYTECODE is dropped from the children's environment), as on a user's machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,9 @@ print(json.dumps({"seconds": elapsed, "heavy": heavy}))
 
 
 def measure(python: str, extension: str) -> dict[str, object]:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     done = subprocess.run([python, "-c", CHILD, extension, ",".join(HEAVY)], capture_output=True, text=True,
-                          check=False)
+                          env=env, check=False)
     if done.returncode != 0:
         sys.exit(f"%load_ext {extension} failed:\n{done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -58,7 +61,7 @@ def main() -> None:
         print(f"{name:20s} median {medians[name] * 1000:8.1f} ms  min {min(times[name]) * 1000:8.1f} ms  "
               f"heavy modules loaded: {', '.join(heavy[name]) or 'none'}")
     ratio = medians["auto_coder_nb"] / medians["jupyter_ai_magics"]
-    print(f"ratio auto_coder_nb / jupyter_ai_magics = {ratio:.3f}  (target <= 0.10)")
+    print(f"ratio auto_coder_nb / jupyter_ai_magics = {ratio:.3f}  (target <= 0.05)")
 
 
 if __name__ == "__main__":

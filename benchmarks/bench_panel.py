@@ -61,7 +61,7 @@ class Meter:
         self.times: list[float] = []
         self.sent: list[int] = []
         self._current = 0
-        flush = panel._flush
+        flush = panel.view.stream.flush
 
         def timed_flush() -> None:
             self._current = 0
@@ -70,7 +70,7 @@ class Meter:
             self.times.append(time.perf_counter() - start)
             self.sent.append(self._current)
 
-        panel._flush = timed_flush  # type: ignore[method-assign]
+        panel.view.stream.flush = timed_flush  # type: ignore[method-assign]
         self._original = original = widgets.Widget.notify_change
 
         def notify_change(widget: widgets.Widget, change: Any) -> None:

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from auto_coder_nb.config import Config
-from auto_coder_nb.providers import openai_compatible
+from auto_coder_nb.providers import answers
 from auto_coder_nb.providers.base import Completion
 from auto_coder_nb.providers.openai_compatible import OpenAICompatibleProvider
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
 MESSAGES = [{"role": "user", "content": "stream"}]
-DEFAULT_MERGE_ABOVE = openai_compatible.MERGE_ABOVE
+DEFAULT_MERGE_ABOVE = answers.MERGE_ABOVE
 
 
 async def raw_httpx(client: httpx.AsyncClient, url: str) -> str:
@@ -44,7 +44,7 @@ async def raw_httpx(client: httpx.AsyncClient, url: str) -> str:
 
 async def through_provider(provider: OpenAICompatibleProvider, merge: bool = True) -> str:
     # Without merging, every delta is its own event, as when the consumer keeps up with the stream.
-    openai_compatible.MERGE_ABOVE = DEFAULT_MERGE_ABOVE if merge else sys.maxsize
+    answers.MERGE_ABOVE = DEFAULT_MERGE_ABOVE if merge else sys.maxsize
     async for event in provider.chat(MESSAGES):
         if isinstance(event, Completion):
             return event.content

@@ -195,3 +195,93 @@ def test_the_public_api_imports_lazily() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=ROOT.parent, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+# -- panel/: parts with a view of their own -------------------------------------------------------------
+
+PANEL = f"{PACKAGE}.panel"
+
+
+def panel_modules() -> list[str]:
+    return [module for module in MODULES if module == PANEL or module.startswith(PANEL + ".")]
+
+
+def all_package_edges(module: str) -> set[str]:
+    """Like `package_edges`, counting `if TYPE_CHECKING:` imports too: a type-only circle still ties two modules
+    into one concern."""
+    path = MODULES[module]
+    package = module if is_package(path) else module.rpartition(".")[0]
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            target = (".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                      if node.level else node.module or "")
+            names = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target
+                     for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module and name.startswith(PACKAGE):
+                edges.add(name)
+    return edges
+
+
+def private_uses(source: str) -> tuple[set[str], list[tuple[int, str]]]:
+    """The private names a module defines (functions, classes, attributes it assigns on `self`, module
+    globals) and the private names it reaches for on other objects or imports (`other._x`, `from m import _x`).
+    Names like `_repr_mimebundle_` (protocols, ending in `_`) are not private."""
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.endswith("_")
+
+    tree = ast.parse(source)
+    defined: set[str] = set()
+    reached: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and private(node.name):
+            defined.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and private(node.id):
+            defined.add(node.id)
+        elif isinstance(node, ast.Attribute) and private(node.attr):
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                if isinstance(node.ctx, ast.Store):
+                    defined.add(node.attr)
+            else:
+                reached.append((node.lineno, node.attr))
+        elif isinstance(node, ast.ImportFrom):
+            reached += [(node.lineno, alias.name) for alias in node.names if private(alias.name)]
+    return defined, reached
+
+
+def test_panel_has_no_import_circle_even_through_type_only_imports() -> None:
+    graph = {module: {edge for edge in all_package_edges(module) if edge in panel_modules()}
+             for module in panel_modules()}
+    assert find_cycles(graph) == [], find_cycles(graph)
+    assert f"{PANEL}.view" in graph and f"{PANEL}.chat" not in graph[f"{PANEL}.view"]  # the view knows no controller
+
+
+def test_panel_modules_use_no_private_member_of_another_module() -> None:
+    """A part of the panel gets a small interface (the view, the questions), never another class's insides.
+    Within one module, `other._x` of a sibling instance of the same class is fine (`panel._show_busy()`)."""
+    offences = []
+    for module in panel_modules():
+        defined, reached = private_uses(MODULES[module].read_text(encoding="utf-8"))
+        offences += [f"{module}:{line} uses {name}" for line, name in reached if name not in defined]
+    assert not offences, "\n".join(offences)
+
+
+def test_the_private_member_check_sees_attributes_and_imports() -> None:
+    defined, reached = private_uses(
+        "from .parts import _html, make_box\n"
+        "class A:\n"
+        "    def __init__(self, panel):\n"
+        "        self._mine = 1\n"
+        "        panel._records.append(panel._mine)\n"
+        "        self.widget._repr_mimebundle_()\n")
+    assert "_mine" in defined
+    assert sorted(name for _, name in reached if name not in defined) == ["_html", "_records"]

@@ -456,7 +456,7 @@ def test_switches_from_the_environment_are_true_false_or_refused(dirs: tuple[Pat
 
 
 def test_every_number_setting_has_a_limit() -> None:
-    numbers = [f"{section}.{f.name}" for section, cls in config_module._SECTIONS.items() for f in fields(cls)
+    numbers = [f"{section}.{f.name}" for section, cls in config_module.SECTIONS.items() for f in fields(cls)
                if str(f.type).startswith(("int", "float"))]
     numbers += [f"mcp.servers.*.{f.name}" for f in fields(config_module.McpServerConfig)
                 if str(f.type).startswith(("int", "float"))]

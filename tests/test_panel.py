@@ -21,7 +21,7 @@ import pytest
 from auto_coder_nb.config import load_config
 from auto_coder_nb.events import TextDelta
 from auto_coder_nb.panel import ChatPanel, block_html, inline_html, markdown_html, take_blocks
-from auto_coder_nb.panel.parts import _arguments_title
+from auto_coder_nb.panel.parts import arguments_title
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 from auto_coder_nb.tools.notebook import build_notebook_tools, run_python
@@ -64,6 +64,11 @@ def html_of(widget: widgets.Widget) -> str:
     if isinstance(widget, widgets.HTML):
         return widget.value
     return "".join(html_of(child) for child in getattr(widget, "children", ()))
+
+
+def status(panel: ChatPanel) -> str:
+    """The status line's HTML."""
+    return panel.view.status.widget.value
 
 
 def roles(panel: ChatPanel) -> list[str]:
@@ -139,12 +144,12 @@ def test_send_streams_markdown_answer_and_goes_idle(fake_server: FakeLLMServer, 
         answer = html_of(find(panel.widget, "autocoder-assistant")[0])
         assert "<strong>the answer</strong>" in answer and "Second paragraph." in answer
         assert panel.state == "idle" and not panel._send_button.disabled and panel._stop_button.disabled
-        status = panel._status.value
-        assert "fake-model" in status and "idle" in status and panel.correlation_id in status
-        assert "session" in status and " out" in status
+        line = status(panel)
+        assert "fake-model" in line and "idle" in line and panel.correlation_id in line
+        assert "session" in line and " out" in line
         # The header shows the id shortened (CSS), with the whole id in the element and its tooltip.
-        assert f'title="Correlation id {panel.correlation_id}' in status
-        assert f">{panel.correlation_id}</code>" in status
+        assert f'title="Correlation id {panel.correlation_id}' in line
+        assert f">{panel.correlation_id}</code>" in line
         assert fake_server.requests[-1].headers["x-correlation-id"] == panel.correlation_id
 
     run(scenario)
@@ -157,29 +162,29 @@ def test_status_thinking_then_answering_and_turn_tokens_only_once_known(
         panel = ChatPanel(make_session(fake_server, tmp_path))
         # Before the first turn, what is useful instead of empty counts: approvals, the server, what to do.
         host = fake_server.base_url.split("//")[1].split("/")[0]
-        assert f"approval ask · {host} · ask below to start" in panel._status.value and "tokens" not in \
-            panel._status.value
+        assert f"approval ask · {host} · ask below to start" in status(panel) and "tokens" not in \
+            status(panel)
         usage = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
         fake_server.enqueue(reply.text("The answer.", reasoning="Let me think.", chunks=2, usage=usage,
                                        wait_for="mid-reasoning", wait_after=2))
         panel.send("q")
         await until(lambda: find(panel.widget, "autocoder-reasoning"), "the reasoning")
-        assert panel.state == "thinking" and ">thinking<" in panel._status.value
-        assert "tokens turn — ·" in panel._status.value
+        assert panel.state == "thinking" and ">thinking<" in status(panel)
+        assert "tokens turn — ·" in status(panel)
         fake_server.release("mid-reasoning")
         await panel.wait()
-        assert "tokens turn 1,234 in / 56 out" in panel._status.value
+        assert "tokens turn 1,234 in / 56 out" in status(panel)
 
         fake_server.enqueue(reply.text("word " * 50, chunks=50, wait_for="mid-answer", wait_after=5))
         panel.send("again")
         await until(lambda: "word" in html_of(panel.widget), "the first words")
-        assert panel.state == "answering" and ">answering<" in panel._status.value
-        assert "tokens turn — ·" in panel._status.value  # the last turn's numbers are gone, this one's unknown
+        assert panel.state == "answering" and ">answering<" in status(panel)
+        assert "tokens turn — ·" in status(panel)  # the last turn's numbers are gone, this one's unknown
         panel.stop()
         await panel.wait()
         fake_server.release("mid-answer")
-        assert panel.state == "idle" and "tokens turn — ·" in panel._status.value
-        assert "session 1,234 in / 56 out" in panel._status.value
+        assert panel.state == "idle" and "tokens turn — ·" in status(panel)
+        assert "session 1,234 in / 56 out" in status(panel)
 
     run(scenario)
 
@@ -243,11 +248,11 @@ def test_tool_card_title_is_one_line_with_the_full_arguments_folded(
 
 
 def test_tool_title_cuts_long_values() -> None:
-    title = _arguments_title({"command": "echo " + "x" * 300, "timeout": 5}, "")
+    title = arguments_title({"command": "echo " + "x" * 300, "timeout": 5}, "")
     assert title.startswith('command="echo xxx') and len(title) <= 120 and "…" in title
     assert title.endswith(", timeout=5")
-    assert _arguments_title({"content": "one line\n"}, "") == "content=<1 line>"
-    assert _arguments_title(None, '{"path": "a.txt",\n  "bad') == '{"path": "a.txt", "bad'
+    assert arguments_title({"content": "one line\n"}, "") == "content=<1 line>"
+    assert arguments_title(None, '{"path": "a.txt",\n  "bad') == '{"path": "a.txt", "bad'
 
 
 def write_call(path: str = "hello.txt", content: str = "hi\n") -> dict[str, Any]:
@@ -265,7 +270,7 @@ def test_approve_writes_the_file(fake_server: FakeLLMServer, tmp_path: Path) -> 
         fake_server.enqueue(write_call(), reply.text("Wrote it."))
         panel.send("create hello.txt")
         card = await approval_card(panel)
-        assert "+hi" in html_of(card) and "waiting for approval" in panel._status.value
+        assert "+hi" in html_of(card) and "waiting for approval" in status(panel)
         assert "Allow this change?" in html_of(card)
         assert not (tmp_path / "hello.txt").exists()
         find(card, "autocoder-approve")[0].click()
@@ -453,7 +458,7 @@ def test_reset_starts_a_new_conversation_with_a_new_id(fake_server: FakeLLMServe
         await until(lambda: panel.correlation_id != old_id, "a new id")
         await until(lambda: roles(panel) == ["notice"], "the transcript to be cleared")
         assert panel.correlation_id in panel.transcript[0]["text"]
-        assert panel.correlation_id in panel._status.value and old_id not in panel._status.value
+        assert panel.correlation_id in status(panel) and old_id not in status(panel)
         await panel.ask("second")
         request = fake_server.requests[-1]
         assert request.headers["x-correlation-id"] == panel.correlation_id
@@ -639,7 +644,7 @@ def test_updates_are_throttled_whatever_the_token_rate(fake_server: FakeLLMServe
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path))
         clock = FakeClock()
-        panel._clock = clock
+        panel.view.stream.clock = clock
         panel._begin_turn("q")
         for i in range(1000):  # 1,000 deltas in one simulated second
             panel._on_event(TextDelta(f"w{i} "))
@@ -662,12 +667,12 @@ def test_one_update_touches_the_same_widgets_after_10_or_1000_messages(
             panel._end_turn()
         panel._begin_turn("now")
         panel._on_event(TextDelta("start of a long answer\n\n"))
-        panel._flush()
+        panel.view.stream.flush()
         changes: list[str] = []
         for html_widget in _all_html(panel.widget):
             html_widget.observe(lambda change: changes.append(change["owner"].model_id), "value")
         panel._on_event(TextDelta("a new paragraph that grows"))
-        panel._flush()
+        panel.view.stream.flush()
         return len(set(changes))
 
     async def scenario() -> None:

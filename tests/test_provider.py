@@ -451,10 +451,10 @@ def test_retry_after_is_capped_at_sixty_seconds(fake_server: FakeLLMServer) -> N
 def test_backoff_grows_exponentially_with_jitter(fake_server: FakeLLMServer) -> None:
     provider = make_provider(fake_server, retry_base_delay=0.5)
     for retries, (low, high) in enumerate([(0.375, 0.5), (0.75, 1.0), (1.5, 2.0), (3.0, 4.0)], start=1):
-        delays = {provider.retry_delay(retries) for _ in range(20)}
+        delays = {provider.retry.delay(retries) for _ in range(20)}
         assert all(low <= d <= high for d in delays) and len(delays) > 1
-    assert provider.retry_delay(30) == 60.0
-    assert provider.retry_delay(1, retry_after=2.5) == 2.5
+    assert provider.retry.delay(30) == 60.0
+    assert provider.retry.delay(1, retry_after=2.5) == 2.5
 
 
 @pytest.mark.parametrize("status,error_type", [(400, BadRequest), (401, AuthenticationFailed),

@@ -388,6 +388,9 @@ def test_panel_offers_the_latest_saved_conversation_and_resumes_it(
         assert resume is panel._resume_button and resume.layout.display is None and resume.description == "Resume"
         assert "Two files." in html_of(find(panel.widget, "autocoder-assistant")[0])
         assert "print" in html_of(find(panel.widget, "autocoder-code")[0])  # with its Run / Copy buttons
+        # One rendering path: the saved card is drawn as the live one was (title, status, summary).
+        for css in ("autocoder-user", "autocoder-card-head", "autocoder-summary", "autocoder-assistant"):
+            assert html_of(find(panel.widget, css)[0]) == html_of(find(first.widget, css)[0]), css
         resume.click()
         await until(lambda: panel.correlation_id == old_id, "the resumed id")
         assert resume.layout.display == "none" and "Resumed conversation" in panel.transcript[-1]["text"]
@@ -547,9 +550,10 @@ def test_the_panel_pages_through_the_saved_conversations_of_its_notebook(
                     "the second page")
         entries = find(panel.widget, "autocoder-saved-entry")
         assert len(entries) == 10 and find(panel.widget, "autocoder-saved-older")[0].disabled
-        entries[-1].click()  # the oldest of this notebook: 1
-        await until(lambda: panel._resume_button.layout.display is None, "the chosen conversation with Resume")
-        assert roles(panel)[:2] == ["notice", "user"] and panel.transcript[1]["text"] == "question 1"
+        entries[-1].click()  # the oldest of this notebook: 1 (the click is handed over to the loop, like every click)
+        await until(lambda: len(panel.transcript) > 1 and panel.transcript[1]["text"] == "question 1",
+                    "the chosen conversation")
+        assert roles(panel)[:2] == ["notice", "user"] and panel._resume_button.layout.display is None
         panel._resume_button.click()
         await until(lambda: panel.correlation_id.startswith("00000001-"), "the resumed conversation")
 

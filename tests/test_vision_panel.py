@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from test_panel import find, html_of, run, until
+from test_panel import find, html_of, run, status, until
 
 from auto_coder_nb.config import load_config
 from auto_coder_nb.panel import ChatPanel
@@ -81,12 +81,12 @@ def test_tool_images_show_as_thumbnails_and_the_header_shows_the_context(fake_se
 
     async def scenario() -> None:
         panel = ChatPanel(make_session(fake_server, tmp_path, vision=True), namespace={})
-        assert "autocoder-context" not in panel._status.value
+        assert "autocoder-context" not in status(panel)
         await panel.ask("draw")
         thumbs = find(panel.widget, "autocoder-thumbs")
         assert len(thumbs) == 1 and "draw image 1: PNG 200x100" in html_of(thumbs[0])
         assert len(image_urls(fake_server.chat_requests[1].json["messages"][-1])) == 1
-        assert "autocoder-context" in panel._status.value and "% of 32k" in panel._status.value  # the tooltip
-        assert ">context " in panel._status.value
+        assert "autocoder-context" in status(panel) and "% of 32k" in status(panel)  # the tooltip
+        assert ">context " in status(panel)
 
     run(scenario)

@@ -5,16 +5,13 @@ go with the next message. Also the thumbnails of images in the transcript (attac
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 
 from ..images import Image, ImageError
-from .parts import _box, _button, _html
-
-if TYPE_CHECKING:
-    from .chat import ChatPanel
+from .parts import make_box, make_button, make_html
+from .view import PanelView
 
 
 def thumbnails_html(images: Sequence[Image]) -> str:
@@ -24,48 +21,43 @@ def thumbnails_html(images: Sequence[Image]) -> str:
 
 
 class Attachments:
-    def __init__(self, panel: ChatPanel) -> None:
-        self.panel = panel
+    def __init__(self, view: PanelView, resolve: Callable[[str], Image]) -> None:
+        self.view = view
+        self.resolve = resolve  # a name to an image (raises ImageError): the face knows where names live
         self.images: list[Image] = []
         self.name = widgets.Text(placeholder="Attach an image: a file, a variable or last",
                                  continuous_update=False, layout=widgets.Layout(width="auto", flex="1 1 auto"))
         self.name.add_class("autocoder-attach-name")
-        self.button = _button("Attach", "", "autocoder-attach", "Send an image with the next message (vision models)")
-        self.button.on_click(panel._handover(lambda: self.start(self.name.value)))
-        self.shown = _html("", "autocoder-attachments")
-        self.widget = _box([self.name, self.button, self.shown], "autocoder-attach-row", horizontal=True)
+        self.button = make_button("Attach", "", "autocoder-attach",
+                                  "Send an image with the next message (vision models)")
+        self.button.on_click(view.handover(lambda: self.start(self.name.value)))
+        self.shown = make_html("", "autocoder-attachments")
+        self.widget = make_box([self.name, self.button, self.shown], "autocoder-attach-row", horizontal=True)
 
     def start(self, name: str) -> None:
         """Add `name` in a task on the panel's loop (checking vision may ask the server)."""
-        self.panel._loop.create_task(self.add(name))
+        self.view.loop.create_task(self.add(name))
 
     async def add(self, name: str) -> None:
         """Check and add an image; a refusal (no vision, not an image, missing...) shows as an error line."""
         name = name.strip()
         if not name:
             return
-        panel = self.panel
+        view = self.view
         try:
-            if not await panel.session.agent.sees_images():
-                panel._error(panel.session.agent.no_vision_message())
+            if not await view.session.agent.sees_images():
+                view.error(view.session.agent.no_vision_message())
                 return
-            image = self._resolve(name)
+            image = self.resolve(name)
         except ImageError as exc:
-            panel._error(str(exc))
+            view.error(str(exc))
             return
         except Exception as exc:  # a task's error would only reach the log console
-            panel._error(f"Attach failed: {type(exc).__name__}: {exc}")
+            view.error(f"Attach failed: {type(exc).__name__}: {exc}")
             return
         self.images.append(image)
         self.name.value = ""
         self._show()
-
-    def _resolve(self, name: str) -> Image:
-        if self.panel._shares_kernel_session:
-            from ..kernel import attach
-
-            return attach(self.panel.session, name)
-        return self.panel.session.attach(name, self.panel._namespace)
 
     def take(self) -> list[Image]:
         """The attached images, for the message being sent; the control empties."""

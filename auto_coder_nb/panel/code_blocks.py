@@ -6,54 +6,42 @@ from __future__ import annotations
 
 import asyncio
 import html
-from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
 from ..approvals import Allowance
 from ..text import PYTHON_FENCE_LANGUAGES, scrub
 from ..tools.registry import ToolError
-from .parts import _append, _box, _button, _clip, _html, _short, _ToolCard
-
-if TYPE_CHECKING:
-    from .chat import ChatPanel
+from .asking import Questions
+from .parts import ToolCard, append_child, clip, code_html, make_box, make_button, make_html, short
+from .view import PanelView
 
 RUN_TOOL = "run_code"
 NO_RUN_TOOL = ("This session has no run_code tool (the panel runs outside a kernel, or the site configuration "
                "does not allow run_code)")
 
 
-def code_html(code: str, language: str = "") -> str:
-    label = f'<span class="autocoder-lang">{html.escape(language)}</span>' if language else "<span></span>"
-    buttons = (
-        '<span><button class="autocoder-copy" title="Copy to the clipboard" '
-        'onclick="window.autocoder &amp;&amp; autocoder.copy(this)">Copy</button> '
-        '<button class="autocoder-insert" title="Insert as a new cell below the panel" '
-        'onclick="window.autocoder &amp;&amp; autocoder.insert(this)">Insert below</button></span>'
-    )
-    return f'<div class="autocoder-codehead">{label}{buttons}</div><pre><code>{html.escape(code)}</code></pre>'
-
-
 class CodeBlocks:
-    def __init__(self, panel: ChatPanel) -> None:
-        self.panel = panel
+    def __init__(self, view: PanelView, questions: Questions) -> None:
+        self.view = view
+        self.questions = questions
 
     def widget(self, code: str, language: str) -> widgets.Widget:
         """The block with its Copy / Insert below buttons and, for Python, Run."""
-        run = _button("Run", "", "autocoder-run", "Run this code in the kernel (asks first in ask mode)")
-        result = _html("", "autocoder-summary")
-        box = _box([_html(code_html(code, language)), _box([run], "autocoder-code-actions", horizontal=True)],
-                   "autocoder-code")
+        run = make_button("Run", "", "autocoder-run", "Run this code in the kernel (asks first in ask mode)")
+        result = make_html("", "autocoder-summary")
+        box = make_box([make_html(code_html(code, language)),
+                        make_box([run], "autocoder-code-actions", horizontal=True)], "autocoder-code")
         if language not in PYTHON_FENCE_LANGUAGES:
             run.disabled, run.tooltip = True, f"Only Python runs in the kernel (this block is {language})"
-        elif RUN_TOOL not in self.panel.session.tools:
+        elif RUN_TOOL not in self.view.session.tools:
             run.disabled, run.tooltip = True, NO_RUN_TOOL
         else:
-            run.on_click(self.panel._handover(lambda: self._run(code, box, result)))
+            run.on_click(self.view.handover(lambda: self._run(code, box, result)))
         return box
 
     def _run(self, code: str, box: widgets.Box, result: widgets.HTML) -> None:
-        session = self.panel.session
+        session = self.view.session
         tool = session.tools.get(RUN_TOOL)
         if tool is None:  # the configuration changed since the answer
             self._show(box, result, NO_RUN_TOOL + ".")
@@ -66,7 +54,7 @@ class CodeBlocks:
         if decision == "allow":
             self._execute(code, box, result)
             return
-        card = _ToolCard("", RUN_TOOL, _clip(code.strip().split("\n", 1)[0], 80))
+        card = ToolCard("", RUN_TOOL, clip(code.strip().split("\n", 1)[0], 80))
         card.status("waiting for approval", "autocoder-card-ask")
 
         def always() -> None:
@@ -74,28 +62,28 @@ class CodeBlocks:
             self._execute(code, box, result, card)
 
         # No model waits on this run, so a denial has no one to tell.
-        card.buttons = self.panel._tools.approval_buttons(lambda: self._execute(code, box, result, card), always,
-                                                          lambda _reason: None, card, allowance.describe())
-        card.box.children = (*card.box.children, _box(card.buttons, "autocoder-approval", horizontal=True))
-        _append(box, card.box)
+        card.buttons = self.questions.buttons(lambda: self._execute(code, box, result, card), always,
+                                              lambda _reason: None, card, allowance.describe())
+        card.box.children = (*card.box.children, make_box(card.buttons, "autocoder-approval", horizontal=True))
+        append_child(box, card.box)
 
-    def _execute(self, code: str, box: widgets.Box, result: widgets.HTML, card: _ToolCard | None = None) -> None:
+    def _execute(self, code: str, box: widgets.Box, result: widgets.HTML, card: ToolCard | None = None) -> None:
         asyncio.ensure_future(self._run_tool(code, box, result, card))
 
-    async def _run_tool(self, code: str, box: widgets.Box, result: widgets.HTML, card: _ToolCard | None) -> None:
+    async def _run_tool(self, code: str, box: widgets.Box, result: widgets.HTML, card: ToolCard | None) -> None:
         """Through the run_code tool, exactly as when the model calls it."""
-        session = self.panel.session
+        session = self.view.session
         try:
             output = await session.tools.run(RUN_TOOL, {"code": code})
             text, failed = output.text, output.failed
         except ToolError as exc:
             text, failed = str(exc), True
         text = scrub(text, session.secret_values())  # as the agent does with every tool result
-        self._show(box, result, _short(text, 4000) or "(no output)", "<b>Output</b>\n")
+        self._show(box, result, short(text, 4000) or "(no output)", "<b>Output</b>\n")
         if card is not None:
             card.status("error" if failed else "done", "autocoder-card-error" if failed else "autocoder-card-ok")
 
     def _show(self, box: widgets.Box, result: widgets.HTML, text: str, head: str = "") -> None:
         result.value = head + html.escape(text)
         if result not in box.children:
-            _append(box, result)
+            append_child(box, result)

@@ -14,85 +14,84 @@ import ipywidgets as widgets
 from ..events import ApprovalRequest, ToolResult
 from ..rewind import RewindRefused
 from ..tools.registry import ToolError
-from .parts import RUNNING_TOOL, THINKING, WAITING, _box, _button, _diff_html, _html, _ToolCard
+from .asking import Questions
+from .parts import RUNNING_TOOL, THINKING, WAITING, ToolCard, diff_html, make_box, make_button, make_html
+from .view import PanelView
 
 if TYPE_CHECKING:
     from ..cell_changes import CellChange
     from ..rewind import Turn
-    from .chat import ChatPanel
-    from .tools import ToolCards
 
 
 def cell_card(change: CellChange) -> widgets.VBox:
     """One cell's change: what happens to which cell, and its diff."""
-    head = _html(f"<b>{html.escape(change.action)}</b> {html.escape(change.describe())}", "autocoder-cell-head")
-    return _box([head, _html(_diff_html(change.diff()), "autocoder-preview")], "autocoder-cell")
+    head = make_html(f"<b>{html.escape(change.action)}</b> {html.escape(change.describe())}", "autocoder-cell-head")
+    return make_box([head, make_html(diff_html(change.diff()), "autocoder-preview")], "autocoder-cell")
 
 
 class CellReview:
     """The cell cards of one panel: approvals of notebook changes, Revert buttons, Rewind to here."""
 
-    def __init__(self, panel: ChatPanel, cards: ToolCards) -> None:
-        self.panel = panel
-        self.cards = cards
+    def __init__(self, view: PanelView, questions: Questions, ask_again: Callable[[str], None],
+                 in_kernel: bool) -> None:
+        self.view = view
+        self.questions = questions
+        self.ask_again = ask_again  # a rewound turn's prompt goes back into the input
+        self.in_kernel = in_kernel  # the kernel's own session: its cells can be re-run
         self.reverts: list[tuple[CellChange, widgets.Button]] = []  # offered until the turn after next
 
     # -- asking: Accept / Accept & Run / Reject -------------------------------------------------------
 
-    def ask(self, request: ApprovalRequest, card: _ToolCard) -> None:
+    def ask(self, request: ApprovalRequest, card: ToolCard) -> None:
         card.status("waiting for approval", "autocoder-card-ask")
-        card.question = _html(f"Apply this change to {len(request.cells)} cell(s)?", "autocoder-question")
+        card.question = make_html(f"Apply this change to {len(request.cells)} cell(s)?", "autocoder-question")
         reason = widgets.Text(placeholder="Reason for the model (optional)", continuous_update=False)
         reason.add_class("autocoder-reason")
-        accept = _button("Accept", "success", "autocoder-accept", "Apply the change")
-        run = _button("Accept & Run", "success", "autocoder-accept-run", "Apply the change, then run the cell")
-        reject = _button("Reject", "danger", "autocoder-reject", "Leave the cell as it is; the model hears why")
+        accept = make_button("Accept", "success", "autocoder-accept", "Apply the change")
+        run = make_button("Accept & Run", "success", "autocoder-accept-run", "Apply the change, then run the cell")
+        reject = make_button("Reject", "danger", "autocoder-reject", "Leave the cell as it is; the model hears why")
         run.layout.display = None if request.can_run else "none"
         card.buttons = [accept, run, reject]
 
         def answer(act: Callable[[], None], note: str, denied: bool = False) -> Callable[[], None]:
             def on_loop() -> None:
-                if card.answered:
-                    return
-                if card in self.cards.open:
-                    self.cards.open.remove(card)
                 why = reason.value.strip()
                 card.denied = denied
                 card.close_approval(f"Rejected: {why}" if denied and why else note)
                 card.status("rejected" if denied else "running", "autocoder-card-denied" if denied else None)
                 act()
-                if self.panel.running:
-                    self.panel._set_state(THINKING if denied else RUNNING_TOOL, card.name)
+                if self.view.running():
+                    self.view.set_state(THINKING if denied else RUNNING_TOOL, card.name)
 
-            return on_loop
+            return self.questions.once(card, on_loop)
 
-        accept.on_click(self.panel._handover(answer(request.approve, "Accepted.")))
-        run.on_click(self.panel._handover(answer(request.accept_and_run, "Accepted; the cell runs next.")))
-        reject.on_click(self.panel._handover(answer(lambda: request.deny(reason.value.strip()), "Rejected.",
+        accept.on_click(self.view.handover(answer(request.approve, "Accepted.")))
+        run.on_click(self.view.handover(answer(request.accept_and_run, "Accepted; the cell runs next.")))
+        reject.on_click(self.view.handover(answer(lambda: request.deny(reason.value.strip()), "Rejected.",
                                                     denied=True)))
-        row = _box([accept, run, reason, reject], "autocoder-approval", horizontal=True)
+        row = make_box([accept, run, reason, reject], "autocoder-approval", horizontal=True)
         cells = [cell_card(change) for change in request.cells]
         card.box.children = (*card.box.children, card.question, *cells, row)
-        self.cards.open.append(card)
-        self.panel._set_state(WAITING, request.tool)
+        self.questions.asked(card)
+        self.view.set_state(WAITING, request.tool)
 
     # -- applied at once: Revert ---------------------------------------------------------------------
 
-    def applied(self, result: ToolResult, card: _ToolCard, asked: bool) -> None:
+    def applied(self, result: ToolResult, card: ToolCard, asked: bool) -> None:
         """The cells a call changed; without an approval (asked=False) each gets its card and a Revert button."""
         if asked:
             return
         for change in result.cells:
             box = cell_card(change)
-            revert = _button("Revert", "warning", "autocoder-revert",
-                             "Put the cell back as it was (offered until the turn after next)")
-            revert.on_click(self.panel._handover(functools.partial(self._revert, change, box, revert)))
+            revert = make_button("Revert", "warning", "autocoder-revert",
+                                 "Put the cell back as it was (offered until the turn after next)")
+            revert.on_click(self.view.handover(functools.partial(self._revert, change, box, revert)))
             box.children = (*box.children, revert)
             self.reverts.append((change, revert))
             card.box.children = (*card.box.children, box)
 
     def _revert(self, change: CellChange, box: widgets.VBox, button: widgets.Button) -> None:
-        cells = self.panel.session.cells
+        cells = self.view.session.cells
         assert cells is not None
         try:
             note = cells.revert(change.number)
@@ -100,12 +99,12 @@ class CellReview:
             note = str(exc)
         else:
             button.disabled = True
-        box.children = (*[child for child in box.children if child is not button], _html(html.escape(note),
-                                                                                           "autocoder-outcome"))
+        outcome = make_html(html.escape(note), "autocoder-outcome")
+        box.children = (*[child for child in box.children if child is not button], outcome)
 
     def expire(self) -> None:
         """A turn began: Revert leaves the changes of the turn before last."""
-        cells = self.panel.session.cells
+        cells = self.view.session.cells
         for change, button in list(self.reverts):
             if cells is None or not cells.revertible(change):
                 button.disabled = True
@@ -116,50 +115,50 @@ class CellReview:
 
     def offer_rewind(self, turn_box: widgets.Box, turn: Turn, start: widgets.Widget) -> None:
         """A finished turn gets Rewind to here (back to before it); `start` is its first widget in the transcript."""
-        button = _button("Rewind to here", "", "autocoder-rewind",
-                         "Go back to before this turn: the conversation, the files and the notebook cells the agent "
-                         "changed since")
-        button.on_click(self.panel._handover(lambda: self.rewind(turn, start, False)))
+        button = make_button("Rewind to here", "", "autocoder-rewind",
+                             "Go back to before this turn: the conversation, the files and the notebook cells the "
+                             "agent changed since")
+        button.on_click(self.view.handover(lambda: self.rewind(turn, start, False)))
         turn_box.children = (*turn_box.children, button)
 
     def rewind(self, turn: Turn, start: widgets.Widget, force: bool) -> None:
-        panel = self.panel
-        if panel.running:
-            panel._notice("A turn is running: rewind when it has ended.")
+        view = self.view
+        if view.running():
+            view.notice("A turn is running: rewind when it has ended.")
             return
-        turns = panel.session.turns
+        turns = view.session.turns
         if turns is None or not any(kept is turn for kept in turns.current()):  # rewound already (a magic?)
-            panel._error("That turn is no longer in the conversation: it was rewound, or the conversation changed.")
+            view.error("That turn is no longer in the conversation: it was rewound, or the conversation changed.")
             return
         try:
-            outcome = panel.session.rewind(turn.number, force)
+            outcome = view.session.rewind(turn.number, force)
         except RewindRefused as exc:
-            panel._error(str(exc))
+            view.error(str(exc))
             if "--force" in str(exc):
-                anyway = _button("Rewind anyway", "danger", "autocoder-rewind-force",
-                                 "Rewind even what was changed since (it is kept beside its file)")
-                anyway.on_click(panel._handover(lambda: self.rewind(turn, start, True)))
-                panel._show_line(anyway)
+                anyway = make_button("Rewind anyway", "danger", "autocoder-rewind-force",
+                                     "Rewind even what was changed since (it is kept beside its file)")
+                anyway.on_click(view.handover(lambda: self.rewind(turn, start, True)))
+                view.show_line(anyway)
             return
-        panel._cut_transcript(start)
-        panel._input.value = outcome.prompt  # to ask again, changed or not
-        panel._notice(outcome.message)
-        if outcome.rerun and outcome.notebook and panel._shares_kernel_session:
-            rerun = _button(f"Re-run {len(outcome.rerun)} cell(s)", "info", "autocoder-rerun",
-                            "Run the cells that define the stale variables again")
-            rerun.on_click(panel._handover(functools.partial(self._rerun, outcome.notebook,
-                                                             [cell_id for _, cell_id in outcome.rerun], rerun)))
-            panel._show_line(rerun)
-        panel._show_status()
+        view.cut(start)
+        self.ask_again(outcome.prompt)  # to ask again, changed or not
+        view.notice(outcome.message)
+        if outcome.rerun and outcome.notebook and self.in_kernel:
+            rerun = make_button(f"Re-run {len(outcome.rerun)} cell(s)", "info", "autocoder-rerun",
+                                "Run the cells that define the stale variables again")
+            rerun.on_click(view.handover(functools.partial(self._rerun, outcome.notebook,
+                                                           [cell_id for _, cell_id in outcome.rerun], rerun)))
+            view.show_line(rerun)
+        view.status.show()
 
     def _rerun(self, notebook: str, cell_ids: list[str], button: widgets.Button) -> None:
         from ..kernel import rerun_cells
 
-        if self.panel.running:
-            self.panel._notice("A turn is running: re-run the cells when it has ended.")
+        if self.view.running():
+            self.view.notice("A turn is running: re-run the cells when it has ended.")
             return
         button.disabled = True
         try:
-            self.panel._notice(rerun_cells(notebook, cell_ids))
+            self.view.notice(rerun_cells(notebook, cell_ids))
         except ToolError as exc:
-            self.panel._error(str(exc))
+            self.view.error(str(exc))
