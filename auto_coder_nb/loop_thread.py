@@ -1,8 +1,8 @@
 """An asyncio event loop on a daemon thread of its own.
 
 For work that must neither wait on nor block the caller's loop: the kernel's turns, the notebook's collaboration
-room, the doctor (called from inside IPython's running loop), each ACP session. Daemon, so a request that will not
-end never keeps the process alive.
+room, the doctor (called from inside IPython's running loop), each ACP session, the MCP servers' clients.
+Daemon, so a request that will not end never keeps the process alive.
 """
 
 from __future__ import annotations

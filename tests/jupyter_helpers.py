@@ -81,15 +81,19 @@ class Jupyter:
             client.stop_channels()
 
     def wait_for_connected_kernel(self, notebook: str) -> None:
-        """Until the server says the notebook's kernel is idle with a client connected (the page's websocket):
-        before that, Run All in the page does nothing, and the page's own indicators may already say idle."""
-        for _ in range(1200):
-            sessions = self.api("GET", "api/sessions").json()
-            kernels = [s["kernel"] for s in sessions if s.get("path") == notebook and s.get("kernel")]
-            if any(k.get("execution_state") == "idle" and k.get("connections", 0) >= 1 for k in kernels):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"the kernel of {notebook} did not become ready within two minutes")
+        wait_for_connected_kernel(lambda: self.api("GET", "api/sessions").json(), notebook)
+
+
+def wait_for_connected_kernel(sessions: Callable[[], list[dict[str, Any]]], notebook: str) -> None:
+    """Until a server's `sessions` (its api/sessions) say the notebook's kernel is idle with a client connected (the
+    page's websocket): before that, Run All in the page does nothing, and the page's own indicators may already say
+    idle."""
+    for _ in range(1200):
+        kernels = [s["kernel"] for s in sessions() if s.get("path") == notebook and s.get("kernel")]
+        if any(k.get("execution_state") == "idle" and k.get("connections", 0) >= 1 for k in kernels):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the kernel of {notebook} did not become ready within two minutes")
 
 
 def user_settings(folder: Path) -> Path:

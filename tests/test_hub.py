@@ -249,7 +249,7 @@ PANEL_NOTEBOOK = {
 @needs_chromium
 def test_the_panel_through_the_hubs_proxy_in_a_browser(team: Team) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-    from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS
+    from jupyter_helpers import CHROMIUM, CHROMIUM_ARGS, wait_for_connected_kernel
 
     hub, llm, name = team.hub, team.llm, team.name("ana")
     settings = ".jupyter/lab/user-settings/@jupyterlab"
@@ -273,6 +273,9 @@ def test_the_panel_through_the_hubs_proxy_in_a_browser(team: Team) -> None:
             page.fill("input[name=password]", "any password")
             page.click("[type=submit]")
             page.wait_for_selector(".jp-StatusBar-TextItem:has-text('| Idle')")
+            # The status bar can say Idle before the page's kernel websocket is up, and Run All then runs nothing.
+            wait_for_connected_kernel(lambda: team.servers["ana"].client.get("api/sessions").json(),
+                                      "team/panel.ipynb")
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
             page.wait_for_selector(".autocoder-panel .autocoder-input")

@@ -73,16 +73,15 @@ def _scenario(page: Any, lab: Jupyter, name: str, llm: FakeLLMServer, ids: list[
     page.goto(f"{address}?token={lab.token}")
     cells = page.locator(".jp-Notebook .jp-Cell")
     expect(cells).to_have_count(3)
-    # A run sent before the kernel is connected is dropped (nothing says when it is): run the first cell until it
-    # has run, then the other two in place (Shift+Enter on the last cell would add one).
-    for _ in range(12):
-        cells.nth(0).locator(".cm-content").click()
-        page.keyboard.press("Control+Enter")
-        try:
-            expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("1", timeout=5_000)
-            break
-        except AssertionError:
-            continue
+    # A run sent before the page's kernel connection is up is dropped (the page may already say idle): wait until
+    # the server says the kernel is idle with the page connected, then run the cells in place (Shift+Enter on the
+    # last cell would add one).
+    lab.wait_for_connected_kernel(name)
+    page.wait_for_selector(".jp-StatusBar-TextItem:has-text('(ipykernel) | Idle')" if app == "lab"
+                           else ".jp-Notebook-ExecutionIndicator[data-status='idle']")  # and the page follows
+    cells.nth(0).locator(".cm-content").click()
+    page.keyboard.press("Control+Enter")
+    expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
     for index in (1, 2):
         cells.nth(index).locator(".cm-content").click()
         page.keyboard.press("Control+Enter")

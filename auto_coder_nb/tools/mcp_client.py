@@ -17,7 +17,6 @@ import json
 import os
 import re
 import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..config import MCP_SERVERS, McpServerConfig
+from ..loop_thread import LoopThread
 from ..providers.base import MAX_ARGUMENT_DEPTH, ToolDefinition, ToolKind, nested_deeper_than
 from ..text import hide_secrets, truncate
 from .registry import ToolError, ToolRegistry
@@ -89,8 +89,7 @@ class McpServers:
         self.servers = {name: McpServerStatus(name, config) for name, config in servers.items()}
         self._refuse = refuse
         self._http_options = http_options
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: LoopThread | None = None
         self._closed = False
 
     # -- starting and stopping (from the caller's thread) -----------------------------------------
@@ -116,49 +115,39 @@ class McpServers:
             for server in pending:
                 self._fail(server, "failed", INSTALL_HINT)
             return
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="auto-coder-mcp", daemon=True)
-        self._thread.start()
+        runner = self._runner = LoopThread("auto-coder-mcp")
         atexit.register(self.close)
-        futures = [asyncio.run_coroutine_threadsafe(self._open(server), self._loop) for server in pending]
+        futures = [runner.submit(self._open(server)) for server in pending]
         longest = max(server.config.startup_timeout for server in pending)
         concurrent.futures.wait(futures, timeout=longest + STOP_SECONDS)
 
     def close(self) -> None:
         """Stop every server and the background thread (from synchronous code, or at exit)."""
-        loop = self._begin_close()
-        if loop is None:
+        runner = self._begin_close()
+        if runner is None:
             return
         with suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._stop_all(), loop).result(STOP_SECONDS + 1)
-        self._end_close(loop)
+            runner.submit(self._stop_all()).result(STOP_SECONDS + 1)
+        runner.stop(STOP_SECONDS)
 
     async def aclose(self) -> None:
         """close() for async code: the caller's loop keeps running while the servers stop."""
-        loop = self._begin_close()
-        if loop is None:
+        runner = self._begin_close()
+        if runner is None:
             return
         with suppress(Exception):
-            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._stop_all(), loop)),
-                                   STOP_SECONDS + 1)
-        self._end_close(loop)
+            await asyncio.wait_for(asyncio.wrap_future(runner.submit(self._stop_all())), STOP_SECONDS + 1)
+        runner.stop(STOP_SECONDS)
 
-    def _begin_close(self) -> asyncio.AbstractEventLoop | None:
+    def _begin_close(self) -> LoopThread | None:
         for server in self.servers.values():
             self._unregister(server)
-        if self._closed or self._loop is None:
+        if self._closed or self._runner is None:
             self._closed = True
             return None
         self._closed = True
         atexit.unregister(self.close)
-        return self._loop
-
-    def _end_close(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(STOP_SECONDS)
-        if not loop.is_running():
-            loop.close()
+        return self._runner
 
     # -- on the background loop --------------------------------------------------------------------
 
@@ -265,10 +254,9 @@ class McpServers:
 
     def _handler(self, server: McpServerStatus, tool: str) -> Callable[..., Any]:
         async def call(**arguments: Any) -> str:
-            if self._closed or self._loop is None:
+            if self._closed or self._runner is None:
                 raise ToolError(f"The MCP server {server.name} was closed with its session.")
-            future = asyncio.run_coroutine_threadsafe(self._call(server, tool, arguments), self._loop)
-            return await asyncio.wrap_future(future)
+            return await asyncio.wrap_future(self._runner.submit(self._call(server, tool, arguments)))
 
         return call
 
