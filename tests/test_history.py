@@ -4,7 +4,6 @@ exports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -256,13 +255,7 @@ def test_images_are_saved_as_a_note_not_as_data(fake_server: FakeLLMServer, root
     session = make_session(fake_server, root)
     session.agent.vision = True
     image = fit_image(png(32, 32), "plot.png", 1024)
-
-    async def ask() -> None:
-        async for _ in session.agent.run("what is in this plot?", [image]):
-            pass
-        await session.aclose()
-
-    asyncio.run(ask())
+    run_turn(session, "what is in this plot?", images=[image])
     assert fake_server.chat_requests[-1].json["messages"][1]["content"][1]["type"] == "image_url"  # it was sent
     [path] = saved_files(data_dir)
     assert "base64" not in path.read_text()
