@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from team_site import team_site
 from turns import approve, run_turn
 
 from auto_coder_nb.agent import TurnOptions
@@ -27,17 +28,8 @@ from auto_coder_nb.trust import record
 
 HUB_TOKEN = "hub-token-5d1e0b7a93c4"
 GATEWAY_KEY = "team-gateway-key-81c2f0"
-# The site file of a team: endpoint, key from the spawner's environment, who is asking; all locked.
-SITE = """
-llm:
-  base_url: {base_url}
-  model: team-model
-  api_key: ${{TEAM_GATEWAY_KEY}}
-  user: ${{JUPYTERHUB_USER}}
-  user_header: X-User
-  user_field: true
-locked: [llm.base_url, llm.model, llm.api_key, llm.tool_calling, llm.user, llm.user_header, llm.user_field]
-"""
+# The team's site file (tests/team_site.py) here locks the tool-calling mode too, so a turn cannot pick its own.
+MORE_LOCKED = ("llm.tool_calling",)
 
 
 @pytest.fixture
@@ -53,7 +45,7 @@ def home(tmp_path: Path) -> Path:
 def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path, fake_server: FakeLLMServer) -> Path:
     """This process as a kernel in Ana's server on a hub: the spawner's variables, the site file, the gateway key."""
     site = tmp_path / "site.yaml"
-    site.write_text(SITE.format(base_url=fake_server.base_url))
+    site.write_text(team_site(fake_server.base_url, *MORE_LOCKED))
     for name, value in {"JUPYTERHUB_USER": "anabel", "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
                         "JUPYTERHUB_API_TOKEN": HUB_TOKEN, "JPY_API_TOKEN": HUB_TOKEN,
                         "JUPYTERHUB_SERVER_NAME": "", "TEAM_GATEWAY_KEY": GATEWAY_KEY,
@@ -67,7 +59,7 @@ def errors(events: list[Event]) -> list[str]:
 
 
 def test_a_turn_cannot_change_what_the_site_locks(hub_env: Path, home: Path, fake_server: FakeLLMServer) -> None:
-    hub_env.write_text(hub_env.read_text().replace("llm.tool_calling,", "llm.tool_calling, agent.approval_mode,"))
+    hub_env.write_text(team_site(fake_server.base_url, *MORE_LOCKED, "agent.approval_mode"))
     (home / ".auto-coder.yaml").write_text("llm:\n  model: my-model\nagent:\n  approval_mode: full-auto\n")
     config = load_config(cwd=home, home=home)
     assert config.llm.model == "team-model" and config.agent.approval_mode == "ask"
