@@ -4,10 +4,10 @@ cancellation, and histories that a strict server accepts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from turns import Answer, run_turn
 
 from auto_coder_nb.agent import Agent
 from auto_coder_nb.approvals import ApprovalPolicy
@@ -83,18 +83,11 @@ class Harness:
         await asyncio.sleep(seconds)
         return text.upper()
 
-    def turn(self, message: str, answer: Callable[[ApprovalRequest], None] | None = None) -> list[Event]:
-        async def collect() -> list[Event]:
-            events: list[Event] = []
-            async for event in self.agent.run(message):
-                events.append(event)
-                if isinstance(event, ApprovalRequest):
-                    assert answer is not None, "unexpected approval request"
-                    answer(event)
-            await self.provider.aclose()
-            return events
+    def turn(self, message: str, answer: Answer | None = None) -> list[Event]:
+        return run_turn(self, message, answer)
 
-        return asyncio.run(collect())
+    async def aclose(self) -> None:
+        await self.provider.aclose()
 
     @property
     def last_messages(self) -> list[dict[str, Any]]:

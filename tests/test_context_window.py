@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import DEFAULT_CONTEXT_WINDOW, Config
 from auto_coder_nb.events import Event, Notice, TurnDone
@@ -25,15 +26,6 @@ def make_session(server: FakeLLMServer, root: Path, **agent: Any) -> Session:
     for key, value in agent.items():
         setattr(config.agent, key, value)
     return Session.create(config, working_dir=root)
-
-
-def run_turn(session: Session, message: str = "hi") -> list[Event]:
-    async def collect() -> list[Event]:
-        events = [event async for event in session.agent.run(message)]
-        await session.aclose()
-        return events
-
-    return asyncio.run(collect())
 
 
 def window_of(events: list[Event]) -> int:
@@ -82,7 +74,7 @@ def test_the_window_comes_from_the_server(fake_server: FakeLLMServer, root: Path
     for (method, path), handler in routes_for(kind, 8192).items():
         fake_server.route(method, path, handler)
     session = make_session(fake_server, root)
-    events = run_turn(session)
+    events = run_turn(session, "hi")
     assert window_of(events) == 8192
     assert "of 8192" in str(session.agent.context_usage())
     window, source = asyncio.run(session.agent.context_window())
@@ -98,13 +90,13 @@ def test_lying_windows_are_ignored(fake_server: FakeLLMServer, root: Path, kind:
         lie = "8192 tokens"  # Ollama's parameters are text already: text where only a number belongs
     for (method, path), handler in routes_for(kind, lie).items():
         fake_server.route(method, path, handler)
-    assert window_of(run_turn(make_session(fake_server, root))) == DEFAULT_CONTEXT_WINDOW
+    assert window_of(run_turn(make_session(fake_server, root), "hi")) == DEFAULT_CONTEXT_WINDOW
 
 
 def test_a_window_larger_than_the_model_was_trained_for_is_cut_down_to_it(fake_server: FakeLLMServer,
                                                                         root: Path) -> None:
     fake_server.route("POST", "/api/show", ollama_show("num_ctx 65536", trained=8192))
-    assert window_of(run_turn(make_session(fake_server, root))) == 8192
+    assert window_of(run_turn(make_session(fake_server, root), "hi")) == 8192
 
 
 def test_a_silent_or_slow_server_gives_the_default(fake_server: FakeLLMServer, root: Path,
@@ -112,7 +104,7 @@ def test_a_silent_or_slow_server_gives_the_default(fake_server: FakeLLMServer, r
     monkeypatch.setattr(capabilities, "PROBE_TIMEOUT", 0.5)  # the probe's own limit, shorter for the test
     fake_server.route("GET", "/props", lambda request: reply.json_body({}, wait_for="never"))
     try:
-        events = run_turn(make_session(fake_server, root))
+        events = run_turn(make_session(fake_server, root), "hi")
     finally:
         fake_server.release("never")
     assert window_of(events) == DEFAULT_CONTEXT_WINDOW
@@ -122,7 +114,7 @@ def test_a_silent_or_slow_server_gives_the_default(fake_server: FakeLLMServer, r
 def test_agent_context_window_overrides_the_server_and_shortening_follows_the_server(
         fake_server: FakeLLMServer, root: Path) -> None:
     fake_server.route("GET", "/props", llama_cpp_props(8192))
-    assert window_of(run_turn(make_session(fake_server, root, context_window=4000))) == 4000
+    assert window_of(run_turn(make_session(fake_server, root, context_window=4000), "hi")) == 4000
     # With the server's small window, a long history is shortened before the request (the default would not).
     session = make_session(fake_server, root)
     for number in range(12):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
+
+from turns import run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.events import ToolResult
@@ -47,13 +48,7 @@ def test_seed_example_registers_a_tool_the_agent_can_call(tmp_path: Path) -> Non
         config = Config()
         config.llm.base_url = server.base_url
         session = Session.create(config, working_dir=tmp_path, extra_tools=[namespace["tool"]])  # type: ignore[list-item]
-
-        async def turn() -> list[ToolResult]:
-            results = [e async for e in session.agent.run("use my tool") if isinstance(e, ToolResult)]
-            await session.aclose()
-            return results
-
-        results = asyncio.run(turn())
+        results = [e for e in run_turn(session, "use my tool") if isinstance(e, ToolResult)]
     assert results[0].output == '{"result": "Processed data"}'
     sent = {t["function"]["name"]: t["function"] for t in server.chat_requests[0].json["tools"]}
     assert sent["my_tool"]["description"] == "Does something useful"

@@ -4,7 +4,6 @@ an export never replaces the open notebook, and an existing file only with --for
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -14,6 +13,7 @@ import hostile
 import nbformat
 import pexpect
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import load_config
 from auto_coder_nb.history import ConversationStore, HistoryError
@@ -28,13 +28,7 @@ def session_with_hostile_answer(server: FakeLLMServer, root: Path) -> Session:
     flags = {"llm.base_url": server.base_url, "llm.model": "fake-model"}
     session = Session.create(load_config(flags, env={}, cwd=root, home=root), working_dir=root)
     server.enqueue(reply.text(hostile.ANSWER + "\n```python\nprint('<b>kept</b>')\n```\n"))
-
-    async def turn() -> None:
-        async for _ in session.agent.run("show me <script>window.__pwned='prompt'</script>"):
-            pass
-        await session.aclose()
-
-    asyncio.run(turn())
+    run_turn(session, "show me <script>window.__pwned='prompt'</script>")
     return session
 
 

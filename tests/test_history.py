@@ -4,7 +4,6 @@ exports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -14,9 +13,10 @@ from typing import Any
 
 import nbformat
 import pytest
+from turns import approve, run_turn
 
 from auto_coder_nb.config import Config, load_config
-from auto_coder_nb.events import ApprovalRequest, Event, Notice, TextDelta
+from auto_coder_nb.events import Notice, TextDelta
 from auto_coder_nb.history import IMAGE_NOT_SAVED, ConversationStore, HistoryError, read_records, rebuild
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
@@ -37,19 +37,6 @@ def make_session(server: FakeLLMServer, root: Path, **history: Any) -> Session:
     return Session.create(config, working_dir=root)
 
 
-def turn(session: Session, message: str) -> list[Event]:
-    async def collect() -> list[Event]:
-        events = []
-        async for event in session.agent.run(message):
-            events.append(event)
-            if isinstance(event, ApprovalRequest):
-                event.approve()
-        await session.aclose()
-        return events
-
-    return asyncio.run(collect())
-
-
 def saved_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "sessions").glob("*.jsonl"))
 
@@ -61,7 +48,7 @@ def test_every_step_is_written_as_it_happens(fake_server: FakeLLMServer, root: P
     (data_dir / "sessions").chmod(0o755)  # made by someone else: tightened on first use
     session = make_session(fake_server, root)
     assert saved_files(data_dir) == []  # nothing before the first prompt
-    turn(session, "write a.txt")
+    run_turn(session, "write a.txt", approve)
     [path] = saved_files(data_dir)
     assert path.stem == session.conversation.correlation_id
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -83,7 +70,7 @@ def test_a_resumed_conversation_continues_with_the_same_history_and_id(
 ) -> None:
     fake_server.enqueue(reply.tool_call("list_directory", {"path": "."}), reply.text("Empty."))
     first = make_session(fake_server, root)
-    turn(first, "what is here?")
+    run_turn(first, "what is here?", approve)
     sent_before = fake_server.chat_requests[-1].json["messages"]
 
     second = make_session(fake_server, root)
@@ -91,7 +78,7 @@ def test_a_resumed_conversation_continues_with_the_same_history_and_id(
     assert saved is not None and saved.id == first.conversation.correlation_id
     assert "(1 earlier prompt," in second.resume(saved)
     fake_server.enqueue(reply.text("Still empty."))
-    turn(second, "and now?")
+    run_turn(second, "and now?", approve)
     request = fake_server.chat_requests[-1]
     assert request.headers["x-correlation-id"] == first.conversation.correlation_id
     messages = request.json["messages"]
@@ -108,7 +95,7 @@ def test_a_file_cut_off_mid_answer_rebuilds_to_a_valid_history(root: Path, data_
                                           {"name": "read_file", "arguments": {"path": "x"}, "id": "c2"}]),
                         reply.text("Done."))
     session = make_session(fake_server, root)
-    turn(session, "look")
+    run_turn(session, "look", approve)
     [path] = saved_files(data_dir)
     lines = path.read_bytes().splitlines(keepends=True)
     # The process died after the first tool result, in the middle of writing the next record.
@@ -129,7 +116,7 @@ def test_a_file_cut_off_mid_answer_rebuilds_to_a_valid_history(root: Path, data_
     fake_server.enqueue(reply.text("Again."))
     again = make_session(fake_server, root)
     again.resume(ConversationStore().find(path.stem[:8]))
-    turn(again, "go on")
+    run_turn(again, "go on", approve)
     assert_strictly_valid(fake_server.chat_requests[-1].json["messages"])
     assert read_records(path)[-1]["type"] == "turn_done"
     assert rebuild(read_records(path)) == fake_server.chat_requests[-1].json["messages"][1:] + [
@@ -139,7 +126,7 @@ def test_a_file_cut_off_mid_answer_rebuilds_to_a_valid_history(root: Path, data_
 def test_damaged_foreign_and_newer_files_are_skipped_with_a_warning(
     fake_server: FakeLLMServer, root: Path, data_dir: Path
 ) -> None:
-    turn(make_session(fake_server, root), "hello")
+    run_turn(make_session(fake_server, root), "hello", approve)
     folder = data_dir / "sessions"
     (folder / "notes.txt").write_text("mine")
     (folder / "garbage.jsonl").write_bytes(b"\x00\xff not json\n")
@@ -154,10 +141,10 @@ def test_damaged_foreign_and_newer_files_are_skipped_with_a_warning(
 
 def test_ids_prefixes_and_unknown_ids(fake_server: FakeLLMServer, root: Path) -> None:
     session = make_session(fake_server, root)
-    turn(session, "one")
+    run_turn(session, "one", approve)
     first = session.conversation.correlation_id
     session.reset()
-    turn(session, "two")
+    run_turn(session, "two", approve)
     store = ConversationStore()
     listed = store.list()
     assert [s.first_prompt for s in listed] == ["two", "one"]  # newest first
@@ -176,25 +163,25 @@ def test_an_unwritable_folder_warns_once_and_the_conversation_goes_on(
     monkeypatch.setenv("AUTO_CODER_DATA_DIR", str(blocker))  # a file where the folder should be
     fake_server.enqueue(reply.text("First answer."), reply.text("Second answer."))
     session = make_session(fake_server, root)
-    first = turn(session, "one")
+    first = run_turn(session, "one", approve)
     notices = [e.text for e in first if isinstance(e, Notice)]
     assert len(notices) == 1 and "not being saved" in notices[0] and str(blocker) in notices[0]
     assert "".join(e.text for e in first if isinstance(e, TextDelta)) == "First answer."
-    second = turn(session, "two")
+    second = run_turn(session, "two", approve)
     assert not [e for e in second if isinstance(e, Notice)]
     assert "".join(e.text for e in second if isinstance(e, TextDelta)) == "Second answer."
 
 
 def test_history_disabled_keeps_nothing(fake_server: FakeLLMServer, root: Path, data_dir: Path) -> None:
     session = make_session(fake_server, root, enabled=False)
-    turn(session, "hello")
+    run_turn(session, "hello", approve)
     assert not (data_dir / "sessions").exists()
 
 
 def test_old_conversations_are_removed_at_start_up(fake_server: FakeLLMServer, root: Path, data_dir: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    turn(make_session(fake_server, root), "old")
-    turn(make_session(fake_server, root), "recent")
+    run_turn(make_session(fake_server, root), "old", approve)
+    run_turn(make_session(fake_server, root), "recent", approve)
     old, recent = sorted(saved_files(data_dir), key=lambda p: read_records(p)[1]["message"]["content"] != "old")
     long_ago = time.time() - 8 * 86400
     os.utime(old, (long_ago, long_ago))
@@ -221,7 +208,7 @@ def test_no_secret_is_written_even_split_across_pieces(fake_server: FakeLLMServe
     (root / "env.txt").write_text(f"key={KEY} team={variable_value}\n")
     fake_server.enqueue(reply.tool_call("read_file", {"path": "env.txt"}),
                         reply.text(f"The key is {KEY} and the team token {variable_value}.", chunks=40))
-    turn(session, f"my key is {KEY}, show env.txt")
+    run_turn(session, f"my key is {KEY}, show env.txt", approve)
     [path] = saved_files(data_dir)
     text = path.read_text()
     assert KEY not in text and variable_value not in text
@@ -234,7 +221,7 @@ def test_no_secret_is_written_even_split_across_pieces(fake_server: FakeLLMServe
 def test_exports_by_suffix(fake_server: FakeLLMServer, root: Path, data_dir: Path, tmp_path: Path) -> None:
     answer = "Here:\n\n```python\nprint('hi')\n```\n\nand a shell line:\n\n```bash\nls\n```\n"
     fake_server.enqueue(reply.tool_call("list_directory", {"path": "."}), reply.text(answer))
-    turn(make_session(fake_server, root), "show me")
+    run_turn(make_session(fake_server, root), "show me", approve)
     [path] = saved_files(data_dir)
     records = read_records(path)
 
@@ -268,13 +255,7 @@ def test_images_are_saved_as_a_note_not_as_data(fake_server: FakeLLMServer, root
     session = make_session(fake_server, root)
     session.agent.vision = True
     image = fit_image(png(32, 32), "plot.png", 1024)
-
-    async def ask() -> None:
-        async for _ in session.agent.run("what is in this plot?", [image]):
-            pass
-        await session.aclose()
-
-    asyncio.run(ask())
+    run_turn(session, "what is in this plot?", images=[image])
     assert fake_server.chat_requests[-1].json["messages"][1]["content"][1]["type"] == "image_url"  # it was sent
     [path] = saved_files(data_dir)
     assert "base64" not in path.read_text()
@@ -290,12 +271,12 @@ def test_a_resumed_conversation_too_long_for_the_window_is_shortened_as_usual(
     first = make_session(fake_server, root)
     for number in range(6):
         fake_server.enqueue(reply.text(f"answer {number} " + "x" * 2000))
-        turn(first, f"question {number}")
+        run_turn(first, f"question {number}", approve)
     later = make_session(fake_server, root)
     later.agent.config.context_window = 2000  # a smaller model now
     later.resume(ConversationStore().choose(None, working_dir=root.resolve()))
     fake_server.enqueue(reply.text("short"))
-    events = turn(later, "and now?")
+    events = run_turn(later, "and now?", approve)
     assert any(isinstance(e, Notice) and "shortened" in e.text for e in events)
     sent = fake_server.chat_requests[-1].json["messages"]
     assert sent[-1]["content"] == "and now?" and len(sent) < 14
@@ -317,21 +298,21 @@ def test_where_conversations_are_kept() -> None:
 def test_history_turned_off_and_on_while_a_session_runs(fake_server: FakeLLMServer, root: Path,
                                                          data_dir: Path) -> None:
     session = make_session(fake_server, root)
-    turn(session, "saved")
+    run_turn(session, "saved", approve)
     [path] = saved_files(data_dir)
     before = path.read_text()
 
     off = make_session(fake_server, root, enabled=False).config
     assert session.apply_config(off)
-    turn(session, "not saved")
+    run_turn(session, "not saved", approve)
     assert path.read_text() == before and saved_files(data_dir) == [path]
 
     on = make_session(fake_server, root).config
     assert session.apply_config(on)
-    turn(session, "still not saved: this conversation was not kept whole")
+    run_turn(session, "still not saved: this conversation was not kept whole", approve)
     assert path.read_text() == before and saved_files(data_dir) == [path]
     session.reset()
-    turn(session, "a new conversation is saved")
+    run_turn(session, "a new conversation is saved", approve)
     assert len(saved_files(data_dir)) == 2
 
 
@@ -339,7 +320,7 @@ def test_approval_decisions_are_recorded(fake_server: FakeLLMServer, root: Path,
     fake_server.enqueue(reply.tool_call("write_file", {"path": "b.txt", "content": "x"}), reply.text("Done."))
     session = make_session(fake_server, root)
     session.policy.mode = "ask"
-    turn(session, "write b.txt")  # turn() approves
+    run_turn(session, "write b.txt", approve)
     [path] = saved_files(data_dir)
     [approval] = [r for r in read_records(path) if r["type"] == "approval"]
     assert approval["tool"] == "write_file" and approval["allowed"] is True and approval["always"] is False

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import pytest
 from jupyter_helpers import needs_chromium
+from team_site import team_site
 
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -38,16 +39,6 @@ from auto_coder_nb.testing.jupyterhub import (  # noqa: E402  (after the skips)
 )
 
 GATEWAY_KEY = "team-gateway-key-0c9e41d7b2"
-SITE = """
-llm:
-  base_url: {base_url}
-  model: team-model
-  api_key: ${{TEAM_GATEWAY_KEY}}
-  user: ${{JUPYTERHUB_USER}}
-  user_header: X-User
-  user_field: true
-locked: [llm.base_url, llm.model, llm.api_key, llm.user, llm.user_header, llm.user_field]
-"""
 SEPARATE_USERS = pytest.mark.skipif(not is_root(), reason="the hub runs every user as the current user when the "
                                                           "tests are not root: the OS cannot keep them apart")
 WAIT_MS = 90_000  # generous: waits end as soon as the page shows what they wait for
@@ -79,7 +70,7 @@ def team() -> Iterator[Team]:
             unavailable(exc)
         try:
             site = hub.public / "auto-coder-site.yaml"
-            site.write_text(SITE.format(base_url=llm.base_url))
+            site.write_text(team_site(llm.base_url))
             site.chmod(0o644)  # read-only for the users
             hub.environment.update({"AUTO_CODER_SITE_CONFIG": str(site), "TEAM_GATEWAY_KEY": GATEWAY_KEY})
             try:

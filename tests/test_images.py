@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 from test_agent import assert_strictly_valid
+from turns import run_turn
 
 from auto_coder_nb.agent import Agent
 from auto_coder_nb.approvals import ApprovalPolicy
@@ -189,12 +190,10 @@ class Harness:
         return ToolOutput("drew a plot", [data])
 
     def turn(self, message: str, images: list[Image] | None = None) -> list[Event]:
-        async def collect() -> list[Event]:
-            events = [event async for event in self.agent.run(message, images or [])]
-            await self.provider.aclose()
-            return events
+        return run_turn(self, message, images=images or ())
 
-        return asyncio.run(collect())
+    async def aclose(self) -> None:
+        await self.provider.aclose()
 
     def request(self, index: int) -> list[dict[str, Any]]:
         return self.server.chat_requests[index].json["messages"]

@@ -11,11 +11,12 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
+from turns import run_turns
 
 from auto_coder_nb.config import Config, McpServerConfig, load_config
 from auto_coder_nb.doctor import run_doctor
@@ -49,26 +50,6 @@ def make_session(llm: FakeLLMServer, root: Path, mode: str, servers: dict[str, M
     config.agent.approval_mode = mode
     config.mcp.servers = servers
     return Session.create(config, working_dir=root)
-
-
-def run_turns(session: Session, messages: list[str],
-              answer: Callable[[ApprovalRequest], None] | None = None) -> list[list[Event]]:
-    async def turns() -> list[list[Event]]:
-        done: list[list[Event]] = []
-        try:
-            for message in messages:
-                events: list[Event] = []
-                async for event in session.agent.run(message):
-                    events.append(event)
-                    if isinstance(event, ApprovalRequest):
-                        assert answer is not None, f"unexpected approval request: {event}"
-                        answer(event)
-                done.append(events)
-        finally:
-            await session.aclose()
-        return done
-
-    return asyncio.run(turns())
 
 
 def results(events: list[Event]) -> list[ToolResult]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import nbformat
 import pytest
+from turns import run_turn
 
-from auto_coder_nb.agent import iterate_sync
 from auto_coder_nb.config import load_config
 from auto_coder_nb.events import ToolResult
 from auto_coder_nb.session import Session
@@ -234,13 +234,7 @@ def test_agent_edits_a_notebook_and_session_undo_restores_it(tmp_path: Path) -> 
         holder.append(session)
         server.enqueue(reply.tool_call("edit_notebook", {"path": "a.ipynb", "action": "delete", "index": 0}),
                        reply.text("Deleted the title."))
-        loop = asyncio.new_event_loop()
-        try:
-            events = list(iterate_sync(session.agent.run("delete the title cell"), loop))
-            loop.run_until_complete(session.aclose())
-        finally:
-            loop.close()
-        results = [e for e in events if isinstance(e, ToolResult)]
+        results = [e for e in run_turn(session, "delete the title cell") if isinstance(e, ToolResult)]
         assert results and not results[0].is_error, results
         assert len(nbformat.read(path, as_version=4).cells) == 2
         tool_names = {t["function"]["name"] for t in server.chat_requests[0].json["tools"]}

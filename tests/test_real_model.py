@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.errors import ToolsNotSupported
@@ -82,15 +83,6 @@ def make_session(server: LlamaServer, root: Path, mode: str = "prompted", steps:
     config.agent.approval_mode = "full-auto"
     config.agent.max_iterations = steps
     return Session.create(config, working_dir=root)
-
-
-def run_turn(session: Session, message: str) -> list[Event]:
-    async def collect() -> list[Event]:
-        events = [event async for event in session.agent.run(message)]
-        await session.aclose()
-        return events
-
-    return asyncio.run(collect())
 
 
 def results(events: list[Event], name: str) -> list[ToolResult]:

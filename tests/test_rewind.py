@@ -11,8 +11,8 @@ from typing import Any
 
 import nbformat
 import pytest
+from turns import Answer, approve, collect
 
-from auto_coder_nb.agent import iterate_sync
 from auto_coder_nb.cell_changes import CellChanges
 from auto_coder_nb.config import load_config
 from auto_coder_nb.events import ApprovalRequest, Event, ToolResult
@@ -51,15 +51,9 @@ class Notebooks:
         holder.append(self.session)
         self.loop = asyncio.new_event_loop()
 
-    def turn(self, prompt: str, *steps: dict[str, Any],
-             answer: Callable[[ApprovalRequest], None] = lambda request: request.approve()) -> list[Event]:
+    def turn(self, prompt: str, *steps: dict[str, Any], answer: Answer = approve) -> list[Event]:
         self.server.enqueue(*steps, reply.text("Done."))
-        events = []
-        for event in iterate_sync(self.session.agent.run(prompt), self.loop):
-            events.append(event)
-            if isinstance(event, ApprovalRequest):
-                answer(event)
-        return events
+        return self.loop.run_until_complete(collect(self.session.agent, prompt, answer))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.session.aclose())

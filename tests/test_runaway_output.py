@@ -8,12 +8,12 @@ that kept reading would get the rest only after RELEASE_TIMEOUT, so a cut text p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.events import Event, Notice, ReasoningDelta, TextDelta, ToolCallStarted, TurnDone
@@ -36,15 +36,6 @@ def make_session(server: FakeLLMServer, root: Path, mode: str) -> Session:
     config.llm.base_url, config.llm.model, config.llm.tool_calling = server.base_url, "fake-model", mode
     config.agent.approval_mode = "full-auto"
     return Session.create(config, working_dir=root)
-
-
-def run_turn(session: Session, message: str) -> list[Event]:
-    async def collect() -> list[Event]:
-        events = [event async for event in session.agent.run(message)]
-        await session.aclose()
-        return events
-
-    return asyncio.run(collect())
 
 
 def text_of(events: list[Event]) -> str:

@@ -3,7 +3,6 @@ the doctor's output (issue 10 item 6). Real parts: the test server over HTTP, re
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import subprocess
 import sys
@@ -11,12 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from turns import run_turn
 
-from auto_coder_nb.agent import iterate_sync
 from auto_coder_nb.config import Config, load_config, redact_url
 from auto_coder_nb.doctor import run_doctor
 from auto_coder_nb.errors import AuthenticationFailed
-from auto_coder_nb.events import ErrorEvent, Event, ToolResult
+from auto_coder_nb.events import ErrorEvent, ToolResult
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -38,15 +37,6 @@ def config_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: 
         "agent:\n"
         "  approval_mode: full-auto\n" + extra, encoding="utf-8")
     return load_config(cwd=home, home=home)
-
-
-def run_turn(session: Session, prompt: str) -> list[Event]:
-    loop = asyncio.new_event_loop()
-    try:
-        return list(iterate_sync(session.agent.run(prompt), loop))
-    finally:
-        loop.run_until_complete(session.aclose())
-        loop.close()
 
 
 def test_run_command_children_see_no_secret_and_tool_results_hide_them(

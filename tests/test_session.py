@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+
+from turns import run_turn
 
 from auto_coder_nb.approvals import Allowance
 from auto_coder_nb.config import Config
@@ -17,18 +18,9 @@ def make_session(server: FakeLLMServer, root: Path) -> Session:
     return Session.create(config, working_dir=root)
 
 
-def ask(session: Session, message: str) -> None:
-    async def turn() -> None:
-        async for _ in session.agent.run(message):
-            pass
-        await session.aclose()
-
-    asyncio.run(turn())
-
-
 def test_clear_keeps_the_token_count_and_reset_drops_session_state(fake_server: FakeLLMServer, root: Path) -> None:
     session = make_session(fake_server, root)
-    ask(session, "hello")
+    run_turn(session, "hello")
     used = session.conversation.usage.total_tokens
     assert used > 0
     first_id = session.conversation.correlation_id
@@ -48,7 +40,7 @@ def test_clear_keeps_the_token_count_and_reset_drops_session_state(fake_server: 
 def test_apply_config_switches_endpoint_and_mode_but_keeps_the_conversation(fake_server: FakeLLMServer,
                                                                              root: Path) -> None:
     session = make_session(fake_server, root)
-    ask(session, "one")
+    run_turn(session, "one")
     with FakeLLMServer() as other:
         other.enqueue(reply.text("from the other server"))
         config = Config()
@@ -56,7 +48,7 @@ def test_apply_config_switches_endpoint_and_mode_but_keeps_the_conversation(fake
         config.agent.approval_mode = "read-only"
         assert session.apply_config(config) is True
         assert session.policy.mode == "read-only"
-        ask(session, "two")
+        run_turn(session, "two")
         assert [m["content"] for m in other.chat_requests[0].json["messages"] if m["role"] == "user"] == ["one", "two"]
         assert session.apply_config(config) is False  # nothing new
         session.policy.mode = "full-auto"  # chosen at run time (the panel, a test, a user's cell)

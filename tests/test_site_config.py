@@ -4,18 +4,18 @@ test LLM server, the CLI and the doctor. Site files come from AUTO_CODER_SITE_CO
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from turns import approve, run_turn
 
 from auto_coder_nb.agent import TurnOptions
 from auto_coder_nb.config import Config, load_config
 from auto_coder_nb.doctor import run_doctor
 from auto_coder_nb.errors import ConfigError
-from auto_coder_nb.events import ApprovalRequest, ErrorEvent, Event, Notice, ToolResult
+from auto_coder_nb.events import ApprovalRequest, ErrorEvent, Notice, ToolResult
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -50,22 +50,6 @@ def load(site: list[Path], home: Path, flags: dict[str, object] | None = None,
     return load_config(flags, env=environment, cwd=home, home=home)
 
 
-def run_turn(session: Session, message: str, options: TurnOptions | None = None,
-             approve: bool = True) -> list[Event]:
-    async def turn() -> list[Event]:
-        events: list[Event] = []
-        try:
-            async for event in session.agent.run(message, options=options):
-                events.append(event)
-                if isinstance(event, ApprovalRequest):
-                    event.approve() if approve else event.deny("no")
-        finally:
-            await session.aclose()
-        return events
-
-    return asyncio.run(turn())
-
-
 def test_locks_and_allow_lists_hold_for_the_model_finally_sent(tmp_path: Path, home: Path,
                                                                fake_server: FakeLLMServer) -> None:
     """Issue 24 item 3: extra_params.model (from any file) got past a lock on llm.model and the model allow-list."""
@@ -77,18 +61,19 @@ def test_locks_and_allow_lists_hold_for_the_model_finally_sent(tmp_path: Path, h
     assert config.llm.model == "team-large" and config.llm.extra_params == {"temperature": 0.1}
     assert sum("llm.extra_params.model is refused" in line for line in config.warnings) == 2  # site and user files
     session = Session.create(config, working_dir=home)
-    run_turn(session, "hello")
+    run_turn(session, "hello", approve)
     assert [request.json["model"] for request in fake_server.chat_requests] == ["team-large"]
 
     # A turn's own model: the lock leaves only the locked one, even where the allow-list would let it through.
-    events = run_turn(Session.create(config, working_dir=home), "hello", TurnOptions(model="team-small"))
+    events = run_turn(Session.create(config, working_dir=home), "hello", approve,
+                      options=TurnOptions(model="team-small"))
     assert [e.message for e in events if isinstance(e, ErrorEvent)] == [
         f"Not sent: model 'team-small': llm.model is locked by the administrator ({site}) to 'team-large'."]
     # Set in code, past load_config: the provider still refuses to send it.
     config.llm.extra_params = {"model": "forbidden-model"}
     session = Session.create(config, working_dir=home)
     session.provider.model = "forbidden-model"
-    events = run_turn(session, "hello")
+    events = run_turn(session, "hello", approve)
     assert any(isinstance(e, ErrorEvent) and "'forbidden-model'" in e.message for e in events)
     assert [request.json["model"] for request in fake_server.chat_requests] == ["team-large"]
 
@@ -213,7 +198,7 @@ allow:
     session = Session.create(config, working_dir=root)
     assert sorted(session.tools.names()) == ["list_directory", "read_file", "write_file"]
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "hi\n"}), reply.text("done"))
-    events = run_turn(session, "write it", TurnOptions(approval_mode="full-auto"))
+    events = run_turn(session, "write it", approve, options=TurnOptions(approval_mode="full-auto"))
     notices = [event.text for event in events if isinstance(event, Notice)]
     assert any("AUTO_CODER_APPROVAL_MODE: agent.approval_mode is locked by the administrator" in n for n in notices)
     assert any("Tools left out by the site configuration" in n and "run_command" in n for n in notices)
@@ -227,7 +212,7 @@ allow:
 
     session = Session.create(config, working_dir=root)
     requests = len(fake_server.chat_requests)
-    events = run_turn(session, "hi", TurnOptions(model="gpt-4o"))
+    events = run_turn(session, "hi", approve, options=TurnOptions(model="gpt-4o"))
     [error] = [event for event in events if isinstance(event, ErrorEvent)]
     assert error.message.startswith("Not sent: model 'gpt-4o' is not allowed by the site configuration")
     assert len(fake_server.chat_requests) == requests  # nothing was sent
@@ -253,7 +238,7 @@ allow:
     assert sorted(session.tools.names()) == ["notes__add_note", "notes__list_notes", "read_file"]
     assert session.mcp.servers["other"].state == "refused"
     fake_server.enqueue(reply.text("hi"))
-    events = run_turn(session, "hello")
+    events = run_turn(session, "hello", approve)
     notices = [event.text for event in events if isinstance(event, Notice)]
     assert (f"MCP server other was not started: command '/usr/bin/env' is not allowed by the site configuration "
             f"(allow.mcp_commands in {site}: {sys.executable})." in notices)

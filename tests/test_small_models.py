@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from turns import Answer, approve, run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.events import (
@@ -44,19 +45,13 @@ def make_session(server: FakeLLMServer, root: Path, mode: str = "prompted", *, a
     return Session.create(config, working_dir=root)
 
 
-def run_turn(session: Session, message: str, *, approve_after: float | None = None) -> list[Event]:
-    async def collect() -> list[Event]:
-        events: list[Event] = []
-        async for event in session.agent.run(message):
-            if isinstance(event, ApprovalRequest):
-                if approve_after is not None:
-                    await asyncio.sleep(approve_after)  # the user thinks it over
-                event.approve()
-            events.append(event)
-        await session.aclose()
-        return events
+def approve_after(seconds: float) -> Answer:
+    """The answer of a user who thinks each call over for `seconds`, then allows it."""
+    async def answer(request: ApprovalRequest) -> None:
+        await asyncio.sleep(seconds)
+        request.approve()
 
-    return asyncio.run(collect())
+    return answer
 
 
 def notices(events: list[Event]) -> list[str]:
@@ -88,7 +83,7 @@ def next_message_works(server: FakeLLMServer, session: Session, mode: str) -> No
     """The conversation goes on: the next message is sent with a valid history and answered."""
     server.clear()  # what the bad model had left in the queue
     server.enqueue(reply.prompted_answer("Back.") if mode == "prompted" else reply.text("Back."))
-    events = run_turn(session, "And now?")
+    events = run_turn(session, "And now?", approve)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Back." and ending(events) == "stop"
     if mode == "native":
         assert_valid_history(server.chat_requests[-1])
@@ -109,7 +104,7 @@ def project(root: Path) -> Path:
 def test_a_prompted_answer_that_never_ends_is_cut_at_the_step_limit(fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.endless('{"answer": "It'))
     session = make_session(fake_server, project, step_max_tokens=40)
-    events = run_turn(session, "What does calc.py do?")
+    events = run_turn(session, "What does calc.py do?", approve)
     assert ending(events) == "stop"
     [cut] = [text for text in notices(events) if "llm.step_max_tokens" in text]
     assert "cut off at 41 tokens" in cut and not any("llm.max_tokens" in text for text in notices(events))
@@ -127,7 +122,7 @@ def test_a_step_writing_a_file_may_run_to_the_content_limit_and_is_not_run_when_
                         reply.endless('{"tool": "read_file", "arguments": {"path": "calc'),
                         reply.prompted_answer("Gave up."))
     session = make_session(fake_server, project, step_max_tokens=20, max_tokens=120)
-    events = run_turn(session, "Write a big file")
+    events = run_turn(session, "Write a big file", approve)
     results = [e for e in events if isinstance(e, ToolResult)]
     assert [(r.name, r.is_error) for r in results] == [("write_file", True), ("read_file", True)]
     assert all("cut off" in r.output for r in results) and not (project / "big.txt").exists()
@@ -144,7 +139,7 @@ def test_a_read_only_call_with_a_runaway_path_is_cut_early(fake_server: FakeLLMS
     a name, so it stops at 128 tokens whatever llm.step_max_tokens allows an answer."""
     fake_server.enqueue(reply.endless('{"tool": "list_directory", "arguments": {"path": "lisst'),
                         reply.prompted_answer("Sorry."))
-    events = run_turn(make_session(fake_server, project), "List the files in the folder src")
+    events = run_turn(make_session(fake_server, project), "List the files in the folder src", approve)
     [cut] = [text for text in notices(events) if "llm.step_max_tokens" in text]
     assert "cut off at 129 tokens" in cut
     [result] = [e for e in events if isinstance(e, ToolResult)]
@@ -159,7 +154,7 @@ def test_an_answer_that_never_ends_stops_at_the_turn_deadline(fake_server: FakeL
     fake_server.enqueue(reply.endless("Thinking" if mode == "native" else '{"answer": "Thinking'))
     session = make_session(fake_server, project, mode, turn_timeout=1.0, step_max_tokens=10_000_000,
                            max_tokens=None)
-    events = run_turn(session, "Explain calc.py")
+    events = run_turn(session, "Explain calc.py", approve)
     assert ending(events) == "turn_timeout"
     assert any("agent.turn_timeout" in text for text in notices(events))
     last = session.conversation.messages[-1]
@@ -171,7 +166,7 @@ def test_an_answer_that_never_ends_stops_at_the_turn_deadline(fake_server: FakeL
 def test_a_prompted_step_that_goes_silent_ends_after_llm_timeout(fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.prompted_answer("It adds two numbers.", chunks=6, wait_for="never", wait_after=3))
     session = make_session(fake_server, project, timeout=0.5)
-    events = run_turn(session, "What does calc.py do?")
+    events = run_turn(session, "What does calc.py do?", approve)
     assert ending(events) == "error"
     assert any("llm.timeout" in e.message for e in events if isinstance(e, ErrorEvent))
     next_message_works(fake_server, session, "prompted")
@@ -183,7 +178,7 @@ def test_the_deadline_does_not_count_the_time_the_user_takes_to_approve(
     wide so that a loaded machine does not eat it)."""
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "hi\n"}), reply.text("Done."))
     session = make_session(fake_server, project, "native", approval="ask", turn_timeout=2.0)
-    events = run_turn(session, "Write a.txt", approve_after=2.5)
+    events = run_turn(session, "Write a.txt", approve_after(2.5))
     assert ending(events) == "stop" and (project / "a.txt").read_text() == "hi\n"
     assert not any("agent.turn_timeout" in text for text in notices(events))
 
@@ -197,7 +192,7 @@ def test_a_model_that_alternates_two_calls_forever(fake_server: FakeLLMServer, p
     read, listing = call("read_file", {"path": "calc.py"}), call("list_directory", {})
     fake_server.enqueue(*[read, listing] * 10)
     session = make_session(fake_server, project, mode)
-    events = run_turn(session, "What is in calc.py?")
+    events = run_turn(session, "What is in calc.py?", approve)
     assert [e.name for e in events if isinstance(e, ToolResult)] == ["read_file", "list_directory"] * 2
     assert ending(events) == "repeated_call"
     assert any(text.startswith("Stopped:") and "read_file" in text for text in notices(events))
@@ -214,7 +209,7 @@ def test_a_cycle_of_three_calls_gets_the_answer_only_request(fake_server: FakeLL
     steps = [reply.tool_call("read_file", {"path": "calc.py"}), reply.tool_call("list_directory", {}),
              reply.tool_call("run_command", {"command": "true"})]
     fake_server.enqueue(*steps * 2, reply.text("calc.py adds."))
-    events = run_turn(make_session(fake_server, project, "native"), "Look around")
+    events = run_turn(make_session(fake_server, project, "native"), "Look around", approve)
     assert ending(events) == "stop" and len([e for e in events if isinstance(e, ToolResult)]) == 6
     assert [r.json.get("tool_choice") for r in fake_server.chat_requests] == [None] * 6 + ["none"]
 
@@ -224,18 +219,18 @@ def test_the_answer_only_request_is_capped_hard(fake_server: FakeLLMServer, proj
     llm.step_max_tokens, if lower), natively as max_tokens, in prompted mode also while it streams."""
     read = reply.tool_call("read_file", {"path": "calc.py"})
     fake_server.enqueue(read, read, reply.text("It adds", finish_reason="length"))
-    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?", approve)
     assert [r.json.get("max_tokens") for r in fake_server.chat_requests] == [4096, 4096, 128]
     assert any("cut off at 128 tokens" in text for text in notices(events)) and ending(events) == "stop"
     assert not any("llm.max_tokens" in text for text in notices(events))
     fake_server.clear()
     fake_server.enqueue(read, read, reply.text("It adds"))
-    run_turn(make_session(fake_server, project, "native", step_max_tokens=64), "What does calc.py do?")
+    run_turn(make_session(fake_server, project, "native", step_max_tokens=64), "What does calc.py do?", approve)
     assert fake_server.chat_requests[-1].json["max_tokens"] == 64
     fake_server.clear()
     read = reply.prompted_call("read_file", {"path": "calc.py"})
     fake_server.enqueue(read, read, reply.endless('{"answer": "1234'))
-    events = run_turn(make_session(fake_server, project), "What does calc.py do?")
+    events = run_turn(make_session(fake_server, project), "What does calc.py do?", approve)
     assert fake_server.chat_requests[-1].json["max_tokens"] == 128
     assert any("cut off at 129 tokens" in text for text in notices(events)) and ending(events) == "stop"
 
@@ -249,7 +244,7 @@ def test_a_model_that_answers_a_placeholder_for_every_path(fake_server: FakeLLMS
     call = reply.tool_call if mode == "native" else reply.prompted_call
     fake_server.enqueue(call("write_file", {"path": "...", "content": "x"}), *[call("read_file", {"path": "..."})] * 5)
     session = make_session(fake_server, project, mode, approval="ask")
-    events = run_turn(session, "Read my file")
+    events = run_turn(session, "Read my file", approve)
     assert not any(isinstance(e, ApprovalRequest) for e in events)  # refused before anything, approvals included
     results = [e for e in events if isinstance(e, ToolResult)]
     assert results and all(r.is_error and "placeholder" in r.output and "'...'" in r.output for r in results)
@@ -279,7 +274,7 @@ def test_numbers_out_of_range_are_clamped_with_a_note(fake_server: FakeLLMServer
     fake_server.enqueue(call("read_file", {"path": "calc.py", "offset": 0}),
                         call("run_command", {"command": "echo ran", "timeout": 5000}),
                         reply.text("Read.") if mode == "native" else reply.prompted_answer("Read."))
-    events = run_turn(make_session(fake_server, project, mode), "Read calc.py")
+    events = run_turn(make_session(fake_server, project, mode), "Read calc.py", approve)
     read, command = [e for e in events if isinstance(e, ToolResult)]
     assert not read.is_error and read.output.startswith("(offset 0 raised to the minimum, 1)\n")
     assert "return a + b" in read.output
@@ -299,7 +294,7 @@ def test_a_model_that_repeats_its_step_when_asked_to_answer(fake_server: FakeLLM
     call = reply.tool_call if mode == "native" else reply.prompted_call
     fake_server.enqueue(*[call("read_file", {"path": "calc.py"})] * 4)
     session = make_session(fake_server, project, mode)
-    events = run_turn(session, "What does calc.py do?")
+    events = run_turn(session, "What does calc.py do?", approve)
     assert [e.name for e in events if isinstance(e, ToolResult)] == ["read_file"] * 2
     assert ending(events) == "repeated_call" and any("3 times in a row" in text for text in notices(events))
     assert len(fake_server.chat_requests) == 3
@@ -310,7 +305,7 @@ def test_a_new_call_from_the_answer_only_request_runs(fake_server: FakeLLMServer
     """A server that ignores tool_choice: a call the turn already made is stopped, a new one is progress."""
     read = reply.tool_call("read_file", {"path": "calc.py"})
     fake_server.enqueue(read, read, reply.tool_call("list_directory", {}), reply.text("calc.py adds."))
-    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?", approve)
     assert [e.name for e in events if isinstance(e, ToolResult)] == ["read_file", "read_file", "list_directory"]
     assert [r.json.get("tool_choice") for r in fake_server.chat_requests] == [None, None, "none", None]
     assert ending(events) == "stop" and not notices(events)
@@ -322,9 +317,9 @@ def test_a_new_call_from_the_answer_only_request_runs(fake_server: FakeLLMServer
 def test_prompted_steps_are_sent_a_low_temperature_unless_the_user_set_one(
         fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.prompted_answer("a"), reply.prompted_answer("b"), reply.text("c"))
-    run_turn(make_session(fake_server, project), "Hi")
-    run_turn(make_session(fake_server, project, extra_params={"temperature": 0.7}), "Hi")
-    run_turn(make_session(fake_server, project, "native"), "Hi")
+    run_turn(make_session(fake_server, project), "Hi", approve)
+    run_turn(make_session(fake_server, project, extra_params={"temperature": 0.7}), "Hi", approve)
+    run_turn(make_session(fake_server, project, "native"), "Hi", approve)
     assert [r.json.get("temperature") for r in fake_server.chat_requests] == [0, 0.7, None]
     shown = Config().show()
     assert "llm.extra_params.temperature = <not set: prompted steps are sent 0>  (default)" in shown
@@ -343,7 +338,7 @@ def test_the_prompt_starts_with_what_never_changes(fake_server: FakeLLMServer, t
         folder.mkdir()
         (folder / "AGENTS.md").write_text(f"Project {name} rules.\n")
         fake_server.enqueue(reply.prompted_answer("ok"))
-        run_turn(make_session(fake_server, folder), "Hi")
+        run_turn(make_session(fake_server, folder), "Hi", approve)
         systems.append(fake_server.chat_requests[-1].json["messages"][0]["content"])
     one, two = systems
     shared = next(i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b)
@@ -357,7 +352,7 @@ def test_rarely_needed_arguments_are_left_out_of_the_prompted_schema(
         fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.prompted_answer("ok"))
     session = make_session(fake_server, project)
-    run_turn(session, "Hi")
+    run_turn(session, "Hi", approve)
     body = fake_server.chat_requests[0].json
     choices = body["response_format"]["json_schema"]["schema"]["anyOf"]
     schemas = {choice["properties"]["tool"]["const"]: choice["properties"]["arguments"]

@@ -5,7 +5,6 @@ the doctor says where it runs. Real parts: the test server over HTTP, real sessi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -14,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from team_site import team_site
+from turns import approve, run_turn
 
-from auto_coder_nb.agent import TurnOptions, iterate_sync
+from auto_coder_nb.agent import TurnOptions
 from auto_coder_nb.config import Config, load_config
 from auto_coder_nb.doctor import run_doctor
 from auto_coder_nb.errors import ConfigError
@@ -27,17 +28,8 @@ from auto_coder_nb.trust import record
 
 HUB_TOKEN = "hub-token-5d1e0b7a93c4"
 GATEWAY_KEY = "team-gateway-key-81c2f0"
-# The site file of a team: endpoint, key from the spawner's environment, who is asking; all locked.
-SITE = """
-llm:
-  base_url: {base_url}
-  model: team-model
-  api_key: ${{TEAM_GATEWAY_KEY}}
-  user: ${{JUPYTERHUB_USER}}
-  user_header: X-User
-  user_field: true
-locked: [llm.base_url, llm.model, llm.api_key, llm.tool_calling, llm.user, llm.user_header, llm.user_field]
-"""
+# The team's site file (tests/team_site.py) here locks the tool-calling mode too, so a turn cannot pick its own.
+MORE_LOCKED = ("llm.tool_calling",)
 
 
 @pytest.fixture
@@ -53,7 +45,7 @@ def home(tmp_path: Path) -> Path:
 def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path, fake_server: FakeLLMServer) -> Path:
     """This process as a kernel in Ana's server on a hub: the spawner's variables, the site file, the gateway key."""
     site = tmp_path / "site.yaml"
-    site.write_text(SITE.format(base_url=fake_server.base_url))
+    site.write_text(team_site(fake_server.base_url, *MORE_LOCKED))
     for name, value in {"JUPYTERHUB_USER": "anabel", "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
                         "JUPYTERHUB_API_TOKEN": HUB_TOKEN, "JPY_API_TOKEN": HUB_TOKEN,
                         "JUPYTERHUB_SERVER_NAME": "", "TEAM_GATEWAY_KEY": GATEWAY_KEY,
@@ -62,46 +54,32 @@ def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, home: Path, fake_se
     return site
 
 
-def run_turn(session: Session, message: str, options: TurnOptions | None = None) -> list[Event]:
-    loop = asyncio.new_event_loop()
-    events = []
-    try:
-        for event in iterate_sync(session.agent.run(message, options=options), loop):
-            if isinstance(event, ApprovalRequest):
-                event.approve()
-            events.append(event)
-        return events
-    finally:
-        loop.run_until_complete(session.aclose())
-        loop.close()
-
-
 def errors(events: list[Event]) -> list[str]:
     return [event.message for event in events if isinstance(event, ErrorEvent)]
 
 
 def test_a_turn_cannot_change_what_the_site_locks(hub_env: Path, home: Path, fake_server: FakeLLMServer) -> None:
-    hub_env.write_text(hub_env.read_text().replace("llm.tool_calling,", "llm.tool_calling, agent.approval_mode,"))
+    hub_env.write_text(team_site(fake_server.base_url, *MORE_LOCKED, "agent.approval_mode"))
     (home / ".auto-coder.yaml").write_text("llm:\n  model: my-model\nagent:\n  approval_mode: full-auto\n")
     config = load_config(cwd=home, home=home)
     assert config.llm.model == "team-model" and config.agent.approval_mode == "ask"
     session = Session.create(config, working_dir=home)
     for options in (TurnOptions(model="other-model"), TurnOptions(tool_calling="prompted")):
-        [message] = errors(run_turn(session, "hi", options))
+        [message] = errors(run_turn(session, "hi", approve, options=options))
         locked = "llm.model" if options.model else "llm.tool_calling"
         assert message.startswith("Not sent: ") and f"{locked} is locked by the administrator ({hub_env})" in message
     assert fake_server.chat_requests == []  # what -m other-model used to send
     fake_server.enqueue(reply.text("same model"))
-    run_turn(session, "hi", TurnOptions(model="team-model"))  # the site's own value is no change
+    run_turn(session, "hi", approve, options=TurnOptions(model="team-model"))  # the site's own value is no change
     assert fake_server.chat_requests[-1].json["model"] == "team-model"
     # A looser approval mode for one turn is capped at the locked one: the write still asks.
     fake_server.enqueue(reply.tool_call("write_file", {"path": "a.txt", "content": "x\n"}), reply.text("done"))
-    events = run_turn(session, "write", TurnOptions(approval_mode="full-auto"))
+    events = run_turn(session, "write", approve, options=TurnOptions(approval_mode="full-auto"))
     assert "Approval mode 'ask' instead of 'full-auto': the site configuration allows no more." in [
         event.text for event in events if isinstance(event, Notice)]
     assert [event.tool for event in events if isinstance(event, ApprovalRequest)] == ["write_file"]
     fake_server.enqueue(reply.tool_call("write_file", {"path": "b.txt", "content": "x\n"}), reply.text("done"))
-    events = run_turn(session, "write", TurnOptions(approval_mode="read-only"))  # stricter: fine
+    events = run_turn(session, "write", approve, options=TurnOptions(approval_mode="read-only"))  # stricter: fine
     assert [event.tool for event in events if isinstance(event, ApprovalRequest)] == []
     assert not (home / "b.txt").exists()
 
@@ -114,8 +92,8 @@ def test_requests_say_who_is_asking_and_a_user_cannot_pose_as_someone_else(
     assert (config.llm.user, config.llm.user_header, config.llm.user_field) == ("anabel", "X-User", True)
     assert "llm.user = 'anabel'" in config.show()  # who is asking is shown, not masked
     fake_server.enqueue(reply.tool_call("run_command", {"command": "echo $HOME; echo anabel"}), reply.text("done"))
-    events = run_turn(Session.create(config, working_dir=home), "who am I?",
-                      TurnOptions(approval_mode="read-only"))
+    events = run_turn(Session.create(config, working_dir=home), "who am I?", approve,
+                      options=TurnOptions(approval_mode="read-only"))
     for request in fake_server.chat_requests:
         assert request.headers["x-user"] == "anabel" and request.headers["x-team"] == "blue"
         assert request.json["user"] == "anabel"
@@ -140,10 +118,10 @@ def test_who_is_asking_needs_a_user_and_a_header_name(tmp_path: Path, home: Path
         load("  user: \"ana\\nX-Admin: yes\"\n")
     config = load("  user_header: X-User\n")
     session = Session.create(config, working_dir=home)
-    [message] = errors(run_turn(session, "hi"))
+    [message] = errors(run_turn(session, "hi", approve))
     assert "llm.user_header" in message and "llm.user is not set" in message
     config = load("  user: ${JUPYTERHUB_USER}\n  user_field: true\n")  # outside a hub
-    [message] = errors(run_turn(Session.create(config, working_dir=home), "hi"))
+    [message] = errors(run_turn(Session.create(config, working_dir=home), "hi", approve))
     assert message.endswith("llm.user: environment variable JUPYTERHUB_USER is not set")
     assert fake_server.chat_requests == []
 
@@ -199,7 +177,7 @@ def test_saved_conversations_trust_records_and_prompt_history_are_private_in_a_0
                        + "\n")
     earlier.chmod(0o644)
     fake_server.enqueue(reply.text("saved"))
-    run_turn(session, "hello")
+    run_turn(session, "hello", approve)
     [saved] = (old / "sessions").iterdir()
     assert modes(home, old, old / "sessions", saved) == ["0755", "0700", "0700", "0600"]
     assert "saved" in saved.read_text()
@@ -222,7 +200,7 @@ def test_a_data_folder_of_another_user_is_refused_and_nothing_is_written(
     data_dir.chmod(0o755)
     config = load_config(env={"AUTO_CODER_BASE_URL": fake_server.base_url}, cwd=home, home=home)
     fake_server.enqueue(reply.text("answered anyway"))
-    events = run_turn(Session.create(config, working_dir=home), "hello")
+    events = run_turn(Session.create(config, working_dir=home), "hello", approve)
     notices = [event.text for event in events if isinstance(event, Notice)]
     assert any(f"{data_dir} belongs to another user (uid 65534)" in notice and "AUTO_CODER_DATA_DIR" in notice
                for notice in notices), notices

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from turns import approve, run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.errors import ToolsNotSupported
@@ -39,19 +40,6 @@ def make_session(server: FakeLLMServer, root: Path, mode: str = "auto", *, appro
         setattr(config.llm, key, value)
     config.agent.approval_mode = approval
     return Session.create(config, working_dir=root)
-
-
-def run_turn(session: Session, message: str, *, approve: bool = True) -> list[Event]:
-    async def collect() -> list[Event]:
-        events: list[Event] = []
-        async for event in session.agent.run(message):
-            if isinstance(event, ApprovalRequest):
-                event.approve() if approve else event.deny("no")
-            events.append(event)
-        await session.aclose()
-        return events
-
-    return asyncio.run(collect())
 
 
 def notices(events: list[Event]) -> list[str]:
@@ -89,7 +77,7 @@ def test_prompted_step_runs_the_tool_and_the_result_returns_as_a_user_message(
     fake_server.enqueue(reply.prompted_call("read_file", {"path": "calc.py"}),
                         reply.prompted_answer("It adds two numbers.", chunks=4))
     session = make_session(fake_server, project, "prompted")
-    events = run_turn(session, "What does calc.py do?")
+    events = run_turn(session, "What does calc.py do?", approve)
     [started] = [e for e in events if isinstance(e, ToolCallStarted)]
     [result] = [e for e in events if isinstance(e, ToolResult)]
     assert (started.name, started.arguments) == ("read_file", {"path": "calc.py"})
@@ -145,7 +133,7 @@ def test_an_invalid_step_is_answered_with_its_problem_and_never_run(
     fake_server.enqueue(reply.text(bad), reply.prompted_call("write_file", {"path": "new.txt", "content": "x\n"}),
                         reply.prompted_answer("Done."))
     session = make_session(fake_server, project, "prompted")
-    events = run_turn(session, "Write new.txt")
+    events = run_turn(session, "Write new.txt", approve)
     repair = fake_server.chat_requests[1]
     assert sent_messages(repair)[-2] == {"role": "assistant", "content": bad}
     assert problem in sent_messages(repair)[-1]["content"]
@@ -161,13 +149,13 @@ def test_a_model_that_never_produces_a_valid_step_ends_the_turn_clearly(
         fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.text('{"tool": "rm", "arguments": {}}'), reply.text('{"tool": "rm", "arguments": {}}'))
     session = make_session(fake_server, project, "prompted")
-    events = run_turn(session, "Remove everything")
+    events = run_turn(session, "Remove everything", approve)
     [notice] = notices(events)
     assert "not a valid step" in notice and "Unknown tool 'rm'" in notice and "nothing was run" in notice
     assert not [e for e in events if isinstance(e, ToolCallStarted)]
     assert isinstance(events[-1], TurnDone) and len(fake_server.chat_requests) == 2
     fake_server.enqueue(reply.prompted_answer("Still here."))
-    assert answer(run_turn(session, "hello?")) == "Still here."  # the session goes on
+    assert answer(run_turn(session, "hello?", approve)) == "Still here."  # the session goes on
 
 
 def test_prompted_writes_still_need_approval(fake_server: FakeLLMServer, project: Path) -> None:
@@ -175,7 +163,7 @@ def test_prompted_writes_still_need_approval(fake_server: FakeLLMServer, project
                         reply.prompted_answer("Denied, fine."))
     session = make_session(fake_server, project, "prompted", approval="ask")
     session.workspace.resolve("calc.py")
-    events = run_turn(session, "Overwrite calc.py", approve=False)
+    events = run_turn(session, "Overwrite calc.py", lambda request: request.deny("no"))
     [request] = [e for e in events if isinstance(e, ApprovalRequest)]
     assert request.tool == "write_file" and "gone" in request.preview
     [result] = [e for e in events if isinstance(e, ToolResult)]
@@ -191,7 +179,7 @@ def test_without_structured_output_steps_are_read_from_free_text(fake_server: Fa
         reply.text('{"answer": "Second turn."}'),
     )
     session = make_session(fake_server, project, "prompted")
-    events = run_turn(session, "What is here?")
+    events = run_turn(session, "What is here?", approve)
     [result] = [e for e in events if isinstance(e, ToolResult)]
     assert "calc.py" in result.output
     assert answer(events) == "I will list the folder.The folder holds calc.py."
@@ -199,7 +187,7 @@ def test_without_structured_output_steps_are_read_from_free_text(fake_server: Fa
     assert "response_format" in notice and "free text" in notice
     refused, *accepted = fake_server.chat_requests
     assert "response_format" in refused.json and not any("response_format" in r.json for r in accepted)
-    second = run_turn(session, "And now?")
+    second = run_turn(session, "And now?", approve)
     assert answer(second) == "Second turn." and notices(second) == []  # remembered for the session
     assert len(fake_server.chat_requests) == 4
 
@@ -209,7 +197,7 @@ def test_a_step_cut_by_the_token_limit_is_not_run(fake_server: FakeLLMServer, pr
                                    finish_reason="length"),
                         reply.prompted_answer("I will write less."))
     session = make_session(fake_server, project, "prompted")
-    events = run_turn(session, "Write a big file")
+    events = run_turn(session, "Write a big file", approve)
     [result] = [e for e in events if isinstance(e, ToolResult)]
     assert result.is_error and "cut off" in result.output and not (project / "big.txt").exists()
 
@@ -222,7 +210,7 @@ def test_custom_tools_work_in_prompted_mode(fake_server: FakeLLMServer, project:
     config.llm.base_url, config.llm.tool_calling = fake_server.base_url, "prompted"
     session = Session.create(config, working_dir=project, extra_tools=[shout])
     fake_server.enqueue(reply.prompted_call("shout", {"word": "hey"}), reply.prompted_answer("Shouted."))
-    run_turn(session, "Shout hey")
+    run_turn(session, "Shout hey", approve)
     assert seen == ["hey"]
     assert "## shout" in sent_messages(fake_server.chat_requests[0])[0]["content"]
 
@@ -237,7 +225,7 @@ def test_auto_switches_to_prompted_when_the_server_refuses_tools(
     fake_server.enqueue(reply.prompted_call("read_file", {"path": "calc.py"}), reply.prompted_answer("Read it."),
                         reply.prompted_answer("Again."))
     session = make_session(fake_server, project, "auto")
-    events = run_turn(session, "Read calc.py")
+    events = run_turn(session, "Read calc.py", approve)
     [notice] = notices(events)
     assert "refused native tool calls" in notice and "described in the prompt" in notice
     body = TOOL_REFUSALS[server_kind][1]
@@ -247,7 +235,7 @@ def test_auto_switches_to_prompted_when_the_server_refuses_tools(
     assert refused.json.get("tools") and len(rest) == 2
     for request in rest:
         assert_no_tool_fields(request)
-    later = run_turn(session, "Once more")
+    later = run_turn(session, "Once more", approve)
     assert answer(later) == "Again." and notices(later) == []  # the choice is remembered: no native try again
     assert len(fake_server.chat_requests) == 4
 
@@ -256,7 +244,7 @@ def test_auto_switches_to_prompted_when_the_server_refuses_tools(
 def test_native_mode_reports_the_refusal_and_the_setting_to_change(
         fake_server: FakeLLMServer, project: Path, server_kind: str) -> None:
     fake_server.refuse_tools = server_kind
-    events = run_turn(make_session(fake_server, project, "native"), "Read calc.py")
+    events = run_turn(make_session(fake_server, project, "native"), "Read calc.py", approve)
     [error] = [e for e in events if isinstance(e, ErrorEvent)]
     assert isinstance(error.error, ToolsNotSupported)
     assert "llm.tool_calling" in error.message and "prompted" in error.message
@@ -268,7 +256,7 @@ def test_auto_decides_from_llama_cpp_props_up_front(fake_server: FakeLLMServer, 
         {"chat_template_caps": {"supports_tools": False, "supports_tool_calls": False},
          "modalities": {"vision": False}}))
     fake_server.enqueue(reply.prompted_answer("Hello."))
-    events = run_turn(make_session(fake_server, project, "auto"), "hi")
+    events = run_turn(make_session(fake_server, project, "auto"), "hi", approve)
     [notice] = notices(events)
     assert "llama.cpp /props" in notice and "llm.tool_calling" in notice
     [request] = fake_server.chat_requests
@@ -281,7 +269,7 @@ def test_auto_decides_from_ollama_capabilities(fake_server: FakeLLMServer, proje
                                                capabilities: list[str], native: bool) -> None:
     fake_server.route("POST", "/api/show", lambda request: reply.json_body({"capabilities": capabilities}))
     fake_server.enqueue(reply.prompted_answer("Hi.") if not native else reply.text("Hi."))
-    events = run_turn(make_session(fake_server, project, "auto"), "hi")
+    events = run_turn(make_session(fake_server, project, "auto"), "hi", approve)
     assert answer(events) == "Hi."
     [request] = fake_server.chat_requests
     assert bool(request.json.get("tools")) is native
@@ -294,7 +282,7 @@ def test_auto_decides_from_ollama_capabilities(fake_server: FakeLLMServer, proje
 
 def test_none_sends_no_tools_and_says_so_once(fake_server: FakeLLMServer, project: Path) -> None:
     session = make_session(fake_server, project, "none")
-    first, second = run_turn(session, "hi"), run_turn(session, "again")
+    first, second = run_turn(session, "hi", approve), run_turn(session, "again", approve)
     [notice] = notices(first)
     assert "llm.tool_calling: none" in notice and notices(second) == []
     for request in fake_server.chat_requests:
@@ -304,12 +292,12 @@ def test_none_sends_no_tools_and_says_so_once(fake_server: FakeLLMServer, projec
 
 def test_max_tokens_is_sent_and_a_cut_answer_says_so(fake_server: FakeLLMServer, project: Path) -> None:
     fake_server.enqueue(reply.text("It goes on and on", finish_reason="length"))
-    events = run_turn(make_session(fake_server, project, "native", max_tokens=64), "Talk")
+    events = run_turn(make_session(fake_server, project, "native", max_tokens=64), "Talk", approve)
     assert fake_server.chat_requests[0].json["max_tokens"] == 64
     assert any("llm.max_tokens" in text and "cut off" in text for text in notices(events))
-    run_turn(make_session(fake_server, project, "native", max_tokens=None, extra_params={}), "Talk")
+    run_turn(make_session(fake_server, project, "native", max_tokens=None, extra_params={}), "Talk", approve)
     assert "max_tokens" not in fake_server.chat_requests[1].json
-    run_turn(make_session(fake_server, project, "native", extra_params={"max_completion_tokens": 9}), "Talk")
+    run_turn(make_session(fake_server, project, "native", extra_params={"max_completion_tokens": 9}), "Talk", approve)
     body = fake_server.chat_requests[2].json
     assert body["max_completion_tokens"] == 9 and "max_tokens" not in body  # the user's own setting wins
 
@@ -347,25 +335,17 @@ def test_a_turn_chooses_its_own_tool_calling_mode(fake_server: FakeLLMServer, pr
 
     session = make_session(fake_server, project, "native")
 
-    def turn(message: str, options: TurnOptions | None) -> list[Event]:
-        async def collect() -> list[Event]:
-            events = [event async for event in session.agent.run(message, options=options)]
-            await session.aclose()
-            return events
-
-        return asyncio.run(collect())
-
     fake_server.enqueue(reply.prompted_call("read_file", {"path": "calc.py"}), reply.prompted_answer("Adds."))
-    events = turn("What does calc.py do?", TurnOptions(tool_calling="prompted"))
+    events = run_turn(session, "What does calc.py do?", options=TurnOptions(tool_calling="prompted"))
     assert any("return a + b" in e.output for e in events if isinstance(e, ToolResult)) and answer(events) == "Adds."
     for request in fake_server.chat_requests:
         assert_no_tool_fields(request)
         assert "response_format" in request.json
     fake_server.enqueue(reply.text("Plain."))
-    events = turn("Hello", TurnOptions(tool_calling="none"))
+    events = run_turn(session, "Hello", options=TurnOptions(tool_calling="none"))
     assert "tools" not in fake_server.chat_requests[-1].json and "Tool calling is off" in " ".join(notices(events))
     fake_server.enqueue(reply.text("Native again."))
-    turn("Hello again", None)
+    run_turn(session, "Hello again")
     assert "tools" in fake_server.chat_requests[-1].json and session.provider.tool_calling == "native"
 
 
@@ -383,7 +363,7 @@ def test_a_repeated_step_is_followed_by_a_request_that_lets_the_model_only_answe
     fake_server.enqueue(call("read_file", {"path": "calc.py"}), call("list_directory", {}),
                         call("read_file", {"path": "calc.py"}), call("read_file", {"path": "calc.py"}),
                         say("calc.py adds two numbers."))
-    events = run_turn(make_session(fake_server, project, mode), "What does calc.py do?")
+    events = run_turn(make_session(fake_server, project, mode), "What does calc.py do?", approve)
     assert answer(events) == "calc.py adds two numbers."
     assert isinstance(events[-1], TurnDone) and events[-1].reason == "stop"
     assert [e.name for e in events if isinstance(e, ToolResult)] == [
@@ -404,7 +384,7 @@ def test_a_server_that_rejects_tool_choice_still_gets_the_answer_request(
     read = reply.tool_call("read_file", {"path": "calc.py"})
     fake_server.enqueue(read, read, reply.error(400, "Unrecognized request argument supplied: tool_choice"),
                         reply.text("It adds."))
-    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?")
+    events = run_turn(make_session(fake_server, project, "native"), "What does calc.py do?", approve)
     assert answer(events) == "It adds." and notices(events) == []
     sent = [request.json.get("tool_choice") for request in fake_server.chat_requests]
     assert sent == [None, None, "none", None]  # rejected once, then sent without it

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import Config
 from auto_coder_nb.events import ApprovalRequest, Event, ToolResult, TurnDone
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
-
-Answer = Callable[[ApprovalRequest], None]
 
 
 @pytest.fixture
@@ -31,22 +29,6 @@ def make_session(server: FakeLLMServer, root: Path, mode: str) -> Session:
     config.llm.model = "fake-model"
     config.agent.approval_mode = mode
     return Session.create(config, working_dir=root)
-
-
-def run_turn(session: Session, message: str, answer: Answer | None = None) -> list[Event]:
-    async def turn() -> list[Event]:
-        events: list[Event] = []
-        try:
-            async for event in session.agent.run(message):
-                events.append(event)
-                if isinstance(event, ApprovalRequest):
-                    assert answer is not None, f"unexpected approval request: {event}"
-                    answer(event)
-        finally:
-            await session.aclose()
-        return events
-
-    return asyncio.run(turn())
 
 
 def wait_until_gone(pid: int) -> bool:

@@ -3,7 +3,6 @@ elsewhere until the user trusts it (CLI, REPL, magics, panel); agent.tools modul
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import subprocess
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from turns import run_turn
 
 from auto_coder_nb.config import load_config
 from auto_coder_nb.errors import ConfigError
-from auto_coder_nb.events import Event, Notice
+from auto_coder_nb.events import Notice
 from auto_coder_nb.session import Session
 from auto_coder_nb.testing.server import FakeLLMServer, reply
 
@@ -57,16 +57,6 @@ def hostile_file(other: FakeLLMServer, *, without: tuple[str, ...] = ()) -> str:
 
 NEED_TRUST = ["llm.base_url", "llm.auth_headers", "auth.token_command", "agent.approval_mode", "agent.tools",
               "mcp.servers.sneaky"]
-
-
-def run_turn(session: Session, message: str) -> list[Event]:
-    async def turn() -> list[Event]:
-        try:
-            return [event async for event in session.agent.run(message)]
-        finally:
-            await session.aclose()
-
-    return asyncio.run(turn())
 
 
 @pytest.fixture
