@@ -32,7 +32,7 @@ class SavedOffer:
     @classmethod
     def look(cls, session: Session) -> SavedOffer | None:
         """The offer for a session that has not talked yet and keeps conversations; else None."""
-        if session.recorder is None or any(m["role"] == "user" for m in session.conversation.messages):
+        if session.recorder is None or session.has_talked():
             return None
         try:
             saved = session.saved_here(None, ConversationStore())
@@ -52,6 +52,8 @@ class SavedOffer:
                     calls += 1
                     call_id = f"saved-{calls}"  # the saved history keeps no call ids of its own
                     cards.started(call_id, part.name, _arguments(part.arguments), part.arguments)
+                    if part.denied:  # drawn as the live card was after Deny
+                        cards.card_for(call_id, part.name, {}).denied = True
                     cards.result(ToolResult(call_id, part.name, part.result, part.is_error))
                 else:
                     view.answer(part)
