@@ -38,7 +38,11 @@ class ToolExchange:
     arguments: str
     result: str = ""
     is_error: bool = False
-    denied: bool = False  # the user said no: the result says why
+    approval: dict[str, Any] | None = None  # the user's answer when asked: its approval record
+
+    @property
+    def denied(self) -> bool:
+        return self.approval is not None and not self.approval.get("allowed")
 
 
 @dataclass
@@ -49,21 +53,21 @@ class Exchange:
     parts: list[str | ToolExchange] = field(default_factory=list)
 
 
-def _outcomes(records: list[dict[str, Any]]) -> dict[int, tuple[bool, bool]]:
-    """(is_error, denied) of each saved tool message, by the message's identity. A call's approval record comes
-    before its tool message and its tool_result record right after, so they pair up in order even when a server
-    reused call ids. A tool message without a result record (a call cut off by Stop) counts as an error."""
-    outcomes: dict[int, tuple[bool, bool]] = {}
-    denied: dict[Any, bool] = {}  # the last approval of each call id not yet answered by its tool message
+def _outcomes(records: list[dict[str, Any]]) -> dict[int, tuple[bool, dict[str, Any] | None]]:
+    """(is_error, approval record) of each saved tool message, by the message's identity. A call's approval record
+    comes before its tool message and its tool_result record right after, so they pair up in order even when a
+    server reused call ids. A tool message without a result record (a call cut off by Stop) counts as an error."""
+    outcomes: dict[int, tuple[bool, dict[str, Any] | None]] = {}
+    asked: dict[Any, dict[str, Any]] = {}  # the last approval of each call id not yet answered by its tool message
     answered: dict[Any, int] = {}  # the tool message of each call id waiting for its tool_result record
     for record in records:
         call_id = record.get("call_id")
         if record["type"] == "approval":
-            denied[call_id] = not record.get("allowed")
+            asked[call_id] = record
         elif _is_tool_message(record):
             message = record["message"]
             call_id = message.get("tool_call_id")
-            outcomes[id(message)] = (True, denied.pop(call_id, False))
+            outcomes[id(message)] = (True, asked.pop(call_id, None))
             answered[call_id] = id(message)
         elif record["type"] == "tool_result" and call_id in answered:
             key = answered.pop(call_id)
@@ -100,7 +104,7 @@ def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
             exchange = calls[message["tool_call_id"]]
             exchange.result = content
             # A result the replay added for a call a crash left open has no record: an error too.
-            exchange.is_error, exchange.denied = outcomes.get(id(message), (True, False))
+            exchange.is_error, exchange.approval = outcomes.get(id(message), (True, None))
     return found
 
 

@@ -582,6 +582,9 @@ def test_saved_tool_cards_keep_their_outcome_when_the_server_reuses_call_ids(
         cards = find(panel.widget, "autocoder-tool")
         assert [c._dom_classes for c in cards] == [c._dom_classes for c in find(first.widget, "autocoder-tool")]
         assert "autocoder-card-denied" in cards[0]._dom_classes and "autocoder-card-ok" in cards[1]._dom_classes
+        outcomes = [[w.value for w in find(card, "autocoder-outcome")] for card in cards]
+        assert outcomes == [[w.value for w in find(card, "autocoder-outcome")]
+                            for card in find(first.widget, "autocoder-tool")] == [["Denied."], ["Approved."]]
 
     run(scenario)
 
