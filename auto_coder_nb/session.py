@@ -186,7 +186,7 @@ class Session:
         session's if it has begun, else the newest saved here. Never onto the open notebook; onto an existing file
         only with `overwrite` (else transcript.ExportExists). Returns the sentence to show."""
         records: list[dict[str, Any]]
-        if conversation_id or not any(m["role"] == "user" for m in self.conversation.messages):
+        if conversation_id or not self.has_talked():
             records = read_records(self.saved_here(conversation_id, store).path)
         elif self.recorder is not None and self.recorder.path is not None:
             records = read_records(self.recorder.path)
@@ -296,7 +296,7 @@ class Session:
             self.recorder.close()
         self.recorder = None
         if enabled:  # turned on mid-conversation: saving starts with the next conversation (a part would not resume)
-            begun = any(m["role"] == "user" for m in self.conversation.messages)
+            begun = self.has_talked()
             self.recorder = Recorder(ConversationStore(), self.conversation, self.describe, self.secret_values,
                                      paused=begun)
         self.agent.observer = self.recorder
@@ -308,6 +308,10 @@ class Session:
         """Forget the history; a new correlation id. Returns the id."""
         self.conversation.clear()
         return self.conversation.correlation_id
+
+    def has_talked(self) -> bool:
+        """Whether this conversation has a prompt in it yet."""
+        return any(message["role"] == "user" for message in self.conversation.messages)
 
     def reset(self) -> str:
         """clear() plus session state: approvals given "for this session", what the model has read and the

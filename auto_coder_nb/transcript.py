@@ -38,6 +38,11 @@ class ToolExchange:
     arguments: str
     result: str = ""
     is_error: bool = False
+    approval: dict[str, Any] | None = None  # the user's answer when asked: its approval record
+
+    @property
+    def denied(self) -> bool:
+        return self.approval is not None and not self.approval.get("allowed")
 
 
 @dataclass
@@ -48,9 +53,36 @@ class Exchange:
     parts: list[str | ToolExchange] = field(default_factory=list)
 
 
+def _outcomes(records: list[dict[str, Any]]) -> dict[int, tuple[bool, dict[str, Any] | None]]:
+    """(is_error, approval record) of each saved tool message, by the message's identity. A call's approval record
+    comes before its tool message and its tool_result record right after, so they pair up in order even when a
+    server reused call ids. A tool message without a result record (a call cut off by Stop) counts as an error."""
+    outcomes: dict[int, tuple[bool, dict[str, Any] | None]] = {}
+    asked: dict[Any, dict[str, Any]] = {}  # the last approval of each call id not yet answered by its tool message
+    answered: dict[Any, int] = {}  # the tool message of each call id waiting for its tool_result record
+    for record in records:
+        call_id = record.get("call_id")
+        if record["type"] == "approval":
+            asked[call_id] = record
+        elif _is_tool_message(record):
+            message = record["message"]
+            call_id = message.get("tool_call_id")
+            outcomes[id(message)] = (True, asked.pop(call_id, None))
+            answered[call_id] = id(message)
+        elif record["type"] == "tool_result" and call_id in answered:
+            key = answered.pop(call_id)
+            outcomes[key] = (bool(record.get("is_error")), outcomes[key][1])
+    return outcomes
+
+
+def _is_tool_message(record: dict[str, Any]) -> bool:
+    message = record.get("message")
+    return record["type"] == "message" and isinstance(message, dict) and message.get("role") == "tool"
+
+
 def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
     """The conversation as prompts with their answers and tool calls (from the rebuilt history)."""
-    errors = {r.get("call_id") for r in records if r["type"] == "tool_result" and r.get("is_error")}
+    outcomes = _outcomes(records)
     found: list[Exchange] = []
     calls: dict[str, ToolExchange] = {}
     for message in rebuild(records):
@@ -65,12 +97,14 @@ def exchanges(records: list[dict[str, Any]]) -> list[Exchange]:
             if content:
                 current.parts.append(content)
             for call in message.get("tool_calls") or []:
-                exchange = ToolExchange(call["function"]["name"], call["function"].get("arguments") or "",
-                                        is_error=call["id"] in errors)
+                exchange = ToolExchange(call["function"]["name"], call["function"].get("arguments") or "")
                 calls[call["id"]] = exchange
                 current.parts.append(exchange)
         elif role == "tool" and message.get("tool_call_id") in calls:
-            calls[message["tool_call_id"]].result = content
+            exchange = calls[message["tool_call_id"]]
+            exchange.result = content
+            # A result the replay added for a call a crash left open has no record: an error too.
+            exchange.is_error, exchange.approval = outcomes.get(id(message), (True, None))
     return found
 
 
@@ -141,7 +175,7 @@ def _heading(records: list[dict[str, Any]]) -> str:
 
 
 def _fold(tool: ToolExchange) -> str:
-    status = " (failed)" if tool.is_error else ""
+    status = " (denied)" if tool.denied else " (failed)" if tool.is_error else ""
     arguments = truncate(tool.arguments, RESULT_LIMIT)
     result = truncate(tool.result, RESULT_LIMIT)
     return (f"<details><summary>Tool call: {html.escape(tool.name)}{status}</summary>\n\n"

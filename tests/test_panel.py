@@ -221,6 +221,9 @@ def test_tool_card_shows_arguments_status_and_summary(fake_server: FakeLLMServer
         text = html_of(card)
         assert "read_file" in text and "notes.txt" in text and "done" in text
         assert "line one" in text
+        # read_file's line numbers stay aligned: the first line keeps its indent as the second does.
+        summary = find(card, "autocoder-summary")[0].value.split("\n")
+        assert summary[0].index("line one") == summary[1].index("line two")
         assert "autocoder-card-ok" in card._dom_classes
         assert roles(panel) == ["user", "tool", "assistant"]
 

@@ -203,3 +203,30 @@ def test_a_server_that_refuses_tools(fresh: Path) -> None:
         assert any("return a + b" in result.output for result in results(events, "read_file"))
     finally:
         server.stop()
+
+
+def test_sigterm_stops_the_served_model_too(llama: LlamaServer) -> None:
+    """`python -m auto_coder_nb.testing.llama_server` serving, then SIGTERM (as `kill` or a process manager
+    sends): llama-server goes with it instead of running on as an orphan. `llama` makes sure it is built."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    child = subprocess.Popen([sys.executable, "-m", "auto_coder_nb.testing.llama_server"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        found = re.search(r"at (http://\S+) ", line)
+        assert found, line
+        assert httpx.get(found[1].removesuffix("/v1") + "/health", timeout=30).status_code == 200
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(found[1].removesuffix("/v1") + "/health", timeout=30)
+    finally:
+        child.kill()
+        child.wait()

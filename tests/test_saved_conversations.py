@@ -558,3 +558,62 @@ def test_the_panel_pages_through_the_saved_conversations_of_its_notebook(
         await until(lambda: panel.correlation_id.startswith("00000001-"), "the resumed conversation")
 
     run(scenario)
+
+
+def test_saved_tool_cards_keep_their_outcome_when_the_server_reuses_call_ids(
+    fake_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    from tests.test_panel import ChatPanel, approval_card, find, make_session, run, until, write_call
+
+    async def scenario() -> None:
+        # The scripted server numbers calls per answer, so both calls are call00000: outcomes pair up in order.
+        fake_server.enqueue(write_call("no.txt"), write_call("yes.txt"), reply.text("One written."))
+        first = ChatPanel(make_session(fake_server, tmp_path))
+        first.send("write two files")
+        find(await approval_card(first), "autocoder-deny")[0].click()
+        await until(lambda: len(find(first.widget, "autocoder-tool")) == 2, "the second call")
+        find(await approval_card(first), "autocoder-approve")[0].click()
+        await first.wait()
+        ids = [m["tool_call_id"] for m in fake_server.chat_requests[-1].json["messages"] if m["role"] == "tool"]
+        assert len(ids) == 2 and ids[0] == ids[1]
+        await first.session.aclose()  # a kernel restart
+
+        panel = ChatPanel(make_session(fake_server, tmp_path))  # shows the saved conversation
+        cards = find(panel.widget, "autocoder-tool")
+        assert [c._dom_classes for c in cards] == [c._dom_classes for c in find(first.widget, "autocoder-tool")]
+        assert "autocoder-card-denied" in cards[0]._dom_classes and "autocoder-card-ok" in cards[1]._dom_classes
+        outcomes = [[w.value for w in find(card, "autocoder-outcome")] for card in cards]
+        assert outcomes == [[w.value for w in find(card, "autocoder-outcome")]
+                            for card in find(first.widget, "autocoder-tool")] == [["Denied."], ["Approved."]]
+
+    run(scenario)
+
+
+def test_send_after_choosing_a_saved_conversation_starts_a_new_one(
+    fake_server: FakeLLMServer, tmp_path: Path, data_dir: Path
+) -> None:
+    from tests.test_panel import ChatPanel, find, make_session, run, until
+
+    folder = data_dir / "sessions"
+    folder.mkdir()
+    write_saved(folder, 7, tmp_path)
+
+    async def scenario() -> None:
+        panel = ChatPanel(make_session(fake_server, tmp_path))
+        fake_server.enqueue(reply.text("First answer."), reply.text("Fresh answer."))
+        await panel.ask("first question")
+        talked_in = panel.correlation_id
+        find(panel.widget, "autocoder-saved")[0].click()
+        await until(lambda: find(panel.widget, "autocoder-saved-entry"), "the saved list")
+        [chosen] = [e for e in find(panel.widget, "autocoder-saved-entry") if e.description.startswith("00000007")]
+        chosen.click()
+        await until(lambda: len(panel.transcript) > 1 and panel.transcript[1]["text"] == "question 7",
+                    "the chosen conversation")
+        # "Send or Reset start a new one": neither the chosen conversation nor the one it hid goes on.
+        await panel.ask("something new")
+        request = fake_server.chat_requests[-1]
+        assert [m["content"] for m in request.json["messages"] if m["role"] == "user"] == ["something new"]
+        assert request.headers["x-correlation-id"] not in (talked_in, "00000007-0000-4000-8000-000000000000")
+        assert panel._resume_button.layout.display == "none"
+
+    run(scenario)

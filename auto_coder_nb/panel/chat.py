@@ -210,7 +210,10 @@ class ChatPanel:
             return
         if self._offer is not None:  # sent without Resume: a new conversation, the saved one leaves the view
             self._withdraw_offer()
-            self.view.clear()
+            if self.session.has_talked():  # a Saved pick hid the conversation before it: that one ends too
+                self._new_conversation()
+            else:
+                self.view.clear()
         self._task = self._loop.create_task(self._run_turn(message))
 
     def _stop(self) -> None:
@@ -240,14 +243,17 @@ class ChatPanel:
                     break
                 await asyncio.sleep(0.01)
             self._withdraw_offer()
-            new_id = self.session.reset()
-            self.view.clear()
-            self._tools.clear()
-            self.view.status.forget_usage()
-            self.view.notice(f"New conversation. Correlation id {new_id}.")
-            self.view.status.show()
+            self._new_conversation()
         except Exception as exc:  # a task's error would only reach the log console
             self.view.error(f"Reset failed: {type(exc).__name__}: {exc}")
+
+    def _new_conversation(self) -> None:
+        new_id = self.session.reset()
+        self.view.clear()
+        self._tools.clear()
+        self.view.status.forget_usage()
+        self.view.notice(f"New conversation. Correlation id {new_id}.")
+        self.view.status.show()
 
     def _resume(self) -> None:
         from ..history import HistoryError

@@ -32,7 +32,7 @@ class SavedOffer:
     @classmethod
     def look(cls, session: Session) -> SavedOffer | None:
         """The offer for a session that has not talked yet and keeps conversations; else None."""
-        if session.recorder is None or any(m["role"] == "user" for m in session.conversation.messages):
+        if session.recorder is None or session.has_talked():
             return None
         try:
             saved = session.saved_here(None, ConversationStore())
@@ -52,6 +52,10 @@ class SavedOffer:
                     calls += 1
                     call_id = f"saved-{calls}"  # the saved history keeps no call ids of its own
                     cards.started(call_id, part.name, _arguments(part.arguments), part.arguments)
+                    if part.approval is not None:  # drawn as the live card was once answered
+                        card = cards.card_for(call_id, part.name, {})
+                        card.denied = part.denied
+                        card.close_approval(_answer(part.approval))
                     cards.result(ToolResult(call_id, part.name, part.result, part.is_error))
                 else:
                     view.answer(part)
@@ -125,3 +129,11 @@ class SavedList:
     def read(saved: SavedConversation) -> list[dict[str, Any]]:
         """The records of a chosen conversation; HistoryError if it cannot be read."""
         return read_records(saved.path)
+
+
+def _answer(approval: dict[str, Any]) -> str:
+    """The line a live card showed once its question was answered (panel/asking.py)."""
+    reason = approval.get("reason") or ""
+    if not approval.get("allowed"):
+        return f"Denied: {reason}" if reason else "Denied."
+    return "Approved for the rest of this session." if approval.get("always") else "Approved."

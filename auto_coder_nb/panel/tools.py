@@ -73,7 +73,8 @@ class ToolCards:
         lines = result.output.count("\n") + 1
         status = "error" if result.is_error else "done"
         card.status(status, "autocoder-card-error" if result.is_error else "autocoder-card-ok")
-        head = [short(line, 160) for line in result.output.strip().split("\n")[:SUMMARY_LINES]]
+        # Only blank lines go: a first line's indent (read_file's right-aligned line numbers) stays.
+        head = [short(line, 160) for line in result.output.strip("\n").split("\n")[:SUMMARY_LINES]]
         more = f"\n… +{counted(lines - SUMMARY_LINES, 'line')}" if lines > SUMMARY_LINES else ""
         card.summary.value = html.escape("\n".join(head) + more)
         if card.summary not in card.box.children:

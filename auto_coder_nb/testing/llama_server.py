@@ -10,7 +10,7 @@ keeps parallel processes from building twice. About 5 minutes of building on 2 c
         server.base_url                 # "http://127.0.0.1:PORT/v1", model id server.model
 
 `python -m auto_coder_nb.testing.llama_server --build` builds and downloads only (CI does it before the
-tests); `--serve` also starts the server and keeps it running until Ctrl-C.
+tests); without options it builds when needed, starts the server and keeps it running until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.build:
             print(f"llama-server: {ensure_server()}\nmodel: {ensure_model()}")
             return 0
+        # SIGTERM (a process manager, `kill`) ends it as Ctrl-C does: leaving the block stops llama-server too.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with LlamaServer(jinja=not args.no_jinja) as server:
             print(f"serving {server.model} at {server.base_url} (Ctrl-C stops)", flush=True)
             assert server.process is not None
